@@ -1,0 +1,2 @@
+//! berth-bundles: the OCI image spec, turned into runtime bundles.
+#![forbid(unsafe_code)]

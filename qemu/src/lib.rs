@@ -1,0 +1,2 @@
+//! berth-qemu: run a berth appliance under QEMU.
+#![forbid(unsafe_code)]

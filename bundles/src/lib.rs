@@ -1,2 +1,5 @@
 //! berth-bundles: the OCI image spec, turned into runtime bundles.
 #![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod digest;

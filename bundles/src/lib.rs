@@ -3,3 +3,11 @@
 
 pub mod apply;
 pub mod digest;
+pub mod image;
+pub mod layer;
+pub mod spec;
+pub mod unpack;
+
+pub use image::{Image, ImageRef, Platform};
+pub use spec::Overrides;
+pub use unpack::{UnpackOptions, unpack_bundle};

@@ -167,7 +167,7 @@ fn header(name: &[u8], kind: u8, e: &E, size: u64) -> [u8; 512] {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
 }

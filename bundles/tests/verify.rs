@@ -181,7 +181,7 @@ fn wrong_diff_id() {
         "application/vnd.oci.image.config.v1+json",
         &serde_json::to_vec(&cfg).unwrap(),
     );
-    let m = l.manifest(c, &[l0.clone()]);
+    let m = l.manifest(c, std::slice::from_ref(&l0));
     l.index(&[(m, None)]);
     let err = unpack(
         &format!("oci:{}", l.dir.display()),

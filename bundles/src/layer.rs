@@ -24,7 +24,7 @@ pub enum LayerError {
         #[source]
         source: DigestError,
     },
-    #[error("{image}: layer {blob} is corrupt or truncated ({compression:?})")]
+    #[error("{image}: layer {blob} is corrupt or truncated ({compression} stream)")]
     Corrupt {
         image: String,
         blob: String,
@@ -238,7 +238,21 @@ fn pump_inner(
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(classify(e, decoding)),
+                Err(e) => {
+                    // A damaged blob usually breaks the decompressor before
+                    // the digest is known; read the rest so a digest
+                    // mismatch, the more precise error, is reported.
+                    let first = classify(e, decoding);
+                    if matches!(first, StreamError::Decode(_)) {
+                        let mut raw = decoder.into_inner();
+                        if let Err(e) = io::copy(&mut raw, &mut io::sink())
+                            && let Some(d) = digest_error(&e)
+                        {
+                            return Err(StreamError::Digest(d));
+                        }
+                    }
+                    return Err(first);
+                }
             }
         }
         chunk.truncate(filled);

@@ -4,7 +4,9 @@
 //! thread, pipelined through a small channel of large buffers into the
 //! extracting thread, so the CPU work overlaps the filesystem work.
 
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
+use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
@@ -105,6 +107,8 @@ struct ChannelReader {
     delivered: u64,
     /// Zero bytes still to hand out after the real stream ended.
     tail: Option<u64>,
+    /// Set to the real stream length when the zero tail starts.
+    real_end: Rc<Cell<Option<u64>>>,
 }
 
 impl Read for ChannelReader {
@@ -129,6 +133,7 @@ impl Read for ChannelReader {
                 // nothing unverified is added; an entry cut short by more
                 // than its padding still fails as truncated.
                 let delivered = self.delivered;
+                self.real_end.set(Some(delivered));
                 let tail = self.tail.get_or_insert_with(|| {
                     if !delivered.is_multiple_of(512) {
                         log::debug!("layer tar ends without padding; reading it as zeros");
@@ -309,8 +314,10 @@ pub fn unpack_layer(
         hasher: Hasher::default(),
         delivered: 0,
         tail: None,
+        real_end: Rc::new(Cell::new(None)),
     };
-    let applied = rootfs.apply_layer(&mut reader);
+    let real_end = Some(reader.real_end.clone());
+    let applied = rootfs.apply_layer_stream(&mut reader, real_end);
     let stream = match &applied {
         Ok(_) => reader.finish(),
         // A broken stream explains a failed extraction better than the tar

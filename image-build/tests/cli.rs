@@ -217,3 +217,28 @@ fn errors_are_one_line_and_nonzero() {
     assert!(err.contains(&image) && err.contains(name), "{err}");
     assert!(!s.0.join("bad").exists());
 }
+
+#[test]
+fn progress_only_on_a_terminal() {
+    require_root();
+    require("script", "bsdutils");
+    let s = Scratch::new("progress");
+    let image = busybox_image(&s.0);
+    let bundle = s.0.join("bundle");
+    // script(1) gives the command a pseudo-terminal as stdin/stdout/stderr.
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} unpack {image} {}", bundle.display()),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("layer 1/1") && text.contains("unpacked"),
+        "no progress on a tty: {text:?}"
+    );
+}

@@ -5,3 +5,5 @@
 //! wrappers.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod state;

@@ -6,5 +6,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod caps;
 pub mod signal;
 pub mod state;

@@ -266,7 +266,7 @@ impl CapSets {
     /// as in runc.
     pub fn from_spec(caps: &LinuxCapabilities) -> Result<CapSets, CapsError> {
         let mask = |set: &Option<oci_spec::runtime::Capabilities>| {
-            set.as_ref().map_or(CapSet::EMPTY, |s| CapSet::from_caps(s))
+            set.as_ref().map_or(CapSet::EMPTY, CapSet::from_caps)
         };
         let effective = mask(caps.effective());
         let permitted = mask(caps.permitted());
@@ -330,11 +330,9 @@ mod tests {
             if !name.starts_with("CAP_") || name == "CAP_LAST_CAP" {
                 continue;
             }
-            if let Some(ours) = cap_name(n) {
-                if cap_from_name(name).is_some() {
-                    assert_eq!(ours, name, "capability {n}");
-                    seen += 1;
-                }
+            if let (Some(ours), Some(_)) = (cap_name(n), cap_from_name(name)) {
+                assert_eq!(ours, name, "capability {n}");
+                seen += 1;
             }
         }
         assert_eq!(seen, CAP_NAMES.len(), "every capability found in {path}");

@@ -7,5 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod caps;
+pub mod seccomp;
 pub mod signal;
 pub mod state;
+pub mod sys;

@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod caps;
+pub mod cgroup;
 pub mod seccomp;
 pub mod signal;
 pub mod state;

@@ -8,6 +8,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod hooks;
 pub mod seccomp;
 pub mod signal;
 pub mod state;

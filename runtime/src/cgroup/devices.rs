@@ -462,6 +462,35 @@ mod tests {
         assert_eq!(prog, full);
     }
 
+    /// Program and reference agree on many pseudo-random rule lists
+    /// (a fixed-seed generator, so failures reproduce).
+    #[test]
+    fn random_rule_lists_agree_with_the_reference() {
+        let mut seed: u64 = 0x5eed_1234_abcd_0001;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..300 {
+            let len = next(6) as usize;
+            let rules: Vec<DeviceRule> = (0..len)
+                .map(|_| DeviceRule {
+                    allow: next(2) == 1,
+                    kind: [None, Some(DevKind::Char), Some(DevKind::Block)][next(3) as usize],
+                    major: [None, Some(1), Some(5), Some(136)][next(4) as usize],
+                    minor: [None, Some(0), Some(3), Some(11)][next(4) as usize],
+                    access: 1 + next(7) as u8,
+                })
+                .collect();
+            agree(&rules);
+            let mut with_defaults = rules.clone();
+            with_defaults.extend(DEFAULT_RULES);
+            agree(&with_defaults);
+        }
+    }
+
     #[test]
     fn bad_rules_are_refused() {
         for (json, want) in [

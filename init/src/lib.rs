@@ -18,6 +18,12 @@
     )
 )]
 
+pub mod bootplan;
+pub mod cmdline;
+pub mod launcher;
 pub mod manifest;
+pub mod modules;
 pub mod order;
+pub mod service;
+pub mod supervisor;
 pub mod units;

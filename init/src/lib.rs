@@ -19,8 +19,10 @@
 )]
 
 pub mod bootplan;
+pub mod clock;
 pub mod cmdline;
 pub mod launcher;
+pub mod logging;
 pub mod manifest;
 pub mod modules;
 pub mod order;

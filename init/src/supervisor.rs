@@ -301,10 +301,11 @@ impl Supervisor {
                 Some(last) => r.report(
                     log::Level::Info,
                     format_args!(
-                        "status service {} state={} pid={pid} restarts={} last={last}",
+                        "status service {} state={} pid={pid} restarts={} last={last} code={}",
                         s.service.name,
                         state.name(),
-                        s.machine.restarts()
+                        s.machine.restarts(),
+                        last.code()
                     ),
                 ),
                 None => r.report(
@@ -693,7 +694,7 @@ mod tests {
             [
                 "status service web state=running pid=104 restarts=0",
                 "status service db state=running pid=103 restarts=0",
-                "status service cron state=running pid=106 restarts=1 last=killed by signal 9",
+                "status service cron state=running pid=106 restarts=1 last=killed by signal 9 code=137",
                 "status orphans reaped=1",
             ]
         );

@@ -337,7 +337,10 @@ impl<L: Launcher> EventLoop<L> {
                 TOKEN_SIGNAL => self.handle_signals(),
                 TOKEN_TIMER => {
                     // Acknowledge; the deadlines are checked below anyway.
+                    // The timer is spent: re-arm it even if the earliest
+                    // deadline happens to be the same value.
                     let _ = nix::unistd::read(&self.timer, &mut [0u8; 8]);
+                    self.armed = None;
                 }
                 TOKEN_CONSOLE => {
                     logging::flush_console();

@@ -519,11 +519,12 @@ fn report_skipped_machine_setup(m: &Manifest) {
 /// Signals every process that is left. As PID 1 of a namespace or machine,
 /// kill(-1) reaches all of them but us (kill(2)); as a plain process it
 /// would reach everything the user owns, so there only our children (found
-/// in /proc) are signalled. Returns how many were signalled (-1: unknown).
+/// in /proc) are signalled. Returns how many were signalled.
 fn kill_remaining(role: Role, signal: Signal) -> usize {
     if role != Role::Process {
+        let n = count_processes();
         let _ = nix::sys::signal::kill(Pid::from_raw(-1), signal);
-        return count_processes().saturating_sub(1);
+        return n;
     }
     let me = std::process::id();
     let mut n = 0;
@@ -535,11 +536,18 @@ fn kill_remaining(role: Role, signal: Signal) -> usize {
     n
 }
 
+/// User processes other than us (kernel threads have an empty cmdline).
 fn count_processes() -> usize {
+    let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.parse::<u32>().is_ok()
+                        && name != me
+                        && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
+                })
                 .count()
         })
         .unwrap_or(0)

@@ -43,6 +43,7 @@ struct Pid1 {
     log: Arc<Log>,
     dir: PathBuf,
     status: Option<ExitStatus>,
+    in_namespace: bool,
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -54,19 +55,24 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 impl Pid1 {
     fn start(tag: &str, manifest: &str) -> Self {
+        Self::start_with(tag, manifest, true)
+    }
+
+    /// `in_namespace`: PID 1 of a new pid namespace, or a plain process.
+    fn start_with(tag: &str, manifest: &str, in_namespace: bool) -> Self {
         prerequisites();
         let dir = temp_dir(tag);
         let path = dir.join("manifest.json");
         std::fs::write(&path, manifest).unwrap();
-        let mut child = Command::new("unshare")
-            .args([
-                "--pid",
-                "--fork",
-                "--mount",
-                "--mount-proc",
-                BIN,
-                "--manifest",
-            ])
+        let mut cmd = if in_namespace {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount", "--mount-proc", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let mut child = cmd
+            .arg("--manifest")
             .arg(&path)
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -96,6 +102,7 @@ impl Pid1 {
             log,
             dir,
             status: None,
+            in_namespace,
         }
     }
 
@@ -141,6 +148,9 @@ impl Pid1 {
     /// The host pid of berth-init (the child of unshare).
     fn init_pid(&self) -> i32 {
         let unshare = self.child.id() as i32;
+        if !self.in_namespace {
+            return unshare;
+        }
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(pid) = children_of(unshare).first() {
@@ -608,4 +618,51 @@ fn image_services_are_refused_until_the_container_launcher_lands() {
     let mut p = Pid1::start("bundle", m);
     assert_eq!(p.wait_exit().code(), Some(1), "{}", p.dump());
     p.wait_for("web: bundle /nonexistent/bundle is not supported by the host-process launcher");
+}
+
+#[test]
+fn as_a_plain_process_it_reaps_orphans_as_subreaper_and_exits() {
+    let m = manifest(
+        &[],
+        &[
+            sh(
+                "orphaner",
+                "(sleep 0.3 &); (sleep 0.3 &); echo forked; exec sleep 1000",
+                "",
+            ),
+            sh(
+                "other",
+                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                "",
+            ),
+        ],
+    );
+    let mut p = Pid1::start_with("plain", &m, false);
+    p.wait_for("starting as a plain process (subreaper)");
+    p.wait_for("orphaner: forked");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        p.signal(nix::sys::signal::Signal::SIGUSR1);
+        let n = p
+            .lines()
+            .iter()
+            .filter(|l| l.contains("status orphans reaped="))
+            .count();
+        let line = p.wait_for_nth("berth: status orphans reaped=", n.max(1));
+        if line.ends_with("reaped=2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphans not reaped:\n{}",
+            p.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    p.wait_for("berth: service orphaner stopped (killed by signal 15)");
+    p.wait_for("berth: service other stopped (exited status=0)");
+    // Nothing it started is left behind.
+    assert!(children_of(p.child.id() as i32).is_empty());
 }

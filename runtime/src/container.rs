@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Cgroup;
 use crate::process::{self, ChildContext, Step};
 use crate::spec::{self, Plan, SpecError};
 use crate::state::{State, Status};
@@ -79,6 +80,12 @@ pub enum ContainerError {
     ChildDied { id: String, status: String },
     #[error("container {id}: {kind} hooks are not available in this build")]
     Hooks { id: String, kind: &'static str },
+    #[error("container {id}: cgroup")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
     #[error("container {id}: seccomp")]
     Seccomp {
         id: String,
@@ -181,6 +188,8 @@ struct Record {
     owner: String,
     annotations: BTreeMap<String, String>,
     hooks: Option<oci_spec::runtime::Hooks>,
+    /// The container's own cgroup directory, when it has one.
+    cgroup: Option<PathBuf>,
 }
 
 /// runc's `state` output: the runtime-spec state plus rootfs, created, owner.
@@ -357,6 +366,12 @@ impl Runtime {
                 id: id.to_string(),
                 source,
             })?;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let cgroup_plan =
+            crate::cgroup::plan(&linux, id).map_err(|source| ContainerError::Cgroup {
+                id: id.to_string(),
+                source,
+            })?;
 
         fs::DirBuilder::new()
             .recursive(true)
@@ -371,18 +386,48 @@ impl Runtime {
             }
             Err(e) => return Err(ioerr("create state directory", &dir)(e)),
         }
-        let result = self.spawn(id, spec, &plan, bundle, &dir, opts);
+        let result = self.spawn(id, spec, &plan, cgroup_plan.as_ref(), bundle, &dir, opts);
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
         }
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
         id: &str,
         spec: &Spec,
         plan: &Plan,
+        cgroup_plan: Option<&crate::cgroup::CgroupPlan>,
+        bundle: &Path,
+        dir: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        let cgroup = match cgroup_plan {
+            Some(p) => Some(Cgroup::create(p).map_err(|source| ContainerError::Cgroup {
+                id: id.to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let result = self.spawn_in(id, spec, plan, cgroup.as_ref(), bundle, dir, opts);
+        if result.is_err()
+            && let Some(cg) = cgroup
+        {
+            let _ = cg.kill_all();
+            let _ = cg.remove();
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_in(
+        &self,
+        id: &str,
+        spec: &Spec,
+        plan: &Plan,
+        cgroup: Option<&Cgroup>,
         bundle: &Path,
         dir: &Path,
         opts: CreateOptions,
@@ -459,7 +504,13 @@ impl Runtime {
             }
             None => None,
         };
+        let mut keep_fds: Vec<RawFd> =
+            vec![report_w.as_raw_fd(), sync_r.as_raw_fd(), gate.as_raw_fd()];
+        keep_fds.extend(proc_sys.as_ref().map(|f| f.as_raw_fd()));
+        keep_fds.extend(join.iter().map(|(f, _)| f.as_raw_fd()));
+        keep_fds.sort_unstable();
         let cx = ChildContext {
+            keep_fds,
             seccomp: seccomp.as_ref(),
             plan,
             rootfs: &rootfs_c,
@@ -474,9 +525,11 @@ impl Runtime {
             argv: process::pointer_array(&plan.args),
             envp: process::pointer_array(&plan.env),
         };
+        // Straight into the cgroup when there is one: no window in which
+        // the process runs outside its limits, no later migration.
         let args = sys::CloneArgs {
             flags: plan.namespaces.clone_flags,
-            cgroup: None,
+            cgroup: cgroup.map(|c| c.dir_fd().as_raw_fd()),
         };
         let pid = sys::clone_container(&args, join_pid.as_ref().map(|f| f.as_fd()), &cx).map_err(
             |source| ContainerError::Clone {
@@ -517,8 +570,8 @@ impl Runtime {
             rootfs: plan.rootfs.clone(),
             pid,
             pid_start,
-            own_pid_ns: plan.namespaces.clone_flags & libc::CLONE_NEWPID as u64 != 0
-                || plan.namespaces.join_pid.is_some(),
+            // A joined pid namespace is not the container's to signal whole.
+            own_pid_ns: plan.namespaces.clone_flags & libc::CLONE_NEWPID as u64 != 0,
             created: rfc3339(SystemTime::now()),
             owner: owner(),
             annotations: spec
@@ -528,6 +581,7 @@ impl Runtime {
                 .into_iter()
                 .collect(),
             hooks,
+            cgroup: cgroup.map(|c| c.path().to_path_buf()),
         };
         let mut report = fs::File::from(report_r);
         loop {
@@ -898,6 +952,23 @@ impl Container {
             signal,
             source,
         };
+        if all && let Some(path) = &self.record.cgroup {
+            let cgerr = |source| ContainerError::Cgroup {
+                id: self.record.id.clone(),
+                source,
+            };
+            let cg = Cgroup::open(path).map_err(cgerr)?;
+            if signal == libc::SIGKILL {
+                return cg.kill_all().map_err(cgerr);
+            }
+            for pid in cg.pids().map_err(cgerr)? {
+                match sys::kill(pid, signal) {
+                    Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(err(e)),
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
         if all && self.record.own_pid_ns {
             // Every process whose pid namespace is the container's.
             let ns = fs::metadata(format!("/proc/{}/ns/pid", self.record.pid)).map_err(err)?;
@@ -987,6 +1058,22 @@ impl Container {
     }
 
     fn remove_state(&self) -> Result<(), ContainerError> {
+        if let Some(path) = &self.record.cgroup {
+            let cgerr = |source| ContainerError::Cgroup {
+                id: self.record.id.clone(),
+                source,
+            };
+            match Cgroup::open(path) {
+                Ok(cg) => {
+                    // Leftover processes (daemons the init started) go too.
+                    cg.kill_all().map_err(cgerr)?;
+                    cg.remove().map_err(cgerr)?;
+                }
+                Err(crate::cgroup::CgroupError::OpenDir { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(cgerr(e)),
+            }
+        }
         let dir = self.dir();
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {

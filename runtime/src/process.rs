@@ -221,6 +221,11 @@ pub struct ChildContext<'a> {
     pub join: Vec<(OwnedFd, libc::c_int)>,
     /// Fds to install as 0, 1, 2 (None: inherit).
     pub stdio: [Option<RawFd>; 3],
+    /// Fds the child keeps (sorted): its own pipes, the gate, namespace
+    /// and procfs handles. Everything else inherited from the parent
+    /// (other containers' pipes, say) is closed right after stdio is set
+    /// up, so a container waiting for start holds nothing of PID 1's.
+    pub keep_fds: Vec<RawFd>,
     /// `CAP_LAST_CAP` of the running kernel.
     pub last_cap: u32,
     /// Ask the parent to run createRuntime/prestart hooks before pivot_root.
@@ -300,6 +305,7 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
             sys::dup_onto(*fd, target as RawFd).map_err(at(Step::Stdio, target))?;
         }
     }
+    sys::close_fds_except(&cx.keep_fds).map_err(at(Step::CloseFds, 0))?;
 
     let root = rootfs::prepare_root(plan, cx.rootfs)?;
     rootfs::mount_all(plan, root.as_fd())?;

@@ -345,9 +345,6 @@ pub fn check_supported(spec: &Spec) -> Result<(), SpecError> {
         if linux.mount_label().as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported("linux.mountLabel"));
         }
-        if linux.resources().is_some() || linux.cgroups_path().is_some() {
-            return Err(unsupported("linux.resources"));
-        }
     }
     Ok(())
 }

@@ -651,3 +651,43 @@ fn lifecycle_through_the_library_with_the_callers_own_reaper() {
         Err(berth_runtime::ContainerError::NotFound { .. })
     ));
 }
+
+#[test]
+fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
+    let mut b = Bundle::new();
+    let id = common::unique_id("cg");
+    let cg = format!("/berth-test/{id}");
+    b.config["linux"]["cgroupsPath"] = json!(cg);
+    // Two processes in the container: kill --all must reach both.
+    b.script("cat /proc/self/cgroup; sleep 30 & touch /tmp/ready; wait");
+    b.write();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+    };
+    let mut c = t.rt.create(&id, b.dir(), opts).unwrap();
+    c.start().unwrap();
+    while !b.rootfs().join("tmp/ready").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    c.kill(9, true).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(9));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    // The cgroup v2 line: the process was cloned into the cgroup.
+    assert!(out.lines().any(|l| l == format!("0::{cg}")), "{out}");
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !mount.join(cg.trim_start_matches('/')).exists(),
+        "delete removed the cgroup"
+    );
+    let _ = fs::remove_dir(mount.join("berth-test"));
+}

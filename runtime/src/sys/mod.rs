@@ -698,3 +698,26 @@ pub fn wait_signal(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
         Ok(sig)
     }
 }
+
+/// Closes every fd from 3 up except those in `keep` (sorted ascending):
+/// `close_range(2)` over each gap. Allocation-free, for the child.
+pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut first: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < first {
+            continue;
+        }
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd + 1;
+    }
+    close_range(first, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range only closes fds of this process; the caller
+    // keeps the ones it still uses out of the range.
+    cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}

@@ -21,10 +21,10 @@
 //! | `unified` | written as given, after the above |
 //!
 //! A value of 0 means "not set" for memory, shares, quota and period, as in
-//! runc. Everything else in `linux.resources` is refused with
-//! `unsupported: linux.resources.<field>`, device rules included: cgroup v2
-//! enforces them only through an eBPF program, which this module does not
-//! load.
+//! runc. Device rules (`linux.resources.devices`) become an eBPF device
+//! program attached to the cgroup (see [`devices`]); an absent or empty
+//! list attaches none. Everything else in `linux.resources` is refused with
+//! `unsupported: linux.resources.<field>`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -37,6 +37,10 @@ use std::time::Duration;
 use oci_spec::runtime::{Linux, LinuxCpu, LinuxMemory, LinuxResources};
 
 use crate::sys;
+
+pub mod devices;
+
+use devices::DeviceRule;
 
 /// Where a cgroup v2 plan lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +65,9 @@ pub struct CgroupPlan {
     pub controllers: BTreeSet<String>,
     /// `(file, value)` to write in the container's cgroup, in order.
     pub writes: Vec<(String, String)>,
+    /// Device rules for the eBPF device program, the runtime's defaults
+    /// appended; `None`: no device program.
+    pub devices: Option<Vec<DeviceRule>>,
 }
 
 /// Failure to plan, create, use or remove a cgroup.
@@ -139,6 +146,19 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("load the eBPF device program for {path}; verifier log: {log:?}")]
+    LoadDeviceProgram {
+        path: PathBuf,
+        log: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attach the eBPF device program to {path}")]
+    AttachDeviceProgram {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("remove cgroup {path}: still populated by processes {pids:?}")]
     StillPopulated { path: PathBuf, pids: Vec<i32> },
 }
@@ -162,19 +182,20 @@ fn invalid(field: &str, value: impl ToString, reason: &str) -> CgroupError {
 /// `cgroupsPath` nor any resource: then the container needs no cgroup of
 /// its own and none is created.
 pub fn plan(linux: &Linux, id: &str) -> Result<Option<CgroupPlan>, CgroupError> {
-    let (controllers, writes) = match linux.resources() {
+    let (controllers, writes, devices) = match linux.resources() {
         Some(resources) => plan_resources(resources)?,
-        None => (BTreeSet::new(), Vec::new()),
+        None => (BTreeSet::new(), Vec::new(), None),
     };
     let path = match linux.cgroups_path() {
         Some(p) => cgroup_path(p)?,
-        None if writes.is_empty() => return Ok(None),
+        None if writes.is_empty() && devices.is_none() => return Ok(None),
         None => default_path(id)?,
     };
     Ok(Some(CgroupPlan {
         path,
         controllers,
         writes,
+        devices,
     }))
 }
 
@@ -235,15 +256,17 @@ fn cgroup_path(p: &Path) -> Result<CgroupPath, CgroupError> {
     })
 }
 
-type Planned = (BTreeSet<String>, Vec<(String, String)>);
+type Planned = (
+    BTreeSet<String>,
+    Vec<(String, String)>,
+    Option<Vec<DeviceRule>>,
+);
 
 fn plan_resources(r: &LinuxResources) -> Result<Planned, CgroupError> {
-    if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        return Err(unsupported(
-            "devices",
-            "cgroup v2 device rules need an eBPF device program, which berth does not load yet",
-        ));
-    }
+    let devices = match r.devices().as_deref() {
+        None | Some([]) => None,
+        Some(rules) => Some(devices::rules_from_spec(rules)?),
+    };
     if r.block_io().is_some() {
         return Err(unsupported(
             "blockIO",
@@ -299,7 +322,7 @@ fn plan_resources(r: &LinuxResources) -> Result<Planned, CgroupError> {
         .filter_map(|(file, _)| controller_of(file))
         .map(str::to_string)
         .collect();
-    Ok((controllers, writes))
+    Ok((controllers, writes, devices))
 }
 
 /// The controller owning an interface file (`memory.max` → `memory`);
@@ -655,6 +678,9 @@ impl Cgroup {
             })?;
         }
         let fd = open_dir(&dir)?;
+        if let Some(rules) = &plan.devices {
+            attach_device_program(&dir, fd.as_fd(), rules)?;
+        }
         Ok(Cgroup { path: dir, dir: fd })
     }
 
@@ -754,6 +780,43 @@ impl Cgroup {
             .unwrap_or_default();
         Err(CgroupError::StillPopulated { path, pids })
     }
+}
+
+/// Loads the device program for `rules` and attaches it to the cgroup.
+/// The cgroup keeps the program alive; its fd is closed on return.
+fn attach_device_program(
+    path: &Path,
+    dir: BorrowedFd<'_>,
+    rules: &[DeviceRule],
+) -> Result<(), CgroupError> {
+    let program = devices::device_program(rules);
+    let mut log = vec![0u8; 64 * 1024];
+    let prog = sys::bpf::prog_load(
+        sys::bpf::BPF_PROG_TYPE_CGROUP_DEVICE,
+        sys::bpf::BPF_CGROUP_DEVICE,
+        &program,
+        c"Apache-2.0",
+        "berth_devices",
+        &mut log,
+    )
+    .map_err(|source| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        CgroupError::LoadDeviceProgram {
+            path: path.to_path_buf(),
+            log: String::from_utf8_lossy(&log[..end]).trim_end().to_string(),
+            source,
+        }
+    })?;
+    sys::bpf::prog_attach(
+        dir,
+        prog.as_fd(),
+        sys::bpf::BPF_CGROUP_DEVICE,
+        sys::bpf::BPF_F_ALLOW_MULTI,
+    )
+    .map_err(|source| CgroupError::AttachDeviceProgram {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Enables `wanted` in `dir`'s `cgroup.subtree_control`, after checking

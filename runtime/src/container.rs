@@ -20,6 +20,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Cgroup;
+use crate::hooks::HookKind;
 use crate::process::{self, ChildContext, Step};
 use crate::spec::{self, Plan, SpecError};
 use crate::state::{State, Status};
@@ -78,8 +79,12 @@ pub enum ContainerError {
     },
     #[error("container {id}: the container process exited during setup ({status})")]
     ChildDied { id: String, status: String },
-    #[error("container {id}: {kind} hooks are not available in this build")]
-    Hooks { id: String, kind: &'static str },
+    #[error("container {id}")]
+    Hooks {
+        id: String,
+        #[source]
+        source: crate::hooks::HookError,
+    },
     #[error("container {id}: cgroup")]
     Cgroup {
         id: String,
@@ -604,10 +609,16 @@ impl Runtime {
                 process::MSG_HOOKS => {
                     let state = record_state(&record, Status::Creating);
                     if let Some(h) = &record.hooks {
+                        // prestart (deprecated) runs where createRuntime does, first.
                         #[allow(deprecated)]
-                        let lists = [h.prestart(), h.create_runtime()];
-                        for list in lists.into_iter().flatten() {
-                            run_hook_list(id, "createRuntime", list, &state).map_err(fail)?;
+                        let lists = [
+                            (HookKind::Prestart, h.prestart()),
+                            (HookKind::CreateRuntime, h.create_runtime()),
+                        ];
+                        for (kind, list) in lists {
+                            if let Some(list) = list {
+                                run_hook_list(id, kind, list, &state).map_err(fail)?;
+                            }
                         }
                     }
                     sys::write_all(sync_w.as_fd(), &[0])
@@ -710,17 +721,13 @@ impl Runtime {
 /// Runs one list of hooks with the state on their stdin.
 fn run_hook_list(
     id: &str,
-    kind: &'static str,
+    kind: HookKind,
     list: &[oci_spec::runtime::Hook],
-    _state: &State,
+    state: &State,
 ) -> Result<(), ContainerError> {
-    if list.is_empty() {
-        return Ok(());
-    }
-    // spec::check_supported refuses hooks until the hooks module lands.
-    Err(ContainerError::Hooks {
+    crate::hooks::run_hooks(kind, list, state).map_err(|source| ContainerError::Hooks {
         id: id.to_string(),
-        kind,
+        source,
     })
 }
 
@@ -930,7 +937,7 @@ impl Container {
             .and_then(|h| h.poststart().clone())
         {
             let state = record_state(&self.record, Status::Running);
-            run_hook_list(&id, "poststart", &list, &state)?;
+            run_hook_list(&id, HookKind::Poststart, &list, &state)?;
         }
         Ok(())
     }
@@ -1050,7 +1057,7 @@ impl Container {
             let state = record_state(&self.record, Status::Stopped);
             // Poststop failures are logged by runc and deletion goes on;
             // here the state is removed first, then the failure reported.
-            let r = run_hook_list(&id, "poststop", &list, &state);
+            let r = run_hook_list(&id, HookKind::Poststop, &list, &state);
             self.remove_state()?;
             return r;
         }

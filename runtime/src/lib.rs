@@ -14,6 +14,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod container;
+pub mod hooks;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

@@ -291,19 +291,6 @@ pub fn check_supported(spec: &Spec) -> Result<(), SpecError> {
         return Err(unsupported("process.execCPUAffinity"));
     }
     if let Some(hooks) = spec.hooks() {
-        #[allow(deprecated)]
-        let lists = [
-            hooks.prestart(),
-            hooks.create_runtime(),
-            hooks.poststart(),
-            hooks.poststop(),
-        ];
-        if lists
-            .iter()
-            .any(|l| l.as_ref().is_some_and(|h| !h.is_empty()))
-        {
-            return Err(unsupported("hooks"));
-        }
         if hooks
             .create_container()
             .as_ref()

@@ -330,7 +330,6 @@ fn bad_unified_keys_are_refused() {
 #[test]
 fn untranslated_resources_are_unsupported() {
     for (json, field) in [
-        (r#"{"devices":[{"allow":false,"access":"rwm"}]}"#, "devices"),
         (r#"{"blockIO":{"weight":10}}"#, "blockIO"),
         (
             r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#,
@@ -406,6 +405,7 @@ fn create_under_refuses_paths_leaving_the_mount() {
         path: CgroupPath::Root(PathBuf::from("x")),
         controllers: BTreeSet::new(),
         writes: Vec::new(),
+        devices: None,
     };
     let tmp = std::env::temp_dir();
     for bad in ["/etc/x", "../x", "a/../../x", ""] {
@@ -521,5 +521,75 @@ fn real_cgroup_lifecycle_on_the_host() {
     // Reopening a removed cgroup fails with its path.
     let gone = Cgroup::open(&path).unwrap_err().to_string();
     assert!(gone.contains(&path.display().to_string()), "{gone}");
+    fs::remove_dir(mount.join(&top)).unwrap();
+}
+
+#[test]
+fn device_rules_are_planned_with_the_defaults() {
+    let p = plan_of(r#"{"resources":{"devices":[{"allow":false,"access":"rwm"}]}}"#)
+        .unwrap()
+        .expect("device rules need a cgroup");
+    assert_eq!(p.path, CgroupPath::Root(PathBuf::from("berth/web")));
+    assert!(p.controllers.is_empty() && p.writes.is_empty());
+    let rules = p.devices.unwrap();
+    assert_eq!(rules.len(), 1 + devices::DEFAULT_RULES.len());
+    assert!(!rules[0].allow);
+    // An empty list restricts nothing and needs no program.
+    let p = plan_of(r#"{"cgroupsPath":"/x","resources":{"devices":[]}}"#)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.devices, None);
+}
+
+/// The eBPF device program for real: a process in the cgroup may read
+/// /dev/kmsg (allowed "r"), not open it for writing, and may use the
+/// default devices. This works on the hybrid host: device programs
+/// attach to cgroup2 directories and need no controller.
+#[test]
+fn real_device_program_on_the_host() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    assert!(
+        Path::new("/dev/kmsg").exists(),
+        "/dev/kmsg missing: the test needs a host devtmpfs"
+    );
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = find_cgroup2_mount(&mountinfo)
+        .expect("no cgroup2 mount on this host: mount -t cgroup2 none /sys/fs/cgroup/unified");
+    let top = format!("berth-rtx-dev-{}", std::process::id());
+    let plan = plan_of(&format!(
+        r#"{{"cgroupsPath":"/{top}/c","resources":{{"devices":[
+            {{"allow":false,"access":"rwm"}},
+            {{"allow":true,"type":"c","major":1,"minor":11,"access":"r"}}]}}}}"#
+    ))
+    .unwrap()
+    .unwrap();
+    let cg = Cgroup::create(&plan).unwrap_or_else(|e| {
+        panic!(
+            "create cgroup with device program under {}: {e:?} (run the tests as root)",
+            mount.display()
+        )
+    });
+    let script = "read go
+(: < /dev/kmsg) 2>/dev/null && echo kmsg_read=ok || echo kmsg_read=denied
+(: > /dev/kmsg) 2>/dev/null && echo kmsg_write=ok || echo kmsg_write=denied
+(: < /dev/zero) 2>/dev/null && echo zero_read=ok || echo zero_read=denied
+(: > /dev/full) 2>/dev/null && echo full_write=ok || echo full_write=denied
+";
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn /bin/sh");
+    cg.add_pid(child.id() as i32).unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "kmsg_read=ok\nkmsg_write=denied\nzero_read=ok\nfull_write=ok\n"
+    );
+    cg.remove().unwrap();
     fs::remove_dir(mount.join(&top)).unwrap();
 }

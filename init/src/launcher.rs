@@ -1,0 +1,218 @@
+//! How a task's or service's first process comes to exist.
+//!
+//! The supervisor does not know whether a program runs as a container or as
+//! a plain host process: it asks a [`Launcher`]. The container launcher (on
+//! top of `berth-runtime` and `berth-bundles`) plugs in here; this module
+//! has the host-process one, [`ProcessLauncher`], which runs `host: true`
+//! programs and refuses everything else.
+//!
+//! Contract for every launcher, because PID 1 reaps with `waitpid(-1)`:
+//! - `spawn` returns the pid of a direct child of PID 1 and never waits for it;
+//!   the event loop reaps it and routes the status back by pid.
+//! - The child gets `stdout`/`stderr` as fds 1 and 2, `/dev/null` as stdin,
+//!   an empty signal mask and default dispositions, and no other fd of PID 1
+//!   (every fd PID 1 opens is close-on-exec; CVE-2024-21626).
+
+use std::ffi::CString;
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+
+use crate::manifest::{Program, Source};
+
+/// Why a program could not be started or signalled.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{unit}: {what} is not supported by the {launcher} launcher")]
+    Unsupported {
+        unit: String,
+        what: String,
+        launcher: &'static str,
+    },
+    #[error("{unit}: spawn {program}")]
+    Spawn {
+        unit: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{unit}: send {signal} to pid {pid}")]
+    Signal {
+        unit: String,
+        pid: Pid,
+        signal: Signal,
+        source: nix::Error,
+    },
+}
+
+/// Which kind of unit a launch is for (tasks and services share a namespace
+/// of names, but a container launcher may treat them differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnitKind {
+    Task,
+    Service,
+}
+
+impl fmt::Display for UnitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Task => "task",
+            Self::Service => "service",
+        })
+    }
+}
+
+/// What the event loop needs from whoever starts programs.
+pub trait Launcher {
+    /// Refuses, before anything starts, a program this launcher cannot run,
+    /// so an appliance fails at boot and not at the first restart.
+    fn check(&self, name: &str, program: &Program) -> Result<(), LaunchError>;
+
+    /// Starts `program` with the given output pipes; returns the pid of a
+    /// direct child of the caller. Must not wait for it.
+    fn spawn(
+        &mut self,
+        kind: UnitKind,
+        name: &str,
+        program: &Program,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Pid, LaunchError>;
+
+    /// Sends `signal` to the unit's first process.
+    fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError>;
+
+    /// Called once the unit's first process has been reaped, to release what
+    /// the launcher holds for it (a container's cgroup and state).
+    fn reaped(&mut self, name: &str, pid: Pid);
+}
+
+/// Runs `host: true` programs as plain child processes of PID 1, in PID 1's
+/// own root, namespaces and cgroup. The test/dev mode until the container
+/// launcher lands, and the way boot chores run from the initramfs.
+#[derive(Debug, Default)]
+pub struct ProcessLauncher {
+    _private: (),
+}
+
+impl ProcessLauncher {
+    pub fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn check(&self, name: &str, program: &Program) -> Result<(), LaunchError> {
+        let what = match &program.source {
+            Source::Host if program.cwd.is_some() => {
+                // posix_spawn has no safe way to change directory (the
+                // _np addchdir action has no nix wrapper), and init has no
+                // unsafe code: refuse rather than run in the wrong place.
+                "cwd for a host program".to_owned()
+            }
+            Source::Host => return Ok(()),
+            Source::Image(image) => format!("image {image:?}"),
+            Source::Bundle(dir) => format!("bundle {}", dir.display()),
+        };
+        Err(LaunchError::Unsupported {
+            unit: name.to_owned(),
+            what,
+            launcher: "host-process",
+        })
+    }
+
+    fn spawn(
+        &mut self,
+        _kind: UnitKind,
+        name: &str,
+        program: &Program,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Pid, LaunchError> {
+        self.check(name, program)?;
+        let argv = program.host_argv();
+        let exe = argv.first().cloned().unwrap_or_default();
+        let spawn_error = |source: std::io::Error| LaunchError::Spawn {
+            unit: name.to_owned(),
+            program: exe.clone(),
+            source,
+        };
+        let invalid = |what: &str| {
+            spawn_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                what.to_owned(),
+            ))
+        };
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid("NUL in argv"))?;
+        let Some(path) = args.first() else {
+            return Err(invalid("empty command"));
+        };
+        // PID 1's environment, then the program's overrides.
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !program.env.iter().any(|(o, _)| o == k))
+            .collect();
+        env.extend(program.env.iter().cloned());
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid("NUL in env"))?;
+
+        let nix_err = |e: nix::Error| spawn_error(std::io::Error::from(e));
+        // The child starts with an empty signal mask and default
+        // dispositions: PID 1 blocks the signals its signalfd reads and the
+        // Rust runtime ignores SIGPIPE, and both would otherwise be
+        // inherited through exec (signal(7)).
+        let mut attr = PosixSpawnAttr::init().map_err(nix_err)?;
+        attr.set_flags(
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF
+                | PosixSpawnFlags::POSIX_SPAWN_SETPGROUP,
+        )
+        .map_err(nix_err)?;
+        attr.set_sigmask(&SigSet::empty()).map_err(nix_err)?;
+        let mut defaults = SigSet::empty();
+        for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+            defaults.add(sig);
+        }
+        attr.set_sigdefault(&defaults).map_err(nix_err)?;
+        // A process group of its own: a signal a person sends to PID 1's
+        // group from a terminal must not reach services behind its back.
+        attr.set_pgroup(Pid::from_raw(0)).map_err(nix_err)?;
+
+        let mut actions = PosixSpawnFileActions::init().map_err(nix_err)?;
+        actions
+            .add_open(0, "/dev/null", OFlag::O_RDONLY, Mode::empty())
+            .map_err(nix_err)?;
+        // The pipe ends are close-on-exec; dup2 onto 1 and 2 makes copies
+        // without the flag, the originals vanish at exec.
+        actions.add_dup2(stdout.as_raw_fd(), 1).map_err(nix_err)?;
+        actions.add_dup2(stderr.as_raw_fd(), 2).map_err(nix_err)?;
+
+        let pid = posix_spawnp(path, &actions, &attr, &args, &envp).map_err(nix_err)?;
+        // PID 1's copies of the write ends close here; the child holds its own.
+        drop((stdout, stderr));
+        Ok(pid)
+    }
+
+    fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError> {
+        kill(pid, signal).map_err(|source| LaunchError::Signal {
+            unit: name.to_owned(),
+            pid,
+            signal,
+            source,
+        })
+    }
+
+    fn reaped(&mut self, _name: &str, _pid: Pid) {
+        // A host process leaves nothing behind once reaped.
+    }
+}

@@ -1,0 +1,564 @@
+//! PID 1's logging: its own messages through the `log` facade, and every
+//! service's output, stamped and routed to the console, a per-service ring,
+//! optional rotated files and optional syslog.
+//!
+//! Levels, as PID 1 uses them:
+//! - `error`: something a person must look at — a fatal boot error, a
+//!   service given up on (start limit), a sink that stopped working.
+//! - `warn`: a failure PID 1 handles by itself — a crash and its restart,
+//!   dropped log lines, an ignored command-line option.
+//! - `info` (default): lifecycle marker lines and the boot timeline.
+//! - `debug`: why PID 1 did what it did (each mount, each module, reaped
+//!   orphans one by one).
+//! - `trace`: every wakeup of the event loop.
+//!
+//! Every line PID 1 prints starts with a timestamp in seconds since the
+//! monotonic clock's zero (boot on a VM, like the kernel's own console
+//! lines): `[    12.345] berth: service web started pid=123` for PID 1's
+//! own lines, `[    12.345] web: <text>` for a service's stdout and stderr.
+//! Debug and trace lines say `berth: debug: …`.
+//!
+//! The console never blocks PID 1: it is written through a bounded
+//! [`sinks::Outbox`]; a flooding service is held to its line budget
+//! ([`buffers::LineBudget`]); lines over the budget are kept in the ring
+//! only, dropped from the console, files and syslog, and counted in a
+//! `berth: service web: N lines dropped (rate limit)` line at most once a
+//! second.
+
+pub mod buffers;
+pub mod sinks;
+
+use std::fs::File;
+use std::io::{Cursor, Write};
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Mutex, MutexGuard};
+
+use buffers::{LineBudget, Ring, Stream};
+use sinks::{Outbox, RotatingFile};
+
+use crate::clock::now_ms;
+use crate::manifest::{LogConfig, SyslogTarget};
+use crate::service::Millis;
+
+/// Console queue size: about two seconds of a 115200-baud serial line.
+const CONSOLE_QUEUE: usize = 32 * 1024;
+
+/// Why a log sink could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("install the logger")]
+    Install { source: log::SetLoggerError },
+    #[error("create log directory {dir}")]
+    LogDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("syslog over tcp ({addr}) is not supported yet; use udp or unix")]
+    SyslogTcp { addr: String },
+}
+
+/// A unit's log state; index = the id [`register_unit`] returned.
+struct UnitLog {
+    name: String,
+    ring: Ring,
+    budget: LineBudget,
+    dropped: u64,
+    last_notice: Millis,
+    file: Option<RotatingFile>,
+}
+
+enum SyslogSink {
+    Unix {
+        path: std::path::PathBuf,
+        socket: Option<UnixDatagram>,
+        last_try: Option<Millis>,
+    },
+    Udp {
+        socket: UdpSocket,
+    },
+}
+
+struct Hub {
+    console: Option<Outbox<File>>,
+    kmsg: Option<File>,
+    config: LogConfig,
+    units: Vec<UnitLog>,
+    syslog: Option<SyslogSink>,
+    console_dropped: u64,
+}
+
+static HUB: Mutex<Option<Hub>> = Mutex::new(None);
+
+/// PID 1 is single-threaded; the mutex exists because `log` wants `Sync`.
+/// A poisoned lock (a panic while logging) must not silence PID 1.
+fn hub() -> MutexGuard<'static, Option<Hub>> {
+    HUB.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut guard = hub();
+        if let Some(hub) = guard.as_mut() {
+            hub.own_line(record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {
+        if let Some(hub) = hub().as_mut()
+            && let Some(console) = hub.console.as_mut()
+        {
+            console.flush();
+        }
+    }
+}
+
+/// Installs the logger. `console` should be non-blocking (PID 1 opens it so);
+/// without one, PID 1's own lines go to `kmsg` (`/dev/kmsg`) if given.
+pub fn init(
+    console: Option<File>,
+    kmsg: Option<File>,
+    level: log::LevelFilter,
+) -> Result<(), LoggingError> {
+    *hub() = Some(Hub {
+        console: console.map(|c| Outbox::new(c, CONSOLE_QUEUE)),
+        kmsg,
+        config: LogConfig {
+            level,
+            ..LogConfig::default()
+        },
+        units: Vec::new(),
+        syslog: None,
+        console_dropped: 0,
+    });
+    log::set_logger(&LOGGER).map_err(|source| LoggingError::Install { source })?;
+    log::set_max_level(level);
+    Ok(())
+}
+
+/// Applies the manifest's `log` settings (units registered later use them).
+pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
+    if let Some(files) = &config.files {
+        std::fs::create_dir_all(&files.dir).map_err(|source| LoggingError::LogDir {
+            dir: files.dir.clone(),
+            source,
+        })?;
+    }
+    let syslog = match &config.syslog {
+        None => None,
+        Some(SyslogTarget::Tcp(addr)) => {
+            return Err(LoggingError::SyslogTcp { addr: addr.clone() });
+        }
+        Some(SyslogTarget::Unix(path)) => Some(SyslogSink::Unix {
+            path: path.clone(),
+            socket: None,
+            last_try: None,
+        }),
+        Some(SyslogTarget::Udp(addr)) => {
+            // UDP: bind and connect now (no peer needed); sends never block.
+            let socket = UdpSocket::bind("0.0.0.0:0")
+                .and_then(|s| s.connect(addr.as_str()).map(|()| s))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s));
+            match socket {
+                Ok(socket) => Some(SyslogSink::Udp { socket }),
+                Err(e) => {
+                    log::error!("syslog {addr}: {e}; not forwarding");
+                    None
+                }
+            }
+        }
+    };
+    log::set_max_level(config.level);
+    if let Some(hub) = hub().as_mut() {
+        hub.config = config.clone();
+        hub.syslog = syslog;
+    }
+    Ok(())
+}
+
+/// Sets PID 1's own level (the kernel command line overrides the manifest).
+pub fn set_level(level: log::LevelFilter) {
+    log::set_max_level(level);
+    if let Some(hub) = hub().as_mut() {
+        hub.config.level = level;
+    }
+}
+
+/// The id of `name`'s log, created on first use. A service keeps its ring
+/// and file across restarts.
+pub fn register_unit(name: &str) -> usize {
+    let mut guard = hub();
+    let Some(hub) = guard.as_mut() else {
+        return usize::MAX;
+    };
+    if let Some(i) = hub.units.iter().position(|u| u.name == name) {
+        return i;
+    }
+    let files = hub.config.files.clone();
+    let file = files.and_then(
+        |f| match RotatingFile::open(&f.dir, name, f.max_size, f.keep) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                hub.own_line(log::Level::Error, &format_args!("{}", error_chain(&e)));
+                None
+            }
+        },
+    );
+    hub.units.push(UnitLog {
+        name: name.to_owned(),
+        ring: Ring::new(hub.config.ring_size),
+        budget: LineBudget::new(hub.config.lines_per_sec, hub.config.burst, now_ms()),
+        dropped: 0,
+        last_notice: 0,
+        file,
+    });
+    hub.units.len() - 1
+}
+
+/// The longest line kept whole; longer ones are cut.
+pub fn max_line() -> usize {
+    hub()
+        .as_ref()
+        .map(|h| h.config.max_line)
+        .unwrap_or(LogConfig::default().max_line)
+}
+
+/// One line of a unit's output.
+pub fn unit_line(unit: usize, stream: Stream, line: &[u8], cut: bool) {
+    let now = now_ms();
+    if let Some(hub) = hub().as_mut() {
+        hub.unit_line(unit, stream, line, cut, now);
+    }
+}
+
+/// Writes what the console takes now; true if bytes are still waiting.
+pub fn flush_console() -> bool {
+    let mut guard = hub();
+    let Some(hub) = guard.as_mut() else {
+        return false;
+    };
+    hub.note_console_drops();
+    hub.console.as_mut().is_some_and(|c| {
+        c.flush();
+        c.pending() > 0 && !c.is_broken()
+    })
+}
+
+/// Runs `f` with the console fd, for the event loop to wait for POLLOUT.
+pub fn with_console_fd<T>(f: impl FnOnce(Option<BorrowedFd<'_>>) -> T) -> T {
+    let guard = hub();
+    let fd = guard
+        .as_ref()
+        .and_then(|h| h.console.as_ref())
+        .map(|c| c.writer().as_fd());
+    f(fd)
+}
+
+/// Prints every unit's ring to the console (SIGUSR2).
+pub fn dump_rings() {
+    let mut guard = hub();
+    let Some(hub) = guard.as_mut() else { return };
+    let dumps: Vec<(String, Vec<buffers::RingLine>)> = hub
+        .units
+        .iter()
+        .map(|u| (u.name.clone(), u.ring.lines()))
+        .collect();
+    for (name, lines) in dumps {
+        hub.own_line(
+            log::Level::Info,
+            &format_args!("ring {name}: {} lines", lines.len()),
+        );
+        for (time, _stream, text) in lines {
+            let stamp = Stamp::new(time);
+            if let Some(c) = hub.console.as_mut() {
+                c.push(&[
+                    stamp.as_bytes(),
+                    b"ring ",
+                    name.as_bytes(),
+                    b": ",
+                    &text,
+                    b"\n",
+                ]);
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line: `open log file /x: permission denied`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `[    12.345] ` without allocating.
+struct Stamp {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl Stamp {
+    fn new(ms: Millis) -> Self {
+        let mut buf = [0u8; 24];
+        let mut cursor = Cursor::new(&mut buf[..]);
+        // 24 bytes hold any u64 seconds value plus the decoration.
+        let _ = write!(cursor, "[{:>6}.{:03}] ", ms / 1000, ms % 1000);
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        Self { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl Hub {
+    fn own_line(&mut self, level: log::Level, args: &std::fmt::Arguments<'_>) {
+        self.own_line_at(level, args, now_ms());
+    }
+
+    fn own_line_at(&mut self, level: log::Level, args: &std::fmt::Arguments<'_>, now: Millis) {
+        let text = args.to_string();
+        let tag: &[u8] = match level {
+            log::Level::Debug => b"berth: debug: ",
+            log::Level::Trace => b"berth: trace: ",
+            _ => b"berth: ",
+        };
+        let stamp = Stamp::new(now);
+        match self.console.as_mut() {
+            Some(c) if !c.is_broken() => {
+                c.push(&[stamp.as_bytes(), tag, text.as_bytes(), b"\n"]);
+            }
+            _ => {
+                if let Some(kmsg) = self.kmsg.as_mut() {
+                    // /dev/kmsg takes one record per write, "<prio>text".
+                    let prio = match level {
+                        log::Level::Error => 3,
+                        log::Level::Warn => 4,
+                        log::Level::Info => 6,
+                        _ => 7,
+                    };
+                    let _ = kmsg.write_all(format!("<{prio}>berth: {text}\n").as_bytes());
+                }
+            }
+        }
+        self.send_syslog("berth", syslog_severity(level), text.as_bytes(), now);
+    }
+
+    fn unit_line(&mut self, unit: usize, stream: Stream, line: &[u8], cut: bool, now: Millis) {
+        let Some(u) = self.units.get_mut(unit) else {
+            return;
+        };
+        u.ring.push(now, stream, line);
+        if !u.budget.take(now) {
+            u.dropped = u.dropped.saturating_add(1);
+            if now.saturating_sub(u.last_notice) >= 1000 {
+                u.last_notice = now;
+                let (name, dropped) = (u.name.clone(), std::mem::take(&mut u.dropped));
+                self.own_line_at(
+                    log::Level::Warn,
+                    &format_args!("service {name}: {dropped} lines dropped (rate limit)"),
+                    now,
+                );
+            }
+            return;
+        }
+        if u.dropped > 0 {
+            let (name, dropped) = (u.name.clone(), std::mem::take(&mut u.dropped));
+            u.last_notice = now;
+            self.own_line_at(
+                log::Level::Warn,
+                &format_args!("service {name}: {dropped} lines dropped (rate limit)"),
+                now,
+            );
+        }
+        let Some(u) = self.units.get_mut(unit) else {
+            return;
+        };
+        let stamp = Stamp::new(now);
+        let suffix: &[u8] = if cut { b" [cut]\n" } else { b"\n" };
+        let parts: [&[u8]; 5] = [stamp.as_bytes(), u.name.as_bytes(), b": ", line, suffix];
+        let mut file_error = None;
+        if let Some(file) = u.file.as_mut()
+            && let Err(e) = file.write_line(&parts)
+        {
+            file_error = Some(format!(
+                "service {}: log file disabled: {}",
+                u.name,
+                error_chain(&e)
+            ));
+        }
+        if let Some(c) = self.console.as_mut() {
+            c.push(&parts);
+        }
+        if self.syslog.is_some() {
+            let name = u.name.clone();
+            self.send_syslog(&name, 6, line, now);
+        }
+        if let Some(msg) = file_error {
+            if let Some(u) = self.units.get_mut(unit) {
+                u.file = None;
+            }
+            self.own_line(log::Level::Error, &format_args!("{msg}"));
+        }
+    }
+
+    fn note_console_drops(&mut self) {
+        let Some(c) = self.console.as_mut() else {
+            return;
+        };
+        self.console_dropped = self.console_dropped.saturating_add(c.take_dropped());
+        // Say so once the queue has room again, or the notice is dropped too.
+        if self.console_dropped > 0 && c.pending() < CONSOLE_QUEUE / 2 {
+            let dropped = std::mem::take(&mut self.console_dropped);
+            self.own_line(
+                log::Level::Warn,
+                &format_args!("console: {dropped} lines dropped (console too slow)"),
+            );
+        }
+    }
+
+    fn send_syslog(&mut self, tag: &str, severity: u8, text: &[u8], now: Millis) {
+        let Some(sink) = self.syslog.as_mut() else {
+            return;
+        };
+        // RFC 3164 framing without timestamp or host (the receiver adds
+        // them): "<PRI>TAG: MSG", facility daemon (3).
+        let pri = 3 * 8 + u32::from(severity);
+        let mut msg = Vec::with_capacity(text.len() + tag.len() + 8);
+        let _ = write!(msg, "<{pri}>{tag}: ");
+        msg.extend_from_slice(text);
+        match sink {
+            SyslogSink::Udp { socket } => {
+                let _ = socket.send(&msg);
+            }
+            SyslogSink::Unix {
+                path,
+                socket,
+                last_try,
+            } => {
+                if socket.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
+                    *last_try = Some(now);
+                    *socket = UnixDatagram::unbound()
+                        .and_then(|s| s.connect(&*path).map(|()| s))
+                        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                        .ok();
+                }
+                if let Some(s) = socket
+                    && let Err(e) = s.send(&msg)
+                    && e.kind() != std::io::ErrorKind::WouldBlock
+                {
+                    // The syslog daemon restarted: reconnect on a later line.
+                    *socket = None;
+                }
+            }
+        }
+    }
+}
+
+fn syslog_severity(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(Stamp::new(0).as_bytes(), b"[     0.000] ");
+        assert_eq!(Stamp::new(12_345).as_bytes(), b"[    12.345] ");
+        assert_eq!(Stamp::new(u64::MAX).as_bytes(), b"[18446744073709551.615] ");
+    }
+
+    #[test]
+    fn chains() {
+        let e = sinks::LogFileError::Open {
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(nix::libc::EACCES),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "open log file /x: Permission denied (os error 13)"
+        );
+    }
+
+    /// The hub's routing, without the global logger: a unit over its budget
+    /// keeps its ring but stays off the console, and says so.
+    #[test]
+    fn flood_is_dropped_and_counted() {
+        let dir = std::env::temp_dir().join(format!("berth-hub-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = File::create(dir.join("console")).unwrap();
+        let mut hub = Hub {
+            console: Some(Outbox::new(console, 1 << 20)),
+            kmsg: None,
+            config: LogConfig {
+                lines_per_sec: 10,
+                burst: 5,
+                ..LogConfig::default()
+            },
+            units: Vec::new(),
+            syslog: None,
+            console_dropped: 0,
+        };
+        hub.units.push(UnitLog {
+            name: "spam".into(),
+            ring: Ring::new(1 << 16),
+            budget: LineBudget::new(10, 5, 0),
+            dropped: 0,
+            last_notice: 0,
+            file: Some(RotatingFile::open(&dir, "spam", 1 << 20, 1).unwrap()),
+        });
+        for i in 0..100 {
+            hub.unit_line(
+                0,
+                Stream::Stdout,
+                format!("line {i}").as_bytes(),
+                false,
+                1000,
+            );
+        }
+        hub.unit_line(0, Stream::Stderr, b"later", true, 2000);
+        let console = std::fs::read_to_string(dir.join("console")).unwrap();
+        let lines: Vec<&str> = console.lines().collect();
+        assert_eq!(lines.len(), 5 + 1 + 1 + 1, "{console}");
+        assert_eq!(lines[0], "[     1.000] spam: line 0");
+        assert_eq!(
+            lines[5],
+            "[     1.000] berth: service spam: 1 lines dropped (rate limit)"
+        );
+        assert_eq!(
+            lines[6],
+            "[     2.000] berth: service spam: 94 lines dropped (rate limit)"
+        );
+        assert_eq!(lines[7], "[     2.000] spam: later [cut]");
+        assert_eq!(hub.units[0].ring.len(), 101, "the ring keeps everything");
+        let file = std::fs::read_to_string(dir.join("spam.log")).unwrap();
+        assert_eq!(file.lines().count(), 6, "{file}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

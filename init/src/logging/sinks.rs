@@ -1,0 +1,306 @@
+//! Where log lines go: the console (never allowed to block PID 1) and
+//! size-rotated files.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A bounded queue in front of a non-blocking writer (the console). A slow
+/// serial line must not stall the event loop: what does not fit is dropped
+/// and counted, and the rest is written when the fd is writable again.
+#[derive(Debug)]
+pub struct Outbox<W: Write> {
+    writer: W,
+    queue: VecDeque<u8>,
+    capacity: usize,
+    dropped: u64,
+    broken: bool,
+}
+
+impl<W: Write> Outbox<W> {
+    pub fn new(writer: W, capacity: usize) -> Self {
+        Self {
+            writer,
+            queue: VecDeque::with_capacity(capacity),
+            capacity,
+            dropped: 0,
+            broken: false,
+        }
+    }
+
+    /// Queues one line made of `parts` (all or nothing) and writes what the
+    /// writer takes now. Returns false if the line was dropped.
+    pub fn push(&mut self, parts: &[&[u8]]) -> bool {
+        if self.broken {
+            return false;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if self.queue.len() + total > self.capacity {
+            self.dropped = self.dropped.saturating_add(1);
+            return false;
+        }
+        for p in parts {
+            self.queue.extend(p.iter());
+        }
+        self.flush();
+        true
+    }
+
+    /// Writes as much as the writer takes without blocking.
+    pub fn flush(&mut self) {
+        while !self.queue.is_empty() && !self.broken {
+            let (front, _) = self.queue.as_slices();
+            match self.writer.write(front) {
+                Ok(0) => {
+                    self.broken = true;
+                }
+                Ok(n) => {
+                    self.queue.drain(..n.min(self.queue.len()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EIO on a hung-up console, EPIPE on a closed pipe: nothing
+                // will ever be read again; stop writing rather than spin.
+                Err(_) => self.broken = true,
+            }
+        }
+    }
+
+    /// Bytes waiting for the writer to become writable.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Lines dropped since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub fn writer(&self) -> &W {
+        &self.writer
+    }
+}
+
+/// Why a log file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFileError {
+    #[error("open log file {path}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("write log file {path}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("rotate log file {from} to {to}")]
+    Rotate {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// `dir/name.log`, rotated to `name.log.1` … `name.log.<keep>` when the next
+/// line would take it past `max_size`.
+#[derive(Debug)]
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    keep: u32,
+}
+
+fn open_append(path: &Path) -> Result<File, LogFileError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
+        .open(path)
+        .map_err(|source| LogFileError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+impl RotatingFile {
+    pub fn open(dir: &Path, name: &str, max_size: u64, keep: u32) -> Result<Self, LogFileError> {
+        let path = dir.join(format!("{name}.log"));
+        let file = open_append(&path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            path,
+            file,
+            size,
+            max_size,
+            keep,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    /// Appends one line made of `parts`.
+    pub fn write_line(&mut self, parts: &[&[u8]]) -> Result<(), LogFileError> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if self.size > 0 && self.size + total > self.max_size {
+            self.rotate()?;
+        }
+        for p in parts {
+            self.file
+                .write_all(p)
+                .map_err(|source| LogFileError::Write {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
+        self.size += total;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), LogFileError> {
+        if self.keep == 0 {
+            // Nothing kept: start the file over.
+            self.file.set_len(0).map_err(|source| LogFileError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+            self.size = 0;
+            return Ok(());
+        }
+        for n in (1..self.keep).rev() {
+            let from = self.rotated(n);
+            if from.exists() {
+                let to = self.rotated(n + 1);
+                std::fs::rename(&from, &to).map_err(|source| LogFileError::Rotate {
+                    from,
+                    to,
+                    source,
+                })?;
+            }
+        }
+        let to = self.rotated(1);
+        std::fs::rename(&self.path, &to).map_err(|source| LogFileError::Rotate {
+            from: self.path.clone(),
+            to,
+            source,
+        })?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes `budget` bytes, then would block; or fails.
+    struct Slow {
+        got: Vec<u8>,
+        budget: usize,
+        fail: bool,
+    }
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.fail {
+                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+            }
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.budget);
+            self.got.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn outbox_never_blocks_and_drops_when_full() {
+        let mut o = Outbox::new(
+            Slow {
+                got: vec![],
+                budget: 6,
+                fail: false,
+            },
+            10,
+        );
+        assert!(o.push(&[b"abc", b"\n"]));
+        assert!(o.push(&[b"defg\n"]));
+        assert_eq!(o.writer().got, b"abc\nde");
+        assert_eq!(o.pending(), 3);
+        assert!(!o.push(&[b"1234567\n"]));
+        // 3 pending + 8 = 11 > 10: dropped whole, never half a line.
+        assert_eq!(o.pending(), 3);
+        assert_eq!(o.take_dropped(), 1);
+        assert_eq!(o.take_dropped(), 0);
+        o.writer.budget = 100;
+        o.flush();
+        assert_eq!(o.writer().got, b"abc\ndefg\n");
+        assert_eq!(o.pending(), 0);
+    }
+
+    #[test]
+    fn outbox_stops_on_a_dead_writer() {
+        let mut o = Outbox::new(
+            Slow {
+                got: vec![],
+                budget: 0,
+                fail: true,
+            },
+            100,
+        );
+        o.push(&[b"x\n"]);
+        assert!(o.is_broken());
+        assert!(!o.push(&[b"y\n"]));
+    }
+
+    #[test]
+    fn files_rotate_by_size() {
+        let dir = std::env::temp_dir().join(format!("berth-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = RotatingFile::open(&dir, "web", 10, 2).unwrap();
+        for i in 0..7 {
+            f.write_line(&[format!("line{i}").as_bytes(), b"\n"])
+                .unwrap();
+        }
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
+        // 6 bytes a line, 10 max: one line per file; two rotated kept.
+        assert_eq!(read("web.log"), "line6\n");
+        assert_eq!(read("web.log.1"), "line5\n");
+        assert_eq!(read("web.log.2"), "line4\n");
+        assert!(!dir.join("web.log.3").exists());
+        // Reopening continues the size count.
+        drop(f);
+        let mut f = RotatingFile::open(&dir, "web", 10, 2).unwrap();
+        f.write_line(&[b"ab\n"]).unwrap();
+        assert_eq!(read("web.log"), "line6\nab\n");
+        f.write_line(&[b"cd\n"]).unwrap();
+        assert_eq!(read("web.log"), "cd\n");
+        assert_eq!(read("web.log.1"), "line6\nab\n");
+
+        let mut f = RotatingFile::open(&dir, "nokeep", 10, 0).unwrap();
+        for _ in 0..5 {
+            f.write_line(&[b"12345\n"]).unwrap();
+        }
+        assert_eq!(read("nokeep.log"), "12345\n");
+        assert!(!dir.join("nokeep.log.1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

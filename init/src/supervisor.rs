@@ -1,0 +1,804 @@
+//! The supervisor: boot tasks, then services, then ordered shutdown — every
+//! decision PID 1 makes about its children, without any I/O of its own.
+//!
+//! The event loop feeds it facts (a pid was reaped, the clock reached a
+//! deadline, a shutdown was requested) with the current time, and it acts
+//! through a [`Runner`]: spawn, signal, report a marker line. Tests drive it
+//! with a fake runner and a fake clock.
+//!
+//! Rules:
+//! - Tasks run one at a time, in manifest order. A failing task stops the
+//!   boot (fatal) unless it is `optional`.
+//! - Services start in dependency order once every task is done; then
+//!   `berth: ready`. `depends_on` orders starts; it does not wait for
+//!   readiness (there are no health checks yet).
+//! - Shutdown: a service gets its stop signal once every service that depends
+//!   on it is down; SIGKILL after its stop timeout. Independent services stop
+//!   in parallel, so shutdown takes the longest chain, not the sum.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::launcher::{LaunchError, UnitKind};
+use crate::manifest::{Program, Service, Task};
+use crate::order::{self, OrderError};
+use crate::service::{Action, ExitStatus, Millis, Note, ServiceMachine, ServiceNote, State};
+use crate::units::HumanDuration;
+
+/// How long a boot task gets between SIGTERM and SIGKILL at shutdown.
+pub const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The supervisor's hands.
+pub trait Runner {
+    fn spawn(&mut self, kind: UnitKind, name: &str, program: &Program) -> Result<Pid, LaunchError>;
+    fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError>;
+    /// The unit's first process was reaped.
+    fn reaped(&mut self, name: &str, pid: Pid);
+    /// A marker line, without the `berth: ` prefix.
+    fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnitRef {
+    Task(usize),
+    Service(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    Pending,
+    Running {
+        pid: Pid,
+        deadline: Option<Millis>,
+        killed: bool,
+    },
+    Done,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Tasks,
+    Services,
+    ShuttingDown,
+    Done,
+}
+
+#[derive(Debug)]
+struct TaskRun {
+    task: Task,
+    state: TaskState,
+}
+
+#[derive(Debug)]
+struct ServiceRun {
+    service: Service,
+    machine: ServiceMachine,
+    /// Services that depend on this one.
+    dependents: Vec<usize>,
+}
+
+pub struct Supervisor {
+    tasks: Vec<TaskRun>,
+    services: Vec<ServiceRun>,
+    start_order: Vec<usize>,
+    pids: BTreeMap<Pid, UnitRef>,
+    phase: Phase,
+    fatal: Option<String>,
+    orphans: u64,
+}
+
+/// A note as its marker line; a start limit hit by an exit gives two lines,
+/// the exit and then `service web failed: start limit reached (…)`.
+fn report_note(r: &mut dyn Runner, name: &str, note: &Note) {
+    if let Note::StartLimit {
+        status: Some(status),
+        ..
+    } = note
+    {
+        r.report(log::Level::Warn, format_args!("service {name} {status}"));
+    }
+    r.report(note.level(), format_args!("{}", ServiceNote(name, note)));
+}
+
+fn ms(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Supervisor {
+    pub fn new(tasks: Vec<Task>, services: Vec<Service>) -> Result<Self, OrderError> {
+        let start_order = order::start_order(&services)?;
+        let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        let services: Vec<ServiceRun> = services
+            .into_iter()
+            .map(|service| {
+                let machine = ServiceMachine::new(
+                    service.restart.clone(),
+                    service.stop_signal,
+                    service.stop_timeout,
+                );
+                ServiceRun {
+                    service,
+                    machine,
+                    dependents: Vec::new(),
+                }
+            })
+            .collect();
+        let mut sup = Self {
+            tasks: tasks
+                .into_iter()
+                .map(|task| TaskRun {
+                    task,
+                    state: TaskState::Pending,
+                })
+                .collect(),
+            services,
+            start_order,
+            pids: BTreeMap::new(),
+            phase: Phase::Tasks,
+            fatal: None,
+            orphans: 0,
+        };
+        for i in 0..sup.services.len() {
+            let deps = sup
+                .services
+                .get(i)
+                .map(|s| s.service.depends_on.clone())
+                .unwrap_or_default();
+            for dep in deps {
+                if let Some(j) = names.iter().position(|n| *n == dep)
+                    && let Some(target) = sup.services.get_mut(j)
+                {
+                    target.dependents.push(i);
+                }
+            }
+        }
+        Ok(sup)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Why the boot failed, once it has.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    pub fn orphans(&self) -> u64 {
+        self.orphans
+    }
+
+    /// Runs the boot tasks, then the services.
+    pub fn boot(&mut self, now: Millis, r: &mut dyn Runner) {
+        self.advance_tasks(now, r);
+    }
+
+    /// The earliest deadline of any unit: when [`Self::tick`] is due.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let tasks = self.tasks.iter().filter_map(|t| match t.state {
+            TaskState::Running {
+                deadline: Some(d),
+                killed: false,
+                ..
+            } => Some(d),
+            _ => None,
+        });
+        let services = self.services.iter().filter_map(|s| s.machine.deadline());
+        tasks.chain(services).min()
+    }
+
+    /// A pid was reaped. Returns false for pids that are no unit's (orphans
+    /// reparented to PID 1), which are counted.
+    pub fn child_exited(
+        &mut self,
+        pid: Pid,
+        status: ExitStatus,
+        now: Millis,
+        r: &mut dyn Runner,
+    ) -> bool {
+        let Some(unit) = self.pids.remove(&pid) else {
+            self.orphans = self.orphans.saturating_add(1);
+            return false;
+        };
+        match unit {
+            UnitRef::Task(i) => self.task_exited(i, pid, status, now, r),
+            UnitRef::Service(i) => {
+                let Some(run) = self.services.get_mut(i) else {
+                    return true;
+                };
+                r.reaped(&run.service.name, pid);
+                let note = run.machine.exited(status, now);
+                report_note(r, &run.service.name, &note);
+                if self.phase == Phase::ShuttingDown {
+                    self.advance_shutdown(now, r);
+                }
+            }
+        }
+        true
+    }
+
+    /// The clock reached (or passed) a deadline.
+    pub fn tick(&mut self, now: Millis, r: &mut dyn Runner) {
+        for t in &mut self.tasks {
+            if let TaskState::Running {
+                pid,
+                deadline: Some(d),
+                killed: false,
+            } = t.state
+                && now >= d
+            {
+                t.state = TaskState::Running {
+                    pid,
+                    deadline: Some(d),
+                    killed: true,
+                };
+                let waited = if self.phase == Phase::ShuttingDown {
+                    Some(TASK_STOP_TIMEOUT)
+                } else {
+                    t.task.timeout
+                };
+                r.report(
+                    log::Level::Warn,
+                    format_args!(
+                        "task {} did not finish within {}: sent SIGKILL",
+                        t.task.name,
+                        HumanDuration(waited.unwrap_or_default())
+                    ),
+                );
+                if let Err(e) = r.signal(&t.task.name, pid, Signal::SIGKILL) {
+                    r.report(log::Level::Warn, format_args!("{e}"));
+                }
+            }
+        }
+        for i in 0..self.services.len() {
+            let Some(run) = self.services.get_mut(i) else {
+                continue;
+            };
+            let (action, note) = run.machine.tick(now);
+            if let Some(note) = note {
+                report_note(r, &run.service.name, &note);
+            }
+            self.act(i, action, now, r);
+        }
+    }
+
+    /// Starts the ordered shutdown (idempotent).
+    pub fn shutdown(&mut self, now: Millis, r: &mut dyn Runner) {
+        if matches!(self.phase, Phase::ShuttingDown | Phase::Done) {
+            return;
+        }
+        self.phase = Phase::ShuttingDown;
+        for t in &mut self.tasks {
+            match t.state {
+                TaskState::Pending => t.state = TaskState::Skipped,
+                TaskState::Running { pid, .. } => {
+                    t.state = TaskState::Running {
+                        pid,
+                        deadline: Some(now.saturating_add(ms(TASK_STOP_TIMEOUT))),
+                        killed: false,
+                    };
+                    r.report(
+                        log::Level::Info,
+                        format_args!("task {} stopping: sent SIGTERM", t.task.name),
+                    );
+                    if let Err(e) = r.signal(&t.task.name, pid, Signal::SIGTERM) {
+                        r.report(log::Level::Warn, format_args!("{e}"));
+                    }
+                }
+                TaskState::Done | TaskState::Skipped => {}
+            }
+        }
+        for s in &mut self.services {
+            s.machine.forbid_restarts();
+        }
+        self.advance_shutdown(now, r);
+    }
+
+    /// One `status` line per unit, for SIGUSR1.
+    pub fn report_status(&self, r: &mut dyn Runner) {
+        for s in &self.services {
+            let state = s.machine.state();
+            let pid = state.pid().map(|p| p.as_raw()).unwrap_or(0);
+            match s.machine.last_exit() {
+                Some(last) => r.report(
+                    log::Level::Info,
+                    format_args!(
+                        "status service {} state={} pid={pid} restarts={} last={last} code={}",
+                        s.service.name,
+                        state.name(),
+                        s.machine.restarts(),
+                        last.code()
+                    ),
+                ),
+                None => r.report(
+                    log::Level::Info,
+                    format_args!(
+                        "status service {} state={} pid={pid} restarts={}",
+                        s.service.name,
+                        state.name(),
+                        s.machine.restarts()
+                    ),
+                ),
+            }
+        }
+        r.report(
+            log::Level::Info,
+            format_args!("status orphans reaped={}", self.orphans),
+        );
+    }
+
+    /// State of a service by name (for tests and the control channel).
+    pub fn service_state(&self, name: &str) -> Option<State> {
+        self.services
+            .iter()
+            .find(|s| s.service.name == name)
+            .map(|s| s.machine.state())
+    }
+
+    fn advance_tasks(&mut self, now: Millis, r: &mut dyn Runner) {
+        while self.phase == Phase::Tasks {
+            let Some(i) = self
+                .tasks
+                .iter()
+                .position(|t| t.state == TaskState::Pending)
+            else {
+                self.start_services(now, r);
+                return;
+            };
+            let Some(t) = self.tasks.get_mut(i) else {
+                return;
+            };
+            match r.spawn(UnitKind::Task, &t.task.name, &t.task.program) {
+                Ok(pid) => {
+                    let deadline = t.task.timeout.map(|d| now.saturating_add(ms(d)));
+                    t.state = TaskState::Running {
+                        pid,
+                        deadline,
+                        killed: false,
+                    };
+                    self.pids.insert(pid, UnitRef::Task(i));
+                    r.report(
+                        log::Level::Info,
+                        format_args!("task {} started pid={pid}", t.task.name),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    t.state = TaskState::Done;
+                    if t.task.optional {
+                        r.report(
+                            log::Level::Warn,
+                            format_args!(
+                                "task {} failed to start: {e} (optional, boot goes on)",
+                                t.task.name
+                            ),
+                        );
+                    } else {
+                        let reason = format!("boot task {} failed to start: {e}", t.task.name);
+                        self.fail(reason, now, r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn task_exited(
+        &mut self,
+        i: usize,
+        pid: Pid,
+        status: ExitStatus,
+        now: Millis,
+        r: &mut dyn Runner,
+    ) {
+        let Some(t) = self.tasks.get_mut(i) else {
+            return;
+        };
+        r.reaped(&t.task.name, pid);
+        t.state = TaskState::Done;
+        if status.success() {
+            r.report(
+                log::Level::Info,
+                format_args!("task {} {status}", t.task.name),
+            );
+        } else if self.phase != Phase::Tasks {
+            r.report(
+                log::Level::Info,
+                format_args!("task {} {status} (shutting down)", t.task.name),
+            );
+        } else if t.task.optional {
+            r.report(
+                log::Level::Warn,
+                format_args!("task {} {status} (optional, boot goes on)", t.task.name),
+            );
+        } else {
+            r.report(
+                log::Level::Error,
+                format_args!("task {} failed: {status}", t.task.name),
+            );
+            let reason = format!("boot task {} failed: {status}", t.task.name);
+            self.fail(reason, now, r);
+            return;
+        }
+        match self.phase {
+            Phase::Tasks => self.advance_tasks(now, r),
+            Phase::ShuttingDown => self.advance_shutdown(now, r),
+            Phase::Services | Phase::Done => {}
+        }
+    }
+
+    fn fail(&mut self, reason: String, now: Millis, r: &mut dyn Runner) {
+        r.report(log::Level::Error, format_args!("fatal: {reason}"));
+        self.fatal = Some(reason);
+        self.shutdown(now, r);
+    }
+
+    fn start_services(&mut self, now: Millis, r: &mut dyn Runner) {
+        self.phase = Phase::Services;
+        let order = self.start_order.clone();
+        for i in order {
+            let action = match self.services.get_mut(i) {
+                Some(run) => run.machine.start(),
+                None => continue,
+            };
+            self.act(i, action, now, r);
+        }
+        r.report(log::Level::Info, format_args!("ready"));
+    }
+
+    /// Carries out a machine's action.
+    fn act(&mut self, i: usize, action: Action, now: Millis, r: &mut dyn Runner) {
+        let Some(run) = self.services.get_mut(i) else {
+            return;
+        };
+        match action {
+            Action::None => {}
+            Action::Spawn => {
+                let note = match r.spawn(UnitKind::Service, &run.service.name, &run.service.program)
+                {
+                    Ok(pid) => {
+                        self.pids.insert(pid, UnitRef::Service(i));
+                        run.machine.spawned(pid, now)
+                    }
+                    Err(e) => run.machine.spawn_failed(e.to_string(), now),
+                };
+                report_note(r, &run.service.name, &note);
+            }
+            Action::Signal(pid, signal) => {
+                if let Err(e) = r.signal(&run.service.name, pid, signal) {
+                    r.report(log::Level::Warn, format_args!("{e}"));
+                }
+            }
+        }
+    }
+
+    fn advance_shutdown(&mut self, now: Millis, r: &mut dyn Runner) {
+        // Reverse start order, so independent services are signalled in a
+        // predictable order (the reverse of how they started).
+        let order: Vec<usize> = self.start_order.iter().rev().copied().collect();
+        for i in order {
+            let Some(run) = self.services.get(i) else {
+                continue;
+            };
+            let ready = run.dependents.iter().all(|&d| {
+                self.services
+                    .get(d)
+                    .is_none_or(|dep| dep.machine.state().pid().is_none())
+            });
+            if !ready {
+                continue;
+            }
+            let Some(run) = self.services.get_mut(i) else {
+                continue;
+            };
+            let (action, note) = run.machine.stop(now);
+            if let Some(note) = note {
+                report_note(r, &run.service.name, &note);
+            }
+            self.act(i, action, now, r);
+        }
+        let tasks_down = self
+            .tasks
+            .iter()
+            .all(|t| !matches!(t.state, TaskState::Running { .. }));
+        let services_down = self
+            .services
+            .iter()
+            .all(|s| s.machine.state().pid().is_none());
+        if tasks_down && services_down {
+            self.phase = Phase::Done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest;
+
+    #[derive(Default)]
+    struct FakeRunner {
+        next_pid: i32,
+        lines: Vec<String>,
+        spawned: Vec<String>,
+        signals: Vec<(String, Signal)>,
+        reaped: Vec<String>,
+        fail_spawn: Vec<String>,
+        pids: BTreeMap<String, Pid>,
+    }
+
+    impl Runner for FakeRunner {
+        fn spawn(&mut self, _kind: UnitKind, name: &str, _p: &Program) -> Result<Pid, LaunchError> {
+            if self.fail_spawn.iter().any(|n| n == name) {
+                return Err(LaunchError::Unsupported {
+                    unit: name.into(),
+                    what: "test".into(),
+                    launcher: "fake",
+                });
+            }
+            self.next_pid += 1;
+            let pid = Pid::from_raw(100 + self.next_pid);
+            self.spawned.push(name.to_owned());
+            self.pids.insert(name.to_owned(), pid);
+            Ok(pid)
+        }
+        fn signal(&mut self, name: &str, _pid: Pid, signal: Signal) -> Result<(), LaunchError> {
+            self.signals.push((name.to_owned(), signal));
+            Ok(())
+        }
+        fn reaped(&mut self, name: &str, _pid: Pid) {
+            self.reaped.push(name.to_owned());
+        }
+        fn report(&mut self, _level: log::Level, line: fmt::Arguments<'_>) {
+            self.lines.push(line.to_string());
+        }
+    }
+
+    impl FakeRunner {
+        fn pid(&self, name: &str) -> Pid {
+            self.pids[name]
+        }
+        fn take_lines(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.lines)
+        }
+    }
+
+    fn supervisor(json: &str) -> Supervisor {
+        let m = manifest::parse(json.as_bytes(), &[]).unwrap();
+        Supervisor::new(m.tasks, m.services).unwrap()
+    }
+
+    const APP: &str = r#"{"version":1,
+        "tasks":[{"name":"t1","host":true,"command":["x"]},{"name":"t2","host":true,"command":["x"],"optional":true}],
+        "services":[
+          {"name":"web","host":true,"command":["x"],"depends_on":["db"],"stop_timeout":"2s"},
+          {"name":"db","host":true,"command":["x"],"stop_timeout":"3s"},
+          {"name":"cron","host":true,"command":["x"],"restart":{"policy":"always"}}]}"#;
+
+    #[test]
+    fn tasks_in_order_then_services_by_dependency() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        assert_eq!(r.spawned, ["t1"], "one task at a time");
+        assert!(s.child_exited(r.pid("t1"), ExitStatus::Code(0), 10, &mut r));
+        assert_eq!(r.spawned, ["t1", "t2"]);
+        // An optional task's failure does not stop the boot.
+        s.child_exited(r.pid("t2"), ExitStatus::Code(3), 20, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
+        assert_eq!(s.phase(), Phase::Services);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "task t1 started pid=101",
+                "task t1 exited status=0",
+                "task t2 started pid=102",
+                "task t2 exited status=3 (optional, boot goes on)",
+                "service db started pid=103",
+                "service web started pid=104",
+                "service cron started pid=105",
+                "ready",
+            ]
+        );
+        assert_eq!(r.reaped, ["t1", "t2"]);
+    }
+
+    #[test]
+    fn failing_task_is_fatal() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Signal(11), 10, &mut r);
+        assert_eq!(
+            r.spawned,
+            ["t1"],
+            "nothing starts after a failed mandatory task"
+        );
+        assert_eq!(s.fatal(), Some("boot task t1 failed: killed by signal 11"));
+        assert_eq!(s.phase(), Phase::Done);
+        assert!(
+            r.lines
+                .contains(&"fatal: boot task t1 failed: killed by signal 11".to_owned())
+        );
+    }
+
+    #[test]
+    fn task_spawn_error_is_fatal_unless_optional() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner {
+            fail_spawn: vec!["t1".into()],
+            ..Default::default()
+        };
+        s.boot(0, &mut r);
+        assert!(
+            s.fatal()
+                .unwrap()
+                .starts_with("boot task t1 failed to start: ")
+        );
+
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner {
+            fail_spawn: vec!["t2".into()],
+            ..Default::default()
+        };
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 1, &mut r);
+        assert_eq!(s.fatal(), None);
+        assert_eq!(r.spawned, ["t1", "db", "web", "cron"]);
+    }
+
+    #[test]
+    fn task_timeout_kills() {
+        let mut s = supervisor(
+            r#"{"version":1,"tasks":[{"name":"slow","host":true,"command":["x"],"timeout":"30s"}]}"#,
+        );
+        let mut r = FakeRunner::default();
+        s.boot(1000, &mut r);
+        assert_eq!(s.next_deadline(), Some(31_000));
+        s.tick(30_999, &mut r);
+        assert!(r.signals.is_empty());
+        s.tick(31_000, &mut r);
+        assert_eq!(r.signals, [("slow".to_owned(), Signal::SIGKILL)]);
+        assert_eq!(s.next_deadline(), None);
+        s.child_exited(r.pid("slow"), ExitStatus::Signal(9), 31_001, &mut r);
+        assert_eq!(s.fatal(), Some("boot task slow failed: killed by signal 9"));
+    }
+
+    #[test]
+    fn crash_restart_and_orphans() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        r.take_lines();
+        assert!(!s.child_exited(Pid::from_raw(9999), ExitStatus::Code(0), 5, &mut r));
+        assert_eq!(s.orphans(), 1);
+        s.child_exited(r.pid("cron"), ExitStatus::Signal(9), 100, &mut r);
+        assert_eq!(s.next_deadline(), Some(500));
+        s.tick(499, &mut r);
+        s.tick(500, &mut r);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "service cron killed by signal 9, restart in 400ms",
+                "service cron started pid=106"
+            ]
+        );
+        s.report_status(&mut r);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "status service web state=running pid=104 restarts=0",
+                "status service db state=running pid=103 restarts=0",
+                "status service cron state=running pid=106 restarts=1 last=killed by signal 9 code=137",
+                "status orphans reaped=1",
+            ]
+        );
+    }
+
+    #[test]
+    fn shutdown_stops_dependents_first_and_kills_after_timeout() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        r.take_lines();
+        s.shutdown(1000, &mut r);
+        // cron and web have no dependents: signalled at once; db waits for web.
+        assert_eq!(
+            r.signals,
+            [
+                ("cron".to_owned(), Signal::SIGTERM),
+                ("web".to_owned(), Signal::SIGTERM)
+            ]
+        );
+        s.child_exited(r.pid("cron"), ExitStatus::Signal(15), 1100, &mut r);
+        assert_eq!(s.phase(), Phase::ShuttingDown);
+        // web ignores SIGTERM: SIGKILL after its 2 s.
+        assert_eq!(s.next_deadline(), Some(3000));
+        s.tick(3000, &mut r);
+        assert_eq!(r.signals.last(), Some(&("web".to_owned(), Signal::SIGKILL)));
+        assert!(
+            !r.signals.iter().any(|(n, _)| n == "db"),
+            "db is not stopped while web runs"
+        );
+        s.child_exited(r.pid("web"), ExitStatus::Signal(9), 3010, &mut r);
+        assert_eq!(r.signals.last(), Some(&("db".to_owned(), Signal::SIGTERM)));
+        s.child_exited(r.pid("db"), ExitStatus::Code(0), 3020, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(s.fatal(), None);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "service cron stopping: sent SIGTERM, SIGKILL in 10s",
+                "service web stopping: sent SIGTERM, SIGKILL in 2s",
+                "service cron stopped (killed by signal 15)",
+                "service web did not stop within 2s: sent SIGKILL",
+                "service web stopped (killed by signal 9)",
+                "service db stopping: sent SIGTERM, SIGKILL in 3s",
+                "service db stopped (exited status=0)",
+            ]
+        );
+        // Second request is a no-op.
+        s.shutdown(4000, &mut r);
+        assert!(r.lines.is_empty());
+    }
+
+    #[test]
+    fn shutdown_during_backoff_and_tasks() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        // Shutdown while t1 runs: t1 gets SIGTERM, t2 and services never start.
+        s.shutdown(10, &mut r);
+        assert_eq!(r.signals, [("t1".to_owned(), Signal::SIGTERM)]);
+        assert_eq!(s.next_deadline(), Some(5010));
+        s.child_exited(r.pid("t1"), ExitStatus::Signal(15), 20, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(
+            s.fatal(),
+            None,
+            "a task stopped by shutdown is not a boot failure"
+        );
+        assert_eq!(r.spawned, ["t1"]);
+
+        let mut s =
+            supervisor(r#"{"version":1,"services":[{"name":"a","host":true,"command":["x"]}]}"#);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("a"), ExitStatus::Code(1), 5, &mut r);
+        s.shutdown(10, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(s.service_state("a"), Some(State::Stopped));
+        s.tick(100_000, &mut r);
+        assert_eq!(r.spawned, ["a"], "no restart after shutdown");
+    }
+
+    #[test]
+    fn exit_during_shutdown_is_not_restarted() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        s.shutdown(100, &mut r);
+        r.take_lines();
+        // db dies on its own while web is stopping.
+        s.child_exited(r.pid("db"), ExitStatus::Code(1), 150, &mut r);
+        assert_eq!(
+            r.take_lines(),
+            ["service db exited status=1, not restarting"]
+        );
+        assert_eq!(
+            s.next_deadline(),
+            Some(2100),
+            "only web's stop timeout is pending"
+        );
+    }
+}

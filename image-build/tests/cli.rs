@@ -242,3 +242,51 @@ fn progress_only_on_a_terminal() {
         "no progress on a tty: {text:?}"
     );
 }
+
+#[test]
+fn unpack_and_run_with_berth_runc() {
+    require_root();
+    // berth-runc is built next to berth-build by `cargo test --workspace`.
+    let runc = Path::new(BIN).with_file_name("berth-runc");
+    assert!(
+        runc.is_file(),
+        "{} missing: run the workspace tests (cargo test --workspace) or cargo build -p berth-runtime",
+        runc.display()
+    );
+    let s = Scratch::new("berth-runc");
+    let image = busybox_image(&s.0);
+    let bundle = s.0.join("bundle");
+    let out = berth(&["unpack", &image, bundle.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = format!("berth-build-brunc-{}", std::process::id());
+    let state = s.0.join("state");
+    let run = Command::new(&runc)
+        .args([
+            "--root",
+            state.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new(&runc)
+        .args(["--root", state.to_str().unwrap(), "delete", "--force", &id])
+        .output();
+    assert!(
+        run.status.success(),
+        "berth-runc run failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello 1234:1234:1234 777 /srv /srv"
+    );
+}

@@ -460,3 +460,63 @@ fn unpadded_layer_tar_like_umoci_writes() {
         }
     }
 }
+
+#[test]
+fn passwd_is_read_in_root_only() {
+    require_root();
+    let s = Scratch::new("passwd");
+    // A host file the image points at: must never be consulted.
+    let host = s.path().join("host-passwd");
+    fs::write(&host, "app:x:4242:4242::/h:/bin/sh\n").unwrap();
+    let cases: Vec<(&str, Vec<E>, &str)> = vec![
+        (
+            "symlink to host path",
+            vec![
+                E::dir("etc"),
+                E::symlink("etc/passwd", host.to_str().unwrap()),
+            ],
+            "unable to find user \"app\"",
+        ),
+        (
+            "symlink with ..",
+            vec![
+                E::dir("etc"),
+                E::symlink("etc/passwd", "../../../../host-passwd"),
+            ],
+            "unable to find user \"app\"",
+        ),
+        (
+            "fifo",
+            vec![E::dir("etc"), E::node("etc/passwd", b'6', 0, 0)],
+            "not a regular file",
+        ),
+        (
+            "char device",
+            vec![E::dir("etc"), E::node("etc/passwd", b'3', 1, 5)],
+            "not a regular file",
+        ),
+    ];
+    for (name, entries, want) in cases {
+        let l = Layout::new(&s.path().join(format!("img-{}", name.replace(' ', "-"))));
+        let t = tar(&entries);
+        let l0 = l.blob("application/vnd.oci.image.layer.v1.tar", &t);
+        let cfg = l.config(
+            std::slice::from_ref(&t),
+            "amd64",
+            json!({"config": {"User": "app", "Cmd": ["/bin/sh"]}}),
+        );
+        let c = l.blob(
+            "application/vnd.oci.image.config.v1+json",
+            &serde_json::to_vec(&cfg).unwrap(),
+        );
+        let m = l.manifest(c, &[l0]);
+        l.index(&[(m, None)]);
+        let err = unpack(
+            &format!("oci:{}", l.dir.display()),
+            &s.path().join(format!("b-{}", name.replace(' ', "-"))),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}

@@ -290,3 +290,43 @@ fn unpack_and_run_with_berth_runc() {
         "hello 1234:1234:1234 777 /srv /srv"
     );
 }
+
+#[test]
+fn docker_archive_written_by_skopeo() {
+    require_root();
+    require("skopeo", "skopeo");
+    let s = Scratch::new("docker-archive");
+    let image = busybox_image(&s.0);
+    let archive = s.0.join("busybox.tar");
+    sh(&format!(
+        "skopeo copy --quiet {image} docker-archive:{}:example/busybox:v1",
+        archive.display()
+    ));
+    let reference = format!("docker-archive:{}:example/busybox:v1", archive.display());
+    let out = berth(&["inspect", &reference]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("manifest:   (docker-archive: none)") && text.contains("GREETING=hello"),
+        "{text}"
+    );
+    let bundle = s.0.join("bundle");
+    let out = berth(&[
+        "unpack",
+        &format!("docker-archive:{}", archive.display()),
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["user"]["uid"], 1234);
+}

@@ -520,3 +520,65 @@ fn passwd_is_read_in_root_only() {
         assert!(err.contains(want), "{name}: {err}");
     }
 }
+
+#[test]
+fn docker_archive_hostile_manifest() {
+    require_root();
+    let s = Scratch::new("docker-hostile");
+    let tars = vec![tar(&[E::file("x", b"x")])];
+    let cfg = Layout::new(&s.path().join("tmp")).config(&tars, "amd64", json!({}));
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    let cfg_hex = sha256_hex(&cfg_bytes);
+    let cases = [
+        // Paths are keys into the archive's member map, never host paths.
+        ("../../../../etc/passwd", "missing layer etc/passwd"),
+        ("/etc/passwd", "missing layer etc/passwd"),
+        // A symlink loop between members ends with an error, not a hang.
+        ("loop/a", "too many levels"),
+    ];
+    for (layer, want) in cases {
+        let path = s.path().join("a.tar");
+        let manifest =
+            json!([{"Config": format!("{cfg_hex}.json"), "RepoTags": [], "Layers": [layer]}]);
+        archive(
+            &path,
+            &[
+                (format!("{cfg_hex}.json"), cfg_bytes.clone()),
+                (
+                    "manifest.json".into(),
+                    serde_json::to_vec(&manifest).unwrap(),
+                ),
+            ],
+            &[("loop/a".into(), "b".into()), ("loop/b".into(), "a".into())],
+        );
+        let err = unpack(
+            &format!("docker-archive:{}", path.display()),
+            &s.path().join("b"),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains(want), "{layer}: {err}");
+    }
+    // A config whose name carries a digest is verified against it.
+    let path = s.path().join("c.tar");
+    let manifest = json!([{"Config": format!("{}.json", "0".repeat(64)), "Layers": ["l.tar"]}]);
+    archive(
+        &path,
+        &[
+            (format!("{}.json", "0".repeat(64)), cfg_bytes.clone()),
+            ("l.tar".into(), tars[0].clone()),
+            (
+                "manifest.json".into(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ],
+        &[],
+    );
+    let err = unpack(
+        &format!("docker-archive:{}", path.display()),
+        &s.path().join("c"),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.contains("does not match its digest"), "{err}");
+}

@@ -264,8 +264,9 @@ fn decode_stage(
     compression: Compression,
     to_hash: SyncSender<Arc<Vec<u8>>>,
     to_apply: SyncSender<Msg<Arc<Vec<u8>>>>,
+    recycled: Receiver<Vec<u8>>,
 ) {
-    let res = decode(input, compression, &to_hash, &to_apply);
+    let res = decode(input, compression, &to_hash, &to_apply, &recycled);
     // Dropping `to_hash` ends the hasher; the extractor gets the verdict.
     drop(to_hash);
     let _ = to_apply.send(Msg::End(res));
@@ -276,6 +277,7 @@ fn decode(
     compression: Compression,
     to_hash: &SyncSender<Arc<Vec<u8>>>,
     to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
+    recycled: &Receiver<Vec<u8>>,
 ) -> Result<(), StreamError> {
     let compression = match compression {
         Compression::Sniff => match owned.fill_buf() {
@@ -295,7 +297,7 @@ fn decode(
         ),
     };
     loop {
-        let mut chunk = Vec::new();
+        let mut chunk = recycled.try_recv().unwrap_or_default();
         match fill(&mut decoder, &mut chunk) {
             Ok(0) => break,
             Ok(_) => {
@@ -327,6 +329,7 @@ fn decode(
 /// The extractor's input: the decoder's tar chunks.
 struct ChannelReader {
     rx: Receiver<Msg<Arc<Vec<u8>>>>,
+    back: SyncSender<Vec<u8>>,
     cur: Arc<Vec<u8>>,
     pos: usize,
     end: Option<Result<(), StreamError>>,
@@ -373,7 +376,8 @@ impl Read for ChannelReader {
             }
             match self.rx.recv() {
                 Ok(Msg::Data(chunk)) => {
-                    self.cur = chunk;
+                    let spent = std::mem::replace(&mut self.cur, chunk);
+                    give_back(spent, &self.back);
                     self.pos = 0;
                 }
                 Ok(Msg::End(res)) => self.end = Some(res),
@@ -395,12 +399,21 @@ impl ChannelReader {
                     if chunk.iter().any(|b| *b != 0) {
                         log::debug!("ignoring trailing bytes after the end of a layer tar");
                     }
+                    give_back(chunk, &self.back);
                 }
                 Ok(Msg::End(res)) => self.end = Some(res),
                 Err(_) => self.end = Some(Err(stage_gone())),
             }
         }
         self.end.take().unwrap_or(Ok(()))
+    }
+}
+
+/// Hands a tar chunk back to the decoder once its last user (hasher or
+/// extractor) is done with it, saving an allocation and a 1 MiB memset.
+fn give_back(chunk: Arc<Vec<u8>>, back: &SyncSender<Vec<u8>>) {
+    if let Ok(v) = Arc::try_unwrap(chunk) {
+        let _ = back.try_send(v);
     }
 }
 
@@ -442,22 +455,26 @@ pub fn unpack_layer(
         end: None,
     };
     let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+    let (recycle_tx, recycle_rx) = sync_channel(2 * DEPTH + 2);
+    let hash_back = recycle_tx.clone();
     let hasher = spawn("layer-hash", move || {
         let mut h = Hasher::default();
         for chunk in hash_rx {
             h.update(&chunk);
+            give_back(chunk, &hash_back);
         }
         h.finish()
     })
     .map_err(thread_err)?;
     let (tx, rx) = sync_channel(DEPTH);
     let decoder = spawn("layer-decode", move || {
-        decode_stage(input, compression, hash_tx, tx)
+        decode_stage(input, compression, hash_tx, tx, recycle_rx)
     })
     .map_err(thread_err)?;
 
     let mut reader_end = ChannelReader {
         rx,
+        back: recycle_tx,
         cur: Arc::new(Vec::new()),
         pos: 0,
         end: None,

@@ -721,3 +721,9 @@ fn close_range(first: u32, last: u32) -> io::Result<()> {
     // keeps the ones it still uses out of the range.
     cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
 }
+
+/// `unshare(2)`; `CLONE_NEWNS` needs a single-threaded caller.
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare has no memory effects.
+    cvt(unsafe { libc::unshare(flags) }).map(drop)
+}

@@ -290,22 +290,6 @@ pub fn check_supported(spec: &Spec) -> Result<(), SpecError> {
     if process.exec_cpu_affinity().is_some() {
         return Err(unsupported("process.execCPUAffinity"));
     }
-    if let Some(hooks) = spec.hooks() {
-        if hooks
-            .create_container()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-        {
-            return Err(unsupported("hooks.createContainer"));
-        }
-        if hooks
-            .start_container()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-        {
-            return Err(unsupported("hooks.startContainer"));
-        }
-    }
     if let Some(mounts) = spec.mounts() {
         for m in mounts {
             if m.uid_mappings().is_some() || m.gid_mappings().is_some() {

@@ -727,3 +727,37 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare has no memory effects.
     cvt(unsafe { libc::unshare(flags) }).map(drop)
 }
+
+/// `pidfd_open(2)` (no libc wrapper): an fd that becomes readable when
+/// the process exits.
+pub fn pidfd_open(pid: pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: raw syscall without memory effects; the fd returned is new.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })? as RawFd;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passes (-1: forever);
+/// true when readable.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd.
+    let n = retry(|| cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) }))?;
+    Ok(n > 0)
+}
+
+/// Forks a plain child (clone3 without flags) that runs `child`.
+/// See [`clone3`]: the closure must be async-signal-safe and never return.
+pub fn fork_hook(hook: &crate::process::ChildHook) -> io::Result<pid_t> {
+    let args = CloneArgs {
+        flags: 0,
+        cgroup: None,
+    };
+    // SAFETY: run_hook_child only calls allocation-free wrappers of this
+    // module (dup, close_range, execve, _exit) on precomputed data.
+    unsafe { clone3(&args, || crate::process::run_hook_child(hook)) }
+}

@@ -508,11 +508,26 @@ impl Runtime {
             let pre = h.prestart().as_ref().is_some_and(|v| !v.is_empty());
             pre || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
         });
-        let stdio_raw: [Option<RawFd>; 3] = [
-            opts.stdio.stdin.as_ref().map(|f| f.as_raw_fd()),
-            opts.stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
-            opts.stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
+        // The child dups these onto 0, 1, 2 in order: a source that is
+        // itself 0-2 could be overwritten first, so move those above 2.
+        let lift = |fd: &Option<OwnedFd>| -> Result<Option<OwnedFd>, ContainerError> {
+            match fd {
+                Some(f) if f.as_raw_fd() < 3 => sys::dup_above(f.as_fd(), 3)
+                    .map(Some)
+                    .map_err(ioerr("duplicate stdio fd", dir)),
+                _ => Ok(None),
+            }
+        };
+        let lifted = [
+            lift(&opts.stdio.stdin)?,
+            lift(&opts.stdio.stdout)?,
+            lift(&opts.stdio.stderr)?,
         ];
+        let sources = [&opts.stdio.stdin, &opts.stdio.stdout, &opts.stdio.stderr];
+        let mut stdio_raw: [Option<RawFd>; 3] = [None; 3];
+        for (i, (src, up)) in sources.iter().zip(&lifted).enumerate() {
+            stdio_raw[i] = up.as_ref().or(src.as_ref()).map(|f| f.as_raw_fd());
+        }
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             Some(s) => {
                 Some(
@@ -572,6 +587,7 @@ impl Runtime {
         // show as EOF, and the fifo have no reader but the child.
         drop(cx);
         drop(opts);
+        drop(lifted);
 
         let fail = |e: ContainerError| {
             let _ = sys::kill(pid, libc::SIGKILL);
@@ -582,10 +598,16 @@ impl Runtime {
         if plan.namespaces.new_user() {
             // The parent writes the maps: it has the privileges over the
             // parent user namespace that the child lacks.
-            fs::write(proc_dir.join("uid_map"), &plan.namespaces.uid_map)
-                .map_err(|e| fail(ioerr("write", &proc_dir.join("uid_map"))(e)))?;
-            fs::write(proc_dir.join("gid_map"), &plan.namespaces.gid_map)
-                .map_err(|e| fail(ioerr("write", &proc_dir.join("gid_map"))(e)))?;
+            write_proc(
+                &proc_dir.join("uid_map"),
+                plan.namespaces.uid_map.as_bytes(),
+            )
+            .map_err(|e| fail(ioerr("write", &proc_dir.join("uid_map"))(e)))?;
+            write_proc(
+                &proc_dir.join("gid_map"),
+                plan.namespaces.gid_map.as_bytes(),
+            )
+            .map_err(|e| fail(ioerr("write", &proc_dir.join("gid_map"))(e)))?;
             sys::write_all(sync_w.as_fd(), &[0])
                 .map_err(|e| fail(ioerr("signal the child", dir)(e)))?;
         }
@@ -1212,11 +1234,13 @@ impl Container {
         let id = self.record.id.clone();
         let status = self.status();
         if status != Status::Stopped {
-            if !force {
+            // As runc: a created container (its program never ran) is
+            // deleted without force; a running one needs it.
+            if status == Status::Running && !force {
                 return Err(ContainerError::WrongStatus {
                     id,
                     status,
-                    wanted: "stopped (use force)",
+                    wanted: "stopped or created (use force)",
                 });
             }
             self.kill(libc::SIGKILL, true).or_else(|e| match e {

@@ -349,10 +349,22 @@ pub fn child_main(cx: &ChildContext<'_>) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    // Also on stderr: after the start gate nobody may read the pipe.
-    sys::write_stderr(b"berth-runtime: container init failed: ");
-    sys::write_stderr(err.step.describe().as_bytes());
-    sys::write_stderr(b"\n");
+    // After the start gate the creating process may be gone (a CLI
+    // `create` exits): say it on the container's stderr too, first, as the
+    // pipe write may end us with SIGPIPE.
+    if matches!(
+        err.step,
+        Step::StartGate
+            | Step::StartContainerHook
+            | Step::StartContainerHookStatus
+            | Step::Seccomp
+            | Step::CloseFds
+            | Step::Exec
+    ) {
+        sys::write_stderr(b"berth-runtime: container process failed: ");
+        sys::write_stderr(err.step.describe().as_bytes());
+        sys::write_stderr(b"\n");
+    }
     cx.send(MSG_ERROR, Some(err));
     sys::exit_now(127)
 }

@@ -110,10 +110,10 @@ fn create_start_kill_delete_as_separate_invocations() {
         serde_json::from_str(&ok(&root.0, &["list", "--format", "json"])).unwrap();
     assert_eq!(json_list[0]["id"], "c1");
 
-    assert!(err(&root.0, &["delete", "c1"]).contains("is created"));
     ok(&root.0, &["start", "c1"]);
     wait_status(&root.0, "c1", "running");
     assert!(err(&root.0, &["start", "c1"]).contains("is running, not created"));
+    assert!(err(&root.0, &["delete", "c1"]).contains("is running"));
     while !b.rootfs().join("tmp/ready").exists() {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -144,6 +144,10 @@ fn kill_takes_names_numbers_and_all_and_delete_force_stops() {
     ok(&root.0, &["create", "-b", bundle, "k2"]);
     ok(&root.0, &["start", "k2"]);
     ok(&root.0, &["delete", "--force", "k2"]);
+    assert!(err(&root.0, &["state", "k2"]).contains("does not exist"));
+    // A created container is deleted without force, as runc does.
+    ok(&root.0, &["create", "-b", bundle, "k2"]);
+    ok(&root.0, &["delete", "k2"]);
     assert!(err(&root.0, &["state", "k2"]).contains("does not exist"));
     // runc: delete --force of a missing container succeeds.
     ok(&root.0, &["delete", "-f", "k2"]);

@@ -627,11 +627,11 @@ fn lifecycle_through_the_library_with_the_callers_own_reaper() {
     // Another handle, as a second process would load it.
     let other = t.rt.load("life").unwrap();
     assert_eq!(other.pid(), c.pid());
+    c.start().unwrap();
     assert!(matches!(
         c.delete(false),
         Err(berth_runtime::ContainerError::WrongStatus { .. })
     ));
-    c.start().unwrap();
     assert_eq!(other.status(), berth_runtime::state::Status::Running);
     assert!(c.start().is_err(), "a second start is refused");
     // Signal only once the trap is set.

@@ -761,3 +761,11 @@ pub fn fork_hook(hook: &crate::process::ChildHook) -> io::Result<pid_t> {
     // module (dup, close_range, execve, _exit) on precomputed data.
     unsafe { clone3(&args, || crate::process::run_hook_child(hook)) }
 }
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec copy numbered `min` or above.
+pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl only manipulates the fd table.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}

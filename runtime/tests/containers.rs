@@ -691,3 +691,31 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
     );
     let _ = fs::remove_dir(mount.join("berth-test"));
 }
+
+#[test]
+fn root_path_dot_is_the_bundle_itself() {
+    let mut b = Bundle::new();
+    b.config["root"]["path"] = json!(".");
+    b.script("test -f /config.json && echo bundle-root");
+    // The bundle is the rootfs directory: write the config there.
+    fs::write(
+        b.rootfs().join("config.json"),
+        serde_json::to_vec(&b.config).unwrap(),
+    )
+    .unwrap();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+    };
+    let mut c = t.rt.create("dot", &b.rootfs(), opts).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    assert_eq!(out, "bundle-root\n");
+}

@@ -57,16 +57,15 @@ impl ConsoleLog {
 
     /// Waits until the writer closed the log; false on timeout.
     pub fn wait_closed(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         while !state.closed {
-            let now = Instant::now();
-            if now >= deadline {
+            let Some(wait) = time_left(deadline) else {
                 return false;
-            }
+            };
             state = self
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -104,7 +103,7 @@ impl ConsoleLog {
     /// Waits until a complete line at or after byte offset `from` contains
     /// `pattern`. A final unterminated line counts once the log is closed.
     pub fn wait_for_line(&self, from: usize, pattern: &str, timeout: Duration) -> LineWait {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         // Start at the beginning of the line holding `from`, so an offset from
         // `len()` taken mid-line still sees that line whole.
@@ -122,15 +121,26 @@ impl ConsoleLog {
             if state.closed {
                 return LineWait::Closed;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let Some(wait) = time_left(deadline) else {
                 return LineWait::TimedOut;
-            }
+            };
             state = self
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+}
+
+/// Time until `deadline`, `None` once it passed. No deadline (a timeout too
+/// large for `Instant`, e.g. `Duration::MAX`) waits in hour-long steps.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(Duration::from_secs(3600)),
+        Some(d) => {
+            let now = Instant::now();
+            (now < d).then(|| d - now)
         }
     }
 }
@@ -236,6 +246,16 @@ mod tests {
             LineWait::Found { .. }
         ));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn unbounded_timeouts_do_not_overflow() {
+        let log = ConsoleLog::new();
+        log.append(b"x\n");
+        log.close();
+        assert!(log.wait_closed(Duration::MAX));
+        assert_eq!(log.wait_for_line(0, "y", Duration::MAX), LineWait::Closed);
+        assert!(time_left(Some(Instant::now())).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::console::{ConsoleLog, LineWait};
+use crate::console::{ConsoleLog, LineWait, time_left};
 use crate::disk::{DataDisk, DiskError, prepare_data_disk};
 use crate::qmp::{Qmp, QmpError, ctrl_alt_delete_keys};
 
@@ -597,15 +597,15 @@ impl Vm {
 
     /// Waits for QEMU to exit.
     pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, VmError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(status) = self.try_exit()? {
                 return Ok(status);
             }
-            if Instant::now() >= deadline {
+            let Some(left) = time_left(deadline) else {
                 return Err(VmError::ExitTimeout { timeout });
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            };
+            std::thread::sleep(left.min(Duration::from_millis(10)));
         }
     }
 

@@ -9,7 +9,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use berth_qemu::{DataDisk, Outcome, Vm, VmConfig, free_port};
-use common::{INIT_PROLOGUE, TIMEOUT, floor_appliance, listening_addresses, scratch};
+use common::{
+    INIT_PROLOGUE, POWER_BUTTON_THEN_POWEROFF, TIMEOUT, floor_appliance, listening_addresses,
+    scratch,
+};
 
 fn ok<T>(vm: &Vm, result: Result<T, berth_qemu::VmError>) -> T {
     match vm.or_dump(result) {
@@ -98,25 +101,6 @@ mkdir -p /www
 echo "hello from the berth floor" > /www/index.html
 httpd -p 8080 -h /www
 echo "berth-floor: httpd up"
-# The ACPI power button (LNXPWRBN, loaded as the `button` module) is an
-# input device; reading its evdev node blocks until QMP system_powerdown
-# presses it.
-ev=
-while [ -z "$ev" ]; do
-    for d in /sys/class/input/input*; do
-        if grep -q "Power Button" $d/name 2>/dev/null; then
-            for e in $d/event*; do [ -e "$e" ] && ev=/dev/input/${e##*/}; done
-        fi
-    done
-    [ -n "$ev" ] && [ -e "$ev" ] || { ev=; sleep 0.2; }
-done
-# Open it before saying so: evdev queues events only for open readers.
-exec 3< "$ev"
-echo "berth-floor: waiting for the power button on $ev"
-# One struct input_event is 24 bytes on x86_64; evdev refuses shorter reads.
-dd bs=24 count=1 <&3 > /dev/null 2>&1
-echo "berth-floor: power button pressed"
-poweroff -f
 "#;
 
 fn http_get(port: u16) -> String {
@@ -142,7 +126,7 @@ fn http_get(port: u16) -> String {
 
 #[test]
 fn forwarded_port_serves_the_guest_and_power_button_powers_off() {
-    let init = format!("{INIT_PROLOGUE}{HTTPD_INIT}");
+    let init = format!("{INIT_PROLOGUE}{HTTPD_INIT}{POWER_BUTTON_THEN_POWEROFF}");
     let appliance = floor_appliance(
         "httpd",
         &init,

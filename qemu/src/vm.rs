@@ -301,8 +301,10 @@ pub fn qemu_args(
     }
     args.push("-netdev".into());
     args.push(netdev.into());
+    // romfile= (empty): no iPXE option ROM, which SeaBIOS would otherwise
+    // initialise on every boot for a network boot we never do.
     args.push("-device".into());
-    args.push("virtio-net-pci,netdev=net0".into());
+    args.push("virtio-net-pci,netdev=net0,romfile=".into());
 
     if let Some(disk) = &config.data_disk {
         let mut drive = OsString::from("file=");
@@ -769,7 +771,10 @@ mod tests {
             ["unix:/run/q/qmp.sock,server=on,wait=off"]
         );
         assert_eq!(value_of(&args, "-netdev"), ["user,id=net0,restrict=on"]);
-        assert_eq!(value_of(&args, "-device"), ["virtio-net-pci,netdev=net0"]);
+        assert_eq!(
+            value_of(&args, "-device"),
+            ["virtio-net-pci,netdev=net0,romfile="]
+        );
         assert_eq!(value_of(&args, "-kernel"), ["/k/vmlinuz"]);
         assert_eq!(value_of(&args, "-initrd"), ["/k/initrd.img"]);
         assert_eq!(value_of(&args, "-m"), ["512"]);
@@ -802,7 +807,7 @@ mod tests {
         assert_eq!(
             value_of(&args, "-device"),
             [
-                "virtio-net-pci,netdev=net0",
+                "virtio-net-pci,netdev=net0,romfile=",
                 "virtio-blk-pci,drive=data,serial=berth-data"
             ]
         );

@@ -211,3 +211,34 @@ fn data_disk_is_created_formatted_and_written_by_the_guest() {
         "written by the guest\n"
     );
 }
+
+#[test]
+fn qemu_start_failure_is_reported_with_its_stderr() {
+    let dir = scratch("bad-kernel");
+    std::fs::write(dir.join("vmlinuz"), b"not a kernel").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    common::kernel(); // the install hint for a missing qemu comes first
+    let appliance = berth_qemu::Appliance::from_dir(&dir).unwrap();
+    let err = Vm::boot(&appliance, &VmConfig::default()).unwrap_err();
+    match &err {
+        berth_qemu::VmError::QemuStart { status, stderr } => {
+            assert!(!status.success());
+            assert!(!stderr.is_empty(), "qemu said nothing");
+        }
+        other => panic!("expected QemuStart, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_qemu_binary_names_the_package() {
+    let appliance = floor_appliance("no-qemu", FLOOR_INIT, &[]);
+    let config = VmConfig {
+        qemu: "/nonexistent/qemu-system-x86_64".into(),
+        ..VmConfig::default()
+    };
+    let err = Vm::boot(&appliance, &config).unwrap_err();
+    assert!(
+        err.to_string().contains("apt-get install qemu-system-x86"),
+        "{err}"
+    );
+}

@@ -21,6 +21,7 @@
 pub mod bootplan;
 pub mod clock;
 pub mod cmdline;
+pub mod event_loop;
 pub mod launcher;
 pub mod logging;
 pub mod manifest;

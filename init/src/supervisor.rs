@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use crate::launcher::{LaunchError, UnitKind};
 use crate::manifest::{Program, Service, Task};
 use crate::order::{self, OrderError};
-use crate::service::{Action, ExitStatus, Millis, ServiceMachine, ServiceNote, State};
+use crate::service::{Action, ExitStatus, Millis, Note, ServiceMachine, ServiceNote, State};
 use crate::units::HumanDuration;
 
 /// How long a boot task gets between SIGTERM and SIGKILL at shutdown.
@@ -90,6 +90,19 @@ pub struct Supervisor {
     phase: Phase,
     fatal: Option<String>,
     orphans: u64,
+}
+
+/// A note as its marker line; a start limit hit by an exit gives two lines,
+/// the exit and then `service web failed: start limit reached (…)`.
+fn report_note(r: &mut dyn Runner, name: &str, note: &Note) {
+    if let Note::StartLimit {
+        status: Some(status),
+        ..
+    } = note
+    {
+        r.report(log::Level::Warn, format_args!("service {name} {status}"));
+    }
+    r.report(note.level(), format_args!("{}", ServiceNote(name, note)));
 }
 
 fn ms(d: Duration) -> Millis {
@@ -200,10 +213,7 @@ impl Supervisor {
                 };
                 r.reaped(&run.service.name, pid);
                 let note = run.machine.exited(status, now);
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
                 if self.phase == Phase::ShuttingDown {
                     self.advance_shutdown(now, r);
                 }
@@ -251,10 +261,7 @@ impl Supervisor {
             };
             let (action, note) = run.machine.tick(now);
             if let Some(note) = note {
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
             }
             self.act(i, action, now, r);
         }
@@ -301,10 +308,11 @@ impl Supervisor {
                 Some(last) => r.report(
                     log::Level::Info,
                     format_args!(
-                        "status service {} state={} pid={pid} restarts={} last={last}",
+                        "status service {} state={} pid={pid} restarts={} last={last} code={}",
                         s.service.name,
                         state.name(),
-                        s.machine.restarts()
+                        s.machine.restarts(),
+                        last.code()
                     ),
                 ),
                 None => r.report(
@@ -458,10 +466,7 @@ impl Supervisor {
                     }
                     Err(e) => run.machine.spawn_failed(e.to_string(), now),
                 };
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
             }
             Action::Signal(pid, signal) => {
                 if let Err(e) = r.signal(&run.service.name, pid, signal) {
@@ -492,10 +497,7 @@ impl Supervisor {
             };
             let (action, note) = run.machine.stop(now);
             if let Some(note) = note {
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
             }
             self.act(i, action, now, r);
         }
@@ -693,7 +695,7 @@ mod tests {
             [
                 "status service web state=running pid=104 restarts=0",
                 "status service db state=running pid=103 restarts=0",
-                "status service cron state=running pid=106 restarts=1 last=killed by signal 9",
+                "status service cron state=running pid=106 restarts=1 last=killed by signal 9 code=137",
                 "status orphans reaped=1",
             ]
         );

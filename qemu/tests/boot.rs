@@ -4,10 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use berth_qemu::{DataDisk, Outcome, Vm, VmConfig, free_port};
 use common::{
     INIT_PROLOGUE, POWER_BUTTON_THEN_POWEROFF, TIMEOUT, floor_appliance, listening_addresses,
@@ -103,27 +99,6 @@ httpd -p 8080 -h /www
 echo "berth-floor: httpd up"
 "#;
 
-fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) if body.starts_with("HTTP/1.") => return body,
-            other if Instant::now() >= deadline => {
-                panic!("no page from 127.0.0.1:{port}: {other:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
 #[test]
 fn forwarded_port_serves_the_guest_and_power_button_powers_off() {
     let init = format!("{INIT_PROLOGUE}{HTTPD_INIT}{POWER_BUTTON_THEN_POWEROFF}");
@@ -144,7 +119,10 @@ fn forwarded_port_serves_the_guest_and_power_button_powers_off() {
         ["0100007F:".to_string() + &format!("{port:04X}")]
     );
     ok(&vm, vm.wait_for_line("berth-floor: httpd up", TIMEOUT));
-    let page = http_get(port);
+    let page = berth_qemu::http_get(port, "/index.html", TIMEOUT).unwrap_or_else(|err| {
+        vm.print_serial_log();
+        panic!("{err}")
+    });
     assert!(page.contains("200 OK"), "{page}");
     assert!(page.contains("hello from the berth floor"), "{page}");
 

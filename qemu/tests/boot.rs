@@ -220,3 +220,21 @@ fn missing_qemu_binary_names_the_package() {
         "{err}"
     );
 }
+
+#[test]
+fn busy_host_port_fails_the_boot_with_qemus_reason() {
+    let appliance = floor_appliance("busy-port", FLOOR_INIT, &[]);
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = VmConfig {
+        ports: vec![(port, 8080)],
+        ..VmConfig::default()
+    };
+    let err = Vm::boot(&appliance, &config).unwrap_err();
+    match &err {
+        berth_qemu::VmError::QemuStart { stderr, .. } => {
+            assert!(stderr.contains("host forwarding"), "{stderr}")
+        }
+        other => panic!("expected QemuStart, got {other:?}"),
+    }
+}

@@ -187,3 +187,34 @@ fn run_refuses_an_outdir_without_an_appliance() {
         "{stderr}"
     );
 }
+
+#[test]
+fn boot_time_prints_the_median_and_samples() {
+    let init = "#!/bin/busybox sh\necho 'berth-floor: timed'\n/bin/busybox poweroff -f\n";
+    let appliance = floor_appliance("cli-boot-time", init, &[]);
+    let out = Command::new(BIN)
+        .arg("boot-time")
+        .arg(appliance.initrd.parent().unwrap())
+        .args(["--until", "berth-floor: timed", "--runs", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().next().unwrap_or("");
+    assert!(
+        line.starts_with("boot to \"berth-floor: timed\": median "),
+        "{line}"
+    );
+    let samples = line
+        .split("samples ms: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    let samples: Vec<u64> = samples.split(' ').map(|s| s.parse().unwrap()).collect();
+    assert_eq!(samples.len(), 2, "{line}");
+    assert!(samples.iter().all(|&ms| ms > 0), "{line}");
+}

@@ -6,7 +6,7 @@
 //!   [`Vm`] handle reads the serial console, speaks QMP, waits for the exit.
 //! - [`disk`]: the ext4 data disk, created on the host when missing.
 //! - [`net`]: requests through the forwarded ports on 127.0.0.1.
-//! - [`bench`]: time from QEMU's spawn to a console line.
+//! - [`bench`](mod@bench): time from QEMU's spawn to a console line.
 #![forbid(unsafe_code)]
 
 pub mod bench;

@@ -477,7 +477,7 @@ impl Vm {
         self.started
     }
 
-    /// The whole serial console so far.
+    /// The serial console so far (its last 64 MiB at most; see [`ConsoleLog`]).
     pub fn serial_log(&self) -> String {
         self.console.text()
     }

@@ -38,9 +38,14 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 impl Cli {
     fn run(outdir: &std::path::Path) -> Cli {
+        Self::run_with(outdir, &[])
+    }
+
+    fn run_with(outdir: &std::path::Path, options: &[&str]) -> Cli {
         let mut child = Command::new(BIN)
             .arg("run")
             .arg(outdir)
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -217,4 +222,54 @@ fn boot_time_prints_the_median_and_samples() {
     let samples: Vec<u64> = samples.split(' ').map(|s| s.parse().unwrap()).collect();
     assert_eq!(samples.len(), 2, "{line}");
     assert!(samples.iter().all(|&ms| ms > 0), "{line}");
+}
+
+#[test]
+fn run_options_reach_the_guest() {
+    let init = format!(
+        "{INIT_PROLOGUE}{}",
+        r#"
+echo "berth-floor: cmdline $(cat /proc/cmdline)"
+echo "berth-floor: disk $(cat /sys/block/vda/serial) $(cat /sys/block/vda/size) sectors"
+echo "berth-floor: $(grep MemTotal /proc/meminfo)"
+poweroff -f
+"#
+    );
+    let appliance = floor_appliance("cli-options", &init, &["virtio_pci", "virtio_blk"]);
+    let outdir = appliance.initrd.parent().unwrap();
+    let disk = outdir.join("data.img");
+    let port = berth_qemu::free_port().unwrap().to_string();
+    let cli = Cli::run_with(
+        outdir,
+        &[
+            "--data-disk",
+            &format!("{}:24M", disk.display()),
+            "--port",
+            &format!("{port}:8080"),
+            "--memory",
+            "384",
+            "--append",
+            "berth.test=1",
+        ],
+    );
+    let (code, out) = cli.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("berth-floor: cmdline console=ttyS0 panic=-1 berth.test=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("berth-floor: disk berth-data 49152 sectors"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("127.0.0.1:{port} -> 8080")), "{out}");
+    // 384 MiB minus what the firmware and kernel reserve.
+    let mem_kb: u64 = out
+        .lines()
+        .find_map(|l| l.split("MemTotal:").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal\n{out}"));
+    assert!((300_000..=393_216).contains(&mem_kb), "{mem_kb} kB\n{out}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 24 << 20);
 }

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod manifest;
 pub mod modules;
 pub mod order;
+pub mod power_button;
 pub mod service;
 pub mod supervisor;
 pub mod units;

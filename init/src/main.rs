@@ -61,6 +61,7 @@ use berth_init::launcher::{Launcher, ProcessLauncher};
 use berth_init::logging::{self, error_chain};
 use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
 use berth_init::modules::{self, ModuleIndex};
+use berth_init::power_button;
 use berth_init::service::Millis;
 use berth_init::supervisor::Supervisor;
 use nix::mount::{MntFlags, MsFlags};
@@ -199,7 +200,7 @@ fn main() {
     // exit with a status).
     let outcome = match boot_and_supervise(role, &args, start) {
         Ok(outcome) => outcome,
-        Err((e, _)) => {
+        Err(e) => {
             log::error!("fatal: {e}");
             Outcome::Fatal(e)
         }
@@ -208,17 +209,17 @@ fn main() {
 }
 
 /// Everything from signals to the end of supervision. Returns the outcome,
-/// or a boot error (message, and whether any child may be running).
-fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome, (String, bool)> {
+/// or a boot error (before any child was started).
+fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome, String> {
     // Signals first: no child may exist before the signalfd does.
-    let signals = event_loop::open_signals().map_err(|e| (error_chain(&e), false))?;
+    let signals = event_loop::open_signals().map_err(|e| error_chain(&e))?;
     if role == Role::Machine {
         // ctrl-alt-del becomes SIGINT for us instead of an instant reboot.
         if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
             log::warn!("turn ctrl-alt-del off: {e}");
         }
-        let done = bootplan::apply_boot_mounts(&bootplan::boot_mounts())
-            .map_err(|e| (error_chain(&e), false))?;
+        let done =
+            bootplan::apply_boot_mounts(&bootplan::boot_mounts()).map_err(|e| error_chain(&e))?;
         timeline(start, &format!("mounts done ({} new)", done.len()));
     } else if role == Role::Process
         && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
@@ -250,7 +251,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         .unwrap_or_else(|| PathBuf::from(cmdline::DEFAULT_MANIFEST));
     // No embedded image can be read until berth-bundles lands: the list of
     // available images is empty, so image references fail validation.
-    let manifest = manifest::load(&path, &[]).map_err(|e| (error_chain(&e), false))?;
+    let manifest = manifest::load(&path, &[]).map_err(|e| error_chain(&e))?;
     if opts.on_fatal.is_none() {
         store_on_fatal(manifest.on_fatal);
     }
@@ -263,7 +264,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
             manifest.services.len()
         ),
     );
-    logging::configure(&manifest.log).map_err(|e| (error_chain(&e), false))?;
+    logging::configure(&manifest.log).map_err(|e| error_chain(&e))?;
     if let Some(level) = opts.log_level {
         logging::set_level(level);
     }
@@ -276,18 +277,15 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         .chain(manifest.services.iter().map(|s| (&s.name, &s.program)))
     {
         launcher.check(name, program).map_err(|e| {
-            (
-                format!(
-                    "{} (this build runs host programs only; images need the container launcher)",
-                    error_chain(&e)
-                ),
-                false,
+            format!(
+                "{} (this build runs host programs only; images need the container launcher)",
+                error_chain(&e)
             )
         })?;
     }
 
     if role == Role::Machine {
-        configure_machine(&manifest).map_err(|e| (e, false))?;
+        configure_machine(&manifest)?;
         timeline(start, "machine configured");
     } else {
         report_skipped_machine_setup(&manifest);
@@ -296,9 +294,19 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
     let Manifest {
         tasks, services, ..
     } = manifest;
-    let supervisor = Supervisor::new(tasks, services).map_err(|e| (error_chain(&e), false))?;
+    let supervisor = Supervisor::new(tasks, services).map_err(|e| error_chain(&e))?;
     let mut event_loop =
-        EventLoop::new(launcher, supervisor, signals).map_err(|e| (error_chain(&e), false))?;
+        EventLoop::new(launcher, supervisor, signals).map_err(|e| error_chain(&e))?;
+    if role == Role::Machine {
+        let found = power_button::find_power_buttons(
+            Path::new("/sys/class/input"),
+            Path::new("/dev/input"),
+        );
+        if found.is_empty() {
+            log::info!("no power button found: shut down with SIGTERM, SIGPWR or ctrl-alt-del");
+        }
+        event_loop.watch_power_buttons(power_button::open_power_buttons(&found));
+    }
     timeline(start, "supervision starts");
     let outcome = event_loop.run();
     timeline(start, "all units down");
@@ -415,15 +423,14 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
         nix::unistd::sethostname(hostname).map_err(|e| format!("set hostname {hostname}: {e}"))?;
     }
     if !m.modules.is_empty() {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let dir = PathBuf::from("/lib/modules").join(release.trim());
-        let dep = std::fs::read_to_string(dir.join("modules.dep"))
-            .map_err(|e| format!("read {}: {e}", dir.join("modules.dep").display()))?;
-        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-        let index = ModuleIndex::parse(&dep, &builtin).map_err(|e| error_chain(&e))?;
-        let order = index.load_order(&m.modules).map_err(|e| error_chain(&e))?;
-        let loaded = modules::load_modules(&dir, &order).map_err(|e| error_chain(&e))?;
+        let loaded = load_kernel_modules(&m.modules)?;
         log::info!("loaded {loaded} kernel modules");
+    }
+    // The ACPI power button needs `button` (the key) and `evdev` (the
+    // device node); best effort: a kernel may have them built in or lack them.
+    let wanted = ["button".to_owned(), "evdev".to_owned()];
+    if let Err(e) = load_kernel_modules(&wanted) {
+        log::info!("power button modules: {e}");
     }
     for (key, value) in &m.sysctls {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
@@ -462,6 +469,19 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
             .map_err(|e| format!("write /run/resolv.conf: {e}"))?;
     }
     Ok(())
+}
+
+/// Loads `names` and their dependencies from /lib/modules/$(uname -r).
+fn load_kernel_modules(names: &[String]) -> Result<usize, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = PathBuf::from("/lib/modules").join(release.trim());
+    let dep_path = dir.join("modules.dep");
+    let dep = std::fs::read_to_string(&dep_path)
+        .map_err(|e| format!("read {}: {e}", dep_path.display()))?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let index = ModuleIndex::parse(&dep, &builtin).map_err(|e| error_chain(&e))?;
+    let order = index.load_order(names).map_err(|e| error_chain(&e))?;
+    modules::load_modules(&dir, &order).map_err(|e| error_chain(&e))
 }
 
 /// mount(8)-style options: flags for the generic ones, the rest as data.

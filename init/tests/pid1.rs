@@ -666,3 +666,16 @@ fn as_a_plain_process_it_reaps_orphans_as_subreaper_and_exits() {
     // Nothing it started is left behind.
     assert!(children_of(p.child.id() as i32).is_empty());
 }
+
+#[test]
+fn missing_program_backs_off_and_hits_the_start_limit() {
+    let m = r#"{"version":1,"services":[{"name":"nope","host":true,"command":["/does/not/exist"],
+        "restart":{"start_limit":{"count":2,"interval":"1m"},"backoff":{"initial":"100ms"}}}]}"#;
+    let mut p = Pid1::start("missing", m);
+    p.wait_for(
+        "berth: service nope failed to start: nope: spawn /does/not/exist: No such file or directory (os error 2), restart in 100ms",
+    );
+    p.wait_for("berth: service nope failed: start limit reached (2 starts in 1m)");
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}

@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod modules;
 pub mod order;
 pub mod power_button;
+pub mod rootfs;
 pub mod service;
 pub mod supervisor;
 pub mod units;

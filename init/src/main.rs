@@ -62,6 +62,7 @@ use berth_init::logging::{self, error_chain};
 use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
 use berth_init::modules::{self, ModuleIndex};
 use berth_init::power_button;
+use berth_init::rootfs;
 use berth_init::service::Millis;
 use berth_init::supervisor::Supervisor;
 use nix::mount::{MntFlags, MsFlags};
@@ -217,6 +218,19 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         // ctrl-alt-del becomes SIGINT for us instead of an instant reboot.
         if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
             log::warn!("turn ctrl-alt-del off: {e}");
+        }
+        // Containers need pivot_root, which the initramfs root refuses.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if rootfs::root_is_initramfs(&mountinfo) {
+            let stats = rootfs::move_root_to_tmpfs().map_err(|e| error_chain(&e))?;
+            timeline(
+                start,
+                &format!(
+                    "root moved to tmpfs ({} entries, {} KiB)",
+                    stats.entries,
+                    stats.bytes / 1024
+                ),
+            );
         }
         let done =
             bootplan::apply_boot_mounts(&bootplan::boot_mounts()).map_err(|e| error_chain(&e))?;

@@ -26,6 +26,7 @@ pub mod launcher;
 pub mod logging;
 pub mod manifest;
 pub mod modules;
+pub mod net;
 pub mod order;
 pub mod power_button;
 pub mod rootfs;

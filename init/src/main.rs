@@ -61,6 +61,7 @@ use berth_init::launcher::{Launcher, ProcessLauncher};
 use berth_init::logging::{self, error_chain};
 use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
 use berth_init::modules::{self, ModuleIndex};
+use berth_init::net;
 use berth_init::power_button;
 use berth_init::rootfs;
 use berth_init::service::Millis;
@@ -468,19 +469,15 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
             )
         })?;
     }
-    if !m.network.interfaces.is_empty() {
-        return Err("network.interfaces: configuring interfaces needs netlink, which this build does not have yet".into());
-    }
-    if !m.network.nameservers.is_empty() || !m.network.search.is_empty() {
-        let mut conf = String::new();
-        if !m.network.search.is_empty() {
-            conf.push_str(&format!("search {}\n", m.network.search.join(" ")));
-        }
-        for ns in &m.network.nameservers {
-            conf.push_str(&format!("nameserver {ns}\n"));
-        }
-        std::fs::write("/run/resolv.conf", conf)
-            .map_err(|e| format!("write /run/resolv.conf: {e}"))?;
+    // Loopback always; the manifest's interfaces, routes and DNS.
+    net::configure_network(&m.network, Path::new("/run/resolv.conf"))
+        .map_err(|e| error_chain(&e))?;
+    if (!m.network.nameservers.is_empty() || !m.network.search.is_empty())
+        && std::fs::symlink_metadata("/etc/resolv.conf").is_err()
+    {
+        // Host programs read /etc/resolv.conf; containers mount /run/resolv.conf.
+        let _ = std::fs::create_dir_all("/etc");
+        let _ = std::os::unix::fs::symlink("/run/resolv.conf", "/etc/resolv.conf");
     }
     Ok(())
 }

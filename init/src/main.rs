@@ -279,10 +279,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
             manifest.services.len()
         ),
     );
-    logging::configure(&manifest.log).map_err(|e| error_chain(&e))?;
-    if let Some(level) = opts.log_level {
-        logging::set_level(level);
-    }
+    logging::set_level(opts.log_level.unwrap_or(manifest.log.level));
 
     let launcher = ProcessLauncher::new();
     for (name, program) in manifest
@@ -304,6 +301,11 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         timeline(start, "machine configured");
     } else {
         report_skipped_machine_setup(&manifest);
+    }
+    // After the data disk is mounted: the log directory usually lives on it.
+    logging::configure(&manifest.log).map_err(|e| error_chain(&e))?;
+    if let Some(level) = opts.log_level {
+        logging::set_level(level);
     }
 
     let Manifest {

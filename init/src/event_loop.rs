@@ -12,7 +12,7 @@
 //! the pid; other pids are reaped orphans and only counted.
 //!
 //! Signals: SIGTERM, SIGINT (ctrl-alt-del once CAD is off), SIGPWR → ordered
-//! shutdown; SIGUSR1 → one `status` line per service; SIGUSR2 → print every
+//! shutdown (then reboot for SIGINT, power-off otherwise, on a machine); SIGUSR1 → one `status` line per service; SIGUSR2 → print every
 //! service's log ring.
 
 use std::collections::BTreeMap;
@@ -97,8 +97,9 @@ pub fn open_signals() -> Result<SignalFd, EventLoopError> {
 /// How supervision ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Shutdown requested (signal) and done.
-    Clean,
+    /// Shutdown requested and done; `reboot` when it was ctrl-alt-del
+    /// (SIGINT), power-off for SIGTERM, SIGPWR and the power button.
+    Clean { reboot: bool },
     /// The boot failed (a mandatory task); every unit is down.
     Fatal(String),
 }
@@ -121,6 +122,8 @@ pub struct EventLoop<L: Launcher> {
     console_watched: bool,
     armed: Option<Millis>,
     buttons: Vec<(std::path::PathBuf, std::fs::File)>,
+    /// The first shutdown request was SIGINT (ctrl-alt-del).
+    reboot_requested: bool,
 }
 
 /// The supervisor's hands inside the loop: spawn with fresh pipes, signal,
@@ -241,6 +244,7 @@ impl<L: Launcher> EventLoop<L> {
             console_watched: false,
             armed: None,
             buttons: Vec::new(),
+            reboot_requested: false,
         })
     }
 
@@ -302,7 +306,9 @@ impl<L: Launcher> EventLoop<L> {
         self.drain_pipes();
         match self.supervisor.fatal() {
             Some(reason) => Outcome::Fatal(reason.to_owned()),
-            None => Outcome::Clean,
+            None => Outcome::Clean {
+                reboot: self.reboot_requested,
+            },
         }
     }
 
@@ -459,8 +465,9 @@ impl<L: Launcher> EventLoop<L> {
             match Signal::try_from(signo) {
                 Ok(Signal::SIGCHLD) => self.reap(),
                 Ok(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGPWR)) => {
-                    if self.supervisor.phase() != Phase::ShuttingDown {
+                    if !matches!(self.supervisor.phase(), Phase::ShuttingDown | Phase::Done) {
                         log::info!("{sig} received: shutting down");
+                        self.reboot_requested = sig == Signal::SIGINT;
                     }
                     self.with_runner(|sup, r| sup.shutdown(now, r));
                 }

@@ -610,7 +610,7 @@ fn children_of(parent: u32) -> Vec<i32> {
 /// off / reboot. Never returns.
 fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
     let code = match &outcome {
-        Outcome::Clean => 0,
+        Outcome::Clean { .. } => 0,
         Outcome::Fatal(_) => 1,
     };
     if role != Role::Machine {
@@ -620,7 +620,8 @@ fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
         exit_with(code);
     }
     let action = match outcome {
-        Outcome::Clean => FatalAction::Poweroff,
+        Outcome::Clean { reboot: false } => FatalAction::Poweroff,
+        Outcome::Clean { reboot: true } => FatalAction::Reboot,
         Outcome::Fatal(_) => load_on_fatal(),
     };
     nix::unistd::sync();

@@ -1,2 +1,13 @@
 //! berth-bundles: the OCI image spec, turned into runtime bundles.
 #![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod digest;
+pub mod image;
+pub mod layer;
+pub mod spec;
+pub mod unpack;
+
+pub use image::{Image, ImageRef, Platform};
+pub use spec::Overrides;
+pub use unpack::{UnpackOptions, unpack_bundle};

@@ -1,7 +1,67 @@
 //! berth-build: turn OCI images and bundles into a bootable appliance.
+//!
+//! A small subcommand dispatcher; each subcommand lives in its own module
+//! and parses its own arguments with [`args::Args`].
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("berth-build: not built yet");
-    std::process::exit(1);
+mod args;
+mod inspect;
+mod unpack;
+
+use std::error::Error;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: berth-build <command> [options]
+
+commands:
+  unpack IMAGE_REF DEST [--platform OS/ARCH[/VARIANT]]
+      unpack an image into the runtime bundle DEST (config.json + rootfs);
+      DEST must not exist or be empty
+  inspect IMAGE_REF [--json] [--platform OS/ARCH[/VARIANT]]
+      show the manifest, platform, config and layers of an image
+
+IMAGE_REF is oci:PATH[:TAG] (an OCI image layout) or
+docker-archive:PATH[:REF] (a `docker save` tar).";
+
+/// Prints an error and its causes on one line.
+fn report(err: &dyn Error) -> String {
+    let mut line = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !line.ends_with(&msg) {
+            line.push_str(": ");
+            line.push_str(&msg);
+        }
+        cur = e.source();
+    }
+    line
+}
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let Some(cmd) = argv.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<String> = argv.collect();
+    let res: Result<(), Box<dyn Error>> = match cmd.as_str() {
+        "unpack" => unpack::run(&rest),
+        "inspect" => inspect::run(&rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("berth-build: unknown command {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-build {cmd}: {}", report(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
 }

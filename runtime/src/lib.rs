@@ -5,3 +5,11 @@
 //! wrappers.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod caps;
+pub mod cgroup;
+pub mod hooks;
+pub mod seccomp;
+pub mod signal;
+pub mod state;
+pub mod sys;

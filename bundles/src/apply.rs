@@ -1,0 +1,1087 @@
+//! Applying layer tars to a root directory, by file descriptor.
+//!
+//! Every path of a layer is resolved inside the root with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: `..` stops at the root
+//! and symlinks (absolute ones included, such as Debian's `/var/run -> /run`)
+//! are followed as if the root were `/`. Only the *parent* directory of an
+//! entry is resolved that way; the last component is always handled with
+//! `*at(parent_fd, name)` calls that never follow it (`O_NOFOLLOW`,
+//! `AT_SYMLINK_NOFOLLOW`, `O_EXCL` on create). So neither a name in the tar
+//! nor a symlink left by this or an earlier layer can make us create, change
+//! or delete anything outside the root (the CVE-2018-15664, CVE-2021-32760
+//! and CVE-2026-33056 classes).
+//!
+//! Whiteouts follow the OCI image spec (`layer.md`) with the per-layer set
+//! `U` of paths this layer created (plus their ancestors): `.wh.NAME` and
+//! `.wh..wh..opq` only remove what lower layers left.
+//!
+//! Decisions where the spec leaves room (documented in the README):
+//! - names are cleaned lexically; a name that climbs above the root (`../x`)
+//!   is an error, an absolute name is taken relative to the root;
+//! - a missing parent directory is created (0755, root-owned); a parent that
+//!   is a regular file or a dangling symlink is an error (containerd, moby);
+//! - hardlinks keep the target's metadata (umoci); the target must already
+//!   exist inside the root and is never followed if it is a symlink;
+//! - xattrs: `user.*` and `security.capability` are set on files and
+//!   directories; any other namespace (`security.selinux`, `trusted.*`,
+//!   `system.*`) and xattrs on other file types are skipped with a debug log
+//!   and counted in [`LayerStats::skipped_xattrs`];
+//! - sparse files, unknown entry types and `.wh..wh.*` markers other than
+//!   the opaque one are refused.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    self as rfs, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
+    XattrFlags,
+};
+use rustix::io::Errno;
+use tar::EntryType;
+
+/// Errors of applying a layer to a root directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("open root directory {path}")]
+    OpenRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read tar entry")]
+    ReadEntry {
+        #[source]
+        source: io::Error,
+    },
+    #[error("tar entry {name:?}: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("tar entry {path:?}: unsupported entry type {kind}")]
+    UnsupportedType { path: String, kind: String },
+    #[error("tar entry {path:?}: invalid whiteout {name:?}")]
+    InvalidWhiteout { path: String, name: String },
+    #[error("tar entry {path:?}: invalid header field {field}")]
+    BadHeader {
+        path: String,
+        field: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tar entry {path:?}: {field} {value} out of range")]
+    OutOfRange {
+        path: String,
+        field: &'static str,
+        value: u64,
+    },
+    #[error("tar entry {path:?}: parent {parent:?} is not a directory")]
+    ParentNotDirectory { path: String, parent: String },
+    #[error("tar entry {path:?}: parent {parent:?} is a dangling symlink")]
+    DanglingParent { path: String, parent: String },
+    #[error("tar entry {path:?}: hardlink target {target:?} {reason}")]
+    Hardlink {
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("tar entry {path:?}: symlink without a target")]
+    EmptySymlink { path: String },
+    #[error("tar entry {path:?}: layer data truncated: got {actual} of {expected} bytes")]
+    Truncated {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("tar entry {path:?}: read file data")]
+    ReadData {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tar entry {path:?}: refusing to replace the root directory with a non-directory")]
+    RootType { path: String },
+    #[error("{op} {path:?}")]
+    Fs {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ApplyError {
+    fn fs(op: &'static str, path: &[u8], errno: Errno) -> Self {
+        Self::Fs {
+            op,
+            path: show(path),
+            source: errno.into(),
+        }
+    }
+}
+
+fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// What applying one layer did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Entries read from the tar (whiteouts included).
+    pub entries: u64,
+    /// Bytes of regular file content written.
+    pub bytes: u64,
+    /// Whiteout and opaque markers applied.
+    pub whiteouts: u64,
+    /// Extended attributes not set (see the module documentation).
+    pub skipped_xattrs: u64,
+}
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+const COPY_BUF: usize = 1 << 20;
+
+/// Cleans a tar member name into `a/b/c` form (no leading `/`, no `.` or
+/// empty components). An empty result names the root. Returns an error
+/// reason when a `..` would climb above the root or the name holds a NUL.
+pub fn clean_name(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
+    if raw.contains(&0) {
+        return Err("name contains a NUL byte");
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for comp in raw.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                if parts.pop().is_none() {
+                    return Err("name escapes the root with '..'");
+                }
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join(&b'/'))
+}
+
+/// Splits a cleaned path into its parent and last component.
+fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// What a whiteout marker means, from its base name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Whiteout<'a> {
+    /// Not a whiteout.
+    None,
+    /// `.wh..wh..opq`: hide every lower entry of the directory.
+    Opaque,
+    /// `.wh.NAME`: hide NAME.
+    Remove(&'a [u8]),
+}
+
+/// Classifies a base name; a `.wh.` with an empty, `.` or `..` target, and
+/// AUFS metadata markers other than the opaque one, are errors.
+pub fn classify_whiteout(name: &[u8]) -> Result<Whiteout<'_>, &'static str> {
+    let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) else {
+        return Ok(Whiteout::None);
+    };
+    if name == OPAQUE {
+        return Ok(Whiteout::Opaque);
+    }
+    match target {
+        b"" | b"." | b".." => Err("whiteout names no file"),
+        t if t.starts_with(WHITEOUT_PREFIX) => Err("unsupported AUFS metadata marker"),
+        t => Ok(Whiteout::Remove(t)),
+    }
+}
+
+/// A root directory, held open, that layers are applied to.
+pub struct Rootfs {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+/// State kept while one layer is applied.
+struct LayerState {
+    /// Paths this layer created or replaced, plus all of their ancestors.
+    upper: HashSet<Vec<u8>>,
+    /// Directories whose times are set once the layer is done, because
+    /// creating children changes a directory's mtime.
+    dir_times: Vec<(Vec<u8>, Timestamps)>,
+    /// The last resolved parent directory (tar entries come grouped by
+    /// directory); dropped whenever a directory is removed.
+    cached: Option<(Vec<u8>, OwnedFd)>,
+    /// Set when a directory was removed while an entry was applied.
+    invalidated: bool,
+    stats: LayerStats,
+    buf: Vec<u8>,
+}
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
+}
+
+fn mode_bits(mode: u32) -> Mode {
+    Mode::from_bits_truncate(mode & 0o7777)
+}
+
+impl Rootfs {
+    /// Opens an existing directory as the root. The directory itself is
+    /// trusted (the caller made it); its final component is not followed.
+    pub fn open(path: &Path) -> Result<Self, ApplyError> {
+        let root = rfs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ApplyError::OpenRoot {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(Self {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The root directory fd (an `O_PATH` fd).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The root directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens `path` (cleaned, relative) inside the root, resolving every
+    /// component in-root, following a final symlink in-root too.
+    pub fn open_in_root(&self, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+        let path = if path.is_empty() { b"." as &[u8] } else { path };
+        loop {
+            match rfs::openat2(
+                &self.root,
+                path,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve_flags(),
+            ) {
+                // openat2 returns EAGAIN when a rename or mount raced with
+                // the lookup (openat2(2)); nothing else writes the tree here,
+                // so retrying terminates.
+                Err(Errno::AGAIN) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Applies one layer tar, read from `reader`, to the root.
+    pub fn apply_layer<R: Read>(&self, reader: R) -> Result<LayerStats, ApplyError> {
+        let mut archive = tar::Archive::new(reader);
+        archive.set_ignore_zeros(false);
+        let mut state = LayerState {
+            upper: HashSet::new(),
+            dir_times: Vec::new(),
+            cached: None,
+            invalidated: false,
+            stats: LayerStats::default(),
+            buf: vec![0; COPY_BUF],
+        };
+        let entries = archive
+            .entries()
+            .map_err(|source| ApplyError::ReadEntry { source })?;
+        for entry in entries {
+            let mut entry = entry.map_err(|source| ApplyError::ReadEntry { source })?;
+            state.stats.entries += 1;
+            self.apply_entry(&mut state, &mut entry)?;
+        }
+        // Directory times last, deepest first, so later children do not
+        // bump them. A directory replaced later in the layer is skipped.
+        for (path, times) in state.dir_times.iter().rev() {
+            match self.open_in_root(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW) {
+                Ok(fd) => rfs::futimens(&fd, times)
+                    .map_err(|e| ApplyError::fs("set times of", path, e))?,
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
+                Err(e) => return Err(ApplyError::fs("open directory", path, e)),
+            }
+        }
+        Ok(state.stats)
+    }
+
+    fn apply_entry<R: Read>(
+        &self,
+        st: &mut LayerState,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), ApplyError> {
+        let kind = entry.header().entry_type();
+        if kind == EntryType::XGlobalHeader {
+            // Archive-wide PAX defaults (comments, mostly); containerd and
+            // moby ignore them too.
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let path = clean_name(&raw).map_err(|reason| ApplyError::BadName {
+            name: show(&raw),
+            reason,
+        })?;
+        let header = entry.header();
+        let field = |field: &'static str| {
+            let path = show(&path);
+            move |source| ApplyError::BadHeader {
+                path: path.clone(),
+                field,
+                source,
+            }
+        };
+        let mode = header.mode().map_err(field("mode"))?;
+        let uid = header.uid().map_err(field("uid"))?;
+        let gid = header.gid().map_err(field("gid"))?;
+        let mtime = header.mtime().map_err(field("mtime"))?;
+        let dev = match kind {
+            EntryType::Char | EntryType::Block => {
+                let major = header
+                    .device_major()
+                    .map_err(field("device major"))?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(field("device minor"))?
+                    .unwrap_or(0);
+                rfs::makedev(major, minor)
+            }
+            _ => 0,
+        };
+        let uid = rfs::Uid::from_raw(id_of(&path, "uid", uid)?);
+        let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
+
+        let (parent, name) = split_parent(&path);
+        let whiteout = classify_whiteout(name).map_err(|_| ApplyError::InvalidWhiteout {
+            path: show(&path),
+            name: show(name),
+        })?;
+        match whiteout {
+            Whiteout::Opaque => {
+                st.stats.whiteouts += 1;
+                return self.apply_opaque(st, parent);
+            }
+            Whiteout::Remove(target) => {
+                st.stats.whiteouts += 1;
+                return self.apply_whiteout(st, parent, target);
+            }
+            Whiteout::None => {}
+        }
+
+        let (mut times, xattrs) =
+            times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
+        if times.last_modification.tv_sec < 0 {
+            times.last_modification = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            times.last_access = times.last_modification;
+        }
+
+        if path.is_empty() {
+            if kind != EntryType::Directory {
+                return Err(ApplyError::RootType { path: show(&raw) });
+            }
+            let fd = self
+                .open_in_root(b"", OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(|e| ApplyError::fs("open", b"/", e))?;
+            self.set_fd_meta(st, &fd, b"/", uid, gid, mode, &xattrs)?;
+            st.dir_times.push((Vec::new(), times));
+            return Ok(());
+        }
+
+        mark_upper(&mut st.upper, &path);
+        let parent_fd = if parent.is_empty() {
+            None
+        } else {
+            Some(self.take_parent(st, parent, &path)?)
+        };
+        let pfd = parent_fd
+            .as_ref()
+            .map_or(self.root.as_fd(), |fd| fd.as_fd());
+        let meta = EntryMeta {
+            uid,
+            gid,
+            mode,
+            dev,
+            times,
+            xattrs,
+        };
+        let res = self.create_entry(st, entry, kind, pfd, name, &path, &meta);
+        if let Some(fd) = parent_fd
+            && !st.invalidated
+        {
+            st.cached = Some((parent.to_vec(), fd));
+        }
+        st.invalidated = false;
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_entry<R: Read>(
+        &self,
+        st: &mut LayerState,
+        entry: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        pfd: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        meta: &EntryMeta,
+    ) -> Result<(), ApplyError> {
+        let EntryMeta {
+            uid,
+            gid,
+            mode,
+            dev,
+            times,
+            xattrs,
+        } = meta;
+        let (uid, gid, mode, dev) = (*uid, *gid, *mode, *dev);
+        let path = path.to_vec();
+        match kind {
+            EntryType::Regular => {
+                let fd = self.create_file(st, pfd, name, &path)?;
+                let expected = entry.size();
+                let mut file = File::from(fd);
+                let written = copy_data(entry, &mut file, &mut st.buf, &path)?;
+                if written != expected {
+                    return Err(ApplyError::Truncated {
+                        path: show(&path),
+                        expected,
+                        actual: written,
+                    });
+                }
+                st.stats.bytes += written;
+                self.set_fd_meta(st, file.as_fd(), &path, uid, gid, mode, xattrs)?;
+                rfs::futimens(&file, times)
+                    .map_err(|e| ApplyError::fs("set times of", &path, e))?;
+            }
+            EntryType::Directory => {
+                match rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let stat = rfs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(|e| ApplyError::fs("stat", &path, e))?;
+                        if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+                            self.remove_existing(st, pfd, name, &path)?;
+                            rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700))
+                                .map_err(|e| ApplyError::fs("create directory", &path, e))?;
+                        }
+                    }
+                    Err(e) => return Err(ApplyError::fs("create directory", &path, e)),
+                }
+                let fd = rfs::openat(
+                    pfd,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| ApplyError::fs("open directory", &path, e))?;
+                self.set_fd_meta(st, &fd, &path, uid, gid, mode, xattrs)?;
+                st.dir_times.push((path.clone(), times.clone()));
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if target.is_empty() {
+                    return Err(ApplyError::EmptySymlink { path: show(&path) });
+                }
+                // The target is stored verbatim: containment applies when a
+                // link is followed (always in-root here), not when made.
+                retry_exist(self, st, pfd, name, &path, |p, n| {
+                    rfs::symlinkat(&target[..], p, n)
+                })
+                .map_err(|e| ApplyError::fs("create symlink", &path, e))?;
+                rfs::chownat(pfd, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| ApplyError::fs("change owner of", &path, e))?;
+                rfs::utimensat(pfd, name, times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| ApplyError::fs("set times of", &path, e))?;
+                skip_xattrs(st, &path, xattrs);
+            }
+            EntryType::Link => {
+                let raw_target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                self.apply_hardlink(st, pfd, name, &path, &raw_target)?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let ftype = match kind {
+                    EntryType::Fifo => FileType::Fifo,
+                    EntryType::Char => FileType::CharacterDevice,
+                    _ => FileType::BlockDevice,
+                };
+                retry_exist(self, st, pfd, name, &path, |p, n| {
+                    rfs::mknodat(p, n, ftype, mode_bits(mode & 0o777), dev)
+                })
+                .map_err(|e| ApplyError::fs("create node", &path, e))?;
+                rfs::chownat(pfd, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| ApplyError::fs("change owner of", &path, e))?;
+                // Linux fchmodat() has no AT_SYMLINK_NOFOLLOW and an O_PATH fd
+                // cannot be fchmod()ed. The name was just created by mknodat
+                // in the in-root parent and nothing else writes this tree, so
+                // check it is still our node (not a symlink) and chmod it:
+                // the mode passed to mknodat was cut by the umask.
+                let stat = rfs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| ApplyError::fs("stat", &path, e))?;
+                if FileType::from_raw_mode(stat.st_mode) != ftype {
+                    return Err(ApplyError::fs("change mode of", &path, Errno::LOOP));
+                }
+                rfs::chmodat(pfd, name, mode_bits(mode), AtFlags::empty())
+                    .map_err(|e| ApplyError::fs("change mode of", &path, e))?;
+                rfs::utimensat(pfd, name, times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| ApplyError::fs("set times of", &path, e))?;
+                skip_xattrs(st, &path, xattrs);
+            }
+            other => {
+                return Err(ApplyError::UnsupportedType {
+                    path: show(&path),
+                    kind: format!("{other:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets owner, then mode (chown clears setuid/setgid, chown(2)), then
+    /// xattrs on an open file or directory.
+    #[allow(clippy::too_many_arguments)]
+    fn set_fd_meta(
+        &self,
+        st: &mut LayerState,
+        fd: impl AsFd,
+        path: &[u8],
+        uid: rfs::Uid,
+        gid: rfs::Gid,
+        mode: u32,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), ApplyError> {
+        let fd = fd.as_fd();
+        rfs::fchown(fd, Some(uid), Some(gid))
+            .map_err(|e| ApplyError::fs("change owner of", path, e))?;
+        rfs::fchmod(fd, mode_bits(mode)).map_err(|e| ApplyError::fs("change mode of", path, e))?;
+        for (key, value) in xattrs {
+            if xattr_allowed(key) {
+                rfs::fsetxattr(fd, &key[..], value, XattrFlags::empty())
+                    .map_err(|e| ApplyError::fs("set xattr on", path, e))?;
+            } else {
+                log::debug!("skipping xattr {} on {}", show(key), show(path));
+                st.stats.skipped_xattrs += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves (creating missing directories) the parent of an entry; the
+    /// fd is taken out of the one-entry cache and put back by the caller.
+    fn take_parent(
+        &self,
+        st: &mut LayerState,
+        parent: &[u8],
+        entry: &[u8],
+    ) -> Result<OwnedFd, ApplyError> {
+        if let Some((p, fd)) = st.cached.take()
+            && p == parent
+        {
+            return Ok(fd);
+        }
+        match self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::NOENT) => self.make_parents(parent, entry),
+            Err(Errno::NOTDIR) => Err(ApplyError::ParentNotDirectory {
+                path: show(entry),
+                parent: show(parent),
+            }),
+            Err(e) => Err(ApplyError::fs("resolve parent directory", parent, e)),
+        }
+    }
+
+    /// Creates the missing directories of `parent`, one component at a
+    /// time, each resolved in-root.
+    fn make_parents(&self, parent: &[u8], entry: &[u8]) -> Result<OwnedFd, ApplyError> {
+        let mut cur = self
+            .open_in_root(b"", OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| ApplyError::fs("open", b"/", e))?;
+        let mut end = 0;
+        for comp in parent.split(|b| *b == b'/') {
+            end += comp.len();
+            let prefix = &parent[..end];
+            end += 1;
+            match self.open_in_root(prefix, OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(fd) => cur = fd,
+                Err(Errno::NOENT) => {
+                    match rfs::mkdirat(&cur, comp, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) => {}
+                        Err(Errno::EXIST) => {
+                            return Err(ApplyError::DanglingParent {
+                                path: show(entry),
+                                parent: show(prefix),
+                            });
+                        }
+                        Err(e) => return Err(ApplyError::fs("create directory", prefix, e)),
+                    }
+                    cur = rfs::openat(
+                        &cur,
+                        comp,
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| ApplyError::fs("open directory", prefix, e))?;
+                }
+                Err(Errno::NOTDIR) => {
+                    return Err(ApplyError::ParentNotDirectory {
+                        path: show(entry),
+                        parent: show(prefix),
+                    });
+                }
+                Err(e) => return Err(ApplyError::fs("resolve parent directory", prefix, e)),
+            }
+        }
+        Ok(cur)
+    }
+
+    fn create_file(
+        &self,
+        st: &mut LayerState,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<OwnedFd, ApplyError> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_bits_truncate(0o600);
+        match rfs::openat(parent, name, flags, mode) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::EXIST) => {
+                self.remove_existing(st, parent, name, path)?;
+                rfs::openat(parent, name, flags, mode)
+                    .map_err(|e| ApplyError::fs("create file", path, e))
+            }
+            Err(e) => Err(ApplyError::fs("create file", path, e)),
+        }
+    }
+
+    /// Removes whatever is at `parent/name` (a whole tree for a directory).
+    fn remove_existing(
+        &self,
+        st: &mut LayerState,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), ApplyError> {
+        match rfs::unlinkat(parent, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(Errno::ISDIR) => {
+                // Removing a directory may orphan a cached parent fd.
+                st.cached = None;
+                st.invalidated = true;
+                remove_tree(parent, name, path, None)
+            }
+            Err(e) => Err(ApplyError::fs("remove", path, e)),
+        }
+    }
+
+    fn apply_whiteout(
+        &self,
+        st: &mut LayerState,
+        parent: &[u8],
+        target: &[u8],
+    ) -> Result<(), ApplyError> {
+        let mut path = parent.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(target);
+        let dir = match self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            // Nothing below a missing parent to hide.
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
+            Err(e) => return Err(ApplyError::fs("resolve parent directory", parent, e)),
+        };
+        match rfs::statat(&dir, target, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => {}
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(ApplyError::fs("stat", &path, e)),
+        }
+        st.cached = None;
+        remove_tree(dir.as_fd(), target, &path, Some(&st.upper))
+    }
+
+    fn apply_opaque(&self, st: &mut LayerState, dir_path: &[u8]) -> Result<(), ApplyError> {
+        let dir = match self.open_in_root(dir_path, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
+            Err(e) => return Err(ApplyError::fs("open directory", dir_path, e)),
+        };
+        st.cached = None;
+        for name in list_dir(&dir, dir_path)? {
+            let mut path = dir_path.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            remove_tree(dir.as_fd(), &name, &path, Some(&st.upper))?;
+        }
+        Ok(())
+    }
+
+    fn apply_hardlink(
+        &self,
+        st: &mut LayerState,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        raw_target: &[u8],
+    ) -> Result<(), ApplyError> {
+        let err = |reason| ApplyError::Hardlink {
+            path: show(path),
+            target: show(raw_target),
+            reason,
+        };
+        let target = clean_name(raw_target).map_err(err)?;
+        if target.is_empty() {
+            return Err(err("is the root directory"));
+        }
+        if target == path {
+            return Err(err("is the entry itself"));
+        }
+        let (tparent, tname) = split_parent(&target);
+        let tdir = match self.open_in_root(tparent, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Err(err("does not exist")),
+            Err(e) => return Err(ApplyError::fs("resolve hardlink target", &target, e)),
+        };
+        // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never
+        // what it points to (linkat(2)).
+        let link = |p: BorrowedFd<'_>, n: &[u8]| rfs::linkat(&tdir, tname, p, n, AtFlags::empty());
+        match retry_exist(self, st, parent, name, path, link) {
+            Ok(()) => Ok(()),
+            Err(Errno::NOENT) => Err(err("does not exist")),
+            Err(Errno::PERM) => Err(err("is a directory")),
+            Err(e) => Err(ApplyError::fs("create hardlink", path, e)),
+        }
+    }
+}
+
+/// Header fields of one entry, parsed before its data is read.
+struct EntryMeta {
+    uid: rfs::Uid,
+    gid: rfs::Gid,
+    mode: u32,
+    dev: rfs::Dev,
+    times: Timestamps,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Runs a create call; if the name exists, removes it and runs it again.
+fn retry_exist(
+    rootfs: &Rootfs,
+    st: &mut LayerState,
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    mut create: impl FnMut(BorrowedFd<'_>, &[u8]) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    match create(parent, name) {
+        Err(Errno::EXIST) => {
+            rootfs
+                .remove_existing(st, parent, name, path)
+                .map_err(|e| match e {
+                    ApplyError::Fs { source, .. } => {
+                        Errno::from_io_error(&source).unwrap_or(Errno::IO)
+                    }
+                    _ => Errno::IO,
+                })?;
+            create(parent, name)
+        }
+        other => other,
+    }
+}
+
+fn list_dir(dir: &OwnedFd, path: &[u8]) -> Result<Vec<Vec<u8>>, ApplyError> {
+    let mut reader = Dir::read_from(dir).map_err(|e| ApplyError::fs("read directory", path, e))?;
+    let mut names = Vec::new();
+    while let Some(ent) = reader.read() {
+        let ent = ent.map_err(|e| ApplyError::fs("read directory", path, e))?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes `parent/name` and everything below it, never following a
+/// symlink. Paths in `keep` (this layer's own entries and their ancestors)
+/// survive: of a kept directory only the children not in `keep` go.
+fn remove_tree(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    keep: Option<&HashSet<Vec<u8>>>,
+) -> Result<(), ApplyError> {
+    let kept = keep.is_some_and(|k| k.contains(path));
+    if !kept {
+        match rfs::unlinkat(parent, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::ISDIR) => {}
+            Err(e) => return Err(ApplyError::fs("remove", path, e)),
+        }
+    }
+    let dir = match rfs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // A kept non-directory (or a symlink): leave it as it is.
+        Err(Errno::NOTDIR | Errno::LOOP) if kept => return Ok(()),
+        Err(e) => return Err(ApplyError::fs("open directory", path, e)),
+    };
+    for child in list_dir(&dir, path)? {
+        let mut cpath = path.to_vec();
+        cpath.push(b'/');
+        cpath.extend_from_slice(&child);
+        remove_tree(dir.as_fd(), &child, &cpath, keep)?;
+    }
+    if !kept {
+        rfs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+            .map_err(|e| ApplyError::fs("remove directory", path, e))?;
+    }
+    Ok(())
+}
+
+/// Adds `path` and all of its ancestors to the layer's set `U`.
+fn mark_upper(upper: &mut HashSet<Vec<u8>>, path: &[u8]) {
+    let mut p = path;
+    loop {
+        if !upper.insert(p.to_vec()) {
+            return;
+        }
+        match p.iter().rposition(|b| *b == b'/') {
+            Some(i) => p = &p[..i],
+            None => return,
+        }
+    }
+}
+
+fn id_of(path: &[u8], field: &'static str, value: u64) -> Result<u32, ApplyError> {
+    // 2^32-1 means "unchanged" to chown(2); refuse it and anything wider.
+    match u32::try_from(value) {
+        Ok(v) if v != u32::MAX => Ok(v),
+        _ => Err(ApplyError::OutOfRange {
+            path: show(path),
+            field,
+            value,
+        }),
+    }
+}
+
+/// `user.*` and file capabilities are kept; other namespaces need policy
+/// (SELinux labels, trusted.*) that an unpacker should not invent.
+fn xattr_allowed(key: &[u8]) -> bool {
+    key.starts_with(b"user.") || key == b"security.capability"
+}
+
+fn skip_xattrs(st: &mut LayerState, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) {
+    for (key, _) in xattrs {
+        log::debug!(
+            "skipping xattr {} on non-regular file {}",
+            show(key),
+            show(path)
+        );
+        st.stats.skipped_xattrs += 1;
+    }
+}
+
+/// The entry's times (PAX `mtime` with its fraction if present) and xattrs
+/// (PAX `SCHILY.xattr.*`).
+#[allow(clippy::type_complexity)]
+fn times_and_xattrs<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    mtime: u64,
+) -> io::Result<(Timestamps, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let mut ts = Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    let mut xattrs = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            let key = ext.key_bytes();
+            if key == b"mtime" {
+                if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                    ts = t;
+                }
+            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok((
+        Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+        xattrs,
+    ))
+}
+
+/// Parses a PAX time: decimal seconds with an optional fraction.
+pub fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, frac) = match text.split_once('.') {
+        Some((s, f)) => (s, f),
+        None => (text, ""),
+    };
+    let tv_sec: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut nanos = 0i64;
+    for (i, b) in frac.bytes().take(9).enumerate() {
+        nanos += i64::from(b - b'0') * 10i64.pow(8 - i as u32);
+    }
+    let tv_nsec = if tv_sec < 0 && nanos > 0 {
+        -nanos
+    } else {
+        nanos
+    };
+    Some(Timespec {
+        tv_sec,
+        tv_nsec: tv_nsec.rem_euclid(1_000_000_000),
+    })
+}
+
+fn copy_data<R: Read>(
+    src: &mut R,
+    dst: &mut File,
+    buf: &mut [u8],
+    path: &[u8],
+) -> Result<u64, ApplyError> {
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(ApplyError::ReadData {
+                    path: show(path),
+                    source,
+                });
+            }
+        };
+        dst.write_all(&buf[..n]).map_err(|e| ApplyError::Fs {
+            op: "write",
+            path: show(path),
+            source: e,
+        })?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn clean_name_table() {
+        let cases: &[(&[u8], Result<&[u8], ()>)] = &[
+            (b"a/b/c", Ok(b"a/b/c")),
+            (b"./a//b/./c/", Ok(b"a/b/c")),
+            (b"/etc/passwd", Ok(b"etc/passwd")),
+            (b"a/../b", Ok(b"b")),
+            (b".", Ok(b"")),
+            (b"./", Ok(b"")),
+            (b"/", Ok(b"")),
+            (b"..", Err(())),
+            (b"../x", Err(())),
+            (b"a/../../x", Err(())),
+            (b"/../x", Err(())),
+            (b"a\0b", Err(())),
+        ];
+        for (raw, want) in cases {
+            let got = clean_name(raw).map_err(|_| ()).map(|v| v.to_vec());
+            assert_eq!(got, want.map(|w| w.to_vec()), "{}", show(raw));
+        }
+    }
+
+    #[test]
+    fn whiteout_table() {
+        let cases: &[(&[u8], Result<Whiteout<'_>, ()>)] = &[
+            (b"file", Ok(Whiteout::None)),
+            (b".whfile", Ok(Whiteout::None)),
+            (b".wh.file", Ok(Whiteout::Remove(b"file"))),
+            (b".wh..wh..opq", Ok(Whiteout::Opaque)),
+            (b".wh.", Err(())),
+            (b".wh..", Err(())),
+            (b".wh...", Err(())),
+            (b".wh..wh.plnk", Err(())),
+            (b".wh..hidden", Ok(Whiteout::Remove(b".hidden"))),
+        ];
+        for (name, want) in cases {
+            assert_eq!(
+                &classify_whiteout(name).map_err(|_| ()),
+                want,
+                "{}",
+                show(name)
+            );
+        }
+    }
+
+    #[test]
+    fn upper_set_has_ancestors() {
+        let mut u = HashSet::new();
+        mark_upper(&mut u, b"a/b/c");
+        mark_upper(&mut u, b"a/d");
+        let mut all: Vec<_> = u.into_iter().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![
+                b"a".to_vec(),
+                b"a/b".to_vec(),
+                b"a/b/c".to_vec(),
+                b"a/d".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn pax_time_table() {
+        let t = |s, n| {
+            Some(Timespec {
+                tv_sec: s,
+                tv_nsec: n,
+            })
+        };
+        assert_eq!(parse_pax_time(b"1700000000"), t(1_700_000_000, 0));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            t(1_700_000_000, 500_000_000)
+        );
+        assert_eq!(parse_pax_time(b"1.123456789123"), t(1, 123_456_789));
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    #[test]
+    fn id_range() {
+        assert_eq!(id_of(b"x", "uid", 0).unwrap(), 0);
+        assert_eq!(id_of(b"x", "uid", 65534).unwrap(), 65534);
+        assert!(id_of(b"x", "uid", u64::from(u32::MAX)).is_err());
+        assert!(id_of(b"x", "uid", 1 << 40).is_err());
+    }
+}

@@ -1,0 +1,1221 @@
+//! Reading images: references, OCI layouts and docker-archive tars, index
+//! and platform selection, manifests and configs, all verified by digest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{DigestError, Sha256Digest, VerifyingReader, digest_error};
+
+/// Largest JSON document (index, manifest, config) read into memory.
+pub const MAX_JSON: u64 = 16 << 20;
+
+/// Errors of reading an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference {
+        reference: String,
+        reason: &'static str,
+    },
+    #[error("invalid platform {platform:?}: expected os/arch[/variant]")]
+    BadPlatform { platform: String },
+    #[error("{image}: open {path}")]
+    Open {
+        image: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{image}: read archive index")]
+    ArchiveIndex {
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{image}: missing {what} {name}")]
+    Missing {
+        image: String,
+        what: &'static str,
+        name: String,
+    },
+    #[error("{image}: read {what} {name}")]
+    Read {
+        image: String,
+        what: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{image}: {what} {name}")]
+    Verify {
+        image: String,
+        what: &'static str,
+        name: String,
+        #[source]
+        source: DigestError,
+    },
+    #[error("{image}: {what} {name} is larger than {max} bytes")]
+    TooLarge {
+        image: String,
+        what: &'static str,
+        name: String,
+        max: u64,
+    },
+    #[error("{image}: malformed {what} {name}")]
+    Json {
+        image: String,
+        what: &'static str,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{image}: {what} {name} has invalid digest")]
+    BadDigest {
+        image: String,
+        what: &'static str,
+        name: String,
+        #[source]
+        source: DigestError,
+    },
+    #[error("{image}: {reason}")]
+    Select { image: String, reason: String },
+    #[error("{image}: {what} {name} has unsupported media type {media_type:?}")]
+    MediaType {
+        image: String,
+        what: &'static str,
+        name: String,
+        media_type: String,
+    },
+    #[error("{image}: {reason}")]
+    Invalid { image: String, reason: String },
+}
+
+/// Where an image comes from, in skopeo's transport syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `oci:PATH[:TAG]`: an OCI image layout directory.
+    Oci { path: PathBuf, tag: Option<String> },
+    /// `docker-archive:PATH[:REF]`: a `docker save` tar.
+    DockerArchive {
+        path: PathBuf,
+        reference: Option<String>,
+    },
+}
+
+impl ImageRef {
+    /// Parses `oci:PATH[:TAG]` or `docker-archive:PATH[:REF]`. As in
+    /// containers/image, the path ends at the first `:`.
+    pub fn parse(text: &str) -> Result<Self, ImageError> {
+        let bad = |reason| ImageError::BadReference {
+            reference: text.to_string(),
+            reason,
+        };
+        let (transport, rest) = text
+            .split_once(':')
+            .ok_or_else(|| bad("expected oci:PATH[:TAG] or docker-archive:PATH[:REF]"))?;
+        let (path, name) = match rest.split_once(':') {
+            Some((p, n)) => (p, Some(n)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(bad("empty path"));
+        }
+        if name == Some("") {
+            return Err(bad("empty tag after ':'"));
+        }
+        let name = name.map(str::to_string);
+        match transport {
+            "oci" => Ok(Self::Oci {
+                path: path.into(),
+                tag: name,
+            }),
+            "docker-archive" => Ok(Self::DockerArchive {
+                path: path.into(),
+                reference: name,
+            }),
+            _ => Err(bad("unknown transport: use oci: or docker-archive:")),
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oci { path, tag } => {
+                write!(f, "oci:{}", path.display())?;
+                if let Some(t) = tag {
+                    write!(f, ":{t}")?;
+                }
+                Ok(())
+            }
+            Self::DockerArchive { path, reference } => {
+                write!(f, "docker-archive:{}", path.display())?;
+                if let Some(r) = reference {
+                    write!(f, ":{r}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An OS/architecture pair with an optional variant, normalised the way
+/// containerd does (`x86_64` → `amd64`, `aarch64` → `arm64`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Self {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(text: &str) -> Result<Self, ImageError> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let bad = || ImageError::BadPlatform {
+            platform: text.to_string(),
+        };
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            return Err(bad());
+        }
+        Ok(Self::new(parts[0], parts[1], parts.get(2).copied()))
+    }
+
+    /// Builds a normalised platform.
+    pub fn new(os: &str, arch: &str, variant: Option<&str>) -> Self {
+        let os = os.to_ascii_lowercase();
+        let arch = arch.to_ascii_lowercase();
+        let variant = variant
+            .filter(|v| !v.is_empty())
+            .map(str::to_ascii_lowercase);
+        let (architecture, variant) = match (arch.as_str(), variant.as_deref()) {
+            ("x86_64" | "x86-64" | "amd64", Some("v1")) => ("amd64".to_string(), None),
+            ("x86_64" | "x86-64", v) => ("amd64".to_string(), v.map(str::to_string)),
+            ("aarch64" | "arm64", Some("8" | "v8" | "v8.0")) => ("arm64".to_string(), None),
+            ("aarch64", v) => ("arm64".to_string(), v.map(str::to_string)),
+            ("armhf", _) => ("arm".to_string(), Some("v7".to_string())),
+            ("armel", _) => ("arm".to_string(), Some("v6".to_string())),
+            ("arm", None) => ("arm".to_string(), Some("v7".to_string())),
+            ("i386", v) => ("386".to_string(), v.map(str::to_string)),
+            (a, v) => (a.to_string(), v.map(str::to_string)),
+        };
+        Self {
+            os,
+            architecture,
+            variant,
+        }
+    }
+
+    /// Does an image for `other` run here? The variant must match only when
+    /// this platform names one.
+    pub fn matches(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A content descriptor, as in `descriptor.md`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<DescriptorPlatform>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+}
+
+/// The `platform` of an index entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct DescriptorPlatform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// An image index (also the layout's `index.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    pub manifests: Vec<Descriptor>,
+}
+
+/// An image manifest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+/// The image configuration (`config.md`); unknown fields are ignored, as
+/// the spec requires.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub config: Option<ContainerConfig>,
+    pub rootfs: RootFs,
+}
+
+/// `rootfs` of the image config.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub typ: String,
+    pub diff_ids: Vec<String>,
+}
+
+/// The execution parameters of the image config. Nulls are accepted where
+/// Docker writes them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    #[serde(default, deserialize_with = "null_default")]
+    pub user: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub env: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub cmd: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub volumes: BTreeMap<String, serde_json::Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub working_dir: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub stop_signal: String,
+}
+
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// An entry of docker-archive's `manifest.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ArchiveItem {
+    config: String,
+    #[serde(default, deserialize_with = "null_default")]
+    repo_tags: Vec<String>,
+    layers: Vec<String>,
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    /// Unknown until the first bytes are read (docker-archive).
+    Sniff,
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::Sniff => "sniffed",
+        })
+    }
+}
+
+/// Maps a layer media type to its compression; encrypted, foreign and
+/// unknown types are refused.
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+const INDEX_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Where a blob lives in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// `blobs/sha256/<hex>` of an OCI layout.
+    Digest(Sha256Digest),
+    /// A member of a docker-archive, by the name manifest.json gives.
+    Member(String),
+}
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layer {
+    /// The compressed blob's digest, when the format names one.
+    #[serde(serialize_with = "opt_display")]
+    pub digest: Option<Sha256Digest>,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    #[serde(serialize_with = "display")]
+    pub diff_id: Sha256Digest,
+    #[serde(skip)]
+    pub location: BlobLocation,
+}
+
+fn display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn opt_display<S: serde::Serializer, T: fmt::Display>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// A member of a docker-archive tar: where its data starts and its size.
+#[derive(Debug, Clone)]
+pub(crate) enum Member {
+    File { offset: u64, size: u64 },
+    Link(String),
+}
+
+/// Blob storage behind an image reference.
+#[derive(Debug)]
+pub(crate) enum Store {
+    Dir(PathBuf),
+    Archive {
+        path: PathBuf,
+        members: HashMap<String, Member>,
+    },
+}
+
+/// A readable blob and its stored size.
+pub type BlobReader = Box<dyn Read + Send>;
+
+impl Store {
+    /// Opens a file of the store by relative name: `None` if absent.
+    fn open(&self, name: &str) -> io::Result<Option<(BlobReader, u64)>> {
+        match self {
+            Store::Dir(root) => match File::open(root.join(name)) {
+                Ok(f) => {
+                    let size = f.metadata()?.len();
+                    Ok(Some((Box::new(f), size)))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+            Store::Archive { path, members } => {
+                let mut name = normalise_member(name);
+                for _ in 0..16 {
+                    match members.get(&name) {
+                        None => return Ok(None),
+                        Some(Member::Link(target)) => name = target.clone(),
+                        Some(Member::File { offset, size }) => {
+                            let mut f = File::open(path)?;
+                            f.seek(SeekFrom::Start(*offset))?;
+                            return Ok(Some((Box::new(f.take(*size)), *size)));
+                        }
+                    }
+                }
+                Err(io::Error::other("too many levels of links in archive"))
+            }
+        }
+    }
+
+    fn open_blob(&self, loc: &BlobLocation) -> io::Result<Option<(BlobReader, u64)>> {
+        match loc {
+            BlobLocation::Digest(d) => self.open(&format!("blobs/sha256/{}", d.hex())),
+            BlobLocation::Member(name) => self.open(name),
+        }
+    }
+}
+
+/// Cleans an archive member name lexically (no leading `./` or `/`, no
+/// `..` above the top): the names are only keys of a map, never paths.
+fn normalise_member(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+fn index_archive(path: &Path) -> io::Result<HashMap<String, Member>> {
+    let mut archive = tar::Archive::new(File::open(path)?);
+    let mut members = HashMap::new();
+    for entry in archive.entries_with_seek()? {
+        let entry = entry?;
+        let name = normalise_member(&String::from_utf8_lossy(&entry.path_bytes()));
+        let kind = entry.header().entry_type();
+        let member = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => Member::File {
+                offset: entry.raw_file_position(),
+                size: entry.size(),
+            },
+            tar::EntryType::Symlink => {
+                let target = String::from_utf8_lossy(&entry.link_name_bytes().unwrap_or_default())
+                    .into_owned();
+                let base = name.rsplit_once('/').map_or("", |(d, _)| d);
+                let joined = if target.starts_with('/') {
+                    target
+                } else {
+                    format!("{base}/{target}")
+                };
+                Member::Link(normalise_member(&joined))
+            }
+            tar::EntryType::Link => {
+                let target = String::from_utf8_lossy(&entry.link_name_bytes().unwrap_or_default())
+                    .into_owned();
+                Member::Link(normalise_member(&target))
+            }
+            _ => continue,
+        };
+        members.insert(name, member);
+    }
+    Ok(members)
+}
+
+/// An image resolved down to one platform's manifest and config.
+#[derive(Debug)]
+pub struct Image {
+    /// The reference text, for messages.
+    pub name: String,
+    /// The manifest digest (none for a docker-archive).
+    pub manifest_digest: Option<Sha256Digest>,
+    pub config_digest: Sha256Digest,
+    pub platform: Platform,
+    pub config: ImageConfig,
+    pub layers: Vec<Layer>,
+    store: Store,
+}
+
+/// Reads whole JSON documents with verification and a size cap.
+struct Reader<'a> {
+    name: &'a str,
+    store: &'a Store,
+}
+
+impl Reader<'_> {
+    fn read_verified(
+        &self,
+        what: &'static str,
+        loc: &BlobLocation,
+        digest: Option<&Sha256Digest>,
+        size: Option<u64>,
+    ) -> Result<Vec<u8>, ImageError> {
+        let label = loc_label(loc);
+        let (raw, stored) = self
+            .store
+            .open_blob(loc)
+            .map_err(|source| ImageError::Read {
+                image: self.name.to_string(),
+                what,
+                name: label.clone(),
+                source,
+            })?
+            .ok_or_else(|| ImageError::Missing {
+                image: self.name.to_string(),
+                what,
+                name: label.clone(),
+            })?;
+        let too_large = || ImageError::TooLarge {
+            image: self.name.to_string(),
+            what,
+            name: label.clone(),
+            max: MAX_JSON,
+        };
+        if size.unwrap_or(stored) > MAX_JSON {
+            return Err(too_large());
+        }
+        let mut reader: Box<dyn Read> = match digest {
+            Some(d) => Box::new(VerifyingReader::new(raw, d.clone(), size)),
+            None => raw,
+        };
+        let mut buf = Vec::new();
+        (&mut reader)
+            .take(MAX_JSON + 1)
+            .read_to_end(&mut buf)
+            .map_err(|source| match digest_error(&source) {
+                Some(source) => ImageError::Verify {
+                    image: self.name.to_string(),
+                    what,
+                    name: label.clone(),
+                    source,
+                },
+                None => ImageError::Read {
+                    image: self.name.to_string(),
+                    what,
+                    name: label.clone(),
+                    source,
+                },
+            })?;
+        if buf.len() as u64 > MAX_JSON {
+            return Err(too_large());
+        }
+        Ok(buf)
+    }
+
+    fn json<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &'static str,
+        loc: &BlobLocation,
+        digest: Option<&Sha256Digest>,
+        size: Option<u64>,
+    ) -> Result<T, ImageError> {
+        let bytes = self.read_verified(what, loc, digest, size)?;
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::Json {
+            image: self.name.to_string(),
+            what,
+            name: loc_label(loc),
+            source,
+        })
+    }
+
+    fn descriptor_digest(
+        &self,
+        what: &'static str,
+        d: &Descriptor,
+    ) -> Result<Sha256Digest, ImageError> {
+        Sha256Digest::parse(&d.digest).map_err(|source| ImageError::BadDigest {
+            image: self.name.to_string(),
+            what,
+            name: format!("{:?}", d.digest),
+            source,
+        })
+    }
+}
+
+fn loc_label(loc: &BlobLocation) -> String {
+    match loc {
+        BlobLocation::Digest(d) => d.to_string(),
+        BlobLocation::Member(m) => m.clone(),
+    }
+}
+
+impl Image {
+    /// Opens and resolves an image for `platform`.
+    pub fn open(reference: &ImageRef, platform: &Platform) -> Result<Self, ImageError> {
+        let name = reference.to_string();
+        match reference {
+            ImageRef::Oci { path, tag } => {
+                let meta = std::fs::metadata(path).map_err(|source| ImageError::Open {
+                    image: name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+                if !meta.is_dir() {
+                    return Err(ImageError::Invalid {
+                        image: name,
+                        reason: format!("{} is not an OCI layout directory", path.display()),
+                    });
+                }
+                let store = Store::Dir(path.clone());
+                Self::from_layout(name, store, tag.as_deref(), platform)
+            }
+            ImageRef::DockerArchive { path, reference } => {
+                let members = index_archive(path).map_err(|source| ImageError::ArchiveIndex {
+                    image: name.clone(),
+                    source,
+                })?;
+                let store = Store::Archive {
+                    path: path.clone(),
+                    members,
+                };
+                Self::from_docker_archive(name, store, reference.as_deref(), platform)
+            }
+        }
+    }
+
+    fn from_layout(
+        name: String,
+        store: Store,
+        tag: Option<&str>,
+        platform: &Platform,
+    ) -> Result<Self, ImageError> {
+        let rd = Reader {
+            name: &name,
+            store: &store,
+        };
+        let layout: serde_json::Value = rd.json(
+            "layout file",
+            &BlobLocation::Member("oci-layout".into()),
+            None,
+            None,
+        )?;
+        if layout
+            .get("imageLayoutVersion")
+            .and_then(|v| v.as_str())
+            .is_none()
+        {
+            return Err(ImageError::Invalid {
+                image: name,
+                reason: "oci-layout has no imageLayoutVersion".into(),
+            });
+        }
+        let index: Index = rd.json(
+            "index",
+            &BlobLocation::Member("index.json".into()),
+            None,
+            None,
+        )?;
+        let mut candidates: Vec<&Descriptor> = match tag {
+            Some(t) => index
+                .manifests
+                .iter()
+                .filter(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(t))
+                .collect(),
+            None => index.manifests.iter().collect(),
+        };
+        if candidates.is_empty() {
+            let tags: Vec<&str> = index
+                .manifests
+                .iter()
+                .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
+                .collect();
+            return Err(ImageError::Select {
+                image: name,
+                reason: match tag {
+                    Some(t) => format!(
+                        "no image tagged {t:?} in the layout (tags: {})",
+                        tags.join(", ")
+                    ),
+                    None => "the layout holds no image".into(),
+                },
+            });
+        }
+        // Several untagged choices are fine only if they differ by platform.
+        if candidates.len() > 1 && candidates.iter().any(|d| d.platform.is_none()) {
+            let tags: Vec<&str> = candidates
+                .iter()
+                .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
+                .collect();
+            return Err(ImageError::Select {
+                image: name,
+                reason: format!(
+                    "the layout holds {} images: name one with :TAG (tags: {})",
+                    candidates.len(),
+                    tags.join(", ")
+                ),
+            });
+        }
+        if candidates.len() > 1 {
+            candidates.retain(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| platform.matches(&descriptor_platform(p)))
+            });
+        }
+        let Some(first) = candidates.first() else {
+            return Err(ImageError::Select {
+                image: name,
+                reason: format!("no image for platform {platform}"),
+            });
+        };
+        let manifest_desc = resolve_descriptor(&rd, first, platform, 0)?;
+        let manifest_digest = rd.descriptor_digest("manifest", &manifest_desc)?;
+        let manifest: Manifest = rd.json(
+            "manifest",
+            &BlobLocation::Digest(manifest_digest.clone()),
+            Some(&manifest_digest),
+            Some(manifest_desc.size),
+        )?;
+        if manifest.schema_version != 2 {
+            return Err(ImageError::Invalid {
+                image: name,
+                reason: format!(
+                    "manifest {manifest_digest} has schemaVersion {}",
+                    manifest.schema_version
+                ),
+            });
+        }
+        if !CONFIG_TYPES.contains(&manifest.config.media_type.as_str()) {
+            return Err(ImageError::MediaType {
+                image: name,
+                what: "config",
+                name: manifest.config.digest.clone(),
+                media_type: manifest.config.media_type.clone(),
+            });
+        }
+        let config_digest = rd.descriptor_digest("config", &manifest.config)?;
+        let config: ImageConfig = rd.json(
+            "config",
+            &BlobLocation::Digest(config_digest.clone()),
+            Some(&config_digest),
+            Some(manifest.config.size),
+        )?;
+        let diff_ids = check_config(&name, &config, &config_digest, manifest.layers.len())?;
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for (desc, diff_id) in manifest.layers.iter().zip(diff_ids) {
+            let digest = rd.descriptor_digest("layer", desc)?;
+            let compression =
+                layer_compression(&desc.media_type).ok_or_else(|| ImageError::MediaType {
+                    image: name.clone(),
+                    what: "layer",
+                    name: digest.to_string(),
+                    media_type: desc.media_type.clone(),
+                })?;
+            if desc.media_type.contains("nondistributable") {
+                log::info!("{name}: layer {digest} is non-distributable; using the local blob");
+            }
+            layers.push(Layer {
+                location: BlobLocation::Digest(digest.clone()),
+                digest: Some(digest),
+                size: desc.size,
+                media_type: desc.media_type.clone(),
+                compression,
+                diff_id,
+            });
+        }
+        let image_platform = config_platform(&config);
+        check_platform(&name, platform, &image_platform)?;
+        Ok(Self {
+            name,
+            manifest_digest: Some(manifest_digest),
+            config_digest,
+            platform: image_platform,
+            config,
+            layers,
+            store,
+        })
+    }
+
+    fn from_docker_archive(
+        name: String,
+        store: Store,
+        reference: Option<&str>,
+        platform: &Platform,
+    ) -> Result<Self, ImageError> {
+        let rd = Reader {
+            name: &name,
+            store: &store,
+        };
+        let items: Option<Vec<ArchiveItem>> = rd.json(
+            "manifest",
+            &BlobLocation::Member("manifest.json".into()),
+            None,
+            None,
+        )?;
+        let items = items.unwrap_or_default();
+        let item = match reference {
+            Some(r) => {
+                let want = if r.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+                    r.to_string()
+                } else {
+                    format!("{r}:latest")
+                };
+                let strip = |t: &str| {
+                    t.strip_prefix("docker.io/library/")
+                        .unwrap_or(t)
+                        .to_string()
+                };
+                items
+                    .iter()
+                    .find(|i| i.repo_tags.iter().any(|t| strip(t) == strip(&want)))
+                    .ok_or_else(|| ImageError::Select {
+                        image: name.clone(),
+                        reason: format!("no image tagged {want:?} in the archive"),
+                    })?
+            }
+            None if items.len() == 1 => &items[0],
+            None => {
+                return Err(ImageError::Select {
+                    image: name.clone(),
+                    reason: format!(
+                        "the archive holds {} images: name one with :REF (tags: {})",
+                        items.len(),
+                        items
+                            .iter()
+                            .flat_map(|i| i.repo_tags.iter().map(String::as_str))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        };
+        // Config and layer names are untrusted keys into the member map.
+        // Where a name carries a digest (`<hex>.json`, `blobs/sha256/<hex>`)
+        // the blob is verified against it.
+        let config_member = normalise_member(&item.config);
+        let config_digest = member_digest(&config_member);
+        let config_bytes = rd.read_verified(
+            "config",
+            &BlobLocation::Member(config_member.clone()),
+            config_digest.as_ref(),
+            None,
+        )?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Json {
+                image: name.clone(),
+                what: "config",
+                name: config_member.clone(),
+                source,
+            })?;
+        let config_digest = config_digest.unwrap_or_else(|| Sha256Digest::of(&config_bytes));
+        let diff_ids = check_config(&name, &config, &config_digest, item.layers.len())?;
+        let mut layers = Vec::new();
+        for (member, diff_id) in item.layers.iter().zip(diff_ids) {
+            let member = normalise_member(member);
+            let size = match store.open(&member) {
+                Ok(Some((_, size))) => size,
+                Ok(None) => {
+                    return Err(ImageError::Missing {
+                        image: name.clone(),
+                        what: "layer",
+                        name: member,
+                    });
+                }
+                Err(source) => {
+                    return Err(ImageError::Read {
+                        image: name.clone(),
+                        what: "layer",
+                        name: member,
+                        source,
+                    });
+                }
+            };
+            layers.push(Layer {
+                digest: member_digest(&member),
+                size,
+                media_type: String::new(),
+                compression: Compression::Sniff,
+                diff_id,
+                location: BlobLocation::Member(member),
+            });
+        }
+        let image_platform = config_platform(&config);
+        check_platform(&name, platform, &image_platform)?;
+        Ok(Self {
+            name,
+            manifest_digest: None,
+            config_digest,
+            platform: image_platform,
+            config,
+            layers,
+            store,
+        })
+    }
+
+    /// Opens a layer's raw (still compressed) blob, verified by size and
+    /// digest where the format names them. The check completes when the
+    /// reader reaches end of stream.
+    pub fn open_layer(&self, layer: &Layer) -> Result<BlobReader, ImageError> {
+        let label = loc_label(&layer.location);
+        let (raw, _) = self
+            .store
+            .open_blob(&layer.location)
+            .map_err(|source| ImageError::Read {
+                image: self.name.clone(),
+                what: "layer",
+                name: label.clone(),
+                source,
+            })?
+            .ok_or_else(|| ImageError::Missing {
+                image: self.name.clone(),
+                what: "layer",
+                name: label,
+            })?;
+        Ok(match &layer.digest {
+            Some(d) => Box::new(VerifyingReader::new(raw, d.clone(), Some(layer.size))),
+            None => raw,
+        })
+    }
+}
+
+/// `blobs/sha256/<hex>` or `<hex>.json` / `<hex>/layer.tar`-style names
+/// that embed a digest of their content. Legacy `<id>/layer.tar` ids are
+/// not content digests, so only the first two forms count.
+fn member_digest(member: &str) -> Option<Sha256Digest> {
+    if let Some(hex) = member.strip_prefix("blobs/sha256/") {
+        return Sha256Digest::parse(&format!("sha256:{hex}")).ok();
+    }
+    let hex = member.strip_suffix(".json")?;
+    Sha256Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
+fn descriptor_platform(p: &DescriptorPlatform) -> Platform {
+    Platform::new(&p.os, &p.architecture, p.variant.as_deref())
+}
+
+fn config_platform(c: &ImageConfig) -> Platform {
+    Platform::new(&c.os, &c.architecture, c.variant.as_deref())
+}
+
+fn check_platform(name: &str, want: &Platform, got: &Platform) -> Result<(), ImageError> {
+    if want.matches(got) {
+        Ok(())
+    } else {
+        Err(ImageError::Select {
+            image: name.to_string(),
+            reason: format!("image is for {got}, not {want} (choose with --platform)"),
+        })
+    }
+}
+
+/// Validates `rootfs` and returns the parsed diff_ids.
+fn check_config(
+    name: &str,
+    config: &ImageConfig,
+    digest: &Sha256Digest,
+    layers: usize,
+) -> Result<Vec<Sha256Digest>, ImageError> {
+    if config.rootfs.typ != "layers" {
+        return Err(ImageError::Invalid {
+            image: name.to_string(),
+            reason: format!(
+                "config {digest}: rootfs.type is {:?}, not \"layers\"",
+                config.rootfs.typ
+            ),
+        });
+    }
+    if config.rootfs.diff_ids.len() != layers {
+        return Err(ImageError::Invalid {
+            image: name.to_string(),
+            reason: format!(
+                "config {digest} lists {} diff_ids for {layers} layers",
+                config.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| {
+            Sha256Digest::parse(d).map_err(|source| ImageError::BadDigest {
+                image: name.to_string(),
+                what: "diff_id",
+                name: format!("{d:?}"),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Follows nested indexes down to the first manifest for `platform`.
+fn resolve_descriptor(
+    rd: &Reader<'_>,
+    desc: &Descriptor,
+    platform: &Platform,
+    depth: u32,
+) -> Result<Descriptor, ImageError> {
+    if MANIFEST_TYPES.contains(&desc.media_type.as_str()) {
+        return Ok(desc.clone());
+    }
+    if !INDEX_TYPES.contains(&desc.media_type.as_str()) {
+        return Err(ImageError::MediaType {
+            image: rd.name.to_string(),
+            what: "manifest",
+            name: desc.digest.clone(),
+            media_type: desc.media_type.clone(),
+        });
+    }
+    if depth >= 8 {
+        return Err(ImageError::Invalid {
+            image: rd.name.to_string(),
+            reason: "image indexes nested more than 8 deep".into(),
+        });
+    }
+    let digest = rd.descriptor_digest("index", desc)?;
+    let index: Index = rd.json(
+        "index",
+        &BlobLocation::Digest(digest.clone()),
+        Some(&digest),
+        Some(desc.size),
+    )?;
+    // First matching entry wins (image-index.md); entries of unknown media
+    // type (attestations, artifacts) are skipped, never an error.
+    for entry in &index.manifests {
+        let known = MANIFEST_TYPES.contains(&entry.media_type.as_str())
+            || INDEX_TYPES.contains(&entry.media_type.as_str());
+        let fits = entry
+            .platform
+            .as_ref()
+            .is_none_or(|p| platform.matches(&descriptor_platform(p)));
+        if known && fits {
+            return resolve_descriptor(rd, entry, platform, depth + 1);
+        }
+    }
+    let available: Vec<String> = index
+        .manifests
+        .iter()
+        .filter_map(|e| {
+            e.platform
+                .as_ref()
+                .map(|p| descriptor_platform(p).to_string())
+        })
+        .collect();
+    Err(ImageError::Select {
+        image: rd.name.to_string(),
+        reason: format!(
+            "index {digest} has no image for {platform} (has: {})",
+            available.join(", ")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refs() {
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/img:latest").unwrap(),
+            ImageRef::Oci {
+                path: "/tmp/img".into(),
+                tag: Some("latest".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:img").unwrap(),
+            ImageRef::Oci {
+                path: "img".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker-archive:a.tar:busybox:1.36").unwrap(),
+            ImageRef::DockerArchive {
+                path: "a.tar".into(),
+                reference: Some("busybox:1.36".into())
+            }
+        );
+        for bad in ["img", "docker:busybox", "oci:", "oci:x:", ""] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn platform_table() {
+        let p = |s| Platform::parse(s).unwrap();
+        assert_eq!(p("linux/x86_64"), p("linux/amd64"));
+        assert_eq!(p("linux/amd64/v1"), p("linux/amd64"));
+        assert_eq!(p("linux/aarch64"), p("linux/arm64"));
+        assert_eq!(p("linux/arm64/v8"), p("linux/arm64"));
+        assert_eq!(p("linux/armhf"), p("linux/arm/v7"));
+        assert_eq!(p("linux/arm"), p("linux/arm/v7"));
+        assert!(p("linux/amd64").matches(&p("linux/amd64/v3")));
+        assert!(!p("linux/amd64/v3").matches(&p("linux/amd64")));
+        assert!(!p("linux/amd64").matches(&p("linux/arm64")));
+        assert!(!p("linux/amd64").matches(&p("windows/amd64")));
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d"] {
+            assert!(Platform::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(
+            layer_compression("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"),
+            None
+        );
+        assert_eq!(
+            layer_compression("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
+            None
+        );
+        assert_eq!(layer_compression("text/plain"), None);
+    }
+
+    #[test]
+    fn member_names() {
+        assert_eq!(normalise_member("./a/../../b//c"), "b/c");
+        let hex = "a".repeat(64);
+        assert!(member_digest(&format!("blobs/sha256/{hex}")).is_some());
+        assert!(member_digest(&format!("{hex}.json")).is_some());
+        assert!(member_digest(&format!("{hex}/layer.tar")).is_none());
+        assert!(member_digest("blobs/sha256/../x").is_none());
+    }
+}

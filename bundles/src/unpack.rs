@@ -1,0 +1,183 @@
+//! Image → runtime bundle: `DEST/rootfs` from the layers, `DEST/config.json`
+//! from the config, like `umoci unpack`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::apply::{ApplyError, LayerStats, Rootfs};
+use crate::image::{Image, ImageError, ImageRef, Layer, Platform};
+use crate::layer::{LayerError, unpack_layer};
+use crate::spec::{Overrides, SpecError, runtime_spec};
+
+/// Errors of unpacking an image into a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("{path}: destination exists and is not an empty directory")]
+    DestNotEmpty { path: PathBuf },
+    #[error("create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Root(#[from] ApplyError),
+    #[error("{image}: runtime spec")]
+    Spec {
+        image: String,
+        #[source]
+        source: SpecError,
+    },
+    #[error("write {path}")]
+    WriteSpec {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Progress events for a caller that shows them.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    LayerStart {
+        index: usize,
+        count: usize,
+        layer: &'a Layer,
+    },
+    LayerDone {
+        index: usize,
+        count: usize,
+        stats: &'a LayerStats,
+    },
+}
+
+/// Options of [`unpack_bundle`].
+#[derive(Default)]
+pub struct UnpackOptions<'a> {
+    pub platform: Platform,
+    pub overrides: Overrides,
+    pub progress: Option<&'a mut dyn FnMut(Progress<'_>)>,
+}
+
+/// What an unpack did.
+#[derive(Debug)]
+pub struct UnpackReport {
+    pub image: Image,
+    pub layers: Vec<LayerStats>,
+}
+
+/// Applies every layer of `image`, in order, to `rootfs`.
+pub fn unpack_rootfs(
+    image: &Image,
+    rootfs: &Rootfs,
+    mut progress: Option<&mut dyn FnMut(Progress<'_>)>,
+) -> Result<Vec<LayerStats>, LayerError> {
+    let count = image.layers.len();
+    let mut all = Vec::with_capacity(count);
+    for (index, layer) in image.layers.iter().enumerate() {
+        if let Some(p) = progress.as_deref_mut() {
+            p(Progress::LayerStart {
+                index,
+                count,
+                layer,
+            });
+        }
+        let stats = unpack_layer(image, layer, rootfs)?;
+        if let Some(p) = progress.as_deref_mut() {
+            p(Progress::LayerDone {
+                index,
+                count,
+                stats: &stats,
+            });
+        }
+        all.push(stats);
+    }
+    Ok(all)
+}
+
+/// Unpacks `reference` into the bundle directory `dest`, which must not
+/// exist or be empty. On failure, whatever this call created is removed.
+pub fn unpack_bundle(
+    reference: &ImageRef,
+    dest: &Path,
+    opts: UnpackOptions<'_>,
+) -> Result<UnpackReport, UnpackError> {
+    let image = Image::open(reference, &opts.platform)?;
+    let created = match fs::read_dir(dest) {
+        Ok(mut entries) => {
+            if entries.next().is_some() || !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+                return Err(UnpackError::DestNotEmpty { path: dest.into() });
+            }
+            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dest)
+                .map_err(|source| UnpackError::Create {
+                    path: dest.into(),
+                    source,
+                })?;
+            true
+        }
+        Err(_) => return Err(UnpackError::DestNotEmpty { path: dest.into() }),
+    };
+    let res = fill_bundle(&image, dest, opts);
+    match res {
+        Ok(layers) => Ok(UnpackReport { image, layers }),
+        Err(e) => {
+            // remove_dir_all never follows symlinks (CVE-2022-21658 fixed).
+            let _ = fs::remove_dir_all(dest.join("rootfs"));
+            let _ = fs::remove_file(dest.join("config.json"));
+            if created {
+                let _ = fs::remove_dir(dest);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn fill_bundle(
+    image: &Image,
+    dest: &Path,
+    opts: UnpackOptions<'_>,
+) -> Result<Vec<LayerStats>, UnpackError> {
+    let root_path = dest.join("rootfs");
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&root_path)
+        .map_err(|source| UnpackError::Create {
+            path: root_path.clone(),
+            source,
+        })?;
+    let rootfs = Rootfs::open(&root_path)?;
+    let stats = unpack_rootfs(image, &rootfs, opts.progress)?;
+    let spec = runtime_spec(&image.config, &rootfs, &opts.overrides).map_err(|source| {
+        UnpackError::Spec {
+            image: image.name.clone(),
+            source,
+        }
+    })?;
+    let path = dest.join("config.json");
+    let write = || -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)?;
+        serde_json::to_writer_pretty(&mut f, &spec).map_err(io::Error::other)?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    };
+    write().map_err(|source| UnpackError::WriteSpec {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(stats)
+}

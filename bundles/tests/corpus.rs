@@ -1,0 +1,647 @@
+//! A corpus of crafted layers, generated here, covering every rule of
+//! layer application and every escape attempt. Each escape case proves
+//! that nothing outside the destination changed: a sentinel tree next to
+//! the root, and the scratch directory around both, are snapshotted
+//! before and after.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use berth_bundles::apply::{ApplyError, LayerStats, Rootfs};
+use common::{E, Scratch, require_root, snapshot, tar};
+
+struct World {
+    scratch: Scratch,
+}
+
+impl World {
+    fn new(tag: &str) -> Self {
+        require_root();
+        let scratch = Scratch::new(tag);
+        let t = scratch.path();
+        fs::create_dir(t.join("rootfs")).unwrap();
+        fs::create_dir_all(t.join("sentinel/dir")).unwrap();
+        fs::write(t.join("sentinel/file"), b"precious").unwrap();
+        fs::write(t.join("sentinel/dir/inner"), b"inner").unwrap();
+        std::os::unix::fs::symlink("file", t.join("sentinel/link")).unwrap();
+        World { scratch }
+    }
+    fn t(&self) -> &Path {
+        self.scratch.path()
+    }
+    fn root(&self) -> std::path::PathBuf {
+        self.t().join("rootfs")
+    }
+    /// Absolute host path of the sentinel, as text for crafted names.
+    fn sentinel(&self) -> String {
+        self.t().join("sentinel").to_str().unwrap().to_string()
+    }
+    /// Everything outside rootfs.
+    fn outside(&self) -> Vec<(std::path::PathBuf, common::Node)> {
+        let mut snap: Vec<_> = snapshot(self.t())
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with("rootfs"))
+            .collect();
+        // The scratch dir's own times change when rootfs changes; compare
+        // the rest exactly.
+        snap.retain(|(p, _)| p.as_os_str() != "");
+        snap
+    }
+    fn apply(&self, layers: &[Vec<E>]) -> Result<Vec<LayerStats>, ApplyError> {
+        let rootfs = Rootfs::open(&self.root()).unwrap();
+        layers
+            .iter()
+            .map(|l| rootfs.apply_layer(&tar(l)[..]))
+            .collect()
+    }
+}
+
+/// Runs an escape case: the outcome may be an error or a success inside
+/// the root, but nothing outside may change.
+fn escape_case(name: &str, layers: impl Fn(&World) -> Vec<Vec<E>>, want_ok: bool) {
+    let w = World::new("escape");
+    let before = w.outside();
+    let res = w.apply(&layers(&w));
+    let after = w.outside();
+    assert_eq!(before, after, "{name}: something outside the root changed");
+    assert_eq!(
+        res.is_ok(),
+        want_ok,
+        "{name}: unexpected outcome {:?}",
+        res.as_ref().err().map(|e| e.to_string())
+    );
+    // And the host's own root was not written: no stray file named evil.
+    assert!(
+        !Path::new("/evil").exists(),
+        "{name}: /evil created on the host"
+    );
+}
+
+#[test]
+fn escape_dotdot_names() {
+    escape_case(
+        "../",
+        |_| vec![vec![E::file("../sentinel/file", b"evil")]],
+        false,
+    );
+    escape_case(
+        "a/../../",
+        |_| vec![vec![E::file("a/../../sentinel/evil", b"evil")]],
+        false,
+    );
+    escape_case(
+        "/../",
+        |_| vec![vec![E::file("/../sentinel/evil", b"evil")]],
+        false,
+    );
+    escape_case("bare ..", |_| vec![vec![E::dir("..")]], false);
+    escape_case(
+        "dir ../",
+        |_| vec![vec![E::dir("../sentinel/dir").mode(0o777)]],
+        false,
+    );
+    escape_case(
+        "PAX path ..",
+        |_| {
+            vec![vec![
+                E::file("harmless", b"evil").pax("path", "../sentinel/file"),
+            ]]
+        },
+        false,
+    );
+    let long = format!("{}{}sentinel/evil", "a/".repeat(60), "../".repeat(62));
+    escape_case(
+        "GNU long name ..",
+        move |_| vec![vec![E::file(long.clone(), b"x").gnu()]],
+        false,
+    );
+}
+
+#[test]
+fn escape_absolute_names_stay_inside() {
+    let w = World::new("abs");
+    let s = w.sentinel();
+    let before = w.outside();
+    w.apply(&[vec![
+        E::file(format!("{s}/file"), b"evil"),
+        E::file("/evil", b"evil"),
+    ]])
+    .unwrap();
+    assert_eq!(before, w.outside());
+    // Re-rooted under the root.
+    let inside = w.root().join(s.trim_start_matches('/')).join("file");
+    assert_eq!(fs::read(inside).unwrap(), b"evil");
+    assert_eq!(fs::read(w.root().join("evil")).unwrap(), b"evil");
+}
+
+#[test]
+fn escape_symlinks_same_layer() {
+    for target in [
+        "SENTINEL",
+        "../sentinel",
+        "../../../../../../../SENTINEL",
+        "/",
+    ] {
+        escape_case(
+            &format!("symlink {target} then write through it"),
+            |w| {
+                let t = target.replace("SENTINEL", &w.sentinel());
+                vec![vec![
+                    E::symlink("lnk", t),
+                    E::file("lnk/file", b"evil"),
+                    E::file("lnk/new", b"evil"),
+                ]]
+            },
+            // "/" resolves to the root itself; the others to a missing
+            // in-root path, which is a dangling-parent error.
+            target == "/",
+        );
+    }
+}
+
+#[test]
+fn escape_symlinks_earlier_layer() {
+    for target in ["SENTINEL", "../sentinel", "SENTINEL/dir"] {
+        escape_case(
+            &format!("layer 1 symlink {target}, layer 2 writes through it"),
+            |w| {
+                let t = target.replace("SENTINEL", &w.sentinel());
+                vec![
+                    vec![E::symlink("lnk", t)],
+                    vec![E::file("lnk/file", b"evil"), E::dir("lnk/dir").mode(0o777)],
+                ]
+            },
+            false,
+        );
+    }
+    // An in-root directory at the symlink's in-root target: writes land
+    // there, inside.
+    let w = World::new("symlink-inside");
+    let s = w.sentinel();
+    let before = w.outside();
+    w.apply(&[
+        vec![E::dir(s.clone()), E::symlink("lnk", s.clone())],
+        vec![E::file("lnk/file", b"inside")],
+    ])
+    .unwrap();
+    assert_eq!(before, w.outside());
+    assert_eq!(
+        fs::read(w.root().join(s.trim_start_matches('/')).join("file")).unwrap(),
+        b"inside"
+    );
+}
+
+#[test]
+fn escape_hardlinks() {
+    escape_case(
+        "hardlink ../",
+        |_| vec![vec![E::hardlink("hl", "../sentinel/file")]],
+        false,
+    );
+    escape_case(
+        "hardlink absolute host path",
+        |w| vec![vec![E::hardlink("hl", format!("{}/file", w.sentinel()))]],
+        false,
+    );
+    escape_case(
+        "hardlink through symlink",
+        |w| {
+            vec![vec![
+                E::symlink("lnk", w.sentinel()),
+                E::hardlink("hl", "lnk/file"),
+            ]]
+        },
+        false,
+    );
+    escape_case(
+        "hardlink through earlier-layer symlink",
+        |w| {
+            vec![
+                vec![E::symlink("lnk", w.sentinel())],
+                vec![E::hardlink("hl", "lnk/file")],
+            ]
+        },
+        false,
+    );
+    // CVE-2021-32760: a hardlink to a symlink pointing outside, then
+    // metadata applied to the hardlink name. The link itself is linked,
+    // and nothing is chmod'ed through it.
+    escape_case(
+        "hardlink to outside symlink, then chmod",
+        |w| {
+            vec![
+                vec![
+                    E::symlink("s", format!("{}/file", w.sentinel())),
+                    E::hardlink("hl", "s"),
+                ],
+                vec![E::dir("hl").mode(0o777), E::file("s", b"evil").mode(0o777)],
+            ]
+        },
+        true,
+    );
+}
+
+#[test]
+fn escape_whiteouts() {
+    escape_case("whiteout ..", |_| vec![vec![E::whiteout(".wh..")]], false);
+    escape_case(
+        "whiteout .",
+        |_| vec![vec![E::whiteout("sub/.wh..")]],
+        false,
+    );
+    escape_case("whiteout empty", |_| vec![vec![E::whiteout(".wh.")]], false);
+    escape_case(
+        "whiteout path ../",
+        |_| vec![vec![E::whiteout("../sentinel/.wh.file")]],
+        false,
+    );
+    for target in ["SENTINEL", "../sentinel", "../../SENTINEL/dir"] {
+        escape_case(
+            &format!("whiteout through symlink {target}"),
+            |w| {
+                let t = target.replace("SENTINEL", &w.sentinel());
+                vec![
+                    vec![E::symlink("lnk", t)],
+                    vec![
+                        E::whiteout("lnk/.wh.file"),
+                        E::whiteout("lnk/.wh.dir"),
+                        E::whiteout("lnk/.wh..wh..opq"),
+                    ],
+                ]
+            },
+            true,
+        );
+    }
+    // Whiteout of a symlink to outside removes the link only.
+    escape_case(
+        "whiteout the symlink itself",
+        |w| {
+            vec![
+                vec![E::symlink("lnk", w.sentinel())],
+                vec![E::whiteout(".wh.lnk")],
+            ]
+        },
+        true,
+    );
+    escape_case(
+        "opaque dir that is a symlink",
+        |w| {
+            vec![
+                vec![E::symlink("lnk", w.sentinel())],
+                vec![E::whiteout("lnk/.wh..wh..opq")],
+            ]
+        },
+        true,
+    );
+}
+
+#[test]
+fn escape_metadata_through_symlinks() {
+    // chmod/chown/utimes of an entry whose name is an existing symlink to
+    // outside: the link is replaced, the target untouched.
+    for (what, entry) in [
+        ("dir", E::dir("lnk").mode(0o777).owner(1000, 1000)),
+        (
+            "file",
+            E::file("lnk", b"evil").mode(0o4777).owner(1000, 1000),
+        ),
+        ("fifo", E::node("lnk", b'6', 0, 0).mode(0o777)),
+        ("symlink", E::symlink("lnk", "elsewhere").owner(1000, 1000)),
+        ("char", E::node("lnk", b'3', 1, 3).mode(0o666)),
+    ] {
+        escape_case(
+            &format!("{what} over symlink to outside, same layer"),
+            |w| {
+                vec![vec![
+                    E::symlink("lnk", format!("{}/file", w.sentinel())),
+                    entry.clone(),
+                ]]
+            },
+            true,
+        );
+        escape_case(
+            &format!("{what} over symlink to outside dir, next layer"),
+            |w| {
+                vec![
+                    vec![E::symlink("lnk", format!("{}/dir", w.sentinel()))],
+                    vec![entry.clone()],
+                ]
+            },
+            true,
+        );
+    }
+    // The root entry itself cannot become a symlink.
+    escape_case(
+        "root as symlink",
+        |w| vec![vec![E::symlink("./", w.sentinel())]],
+        false,
+    );
+}
+
+#[test]
+fn regular_files_modes_owners_times() {
+    let w = World::new("files");
+    w.apply(&[vec![
+        E::dir("bin").mode(0o755).mtime(1_000_000),
+        E::file("bin/suid", b"#!x")
+            .mode(0o4755)
+            .owner(1000, 1001)
+            .mtime(2_000_000),
+        E::file("bin/sgid", b"y").mode(0o2711).owner(5, 6),
+        E::dir("tmp").mode(0o1777),
+        E::file("big", vec![7u8; 3 << 20]),
+        E::file("empty", b""),
+    ]])
+    .unwrap();
+    let r = w.root();
+    let m = fs::metadata(r.join("bin/suid")).unwrap();
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+        (0o4755, 1000, 1001, 2_000_000)
+    );
+    let m = fs::metadata(r.join("bin/sgid")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o2711, 5, 6));
+    assert_eq!(fs::metadata(r.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+    // Directory mtime set after its children were created.
+    assert_eq!(fs::metadata(r.join("bin")).unwrap().mtime(), 1_000_000);
+    assert_eq!(fs::read(r.join("big")).unwrap(), vec![7u8; 3 << 20]);
+    assert_eq!(fs::metadata(r.join("empty")).unwrap().len(), 0);
+}
+
+#[test]
+fn symlinks_hardlinks_devices_fifos() {
+    let w = World::new("types");
+    w.apply(&[vec![
+        E::file("f", b"data"),
+        E::symlink("abs", "/etc/../nowhere/x"),
+        E::symlink("rel", "../../../../f").owner(3, 4),
+        E::hardlink("h1", "f"),
+        E::hardlink("/h2", "./f"),
+        E::symlink("s", "f"),
+        E::hardlink("hs", "s"),
+        E::node("null", b'3', 1, 3).mode(0o666),
+        E::node("loop0", b'4', 7, 0).mode(0o660).owner(0, 6),
+        E::node("fifo", b'6', 0, 0).mode(0o4644),
+    ]])
+    .unwrap();
+    let r = w.root();
+    assert_eq!(
+        fs::read_link(r.join("abs")).unwrap().to_str(),
+        Some("/etc/../nowhere/x")
+    );
+    let m = fs::symlink_metadata(r.join("rel")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (3, 4));
+    let ino = fs::metadata(r.join("f")).unwrap().ino();
+    assert_eq!(fs::metadata(r.join("h1")).unwrap().ino(), ino);
+    assert_eq!(fs::metadata(r.join("h2")).unwrap().ino(), ino);
+    assert_eq!(fs::metadata(r.join("f")).unwrap().nlink(), 3);
+    // A hardlink to a symlink links the symlink itself.
+    let hs = fs::symlink_metadata(r.join("hs")).unwrap();
+    assert!(hs.file_type().is_symlink());
+    assert_eq!(hs.ino(), fs::symlink_metadata(r.join("s")).unwrap().ino());
+    let m = fs::symlink_metadata(r.join("null")).unwrap();
+    assert!(m.file_type().is_char_device());
+    assert_eq!(
+        (m.rdev(), m.mode() & 0o7777),
+        (rustix::fs::makedev(1, 3), 0o666)
+    );
+    let m = fs::symlink_metadata(r.join("loop0")).unwrap();
+    assert!(m.file_type().is_block_device());
+    assert_eq!(
+        (m.rdev(), m.gid(), m.mode() & 0o7777),
+        (rustix::fs::makedev(7, 0), 6, 0o660)
+    );
+    let m = fs::symlink_metadata(r.join("fifo")).unwrap();
+    assert!(m.file_type().is_fifo());
+    assert_eq!(m.mode() & 0o7777, 0o4644);
+    // Hardlink errors: missing target, directory target, itself.
+    assert!(matches!(
+        w.apply(&[vec![E::hardlink("x", "missing")]]),
+        Err(ApplyError::Hardlink { .. })
+    ));
+    assert!(matches!(
+        w.apply(&[vec![E::dir("d"), E::hardlink("x", "d")]]),
+        Err(ApplyError::Hardlink { .. })
+    ));
+    assert!(matches!(
+        w.apply(&[vec![E::hardlink("self", "self")]]),
+        Err(ApplyError::Hardlink { .. })
+    ));
+}
+
+#[test]
+fn long_names_pax_and_gnu() {
+    let w = World::new("long");
+    let pax_name = format!("{}/pax-file", "p".repeat(120));
+    let gnu_name = format!("{}/gnu-file", "g".repeat(150));
+    let target = format!("/{}", "t".repeat(200));
+    w.apply(&[vec![
+        E::file(&pax_name, b"pax"),
+        E::file(&gnu_name, b"gnu").gnu(),
+        E::symlink("longlink", &target),
+        E::file("paxowner", b"o")
+            .pax("uid", "3000000")
+            .pax("gid", "42"),
+        E::file("paxtime", b"t").pax("mtime", "1700000000.25"),
+    ]])
+    .unwrap();
+    let r = w.root();
+    assert_eq!(fs::read(r.join(&pax_name)).unwrap(), b"pax");
+    assert_eq!(fs::read(r.join(&gnu_name)).unwrap(), b"gnu");
+    assert_eq!(
+        fs::read_link(r.join("longlink")).unwrap().to_str(),
+        Some(target.as_str())
+    );
+    let m = fs::metadata(r.join("paxowner")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (3_000_000, 42));
+    let m = fs::metadata(r.join("paxtime")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 250_000_000));
+}
+
+#[test]
+fn xattrs_kept_and_skipped() {
+    let w = World::new("xattr");
+    let stats = w
+        .apply(&[vec![
+            E::file("cap", b"x")
+                .pax(
+                    "SCHILY.xattr.security.capability",
+                    [
+                        1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ],
+                )
+                .pax("SCHILY.xattr.user.note", b"hello")
+                .pax("SCHILY.xattr.trusted.secret", b"no")
+                .pax(
+                    "SCHILY.xattr.security.selinux",
+                    b"system_u:object_r:bin_t:s0",
+                ),
+            E::dir("d").pax("SCHILY.xattr.user.dir", b"yes"),
+            E::symlink("l", "cap").pax("SCHILY.xattr.user.link", b"no"),
+        ]])
+        .unwrap();
+    let r = w.root();
+    let get = |p: &str, n: &str| {
+        let mut buf = vec![0u8; 256];
+        rustix::fs::lgetxattr(r.join(p), n, &mut buf)
+            .ok()
+            .map(|len| buf[..len].to_vec())
+    };
+    assert_eq!(get("cap", "user.note").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(get("cap", "security.capability").map(|v| v.len()), Some(20));
+    assert_eq!(get("cap", "trusted.secret"), None);
+    assert_eq!(get("d", "user.dir").as_deref(), Some(&b"yes"[..]));
+    assert_eq!(stats[0].skipped_xattrs, 3);
+}
+
+#[test]
+fn replacement_across_layers() {
+    let w = World::new("replace");
+    w.apply(&[
+        vec![
+            E::dir("x"),
+            E::file("x/child", b"c"),
+            E::file("y", b"file"),
+            E::symlink("z", "x"),
+            E::dir("m").mode(0o700).owner(1, 1),
+            E::file("m/keep", b"k"),
+        ],
+        vec![
+            E::file("x", b"now a file"),
+            E::dir("y").mode(0o750),
+            E::file("y/inner", b"i"),
+            E::dir("z"),
+            E::dir("m").mode(0o755).owner(2, 2),
+        ],
+    ])
+    .unwrap();
+    let r = w.root();
+    assert_eq!(fs::read(r.join("x")).unwrap(), b"now a file");
+    assert_eq!(fs::metadata(r.join("y")).unwrap().mode() & 0o777, 0o750);
+    assert_eq!(fs::read(r.join("y/inner")).unwrap(), b"i");
+    assert!(fs::symlink_metadata(r.join("z")).unwrap().is_dir());
+    // Dir over dir merges: children stay, metadata replaced.
+    let m = fs::metadata(r.join("m")).unwrap();
+    assert_eq!((m.mode() & 0o777, m.uid()), (0o755, 2));
+    assert_eq!(fs::read(r.join("m/keep")).unwrap(), b"k");
+}
+
+#[test]
+fn implied_parents_and_root_entry() {
+    let w = World::new("parents");
+    w.apply(&[vec![
+        E::dir("./").mode(0o700).mtime(123),
+        E::file("deep/er/file", b"x"),
+    ]])
+    .unwrap();
+    let r = w.root();
+    assert_eq!(fs::read(r.join("deep/er/file")).unwrap(), b"x");
+    assert_eq!(fs::metadata(r.join("deep")).unwrap().mode() & 0o777, 0o755);
+    let m = fs::metadata(&r).unwrap();
+    assert_eq!((m.mode() & 0o777, m.mtime()), (0o700, 123));
+    // A regular file in parent position is an error (containerd, moby).
+    assert!(matches!(
+        w.apply(&[vec![E::file("deep/er/file/sub", b"x")]]),
+        Err(ApplyError::ParentNotDirectory { .. })
+    ));
+}
+
+#[test]
+fn whiteouts_per_spec() {
+    let w = World::new("whiteout");
+    w.apply(&[
+        vec![
+            E::dir("a"),
+            E::file("a/b", b"b"),
+            E::file("a/c", b"c"),
+            E::dir("d"),
+            E::file("d/e/f", b"f"),
+            E::dir("o"),
+            E::file("o/p", b"p"),
+            E::dir("o/q"),
+            E::file("o/q/r", b"r"),
+            E::dir("o2"),
+            E::file("o2/old", b"old"),
+            E::file("n", b"lower"),
+            E::dir("k"),
+            E::file("k/lower", b"l"),
+        ],
+        vec![
+            // A plain whiteout, of a file and of a whole tree.
+            E::whiteout("a/.wh.b"),
+            E::whiteout(".wh.d"),
+            // Opaque dir, marker after a new child: the child stays.
+            E::file("o/new", b"new"),
+            E::whiteout("o/.wh..wh..opq"),
+            // Opaque marker first.
+            E::whiteout("o2/.wh..wh..opq"),
+            E::file("o2/fresh", b"fresh"),
+            // Same-layer entries are not hidden by the layer's whiteouts.
+            E::file("n", b"upper"),
+            E::whiteout(".wh.n"),
+            // Whiteout of a dir this layer added to: lower children go,
+            // this layer's stay.
+            E::file("k/upper", b"u"),
+            E::whiteout(".wh.k"),
+            // Whiteouts of missing things are no-ops, missing parents too.
+            E::whiteout(".wh.missing"),
+            E::whiteout("nodir/.wh.x"),
+            E::whiteout("nodir2/.wh..wh..opq"),
+        ],
+    ])
+    .unwrap();
+    let r = w.root();
+    assert!(!r.join("a/b").exists());
+    assert_eq!(fs::read(r.join("a/c")).unwrap(), b"c");
+    assert!(!r.join("d").exists());
+    let mut o: Vec<_> = fs::read_dir(r.join("o"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    o.sort();
+    assert_eq!(o, vec!["new"]);
+    let o2: Vec<_> = fs::read_dir(r.join("o2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(o2, vec!["fresh"]);
+    assert_eq!(fs::read(r.join("n")).unwrap(), b"upper");
+    assert!(r.join("k/upper").exists());
+    assert!(!r.join("k/lower").exists());
+    assert!(!r.join("nodir").exists() && !r.join("nodir2").exists());
+    // No marker is ever materialised.
+    for (p, _) in snapshot(&r) {
+        assert!(!p.to_string_lossy().contains(".wh."), "marker {p:?} left");
+    }
+}
+
+#[test]
+fn refused_entries() {
+    let w = World::new("refused");
+    let mut sparse = E::file("sparse", b"");
+    sparse.kind = b'S';
+    let mut unknown = E::file("unknown", b"");
+    unknown.kind = b'Z';
+    let mut truncated = E::file("trunc", vec![1u8; 100]);
+    truncated.size_override = Some(4096);
+    for (name, entries) in [
+        ("sparse", vec![sparse]),
+        ("unknown type", vec![unknown]),
+        ("aufs plink", vec![E::dir(".wh..wh.plnk")]),
+        (
+            "uid -1",
+            vec![E::file("u", b"").owner(0, 0).pax("uid", "4294967295")],
+        ),
+        ("root as file", vec![E::file(".", b"")]),
+    ] {
+        assert!(w.apply(&[entries]).is_err(), "{name} accepted");
+    }
+    // Truncated archive: the tar is cut in the middle of a file.
+    let mut bytes = tar(&[truncated]);
+    bytes.truncate(1024);
+    let rootfs = Rootfs::open(&w.root()).unwrap();
+    assert!(rootfs.apply_layer(&bytes[..]).is_err());
+}

@@ -1,0 +1,436 @@
+//! Image reading and verification: every failure names the image and the
+//! blob, and good images unpack into runnable bundles.
+
+mod common;
+
+use std::error::Error;
+use std::fs;
+use std::path::Path;
+
+use berth_bundles::{ImageRef, Platform, UnpackOptions, unpack_bundle};
+use common::{Comp, E, Layout, Scratch, require_root, sha256_hex, tar};
+use serde_json::json;
+
+fn chain(e: &dyn Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn sample_layers() -> Vec<Vec<u8>> {
+    vec![
+        tar(&[
+            E::dir("etc"),
+            E::file(
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            ),
+            E::file("etc/group", "root:x:0:\napp:x:1000:\n"),
+            E::file("gone", b"x"),
+        ]),
+        tar(&[
+            E::file("hello", vec![b'h'; 100_000]),
+            E::whiteout(".wh.gone"),
+        ]),
+    ]
+}
+
+fn unpack(image: &str, dest: &Path, platform: Option<&str>) -> Result<(), String> {
+    let r = ImageRef::parse(image).map_err(|e| chain(&e))?;
+    let opts = UnpackOptions {
+        platform: platform
+            .map(|p| Platform::parse(p).unwrap())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    unpack_bundle(&r, dest, opts)
+        .map(|_| ())
+        .map_err(|e| chain(&e))
+}
+
+#[test]
+fn good_images_all_compressions() {
+    require_root();
+    for comp in [Comp::None, Comp::Gzip, Comp::Zstd] {
+        let s = Scratch::new("good");
+        let l = Layout::new(&s.path().join("img"));
+        let (m, _) = l.image(&sample_layers(), comp, "amd64");
+        l.index(&[(m, Some("v1"))]);
+        let dest = s.path().join("bundle");
+        unpack(&format!("oci:{}:v1", l.dir.display()), &dest, None).unwrap();
+        // Untagged works too when the layout holds one image.
+        unpack(
+            &format!("oci:{}", l.dir.display()),
+            &s.path().join("b2"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(dest.join("rootfs/hello")).unwrap(),
+            vec![b'h'; 100_000]
+        );
+        assert!(!dest.join("rootfs/gone").exists());
+        let spec: serde_json::Value =
+            serde_json::from_slice(&fs::read(dest.join("config.json")).unwrap()).unwrap();
+        assert_eq!(spec["process"]["args"], json!(["/bin/sh"]));
+        assert_eq!(spec["root"]["path"], "rootfs");
+    }
+}
+
+/// Builds a one-image layout and lets `tamper` break it; returns the
+/// unpack error and the layer descriptors.
+fn broken(
+    tamper: impl Fn(&Layout, &serde_json::Value, &[serde_json::Value]),
+) -> (String, String, Scratch) {
+    require_root();
+    let s = Scratch::new("broken");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, layers) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    l.index(&[(m.clone(), Some("v1"))]);
+    tamper(&l, &m, &layers);
+    let dest = s.path().join("bundle");
+    let err = unpack(&format!("oci:{}:v1", l.dir.display()), &dest, None).unwrap_err();
+    // A failed unpack leaves no half-made bundle behind.
+    assert!(!dest.exists(), "bundle left behind after: {err}");
+    let layer0 = layers[0]["digest"].as_str().unwrap().to_string();
+    (err, layer0, s)
+}
+
+#[test]
+fn wrong_digest_names_image_and_blob() {
+    let (err, blob, _s) = broken(|l, _, layers| {
+        let p = l.blob_path(&layers[0]);
+        let mut data = fs::read(&p).unwrap();
+        let n = data.len();
+        data[n - 5] ^= 0xff; // gzip trailer byte: decompression may still work
+        fs::write(&p, data).unwrap();
+    });
+    assert!(err.contains("oci:") && err.contains(&blob), "{err}");
+    assert!(
+        err.contains("does not match its digest") || err.contains("corrupt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_content_same_size_detected() {
+    let (err, blob, _s) = broken(|l, _, layers| {
+        let p = l.blob_path(&layers[0]);
+        let mut data = fs::read(&p).unwrap();
+        data[20] ^= 0x01;
+        fs::write(&p, data).unwrap();
+    });
+    assert!(err.contains(&blob), "{err}");
+}
+
+#[test]
+fn missing_blob() {
+    let (err, blob, _s) = broken(|l, _, layers| fs::remove_file(l.blob_path(&layers[0])).unwrap());
+    assert!(
+        err.contains("missing layer") && err.contains(&blob),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_layer() {
+    // The blob is cut and its descriptor made to match, so only the
+    // decompressor can tell: corrupt or truncated.
+    require_root();
+    let s = Scratch::new("trunc");
+    let l = Layout::new(&s.path().join("img"));
+    let tars = sample_layers();
+    let (full, mt) = common::compress(Comp::Zstd, &tars[1]);
+    let cut = &full[..full.len() / 2];
+    let l0 = l.blob("application/vnd.oci.image.layer.v1.tar", &tars[0]);
+    let l1 = l.blob(mt, cut);
+    let cfg = l.config(&tars, "amd64", json!({}));
+    let c = l.blob(
+        "application/vnd.oci.image.config.v1+json",
+        &serde_json::to_vec(&cfg).unwrap(),
+    );
+    let m = l.manifest(c, &[l0, l1.clone()]);
+    l.index(&[(m, None)]);
+    let err = unpack(
+        &format!("oci:{}", l.dir.display()),
+        &s.path().join("b"),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("corrupt or truncated") && err.contains(l1["digest"].as_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_diff_id() {
+    require_root();
+    let s = Scratch::new("diffid");
+    let l = Layout::new(&s.path().join("img"));
+    let tars = sample_layers();
+    let l0 = l.blob("application/vnd.oci.image.layer.v1.tar", &tars[0]);
+    let mut cfg = l.config(&tars[..1], "amd64", json!({}));
+    cfg["rootfs"]["diff_ids"] = json!([format!("sha256:{}", sha256_hex(b"other"))]);
+    let c = l.blob(
+        "application/vnd.oci.image.config.v1+json",
+        &serde_json::to_vec(&cfg).unwrap(),
+    );
+    let m = l.manifest(c, std::slice::from_ref(&l0));
+    l.index(&[(m, None)]);
+    let err = unpack(
+        &format!("oci:{}", l.dir.display()),
+        &s.path().join("b"),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("diff_id") && err.contains(l0["digest"].as_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_media_types() {
+    for mt in [
+        "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/octet-stream",
+    ] {
+        let (err, blob, _s) = broken(|l, m, layers| {
+            let mut layers = layers.to_vec();
+            layers[0]["mediaType"] = json!(mt);
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&fs::read(l.blob_path(m)).unwrap()).unwrap();
+            let m2 = l.manifest(manifest["config"].clone(), &layers);
+            l.index(&[(m2, Some("v1"))]);
+        });
+        assert!(
+            err.contains("unsupported media type") && err.contains(&blob) && err.contains(mt),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn malformed_json_and_bad_digests() {
+    let (err, _, _s) = broken(|l, _, _| {
+        let bad = l.blob("application/vnd.oci.image.manifest.v1+json", b"{not json");
+        l.index(&[(bad, Some("v1"))]);
+    });
+    assert!(err.contains("malformed manifest"), "{err}");
+    let (err, _, _s) = broken(|l, _, _| fs::write(l.dir.join("index.json"), b"[]").unwrap());
+    assert!(err.contains("malformed index"), "{err}");
+    let (err, _, _s) = broken(|l, m, _| {
+        let mut m = m.clone();
+        m["digest"] = json!("sha256:../../../../etc/passwd");
+        l.index(&[(m, Some("v1"))]);
+    });
+    assert!(err.contains("invalid digest"), "{err}");
+    // Size in the descriptor smaller / larger than the blob.
+    let (err, _, _s) = broken(|l, m, _| {
+        let mut m = m.clone();
+        m["size"] = json!(m["size"].as_u64().unwrap() - 1);
+        l.index(&[(m, Some("v1"))]);
+    });
+    assert!(err.contains("larger than its descriptor size"), "{err}");
+    let (err, _, _s) = broken(|l, m, _| {
+        let mut m = m.clone();
+        m["size"] = json!(m["size"].as_u64().unwrap() + 1);
+        l.index(&[(m, Some("v1"))]);
+    });
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn dest_must_be_empty() {
+    require_root();
+    let s = Scratch::new("dest");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, _) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    l.index(&[(m, None)]);
+    let dest = s.path().join("bundle");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("x"), b"").unwrap();
+    let err = unpack(&format!("oci:{}", l.dir.display()), &dest, None).unwrap_err();
+    assert!(err.contains("not an empty directory"), "{err}");
+    assert!(dest.join("x").exists());
+    // An existing empty directory is fine.
+    let empty = s.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    unpack(&format!("oci:{}", l.dir.display()), &empty, None).unwrap();
+}
+
+#[test]
+fn platform_selection_in_nested_index() {
+    require_root();
+    let s = Scratch::new("platform");
+    let l = Layout::new(&s.path().join("img"));
+    let mk = |arch: &str, marker: &str| {
+        let tars = vec![tar(&[E::file("arch", marker)])];
+        l.image(&tars, Comp::Zstd, arch).0
+    };
+    let mut amd = mk("amd64", "amd64");
+    amd["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    let mut arm = mk("arm64", "arm64");
+    arm["platform"] = json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+    let att = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
+        "platform": {"os": "unknown", "architecture": "unknown"}});
+    let idx = json!({"schemaVersion": 2, "manifests": [att, arm, amd]});
+    let idx_desc = l.blob(
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&idx).unwrap(),
+    );
+    l.index(&[(idx_desc, Some("multi"))]);
+    let img = format!("oci:{}:multi", l.dir.display());
+    unpack(&img, &s.path().join("a"), None).unwrap();
+    assert_eq!(fs::read(s.path().join("a/rootfs/arch")).unwrap(), b"amd64");
+    unpack(&img, &s.path().join("b"), Some("linux/aarch64")).unwrap();
+    assert_eq!(fs::read(s.path().join("b/rootfs/arch")).unwrap(), b"arm64");
+    let err = unpack(&img, &s.path().join("c"), Some("linux/riscv64")).unwrap_err();
+    assert!(
+        err.contains("no image for linux/riscv64") && err.contains("linux/amd64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tags_and_single_platform_mismatch() {
+    require_root();
+    let s = Scratch::new("tags");
+    let l = Layout::new(&s.path().join("img"));
+    let (a, _) = l.image(&[tar(&[E::file("t", "a")])], Comp::Gzip, "amd64");
+    let (b, _) = l.image(&[tar(&[E::file("t", "b")])], Comp::Gzip, "arm64");
+    l.index(&[(a, Some("a")), (b, Some("b"))]);
+    let base = format!("oci:{}", l.dir.display());
+    let err = unpack(&base, &s.path().join("x"), None).unwrap_err();
+    assert!(
+        err.contains("name one with :TAG") && err.contains("a, b"),
+        "{err}"
+    );
+    let err = unpack(&format!("{base}:nope"), &s.path().join("x"), None).unwrap_err();
+    assert!(err.contains("no image tagged \"nope\""), "{err}");
+    unpack(&format!("{base}:a"), &s.path().join("ok"), None).unwrap();
+    let err = unpack(&format!("{base}:b"), &s.path().join("x"), None).unwrap_err();
+    assert!(
+        err.contains("image is for linux/arm64, not linux/amd64"),
+        "{err}"
+    );
+    unpack(
+        &format!("{base}:b"),
+        &s.path().join("ok2"),
+        Some("linux/arm64"),
+    )
+    .unwrap();
+}
+
+/// Writes a tar of (name, data) members plus symlinks.
+fn archive(path: &Path, files: &[(String, Vec<u8>)], links: &[(String, String)]) {
+    let mut entries: Vec<E> = files.iter().map(|(n, d)| E::file(n, d)).collect();
+    entries.extend(links.iter().map(|(n, t)| E::symlink(n, t)));
+    fs::write(path, tar(&entries)).unwrap();
+}
+
+#[test]
+fn docker_archive_legacy_and_oci_flavours() {
+    require_root();
+    let s = Scratch::new("docker");
+    let tars = sample_layers();
+    let cfg = Layout::new(&s.path().join("tmp")).config(&tars, "amd64", json!({}));
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    let cfg_hex = sha256_hex(&cfg_bytes);
+    // Legacy: <id>/layer.tar (the second one gzipped, sniffed by magic, and
+    // reached through a symlink), <config>.json, manifest.json last.
+    let legacy = s.path().join("legacy.tar");
+    let manifest = json!([{"Config": format!("{cfg_hex}.json"), "RepoTags": ["busybox:latest", "example.com/app:1"],
+        "Layers": ["aaaa/layer.tar", "bbbb/layer.tar"]}]);
+    archive(
+        &legacy,
+        &[
+            ("aaaa/layer.tar".into(), tars[0].clone()),
+            ("cccc/layer.tar".into(), common::gzip(&tars[1])),
+            (format!("{cfg_hex}.json"), cfg_bytes.clone()),
+            (
+                "manifest.json".into(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ],
+        &[("bbbb/layer.tar".into(), "../cccc/layer.tar".into())],
+    );
+    for r in ["", ":busybox", ":busybox:latest", ":example.com/app:1"] {
+        let dest = s
+            .path()
+            .join(format!("legacy{}", r.replace([':', '/'], "_")));
+        unpack(
+            &format!("docker-archive:{}{r}", legacy.display()),
+            &dest,
+            None,
+        )
+        .unwrap();
+        assert_eq!(fs::read(dest.join("rootfs/hello")).unwrap().len(), 100_000);
+        assert!(!dest.join("rootfs/gone").exists());
+    }
+    let err = unpack(
+        &format!("docker-archive:{}:other", legacy.display()),
+        &s.path().join("x"),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.contains("no image tagged \"other:latest\""), "{err}");
+
+    // OCI flavour (Docker 25+): blobs/sha256 plus manifest.json pointing
+    // at them; a tampered layer is caught by the digest in its name.
+    let l0 = common::zstd(&tars[0]);
+    let l1 = tars[1].clone();
+    let (h0, h1) = (sha256_hex(&l0), sha256_hex(&l1));
+    let manifest = json!([{"Config": format!("blobs/sha256/{cfg_hex}"), "RepoTags": null,
+        "Layers": [format!("blobs/sha256/{h0}"), format!("blobs/sha256/{h1}")]}]);
+    let files = |l1: Vec<u8>| {
+        vec![
+            (
+                "oci-layout".to_string(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            (format!("blobs/sha256/{h0}"), l0.clone()),
+            (format!("blobs/sha256/{h1}"), l1),
+            (format!("blobs/sha256/{cfg_hex}"), cfg_bytes.clone()),
+            (
+                "manifest.json".to_string(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ]
+    };
+    let oci = s.path().join("oci.tar");
+    archive(&oci, &files(l1.clone()), &[]);
+    let dest = s.path().join("oci");
+    unpack(&format!("docker-archive:{}", oci.display()), &dest, None).unwrap();
+    assert_eq!(fs::read(dest.join("rootfs/hello")).unwrap().len(), 100_000);
+    let mut bad = l1.clone();
+    bad[600] ^= 1;
+    archive(&oci, &files(bad), &[]);
+    let err = unpack(
+        &format!("docker-archive:{}", oci.display()),
+        &s.path().join("bad"),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains(&format!("sha256:{h1}")) && err.contains("does not match"),
+        "{err}"
+    );
+    // No manifest.json: not a docker archive.
+    archive(&oci, &files(l1)[..4], &[]);
+    let err = unpack(
+        &format!("docker-archive:{}", oci.display()),
+        &s.path().join("nm"),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.contains("missing manifest manifest.json"), "{err}");
+}

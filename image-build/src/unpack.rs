@@ -1,0 +1,72 @@
+//! `berth-build unpack IMAGE_REF DEST`.
+
+use std::error::Error;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use berth_bundles::unpack::Progress;
+use berth_bundles::{ImageRef, Platform, UnpackOptions, unpack_bundle};
+
+use crate::args::Args;
+
+pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
+    let args = Args::parse(argv, &[], &["--platform"])?;
+    args.expect(2, "IMAGE_REF DEST")?;
+    let reference = ImageRef::parse(&args.positional[0])?;
+    let platform = match args.value("--platform") {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::default(),
+    };
+    let dest = Path::new(&args.positional[1]);
+    let tty = std::io::stderr().is_terminal();
+    let mut show = |p: Progress<'_>| {
+        let mut err = std::io::stderr().lock();
+        match p {
+            Progress::LayerStart {
+                index,
+                count,
+                layer,
+            } => {
+                let _ = write!(
+                    err,
+                    "\rlayer {}/{count}: {} ({:.1} MB) ...",
+                    index + 1,
+                    layer
+                        .digest
+                        .as_ref()
+                        .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string()),
+                    layer.size as f64 / 1e6
+                );
+            }
+            Progress::LayerDone {
+                index,
+                count,
+                stats,
+            } => {
+                let _ = writeln!(
+                    err,
+                    "\rlayer {}/{count}: {} entries, {:.1} MB written{:>20}",
+                    index + 1,
+                    stats.entries,
+                    stats.bytes as f64 / 1e6,
+                    ""
+                );
+            }
+        }
+    };
+    let opts = UnpackOptions {
+        platform,
+        progress: if tty { Some(&mut show) } else { None },
+        ..Default::default()
+    };
+    let report = unpack_bundle(&reference, dest, opts)?;
+    if tty {
+        eprintln!(
+            "unpacked {} ({}) into {}",
+            report.image.name,
+            report.image.platform,
+            dest.display()
+        );
+    }
+    Ok(())
+}

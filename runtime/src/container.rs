@@ -1,0 +1,1158 @@
+//! Containers: create, start, kill, state, wait, delete.
+//!
+//! The process that calls [`Runtime::create`] is the parent of the
+//! container's first process; it (or whoever inherits it, for a CLI
+//! `create` that exits) reaps it. State lives under the runtime's root
+//! directory, one directory per container, so separate processes (the
+//! `berth-runc` invocations) see the same containers.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::Cgroup;
+use crate::hooks::HookKind;
+use crate::process::{self, ChildContext, Step};
+use crate::spec::{self, Plan, SpecError};
+use crate::state::{State, Status};
+use crate::sys::{self, WaitStatus};
+
+/// Failures of container operations; each names the container.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid container id {id:?}: use letters, digits and _ + - . (not . or ..)")]
+    InvalidId { id: String },
+    #[error("container {id} already exists")]
+    Exists { id: String },
+    #[error("container {id} does not exist")]
+    NotFound { id: String },
+    #[error("read config {path}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parse config {path}")]
+    ParseConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("container {id}: config")]
+    Spec {
+        id: String,
+        #[source]
+        source: SpecError,
+    },
+    #[error("container {id}: rootfs {path} is missing or not a directory")]
+    Rootfs { id: String, path: PathBuf },
+    #[error("container {id}: {op} {path}")]
+    Io {
+        id: String,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id}: clone the container process")]
+    Clone {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id}: {step}{what}")]
+    Child {
+        id: String,
+        step: &'static str,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id}: the container process exited during setup ({status})")]
+    ChildDied { id: String, status: String },
+    #[error("container {id}")]
+    Hooks {
+        id: String,
+        #[source]
+        source: crate::hooks::HookError,
+    },
+    #[error("container {id}: cgroup")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
+    #[error("container {id}: seccomp")]
+    Seccomp {
+        id: String,
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
+    #[error("container {id} is {status}, not {wanted}")]
+    WrongStatus {
+        id: String,
+        status: Status,
+        wanted: &'static str,
+    },
+    #[error("container {id}: its process is not waiting for start")]
+    NotWaiting { id: String },
+    #[error("container {id}: signal {signal}")]
+    Kill {
+        id: String,
+        signal: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id}: wait for the container process")]
+    Wait {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id}: state file {path}")]
+    StateFile {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("container {id}: the process did not exit after SIGKILL")]
+    KillTimeout { id: String },
+}
+
+/// How the container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+impl From<WaitStatus> for ExitStatus {
+    fn from(w: WaitStatus) -> ExitStatus {
+        match w {
+            WaitStatus::Exited(c) => ExitStatus::Exited(c),
+            WaitStatus::Signaled(s) => ExitStatus::Signaled(s),
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signaled(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// Stdio for the container's process; `None` inherits the caller's.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// What `create` needs besides the spec.
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    pub stdio: Stdio,
+}
+
+/// What is persisted per container (`<root>/<id>/state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    id: String,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    pid: i32,
+    /// `/proc/<pid>/stat` start time, to tell our process from a reused pid.
+    pid_start: u64,
+    own_pid_ns: bool,
+    created: String,
+    owner: String,
+    annotations: BTreeMap<String, String>,
+    hooks: Option<oci_spec::runtime::Hooks>,
+    /// The container's own cgroup directory, when it has one.
+    cgroup: Option<PathBuf>,
+}
+
+/// runc's `state` output: the runtime-spec state plus rootfs, created, owner.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuncState {
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: Status,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A runtime with its state root.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+/// A container known to the runtime.
+#[derive(Debug)]
+pub struct Container {
+    root: PathBuf,
+    record: Record,
+    exit: Option<ExitStatus>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
+}
+
+/// Reads field 22 (starttime) and the state letter of `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds, as runc writes `created`.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        d.subsec_nanos()
+    )
+}
+
+fn last_cap() -> u32 {
+    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+fn ns_flag(kind: LinuxNamespaceType) -> libc::c_int {
+    kind as libc::c_int
+}
+
+impl Runtime {
+    /// A runtime keeping state under `root` (created when needed).
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Creates a container from a bundle directory (its `config.json`).
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        let bundle = std::path::absolute(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+        let config = bundle.join("config.json");
+        let bytes = fs::read(&config).map_err(|source| ContainerError::ReadConfig {
+            path: config.clone(),
+            source,
+        })?;
+        let spec: Spec =
+            serde_json::from_slice(&bytes).map_err(|source| ContainerError::ParseConfig {
+                path: config.clone(),
+                source,
+            })?;
+        let rootfs = spec::rootfs_path(&spec, &bundle).map_err(|source| ContainerError::Spec {
+            id: id.to_string(),
+            source,
+        })?;
+        self.create_inner(id, &spec, &rootfs, &bundle, opts)
+    }
+
+    /// Creates a container from an in-memory spec and a rootfs path (how
+    /// PID 1 uses the runtime); `root.path` of the spec is ignored.
+    pub fn create_from_spec(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        let bundle = rootfs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        self.create_inner(id, spec, rootfs, &bundle, opts)
+    }
+
+    fn create_inner(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        bundle: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        if !valid_id(id) {
+            return Err(ContainerError::InvalidId { id: id.to_string() });
+        }
+        let ioerr = |op: &'static str, path: &Path| {
+            let (id, path) = (id.to_string(), path.to_path_buf());
+            move |source| ContainerError::Io {
+                id,
+                op,
+                path,
+                source,
+            }
+        };
+        let rootfs = match fs::canonicalize(rootfs) {
+            Ok(p) if p.is_dir() && p != Path::new("/") => p,
+            _ => {
+                return Err(ContainerError::Rootfs {
+                    id: id.to_string(),
+                    path: rootfs.to_path_buf(),
+                });
+            }
+        };
+        let is_dir = |p: &Path| fs::metadata(p).map(|m| m.is_dir()).unwrap_or(true);
+        let plan =
+            spec::plan(spec, &rootfs, bundle, &is_dir).map_err(|source| ContainerError::Spec {
+                id: id.to_string(),
+                source,
+            })?;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let cgroup_plan =
+            crate::cgroup::plan(&linux, id).map_err(|source| ContainerError::Cgroup {
+                id: id.to_string(),
+                source,
+            })?;
+
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(ioerr("create state root", &self.root))?;
+        let dir = self.dir(id);
+        match fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ContainerError::Exists { id: id.to_string() });
+            }
+            Err(e) => return Err(ioerr("create state directory", &dir)(e)),
+        }
+        let result = self.spawn(id, spec, &plan, cgroup_plan.as_ref(), bundle, &dir, opts);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &self,
+        id: &str,
+        spec: &Spec,
+        plan: &Plan,
+        cgroup_plan: Option<&crate::cgroup::CgroupPlan>,
+        bundle: &Path,
+        dir: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        let cgroup = match cgroup_plan {
+            Some(p) => Some(Cgroup::create(p).map_err(|source| ContainerError::Cgroup {
+                id: id.to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let result = self.spawn_in(id, spec, plan, cgroup.as_ref(), bundle, dir, opts);
+        if result.is_err()
+            && let Some(cg) = cgroup
+        {
+            let _ = cg.kill_all();
+            let _ = cg.remove();
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_in(
+        &self,
+        id: &str,
+        spec: &Spec,
+        plan: &Plan,
+        cgroup: Option<&Cgroup>,
+        bundle: &Path,
+        dir: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        let ioerr = |op: &'static str, path: &Path| {
+            let (id, path) = (id.to_string(), path.to_path_buf());
+            move |source| ContainerError::Io {
+                id,
+                op,
+                path,
+                source,
+            }
+        };
+        // Everything the child needs, opened here, close-on-exec.
+        let fifo = dir.join("exec.fifo");
+        let fifo_c = CString::new(fifo.as_os_str().as_bytes())
+            .map_err(|_| ioerr("exec fifo", &fifo)(io::ErrorKind::InvalidInput.into()))?;
+        sys::mkfifo(&fifo_c, 0o600).map_err(ioerr("create exec fifo", &fifo))?;
+        let gate =
+            sys::openat(None, &fifo_c, libc::O_RDWR, 0).map_err(ioerr("open exec fifo", &fifo))?;
+        let proc_sys = if plan.sysctls.is_empty() {
+            None
+        } else {
+            let fd = sys::openat(None, c"/proc/sys", libc::O_PATH | libc::O_DIRECTORY, 0)
+                .map_err(ioerr("open", Path::new("/proc/sys")))?;
+            match sys::is_procfs(fd.as_fd()) {
+                Ok(true) => Some(fd),
+                Ok(false) => {
+                    return Err(ioerr("verify procfs", Path::new("/proc/sys"))(
+                        io::ErrorKind::InvalidData.into(),
+                    ));
+                }
+                Err(e) => return Err(ioerr("verify procfs", Path::new("/proc/sys"))(e)),
+            }
+        };
+        let mut join = Vec::new();
+        for j in &plan.namespaces.join {
+            let fd = fs::File::open(&j.path).map_err(ioerr("open namespace", &j.path))?;
+            join.push((OwnedFd::from(fd), ns_flag(j.kind)));
+        }
+        let join_pid = match &plan.namespaces.join_pid {
+            Some(p) => Some(OwnedFd::from(
+                fs::File::open(p).map_err(ioerr("open namespace", p))?,
+            )),
+            None => None,
+        };
+        let (report_r, report_w) = sys::pipe().map_err(ioerr("create pipe", dir))?;
+        let (sync_r, sync_w) = sys::pipe().map_err(ioerr("create pipe", dir))?;
+        let rootfs_c = CString::new(plan.rootfs.as_os_str().as_bytes()).map_err(|_| {
+            ContainerError::Rootfs {
+                id: id.to_string(),
+                path: plan.rootfs.clone(),
+            }
+        })?;
+        let hooks = spec.hooks().clone();
+        let want_hooks = hooks.as_ref().is_some_and(|h| {
+            #[allow(deprecated)]
+            let pre = h.prestart().as_ref().is_some_and(|v| !v.is_empty());
+            pre || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+        });
+        let stdio_raw: [Option<RawFd>; 3] = [
+            opts.stdio.stdin.as_ref().map(|f| f.as_raw_fd()),
+            opts.stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
+            opts.stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
+        ];
+        let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(s) => {
+                Some(
+                    crate::seccomp::compile(s).map_err(|source| ContainerError::Seccomp {
+                        id: id.to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let mut keep_fds: Vec<RawFd> =
+            vec![report_w.as_raw_fd(), sync_r.as_raw_fd(), gate.as_raw_fd()];
+        keep_fds.extend(proc_sys.as_ref().map(|f| f.as_raw_fd()));
+        keep_fds.extend(join.iter().map(|(f, _)| f.as_raw_fd()));
+        keep_fds.sort_unstable();
+        let cx = ChildContext {
+            keep_fds,
+            seccomp: seccomp.as_ref(),
+            plan,
+            rootfs: &rootfs_c,
+            report: report_w,
+            sync: sync_r,
+            gate,
+            proc_sys,
+            join,
+            stdio: stdio_raw,
+            last_cap: last_cap(),
+            want_hooks,
+            argv: process::pointer_array(&plan.args),
+            envp: process::pointer_array(&plan.env),
+        };
+        // Straight into the cgroup when there is one: no window in which
+        // the process runs outside its limits, no later migration.
+        let args = sys::CloneArgs {
+            flags: plan.namespaces.clone_flags,
+            cgroup: cgroup.map(|c| c.dir_fd().as_raw_fd()),
+        };
+        let pid = sys::clone_container(&args, join_pid.as_ref().map(|f| f.as_fd()), &cx).map_err(
+            |source| ContainerError::Clone {
+                id: id.to_string(),
+                source,
+            },
+        )?;
+        // Our copies of the child's ends: closing them makes a dead child
+        // show as EOF, and the fifo have no reader but the child.
+        drop(cx);
+        drop(opts);
+
+        let fail = |e: ContainerError| {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait_pid(pid);
+            e
+        };
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if plan.namespaces.new_user() {
+            // The parent writes the maps: it has the privileges over the
+            // parent user namespace that the child lacks.
+            fs::write(proc_dir.join("uid_map"), &plan.namespaces.uid_map)
+                .map_err(|e| fail(ioerr("write", &proc_dir.join("uid_map"))(e)))?;
+            fs::write(proc_dir.join("gid_map"), &plan.namespaces.gid_map)
+                .map_err(|e| fail(ioerr("write", &proc_dir.join("gid_map"))(e)))?;
+            sys::write_all(sync_w.as_fd(), &[0])
+                .map_err(|e| fail(ioerr("signal the child", dir)(e)))?;
+        }
+        if let Some(adj) = plan.oom_score_adj {
+            let path = proc_dir.join("oom_score_adj");
+            write_proc(&path, adj.to_string().as_bytes())
+                .map_err(|e| fail(ioerr("write", &path)(e)))?;
+        }
+        let pid_start = proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
+        let mut record = Record {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            rootfs: plan.rootfs.clone(),
+            pid,
+            pid_start,
+            // A joined pid namespace is not the container's to signal whole.
+            own_pid_ns: plan.namespaces.clone_flags & libc::CLONE_NEWPID as u64 != 0,
+            created: rfc3339(SystemTime::now()),
+            owner: owner(),
+            annotations: spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            hooks,
+            cgroup: cgroup.map(|c| c.path().to_path_buf()),
+        };
+        let mut report = fs::File::from(report_r);
+        loop {
+            let mut rec = [0u8; 16];
+            match report.read_exact(&mut rec) {
+                Ok(()) => {}
+                Err(_) => {
+                    let status = sys::wait_pid(pid)
+                        .map(|s| ExitStatus::from(s).to_string())
+                        .unwrap_or_else(|e| e.to_string());
+                    return Err(ContainerError::ChildDied {
+                        id: id.to_string(),
+                        status,
+                    });
+                }
+            }
+            let (kind, step, errno, index) = process::decode(&rec);
+            match kind {
+                process::MSG_READY => break,
+                process::MSG_HOOKS => {
+                    let state = record_state(&record, Status::Creating);
+                    if let Some(h) = &record.hooks {
+                        // prestart (deprecated) runs where createRuntime does, first.
+                        #[allow(deprecated)]
+                        let lists = [
+                            (HookKind::Prestart, h.prestart()),
+                            (HookKind::CreateRuntime, h.create_runtime()),
+                        ];
+                        for (kind, list) in lists {
+                            if let Some(list) = list {
+                                run_hook_list(id, kind, list, &state).map_err(fail)?;
+                            }
+                        }
+                    }
+                    sys::write_all(sync_w.as_fd(), &[0])
+                        .map_err(|e| fail(ioerr("signal the child", dir)(e)))?;
+                }
+                _ => {
+                    let _ = sys::wait_pid(pid);
+                    let step = Step::from_raw(step);
+                    return Err(ContainerError::Child {
+                        id: id.to_string(),
+                        step: step.map_or("setup", |s| s.describe()),
+                        what: describe_entry(plan, step, index),
+                        source: io::Error::from_raw_os_error(errno),
+                    });
+                }
+            }
+        }
+        record.pid_start = proc_stat(pid).map(|(_, s)| s).unwrap_or(pid_start);
+        let c = Container {
+            root: self.root.clone(),
+            record,
+            exit: None,
+        };
+        c.save().map_err(fail)?;
+        Ok(c)
+    }
+
+    /// Loads a container created earlier (by this or another process).
+    pub fn load(&self, id: &str) -> Result<Container, ContainerError> {
+        if !valid_id(id) {
+            return Err(ContainerError::InvalidId { id: id.to_string() });
+        }
+        let path = self.dir(id).join("state.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContainerError::NotFound { id: id.to_string() });
+            }
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    id: id.to_string(),
+                    op: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let record =
+            serde_json::from_slice(&bytes).map_err(|source| ContainerError::StateFile {
+                id: id.to_string(),
+                path,
+                source,
+            })?;
+        Ok(Container {
+            root: self.root.clone(),
+            record,
+            exit: None,
+        })
+    }
+
+    /// Ids of every container under the root, sorted.
+    pub fn list(&self) -> Result<Vec<String>, ContainerError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    id: String::new(),
+                    op: "list",
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("state.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// create + start + wait + delete: the container's exit status.
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: CreateOptions,
+    ) -> Result<ExitStatus, ContainerError> {
+        let mut c = self.create(id, bundle, opts)?;
+        let result = c.start().and_then(|()| c.wait());
+        let deleted = c.delete(true);
+        let status = result?;
+        deleted?;
+        Ok(status)
+    }
+}
+
+/// Runs one list of hooks with the state on their stdin.
+fn run_hook_list(
+    id: &str,
+    kind: HookKind,
+    list: &[oci_spec::runtime::Hook],
+    state: &State,
+) -> Result<(), ContainerError> {
+    crate::hooks::run_hooks(kind, list, state).map_err(|source| ContainerError::Hooks {
+        id: id.to_string(),
+        source,
+    })
+}
+
+fn owner() -> String {
+    match sys::getuid() {
+        0 => "root".to_string(),
+        uid => uid.to_string(),
+    }
+}
+
+fn record_state(r: &Record, status: Status) -> State {
+    State {
+        oci_version: crate::state::OCI_VERSION.to_string(),
+        id: r.id.clone(),
+        status,
+        pid: if status == Status::Stopped {
+            None
+        } else {
+            Some(r.pid)
+        },
+        bundle: r.bundle.clone(),
+        annotations: r.annotations.clone(),
+    }
+}
+
+/// Writes a /proc file after checking the open file is on procfs.
+fn write_proc(path: &Path, value: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !sys::is_procfs(f.as_fd())? {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    f.write_all(value)
+}
+
+/// Names the entry a failed child step was working on.
+fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
+    let i = index as usize;
+    let path = match step {
+        Some(Step::MountTarget | Step::Mount | Step::Remount | Step::MountPropagation) => {
+            plan.mounts.get(i).map(|m| m.dest.as_str().to_string())
+        }
+        Some(Step::Device) => plan.devices.get(i).map(|d| d.path.as_str().to_string()),
+        Some(Step::Mask) => plan.masked.get(i).map(|p| p.as_str().to_string()),
+        Some(Step::Readonly) => plan.readonly.get(i).map(|p| p.as_str().to_string()),
+        Some(Step::Setns) => plan
+            .namespaces
+            .join
+            .get(i)
+            .map(|j| j.path.display().to_string()),
+        Some(Step::Sysctl) => plan
+            .sysctls
+            .get(i)
+            .map(|(k, _)| k.to_string_lossy().replace('/', ".")),
+        Some(Step::Chdir | Step::CwdUnreachable) => Some(plan.cwd.to_string_lossy().into_owned()),
+        Some(Step::FindExecutable | Step::Exec) => {
+            plan.args.first().map(|a| a.to_string_lossy().into_owned())
+        }
+        Some(Step::Rlimit) => plan.rlimits.get(i).map(|(r, _, _)| format!("resource {r}")),
+        Some(Step::CapBounding | Step::Ambient) => Some(format!("capability {i}")),
+        _ => None,
+    };
+    path.map(|p| format!(" {p}")).unwrap_or_default()
+}
+
+impl Container {
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// Host pid of the container's first process.
+    pub fn pid(&self) -> i32 {
+        self.record.pid
+    }
+
+    pub fn bundle(&self) -> &Path {
+        &self.record.bundle
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.join(&self.record.id)
+    }
+
+    fn save(&self) -> Result<(), ContainerError> {
+        let dir = self.dir();
+        let tmp = dir.join("state.json.tmp");
+        let json =
+            serde_json::to_vec(&self.record).map_err(|source| ContainerError::StateFile {
+                id: self.record.id.clone(),
+                path: tmp.clone(),
+                source,
+            })?;
+        let ioerr = |op, path: &Path| {
+            let (id, path) = (self.record.id.clone(), path.to_path_buf());
+            move |source| ContainerError::Io {
+                id,
+                op,
+                path,
+                source,
+            }
+        };
+        fs::write(&tmp, json).map_err(ioerr("write", &tmp))?;
+        fs::rename(&tmp, dir.join("state.json")).map_err(ioerr("rename", &tmp))
+    }
+
+    /// Whether our process still exists (not a zombie, not a reused pid).
+    fn alive(&self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match proc_stat(self.record.pid) {
+            Some((state, start)) => {
+                !matches!(state, 'Z' | 'X')
+                    && (self.record.pid_start == 0 || start == self.record.pid_start)
+            }
+            None => false,
+        }
+    }
+
+    /// The lifecycle status.
+    pub fn status(&self) -> Status {
+        if !self.alive() {
+            Status::Stopped
+        } else if self.dir().join("exec.fifo").exists() {
+            Status::Created
+        } else {
+            Status::Running
+        }
+    }
+
+    /// The runtime-spec state.
+    pub fn state(&self) -> State {
+        record_state(&self.record, self.status())
+    }
+
+    /// The state as `runc state` prints it.
+    pub fn runc_state(&self) -> RuncState {
+        let status = self.status();
+        RuncState {
+            oci_version: crate::state::OCI_VERSION.to_string(),
+            id: self.record.id.clone(),
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.record.pid
+            },
+            status,
+            bundle: self.record.bundle.clone(),
+            rootfs: self.record.rootfs.clone(),
+            created: self.record.created.clone(),
+            owner: self.record.owner.clone(),
+            annotations: self.record.annotations.clone(),
+        }
+    }
+
+    /// Lets the container's process exec its program, then runs the
+    /// poststart hooks (their failure is reported; the container runs on).
+    pub fn start(&mut self) -> Result<(), ContainerError> {
+        let id = self.record.id.clone();
+        let status = self.status();
+        if status != Status::Created {
+            return Err(ContainerError::WrongStatus {
+                id,
+                status,
+                wanted: "created",
+            });
+        }
+        let fifo = self.dir().join("exec.fifo");
+        // Non-blocking: ENXIO when no reader, i.e. the process is gone.
+        let mut f = match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(ContainerError::NotWaiting { id });
+            }
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    id,
+                    op: "open",
+                    path: fifo,
+                    source,
+                });
+            }
+        };
+        f.write_all(&[0]).map_err(|source| ContainerError::Io {
+            id: id.clone(),
+            op: "write",
+            path: fifo.clone(),
+            source,
+        })?;
+        drop(f);
+        fs::remove_file(&fifo).map_err(|source| ContainerError::Io {
+            id: id.clone(),
+            op: "remove",
+            path: fifo,
+            source,
+        })?;
+        if let Some(list) = self
+            .record
+            .hooks
+            .as_ref()
+            .and_then(|h| h.poststart().clone())
+        {
+            let state = record_state(&self.record, Status::Running);
+            run_hook_list(&id, HookKind::Poststart, &list, &state)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a signal to the container's process, or with `all` to every
+    /// process of its pid namespace.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<(), ContainerError> {
+        let id = self.record.id.clone();
+        let status = self.status();
+        if status == Status::Stopped {
+            return Err(ContainerError::WrongStatus {
+                id,
+                status,
+                wanted: "created or running",
+            });
+        }
+        let err = |source| ContainerError::Kill {
+            id: self.record.id.clone(),
+            signal,
+            source,
+        };
+        if all && let Some(path) = &self.record.cgroup {
+            let cgerr = |source| ContainerError::Cgroup {
+                id: self.record.id.clone(),
+                source,
+            };
+            let cg = Cgroup::open(path).map_err(cgerr)?;
+            if signal == libc::SIGKILL {
+                return cg.kill_all().map_err(cgerr);
+            }
+            for pid in cg.pids().map_err(cgerr)? {
+                match sys::kill(pid, signal) {
+                    Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(err(e)),
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        if all && self.record.own_pid_ns {
+            // Every process whose pid namespace is the container's.
+            let ns = fs::metadata(format!("/proc/{}/ns/pid", self.record.pid)).map_err(err)?;
+            use std::os::unix::fs::MetadataExt;
+            let mut pids = Vec::new();
+            for e in fs::read_dir("/proc").map_err(err)?.flatten() {
+                if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+                    && let Ok(m) = fs::metadata(format!("/proc/{pid}/ns/pid"))
+                    && m.ino() == ns.ino()
+                    && m.dev() == ns.dev()
+                {
+                    pids.push(pid);
+                }
+            }
+            for pid in pids {
+                match sys::kill(pid, signal) {
+                    Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(err(e)),
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        sys::kill(self.record.pid, signal).map_err(err)
+    }
+
+    /// Waits for the container's process (only from its parent, the
+    /// process that called `create`).
+    pub fn wait(&mut self) -> Result<ExitStatus, ContainerError> {
+        if let Some(s) = self.exit {
+            return Ok(s);
+        }
+        let s = sys::wait_pid(self.record.pid).map_err(|source| ContainerError::Wait {
+            id: self.record.id.clone(),
+            source,
+        })?;
+        let s = ExitStatus::from(s);
+        self.exit = Some(s);
+        Ok(s)
+    }
+
+    /// Tells the container its process was reaped by the caller's own
+    /// `waitpid(-1)` loop (PID 1), with this status.
+    pub fn set_exited(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+    }
+
+    /// The exit status, once known through `wait` or `set_exited`.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
+    }
+
+    /// Removes the container: with `force` a live process is killed first
+    /// (SIGKILL, then waited for); then the poststop hooks run and the
+    /// state goes. The mount namespace, and every mount in it, dies with
+    /// the process.
+    pub fn delete(&mut self, force: bool) -> Result<(), ContainerError> {
+        let id = self.record.id.clone();
+        let status = self.status();
+        if status != Status::Stopped {
+            if !force {
+                return Err(ContainerError::WrongStatus {
+                    id,
+                    status,
+                    wanted: "stopped (use force)",
+                });
+            }
+            self.kill(libc::SIGKILL, true).or_else(|e| match e {
+                ContainerError::WrongStatus { .. } => Ok(()),
+                e => Err(e),
+            })?;
+            self.await_exit()?;
+        }
+        if let Some(list) = self
+            .record
+            .hooks
+            .as_ref()
+            .and_then(|h| h.poststop().clone())
+        {
+            let state = record_state(&self.record, Status::Stopped);
+            // Poststop failures are logged by runc and deletion goes on;
+            // here the state is removed first, then the failure reported.
+            let r = run_hook_list(&id, HookKind::Poststop, &list, &state);
+            self.remove_state()?;
+            return r;
+        }
+        self.remove_state()
+    }
+
+    fn remove_state(&self) -> Result<(), ContainerError> {
+        if let Some(path) = &self.record.cgroup {
+            let cgerr = |source| ContainerError::Cgroup {
+                id: self.record.id.clone(),
+                source,
+            };
+            match Cgroup::open(path) {
+                Ok(cg) => {
+                    // Leftover processes (daemons the init started) go too.
+                    cg.kill_all().map_err(cgerr)?;
+                    cg.remove().map_err(cgerr)?;
+                }
+                Err(crate::cgroup::CgroupError::OpenDir { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(cgerr(e)),
+            }
+        }
+        let dir = self.dir();
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {
+                id: self.record.id.clone(),
+                op: "remove",
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After SIGKILL: reap it if it is our child, else wait until whoever
+    /// is its parent has.
+    fn await_exit(&mut self) -> Result<(), ContainerError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match sys::try_wait_pid(self.record.pid) {
+                Ok(Some(s)) => {
+                    self.exit = Some(s.into());
+                    return Ok(());
+                }
+                Ok(None) => {}
+                // ECHILD: not our child; its parent reaps it.
+                Err(_) => {}
+            }
+            if !self.alive() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ContainerError::KillTimeout {
+                    id: self.record.id.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_restricted() {
+        for ok in ["a", "web-1", "x_y.z+1"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(rfc3339(leap).starts_with("2000-02-29T"));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(ExitStatus::Exited(3).code(), 3);
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+    }
+
+    #[test]
+    fn proc_stat_reads_our_own_process() {
+        let (state, start) = proc_stat(std::process::id() as i32).unwrap();
+        assert!(matches!(state, 'R' | 'S'));
+        assert!(start > 0);
+    }
+}

@@ -1,0 +1,693 @@
+//! Root integration tests: real containers from a busybox rootfs, run in
+//! process through the library, checked from inside.
+
+mod common;
+
+use std::fs;
+
+use berth_runtime::ExitStatus;
+use common::{Bundle, chain, create_error, run, run_ok};
+use serde_json::json;
+
+#[test]
+fn exit_codes_pass_through() {
+    let mut b = Bundle::new();
+    for code in [0, 1, 3, 127, 255] {
+        b.script(&format!("exit {code}"));
+        assert_eq!(run(&b).status, ExitStatus::Exited(code));
+    }
+}
+
+#[test]
+fn killed_by_signal_reports_the_signal_and_128_plus() {
+    let mut b = Bundle::new();
+    // Not pid 1 of a pid namespace: init ignores signals it has no handler for.
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("kill -KILL $$");
+    let o = run(&b);
+    assert_eq!(o.status, ExitStatus::Signaled(9));
+    assert_eq!(o.status.code(), 137);
+}
+
+#[test]
+fn env_cwd_and_args_are_the_specs() {
+    let mut b = Bundle::new();
+    b.config["process"]["env"] = json!(["PATH=/bin", "GREETING=hello world"]);
+    b.config["process"]["cwd"] = json!("/tmp");
+    b.config["process"]["args"] =
+        json!(["sh", "-c", "echo \"$GREETING|$(pwd)|$0|$1\"", "zero", "one"]);
+    let o = run(&b);
+    assert_eq!(o.stdout, "hello world|/tmp|zero|one\n");
+}
+
+#[test]
+fn a_missing_cwd_fails_clearly() {
+    let mut b = Bundle::new();
+    b.config["process"]["cwd"] = json!("/does/not/exist");
+    let e = create_error(&b);
+    assert!(e.contains("change to cwd /does/not/exist"), "{e}");
+    assert!(e.contains("No such file"), "{e}");
+}
+
+#[test]
+fn a_missing_executable_fails_at_create() {
+    let mut b = Bundle::new();
+    b.config["process"]["args"] = json!(["no-such-program"]);
+    let e = create_error(&b);
+    assert!(e.contains("find executable no-such-program"), "{e}");
+}
+
+#[test]
+fn user_groups_and_umask() {
+    let mut b = Bundle::new();
+    b.config["process"]["user"] =
+        json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 63});
+    let out = run_ok(&mut b, "id -u; id -g; id -G; umask");
+    assert_eq!(out, "1000\n1000\n1000 5 7\n0077\n");
+}
+
+#[test]
+fn hostname_and_domainname() {
+    let mut b = Bundle::new();
+    b.config["hostname"] = json!("box1");
+    b.config["domainname"] = json!("example.test");
+    let out = run_ok(&mut b, "hostname; cat /proc/sys/kernel/domainname");
+    assert_eq!(out, "box1\nexample.test\n");
+}
+
+#[test]
+fn rlimits_are_applied() {
+    let mut b = Bundle::new();
+    b.config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}, {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]);
+    let out = run_ok(&mut b, "ulimit -n; ulimit -H -n; ulimit -c");
+    assert_eq!(out, "123\n456\n0\n");
+}
+
+#[test]
+fn oom_score_adj_is_written() {
+    let mut b = Bundle::new();
+    b.config["process"]["oomScoreAdj"] = json!(321);
+    assert_eq!(run_ok(&mut b, "cat /proc/self/oom_score_adj"), "321\n");
+}
+
+#[test]
+fn no_new_privileges_is_set_or_not() {
+    let mut b = Bundle::new();
+    b.config["process"]["noNewPrivileges"] = json!(true);
+    assert_eq!(
+        run_ok(&mut b, "grep NoNewPrivs /proc/self/status"),
+        "NoNewPrivs:\t1\n"
+    );
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    assert_eq!(
+        run_ok(&mut b, "grep NoNewPrivs /proc/self/status"),
+        "NoNewPrivs:\t0\n"
+    );
+}
+
+fn status_caps(out: &str, key: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("{key} in {out}"));
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+#[test]
+fn capabilities_are_set_exactly() {
+    let mut b = Bundle::new();
+    let caps = ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN"];
+    b.config["process"]["capabilities"] = json!({
+        "bounding": caps, "effective": caps, "permitted": caps, "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]
+    });
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    let out = run_ok(&mut b, "cat /proc/self/status");
+    let want = (1u64 << 5) | (1 << 10) | (1 << 0);
+    assert_eq!(status_caps(&out, "CapBnd:"), want);
+    // sh execs as uid 1000: effective/permitted come only from ambient.
+    assert_eq!(status_caps(&out, "CapAmb:"), 1 << 5);
+    assert_eq!(status_caps(&out, "CapInh:"), 1 << 5);
+    assert_eq!(status_caps(&out, "CapEff:"), 1 << 5);
+}
+
+#[test]
+fn without_cap_net_admin_links_cannot_be_changed() {
+    let mut b = Bundle::new();
+    let caps = ["CAP_KILL", "CAP_NET_BIND_SERVICE"];
+    b.config["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
+    // lo starts down in a new network namespace (and busybox skips a
+    // no-op change), so bringing it up is the change that needs the cap.
+    b.script("ip link set lo up; echo status=$?");
+    let o = run(&b);
+    assert!(
+        o.stdout.contains("status=1") || o.stdout.contains("status=2"),
+        "{o:?}"
+    );
+    assert!(
+        o.stderr.contains("ermission") || o.stderr.contains("not permitted"),
+        "{o:?}"
+    );
+    let caps = ["CAP_NET_ADMIN"];
+    b.config["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
+    let out = run_ok(
+        &mut b,
+        "ip link set lo up && ip link set lo down && echo ok",
+    );
+    assert_eq!(out, "ok\n");
+}
+
+fn host_ns(kind: &str) -> String {
+    fs::read_link(format!("/proc/self/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn namespaces_are_new_ones() {
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]);
+    let kinds = ["pid", "net", "ipc", "uts", "mnt", "cgroup"];
+    let script: String = kinds
+        .iter()
+        .map(|k| format!("readlink /proc/self/ns/{k}; "))
+        .collect::<String>()
+        + "echo $$";
+    let out = run_ok(&mut b, &script);
+    let lines: Vec<&str> = out.lines().collect();
+    for (i, k) in kinds.iter().enumerate() {
+        assert_ne!(lines[i], host_ns(k), "{k} namespace is the host's");
+        assert!(lines[i].starts_with(&format!("{k}:[")), "{}", lines[i]);
+    }
+    assert_eq!(
+        lines[6], "1",
+        "the container process is pid 1 of its namespace"
+    );
+}
+
+#[test]
+fn without_a_network_namespace_the_host_one_is_shared() {
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    assert_eq!(
+        run_ok(&mut b, "readlink /proc/self/ns/net").trim(),
+        host_ns("net")
+    );
+}
+
+#[test]
+fn user_namespace_with_mappings() {
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] =
+        json!([{"type": "pid"}, {"type": "mount"}, {"type": "user"}, {"type": "uts"}]);
+    b.config["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    // sysfs needs a network namespace owned by the user namespace.
+    let mounts = b.config["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] != "sysfs")
+        .cloned()
+        .collect::<Vec<_>>();
+    b.config["mounts"] = json!(mounts);
+    b.config["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+    let out = run_ok(
+        &mut b,
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; ls -n /bin/busybox | awk '{print $3}'; readlink /proc/self/ns/user; cat /dev/null && echo null-ok",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"]
+    );
+    assert_eq!(lines[2], "0");
+    // Host root's files are not mapped: they show as the overflow uid.
+    assert_eq!(lines[3], "65534");
+    assert_ne!(lines[4], host_ns("user"));
+    assert_eq!(lines[5], "null-ok");
+}
+
+#[test]
+fn joining_namespaces_by_path() {
+    // A first container holds the namespaces; the second joins them.
+    let mut holder = Bundle::new();
+    holder.script("sleep 30");
+    holder.write();
+    let t = common::runtime();
+    let mut h =
+        t.rt.create(
+            &common::unique_id("holder"),
+            holder.dir(),
+            Default::default(),
+        )
+        .unwrap();
+    h.start().unwrap();
+    let pid = h.pid();
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] = json!([
+        {"type": "pid", "path": format!("/proc/{pid}/ns/pid")},
+        {"type": "network", "path": format!("/proc/{pid}/ns/net")},
+        {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
+        {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
+        {"type": "mount"}
+    ]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    let out = run_ok(
+        &mut b,
+        "for k in net uts ipc pid; do readlink /proc/self/ns/$k; done; hostname; echo $$",
+    );
+    let want: Vec<String> = ["net", "uts", "ipc", "pid"]
+        .iter()
+        .map(|k| {
+            fs::read_link(format!("/proc/{pid}/ns/{k}"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        &want.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(lines[4], "berth-test", "the holder's hostname");
+    assert_ne!(
+        lines[5], "1",
+        "a process joining a pid namespace is not its init"
+    );
+    h.kill(9, false).unwrap();
+    assert_eq!(h.wait().unwrap(), ExitStatus::Signaled(9));
+    h.delete(false).unwrap();
+}
+
+fn mount_line<'a>(mounts: &'a str, dest: &str) -> &'a str {
+    mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(dest))
+        .unwrap_or_else(|| panic!("no mount at {dest} in\n{mounts}"))
+}
+
+#[test]
+fn mounts_with_their_flags() {
+    let mut b = Bundle::new();
+    let host = common::TempDir::new("bindsrc");
+    fs::write(host.0.join("file"), "from host\n").unwrap();
+    fs::create_dir(host.0.join("sub")).unwrap();
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/mnt/t", "type": "tmpfs", "source": "tmpfs", "options": ["ro", "nosuid", "nodev", "noexec", "size=1m"]}));
+    mounts.push(json!({"destination": "/mnt/b", "type": "bind", "source": host.0, "options": ["rbind", "ro", "nosuid"]}));
+    mounts.push(json!({"destination": "/mnt/f", "type": "none", "source": host.0.join("file"), "options": ["bind"]}));
+    mounts.push(json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}));
+    mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["ro", "relatime"]}));
+    mounts.push(json!({"destination": "/mnt/rel", "type": "tmpfs", "source": "tmpfs", "options": ["relatime", "rw"]}));
+    let out = run_ok(
+        &mut b,
+        "cat /proc/mounts; echo ---; cat /mnt/b/file /mnt/f; touch /mnt/b/x 2>&1 || echo bind-ro; touch /mnt/t/x 2>&1 || echo tmpfs-ro",
+    );
+    let (mounts, rest) = out.split_once("---\n").unwrap();
+    let t = mount_line(mounts, "/mnt/t");
+    assert!(
+        t.starts_with("tmpfs /mnt/t tmpfs ro,nosuid,nodev,noexec"),
+        "{t}"
+    );
+    assert!(t.contains("size=1024k"), "{t}");
+    let bm = mount_line(mounts, "/mnt/b");
+    assert!(bm.contains(" ro,nosuid"), "{bm}");
+    assert!(
+        mount_line(mounts, "/mnt/f").contains(" rw"),
+        "file bind mounts are rw by default"
+    );
+    assert!(
+        mount_line(mounts, "/dev/mqueue")
+            .starts_with("mqueue /dev/mqueue mqueue rw,nosuid,nodev,noexec")
+    );
+    assert!(
+        mount_line(mounts, "/sys/fs/cgroup").contains("cgroup2 ro"),
+        "{mounts}"
+    );
+    assert!(mount_line(mounts, "/mnt/rel").contains("relatime"));
+    assert!(mount_line(mounts, "/proc").starts_with("proc /proc proc rw"));
+    assert!(mount_line(mounts, "/dev/pts").starts_with("devpts /dev/pts devpts rw,nosuid,noexec"));
+    assert!(mount_line(mounts, "/sys").starts_with("sysfs /sys sysfs ro,nosuid,nodev,noexec"));
+    assert!(rest.starts_with("from host\nfrom host\n"), "{rest}");
+    assert!(
+        rest.contains("bind-ro") && rest.contains("tmpfs-ro"),
+        "{rest}"
+    );
+    assert!(!host.0.join("x").exists());
+}
+
+#[test]
+fn mount_propagation_options() {
+    let mut b = Bundle::new();
+    b.config["linux"]["rootfsPropagation"] = json!("shared");
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(
+        json!({"destination": "/mnt/s", "type": "tmpfs", "source": "tmpfs", "options": ["shared"]}),
+    );
+    mounts.push(json!({"destination": "/mnt/p", "type": "tmpfs", "source": "tmpfs", "options": ["private"]}));
+    mounts.push(json!({"destination": "/mnt/u", "type": "tmpfs", "source": "tmpfs", "options": ["unbindable"]}));
+    let info = run_ok(&mut b, "cat /proc/self/mountinfo");
+    let line = |dest: &str| {
+        info.lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(dest))
+            .unwrap_or_else(|| panic!("{dest} in {info}"))
+            .to_string()
+    };
+    assert!(line("/").contains(" shared:"), "{}", line("/"));
+    assert!(line("/mnt/s").contains(" shared:"), "{}", line("/mnt/s"));
+    assert!(
+        !line("/mnt/p").contains("shared:") && !line("/mnt/p").contains("master:"),
+        "{}",
+        line("/mnt/p")
+    );
+    assert!(line("/mnt/u").contains(" unbindable"), "{}", line("/mnt/u"));
+}
+
+#[test]
+fn readonly_root() {
+    let mut b = Bundle::new();
+    b.config["root"]["readonly"] = json!(true);
+    let out = run_ok(
+        &mut b,
+        "touch /newfile 2>&1 || echo refused; grep ' / ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+    );
+    assert!(
+        out.contains("Read-only file system") && out.contains("refused\nro\n"),
+        "{out}"
+    );
+    assert!(!b.rootfs().join("newfile").exists());
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    let mut b = Bundle::new();
+    fs::create_dir_all(b.rootfs().join("secret/dir")).unwrap();
+    fs::write(b.rootfs().join("secret/dir/key"), "k").unwrap();
+    fs::write(b.rootfs().join("secret/file"), "s").unwrap();
+    b.config["linux"]["maskedPaths"] = json!([
+        "/proc/keys",
+        "/secret/dir",
+        "/secret/file",
+        "/does/not/exist"
+    ]);
+    b.config["linux"]["readonlyPaths"] = json!(["/proc/sys", "/tmp", "/missing"]);
+    let out = run_ok(
+        &mut b,
+        "wc -c < /proc/keys; ls -A /secret/dir | wc -l; wc -c < /secret/file; \
+         echo x > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro; touch /tmp/x 2>/dev/null || echo tmp-ro; \
+         touch /secret/dir/n 2>/dev/null || echo masked-ro; stat -c %t,%T /secret/file",
+    );
+    assert_eq!(out, "0\n0\n0\nsys-ro\ntmp-ro\nmasked-ro\n1,3\n");
+}
+
+#[test]
+fn default_devices_and_dev_symlinks() {
+    let mut b = Bundle::new();
+    b.config["linux"]["devices"] = json!([
+        {"path": "/dev/custom/null2", "type": "c", "major": 1, "minor": 3, "fileMode": 384, "uid": 1000, "gid": 1000},
+        {"path": "/dev/fifo", "type": "p", "major": 0, "minor": 0}
+    ]);
+    let out = run_ok(
+        &mut b,
+        "for d in null zero full random urandom tty; do stat -c '%n %F %t,%T %a' /dev/$d; done; \
+         stat -c '%n %F %t,%T %a %u %g' /dev/custom/null2; stat -c '%F' /dev/fifo; \
+         for l in fd stdin stdout stderr ptmx; do echo $l=$(readlink /dev/$l); done; \
+         head -c 4 /dev/zero | wc -c; echo hi > /dev/null && echo null-ok",
+    );
+    let want = "/dev/null character special file 1,3 666\n\
+                /dev/zero character special file 1,5 666\n\
+                /dev/full character special file 1,7 666\n\
+                /dev/random character special file 1,8 666\n\
+                /dev/urandom character special file 1,9 666\n\
+                /dev/tty character special file 5,0 666\n\
+                /dev/custom/null2 character special file 1,3 600 1000 1000\n\
+                fifo\n\
+                fd=/proc/self/fd\nstdin=/proc/self/fd/0\nstdout=/proc/self/fd/1\nstderr=/proc/self/fd/2\nptmx=pts/ptmx\n\
+                4\nnull-ok\n";
+    assert_eq!(out, want);
+}
+
+#[test]
+fn sysctls_are_written_in_the_containers_namespaces() {
+    let mut b = Bundle::new();
+    b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmni": "1234"});
+    let host_fwd = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let host_shm = fs::read_to_string("/proc/sys/kernel/shmmni").unwrap();
+    assert_eq!(
+        run_ok(
+            &mut b,
+            "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni"
+        ),
+        "1\n1234\n"
+    );
+    assert_eq!(
+        fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_fwd
+    );
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/shmmni").unwrap(),
+        host_shm
+    );
+}
+
+#[test]
+fn no_fds_leak_into_the_container() {
+    // An fd without close-on-exec in the caller (as a careless PID 1 might
+    // hold) must still not reach the container (CVE-2024-21626).
+    let f = fs::File::open("/etc/hostname").unwrap();
+    berth_runtime::sys::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&f), 77).unwrap();
+    let mut b = Bundle::new();
+    let out = run_ok(&mut b, "ls /proc/self/fd | sort -n | tr '\\n' ' '");
+    // 0-2, plus the directory ls itself has open.
+    assert_eq!(out, "0 1 2 3 ");
+}
+
+#[test]
+fn seccomp_denies_a_syscall_with_the_configured_errno() {
+    let mut b = Bundle::new();
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+    });
+    b.config["process"]["noNewPrivileges"] = json!(true);
+    let out = run_ok(
+        &mut b,
+        "mkdir /tmp/d 2>&1; echo status=$?; touch /tmp/f && echo touch-ok",
+    );
+    assert!(out.contains("Function not implemented"), "{out}");
+    assert!(
+        out.contains("status=1") && out.contains("touch-ok"),
+        "{out}"
+    );
+    // Without no_new_privs the filter is loaded while CAP_SYS_ADMIN is held.
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    let out = run_ok(&mut b, "mkdir /tmp/d 2>&1; true");
+    assert!(out.contains("Function not implemented"), "{out}");
+}
+
+#[test]
+fn hostile_mount_destination_stays_inside_the_rootfs() {
+    // The rootfs has absolute symlinks to a host directory: a mount at
+    // them resolves inside the rootfs (CVE-2021-30465 class).
+    let host = common::TempDir::new("victim");
+    fs::write(host.0.join("marker"), "host").unwrap();
+    let mut b = Bundle::new();
+    let inside = b.rootfs().join(host.0.strip_prefix("/").unwrap());
+    fs::create_dir_all(&inside).unwrap();
+    std::os::unix::fs::symlink(&host.0, b.rootfs().join("evil")).unwrap();
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/evil", "type": "tmpfs", "source": "tmpfs"}));
+    mounts.push(json!({"destination": "/../../../../escape", "type": "tmpfs", "source": "tmpfs"}));
+    let out = run_ok(
+        &mut b,
+        "ls -A /evil | wc -l; touch /evil/inside; grep -c ' /escape ' /proc/mounts",
+    );
+    assert_eq!(out, "0\n1\n");
+    assert_eq!(
+        fs::read_dir(&host.0).unwrap().count(),
+        1,
+        "nothing created in the host directory"
+    );
+    let host_mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !host_mounts.contains(&host.0.display().to_string()),
+        "nothing mounted on the host"
+    );
+    assert!(!std::path::Path::new("/escape").exists());
+
+    // A dangling symlink to a host path is refused with a clear error.
+    fs::remove_dir_all(&inside).unwrap();
+    let e = create_error(&b);
+    assert!(
+        e.contains("resolve or create mount destination /evil: No such file or directory"),
+        "{e}"
+    );
+    assert_eq!(fs::read_dir(&host.0).unwrap().count(), 1);
+}
+
+#[test]
+fn mounts_over_proc_are_refused() {
+    let mut b = Bundle::new();
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/proc/self/attr", "type": "tmpfs", "source": "tmpfs"}));
+    let e = create_error(&b);
+    assert!(
+        e.contains("/proc/self/attr is on /proc and not of type proc"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_config_and_missing_rootfs_are_clear_errors() {
+    let b = Bundle::new();
+    fs::write(b.dir().join("config.json"), "{\"ociVersion\": ").unwrap();
+    let t = common::runtime();
+    let e = chain(&t.rt.create("x1", b.dir(), Default::default()).unwrap_err());
+    assert!(
+        e.starts_with(&format!(
+            "parse config {}/config.json: EOF",
+            b.dir().display()
+        )),
+        "{e}"
+    );
+
+    let mut b = Bundle::new();
+    b.config["root"]["path"] = json!("nope");
+    let e = create_error(&b);
+    assert!(e.contains("rootfs") && e.contains("nope is missing"), "{e}");
+
+    let mut b = Bundle::new();
+    b.config["ociVersion"] = json!("2.0.0");
+    assert!(create_error(&b).contains("unsupported ociVersion \"2.0.0\""));
+
+    let mut b = Bundle::new();
+    b.config["process"]["terminal"] = json!(true);
+    assert!(create_error(&b).ends_with("unsupported: process.terminal"));
+}
+
+#[test]
+fn a_failing_mount_names_the_step_and_the_destination() {
+    let mut b = Bundle::new();
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt/x", "type": "bind", "source": "/nonexistent-source", "options": ["bind"]}));
+    let e = create_error(&b);
+    assert!(e.contains("mount /mnt/x: No such file or directory"), "{e}");
+}
+
+#[test]
+fn create_from_an_in_memory_spec() {
+    let b = Bundle::new();
+    let mut cfg = b.config.clone();
+    cfg["process"]["args"] = json!(["sh", "-c", "exit 42"]);
+    cfg["root"]["path"] = json!("/ignored");
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(cfg).unwrap();
+    let t = common::runtime();
+    let mut c =
+        t.rt.create_from_spec("mem1", &spec, &b.rootfs(), Default::default())
+            .unwrap();
+    assert_eq!(c.state().status, berth_runtime::state::Status::Created);
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(42));
+    assert_eq!(c.state().status, berth_runtime::state::Status::Stopped);
+    c.delete(false).unwrap();
+}
+
+#[test]
+fn lifecycle_through_the_library_with_the_callers_own_reaper() {
+    let mut b = Bundle::new();
+    // pid 1 of its namespace: only signals it handles reach it.
+    b.script("trap 'exit 7' TERM; touch /tmp/ready; sleep 30 & wait");
+    b.config["annotations"] = json!({"org.example.k": "v"});
+    b.write();
+    let t = common::runtime();
+    let mut c = t.rt.create("life", b.dir(), Default::default()).unwrap();
+    let st = c.state();
+    assert_eq!(st.status, berth_runtime::state::Status::Created);
+    assert_eq!(st.pid, Some(c.pid()));
+    assert_eq!(
+        st.annotations.get("org.example.k").map(String::as_str),
+        Some("v")
+    );
+    assert!(matches!(
+        t.rt.create("life", b.dir(), Default::default()),
+        Err(berth_runtime::ContainerError::Exists { .. })
+    ));
+    // Another handle, as a second process would load it.
+    let other = t.rt.load("life").unwrap();
+    assert_eq!(other.pid(), c.pid());
+    assert!(matches!(
+        c.delete(false),
+        Err(berth_runtime::ContainerError::WrongStatus { .. })
+    ));
+    c.start().unwrap();
+    assert_eq!(other.status(), berth_runtime::state::Status::Running);
+    assert!(c.start().is_err(), "a second start is refused");
+    // Signal only once the trap is set.
+    while !b.rootfs().join("tmp/ready").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    other.kill(15, false).unwrap();
+    // The caller reaps with its own waitpid loop, as PID 1 does.
+    // (waitpid(-1) would steal the children of tests running in parallel.)
+    let status = berth_runtime::sys::wait_pid(c.pid()).unwrap();
+    c.set_exited(status.into());
+    assert_eq!(c.exit_status(), Some(ExitStatus::Exited(7)));
+    assert_eq!(c.status(), berth_runtime::state::Status::Stopped);
+    c.delete(false).unwrap();
+    assert!(matches!(
+        t.rt.load("life"),
+        Err(berth_runtime::ContainerError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
+    let mut b = Bundle::new();
+    let id = common::unique_id("cg");
+    let cg = format!("/berth-test/{id}");
+    b.config["linux"]["cgroupsPath"] = json!(cg);
+    // Two processes in the container: kill --all must reach both.
+    b.script("cat /proc/self/cgroup; sleep 30 & touch /tmp/ready; wait");
+    b.write();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+    };
+    let mut c = t.rt.create(&id, b.dir(), opts).unwrap();
+    c.start().unwrap();
+    while !b.rootfs().join("tmp/ready").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    c.kill(9, true).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(9));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    // The cgroup v2 line: the process was cloned into the cgroup.
+    assert!(out.lines().any(|l| l == format!("0::{cg}")), "{out}");
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !mount.join(cg.trim_start_matches('/')).exists(),
+        "delete removed the cgroup"
+    );
+    let _ = fs::remove_dir(mount.join("berth-test"));
+}

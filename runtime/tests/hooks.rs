@@ -1,0 +1,90 @@
+//! Hooks run at their lifecycle points, in order, with the state on stdin.
+
+mod common;
+
+use std::fs;
+
+use berth_runtime::ExitStatus;
+use common::{Bundle, TempDir, create_error};
+use serde_json::{Value, json};
+
+fn hook(log: &std::path::Path, name: &str) -> Value {
+    // Appends "<name> <state json>" as one line.
+    json!({"path": "/bin/sh", "args": ["sh", "-c", format!("printf '%s ' {name} >> {0}; cat >> {0}; echo >> {0}", log.display())]})
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let tmp = TempDir::new("hooklog");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    b.script("exit 0");
+    b.config["annotations"] = json!({"a": "b"});
+    b.config["hooks"] = json!({
+        "prestart": [hook(&log, "prestart")],
+        "createRuntime": [hook(&log, "createRuntime1"), hook(&log, "createRuntime2")],
+        "poststart": [hook(&log, "poststart")],
+        "poststop": [hook(&log, "poststop")]
+    });
+    b.write();
+    let t = common::runtime();
+    let mut c = t.rt.create("hooked", b.dir(), Default::default()).unwrap();
+    let pid = c.pid();
+    assert_eq!(
+        fs::read_to_string(&log).unwrap().lines().count(),
+        3,
+        "create runs prestart and createRuntime"
+    );
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    c.delete(false).unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, Value)> = text
+        .lines()
+        .map(|l| {
+            let (name, json) = l.split_once(' ').unwrap();
+            (name, serde_json::from_str(json).unwrap())
+        })
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "prestart",
+            "createRuntime1",
+            "createRuntime2",
+            "poststart",
+            "poststop"
+        ]
+    );
+    for (name, state) in &lines {
+        assert_eq!(state["id"], "hooked", "{name}");
+        assert_eq!(state["bundle"], json!(b.dir()), "{name}");
+        assert_eq!(state["annotations"]["a"], "b", "{name}");
+        assert!(state["ociVersion"].is_string());
+    }
+    assert_eq!(lines[0].1["status"], "creating");
+    assert_eq!(lines[0].1["pid"], pid);
+    assert_eq!(lines[3].1["status"], "running");
+    assert_eq!(lines[4].1["status"], "stopped");
+}
+
+#[test]
+fn a_failing_create_runtime_hook_fails_create_and_cleans_up() {
+    let mut b = Bundle::new();
+    b.config["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}]});
+    let e = create_error(&b);
+    assert!(
+        e.contains("createRuntime") && e.contains("exit status 3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_an_error() {
+    let mut b = Bundle::new();
+    b.config["hooks"] =
+        json!({"prestart": [{"path": "/bin/sleep", "args": ["sleep", "60"], "timeout": 1}]});
+    let e = create_error(&b);
+    assert!(e.contains("prestart") && e.contains("timed out"), "{e}");
+}

@@ -22,6 +22,7 @@ pub mod bootplan;
 pub mod clock;
 pub mod cmdline;
 pub mod event_loop;
+pub mod fuzz;
 pub mod launcher;
 pub mod logging;
 pub mod manifest;

@@ -175,11 +175,7 @@ fn main() {
     let console = open_console(role);
     install_panic_hook(&console, role);
     let kmsg = if role == Role::Machine {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_CLOEXEC)
-            .open("/dev/kmsg")
-            .ok()
+        open_kmsg()
     } else {
         None
     };
@@ -236,6 +232,8 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         let done =
             bootplan::apply_boot_mounts(&bootplan::boot_mounts()).map_err(|e| error_chain(&e))?;
         timeline(start, &format!("mounts done ({} new)", done.len()));
+        // With devtmpfs mounted, a console or /dev/kmsg may exist now.
+        logging::add_missing_sinks(|| open_console(Role::Machine), open_kmsg);
     } else if role == Role::Process
         && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
     {
@@ -383,6 +381,14 @@ fn detect_role() -> Role {
     }
 }
 
+fn open_kmsg() -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open("/dev/kmsg")
+        .ok()
+}
+
 /// The console: a private, non-blocking, close-on-exec file description,
 /// so a slow console never blocks PID 1 and no service inherits it.
 fn open_console(role: Role) -> Option<File> {
@@ -397,6 +403,11 @@ fn open_console(role: Role) -> Option<File> {
     // Reopening /proc/self/fd/1 gives a new open file description for a pipe
     // or tty, so O_NONBLOCK does not leak to whoever else shares our stdout.
     opts.open(path).ok().or_else(|| {
+        // On a machine without /dev/console, fd 1 is the /dev/null Rust's
+        // startup put there: no console at all is better (kmsg takes over).
+        if role == Role::Machine {
+            return None;
+        }
         let fd = nix::unistd::dup(std::io::stdout()).ok()?;
         let file = File::from(fd);
         let _ = nix::fcntl::fcntl(

@@ -188,6 +188,22 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// Fills in the sinks that were missing at [`init`] (a machine's /dev is
+/// only complete once devtmpfs is mounted): a console, else /dev/kmsg.
+pub fn add_missing_sinks(
+    console: impl FnOnce() -> Option<File>,
+    kmsg: impl FnOnce() -> Option<File>,
+) {
+    let mut guard = hub();
+    let Some(hub) = guard.as_mut() else { return };
+    if hub.console.is_none() {
+        hub.console = console().map(|c| Outbox::new(c, CONSOLE_QUEUE));
+    }
+    if hub.console.is_none() && hub.kmsg.is_none() {
+        hub.kmsg = kmsg();
+    }
+}
+
 /// Sets PID 1's own level (the kernel command line overrides the manifest).
 pub fn set_level(level: log::LevelFilter) {
     log::set_max_level(level);

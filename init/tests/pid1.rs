@@ -725,6 +725,12 @@ fn service_output_goes_to_rotated_files_and_syslog() {
         );
     }
     assert!(!logs.join("talker.log.3").exists());
+    // PID 1's own lines have their file too.
+    let own = std::fs::read_to_string(logs.join("berth.log")).unwrap();
+    assert!(
+        own.contains("] berth: service talker started pid="),
+        "{own}"
+    );
     p.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
     let _ = std::fs::remove_dir_all(&dir);

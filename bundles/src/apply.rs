@@ -29,11 +29,13 @@
 //! - sparse files, unknown entry types and `.wh..wh.*` markers other than
 //!   the opaque one are refused.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{
     self as rfs, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
@@ -216,6 +218,8 @@ struct LayerState {
     cached: Option<(Vec<u8>, OwnedFd)>,
     /// Set when a directory was removed while an entry was applied.
     invalidated: bool,
+    /// Where the real stream ended, once the reader knows.
+    real_end: Option<Rc<Cell<Option<u64>>>>,
     stats: LayerStats,
     buf: Vec<u8>,
 }
@@ -280,6 +284,17 @@ impl Rootfs {
 
     /// Applies one layer tar, read from `reader`, to the root.
     pub fn apply_layer<R: Read>(&self, reader: R) -> Result<LayerStats, ApplyError> {
+        self.apply_layer_stream(reader, None)
+    }
+
+    /// [`Rootfs::apply_layer`] for a stream whose real end may be padded
+    /// with zeros by the reader (see `layer.rs`): once `real_end` is known,
+    /// file data reaching past it is truncation, not content.
+    pub(crate) fn apply_layer_stream<R: Read>(
+        &self,
+        reader: R,
+        real_end: Option<Rc<Cell<Option<u64>>>>,
+    ) -> Result<LayerStats, ApplyError> {
         let mut archive = tar::Archive::new(reader);
         archive.set_ignore_zeros(false);
         let mut state = LayerState {
@@ -287,6 +302,7 @@ impl Rootfs {
             dir_times: Vec::new(),
             cached: None,
             invalidated: false,
+            real_end,
             stats: LayerStats::default(),
             buf: vec![0; COPY_BUF],
         };
@@ -450,6 +466,16 @@ impl Rootfs {
                 let expected = entry.size();
                 let mut file = File::from(fd);
                 let written = copy_data(entry, &mut file, &mut st.buf, &path)?;
+                let real = st.real_end.as_ref().and_then(|c| c.get());
+                if let Some(end) = real
+                    && entry.raw_file_position() + written > end
+                {
+                    return Err(ApplyError::Truncated {
+                        path: show(&path),
+                        expected,
+                        actual: end.saturating_sub(entry.raw_file_position()),
+                    });
+                }
                 if written != expected {
                     return Err(ApplyError::Truncated {
                         path: show(&path),

@@ -371,6 +371,17 @@ pub enum Compression {
     Sniff,
 }
 
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::Sniff => "sniffed",
+        })
+    }
+}
+
 /// Maps a layer media type to its compression; encrypted, foreign and
 /// unknown types are refused.
 pub fn layer_compression(media_type: &str) -> Option<Compression> {

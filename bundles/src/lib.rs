@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod digest;
+pub mod fuzz;
 pub mod image;
 pub mod layer;
 pub mod spec;

@@ -434,3 +434,29 @@ fn docker_archive_legacy_and_oci_flavours() {
     .unwrap_err();
     assert!(err.contains("missing manifest manifest.json"), "{err}");
 }
+
+#[test]
+fn unpadded_layer_tar_like_umoci_writes() {
+    // umoci 0.4.7 ends a layer right after the last entry's data: no
+    // padding, no end-of-archive blocks. The DiffID is of those bytes.
+    require_root();
+    let s = Scratch::new("unpadded");
+    let l = Layout::new(&s.path().join("img"));
+    let mut t = tar(&[E::file("a", b"first"), E::file("b", b"last!")]);
+    t.truncate(512 * 3 + 5);
+    // And one cut inside the last file's data: more than padding missing.
+    let mut cut = tar(&[E::file("c", vec![b'c'; 2000])]);
+    cut.truncate(512 + 1000);
+    for (tars, ok) in [(vec![t], true), (vec![cut], false)] {
+        let (m, _) = l.image(&tars, Comp::Gzip, "amd64");
+        l.index(&[(m, None)]);
+        let dest = s.path().join(format!("b{ok}"));
+        let res = unpack(&format!("oci:{}", l.dir.display()), &dest, None);
+        assert_eq!(res.is_ok(), ok, "{res:?}");
+        if ok {
+            assert_eq!(fs::read(dest.join("rootfs/b")).unwrap(), b"last!");
+        } else {
+            assert!(res.unwrap_err().contains("truncated"));
+        }
+    }
+}

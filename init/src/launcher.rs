@@ -13,12 +13,14 @@
 //!   an empty signal mask and default dispositions, and no other fd of PID 1
 //!   (every fd PID 1 opens is close-on-exec; CVE-2024-21626).
 
+use std::ffi::CString;
 use std::fmt;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sys::signal::{Signal, kill};
+use nix::fcntl::OFlag;
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 use crate::manifest::{Program, Source};
@@ -46,6 +48,9 @@ pub enum LaunchError {
         source: nix::Error,
     },
 }
+
+/// PATH for programs when PID 1 has none (as the kernel starts it).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Which kind of unit a launch is for (tasks and services share a namespace
 /// of names, but a container launcher may treat them differently).
@@ -106,6 +111,12 @@ impl ProcessLauncher {
 impl Launcher for ProcessLauncher {
     fn check(&self, name: &str, program: &Program) -> Result<(), LaunchError> {
         let what = match &program.source {
+            Source::Host if program.cwd.is_some() => {
+                // posix_spawn has no safe way to change directory (the
+                // _np addchdir action has no nix wrapper), and init has no
+                // unsafe code: refuse rather than run in the wrong place.
+                "cwd for a host program".to_owned()
+            }
             Source::Host => return Ok(()),
             Source::Image(image) => format!("image {image:?}"),
             Source::Bundle(dir) => format!("bundle {}", dir.display()),
@@ -127,37 +138,75 @@ impl Launcher for ProcessLauncher {
     ) -> Result<Pid, LaunchError> {
         self.check(name, program)?;
         let argv = program.host_argv();
-        let Some((exe, args)) = argv.split_first() else {
-            return Err(LaunchError::Unsupported {
-                unit: name.to_owned(),
-                what: "an empty command".to_owned(),
-                launcher: "host-process",
-            });
-        };
-        let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .envs(program.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            // A new process group: a signal a person sends to PID 1's group
-            // from a terminal (tests run us under a shell) must not reach
-            // services directly; PID 1 forwards what it decides.
-            .process_group(0);
-        if let Some(dir) = &program.cwd {
-            cmd.current_dir(dir);
-        }
-        // std resets the signal mask and the dispositions PID 1 changed
-        // (SIGPIPE) in the child before exec, so services start clean.
-        let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        let exe = argv.first().cloned().unwrap_or_default();
+        let spawn_error = |source: std::io::Error| LaunchError::Spawn {
             unit: name.to_owned(),
             program: exe.clone(),
             source,
-        })?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-        // Dropping `Child` neither waits nor kills: the event loop reaps the
-        // pid with waitpid(-1), as for every other child of PID 1.
-        drop(child);
+        };
+        let invalid = |what: &str| {
+            spawn_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                what.to_owned(),
+            ))
+        };
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid("NUL in argv"))?;
+        let Some(path) = args.first() else {
+            return Err(invalid("empty command"));
+        };
+        // PID 1's environment, then the program's overrides.
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !program.env.iter().any(|(o, _)| o == k))
+            .collect();
+        env.extend(program.env.iter().cloned());
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            // The kernel starts init without PATH; give programs the usual one.
+            env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+        }
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid("NUL in env"))?;
+
+        let nix_err = |e: nix::Error| spawn_error(std::io::Error::from(e));
+        // The child starts with an empty signal mask and default
+        // dispositions: PID 1 blocks the signals its signalfd reads and the
+        // Rust runtime ignores SIGPIPE, and both would otherwise be
+        // inherited through exec (signal(7)).
+        let mut attr = PosixSpawnAttr::init().map_err(nix_err)?;
+        attr.set_flags(
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF
+                | PosixSpawnFlags::POSIX_SPAWN_SETPGROUP,
+        )
+        .map_err(nix_err)?;
+        attr.set_sigmask(&SigSet::empty()).map_err(nix_err)?;
+        let mut defaults = SigSet::empty();
+        for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+            defaults.add(sig);
+        }
+        attr.set_sigdefault(&defaults).map_err(nix_err)?;
+        // A process group of its own: a signal a person sends to PID 1's
+        // group from a terminal must not reach services behind its back.
+        attr.set_pgroup(Pid::from_raw(0)).map_err(nix_err)?;
+
+        let mut actions = PosixSpawnFileActions::init().map_err(nix_err)?;
+        actions
+            .add_open(0, "/dev/null", OFlag::O_RDONLY, Mode::empty())
+            .map_err(nix_err)?;
+        // The pipe ends are close-on-exec; dup2 onto 1 and 2 makes copies
+        // without the flag, the originals vanish at exec.
+        actions.add_dup2(stdout.as_raw_fd(), 1).map_err(nix_err)?;
+        actions.add_dup2(stderr.as_raw_fd(), 2).map_err(nix_err)?;
+
+        let pid = posix_spawnp(path, &actions, &attr, &args, &envp).map_err(nix_err)?;
+        // PID 1's copies of the write ends close here; the child holds its own.
+        drop((stdout, stderr));
         Ok(pid)
     }
 

@@ -21,11 +21,16 @@
 pub mod bootplan;
 pub mod clock;
 pub mod cmdline;
+pub mod event_loop;
+pub mod fuzz;
 pub mod launcher;
 pub mod logging;
 pub mod manifest;
 pub mod modules;
+pub mod net;
 pub mod order;
+pub mod power_button;
+pub mod rootfs;
 pub mod service;
 pub mod supervisor;
 pub mod units;

@@ -1,7 +1,671 @@
 //! berth-init: PID 1 of a berth appliance.
+//!
+//! ```text
+//! berth-init [--manifest FILE]     boot and supervise (as PID 1)
+//! berth-init --check FILE          validate a manifest and exit
+//! ```
+//!
+//! # Roles, and how the binary tells them apart
+//!
+//! - **machine**: `getpid() == 1` in the initial pid namespace — the kernel
+//!   ran us as /init of a VM. Detected by the inode of `/proc/self/ns/pid`,
+//!   which is `PROC_PID_INIT_INO` (0xEFFFFFFC, include/linux/proc_ns.h) only
+//!   in the initial namespace; PID 1 mounts /proc first to look. Only this
+//!   role mounts the early filesystems, reads `berth.*` from the kernel
+//!   command line, sets the hostname, sysctls and modules, and ends in
+//!   sync + power-off or reboot (never a return from `main`: the kernel
+//!   panics when PID 1 exits).
+//! - **namespace**: `getpid() == 1` in a child pid namespace (tests under
+//!   `unshare --pid --fork --mount`, or a tini-like init in a container).
+//!   Same supervision, no machine setup; ends with an exit status.
+//! - **process**: any other pid (development). PID 1 makes itself a child
+//!   subreaper (prctl PR_SET_CHILD_SUBREAPER) so orphans still come to it.
+//!
+//! Exit status (namespace and process roles): 0 after a clean shutdown, 1
+//! when the boot failed (invalid manifest, a mandatory task failed), 2 for
+//! a usage error.
+//!
+//! # Host-process mode (until images land)
+//!
+//! Programs are started by the host-process launcher: only `host: true`
+//! tasks and services run (their command runs in PID 1's own root, without
+//! isolation). A manifest with `image` or `bundle` programs is refused with
+//! a clear error until the container launcher (berth-runtime + berth-bundles)
+//! is plugged in, and no embedded images are listed yet.
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::exit,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use berth_init::bootplan;
+use berth_init::clock::now_ms;
+use berth_init::cmdline::{self, BootOptions};
+use berth_init::event_loop::{self, EventLoop, Outcome};
+use berth_init::launcher::{Launcher, ProcessLauncher};
+use berth_init::logging::{self, error_chain};
+use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
+use berth_init::modules::{self, ModuleIndex};
+use berth_init::net;
+use berth_init::power_button;
+use berth_init::rootfs;
+use berth_init::service::Millis;
+use berth_init::supervisor::Supervisor;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::reboot::RebootMode;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// `PROC_PID_INIT_INO` (include/linux/proc_ns.h): the initial pid namespace.
+const INITIAL_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Machine,
+    Namespace,
+    Process,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Machine => "machine PID 1",
+            Self::Namespace => "PID 1 of a pid namespace",
+            Self::Process => "a plain process (subreaper)",
+        }
+    }
+}
+
+/// What the panic hook does; set once the manifest (or cmdline) says.
+static ON_FATAL: AtomicU8 = AtomicU8::new(0);
+
+fn store_on_fatal(action: FatalAction) {
+    ON_FATAL.store(
+        if action == FatalAction::Reboot { 1 } else { 0 },
+        Ordering::Relaxed,
+    );
+}
+
+fn load_on_fatal() -> FatalAction {
+    if ON_FATAL.load(Ordering::Relaxed) == 1 {
+        FatalAction::Reboot
+    } else {
+        FatalAction::Poweroff
+    }
+}
+
+struct Args {
+    manifest: Option<PathBuf>,
+    check: Option<PathBuf>,
+    unknown: Vec<String>,
+}
+
+const USAGE: &str = "usage: berth-init [--manifest FILE] | --check FILE | --help | --version";
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut out = Args {
+        manifest: None,
+        check: None,
+        unknown: Vec::new(),
+    };
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--manifest" | "--check" => {
+                let value = args.next().ok_or_else(|| format!("{arg} needs a file"))?;
+                if arg == "--manifest" {
+                    out.manifest = Some(PathBuf::from(value));
+                } else {
+                    out.check = Some(PathBuf::from(value));
+                }
+            }
+            _ => out.unknown.push(arg),
+        }
+    }
+    Ok(out)
+}
 
 fn main() {
-    eprintln!("berth-init: not built yet");
-    std::process::exit(1);
+    let start = now_ms();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        exit_with(0);
+    }
+    if argv.iter().any(|a| a == "--version") {
+        println!("berth-init {}", env!("CARGO_PKG_VERSION"));
+        exit_with(0);
+    }
+    let role = detect_role();
+    let args = match parse_args(argv.into_iter()) {
+        Ok(args) => args,
+        Err(e) if role != Role::Machine => {
+            eprintln!("berth-init: {e}\n{USAGE}");
+            exit_with(2);
+        }
+        Err(_) => Args {
+            manifest: None,
+            check: None,
+            unknown: Vec::new(),
+        },
+    };
+    if let Some(path) = &args.check {
+        check_manifest(path);
+    }
+    if !args.unknown.is_empty() && role != Role::Machine {
+        eprintln!("berth-init: unknown arguments {:?}\n{USAGE}", args.unknown);
+        exit_with(2);
+    }
+
+    let console = open_console(role);
+    install_panic_hook(&console, role);
+    let kmsg = if role == Role::Machine {
+        open_kmsg()
+    } else {
+        None
+    };
+    if let Err(e) = logging::init(console, kmsg, log::LevelFilter::Info) {
+        // Without a logger PID 1 can still report on stderr and go on.
+        eprintln!("berth-init: {}", error_chain(&e));
+    }
+    log::info!(
+        "berth-init {} starting as {} (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        role.name(),
+        std::process::id()
+    );
+    if !args.unknown.is_empty() {
+        // The kernel hands init the command-line words it does not know.
+        log::debug!("ignoring init arguments {:?}", args.unknown);
+    }
+
+    // ---- boot phase: an error here is fatal (report, then power off or
+    // exit with a status).
+    let outcome = match boot_and_supervise(role, &args, start) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            Outcome::Fatal(e)
+        }
+    };
+    finish(role, outcome, start);
+}
+
+/// Everything from signals to the end of supervision. Returns the outcome,
+/// or a boot error (before any child was started).
+fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome, String> {
+    // Signals first: no child may exist before the signalfd does.
+    let signals = event_loop::open_signals().map_err(|e| error_chain(&e))?;
+    if role == Role::Machine {
+        // ctrl-alt-del becomes SIGINT for us instead of an instant reboot.
+        if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+            log::warn!("turn ctrl-alt-del off: {e}");
+        }
+        // Containers need pivot_root, which the initramfs root refuses.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if rootfs::root_is_initramfs(&mountinfo) {
+            let stats = rootfs::move_root_to_tmpfs().map_err(|e| error_chain(&e))?;
+            timeline(
+                start,
+                &format!(
+                    "root moved to tmpfs ({} entries, {} KiB)",
+                    stats.entries,
+                    stats.bytes / 1024
+                ),
+            );
+        }
+        let done =
+            bootplan::apply_boot_mounts(&bootplan::boot_mounts()).map_err(|e| error_chain(&e))?;
+        timeline(start, &format!("mounts done ({} new)", done.len()));
+        // With devtmpfs mounted, a console or /dev/kmsg may exist now.
+        logging::add_missing_sinks(|| open_console(Role::Machine), open_kmsg);
+    } else if role == Role::Process
+        && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        log::warn!("become child subreaper: {e} (orphans will not be reaped here)");
+    }
+    set_oom_score_adj();
+
+    let opts = if role == Role::Machine {
+        let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        cmdline::parse_cmdline(&line)
+    } else {
+        BootOptions::default()
+    };
+    for w in &opts.warnings {
+        log::warn!("kernel command line: {w}");
+    }
+    if let Some(level) = opts.log_level {
+        logging::set_level(level);
+    }
+    if let Some(action) = opts.on_fatal {
+        store_on_fatal(action);
+    }
+
+    let path = args
+        .manifest
+        .clone()
+        .or_else(|| opts.manifest.clone())
+        .unwrap_or_else(|| PathBuf::from(cmdline::DEFAULT_MANIFEST));
+    // No embedded image can be read until berth-bundles lands: the list of
+    // available images is empty, so image references fail validation.
+    let manifest = manifest::load(&path, &[]).map_err(|e| error_chain(&e))?;
+    if opts.on_fatal.is_none() {
+        store_on_fatal(manifest.on_fatal);
+    }
+    timeline(
+        start,
+        &format!(
+            "manifest {} loaded ({} tasks, {} services)",
+            path.display(),
+            manifest.tasks.len(),
+            manifest.services.len()
+        ),
+    );
+    logging::set_level(opts.log_level.unwrap_or(manifest.log.level));
+
+    let launcher = ProcessLauncher::new();
+    for (name, program) in manifest
+        .tasks
+        .iter()
+        .map(|t| (&t.name, &t.program))
+        .chain(manifest.services.iter().map(|s| (&s.name, &s.program)))
+    {
+        launcher.check(name, program).map_err(|e| {
+            format!(
+                "{} (this build runs host programs only; images need the container launcher)",
+                error_chain(&e)
+            )
+        })?;
+    }
+
+    if role == Role::Machine {
+        configure_machine(&manifest)?;
+        timeline(start, "machine configured");
+    } else {
+        report_skipped_machine_setup(&manifest);
+    }
+    // After the data disk is mounted: the log directory usually lives on it.
+    logging::configure(&manifest.log).map_err(|e| error_chain(&e))?;
+    if let Some(level) = opts.log_level {
+        logging::set_level(level);
+    }
+
+    let Manifest {
+        tasks, services, ..
+    } = manifest;
+    let supervisor = Supervisor::new(tasks, services).map_err(|e| error_chain(&e))?;
+    let mut event_loop =
+        EventLoop::new(launcher, supervisor, signals).map_err(|e| error_chain(&e))?;
+    if role == Role::Machine {
+        let found = power_button::find_power_buttons(
+            Path::new("/sys/class/input"),
+            Path::new("/dev/input"),
+        );
+        if found.is_empty() {
+            log::info!("no power button found: shut down with SIGTERM, SIGPWR or ctrl-alt-del");
+        }
+        event_loop.watch_power_buttons(power_button::open_power_buttons(&found));
+    }
+    timeline(start, "supervision starts");
+    let outcome = event_loop.run();
+    timeline(start, "all units down");
+    let mut kill_all = |sig: Signal| kill_remaining(role, sig);
+    let orphans = event_loop.finish(&mut kill_all, Duration::from_secs(2));
+    log::info!("reaped {orphans} orphans in total");
+    Ok(outcome)
+}
+
+fn timeline(start: Millis, what: &str) {
+    log::info!("timeline +{}ms: {what}", now_ms().saturating_sub(start));
+}
+
+fn check_manifest(path: &Path) -> ! {
+    match manifest::load(path, &[]) {
+        Ok(m) => {
+            println!(
+                "{}: ok ({} tasks, {} services)",
+                path.display(),
+                m.tasks.len(),
+                m.services.len()
+            );
+            exit_with(0);
+        }
+        Err(e) => {
+            eprintln!("berth-init: {}", error_chain(&e));
+            exit_with(1);
+        }
+    }
+}
+
+/// Machine or not: see the module documentation.
+fn detect_role() -> Role {
+    if std::process::id() != 1 {
+        return Role::Process;
+    }
+    if !Path::new("/proc/self/ns/pid").exists() {
+        // A VM's /init starts without /proc; mount it to look (it is the
+        // first boot mount anyway). In a container without the right to
+        // mount, we are not the machine.
+        let _ = std::fs::create_dir_all("/proc");
+        if nix::mount::mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .is_err()
+        {
+            return Role::Namespace;
+        }
+    }
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(meta) if meta.ino() == INITIAL_PID_NS_INO => Role::Machine,
+        _ => Role::Namespace,
+    }
+}
+
+fn open_kmsg() -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open("/dev/kmsg")
+        .ok()
+}
+
+/// The console: a private, non-blocking, close-on-exec file description,
+/// so a slow console never blocks PID 1 and no service inherits it.
+fn open_console(role: Role) -> Option<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC | nix::libc::O_NOCTTY);
+    let path = if role == Role::Machine {
+        "/dev/console"
+    } else {
+        "/proc/self/fd/1"
+    };
+    // Reopening /proc/self/fd/1 gives a new open file description for a pipe
+    // or tty, so O_NONBLOCK does not leak to whoever else shares our stdout.
+    opts.open(path).ok().or_else(|| {
+        // On a machine without /dev/console, fd 1 is the /dev/null Rust's
+        // startup put there: no console at all is better (kmsg takes over).
+        if role == Role::Machine {
+            return None;
+        }
+        let fd = nix::unistd::dup(std::io::stdout()).ok()?;
+        let file = File::from(fd);
+        let _ = nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        Some(file)
+    })
+}
+
+/// A panic must not take PID 1 down silently: the hook writes to its own,
+/// pre-opened (blocking) console fd, and on a machine powers off or reboots
+/// as configured. In the other roles the abort that follows ends the
+/// namespace, which is what a test wants to see.
+fn install_panic_hook(console: &Option<File>, role: Role) {
+    let Some(fd) = console.as_ref().and_then(|c| c.try_clone().ok()) else {
+        return;
+    };
+    // The clone shares O_NONBLOCK with the console; a panic message is
+    // short, and losing it beats blocking forever.
+    std::panic::set_hook(Box::new(move |info| {
+        let mut out = &fd;
+        let _ = writeln!(out, "berth: panic: {info}");
+        if role == Role::Machine {
+            power_down(load_on_fatal());
+        }
+    }));
+}
+
+fn set_oom_score_adj() {
+    // PID 1 is the last process the OOM killer may pick: without it every
+    // service is orphaned and the kernel panics.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log::warn!("set oom_score_adj -1000: {e}");
+    }
+}
+
+/// Hostname, sysctls, modules, data disk and DNS on a machine.
+fn configure_machine(m: &Manifest) -> Result<(), String> {
+    if let Some(hostname) = &m.hostname {
+        nix::unistd::sethostname(hostname).map_err(|e| format!("set hostname {hostname}: {e}"))?;
+    }
+    if !m.modules.is_empty() {
+        let loaded = load_kernel_modules(&m.modules)?;
+        log::info!("loaded {loaded} kernel modules");
+    }
+    // The ACPI power button needs `button` (the key) and `evdev` (the
+    // device node); best effort: a kernel may have them built in or lack them.
+    let wanted = ["button".to_owned(), "evdev".to_owned()];
+    if let Err(e) = load_kernel_modules(&wanted) {
+        log::info!("power button modules: {e}");
+    }
+    for (key, value) in &m.sysctls {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))?;
+    }
+    if let Some(disk) = &m.data_disk {
+        let (flags, data) = mount_options(&disk.options);
+        let _ = std::fs::create_dir_all(DATA_DIR);
+        nix::mount::mount(
+            Some(&disk.device),
+            DATA_DIR,
+            Some(disk.fstype.as_str()),
+            flags,
+            data.as_deref(),
+        )
+        .map_err(|e| {
+            format!(
+                "mount data disk {} ({}) on {DATA_DIR}: {e}",
+                disk.device.display(),
+                disk.fstype
+            )
+        })?;
+    }
+    // Loopback always; the manifest's interfaces, routes and DNS.
+    net::configure_network(&m.network, Path::new("/run/resolv.conf"))
+        .map_err(|e| error_chain(&e))?;
+    if (!m.network.nameservers.is_empty() || !m.network.search.is_empty())
+        && std::fs::symlink_metadata("/etc/resolv.conf").is_err()
+    {
+        // Host programs read /etc/resolv.conf; containers mount /run/resolv.conf.
+        let _ = std::fs::create_dir_all("/etc");
+        let _ = std::os::unix::fs::symlink("/run/resolv.conf", "/etc/resolv.conf");
+    }
+    Ok(())
+}
+
+/// Loads `names` and their dependencies from /lib/modules/$(uname -r).
+fn load_kernel_modules(names: &[String]) -> Result<usize, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = PathBuf::from("/lib/modules").join(release.trim());
+    let dep_path = dir.join("modules.dep");
+    let dep = std::fs::read_to_string(&dep_path)
+        .map_err(|e| format!("read {}: {e}", dep_path.display()))?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let index = ModuleIndex::parse(&dep, &builtin).map_err(|e| error_chain(&e))?;
+    let order = index.load_order(names).map_err(|e| error_chain(&e))?;
+    modules::load_modules(&dir, &order).map_err(|e| error_chain(&e))
+}
+
+/// mount(8)-style options: flags for the generic ones, the rest as data.
+fn mount_options(options: &[String]) -> (MsFlags, Option<String>) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            other => data.push(other),
+        }
+    }
+    (
+        flags,
+        if data.is_empty() {
+            None
+        } else {
+            Some(data.join(","))
+        },
+    )
+}
+
+fn report_skipped_machine_setup(m: &Manifest) {
+    let mut skipped = Vec::new();
+    if m.hostname.is_some() {
+        skipped.push("hostname");
+    }
+    if !m.modules.is_empty() {
+        skipped.push("modules");
+    }
+    if !m.sysctls.is_empty() {
+        skipped.push("sysctls");
+    }
+    if m.data_disk.is_some() {
+        skipped.push("data_disk");
+    }
+    if !m.network.interfaces.is_empty() || !m.network.nameservers.is_empty() {
+        skipped.push("network");
+    }
+    if !skipped.is_empty() {
+        log::info!(
+            "not the machine's PID 1: leaving {} to the host",
+            skipped.join(", ")
+        );
+    }
+}
+
+/// Signals every process that is left. As PID 1 of a namespace or machine,
+/// kill(-1) reaches all of them but us (kill(2)); as a plain process it
+/// would reach everything the user owns, so there only our children (found
+/// in /proc) are signalled. Returns how many were signalled.
+fn kill_remaining(role: Role, signal: Signal) -> usize {
+    if role != Role::Process {
+        let n = count_processes();
+        let _ = nix::sys::signal::kill(Pid::from_raw(-1), signal);
+        return n;
+    }
+    let me = std::process::id();
+    let mut n = 0;
+    for pid in children_of(me) {
+        if nix::sys::signal::kill(Pid::from_raw(pid), signal).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// User processes other than us (kernel threads have an empty cmdline).
+fn count_processes() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.parse::<u32>().is_ok()
+                        && name != me
+                        && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": comm may hold spaces and parens,
+            // so parse after the last ')'.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// The end: exit with a status, or on a machine sync, unmount and power
+/// off / reboot. Never returns.
+fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
+    let code = match &outcome {
+        Outcome::Clean { .. } => 0,
+        Outcome::Fatal(_) => 1,
+    };
+    if role != Role::Machine {
+        timeline(start, "shutdown complete");
+        log::info!("exiting status={code}");
+        log::logger().flush();
+        exit_with(code);
+    }
+    let action = match outcome {
+        Outcome::Clean { reboot: false } => FatalAction::Poweroff,
+        Outcome::Clean { reboot: true } => FatalAction::Reboot,
+        Outcome::Fatal(_) => load_on_fatal(),
+    };
+    nix::unistd::sync();
+    // Reverse order of the boot mounts; lazily, as a busy mount must not
+    // keep the machine up.
+    let mut targets: Vec<&str> = bootplan::boot_mounts().iter().map(|s| s.target).collect();
+    targets.push(DATA_DIR);
+    for target in targets.iter().rev() {
+        let _ = nix::mount::umount2(*target, MntFlags::MNT_DETACH);
+    }
+    timeline(start, "shutdown complete");
+    power_down(action);
+}
+
+fn power_down(action: FatalAction) -> ! {
+    let (mode, what) = match action {
+        FatalAction::Poweroff => (RebootMode::RB_POWER_OFF, "powering off"),
+        FatalAction::Reboot => (RebootMode::RB_AUTOBOOT, "rebooting"),
+    };
+    log::info!("{what}");
+    log::logger().flush();
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(mode);
+    log::error!("reboot(2): {e}");
+    // PID 1 must not return: wait for the end the kernel was asked for.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The one place the binary exits, only reached when it is not the
+/// machine's PID 1 (or before it started anything, for --help/--check).
+#[allow(clippy::exit)]
+fn exit_with(code: i32) -> ! {
+    std::process::exit(code)
 }

@@ -178,13 +178,8 @@ impl fmt::Display for ServiceNote<'_> {
             }
             Note::NotRestarting { status } => write!(f, "service {name} {status}, not restarting"),
             Note::StartLimit {
-                status,
-                count,
-                interval,
+                count, interval, ..
             } => {
-                if let Some(status) = status {
-                    write!(f, "service {name} {status}; ")?;
-                }
                 write!(
                     f,
                     "service {name} failed: start limit reached ({count} starts in {})",
@@ -525,7 +520,7 @@ mod tests {
             let Some(d) = delay_of(&note) else {
                 assert_eq!(
                     ServiceNote("web", &note).to_string(),
-                    "service web exited status=1; service web failed: start limit reached (5 starts in 10s)"
+                    "service web failed: start limit reached (5 starts in 10s)"
                 );
                 break;
             };

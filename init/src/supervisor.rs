@@ -24,9 +24,10 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::launcher::{LaunchError, UnitKind};
+use crate::logging::error_chain;
 use crate::manifest::{Program, Service, Task};
 use crate::order::{self, OrderError};
-use crate::service::{Action, ExitStatus, Millis, ServiceMachine, ServiceNote, State};
+use crate::service::{Action, ExitStatus, Millis, Note, ServiceMachine, ServiceNote, State};
 use crate::units::HumanDuration;
 
 /// How long a boot task gets between SIGTERM and SIGKILL at shutdown.
@@ -90,6 +91,19 @@ pub struct Supervisor {
     phase: Phase,
     fatal: Option<String>,
     orphans: u64,
+}
+
+/// A note as its marker line; a start limit hit by an exit gives two lines,
+/// the exit and then `service web failed: start limit reached (…)`.
+fn report_note(r: &mut dyn Runner, name: &str, note: &Note) {
+    if let Note::StartLimit {
+        status: Some(status),
+        ..
+    } = note
+    {
+        r.report(log::Level::Warn, format_args!("service {name} {status}"));
+    }
+    r.report(note.level(), format_args!("{}", ServiceNote(name, note)));
 }
 
 fn ms(d: Duration) -> Millis {
@@ -200,10 +214,7 @@ impl Supervisor {
                 };
                 r.reaped(&run.service.name, pid);
                 let note = run.machine.exited(status, now);
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
                 if self.phase == Phase::ShuttingDown {
                     self.advance_shutdown(now, r);
                 }
@@ -241,7 +252,7 @@ impl Supervisor {
                     ),
                 );
                 if let Err(e) = r.signal(&t.task.name, pid, Signal::SIGKILL) {
-                    r.report(log::Level::Warn, format_args!("{e}"));
+                    r.report(log::Level::Warn, format_args!("{}", error_chain(&e)));
                 }
             }
         }
@@ -251,10 +262,7 @@ impl Supervisor {
             };
             let (action, note) = run.machine.tick(now);
             if let Some(note) = note {
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
             }
             self.act(i, action, now, r);
         }
@@ -280,7 +288,7 @@ impl Supervisor {
                         format_args!("task {} stopping: sent SIGTERM", t.task.name),
                     );
                     if let Err(e) = r.signal(&t.task.name, pid, Signal::SIGTERM) {
-                        r.report(log::Level::Warn, format_args!("{e}"));
+                        r.report(log::Level::Warn, format_args!("{}", error_chain(&e)));
                     }
                 }
                 TaskState::Done | TaskState::Skipped => {}
@@ -301,10 +309,11 @@ impl Supervisor {
                 Some(last) => r.report(
                     log::Level::Info,
                     format_args!(
-                        "status service {} state={} pid={pid} restarts={} last={last}",
+                        "status service {} state={} pid={pid} restarts={} last={last} code={}",
                         s.service.name,
                         state.name(),
-                        s.machine.restarts()
+                        s.machine.restarts(),
+                        last.code()
                     ),
                 ),
                 None => r.report(
@@ -366,12 +375,17 @@ impl Supervisor {
                         r.report(
                             log::Level::Warn,
                             format_args!(
-                                "task {} failed to start: {e} (optional, boot goes on)",
-                                t.task.name
+                                "task {} failed to start: {} (optional, boot goes on)",
+                                t.task.name,
+                                error_chain(&e)
                             ),
                         );
                     } else {
-                        let reason = format!("boot task {} failed to start: {e}", t.task.name);
+                        let reason = format!(
+                            "boot task {} failed to start: {}",
+                            t.task.name,
+                            error_chain(&e)
+                        );
                         self.fail(reason, now, r);
                     }
                 }
@@ -456,16 +470,13 @@ impl Supervisor {
                         self.pids.insert(pid, UnitRef::Service(i));
                         run.machine.spawned(pid, now)
                     }
-                    Err(e) => run.machine.spawn_failed(e.to_string(), now),
+                    Err(e) => run.machine.spawn_failed(error_chain(&e), now),
                 };
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
             }
             Action::Signal(pid, signal) => {
                 if let Err(e) = r.signal(&run.service.name, pid, signal) {
-                    r.report(log::Level::Warn, format_args!("{e}"));
+                    r.report(log::Level::Warn, format_args!("{}", error_chain(&e)));
                 }
             }
         }
@@ -492,10 +503,7 @@ impl Supervisor {
             };
             let (action, note) = run.machine.stop(now);
             if let Some(note) = note {
-                r.report(
-                    note.level(),
-                    format_args!("{}", ServiceNote(&run.service.name, &note)),
-                );
+                report_note(r, &run.service.name, &note);
             }
             self.act(i, action, now, r);
         }
@@ -693,10 +701,31 @@ mod tests {
             [
                 "status service web state=running pid=104 restarts=0",
                 "status service db state=running pid=103 restarts=0",
-                "status service cron state=running pid=106 restarts=1 last=killed by signal 9",
+                "status service cron state=running pid=106 restarts=1 last=killed by signal 9 code=137",
                 "status orphans reaped=1",
             ]
         );
+    }
+
+    #[test]
+    fn start_limit_reports_the_exit_then_the_failure() {
+        let mut s = supervisor(
+            r#"{"version":1,"services":[{"name":"x","host":true,"command":["x"],
+                "restart":{"start_limit":{"count":1,"interval":"1m"}}}]}"#,
+        );
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        r.take_lines();
+        s.child_exited(r.pid("x"), ExitStatus::Code(2), 10, &mut r);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "service x exited status=2",
+                "service x failed: start limit reached (1 starts in 1m)"
+            ]
+        );
+        assert_eq!(s.next_deadline(), None);
+        assert_eq!(s.service_state("x"), Some(State::Failed));
     }
 
     #[test]

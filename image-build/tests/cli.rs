@@ -1,0 +1,219 @@
+//! `berth-build unpack` and `inspect` end to end: a busybox image built
+//! with umoci, unpacked by the binary, run with runc.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth-build");
+
+fn require(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{tool} missing: apt-get install {package}");
+}
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests need root (runc, chown in unpack): run cargo test as root"
+    );
+}
+
+struct Scratch(PathBuf);
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("berth-build-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").arg("-euc").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A busybox image with a user, a workdir, env and a command.
+fn busybox_image(dir: &Path) -> String {
+    require("busybox", "busybox-static");
+    require("umoci", "umoci");
+    let d = dir.display();
+    sh(&format!(
+        "mkdir -p {d}/src/bin {d}/src/etc {d}/src/srv
+         cp /bin/busybox {d}/src/bin/busybox
+         for a in sh echo id pwd env cat; do ln -s busybox {d}/src/bin/$a; done
+         printf 'root:x:0:0:root:/root:/bin/sh\\nsvc:x:1234:1234:svc:/srv:/bin/sh\\n' > {d}/src/etc/passwd
+         printf 'root:x:0:\\nsvc:x:1234:\\nextra:x:777:svc\\n' > {d}/src/etc/group
+         umoci init --layout {d}/img
+         umoci new --image {d}/img:v1
+         umoci insert --image {d}/img:v1 {d}/src /
+         umoci config --image {d}/img:v1 --config.user svc --config.workingdir /srv \
+           --config.env GREETING=hello --config.entrypoint /bin/sh \
+           --config.cmd -c --config.cmd 'echo $GREETING $(id -u):$(id -g):$(id -G) $(pwd) $HOME' \
+           --config.exposedports 8080/tcp --config.exposedports 53/udp --config.label app=demo"
+    ));
+    format!("oci:{d}/img:v1")
+}
+
+fn berth(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn unpack_and_run_with_runc() {
+    require_root();
+    require("runc", "runc");
+    let s = Scratch::new("runc");
+    let image = busybox_image(&s.0);
+    let bundle = s.0.join("bundle");
+    let out = berth(&["unpack", &image, bundle.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not a terminal: quiet.
+    assert!(out.stderr.is_empty() && out.stdout.is_empty());
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["user"]["uid"], 1234);
+    assert_eq!(
+        spec["process"]["user"]["additionalGids"],
+        serde_json::json!([777])
+    );
+    assert_eq!(
+        spec["annotations"]["org.opencontainers.image.exposedPorts"],
+        "53/udp,8080/tcp"
+    );
+    assert_eq!(spec["annotations"]["app"], "demo");
+    let id = format!("berth-build-test-{}", std::process::id());
+    let run = Command::new("runc")
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
+    assert!(
+        run.status.success(),
+        "runc run failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello 1234:1234:1234 777 /srv /srv"
+    );
+}
+
+#[test]
+fn inspect_text_and_json() {
+    require_root();
+    let s = Scratch::new("inspect");
+    let image = busybox_image(&s.0);
+    let out = berth(&["inspect", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "manifest:   sha256:",
+        "platform:   linux/amd64",
+        "tar+gzip",
+        "\"/bin/sh\"",
+        "GREETING=hello",
+        "user:       \"svc\"",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    let out = berth(&["inspect", "--json", &image]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["platform"], "linux/amd64");
+    assert_eq!(v["config"]["entrypoint"], serde_json::json!(["/bin/sh"]));
+    assert_eq!(v["config"]["workingDir"], "/srv");
+    let layer = &v["layers"][0];
+    assert!(layer["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(layer["compression"], "gzip");
+    assert!(layer["size"].as_u64().unwrap() > 100_000);
+}
+
+#[test]
+fn errors_are_one_line_and_nonzero() {
+    require_root();
+    let s = Scratch::new("errors");
+    let image = busybox_image(&s.0);
+    let dest = s.0.join("full");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("x"), "").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["unpack".into(), image.clone(), dest.display().to_string()],
+            "not an empty directory",
+        ),
+        (
+            vec!["inspect".into(), "oci:/nonexistent/x".into()],
+            "/nonexistent/x",
+        ),
+        (
+            vec!["inspect".into(), "registry:x".into()],
+            "unknown transport",
+        ),
+        (
+            vec![
+                "inspect".into(),
+                image.clone(),
+                "--platform".into(),
+                "linux/arm64".into(),
+            ],
+            "image is for linux/amd64",
+        ),
+        (vec!["inspect".into()], "expected 1 arguments"),
+        (
+            vec!["inspect".into(), image.clone(), "--bogus".into()],
+            "unknown option --bogus",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = berth(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.contains(want), "{args:?}: {want:?} not in {err}");
+    }
+    // A corrupted layer: the message names the image and the blob.
+    let blobs = s.0.join("img/blobs/sha256");
+    let biggest = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut data = fs::read(&biggest).unwrap();
+    data[1000] ^= 0xff;
+    fs::write(&biggest, data).unwrap();
+    let out = berth(&["unpack", &image, s.0.join("bad").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let name = biggest.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(&image) && err.contains(name), "{err}");
+    assert!(!s.0.join("bad").exists());
+}

@@ -1,0 +1,329 @@
+//! The appliance's persistent data disk: a raw image file attached as a
+//! virtio-blk device, created and formatted ext4 on the host when missing.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+/// Size of a data disk created without an explicit size.
+pub const DEFAULT_DATA_DISK_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Smallest disk we create: below this mkfs.ext4 has no room for a journal.
+const MIN_DATA_DISK_SIZE: u64 = 4 * 1024 * 1024;
+
+/// The ext4 label the guest can find the disk by.
+pub const DATA_DISK_LABEL: &str = "berth-data";
+
+/// A data disk: a raw image file and, for creation, its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDisk {
+    pub path: PathBuf,
+    /// Size to create the file with. For an existing file it must match (a
+    /// disk is never resized or reformatted behind the user's back); `None`
+    /// takes an existing file as it is, or creates [`DEFAULT_DATA_DISK_SIZE`].
+    pub size: Option<u64>,
+}
+
+/// Errors of preparing the data disk.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error(
+        "invalid size {input:?}: expected a number of bytes with an optional K, M, G or T suffix"
+    )]
+    ParseSize { input: String },
+    #[error(
+        "invalid data disk size {size} for {path}: must be a multiple of 512 and at least {min} bytes"
+    )]
+    BadSize { path: PathBuf, size: u64, min: u64 },
+    #[error("data disk {path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error(
+        "data disk {path} exists with {actual} bytes but {requested} were requested: remove it or omit the size"
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        actual: u64,
+        requested: u64,
+    },
+    #[error("could not inspect data disk {path}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not create data disk {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not run mkfs.ext4 for {path} (apt-get install e2fsprogs)")]
+    SpawnMkfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mkfs.ext4 failed for {path} ({status}): {stderr}")]
+    Mkfs {
+        path: PathBuf,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("could not move the new data disk {from} to {to}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Parses `1048576`, `64K`, `64M`, `2G`, `1T` (binary multiples; `MiB`-style
+/// and lower-case suffixes accepted).
+pub fn parse_size(input: &str) -> Result<u64, DiskError> {
+    let err = || DiskError::ParseSize {
+        input: input.to_string(),
+    };
+    let s = input.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| err())?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(err()),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+impl FromStr for DataDisk {
+    type Err = DiskError;
+
+    /// `FILE` or `FILE:SIZE` (the size after the last `:`).
+    fn from_str(s: &str) -> Result<Self, DiskError> {
+        match s.rsplit_once(':') {
+            Some((path, size)) if !path.is_empty() => Ok(DataDisk {
+                path: PathBuf::from(path),
+                size: Some(parse_size(size)?),
+            }),
+            _ => Ok(DataDisk {
+                path: PathBuf::from(s),
+                size: None,
+            }),
+        }
+    }
+}
+
+/// Makes sure the disk exists: an existing file is checked, a missing one is
+/// created at the requested size and formatted ext4 (label `berth-data`).
+/// Returns whether it was created. Creation happens under a temporary name
+/// that is renamed into place after mkfs succeeded, so a failure never leaves
+/// an unformatted disk behind.
+pub fn prepare_data_disk(disk: &DataDisk) -> Result<bool, DiskError> {
+    let path = &disk.path;
+    match fs::metadata(path) {
+        Ok(meta) => {
+            if !meta.is_file() {
+                return Err(DiskError::NotAFile { path: path.clone() });
+            }
+            if let Some(requested) = disk.size
+                && requested != meta.len()
+            {
+                return Err(DiskError::SizeMismatch {
+                    path: path.clone(),
+                    actual: meta.len(),
+                    requested,
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_data_disk(path, disk.size.unwrap_or(DEFAULT_DATA_DISK_SIZE))?;
+            Ok(true)
+        }
+        Err(source) => Err(DiskError::Stat {
+            path: path.clone(),
+            source,
+        }),
+    }
+}
+
+fn create_data_disk(path: &Path, size: u64) -> Result<(), DiskError> {
+    if size < MIN_DATA_DISK_SIZE || !size.is_multiple_of(512) {
+        return Err(DiskError::BadSize {
+            path: path.to_path_buf(),
+            size,
+            min: MIN_DATA_DISK_SIZE,
+        });
+    }
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".berth-partial");
+    let partial = PathBuf::from(partial);
+    let result = format_new(&partial, size);
+    if let Err(err) = result {
+        let _ = fs::remove_file(&partial);
+        return Err(err);
+    }
+    fs::rename(&partial, path).map_err(|source| {
+        let _ = fs::remove_file(&partial);
+        DiskError::Rename {
+            from: partial.clone(),
+            to: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+fn format_new(partial: &Path, size: u64) -> Result<(), DiskError> {
+    let create = |source| DiskError::Create {
+        path: partial.to_path_buf(),
+        source,
+    };
+    // A sparse file: only what mkfs writes takes space.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(partial)
+        .map_err(create)?;
+    file.set_len(size).map_err(create)?;
+    drop(file);
+    // -F: the target is a regular file, not a block device; mkfs asks for
+    // confirmation otherwise. Works without root.
+    let out = Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", DATA_DISK_LABEL])
+        .arg(partial)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| DiskError::SpawnMkfs {
+            path: partial.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DiskError::Mkfs {
+            path: partial.to_path_buf(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_parsed() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1TiB").unwrap(), 1 << 40);
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "-1",
+            "1.5G",
+            "99999999999999999999T",
+            "18446744073709551615T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn data_disk_argument_is_parsed() {
+        assert_eq!(
+            "data.img:64M".parse::<DataDisk>().unwrap(),
+            DataDisk {
+                path: "data.img".into(),
+                size: Some(64 << 20)
+            }
+        );
+        assert_eq!(
+            "/var/x/data.img".parse::<DataDisk>().unwrap(),
+            DataDisk {
+                path: "/var/x/data.img".into(),
+                size: None
+            }
+        );
+        assert!("data.img:lots".parse::<DataDisk>().is_err());
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-disk-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn missing_disk_is_created_as_ext4_and_then_reused() {
+        let dir = scratch("create");
+        let disk = DataDisk {
+            path: dir.join("data.img"),
+            size: Some(16 << 20),
+        };
+        assert!(prepare_data_disk(&disk).unwrap());
+        let bytes = fs::read(&disk.path).unwrap();
+        assert_eq!(bytes.len(), 16 << 20);
+        // ext4 superblock at 1024: magic 0xEF53 at offset 0x38, label at 0x78.
+        assert_eq!(&bytes[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
+        assert_eq!(&bytes[1024 + 0x78..1024 + 0x78 + 10], b"berth-data");
+        assert!(!dir.join("data.img.berth-partial").exists());
+        // Existing: reused, untouched, with or without the same size.
+        fs::write(dir.join("marker"), b"").unwrap();
+        assert!(!prepare_data_disk(&disk).unwrap());
+        assert!(
+            !prepare_data_disk(&DataDisk {
+                path: disk.path.clone(),
+                size: None
+            })
+            .unwrap()
+        );
+        assert_eq!(fs::read(&disk.path).unwrap(), bytes);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mismatched_or_bad_requests_are_refused() {
+        let dir = scratch("refuse");
+        let path = dir.join("data.img");
+        fs::write(&path, vec![0u8; 8192]).unwrap();
+        let err = prepare_data_disk(&DataDisk {
+            path: path.clone(),
+            size: Some(16 << 20),
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, DiskError::SizeMismatch { actual: 8192, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap().len(), 8192);
+
+        let err = prepare_data_disk(&DataDisk {
+            path: dir.clone(),
+            size: None,
+        })
+        .unwrap_err();
+        assert!(matches!(err, DiskError::NotAFile { .. }), "{err}");
+
+        for size in [1 << 20, (16 << 20) + 1] {
+            let err = prepare_data_disk(&DataDisk {
+                path: dir.join("small.img"),
+                size: Some(size),
+            })
+            .unwrap_err();
+            assert!(matches!(err, DiskError::BadSize { .. }), "{err}");
+            assert!(!dir.join("small.img").exists());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

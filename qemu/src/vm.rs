@@ -1,0 +1,902 @@
+//! Booting an appliance under QEMU and driving it: the serial console through
+//! a pipe, QMP through a unix socket, port forwards on 127.0.0.1, a data disk.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::console::{ConsoleLog, LineWait, time_left};
+use crate::disk::{DataDisk, DiskError, prepare_data_disk};
+use crate::qmp::{Qmp, QmpError, ctrl_alt_delete_keys};
+
+/// The kernel prefixes every panic with this (`panic()` in kernel/panic.c);
+/// a dead PID 1 reads "Kernel panic - not syncing: Attempted to kill init!".
+pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// `kernel_power_off()` prints this (pr_emerg, so even with `quiet`).
+pub const POWER_OFF_MARKER: &str = "reboot: Power down";
+/// `kernel_restart()` prints this; with `-no-reboot` QEMU then exits.
+pub const RESTART_MARKER: &str = "reboot: Restarting system";
+
+/// How long QEMU gets to create its QMP socket before boot gives up.
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An appliance: a kernel and an initramfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appliance {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl Appliance {
+    /// An OUTDIR of `berth-build build`: `vmlinuz` and `initrd.img`.
+    pub fn from_dir(dir: &Path) -> Result<Self, VmError> {
+        let appliance = Appliance {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+        };
+        appliance.check()?;
+        Ok(appliance)
+    }
+
+    fn check(&self) -> Result<(), VmError> {
+        for path in [&self.kernel, &self.initrd] {
+            if !path.is_file() {
+                return Err(VmError::MissingFile { path: path.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the guest CPU is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// Software emulation: slower, works everywhere (KVM hangs on some hosts).
+    #[default]
+    Tcg,
+    /// Hardware virtualisation; only when asked for and `/dev/kvm` opens.
+    Kvm,
+}
+
+/// What to boot the appliance with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub memory_mb: u32,
+    pub cpus: u32,
+    /// TCP forwards `(host port, guest port)`; the host side is bound to 127.0.0.1.
+    pub ports: Vec<(u16, u16)>,
+    pub data_disk: Option<DataDisk>,
+    /// Appended to `console=ttyS0 panic=-1`.
+    pub extra_cmdline: String,
+    pub accel: Accel,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            memory_mb: 512,
+            cpus: 1,
+            ports: Vec::new(),
+            data_disk: None,
+            extra_cmdline: String::new(),
+            accel: Accel::Tcg,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+        }
+    }
+}
+
+/// How the appliance ended, read from the console and QEMU's exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off (QEMU exits 0).
+    PoweredOff,
+    /// The kernel panicked, e.g. because PID 1 died; the panic line.
+    Panicked { line: String },
+    /// The guest asked for a reboot (or ctrl-alt-del hit a kernel that
+    /// reboots on it); `-no-reboot` turned that into QEMU exiting.
+    Rebooted,
+    /// We stopped QEMU (QMP `quit` or kill) before the guest ended.
+    StoppedByHost,
+    /// QEMU exited on its own with a failure status.
+    QemuFailed { status: ExitStatus },
+    /// QEMU exited 0 without a power-off, reboot or panic on the console.
+    Unexplained { status: ExitStatus },
+}
+
+impl Outcome {
+    fn classify(console: &ConsoleLog, status: ExitStatus, host_stopped: bool) -> Outcome {
+        let text = console.text();
+        if let Some(line) = text.lines().find(|l| l.contains(PANIC_MARKER)) {
+            return Outcome::Panicked {
+                line: line.trim_end_matches('\r').to_string(),
+            };
+        }
+        if text.contains(POWER_OFF_MARKER) && status.success() {
+            return Outcome::PoweredOff;
+        }
+        if text.contains(RESTART_MARKER) && status.success() {
+            return Outcome::Rebooted;
+        }
+        if host_stopped {
+            return Outcome::StoppedByHost;
+        }
+        if status.success() {
+            Outcome::Unexplained { status }
+        } else {
+            Outcome::QemuFailed { status }
+        }
+    }
+}
+
+/// Errors of booting and driving a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("appliance file {path} is missing")]
+    MissingFile { path: PathBuf },
+    #[error("invalid port forward {host}:{guest}: ports must be non-zero")]
+    BadPort { host: u16, guest: u16 },
+    #[error("kvm was requested but /dev/kvm cannot be opened read-write")]
+    KvmUnavailable {
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not prepare data disk {path}")]
+    DataDisk {
+        path: PathBuf,
+        #[source]
+        source: DiskError,
+    },
+    #[error("could not create the vm run directory {path}")]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "qmp socket path {path} is longer than a unix socket address allows: set TMPDIR to a shorter directory"
+    )]
+    SocketPathTooLong { path: PathBuf },
+    #[error("could not start {program} (apt-get install qemu-system-x86)")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("qemu exited at start ({status}): {stderr}")]
+    QemuStart { status: ExitStatus, stderr: String },
+    #[error("qemu did not open its qmp socket {path} within {timeout:?}")]
+    QmpTimeout {
+        path: PathBuf,
+        timeout: Duration,
+        #[source]
+        source: QmpError,
+    },
+    #[error("qmp command {command} failed")]
+    Qmp {
+        command: String,
+        #[source]
+        source: QmpError,
+    },
+    #[error("no console line containing {pattern:?} within {timeout:?}")]
+    LineTimeout { pattern: String, timeout: Duration },
+    #[error("qemu exited ({status}) before the console printed a line containing {pattern:?}")]
+    LineNeverCame { pattern: String, status: String },
+    #[error("qemu still running after {timeout:?}")]
+    ExitTimeout { timeout: Duration },
+    #[error("could not wait for qemu")]
+    Wait {
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not kill qemu")]
+    Kill {
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not write to the serial console")]
+    ConsoleInput {
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not pick a free port on 127.0.0.1")]
+    FreePort {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released: another process may
+/// take it in between, which is good enough for tests and a CLI).
+pub fn free_port() -> Result<u16, VmError> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|source| VmError::FreePort { source })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| VmError::FreePort { source })?
+        .port();
+    Ok(port)
+}
+
+/// The full kernel command line for a config.
+pub fn kernel_cmdline(config: &VmConfig) -> String {
+    // console=ttyS0: the kernel and PID 1 talk on the serial port we read.
+    // panic=-1: reboot at once on panic, which -no-reboot turns into QEMU
+    // exiting, so a dead PID 1 fails a test in seconds instead of hanging.
+    let mut cmdline = String::from("console=ttyS0 panic=-1");
+    let extra = config.extra_cmdline.trim();
+    if !extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+/// QEMU's option syntax separates with commas; a literal comma is doubled.
+fn escape_option(value: &Path) -> OsString {
+    let s = value.as_os_str().to_string_lossy();
+    if s.contains(',') {
+        OsString::from(s.replace(',', ",,"))
+    } else {
+        value.as_os_str().to_owned()
+    }
+}
+
+/// The QEMU command line (without the program) for an appliance and config,
+/// with the QMP socket at `qmp`. Pure: checks nothing on disk.
+pub fn qemu_args(
+    appliance: &Appliance,
+    config: &VmConfig,
+    qmp: &Path,
+) -> Result<Vec<OsString>, VmError> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    // No default devices (VGA, default NIC, parallel port, CD-ROM): only what
+    // we add below. The pc machine still has its i8042 keyboard controller
+    // (send-key reaches the guest through it) and ACPI (system_powerdown).
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-machine", "pc"]);
+    match config.accel {
+        Accel::Tcg => push(&["-accel", "tcg"]),
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+    }
+    let memory = config.memory_mb.to_string();
+    let cpus = config.cpus.to_string();
+    push(&["-m", &memory, "-smp", &cpus]);
+    // -no-reboot: a guest reboot (and the reboot after a panic) ends QEMU.
+    push(&["-no-reboot"]);
+    // The serial console on QEMU's stdio, which are our pipes; signal=off so
+    // a ^C byte is console input, never a signal to QEMU.
+    push(&[
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+    ]);
+    let mut qmp_arg = OsString::from("unix:");
+    qmp_arg.push(escape_option(qmp));
+    qmp_arg.push(",server=on,wait=off");
+    args.push("-qmp".into());
+    args.push(qmp_arg);
+
+    // User networking, restricted: the guest reaches neither the host nor the
+    // outside; only the explicit forwards below, bound to 127.0.0.1, get in.
+    let mut netdev = String::from("user,id=net0,restrict=on");
+    for &(host, guest) in &config.ports {
+        if host == 0 || guest == 0 {
+            return Err(VmError::BadPort { host, guest });
+        }
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    args.push("-netdev".into());
+    args.push(netdev.into());
+    // romfile= (empty): no iPXE option ROM, which SeaBIOS would otherwise
+    // initialise on every boot for a network boot we never do.
+    args.push("-device".into());
+    args.push("virtio-net-pci,netdev=net0,romfile=".into());
+
+    if let Some(disk) = &config.data_disk {
+        let mut drive = OsString::from("file=");
+        drive.push(escape_option(&disk.path));
+        drive.push(",format=raw,if=none,id=data");
+        args.push("-drive".into());
+        args.push(drive);
+        args.push("-device".into());
+        args.push("virtio-blk-pci,drive=data,serial=berth-data".into());
+    }
+
+    args.push("-kernel".into());
+    args.push(appliance.kernel.as_os_str().to_owned());
+    args.push("-initrd".into());
+    args.push(escape_option(&appliance.initrd));
+    args.push("-append".into());
+    args.push(kernel_cmdline(config).into());
+    Ok(args)
+}
+
+/// A private directory for the QMP socket, removed when the VM is dropped.
+fn make_run_dir() -> Result<PathBuf, VmError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("berth-qemu-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).map_err(|source| VmError::RunDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// A running (or ended) QEMU. All methods take `&self`, so a `Vm` can be
+/// shared between a thread waiting for its exit and one handling signals.
+/// Dropping it kills QEMU.
+pub struct Vm {
+    child: Mutex<Child>,
+    exit: Mutex<Option<ExitStatus>>,
+    stdin: Mutex<Option<ChildStdin>>,
+    qmp: Mutex<Qmp>,
+    console: Arc<ConsoleLog>,
+    stderr: Arc<ConsoleLog>,
+    readers: Vec<JoinHandle<()>>,
+    run_dir: PathBuf,
+    started: Instant,
+    host_stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("run_dir", &self.run_dir)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Vm {
+    /// Boots the appliance; returns once QEMU runs and QMP is connected.
+    pub fn boot(appliance: &Appliance, config: &VmConfig) -> Result<Vm, VmError> {
+        Self::boot_with_echo(appliance, config, None)
+    }
+
+    /// Like [`Vm::boot`], also copying every console byte to `echo` as it
+    /// arrives (the CLI passes the terminal).
+    pub fn boot_with_echo(
+        appliance: &Appliance,
+        config: &VmConfig,
+        echo: Option<Box<dyn Write + Send>>,
+    ) -> Result<Vm, VmError> {
+        appliance.check()?;
+        if config.accel == Accel::Kvm {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .map_err(|source| VmError::KvmUnavailable { source })?;
+        }
+        if let Some(disk) = &config.data_disk {
+            prepare_data_disk(disk).map_err(|source| VmError::DataDisk {
+                path: disk.path.clone(),
+                source,
+            })?;
+        }
+        let run_dir = make_run_dir()?;
+        match Self::spawn(appliance, config, echo, &run_dir) {
+            Ok(vm) => Ok(vm),
+            Err(err) => {
+                let _ = fs::remove_dir_all(&run_dir);
+                Err(err)
+            }
+        }
+    }
+
+    fn spawn(
+        appliance: &Appliance,
+        config: &VmConfig,
+        echo: Option<Box<dyn Write + Send>>,
+        run_dir: &Path,
+    ) -> Result<Vm, VmError> {
+        let qmp_path = run_dir.join("qmp.sock");
+        // sun_path is 108 bytes including the terminating NUL.
+        if qmp_path.as_os_str().len() > 107 {
+            return Err(VmError::SocketPathTooLong { path: qmp_path });
+        }
+        let args = qemu_args(appliance, config, &qmp_path)?;
+        let mut cmd = Command::new(&config.qemu);
+        cmd.args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a ^C on the terminal goes to berth-qemu,
+            // which decides what to do (power down first, stop on the second).
+            .process_group(0);
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+            program: config.qemu.clone(),
+            source,
+        })?;
+        let console = Arc::new(ConsoleLog::new());
+        let stderr_log = Arc::new(ConsoleLog::new());
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(spawn_reader(out, Arc::clone(&console), echo));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(spawn_reader(err, Arc::clone(&stderr_log), None));
+        }
+        let stdin = child.stdin.take();
+
+        let qmp = match connect_qmp(&mut child, &qmp_path) {
+            Ok(qmp) => qmp,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                for r in readers {
+                    let _ = r.join();
+                }
+                return Err(match err {
+                    // Reader threads are joined: stderr is complete.
+                    VmError::QemuStart { status, .. } => VmError::QemuStart {
+                        status,
+                        stderr: stderr_log.text().trim().to_string(),
+                    },
+                    other => other,
+                });
+            }
+        };
+        Ok(Vm {
+            child: Mutex::new(child),
+            exit: Mutex::new(None),
+            stdin: Mutex::new(stdin),
+            qmp: Mutex::new(qmp),
+            console,
+            stderr: stderr_log,
+            readers,
+            run_dir: run_dir.to_path_buf(),
+            started,
+            host_stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// When QEMU was spawned.
+    pub fn started_at(&self) -> Instant {
+        self.started
+    }
+
+    /// The serial console so far (its last 64 MiB at most; see [`ConsoleLog`]).
+    pub fn serial_log(&self) -> String {
+        self.console.text()
+    }
+
+    /// QEMU's own stderr so far (its warnings and errors).
+    pub fn qemu_stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// A position in the console log, for [`Vm::wait_for_line_after`].
+    pub fn serial_mark(&self) -> usize {
+        self.console.len()
+    }
+
+    /// Console lines containing `pattern` so far.
+    pub fn count_lines(&self, pattern: &str) -> usize {
+        self.console.count_lines(pattern)
+    }
+
+    /// Waits for a console line containing `pattern`, searching the whole log
+    /// from the start of the boot; returns the line.
+    pub fn wait_for_line(&self, pattern: &str, timeout: Duration) -> Result<String, VmError> {
+        self.wait_for_line_after(0, pattern, timeout)
+    }
+
+    /// Like [`Vm::wait_for_line`], only lines from `mark` on (a value of
+    /// [`Vm::serial_mark`]) count.
+    pub fn wait_for_line_after(
+        &self,
+        mark: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
+        match self.console.wait_for_line(mark, pattern, timeout) {
+            LineWait::Found { line, .. } => Ok(line),
+            LineWait::TimedOut => Err(VmError::LineTimeout {
+                pattern: pattern.to_string(),
+                timeout,
+            }),
+            LineWait::Closed => {
+                // The console closes when QEMU exits; give the status a moment.
+                let status = self
+                    .wait_exit(Duration::from_secs(5))
+                    .map_or_else(|_| "status unknown".to_string(), |s| s.to_string());
+                Err(VmError::LineNeverCame {
+                    pattern: pattern.to_string(),
+                    status,
+                })
+            }
+        }
+    }
+
+    /// Writes bytes to the guest's serial console input.
+    pub fn write_console(&self, bytes: &[u8]) -> Result<(), VmError> {
+        let mut stdin = lock(&self.stdin);
+        let Some(pipe) = stdin.as_mut() else {
+            return Err(VmError::ConsoleInput {
+                source: io::Error::from(io::ErrorKind::BrokenPipe),
+            });
+        };
+        pipe.write_all(bytes)
+            .and_then(|()| pipe.flush())
+            .map_err(|source| VmError::ConsoleInput { source })
+    }
+
+    /// Runs a QMP command, returns its `return` value.
+    pub fn qmp_execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, VmError> {
+        lock(&self.qmp)
+            .execute(command, arguments)
+            .map_err(|source| VmError::Qmp {
+                command: command.to_string(),
+                source,
+            })
+    }
+
+    /// QMP `system_powerdown`: presses the ACPI power button. Returns once
+    /// QEMU acknowledged it (`{"return": {}}`); the guest reacts on its own.
+    pub fn qmp_powerdown(&self) -> Result<(), VmError> {
+        self.qmp_execute("system_powerdown", None).map(drop)
+    }
+
+    /// QMP `send-key ctrl-alt-delete` on the PS/2 keyboard. The kernel
+    /// reboots at once, or signals PID 1 with SIGINT once PID 1 has turned
+    /// that off with `reboot(RB_DISABLE_CAD)` (reboot(2)).
+    pub fn qmp_send_ctrl_alt_del(&self) -> Result<(), VmError> {
+        self.qmp_execute("send-key", Some(ctrl_alt_delete_keys()))
+            .map(drop)
+    }
+
+    /// QMP `quit`: QEMU stops at once, the guest gets no say.
+    pub fn qmp_quit(&self) -> Result<(), VmError> {
+        self.host_stopped.store(true, Ordering::SeqCst);
+        match lock(&self.qmp).execute("quit", None) {
+            Ok(_) => Ok(()),
+            // QEMU may exit before its reply is flushed.
+            Err(QmpError::Closed { .. }) => Ok(()),
+            Err(source) => Err(VmError::Qmp {
+                command: "quit".to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// QMP events received so far while running commands.
+    pub fn qmp_events(&self) -> Vec<Value> {
+        lock(&self.qmp).events().to_vec()
+    }
+
+    /// QEMU's exit status if it has exited.
+    pub fn try_exit(&self) -> Result<Option<ExitStatus>, VmError> {
+        let mut exit = lock(&self.exit);
+        if exit.is_none() {
+            *exit = lock(&self.child)
+                .try_wait()
+                .map_err(|source| VmError::Wait { source })?;
+        }
+        Ok(*exit)
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if let Some(status) = self.try_exit()? {
+                return Ok(status);
+            }
+            let Some(left) = time_left(deadline) else {
+                return Err(VmError::ExitTimeout { timeout });
+            };
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
+    }
+
+    /// How the appliance ended; `None` while QEMU runs. Reads the whole
+    /// console, so call it after [`Vm::wait_exit`].
+    pub fn outcome(&self) -> Result<Option<Outcome>, VmError> {
+        let Some(status) = self.try_exit()? else {
+            return Ok(None);
+        };
+        // QEMU has exited; let the reader drain what it wrote last.
+        self.console.wait_closed(Duration::from_secs(5));
+        Ok(Some(Outcome::classify(
+            &self.console,
+            status,
+            self.host_stopped.load(Ordering::SeqCst),
+        )))
+    }
+
+    /// Kills QEMU (SIGKILL) and reaps it.
+    pub fn kill(&self) -> Result<ExitStatus, VmError> {
+        if let Some(status) = self.try_exit()? {
+            return Ok(status);
+        }
+        self.host_stopped.store(true, Ordering::SeqCst);
+        let mut child = lock(&self.child);
+        // It may have exited since try_exit: the pid stays ours until it is
+        // reaped, and kill() of an already reaped Child is a no-op.
+        child.kill().map_err(|source| VmError::Kill { source })?;
+        let status = child.wait().map_err(|source| VmError::Wait { source })?;
+        *lock(&self.exit) = Some(status);
+        Ok(status)
+    }
+
+    /// Prints the whole serial console and QEMU's stderr to stderr, framed.
+    pub fn print_serial_log(&self) {
+        eprintln!("----- serial console ({} bytes) -----", self.console.len());
+        eprintln!("{}", self.console.text());
+        let stderr = self.stderr.text();
+        if !stderr.trim().is_empty() {
+            eprintln!("----- qemu stderr -----");
+            eprintln!("{stderr}");
+        }
+        eprintln!("----- end of serial console -----");
+    }
+
+    /// Passes `result` through, printing the whole console first if it is an error.
+    pub fn or_dump<T>(&self, result: Result<T, VmError>) -> Result<T, VmError> {
+        if result.is_err() {
+            self.print_serial_log();
+        }
+        result
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        // Closing stdin and reaping QEMU closed its pipes: the readers end.
+        lock(&self.stdin).take();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let _ = fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Copies a pipe into a log (and an optional echo) until EOF, then closes the log.
+fn spawn_reader(
+    mut pipe: impl Read + Send + 'static,
+    log: Arc<ConsoleLog>,
+    mut echo: Option<Box<dyn Write + Send>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = &buf[..n];
+                    log.append(chunk);
+                    if let Some(out) = echo.as_mut() {
+                        // A closed terminal must not stop the log.
+                        if out.write_all(chunk).and_then(|()| out.flush()).is_err() {
+                            echo = None;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        log.close();
+    })
+}
+
+/// Connects to QEMU's QMP socket, retrying while QEMU starts up; fails early
+/// if QEMU exits (bad option, missing file).
+fn connect_qmp(child: &mut Child, path: &Path) -> Result<Qmp, VmError> {
+    let deadline = Instant::now() + QMP_CONNECT_TIMEOUT;
+    loop {
+        match Qmp::connect(path) {
+            Ok(qmp) => return Ok(qmp),
+            Err(err) => {
+                if let Some(status) = child
+                    .try_wait()
+                    .map_err(|source| VmError::Wait { source })?
+                {
+                    return Err(VmError::QemuStart {
+                        status,
+                        stderr: String::new(),
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(VmError::QmpTimeout {
+                        path: path.to_path_buf(),
+                        timeout: QMP_CONNECT_TIMEOUT,
+                        source: err,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appliance() -> Appliance {
+        Appliance {
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd.img".into(),
+        }
+    }
+
+    fn args_string(config: &VmConfig) -> Vec<String> {
+        qemu_args(&appliance(), config, Path::new("/run/q/qmp.sock"))
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn default_command_line() {
+        let args = args_string(&VmConfig::default());
+        assert_eq!(value_of(&args, "-accel"), ["tcg"]);
+        assert!(args.iter().any(|a| a == "-no-reboot"));
+        assert!(args.iter().any(|a| a == "-nodefaults"));
+        assert_eq!(value_of(&args, "-append"), ["console=ttyS0 panic=-1"]);
+        assert_eq!(
+            value_of(&args, "-qmp"),
+            ["unix:/run/q/qmp.sock,server=on,wait=off"]
+        );
+        assert_eq!(value_of(&args, "-netdev"), ["user,id=net0,restrict=on"]);
+        assert_eq!(
+            value_of(&args, "-device"),
+            ["virtio-net-pci,netdev=net0,romfile="]
+        );
+        assert_eq!(value_of(&args, "-kernel"), ["/k/vmlinuz"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/k/initrd.img"]);
+        assert_eq!(value_of(&args, "-m"), ["512"]);
+        assert!(value_of(&args, "-drive").is_empty());
+    }
+
+    #[test]
+    fn forwards_disk_and_cmdline() {
+        let config = VmConfig {
+            memory_mb: 256,
+            ports: vec![(18080, 80), (2222, 22)],
+            data_disk: Some(DataDisk {
+                path: "/d/a,b.img".into(),
+                size: None,
+            }),
+            extra_cmdline: "  quiet berth.debug=1 ".into(),
+            ..VmConfig::default()
+        };
+        let args = args_string(&config);
+        assert_eq!(
+            value_of(&args, "-netdev"),
+            [
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:18080-:80,hostfwd=tcp:127.0.0.1:2222-:22"
+            ]
+        );
+        assert_eq!(
+            value_of(&args, "-drive"),
+            ["file=/d/a,,b.img,format=raw,if=none,id=data"]
+        );
+        assert_eq!(
+            value_of(&args, "-device"),
+            [
+                "virtio-net-pci,netdev=net0,romfile=",
+                "virtio-blk-pci,drive=data,serial=berth-data"
+            ]
+        );
+        assert_eq!(
+            value_of(&args, "-append"),
+            ["console=ttyS0 panic=-1 quiet berth.debug=1"]
+        );
+        assert_eq!(value_of(&args, "-m"), ["256"]);
+    }
+
+    #[test]
+    fn kvm_only_when_asked_and_zero_ports_refused() {
+        let args = args_string(&VmConfig {
+            accel: Accel::Kvm,
+            ..VmConfig::default()
+        });
+        assert_eq!(value_of(&args, "-accel"), ["kvm"]);
+        let err = qemu_args(
+            &appliance(),
+            &VmConfig {
+                ports: vec![(0, 80)],
+                ..VmConfig::default()
+            },
+            Path::new("/q"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VmError::BadPort { host: 0, guest: 80 }));
+    }
+
+    #[test]
+    fn missing_appliance_files_are_reported() {
+        let err = Appliance::from_dir(Path::new("/nonexistent/berth-out")).unwrap_err();
+        assert!(
+            matches!(&err, VmError::MissingFile { path } if path.ends_with("vmlinuz")),
+            "{err}"
+        );
+    }
+
+    fn status(code: i32) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        ExitStatus::from_raw(code << 8)
+    }
+
+    fn log(text: &str) -> ConsoleLog {
+        let log = ConsoleLog::new();
+        log.append(text.as_bytes());
+        log.close();
+        log
+    }
+
+    #[test]
+    fn outcomes_are_classified() {
+        let panic = "[ 1.0] Run /init\r\n[ 1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n";
+        assert_eq!(
+            Outcome::classify(&log(panic), status(0), false),
+            Outcome::Panicked {
+                line:
+                    "[ 1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+                        .into()
+            }
+        );
+        assert_eq!(
+            Outcome::classify(&log("x\r\n[ 2.0] reboot: Power down\r\n"), status(0), false),
+            Outcome::PoweredOff
+        );
+        assert_eq!(
+            Outcome::classify(
+                &log("[ 2.0] reboot: Restarting system\r\n"),
+                status(0),
+                false
+            ),
+            Outcome::Rebooted
+        );
+        assert_eq!(
+            Outcome::classify(&log("booting\r\n"), status(0), true),
+            Outcome::StoppedByHost
+        );
+        assert_eq!(
+            Outcome::classify(&log("booting\r\n"), status(1), false),
+            Outcome::QemuFailed { status: status(1) }
+        );
+        assert_eq!(
+            Outcome::classify(&log("booting\r\n"), status(0), false),
+            Outcome::Unexplained { status: status(0) }
+        );
+    }
+
+    #[test]
+    fn free_port_is_nonzero() {
+        assert_ne!(free_port().unwrap(), 0);
+    }
+}

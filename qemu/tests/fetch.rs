@@ -1,0 +1,34 @@
+//! The real cloud kernel download (needs apt lists with the package; CI
+//! runs `apt-get update` in .ci/setup when it installs anything).
+
+use berth_qemu::{default_cache_dir, fetch_kernel};
+
+#[test]
+fn cloud_kernel_is_fetched_and_reused() {
+    let dir = default_cache_dir().expect("cache dir");
+    let kernel = fetch_kernel(&dir).unwrap_or_else(|err| {
+        panic!(
+            "fetching the cloud kernel failed (needs apt lists: apt-get update): {}",
+            berth_qemu::error_chain(&err)
+        )
+    });
+    assert!(kernel.vmlinuz.is_file(), "{}", kernel.vmlinuz.display());
+    assert!(kernel.modules_dir.join("kernel").is_dir());
+    assert!(kernel.modules_dir.join("modules.builtin").is_file());
+    assert!(kernel.config.is_file());
+    assert!(
+        kernel.release.ends_with("-cloud-amd64"),
+        "{}",
+        kernel.release
+    );
+    assert!(kernel.deb.is_file());
+    assert!(kernel.vmlinuz.starts_with(&dir));
+    // Second call: same cache entry, nothing re-downloaded.
+    let mtime = std::fs::metadata(&kernel.deb).unwrap().modified().unwrap();
+    let again = fetch_kernel(&dir).unwrap();
+    assert_eq!(again, kernel);
+    assert_eq!(
+        std::fs::metadata(&again.deb).unwrap().modified().unwrap(),
+        mtime
+    );
+}

@@ -127,6 +127,10 @@ pub enum ContainerError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "container {id}: kill --all needs the container to have its own pid namespace or cgroup"
+    )]
+    KillAllUnscoped { id: String },
     #[error("container {id}: wait for the container process")]
     Wait {
         id: String,
@@ -1197,6 +1201,11 @@ impl Container {
             }
             return Ok(());
         }
+        if all {
+            // Neither a cgroup nor a pid namespace of its own tells which
+            // processes are the container's: refuse rather than signal one.
+            return Err(ContainerError::KillAllUnscoped { id });
+        }
         sys::kill(self.record.pid, signal).map_err(err)
     }
 
@@ -1243,7 +1252,8 @@ impl Container {
                     wanted: "stopped or created (use force)",
                 });
             }
-            self.kill(libc::SIGKILL, true).or_else(|e| match e {
+            let scoped = self.record.cgroup.is_some() || self.record.own_pid_ns;
+            self.kill(libc::SIGKILL, scoped).or_else(|e| match e {
                 ContainerError::WrongStatus { .. } => Ok(()),
                 e => Err(e),
             })?;

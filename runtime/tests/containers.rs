@@ -719,3 +719,21 @@ fn root_path_dot_is_the_bundle_itself() {
     std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
     assert_eq!(out, "bundle-root\n");
 }
+
+#[test]
+fn kill_all_without_a_pid_namespace_or_cgroup_is_refused() {
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("sleep 30");
+    b.write();
+    let t = common::runtime();
+    let mut c =
+        t.rt.create(&common::unique_id("unscoped"), b.dir(), Default::default())
+            .unwrap();
+    let e = chain(&c.kill(9, true).unwrap_err());
+    assert!(e.contains("own pid namespace or cgroup"), "{e}");
+    c.kill(9, false).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(9));
+    c.delete(false).unwrap();
+}

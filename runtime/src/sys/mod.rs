@@ -865,4 +865,29 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_cwd_outside_the_root_is_unreachable() {
+        // CVE-2024-21626: after a chroot the old cwd lies outside the
+        // root; getcwd says "(unreachable)". In a forked child, so the
+        // test process keeps its root.
+        // SAFETY: the child only makes raw syscalls (chroot changes only
+        // its own root) and exits.
+        let pid = unsafe {
+            clone3(
+                &CloneArgs {
+                    flags: 0,
+                    cgroup: None,
+                },
+                || {
+                    let before = chdir(c"/tmp").is_ok() && cwd_is_reachable().unwrap_or(false);
+                    let chrooted = libc::chroot(c"/usr".as_ptr()) == 0;
+                    let after = cwd_is_reachable().unwrap_or(true);
+                    exit_now(if before && chrooted && !after { 0 } else { 1 })
+                },
+            )
+        }
+        .unwrap();
+        assert_eq!(wait_pid(pid).unwrap(), WaitStatus::Exited(0));
+    }
 }

@@ -498,6 +498,10 @@ impl Runtime {
             )),
             None => None,
         };
+        crate::rootfs::create_symlink_targets(plan, &plan.rootfs).map_err(ioerr(
+            "create mount destinations behind symlinks in",
+            &plan.rootfs,
+        ))?;
         let (report_r, report_w) = sys::pipe().map_err(ioerr("create pipe", dir))?;
         let (sync_r, sync_w) = sys::pipe().map_err(ioerr("create pipe", dir))?;
         let rootfs_c = CString::new(plan.rootfs.as_os_str().as_bytes()).map_err(|_| {

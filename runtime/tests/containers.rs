@@ -526,14 +526,38 @@ fn hostile_mount_destination_stays_inside_the_rootfs() {
     );
     assert!(!std::path::Path::new("/escape").exists());
 
-    // A dangling symlink to a host path is refused with a clear error.
+    // A dangling symlink to a host path: its target is created inside
+    // the rootfs (as runc's in-root MkdirAll does), never on the host.
     fs::remove_dir_all(&inside).unwrap();
-    let e = create_error(&b);
-    assert!(
-        e.contains("resolve or create mount destination /evil: No such file or directory"),
-        "{e}"
+    let out = run_ok(
+        &mut b,
+        "ls -A /evil | wc -l; grep -c ' /escape ' /proc/mounts",
     );
+    assert_eq!(out, "0\n1\n");
+    assert!(inside.is_dir(), "target created inside the rootfs");
     assert_eq!(fs::read_dir(&host.0).unwrap().count(), 1);
+}
+
+#[test]
+fn bind_mount_on_a_dangling_relative_symlink_like_resolv_conf() {
+    let host = common::TempDir::new("resolv");
+    fs::write(host.0.join("resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        b.rootfs().join("etc/resolv.conf"),
+    )
+    .unwrap();
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc/resolv.conf", "type": "bind", "source": host.0.join("resolv.conf"), "options": ["rbind", "ro"]
+    }));
+    let out = run_ok(&mut b, "cat /etc/resolv.conf");
+    assert_eq!(out, "nameserver 127.0.0.53\n");
+    assert!(
+        b.rootfs()
+            .join("run/systemd/resolve/stub-resolv.conf")
+            .is_file()
+    );
 }
 
 #[test]
@@ -737,4 +761,20 @@ fn kill_all_without_a_pid_namespace_or_cgroup_is_refused() {
     c.start().unwrap();
     c.delete(true).unwrap();
     assert_eq!(c.exit_status(), Some(ExitStatus::Signaled(9)));
+}
+
+#[test]
+fn a_symlink_loop_on_a_mount_destination_is_a_clear_error() {
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink("/loop2", b.rootfs().join("loop1")).unwrap();
+    std::os::unix::fs::symlink("/loop1", b.rootfs().join("loop2")).unwrap();
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/loop1/x", "type": "tmpfs", "source": "tmpfs"}));
+    let e = create_error(&b);
+    assert!(
+        e.contains("create mount destinations behind symlinks") && e.contains("symbolic links"),
+        "{e}"
+    );
 }

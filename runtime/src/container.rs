@@ -244,6 +244,7 @@ pub struct Container {
     root: PathBuf,
     record: Record,
     exit: Option<ExitStatus>,
+    warnings: Vec<String>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -737,10 +738,30 @@ impl Runtime {
             }
         }
         record.pid_start = proc_stat(pid).map(|(_, s)| s).unwrap_or(pid_start);
+        let mut warnings = Vec::new();
+        if let Some(caps) = &plan.caps
+            && !caps.ambient_unraisable.is_empty()
+        {
+            // PR_CAP_AMBIENT_RAISE refuses these (prctl(2)); runc warns too.
+            warnings.push(format!(
+                "ambient capabilities not in both permitted and inheritable were not raised: {}",
+                caps.ambient_unraisable.names().join(", ")
+            ));
+        }
+        if let Some(s) = seccomp
+            .as_ref()
+            .filter(|s| !s.skipped_syscalls().is_empty())
+        {
+            warnings.push(format!(
+                "seccomp rules for syscalls this architecture lacks were left out: {}",
+                s.skipped_syscalls().join(", ")
+            ));
+        }
         let c = Container {
             root: self.root.clone(),
             record,
             exit: None,
+            warnings,
         };
         c.save().map_err(fail)?;
         Ok(c)
@@ -776,6 +797,7 @@ impl Runtime {
             root: self.root.clone(),
             record,
             exit: None,
+            warnings: Vec::new(),
         })
     }
 
@@ -1005,6 +1027,12 @@ fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
 impl Container {
     pub fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// What create accepted but could not do exactly as asked (for the
+    /// caller to log); empty for a loaded container.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Host pid of the container's first process.

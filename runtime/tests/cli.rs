@@ -215,12 +215,30 @@ fn spec_writes_a_runnable_default_config() {
     // Runs as is on the busybox rootfs (read-only root, default caps).
     cfg["process"]["args"] = json!(["sh", "-c", "touch /x 2>/dev/null || exit 9"]);
     fs::write(b.dir().join("config.json"), cfg.to_string()).unwrap();
-    let o = runc(&root.0, &["run", "-b", b.dir().to_str().unwrap(), "s1"]);
+    let log = root.0.join("log");
+    let o = runc(
+        &root.0,
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "run",
+            "-b",
+            b.dir().to_str().unwrap(),
+            "s1",
+        ],
+    );
     assert_eq!(
         o.status.code(),
         Some(9),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    // Like `runc spec`, the default asks for ambient capabilities without
+    // inheritable ones: not raised, and said so in the log.
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(
+        log.starts_with("level=warning msg=\"ambient capabilities"),
+        "{log}"
     );
 }
 

@@ -778,3 +778,87 @@ fn a_symlink_loop_on_a_mount_destination_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn the_child_never_deadlocks_on_locks_other_threads_hold() {
+    // The child is cloned from a multi-threaded process without libc's
+    // fork handlers: had it allocated, a malloc lock held by another
+    // thread at clone time would hang it. glibc gives threads their own
+    // arenas, so the check runs in a re-executed copy of this test binary
+    // with one arena for all threads, where the lock is really shared.
+    const CHILD: &str = "BERTH_TEST_ALLOC_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        churn_while_creating();
+        return;
+    }
+    let log = common::TempDir::new("alloc-check");
+    let err_path = log.0.join("stderr");
+    // Its output goes to a file: a hung clone keeps its stdio open, and
+    // must not keep the harness's pipes open with it.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_child_never_deadlocks_on_locks_other_threads_hold",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    // A generous watchdog: only a hang trips it, never slowness.
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = fs::read_to_string(&err_path).unwrap_or_default();
+            assert!(
+                status.success(),
+                "the re-executed check failed: {status}\n{err}"
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Kill the hung container processes (its children) and the check.
+    let parent = child.id().to_string();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split(' ').collect())
+            .unwrap_or_default();
+        if fields.get(1) == Some(&parent.as_str())
+            && let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok())
+        {
+            let _ = berth_runtime::sys::kill(pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("container creates hung while another thread allocated: the child allocates");
+}
+
+fn churn_while_creating() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let v: Vec<String> = (0..64).map(|i| format!("{i}-{n}")).collect();
+                n = n.wrapping_add(v.len());
+            }
+            n
+        })
+    };
+    let mut b = Bundle::new();
+    b.script("exit 0");
+    for _ in 0..60 {
+        assert_eq!(run(&b).status, ExitStatus::Exited(0));
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+}

@@ -4,14 +4,15 @@
 //!   backoff, stop timeout, task timeout): one timer re-armed after every
 //!   wakeup does the work of a timer per deadline with a bounded fd count,
 //! - the non-blocking read ends of every unit's stdout/stderr pipes,
-//! - the console, while lines wait for it to become writable.
+//! - the console, while lines wait for it to become writable,
+//! - the power-button input devices (machine role).
 //!
 //! On SIGCHLD it calls `waitpid(-1, WNOHANG)` until nothing is left to reap
 //! and hands each status to the [`Supervisor`], which knows which unit owns
 //! the pid; other pids are reaped orphans and only counted.
 //!
 //! Signals: SIGTERM, SIGINT (ctrl-alt-del once CAD is off), SIGPWR → ordered
-//! shutdown; SIGUSR1 → one `status` line per service; SIGUSR2 → print every
+//! shutdown (then reboot for SIGINT, power-off otherwise, on a machine); SIGUSR1 → one `status` line per service; SIGUSR2 → print every
 //! service's log ring.
 
 use std::collections::BTreeMap;
@@ -39,6 +40,9 @@ use crate::supervisor::{Phase, Runner, Supervisor};
 const TOKEN_SIGNAL: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
 const TOKEN_CONSOLE: u64 = 2;
+/// Power-button input devices: this plus their index.
+const TOKEN_BUTTON_BASE: u64 = 3;
+const MAX_BUTTONS: usize = 8;
 /// Pipe tokens are the fd number plus this.
 const TOKEN_PIPE_BASE: u64 = 16;
 /// One read per readable pipe per wakeup: a flooding service gets one
@@ -93,8 +97,9 @@ pub fn open_signals() -> Result<SignalFd, EventLoopError> {
 /// How supervision ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Shutdown requested (signal) and done.
-    Clean,
+    /// Shutdown requested and done; `reboot` when it was ctrl-alt-del
+    /// (SIGINT), power-off for SIGTERM, SIGPWR and the power button.
+    Clean { reboot: bool },
     /// The boot failed (a mandatory task); every unit is down.
     Fatal(String),
 }
@@ -116,6 +121,9 @@ pub struct EventLoop<L: Launcher> {
     buf: Vec<u8>,
     console_watched: bool,
     armed: Option<Millis>,
+    buttons: Vec<(std::path::PathBuf, std::fs::File)>,
+    /// The first shutdown request was SIGINT (ctrl-alt-del).
+    reboot_requested: bool,
 }
 
 /// The supervisor's hands inside the loop: spawn with fresh pipes, signal,
@@ -235,7 +243,50 @@ impl<L: Launcher> EventLoop<L> {
             buf: vec![0; READ_BUF],
             console_watched: false,
             armed: None,
+            buttons: Vec::new(),
+            reboot_requested: false,
         })
+    }
+
+    /// Watches input devices that send KEY_POWER; a press shuts down like
+    /// SIGPWR (see [`crate::power_button`]).
+    pub fn watch_power_buttons(&mut self, buttons: Vec<(std::path::PathBuf, std::fs::File)>) {
+        for (path, file) in buttons.into_iter().take(MAX_BUTTONS) {
+            let token = TOKEN_BUTTON_BASE + self.buttons.len() as u64;
+            match self
+                .epoll
+                .add(&file, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            {
+                Ok(()) => {
+                    log::info!("watching power button {}", path.display());
+                    self.buttons.push((path, file));
+                }
+                Err(e) => log::warn!("watch power button {}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn read_button(&mut self, index: usize) {
+        let Some((path, file)) = self.buttons.get(index) else {
+            return;
+        };
+        // Whole events only: the buffer is a multiple of the event size.
+        let mut buf = [0u8; crate::power_button::INPUT_EVENT_SIZE * 16];
+        match nix::unistd::read(file, &mut buf) {
+            Ok(n) if crate::power_button::has_power_press(buf.get(..n).unwrap_or_default()) => {
+                if self.supervisor.phase() != Phase::ShuttingDown {
+                    log::info!("power button pressed: shutting down");
+                }
+                let now = now_ms();
+                self.with_runner(|sup, r| sup.shutdown(now, r));
+            }
+            Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(e) => {
+                // ENODEV: the device went away. Stop watching it.
+                log::warn!("read power button {}: {e}", path.display());
+                let _ = self.epoll.delete(file);
+            }
+        }
     }
 
     pub fn supervisor(&self) -> &Supervisor {
@@ -255,7 +306,9 @@ impl<L: Launcher> EventLoop<L> {
         self.drain_pipes();
         match self.supervisor.fatal() {
             Some(reason) => Outcome::Fatal(reason.to_owned()),
-            None => Outcome::Clean,
+            None => Outcome::Clean {
+                reboot: self.reboot_requested,
+            },
         }
     }
 
@@ -345,6 +398,9 @@ impl<L: Launcher> EventLoop<L> {
                 TOKEN_CONSOLE => {
                     logging::flush_console();
                 }
+                t if (TOKEN_BUTTON_BASE..TOKEN_PIPE_BASE).contains(&t) => {
+                    self.read_button(usize::try_from(t - TOKEN_BUTTON_BASE).unwrap_or(usize::MAX));
+                }
                 _ => {}
             }
         }
@@ -409,8 +465,9 @@ impl<L: Launcher> EventLoop<L> {
             match Signal::try_from(signo) {
                 Ok(Signal::SIGCHLD) => self.reap(),
                 Ok(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGPWR)) => {
-                    if self.supervisor.phase() != Phase::ShuttingDown {
+                    if !matches!(self.supervisor.phase(), Phase::ShuttingDown | Phase::Done) {
                         log::info!("{sig} received: shutting down");
+                        self.reboot_requested = sig == Signal::SIGINT;
                     }
                     self.with_runner(|sup, r| sup.shutdown(now, r));
                 }

@@ -49,6 +49,9 @@ pub enum LaunchError {
     },
 }
 
+/// PATH for programs when PID 1 has none (as the kernel starts it).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Which kind of unit a launch is for (tasks and services share a namespace
 /// of names, but a container launcher may treat them differently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,6 +163,10 @@ impl Launcher for ProcessLauncher {
             .filter(|(k, _)| !program.env.iter().any(|(o, _)| o == k))
             .collect();
         env.extend(program.env.iter().cloned());
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            // The kernel starts init without PATH; give programs the usual one.
+            env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+        }
         let envp: Vec<CString> = env
             .iter()
             .map(|(k, v)| CString::new(format!("{k}={v}")))

@@ -61,6 +61,9 @@ use berth_init::launcher::{Launcher, ProcessLauncher};
 use berth_init::logging::{self, error_chain};
 use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
 use berth_init::modules::{self, ModuleIndex};
+use berth_init::net;
+use berth_init::power_button;
+use berth_init::rootfs;
 use berth_init::service::Millis;
 use berth_init::supervisor::Supervisor;
 use nix::mount::{MntFlags, MsFlags};
@@ -172,11 +175,7 @@ fn main() {
     let console = open_console(role);
     install_panic_hook(&console, role);
     let kmsg = if role == Role::Machine {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_CLOEXEC)
-            .open("/dev/kmsg")
-            .ok()
+        open_kmsg()
     } else {
         None
     };
@@ -199,7 +198,7 @@ fn main() {
     // exit with a status).
     let outcome = match boot_and_supervise(role, &args, start) {
         Ok(outcome) => outcome,
-        Err((e, _)) => {
+        Err(e) => {
             log::error!("fatal: {e}");
             Outcome::Fatal(e)
         }
@@ -208,18 +207,33 @@ fn main() {
 }
 
 /// Everything from signals to the end of supervision. Returns the outcome,
-/// or a boot error (message, and whether any child may be running).
-fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome, (String, bool)> {
+/// or a boot error (before any child was started).
+fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome, String> {
     // Signals first: no child may exist before the signalfd does.
-    let signals = event_loop::open_signals().map_err(|e| (error_chain(&e), false))?;
+    let signals = event_loop::open_signals().map_err(|e| error_chain(&e))?;
     if role == Role::Machine {
         // ctrl-alt-del becomes SIGINT for us instead of an instant reboot.
         if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
             log::warn!("turn ctrl-alt-del off: {e}");
         }
-        let done = bootplan::apply_boot_mounts(&bootplan::boot_mounts())
-            .map_err(|e| (error_chain(&e), false))?;
+        // Containers need pivot_root, which the initramfs root refuses.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if rootfs::root_is_initramfs(&mountinfo) {
+            let stats = rootfs::move_root_to_tmpfs().map_err(|e| error_chain(&e))?;
+            timeline(
+                start,
+                &format!(
+                    "root moved to tmpfs ({} entries, {} KiB)",
+                    stats.entries,
+                    stats.bytes / 1024
+                ),
+            );
+        }
+        let done =
+            bootplan::apply_boot_mounts(&bootplan::boot_mounts()).map_err(|e| error_chain(&e))?;
         timeline(start, &format!("mounts done ({} new)", done.len()));
+        // With devtmpfs mounted, a console or /dev/kmsg may exist now.
+        logging::add_missing_sinks(|| open_console(Role::Machine), open_kmsg);
     } else if role == Role::Process
         && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
     {
@@ -250,7 +264,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         .unwrap_or_else(|| PathBuf::from(cmdline::DEFAULT_MANIFEST));
     // No embedded image can be read until berth-bundles lands: the list of
     // available images is empty, so image references fail validation.
-    let manifest = manifest::load(&path, &[]).map_err(|e| (error_chain(&e), false))?;
+    let manifest = manifest::load(&path, &[]).map_err(|e| error_chain(&e))?;
     if opts.on_fatal.is_none() {
         store_on_fatal(manifest.on_fatal);
     }
@@ -263,10 +277,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
             manifest.services.len()
         ),
     );
-    logging::configure(&manifest.log).map_err(|e| (error_chain(&e), false))?;
-    if let Some(level) = opts.log_level {
-        logging::set_level(level);
-    }
+    logging::set_level(opts.log_level.unwrap_or(manifest.log.level));
 
     let launcher = ProcessLauncher::new();
     for (name, program) in manifest
@@ -276,29 +287,41 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         .chain(manifest.services.iter().map(|s| (&s.name, &s.program)))
     {
         launcher.check(name, program).map_err(|e| {
-            (
-                format!(
-                    "{} (this build runs host programs only; images need the container launcher)",
-                    error_chain(&e)
-                ),
-                false,
+            format!(
+                "{} (this build runs host programs only; images need the container launcher)",
+                error_chain(&e)
             )
         })?;
     }
 
     if role == Role::Machine {
-        configure_machine(&manifest).map_err(|e| (e, false))?;
+        configure_machine(&manifest)?;
         timeline(start, "machine configured");
     } else {
         report_skipped_machine_setup(&manifest);
+    }
+    // After the data disk is mounted: the log directory usually lives on it.
+    logging::configure(&manifest.log).map_err(|e| error_chain(&e))?;
+    if let Some(level) = opts.log_level {
+        logging::set_level(level);
     }
 
     let Manifest {
         tasks, services, ..
     } = manifest;
-    let supervisor = Supervisor::new(tasks, services).map_err(|e| (error_chain(&e), false))?;
+    let supervisor = Supervisor::new(tasks, services).map_err(|e| error_chain(&e))?;
     let mut event_loop =
-        EventLoop::new(launcher, supervisor, signals).map_err(|e| (error_chain(&e), false))?;
+        EventLoop::new(launcher, supervisor, signals).map_err(|e| error_chain(&e))?;
+    if role == Role::Machine {
+        let found = power_button::find_power_buttons(
+            Path::new("/sys/class/input"),
+            Path::new("/dev/input"),
+        );
+        if found.is_empty() {
+            log::info!("no power button found: shut down with SIGTERM, SIGPWR or ctrl-alt-del");
+        }
+        event_loop.watch_power_buttons(power_button::open_power_buttons(&found));
+    }
     timeline(start, "supervision starts");
     let outcome = event_loop.run();
     timeline(start, "all units down");
@@ -358,6 +381,14 @@ fn detect_role() -> Role {
     }
 }
 
+fn open_kmsg() -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open("/dev/kmsg")
+        .ok()
+}
+
 /// The console: a private, non-blocking, close-on-exec file description,
 /// so a slow console never blocks PID 1 and no service inherits it.
 fn open_console(role: Role) -> Option<File> {
@@ -372,6 +403,11 @@ fn open_console(role: Role) -> Option<File> {
     // Reopening /proc/self/fd/1 gives a new open file description for a pipe
     // or tty, so O_NONBLOCK does not leak to whoever else shares our stdout.
     opts.open(path).ok().or_else(|| {
+        // On a machine without /dev/console, fd 1 is the /dev/null Rust's
+        // startup put there: no console at all is better (kmsg takes over).
+        if role == Role::Machine {
+            return None;
+        }
         let fd = nix::unistd::dup(std::io::stdout()).ok()?;
         let file = File::from(fd);
         let _ = nix::fcntl::fcntl(
@@ -415,15 +451,14 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
         nix::unistd::sethostname(hostname).map_err(|e| format!("set hostname {hostname}: {e}"))?;
     }
     if !m.modules.is_empty() {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let dir = PathBuf::from("/lib/modules").join(release.trim());
-        let dep = std::fs::read_to_string(dir.join("modules.dep"))
-            .map_err(|e| format!("read {}: {e}", dir.join("modules.dep").display()))?;
-        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-        let index = ModuleIndex::parse(&dep, &builtin).map_err(|e| error_chain(&e))?;
-        let order = index.load_order(&m.modules).map_err(|e| error_chain(&e))?;
-        let loaded = modules::load_modules(&dir, &order).map_err(|e| error_chain(&e))?;
+        let loaded = load_kernel_modules(&m.modules)?;
         log::info!("loaded {loaded} kernel modules");
+    }
+    // The ACPI power button needs `button` (the key) and `evdev` (the
+    // device node); best effort: a kernel may have them built in or lack them.
+    let wanted = ["button".to_owned(), "evdev".to_owned()];
+    if let Err(e) = load_kernel_modules(&wanted) {
+        log::info!("power button modules: {e}");
     }
     for (key, value) in &m.sysctls {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
@@ -447,21 +482,30 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
             )
         })?;
     }
-    if !m.network.interfaces.is_empty() {
-        return Err("network.interfaces: configuring interfaces needs netlink, which this build does not have yet".into());
-    }
-    if !m.network.nameservers.is_empty() || !m.network.search.is_empty() {
-        let mut conf = String::new();
-        if !m.network.search.is_empty() {
-            conf.push_str(&format!("search {}\n", m.network.search.join(" ")));
-        }
-        for ns in &m.network.nameservers {
-            conf.push_str(&format!("nameserver {ns}\n"));
-        }
-        std::fs::write("/run/resolv.conf", conf)
-            .map_err(|e| format!("write /run/resolv.conf: {e}"))?;
+    // Loopback always; the manifest's interfaces, routes and DNS.
+    net::configure_network(&m.network, Path::new("/run/resolv.conf"))
+        .map_err(|e| error_chain(&e))?;
+    if (!m.network.nameservers.is_empty() || !m.network.search.is_empty())
+        && std::fs::symlink_metadata("/etc/resolv.conf").is_err()
+    {
+        // Host programs read /etc/resolv.conf; containers mount /run/resolv.conf.
+        let _ = std::fs::create_dir_all("/etc");
+        let _ = std::os::unix::fs::symlink("/run/resolv.conf", "/etc/resolv.conf");
     }
     Ok(())
+}
+
+/// Loads `names` and their dependencies from /lib/modules/$(uname -r).
+fn load_kernel_modules(names: &[String]) -> Result<usize, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = PathBuf::from("/lib/modules").join(release.trim());
+    let dep_path = dir.join("modules.dep");
+    let dep = std::fs::read_to_string(&dep_path)
+        .map_err(|e| format!("read {}: {e}", dep_path.display()))?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let index = ModuleIndex::parse(&dep, &builtin).map_err(|e| error_chain(&e))?;
+    let order = index.load_order(names).map_err(|e| error_chain(&e))?;
+    modules::load_modules(&dir, &order).map_err(|e| error_chain(&e))
 }
 
 /// mount(8)-style options: flags for the generic ones, the rest as data.
@@ -577,7 +621,7 @@ fn children_of(parent: u32) -> Vec<i32> {
 /// off / reboot. Never returns.
 fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
     let code = match &outcome {
-        Outcome::Clean => 0,
+        Outcome::Clean { .. } => 0,
         Outcome::Fatal(_) => 1,
     };
     if role != Role::Machine {
@@ -587,7 +631,8 @@ fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
         exit_with(code);
     }
     let action = match outcome {
-        Outcome::Clean => FatalAction::Poweroff,
+        Outcome::Clean { reboot: false } => FatalAction::Poweroff,
+        Outcome::Clean { reboot: true } => FatalAction::Reboot,
         Outcome::Fatal(_) => load_on_fatal(),
     };
     nix::unistd::sync();

@@ -1302,6 +1302,12 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
                 ),
             );
         }
+        if name == crate::logging::OWN_UNIT {
+            c.problem(
+                format!("{path}.name"),
+                format!("{name:?} is reserved for PID 1's own log"),
+            );
+        }
         if let Some(other) = names.insert(name.to_owned(), kind) {
             c.problem(
                 format!("{path}.name"),
@@ -1564,6 +1570,7 @@ mod tests {
                 "services.a.depends_on: \"t\" is a task, not a service",
             ),
             (r#"{"version":1,"services":[{"name":"Web","image":"web"}]}"#.into(), "services.Web.name: \"Web\" must be 1-63 of a-z"),
+            (r#"{"version":1,"services":[{"name":"berth","image":"web"}]}"#.into(), "services.berth.name: \"berth\" is reserved for PID 1's own log"),
             (r#"{"version":1,"tasks":[{"name":"t","host":true,"command":["x"],"timeout":"0s"}]}"#.into(), "tasks.t.timeout: must be greater than 0"),
         ];
         for (json, want) in cases {

@@ -24,6 +24,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::launcher::{LaunchError, UnitKind};
+use crate::logging::error_chain;
 use crate::manifest::{Program, Service, Task};
 use crate::order::{self, OrderError};
 use crate::service::{Action, ExitStatus, Millis, Note, ServiceMachine, ServiceNote, State};
@@ -251,7 +252,7 @@ impl Supervisor {
                     ),
                 );
                 if let Err(e) = r.signal(&t.task.name, pid, Signal::SIGKILL) {
-                    r.report(log::Level::Warn, format_args!("{e}"));
+                    r.report(log::Level::Warn, format_args!("{}", error_chain(&e)));
                 }
             }
         }
@@ -287,7 +288,7 @@ impl Supervisor {
                         format_args!("task {} stopping: sent SIGTERM", t.task.name),
                     );
                     if let Err(e) = r.signal(&t.task.name, pid, Signal::SIGTERM) {
-                        r.report(log::Level::Warn, format_args!("{e}"));
+                        r.report(log::Level::Warn, format_args!("{}", error_chain(&e)));
                     }
                 }
                 TaskState::Done | TaskState::Skipped => {}
@@ -374,12 +375,17 @@ impl Supervisor {
                         r.report(
                             log::Level::Warn,
                             format_args!(
-                                "task {} failed to start: {e} (optional, boot goes on)",
-                                t.task.name
+                                "task {} failed to start: {} (optional, boot goes on)",
+                                t.task.name,
+                                error_chain(&e)
                             ),
                         );
                     } else {
-                        let reason = format!("boot task {} failed to start: {e}", t.task.name);
+                        let reason = format!(
+                            "boot task {} failed to start: {}",
+                            t.task.name,
+                            error_chain(&e)
+                        );
                         self.fail(reason, now, r);
                     }
                 }
@@ -464,13 +470,13 @@ impl Supervisor {
                         self.pids.insert(pid, UnitRef::Service(i));
                         run.machine.spawned(pid, now)
                     }
-                    Err(e) => run.machine.spawn_failed(e.to_string(), now),
+                    Err(e) => run.machine.spawn_failed(error_chain(&e), now),
                 };
                 report_note(r, &run.service.name, &note);
             }
             Action::Signal(pid, signal) => {
                 if let Err(e) = r.signal(&run.service.name, pid, signal) {
-                    r.report(log::Level::Warn, format_args!("{e}"));
+                    r.report(log::Level::Warn, format_args!("{}", error_chain(&e)));
                 }
             }
         }
@@ -699,6 +705,27 @@ mod tests {
                 "status orphans reaped=1",
             ]
         );
+    }
+
+    #[test]
+    fn start_limit_reports_the_exit_then_the_failure() {
+        let mut s = supervisor(
+            r#"{"version":1,"services":[{"name":"x","host":true,"command":["x"],
+                "restart":{"start_limit":{"count":1,"interval":"1m"}}}]}"#,
+        );
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        r.take_lines();
+        s.child_exited(r.pid("x"), ExitStatus::Code(2), 10, &mut r);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "service x exited status=2",
+                "service x failed: start limit reached (1 starts in 1m)"
+            ]
+        );
+        assert_eq!(s.next_deadline(), None);
+        assert_eq!(s.service_state("x"), Some(State::Failed));
     }
 
     #[test]

@@ -666,3 +666,72 @@ fn as_a_plain_process_it_reaps_orphans_as_subreaper_and_exits() {
     // Nothing it started is left behind.
     assert!(children_of(p.child.id() as i32).is_empty());
 }
+
+#[test]
+fn missing_program_backs_off_and_hits_the_start_limit() {
+    let m = r#"{"version":1,"services":[{"name":"nope","host":true,"command":["/does/not/exist"],
+        "restart":{"start_limit":{"count":2,"interval":"1m"},"backoff":{"initial":"100ms"}}}]}"#;
+    let mut p = Pid1::start("missing", m);
+    p.wait_for(
+        "berth: service nope failed to start: nope: spawn /does/not/exist: No such file or directory (os error 2), restart in 100ms",
+    );
+    p.wait_for("berth: service nope failed: start limit reached (2 starts in 1m)");
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn service_output_goes_to_rotated_files_and_syslog() {
+    prerequisites();
+    let dir = temp_dir("logs");
+    let syslog_path = dir.join("syslog.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&syslog_path).unwrap();
+    syslog.set_read_timeout(Some(WAIT)).unwrap();
+    let logs = dir.join("logs");
+    let m = format!(
+        r#"{{"version":1,"log":{{"files":{{"dir":{},"max_size":"4KiB","keep":2}},"syslog":{{"unix":{}}}}},
+            "services":[{}]}}"#,
+        serde_json::to_string(&logs).unwrap(),
+        serde_json::to_string(&syslog_path).unwrap(),
+        sh(
+            "talker",
+            "echo hello syslog; i=0; while [ $i -lt 400 ]; do echo line $i; i=$((i+1)); done; echo done; exec sleep 1000",
+            ""
+        ),
+    );
+    let mut p = Pid1::start("logfiles", &m);
+    p.wait_for("talker: done");
+    // Syslog: RFC 3164 framing, facility daemon, severity info.
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &String| m == "<30>talker: hello syslog") {
+        let n = syslog
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no syslog message ({e}); got {got:?}"));
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // Files: 400 lines of ~25 bytes rotate a 4 KiB file; two old ones kept.
+    let current = std::fs::read_to_string(logs.join("talker.log")).unwrap();
+    assert!(
+        current.lines().last().unwrap().ends_with("talker: done"),
+        "{current}"
+    );
+    assert!(current.len() <= 4096);
+    for old in ["talker.log.1", "talker.log.2"] {
+        let text = std::fs::read_to_string(logs.join(old)).unwrap();
+        assert!(
+            text.len() <= 4096 && text.lines().all(|l| l.contains("] talker: ")),
+            "{old}: {text}"
+        );
+    }
+    assert!(!logs.join("talker.log.3").exists());
+    // PID 1's own lines have their file too.
+    let own = std::fs::read_to_string(logs.join("berth.log")).unwrap();
+    assert!(
+        own.contains("] berth: service talker started pid="),
+        "{own}"
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    let _ = std::fs::remove_dir_all(&dir);
+}

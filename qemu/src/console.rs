@@ -1,22 +1,40 @@
 //! The accumulated serial console of a VM: a byte log that a reader thread
 //! appends to and any number of waiters search line by line.
+//!
+//! The log keeps at most a limit of bytes (64 MiB by default): a person may
+//! leave `berth-qemu run` going for days with a chatty appliance. Beyond it
+//! the oldest half is dropped at a line boundary. Offsets stay absolute
+//! (bytes seen since boot), so marks taken earlier remain valid.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Shared console log. Lines are `\n`-terminated; a trailing `\r` (the guest
 /// tty's `onlcr`, the kernel's console) is dropped when a line is returned.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConsoleLog {
     state: Mutex<State>,
     changed: Condvar,
+    limit: usize,
 }
+
+/// Default for [`ConsoleLog::with_limit`].
+pub const DEFAULT_LOG_LIMIT: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct State {
+    /// The retained tail of the log.
     bytes: Vec<u8>,
+    /// Bytes dropped from the front: `bytes[0]` is absolute offset `dropped`.
+    dropped: usize,
     /// The writer is gone (QEMU closed its end): nothing more will arrive.
     closed: bool,
+}
+
+impl Default for ConsoleLog {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_LOG_LIMIT)
+    }
 }
 
 /// What a wait ended with.
@@ -35,6 +53,15 @@ impl ConsoleLog {
         Self::default()
     }
 
+    /// A log retaining at most about `limit` bytes (at least 2).
+    pub fn with_limit(limit: usize) -> Self {
+        ConsoleLog {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            limit: limit.max(2),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking reader thread cannot leave the byte log inconsistent
         // (appends are a single extend), so a poisoned lock is still usable.
@@ -42,7 +69,18 @@ impl ConsoleLog {
     }
 
     pub fn append(&self, bytes: &[u8]) {
-        self.lock().bytes.extend_from_slice(bytes);
+        let mut state = self.lock();
+        state.bytes.extend_from_slice(bytes);
+        if state.bytes.len() > self.limit {
+            // Keep about half the limit, starting at a line.
+            let mut cut = state.bytes.len() - self.limit / 2;
+            if let Some(nl) = state.bytes[cut..].iter().position(|&b| b == b'\n') {
+                cut += nl + 1;
+            }
+            state.bytes.drain(..cut);
+            state.dropped += cut;
+        }
+        drop(state);
         self.changed.notify_all();
     }
 
@@ -57,37 +95,48 @@ impl ConsoleLog {
 
     /// Waits until the writer closed the log; false on timeout.
     pub fn wait_closed(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         while !state.closed {
-            let now = Instant::now();
-            if now >= deadline {
+            let Some(wait) = time_left(deadline) else {
                 return false;
-            }
+            };
             state = self
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
         true
     }
 
-    /// Bytes logged so far: an offset to search from later.
+    /// Bytes logged so far (dropped ones included): an offset to search
+    /// from later.
     pub fn len(&self) -> usize {
-        self.lock().bytes.len()
+        let state = self.lock();
+        state.dropped + state.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The whole log as text (invalid UTF-8 replaced).
+    /// The retained log as text (invalid UTF-8 replaced), after a note when
+    /// older bytes were dropped.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lock().bytes).into_owned()
+        let state = self.lock();
+        let text = String::from_utf8_lossy(&state.bytes);
+        if state.dropped == 0 {
+            text.into_owned()
+        } else {
+            format!(
+                "[berth-qemu: {} earlier console bytes dropped]\n{text}",
+                state.dropped
+            )
+        }
     }
 
-    /// Complete lines containing `pattern`, from the start of the log.
+    /// Retained complete lines containing `pattern`.
     pub fn count_lines(&self, pattern: &str) -> usize {
         let state = self.lock();
         let mut count = 0;
@@ -104,33 +153,50 @@ impl ConsoleLog {
     /// Waits until a complete line at or after byte offset `from` contains
     /// `pattern`. A final unterminated line counts once the log is closed.
     pub fn wait_for_line(&self, from: usize, pattern: &str, timeout: Duration) -> LineWait {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         // Start at the beginning of the line holding `from`, so an offset from
-        // `len()` taken mid-line still sees that line whole.
-        let mut pos = state.bytes[..from.min(state.bytes.len())]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
+        // `len()` taken mid-line still sees that line whole. `pos` is absolute.
+        let rel = from.saturating_sub(state.dropped).min(state.bytes.len());
+        let mut pos = state.dropped
+            + state.bytes[..rel]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
         loop {
-            while let Some((line, next)) = next_line(&state.bytes, pos, state.closed) {
-                pos = next;
+            // Lines dropped while we waited cannot match any more.
+            pos = pos.max(state.dropped);
+            while let Some((line, next)) =
+                next_line(&state.bytes, pos - state.dropped, state.closed)
+            {
+                pos = state.dropped + next;
                 if line.contains(pattern) {
-                    return LineWait::Found { line, end: next };
+                    return LineWait::Found { line, end: pos };
                 }
             }
             if state.closed {
                 return LineWait::Closed;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let Some(wait) = time_left(deadline) else {
                 return LineWait::TimedOut;
-            }
+            };
             state = self
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, wait)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+}
+
+/// Time until `deadline`, `None` once it passed. No deadline (a timeout too
+/// large for `Instant`, e.g. `Duration::MAX`) waits in hour-long steps.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(Duration::from_secs(3600)),
+        Some(d) => {
+            let now = Instant::now();
+            (now < d).then(|| d - now)
         }
     }
 }
@@ -236,6 +302,48 @@ mod tests {
             LineWait::Found { .. }
         ));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn unbounded_timeouts_do_not_overflow() {
+        let log = ConsoleLog::new();
+        log.append(b"x\n");
+        log.close();
+        assert!(log.wait_closed(Duration::MAX));
+        assert_eq!(log.wait_for_line(0, "y", Duration::MAX), LineWait::Closed);
+        assert!(time_left(Some(Instant::now())).is_none());
+    }
+
+    #[test]
+    fn old_output_is_dropped_beyond_the_limit_and_offsets_stay_absolute() {
+        let log = ConsoleLog::with_limit(64);
+        log.append(b"first line\n");
+        let mark = log.len();
+        for i in 0..20 {
+            log.append(format!("line {i:02}\n").as_bytes());
+        }
+        assert_eq!(log.len(), 11 + 20 * 8);
+        let text = log.text();
+        assert!(text.starts_with("[berth-qemu: "), "{text}");
+        assert!(!text.contains("first line"), "{text}");
+        assert!(text.ends_with("line 19\n"), "{text}");
+        // Whole lines only were kept.
+        assert!(
+            text.lines().skip(1).all(|l| l.starts_with("line ")),
+            "{text}"
+        );
+        assert!(matches!(
+            log.wait_for_line(mark, "line 19", Duration::from_millis(10)),
+            LineWait::Found { end, .. } if end == log.len()
+        ));
+        assert_eq!(
+            log.wait_for_line(0, "first line", Duration::from_millis(10)),
+            LineWait::TimedOut
+        );
+        assert_eq!(
+            log.wait_for_line(log.len(), "line", Duration::from_millis(10)),
+            LineWait::TimedOut
+        );
     }
 
     #[test]

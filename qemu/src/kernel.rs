@@ -101,6 +101,14 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "`apt-get download {spec}` failed ({status}); stale package lists? run `apt-get update`: {stderr}"
+    )]
+    Download {
+        spec: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     #[error("apt-get download left no .deb in {dir}")]
     NoDeb { dir: PathBuf },
     #[error("package {deb} holds no boot/vmlinuz-*")]
@@ -247,7 +255,16 @@ fn build_entry(staging: &Path, package: &KernelPackage) -> Result<(), KernelErro
         source,
     })?;
     let spec = format!("{}={}", package.name, package.version);
-    run_capture("apt-get", "apt", &["download", "-q", &spec], Some(staging))?;
+    run_capture("apt-get", "apt", &["download", "-q", &spec], Some(staging)).map_err(|err| {
+        match err {
+            KernelError::Command { status, stderr, .. } => KernelError::Download {
+                spec: spec.clone(),
+                status,
+                stderr,
+            },
+            other => other,
+        }
+    })?;
     let deb = find_deb(staging)?;
     let root = staging.join("root");
     let (deb_s, root_s) = (deb.to_string_lossy(), root.to_string_lossy());

@@ -5,19 +5,22 @@
 //! - [`vm`]: boot an [`Appliance`] (kernel + initramfs) with a [`VmConfig`]; the
 //!   [`Vm`] handle reads the serial console, speaks QMP, waits for the exit.
 //! - [`disk`]: the ext4 data disk, created on the host when missing.
-//! - [`bench`]: time from QEMU's spawn to a console line.
+//! - [`net`]: requests through the forwarded ports on 127.0.0.1.
+//! - [`bench`](mod@bench): time from QEMU's spawn to a console line.
 #![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod console;
 pub mod disk;
 pub mod kernel;
+pub mod net;
 pub mod qmp;
 pub mod vm;
 
 pub use bench::{measure_boot, median};
 pub use disk::{DataDisk, DiskError};
 pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};
+pub use net::{NetError, http_get};
 pub use qmp::QmpError;
 pub use vm::{Accel, Appliance, Outcome, Vm, VmConfig, VmError, free_port};
 

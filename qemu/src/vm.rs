@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::console::{ConsoleLog, LineWait};
+use crate::console::{ConsoleLog, LineWait, time_left};
 use crate::disk::{DataDisk, DiskError, prepare_data_disk};
 use crate::qmp::{Qmp, QmpError, ctrl_alt_delete_keys};
 
@@ -301,8 +301,10 @@ pub fn qemu_args(
     }
     args.push("-netdev".into());
     args.push(netdev.into());
+    // romfile= (empty): no iPXE option ROM, which SeaBIOS would otherwise
+    // initialise on every boot for a network boot we never do.
     args.push("-device".into());
-    args.push("virtio-net-pci,netdev=net0".into());
+    args.push("virtio-net-pci,netdev=net0,romfile=".into());
 
     if let Some(disk) = &config.data_disk {
         let mut drive = OsString::from("file=");
@@ -475,7 +477,7 @@ impl Vm {
         self.started
     }
 
-    /// The whole serial console so far.
+    /// The serial console so far (its last 64 MiB at most; see [`ConsoleLog`]).
     pub fn serial_log(&self) -> String {
         self.console.text()
     }
@@ -597,15 +599,15 @@ impl Vm {
 
     /// Waits for QEMU to exit.
     pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, VmError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(status) = self.try_exit()? {
                 return Ok(status);
             }
-            if Instant::now() >= deadline {
+            let Some(left) = time_left(deadline) else {
                 return Err(VmError::ExitTimeout { timeout });
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            };
+            std::thread::sleep(left.min(Duration::from_millis(10)));
         }
     }
 
@@ -769,7 +771,10 @@ mod tests {
             ["unix:/run/q/qmp.sock,server=on,wait=off"]
         );
         assert_eq!(value_of(&args, "-netdev"), ["user,id=net0,restrict=on"]);
-        assert_eq!(value_of(&args, "-device"), ["virtio-net-pci,netdev=net0"]);
+        assert_eq!(
+            value_of(&args, "-device"),
+            ["virtio-net-pci,netdev=net0,romfile="]
+        );
         assert_eq!(value_of(&args, "-kernel"), ["/k/vmlinuz"]);
         assert_eq!(value_of(&args, "-initrd"), ["/k/initrd.img"]);
         assert_eq!(value_of(&args, "-m"), ["512"]);
@@ -802,7 +807,7 @@ mod tests {
         assert_eq!(
             value_of(&args, "-device"),
             [
-                "virtio-net-pci,netdev=net0",
+                "virtio-net-pci,netdev=net0,romfile=",
                 "virtio-blk-pci,drive=data,serial=berth-data"
             ]
         );

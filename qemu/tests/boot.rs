@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use berth_qemu::{DataDisk, Outcome, Vm, VmConfig, free_port};
-use common::{INIT_PROLOGUE, TIMEOUT, floor_appliance, listening_addresses, scratch};
+use common::{
+    INIT_PROLOGUE, POWER_BUTTON_THEN_POWEROFF, TIMEOUT, floor_appliance, listening_addresses,
+    scratch,
+};
 
 fn ok<T>(vm: &Vm, result: Result<T, berth_qemu::VmError>) -> T {
     match vm.or_dump(result) {
@@ -98,51 +97,11 @@ mkdir -p /www
 echo "hello from the berth floor" > /www/index.html
 httpd -p 8080 -h /www
 echo "berth-floor: httpd up"
-# The ACPI power button (LNXPWRBN, loaded as the `button` module) is an
-# input device; reading its evdev node blocks until QMP system_powerdown
-# presses it.
-ev=
-while [ -z "$ev" ]; do
-    for d in /sys/class/input/input*; do
-        if grep -q "Power Button" $d/name 2>/dev/null; then
-            for e in $d/event*; do [ -e "$e" ] && ev=/dev/input/${e##*/}; done
-        fi
-    done
-    [ -n "$ev" ] && [ -e "$ev" ] || { ev=; sleep 0.2; }
-done
-# Open it before saying so: evdev queues events only for open readers.
-exec 3< "$ev"
-echo "berth-floor: waiting for the power button on $ev"
-# One struct input_event is 24 bytes on x86_64; evdev refuses shorter reads.
-dd bs=24 count=1 <&3 > /dev/null 2>&1
-echo "berth-floor: power button pressed"
-poweroff -f
 "#;
-
-fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) if body.starts_with("HTTP/1.") => return body,
-            other if Instant::now() >= deadline => {
-                panic!("no page from 127.0.0.1:{port}: {other:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
 
 #[test]
 fn forwarded_port_serves_the_guest_and_power_button_powers_off() {
-    let init = format!("{INIT_PROLOGUE}{HTTPD_INIT}");
+    let init = format!("{INIT_PROLOGUE}{HTTPD_INIT}{POWER_BUTTON_THEN_POWEROFF}");
     let appliance = floor_appliance(
         "httpd",
         &init,
@@ -160,7 +119,10 @@ fn forwarded_port_serves_the_guest_and_power_button_powers_off() {
         ["0100007F:".to_string() + &format!("{port:04X}")]
     );
     ok(&vm, vm.wait_for_line("berth-floor: httpd up", TIMEOUT));
-    let page = http_get(port);
+    let page = berth_qemu::http_get(port, "/index.html", TIMEOUT).unwrap_or_else(|err| {
+        vm.print_serial_log();
+        panic!("{err}")
+    });
     assert!(page.contains("200 OK"), "{page}");
     assert!(page.contains("hello from the berth floor"), "{page}");
 
@@ -226,4 +188,53 @@ fn data_disk_is_created_formatted_and_written_by_the_guest() {
         String::from_utf8_lossy(&out.stdout),
         "written by the guest\n"
     );
+}
+
+#[test]
+fn qemu_start_failure_is_reported_with_its_stderr() {
+    let dir = scratch("bad-kernel");
+    std::fs::write(dir.join("vmlinuz"), b"not a kernel").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    common::kernel(); // the install hint for a missing qemu comes first
+    let appliance = berth_qemu::Appliance::from_dir(&dir).unwrap();
+    let err = Vm::boot(&appliance, &VmConfig::default()).unwrap_err();
+    match &err {
+        berth_qemu::VmError::QemuStart { status, stderr } => {
+            assert!(!status.success());
+            assert!(!stderr.is_empty(), "qemu said nothing");
+        }
+        other => panic!("expected QemuStart, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_qemu_binary_names_the_package() {
+    let appliance = floor_appliance("no-qemu", FLOOR_INIT, &[]);
+    let config = VmConfig {
+        qemu: "/nonexistent/qemu-system-x86_64".into(),
+        ..VmConfig::default()
+    };
+    let err = Vm::boot(&appliance, &config).unwrap_err();
+    assert!(
+        err.to_string().contains("apt-get install qemu-system-x86"),
+        "{err}"
+    );
+}
+
+#[test]
+fn busy_host_port_fails_the_boot_with_qemus_reason() {
+    let appliance = floor_appliance("busy-port", FLOOR_INIT, &[]);
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = VmConfig {
+        ports: vec![(port, 8080)],
+        ..VmConfig::default()
+    };
+    let err = Vm::boot(&appliance, &config).unwrap_err();
+    match &err {
+        berth_qemu::VmError::QemuStart { stderr, .. } => {
+            assert!(stderr.contains("host forwarding"), "{stderr}")
+        }
+        other => panic!("expected QemuStart, got {other:?}"),
+    }
 }

@@ -526,14 +526,38 @@ fn hostile_mount_destination_stays_inside_the_rootfs() {
     );
     assert!(!std::path::Path::new("/escape").exists());
 
-    // A dangling symlink to a host path is refused with a clear error.
+    // A dangling symlink to a host path: its target is created inside
+    // the rootfs (as runc's in-root MkdirAll does), never on the host.
     fs::remove_dir_all(&inside).unwrap();
-    let e = create_error(&b);
-    assert!(
-        e.contains("resolve or create mount destination /evil: No such file or directory"),
-        "{e}"
+    let out = run_ok(
+        &mut b,
+        "ls -A /evil | wc -l; grep -c ' /escape ' /proc/mounts",
     );
+    assert_eq!(out, "0\n1\n");
+    assert!(inside.is_dir(), "target created inside the rootfs");
     assert_eq!(fs::read_dir(&host.0).unwrap().count(), 1);
+}
+
+#[test]
+fn bind_mount_on_a_dangling_relative_symlink_like_resolv_conf() {
+    let host = common::TempDir::new("resolv");
+    fs::write(host.0.join("resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        b.rootfs().join("etc/resolv.conf"),
+    )
+    .unwrap();
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc/resolv.conf", "type": "bind", "source": host.0.join("resolv.conf"), "options": ["rbind", "ro"]
+    }));
+    let out = run_ok(&mut b, "cat /etc/resolv.conf");
+    assert_eq!(out, "nameserver 127.0.0.53\n");
+    assert!(
+        b.rootfs()
+            .join("run/systemd/resolve/stub-resolv.conf")
+            .is_file()
+    );
 }
 
 #[test]
@@ -627,11 +651,11 @@ fn lifecycle_through_the_library_with_the_callers_own_reaper() {
     // Another handle, as a second process would load it.
     let other = t.rt.load("life").unwrap();
     assert_eq!(other.pid(), c.pid());
+    c.start().unwrap();
     assert!(matches!(
         c.delete(false),
         Err(berth_runtime::ContainerError::WrongStatus { .. })
     ));
-    c.start().unwrap();
     assert_eq!(other.status(), berth_runtime::state::Status::Running);
     assert!(c.start().is_err(), "a second start is refused");
     // Signal only once the trap is set.
@@ -690,4 +714,151 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
         "delete removed the cgroup"
     );
     let _ = fs::remove_dir(mount.join("berth-test"));
+}
+
+#[test]
+fn root_path_dot_is_the_bundle_itself() {
+    let mut b = Bundle::new();
+    b.config["root"]["path"] = json!(".");
+    b.script("test -f /config.json && echo bundle-root");
+    // The bundle is the rootfs directory: write the config there.
+    fs::write(
+        b.rootfs().join("config.json"),
+        serde_json::to_vec(&b.config).unwrap(),
+    )
+    .unwrap();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+    };
+    let mut c = t.rt.create("dot", &b.rootfs(), opts).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    assert_eq!(out, "bundle-root\n");
+}
+
+#[test]
+fn kill_all_without_a_pid_namespace_or_cgroup_is_refused() {
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("sleep 30");
+    b.write();
+    let t = common::runtime();
+    let mut c =
+        t.rt.create(&common::unique_id("unscoped"), b.dir(), Default::default())
+            .unwrap();
+    let e = chain(&c.kill(9, true).unwrap_err());
+    assert!(e.contains("own pid namespace or cgroup"), "{e}");
+    // delete --force still stops it: through its one known process.
+    c.start().unwrap();
+    c.delete(true).unwrap();
+    assert_eq!(c.exit_status(), Some(ExitStatus::Signaled(9)));
+}
+
+#[test]
+fn a_symlink_loop_on_a_mount_destination_is_a_clear_error() {
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink("/loop2", b.rootfs().join("loop1")).unwrap();
+    std::os::unix::fs::symlink("/loop1", b.rootfs().join("loop2")).unwrap();
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/loop1/x", "type": "tmpfs", "source": "tmpfs"}));
+    let e = create_error(&b);
+    assert!(
+        e.contains("create mount destinations behind symlinks") && e.contains("symbolic links"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_child_never_deadlocks_on_locks_other_threads_hold() {
+    // The child is cloned from a multi-threaded process without libc's
+    // fork handlers: had it allocated, a malloc lock held by another
+    // thread at clone time would hang it. glibc gives threads their own
+    // arenas, so the check runs in a re-executed copy of this test binary
+    // with one arena for all threads, where the lock is really shared.
+    const CHILD: &str = "BERTH_TEST_ALLOC_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        churn_while_creating();
+        return;
+    }
+    let log = common::TempDir::new("alloc-check");
+    let err_path = log.0.join("stderr");
+    // Its output goes to a file: a hung clone keeps its stdio open, and
+    // must not keep the harness's pipes open with it.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_child_never_deadlocks_on_locks_other_threads_hold",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    // A generous watchdog: only a hang trips it, never slowness.
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = fs::read_to_string(&err_path).unwrap_or_default();
+            assert!(
+                status.success(),
+                "the re-executed check failed: {status}\n{err}"
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Kill the hung container processes (its children) and the check.
+    let parent = child.id().to_string();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split(' ').collect())
+            .unwrap_or_default();
+        if fields.get(1) == Some(&parent.as_str())
+            && let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok())
+        {
+            let _ = berth_runtime::sys::kill(pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("container creates hung while another thread allocated: the child allocates");
+}
+
+fn churn_while_creating() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let v: Vec<String> = (0..64).map(|i| format!("{i}-{n}")).collect();
+                n = n.wrapping_add(v.len());
+            }
+            n
+        })
+    };
+    let mut b = Bundle::new();
+    b.script("exit 0");
+    for _ in 0..60 {
+        assert_eq!(run(&b).status, ExitStatus::Exited(0));
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
 }

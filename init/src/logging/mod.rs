@@ -18,6 +18,10 @@
 //! own lines, `[    12.345] web: <text>` for a service's stdout and stderr.
 //! Debug and trace lines say `berth: debug: …`.
 //!
+//! Once the manifest is read, PID 1's own lines also go to a ring and a
+//! file of their own, under the reserved name `berth` (`berth.log`), and to
+//! syslog with tag `berth`.
+//!
 //! The console never blocks PID 1: it is written through a bounded
 //! [`sinks::Outbox`]; a flooding service is held to its line budget
 //! ([`buffers::LineBudget`]); lines over the budget are kept in the ring
@@ -41,6 +45,9 @@ use sinks::{Outbox, RotatingFile};
 use crate::clock::now_ms;
 use crate::manifest::{LogConfig, SyslogTarget};
 use crate::service::Millis;
+
+/// The log name of PID 1's own lines (reserved in the manifest).
+pub const OWN_UNIT: &str = "berth";
 
 /// Console queue size: about two seconds of a 115200-baud serial line.
 const CONSOLE_QUEUE: usize = 32 * 1024;
@@ -87,6 +94,8 @@ struct Hub {
     units: Vec<UnitLog>,
     syslog: Option<SyslogSink>,
     console_dropped: u64,
+    /// The unit that keeps PID 1's own lines (ring and file): "berth".
+    own: Option<usize>,
 }
 
 static HUB: Mutex<Option<Hub>> = Mutex::new(None);
@@ -142,6 +151,7 @@ pub fn init(
         units: Vec::new(),
         syslog: None,
         console_dropped: 0,
+        own: None,
     });
     log::set_logger(&LOGGER).map_err(|source| LoggingError::Install { source })?;
     log::set_max_level(level);
@@ -184,8 +194,26 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
     if let Some(hub) = hub().as_mut() {
         hub.config = config.clone();
         hub.syslog = syslog;
+        // PID 1's own lines get a ring and a file like a service's.
+        hub.own = Some(hub.register(OWN_UNIT));
     }
     Ok(())
+}
+
+/// Fills in the sinks that were missing at [`init`] (a machine's /dev is
+/// only complete once devtmpfs is mounted): a console, else /dev/kmsg.
+pub fn add_missing_sinks(
+    console: impl FnOnce() -> Option<File>,
+    kmsg: impl FnOnce() -> Option<File>,
+) {
+    let mut guard = hub();
+    let Some(hub) = guard.as_mut() else { return };
+    if hub.console.is_none() {
+        hub.console = console().map(|c| Outbox::new(c, CONSOLE_QUEUE));
+    }
+    if hub.console.is_none() && hub.kmsg.is_none() {
+        hub.kmsg = kmsg();
+    }
 }
 
 /// Sets PID 1's own level (the kernel command line overrides the manifest).
@@ -199,32 +227,10 @@ pub fn set_level(level: log::LevelFilter) {
 /// The id of `name`'s log, created on first use. A service keeps its ring
 /// and file across restarts.
 pub fn register_unit(name: &str) -> usize {
-    let mut guard = hub();
-    let Some(hub) = guard.as_mut() else {
-        return usize::MAX;
-    };
-    if let Some(i) = hub.units.iter().position(|u| u.name == name) {
-        return i;
+    match hub().as_mut() {
+        Some(hub) => hub.register(name),
+        None => usize::MAX,
     }
-    let files = hub.config.files.clone();
-    let file = files.and_then(
-        |f| match RotatingFile::open(&f.dir, name, f.max_size, f.keep) {
-            Ok(file) => Some(file),
-            Err(e) => {
-                hub.own_line(log::Level::Error, &format_args!("{}", error_chain(&e)));
-                None
-            }
-        },
-    );
-    hub.units.push(UnitLog {
-        name: name.to_owned(),
-        ring: Ring::new(hub.config.ring_size),
-        budget: LineBudget::new(hub.config.lines_per_sec, hub.config.burst, now_ms()),
-        dropped: 0,
-        last_notice: 0,
-        file,
-    });
-    hub.units.len() - 1
 }
 
 /// The longest line kept whole; longer ones are cut.
@@ -330,6 +336,30 @@ impl Stamp {
 }
 
 impl Hub {
+    fn register(&mut self, name: &str) -> usize {
+        if let Some(i) = self.units.iter().position(|u| u.name == name) {
+            return i;
+        }
+        let file = self.config.files.clone().and_then(|f| {
+            match RotatingFile::open(&f.dir, name, f.max_size, f.keep) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    self.own_line(log::Level::Error, &format_args!("{}", error_chain(&e)));
+                    None
+                }
+            }
+        });
+        self.units.push(UnitLog {
+            name: name.to_owned(),
+            ring: Ring::new(self.config.ring_size),
+            budget: LineBudget::new(self.config.lines_per_sec, self.config.burst, now_ms()),
+            dropped: 0,
+            last_notice: 0,
+            file,
+        });
+        self.units.len() - 1
+    }
+
     fn own_line(&mut self, level: log::Level, args: &std::fmt::Arguments<'_>) {
         self.own_line_at(level, args, now_ms());
     }
@@ -356,6 +386,19 @@ impl Hub {
                         _ => 7,
                     };
                     let _ = kmsg.write_all(format!("<{prio}>berth: {text}\n").as_bytes());
+                }
+            }
+        }
+        if let Some(own) = self.own.and_then(|i| self.units.get_mut(i)) {
+            own.ring.push(now, Stream::Stderr, text.as_bytes());
+            if let Some(file) = own.file.as_mut()
+                && let Err(e) = file.write_line(&[stamp.as_bytes(), tag, text.as_bytes(), b"\n"])
+            {
+                // Said on the console only: logging it would write the file again.
+                own.file = None;
+                let msg = format!("berth: log file disabled: {}\n", error_chain(&e));
+                if let Some(c) = self.console.as_mut() {
+                    c.push(&[stamp.as_bytes(), msg.as_bytes()]);
                 }
             }
         }
@@ -524,6 +567,7 @@ mod tests {
             units: Vec::new(),
             syslog: None,
             console_dropped: 0,
+            own: None,
         };
         hub.units.push(UnitLog {
             name: "spam".into(),

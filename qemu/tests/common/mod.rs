@@ -223,3 +223,27 @@ pub fn listening_addresses(port: u16) -> Vec<String> {
         })
         .collect()
 }
+
+/// Blocks until the ACPI power button is pressed (QMP system_powerdown),
+/// then powers off; needs the `button` and `evdev` modules loaded.
+pub const POWER_BUTTON_THEN_POWEROFF: &str = r#"
+# The ACPI power button (LNXPWRBN, loaded as the `button` module) is an
+# input device; reading its evdev node blocks until QMP system_powerdown
+# presses it.
+ev=
+while [ -z "$ev" ]; do
+    for d in /sys/class/input/input*; do
+        if grep -q "Power Button" $d/name 2>/dev/null; then
+            for e in $d/event*; do [ -e "$e" ] && ev=/dev/input/${e##*/}; done
+        fi
+    done
+    [ -n "$ev" ] && [ -e "$ev" ] || { ev=; sleep 0.2; }
+done
+# Open it before saying so: evdev queues events only for open readers.
+exec 3< "$ev"
+echo "berth-floor: waiting for the power button on $ev"
+# One struct input_event is 24 bytes on x86_64; evdev refuses shorter reads.
+dd bs=24 count=1 <&3 > /dev/null 2>&1
+echo "berth-floor: power button pressed"
+poweroff -f
+"#;

@@ -1,0 +1,275 @@
+//! The `berth-qemu` binary: `run` exit codes and Ctrl-C handling, against
+//! real boots of busybox "floor" appliances.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use common::{INIT_PROLOGUE, POWER_BUTTON_THEN_POWEROFF, TIMEOUT, floor_appliance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth-qemu");
+
+/// A running `berth-qemu run`, its stdout and stderr collected.
+struct Cli {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let out = Arc::clone(&buf);
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            out.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buf
+}
+
+impl Cli {
+    fn run(outdir: &std::path::Path) -> Cli {
+        Self::run_with(outdir, &[])
+    }
+
+    fn run_with(outdir: &std::path::Path, options: &[&str]) -> Cli {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(outdir)
+            .args(options)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Cli {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn dump(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    fn wait_stdout(&self, pattern: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.stdout.lock().unwrap().contains(pattern) {
+            assert!(
+                Instant::now() < deadline,
+                "no {pattern:?} on the console\n{}",
+                self.dump()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Exit code, and stderr once the collector drained it.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("berth-qemu did not exit\n{}", self.dump());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let code = status
+            .code()
+            .unwrap_or_else(|| panic!("killed: {status}\n{}", self.dump()));
+        (code, self.dump())
+    }
+}
+
+#[test]
+fn run_exits_0_after_a_clean_power_off() {
+    let init = "#!/bin/busybox sh\necho 'berth-floor: bye'\n/bin/busybox poweroff -f\n";
+    let appliance = floor_appliance("cli-poweroff", init, &[]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    let (code, out) = cli.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("berth-floor: bye"), "{out}");
+    assert!(
+        out.contains("berth-qemu: the appliance powered off"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_exits_2_when_pid1_dies() {
+    let init = "#!/bin/busybox sh\necho 'berth-floor: dying'\nexit 1\n";
+    let appliance = floor_appliance("cli-panic", init, &[]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    let (code, out) = cli.finish();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the guest kernel panicked"), "{out}");
+    assert!(out.contains("Attempted to kill init"), "{out}");
+}
+
+#[test]
+fn first_ctrl_c_presses_the_power_button() {
+    let init = format!("{INIT_PROLOGUE}{POWER_BUTTON_THEN_POWEROFF}");
+    let appliance = floor_appliance("cli-ctrl-c", &init, &["button", "evdev"]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: waiting for the power button");
+    cli.interrupt();
+    cli.wait_stdout("berth-floor: power button pressed");
+    let (code, out) = cli.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("asking the appliance to power down (QMP system_powerdown)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn second_ctrl_c_stops_qemu() {
+    // This init ignores the power button: only the second Ctrl-C ends it.
+    let init =
+        "#!/bin/busybox sh\necho 'berth-floor: idle'\nwhile true; do /bin/busybox sleep 1; done\n";
+    let appliance = floor_appliance("cli-ctrl-c-twice", init, &[]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: idle");
+    cli.interrupt();
+    let deadline = Instant::now() + TIMEOUT;
+    while !cli
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("asking the appliance to power down")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "first Ctrl-C not handled\n{}",
+            cli.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    cli.interrupt();
+    let (code, out) = cli.finish();
+    assert_eq!(code, 130, "{out}");
+    assert!(out.contains("berth-qemu: stopping QEMU"), "{out}");
+}
+
+#[test]
+fn run_refuses_an_outdir_without_an_appliance() {
+    let out = Command::new(BIN)
+        .args(["run", "/nonexistent/berth-outdir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/berth-outdir/vmlinuz is missing"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn boot_time_prints_the_median_and_samples() {
+    let init = "#!/bin/busybox sh\necho 'berth-floor: timed'\n/bin/busybox poweroff -f\n";
+    let appliance = floor_appliance("cli-boot-time", init, &[]);
+    let out = Command::new(BIN)
+        .arg("boot-time")
+        .arg(appliance.initrd.parent().unwrap())
+        .args(["--until", "berth-floor: timed", "--runs", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().next().unwrap_or("");
+    assert!(
+        line.starts_with("boot to \"berth-floor: timed\": median "),
+        "{line}"
+    );
+    let samples = line
+        .split("samples ms: ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    let samples: Vec<u64> = samples.split(' ').map(|s| s.parse().unwrap()).collect();
+    assert_eq!(samples.len(), 2, "{line}");
+    assert!(samples.iter().all(|&ms| ms > 0), "{line}");
+}
+
+#[test]
+fn run_options_reach_the_guest() {
+    let init = format!(
+        "{INIT_PROLOGUE}{}",
+        r#"
+echo "berth-floor: cmdline $(cat /proc/cmdline)"
+echo "berth-floor: disk $(cat /sys/block/vda/serial) $(cat /sys/block/vda/size) sectors"
+echo "berth-floor: $(grep MemTotal /proc/meminfo)"
+poweroff -f
+"#
+    );
+    let appliance = floor_appliance("cli-options", &init, &["virtio_pci", "virtio_blk"]);
+    let outdir = appliance.initrd.parent().unwrap();
+    let disk = outdir.join("data.img");
+    let port = berth_qemu::free_port().unwrap().to_string();
+    let cli = Cli::run_with(
+        outdir,
+        &[
+            "--data-disk",
+            &format!("{}:24M", disk.display()),
+            "--port",
+            &format!("{port}:8080"),
+            "--memory",
+            "384",
+            "--append",
+            "berth.test=1",
+        ],
+    );
+    let (code, out) = cli.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("berth-floor: cmdline console=ttyS0 panic=-1 berth.test=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("berth-floor: disk berth-data 49152 sectors"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("127.0.0.1:{port} -> 8080")), "{out}");
+    // 384 MiB minus what the firmware and kernel reserve.
+    let mem_kb: u64 = out
+        .lines()
+        .find_map(|l| l.split("MemTotal:").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal\n{out}"));
+    assert!((300_000..=393_216).contains(&mem_kb), "{mem_kb} kB\n{out}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 24 << 20);
+}

@@ -18,6 +18,8 @@ use crate::spec::{InRootPath, MountKind, Plan};
 use crate::sys::{self, FdPath};
 
 const RESOLVE_IN_ROOT: u64 = 0x10;
+/// statfs(2) `ST_RELATIME` (musl's libc crate lacks the constant).
+const ST_RELATIME: u64 = 0x1000;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 
 fn errno(e: &io::Error) -> Option<i32> {
@@ -99,7 +101,7 @@ fn locked_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_ulong> {
         (libc::ST_NOEXEC, libc::MS_NOEXEC),
         (libc::ST_NOATIME, libc::MS_NOATIME),
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_RELATIME, libc::MS_RELATIME),
     ] {
         if f & st_flag != 0 {
             out |= ms_flag;

@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,6 +47,7 @@ use berth_bundles::spec::{Overrides, runtime_spec};
 use berth_bundles::unpack::unpack_rootfs;
 use berth_runtime::cgroup::CgroupError;
 use berth_runtime::{Container, ContainerError, CreateOptions, Runtime, Stdio};
+use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{
@@ -57,6 +58,7 @@ use oci_spec::runtime::{
 use crate::launcher::{LaunchError, Launcher, ProcessLauncher, UnitKind};
 use crate::logging::error_chain;
 use crate::manifest::{Mount, NetworkMode, Program, Resources, Source};
+use crate::net::Rtnetlink;
 use crate::service::ExitStatus;
 
 /// `org.opencontainers.image.ref.name`: how the manifest names an image.
@@ -188,6 +190,8 @@ pub struct ContainerLauncher {
     host: ProcessLauncher,
     plans: BTreeMap<String, Plan>,
     live: BTreeMap<String, Container>,
+    /// `network: none` units' namespaces, held open while they run.
+    netns: BTreeMap<String, OwnedFd>,
 }
 
 impl ContainerLauncher {
@@ -199,6 +203,7 @@ impl ContainerLauncher {
             host: ProcessLauncher::new(),
             plans: BTreeMap::new(),
             live: BTreeMap::new(),
+            netns: BTreeMap::new(),
         }
     }
 
@@ -400,6 +405,18 @@ impl ContainerLauncher {
         {
             log::warn!("remove stale container {name}: {}", error_chain(&e));
         }
+        let mut spec = spec.clone();
+        let netns = if wants_own_netns(&spec) {
+            let fd = new_netns_with_lo().map_err(|source| LaunchError::Spawn {
+                unit: name.to_owned(),
+                program: "network namespace with loopback".to_owned(),
+                source,
+            })?;
+            set_netns_path(&mut spec, &fd);
+            Some(fd)
+        } else {
+            None
+        };
         let stdin = fs::File::open("/dev/null").map_err(|source| LaunchError::Spawn {
             unit: name.to_owned(),
             program: "/dev/null for stdin".to_owned(),
@@ -414,7 +431,7 @@ impl ContainerLauncher {
         };
         let mut container = self
             .runtime
-            .create_from_spec(name, spec, rootfs, opts)
+            .create_from_spec(name, &spec, rootfs, opts)
             .map_err(|source| LaunchError::Create {
                 unit: name.to_owned(),
                 permanent: is_permanent(&source),
@@ -431,8 +448,70 @@ impl ContainerLauncher {
         }
         let pid = Pid::from_raw(container.pid());
         self.live.insert(name.to_owned(), container);
+        if let Some(fd) = netns {
+            self.netns.insert(name.to_owned(), fd);
+        }
         Ok(pid)
     }
+}
+
+/// A spec asking for a new network namespace (no path): `network: none`.
+fn wants_own_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
+}
+
+/// Points the spec's network namespace at PID 1's open fd of it; the
+/// runtime opens `/proc/self/fd/N` in PID 1 itself, before the clone.
+fn set_netns_path(spec: &mut Spec, fd: &OwnedFd) {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut n| {
+            if n.typ() == LinuxNamespaceType::Network {
+                n.set_path(Some(PathBuf::from(format!(
+                    "/proc/self/fd/{}",
+                    fd.as_raw_fd()
+                ))));
+            }
+            n
+        })
+        .collect();
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
+/// A new network namespace with `lo` up, as an fd. A namespace the clone
+/// made would have `lo` down and nobody in it to bring it up, so PID 1
+/// makes it the way `ip netns add` does: unshare(CLONE_NEWNET) moves the
+/// calling thread (PID 1's only one) into a new namespace, `lo` goes up
+/// over rtnetlink, an fd keeps the namespace, and setns(2) takes PID 1
+/// back to its own namespace whatever happened.
+fn new_netns_with_lo() -> io::Result<OwnedFd> {
+    let own = fs::File::open("/proc/self/ns/net")?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let made = (|| -> io::Result<OwnedFd> {
+        let fd = OwnedFd::from(fs::File::open("/proc/self/ns/net")?);
+        let mut nl = Rtnetlink::open().map_err(|e| io::Error::other(error_chain(&e)))?;
+        nl.link_up("lo")
+            .map_err(|e| io::Error::other(error_chain(&e)))?;
+        Ok(fd)
+    })();
+    if let Err(e) = nix::sched::setns(&own, CloneFlags::CLONE_NEWNET) {
+        // Cannot happen with an fd of a namespace we were in; if it does,
+        // every later host-network unit would see the wrong network.
+        log::error!("return to PID 1's network namespace: {e}");
+        return Err(io::Error::from(e));
+    }
+    made
 }
 
 /// Errors no retry can fix: the spec asks for what this host lacks.
@@ -525,7 +604,8 @@ pub fn apply_program(
             .collect();
         linux.set_namespaces(Some(namespaces));
     }
-    // `network: none` keeps the image spec's new, empty network namespace.
+    // `network: none` keeps the image spec's new network namespace; each
+    // start makes it with `lo` up (`new_netns_with_lo`).
     linux.set_cgroups_path(Some(PathBuf::from(format!("/{cgroup_parent}/{name}"))));
     if !program.resources.is_empty() {
         linux.set_resources(Some(linux_resources(&program.resources)));
@@ -668,6 +748,8 @@ impl Launcher for ContainerLauncher {
             self.live.insert(name.to_owned(), container);
             return;
         }
+        // Its network namespace goes with it: ours was the last reference.
+        self.netns.remove(name);
         container.set_exited(runtime_status(status));
         if let Err(e) = container.delete(false) {
             log::warn!("delete container {name}: {}", error_chain(&e));

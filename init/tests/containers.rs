@@ -551,22 +551,38 @@ fn persistent_mount_writes_reach_the_data_dir() {
 #[test]
 fn network_none_sees_only_loopback() {
     let w = World::new("netnone");
-    let list = "echo links: $(ls /sys/class/net); exec sleep 1000";
+    // flags 0x9 = IFF_UP | IFF_LOOPBACK: lo is up.
+    let list =
+        "echo links: $(ls /sys/class/net) lo=$(cat /sys/class/net/lo/flags); exec sleep 1000";
     let m = manifest(
         &[],
         &[
-            ctr("isolated", list, r#","network":"none""#),
+            ctr(
+                "isolated",
+                list,
+                r#","network":"none","restart":{"policy":"always","backoff":{"initial":"100ms"}}"#,
+            ),
             ctr("hosted", list, ""),
         ],
     );
     let mut p = w.start(&m);
     let isolated = p.wait_for("isolated: links: ");
-    assert!(isolated.ends_with("isolated: links: lo"), "{isolated}");
+    assert!(
+        isolated.ends_with("isolated: links: lo lo=0x9"),
+        "{isolated}"
+    );
+    // A restart gets a fresh namespace, again with lo up.
+    let started = p.wait_for("berth: service isolated started pid=");
+    let host = p.host_pid_nested(ns_pid_of(&started));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), Signal::SIGKILL).unwrap();
+    let again = p.wait_for_nth("isolated: links: ", 2);
+    assert!(again.ends_with("isolated: links: lo lo=0x9"), "{again}");
     // The host network mode sees the test host's interfaces (lo at least).
     let hosted = p.wait_for("hosted: links: ");
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
+    let (links, _) = hosted.rsplit_once(" lo=").unwrap();
     assert_eq!(
-        hosted.rsplit_once("links: ").unwrap().1.split(' ').count(),
+        links.rsplit_once("links: ").unwrap().1.split(' ').count(),
         host_links,
         "{hosted}"
     );

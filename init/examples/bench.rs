@@ -14,7 +14,8 @@
 //! OCI image (zstd) that the benchmark builds with tar, zstd and sha256sum.
 //! For containers, "first exec" is the `service started` line, written
 //! once the runtime has released the container's process to exec; the
-//! time includes unpacking and verifying the image (reported on its own).
+//! time includes unpacking and verifying the image (reported on its own)
+//! into a run directory on tmpfs (`/dev/shm`), as `/run` is on a machine.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -200,12 +201,14 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let layout = dir.join("images");
+    // Roots go on tmpfs, as on a machine (/run); the temp dir may be a disk.
+    let run_dir = PathBuf::from(format!("/dev/shm/berth-bench-{}", std::process::id()));
     build_image(&dir, &layout);
     let extra: Vec<String> = [
         "--images",
         &layout.display().to_string(),
         "--run-dir",
-        &dir.join("run").display().to_string(),
+        &run_dir.display().to_string(),
         "--cgroup-parent",
         &format!("berth-bench-{}", std::process::id()),
     ]
@@ -274,4 +277,5 @@ fn main() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&run_dir);
 }

@@ -11,7 +11,7 @@
 #      script says so;
 #   2. packed into an OCI image with umoci (one gzip layer);
 #   3. recompressed to zstd with skopeo.
-# Then hyperfine times, with the target emptied before each run:
+# Then it times, interleaved, with the target emptied before each run:
 #   berth-zstd   berth-build unpack of the zstd image (sha256 of the blob and
 #                the DiffID checked while streaming; config.json written)
 #   berth-gzip   the same on umoci's gzip image
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/../.."
 runs=${BERTH_BENCH_RUNS:-5}
 dir=${BERTH_BENCH_DIR:-/var/tmp/berth-bench}
 [ "$(id -u)" = 0 ] || { echo "unpack.sh: run as root (ownership, devices, tmpfs mount)" >&2; exit 1; }
-for t in umoci skopeo zstd hyperfine jq tar; do
+for t in umoci skopeo zstd jq tar; do
   command -v "$t" >/dev/null || { echo "unpack.sh: $t missing: apt-get install $t" >&2; exit 1; }
 done
 mkdir -p "$dir"
@@ -83,19 +83,36 @@ unc=$(zstd -dc "$layer_path" | wc -c)
 entries=$(zstd -dc "$layer_path" | tar -t | wc -l)
 echo "source: $source_kind ($(du -sh "$dir/minbase" | cut -f1)); layer: $((unc / 1000000)) MB uncompressed, $entries entries, zstd $(( $(stat -c %s "$layer_path") / 1000000 )) MB"
 
-out="$dir/results.json"
-hyperfine --runs "$runs" --warmup 1 --export-json "$out" --style basic \
-  --prepare "rm -rf $mnt/t && mkdir $mnt/t" \
-  -n berth-zstd "$berth unpack oci:$dir/zstd:bench $mnt/t/b" \
-  -n berth-gzip "$berth unpack oci:$dir/gzip:bench $mnt/t/b" \
-  -n umoci-gzip "umoci unpack --image $dir/gzip:bench $mnt/t/b" \
-  -n zstd-tar "zstd -dc $layer_path | tar -x -C $mnt/t" >&2
+# Runs are interleaved (one of each tool per round), so a burst of load
+# from elsewhere on the machine hits all tools alike; medians are reported.
+names=(berth-zstd berth-gzip umoci-gzip zstd-tar)
+cmds=(
+  "$berth unpack oci:$dir/zstd:bench $mnt/t/b"
+  "$berth unpack oci:$dir/gzip:bench $mnt/t/b"
+  "umoci unpack --image $dir/gzip:bench $mnt/t/b"
+  "zstd -dc $layer_path | tar -x -C $mnt/t"
+)
+declare -A times
+for round in $(seq 0 "$runs"); do
+  for i in "${!names[@]}"; do
+    rm -rf "$mnt/t" && mkdir "$mnt/t"
+    sync
+    start=$(date +%s%N)
+    bash -c "${cmds[$i]}" >/dev/null 2>&1 || { echo "unpack.sh: ${names[$i]} failed: ${cmds[$i]}" >&2; exit 1; }
+    end=$(date +%s%N)
+    # Round 0 warms the page cache and is not counted.
+    [ "$round" = 0 ] || times[${names[$i]}]+="$(( (end - start) / 1000 )) "
+  done
+  echo "round $round done" >&2
+done
+rm -rf "$mnt/t"
 
-median() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median' "$out"; }
+median() { tr ' ' '\n' <<<"${times[$1]}" | grep . | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m/1e6}'; }
 bz=$(median berth-zstd); bg=$(median berth-gzip); um=$(median umoci-gzip); zt=$(median zstd-tar)
-printf '\nmedians (s): berth-zstd %.3f  berth-gzip %.3f  umoci-gzip %.3f  zstd-tar %.3f\n' "$bz" "$bg" "$um" "$zt"
+for n in "${names[@]}"; do printf '%-11s runs (us): %s\n' "$n" "${times[$n]}"; done
+printf '\nmedians over %s runs (s): berth-zstd %s  berth-gzip %s  umoci-gzip %s  zstd-tar %s\n' "$runs" "$bz" "$bg" "$um" "$zt"
 awk -v bz="$bz" -v bg="$bg" -v um="$um" -v zt="$zt" 'BEGIN {
   printf "berth-zstd / zstd-tar   = %.2fx  (target <= 1.00)\n", bz / zt
-  printf "umoci-gzip / berth-gzip = %.1fx  (target >= 5)\n", um / bg
-  printf "umoci-gzip / berth-zstd = %.1fx\n", um / bz
+  printf "umoci-gzip / berth-zstd = %.1fx  (target >= 5)\n", um / bz
+  printf "umoci-gzip / berth-gzip = %.1fx  (same gzip image for both)\n", um / bg
 }'

@@ -343,6 +343,25 @@ impl Rootfs {
             name: show(&raw),
             reason,
         })?;
+        // Whiteouts first: only their name counts (the spec says they are
+        // regular files, tools fill the other header fields freely).
+        let (parent, name) = split_parent(&path);
+        let whiteout = classify_whiteout(name).map_err(|_| ApplyError::InvalidWhiteout {
+            path: show(&path),
+            name: show(name),
+        })?;
+        match whiteout {
+            Whiteout::Opaque => {
+                st.stats.whiteouts += 1;
+                return self.apply_opaque(st, parent);
+            }
+            Whiteout::Remove(target) => {
+                st.stats.whiteouts += 1;
+                return self.apply_whiteout(st, parent, target);
+            }
+            Whiteout::None => {}
+        }
+
         let header = entry.header();
         let field = |field: &'static str| {
             let path = show(&path);
@@ -372,23 +391,6 @@ impl Rootfs {
         };
         let uid = rfs::Uid::from_raw(id_of(&path, "uid", uid)?);
         let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
-
-        let (parent, name) = split_parent(&path);
-        let whiteout = classify_whiteout(name).map_err(|_| ApplyError::InvalidWhiteout {
-            path: show(&path),
-            name: show(name),
-        })?;
-        match whiteout {
-            Whiteout::Opaque => {
-                st.stats.whiteouts += 1;
-                return self.apply_opaque(st, parent);
-            }
-            Whiteout::Remove(target) => {
-                st.stats.whiteouts += 1;
-                return self.apply_whiteout(st, parent, target);
-            }
-            Whiteout::None => {}
-        }
 
         let (mut times, xattrs) =
             times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;

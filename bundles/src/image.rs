@@ -888,10 +888,10 @@ impl Image {
                 } else {
                     format!("{r}:latest")
                 };
+                // Docker Hub names are written in several spellings.
                 let strip = |t: &str| {
-                    t.strip_prefix("docker.io/library/")
-                        .unwrap_or(t)
-                        .to_string()
+                    let t = t.strip_prefix("docker.io/").unwrap_or(t);
+                    t.strip_prefix("library/").unwrap_or(t).to_string()
                 };
                 items
                     .iter()

@@ -246,14 +246,25 @@ pub fn resolve_user(
 fn read_image_file(rootfs: &Rootfs, path: &'static str) -> Result<Option<String>, SpecError> {
     let err = |reason: String| SpecError::ReadFile { path, reason };
     let rel = path.trim_start_matches('/');
-    let fd = match rootfs.open_in_root(rel.as_bytes(), OFlags::RDONLY) {
+    // Look before opening for reading: opening a fifo blocks and opening a
+    // device node reaches a host driver, and the image chooses what
+    // /etc/passwd is. O_PATH opens nothing; only a regular file is then
+    // opened for reading (nothing else writes the tree meanwhile).
+    let probe = match rootfs.open_in_root(rel.as_bytes(), OFlags::PATH) {
         Ok(fd) => fd,
         Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
         Err(e) => return Err(err(e.to_string())),
     };
-    let stat = rustix::fs::fstat(&fd).map_err(|e| err(e.to_string()))?;
+    let stat = rustix::fs::fstat(&probe).map_err(|e| err(e.to_string()))?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(err("not a regular file".into()));
+    }
+    let fd = rootfs
+        .open_in_root(rel.as_bytes(), OFlags::RDONLY | OFlags::NONBLOCK)
+        .map_err(|e| err(e.to_string()))?;
+    let again = rustix::fs::fstat(&fd).map_err(|e| err(e.to_string()))?;
+    if (again.st_dev, again.st_ino) != (stat.st_dev, stat.st_ino) {
+        return Err(err("changed while being opened".into()));
     }
     let mut text = String::new();
     std::fs::File::from(fd)

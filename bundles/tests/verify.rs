@@ -460,3 +460,125 @@ fn unpadded_layer_tar_like_umoci_writes() {
         }
     }
 }
+
+#[test]
+fn passwd_is_read_in_root_only() {
+    require_root();
+    let s = Scratch::new("passwd");
+    // A host file the image points at: must never be consulted.
+    let host = s.path().join("host-passwd");
+    fs::write(&host, "app:x:4242:4242::/h:/bin/sh\n").unwrap();
+    let cases: Vec<(&str, Vec<E>, &str)> = vec![
+        (
+            "symlink to host path",
+            vec![
+                E::dir("etc"),
+                E::symlink("etc/passwd", host.to_str().unwrap()),
+            ],
+            "unable to find user \"app\"",
+        ),
+        (
+            "symlink with ..",
+            vec![
+                E::dir("etc"),
+                E::symlink("etc/passwd", "../../../../host-passwd"),
+            ],
+            "unable to find user \"app\"",
+        ),
+        (
+            "fifo",
+            vec![E::dir("etc"), E::node("etc/passwd", b'6', 0, 0)],
+            "not a regular file",
+        ),
+        (
+            "char device",
+            vec![E::dir("etc"), E::node("etc/passwd", b'3', 1, 5)],
+            "not a regular file",
+        ),
+    ];
+    for (name, entries, want) in cases {
+        let l = Layout::new(&s.path().join(format!("img-{}", name.replace(' ', "-"))));
+        let t = tar(&entries);
+        let l0 = l.blob("application/vnd.oci.image.layer.v1.tar", &t);
+        let cfg = l.config(
+            std::slice::from_ref(&t),
+            "amd64",
+            json!({"config": {"User": "app", "Cmd": ["/bin/sh"]}}),
+        );
+        let c = l.blob(
+            "application/vnd.oci.image.config.v1+json",
+            &serde_json::to_vec(&cfg).unwrap(),
+        );
+        let m = l.manifest(c, &[l0]);
+        l.index(&[(m, None)]);
+        let err = unpack(
+            &format!("oci:{}", l.dir.display()),
+            &s.path().join(format!("b-{}", name.replace(' ', "-"))),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
+
+#[test]
+fn docker_archive_hostile_manifest() {
+    require_root();
+    let s = Scratch::new("docker-hostile");
+    let tars = vec![tar(&[E::file("x", b"x")])];
+    let cfg = Layout::new(&s.path().join("tmp")).config(&tars, "amd64", json!({}));
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    let cfg_hex = sha256_hex(&cfg_bytes);
+    let cases = [
+        // Paths are keys into the archive's member map, never host paths.
+        ("../../../../etc/passwd", "missing layer etc/passwd"),
+        ("/etc/passwd", "missing layer etc/passwd"),
+        // A symlink loop between members ends with an error, not a hang.
+        ("loop/a", "too many levels"),
+    ];
+    for (layer, want) in cases {
+        let path = s.path().join("a.tar");
+        let manifest =
+            json!([{"Config": format!("{cfg_hex}.json"), "RepoTags": [], "Layers": [layer]}]);
+        archive(
+            &path,
+            &[
+                (format!("{cfg_hex}.json"), cfg_bytes.clone()),
+                (
+                    "manifest.json".into(),
+                    serde_json::to_vec(&manifest).unwrap(),
+                ),
+            ],
+            &[("loop/a".into(), "b".into()), ("loop/b".into(), "a".into())],
+        );
+        let err = unpack(
+            &format!("docker-archive:{}", path.display()),
+            &s.path().join("b"),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains(want), "{layer}: {err}");
+    }
+    // A config whose name carries a digest is verified against it.
+    let path = s.path().join("c.tar");
+    let manifest = json!([{"Config": format!("{}.json", "0".repeat(64)), "Layers": ["l.tar"]}]);
+    archive(
+        &path,
+        &[
+            (format!("{}.json", "0".repeat(64)), cfg_bytes.clone()),
+            ("l.tar".into(), tars[0].clone()),
+            (
+                "manifest.json".into(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ],
+        &[],
+    );
+    let err = unpack(
+        &format!("docker-archive:{}", path.display()),
+        &s.path().join("c"),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.contains("does not match its digest"), "{err}");
+}

@@ -217,3 +217,116 @@ fn errors_are_one_line_and_nonzero() {
     assert!(err.contains(&image) && err.contains(name), "{err}");
     assert!(!s.0.join("bad").exists());
 }
+
+#[test]
+fn progress_only_on_a_terminal() {
+    require_root();
+    require("script", "bsdutils");
+    let s = Scratch::new("progress");
+    let image = busybox_image(&s.0);
+    let bundle = s.0.join("bundle");
+    // script(1) gives the command a pseudo-terminal as stdin/stdout/stderr.
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} unpack {image} {}", bundle.display()),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("layer 1/1") && text.contains("unpacked"),
+        "no progress on a tty: {text:?}"
+    );
+}
+
+#[test]
+fn unpack_and_run_with_berth_runc() {
+    require_root();
+    // berth-runc is built next to berth-build by `cargo test --workspace`.
+    let runc = Path::new(BIN).with_file_name("berth-runc");
+    assert!(
+        runc.is_file(),
+        "{} missing: run the workspace tests (cargo test --workspace) or cargo build -p berth-runtime",
+        runc.display()
+    );
+    let s = Scratch::new("berth-runc");
+    let image = busybox_image(&s.0);
+    let bundle = s.0.join("bundle");
+    let out = berth(&["unpack", &image, bundle.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = format!("berth-build-brunc-{}", std::process::id());
+    let state = s.0.join("state");
+    let run = Command::new(&runc)
+        .args([
+            "--root",
+            state.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new(&runc)
+        .args(["--root", state.to_str().unwrap(), "delete", "--force", &id])
+        .output();
+    assert!(
+        run.status.success(),
+        "berth-runc run failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello 1234:1234:1234 777 /srv /srv"
+    );
+}
+
+#[test]
+fn docker_archive_written_by_skopeo() {
+    require_root();
+    require("skopeo", "skopeo");
+    let s = Scratch::new("docker-archive");
+    let image = busybox_image(&s.0);
+    let archive = s.0.join("busybox.tar");
+    sh(&format!(
+        "skopeo copy --quiet {image} docker-archive:{}:example/busybox:v1",
+        archive.display()
+    ));
+    let reference = format!("docker-archive:{}:example/busybox:v1", archive.display());
+    let out = berth(&["inspect", &reference]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("manifest:   (docker-archive: none)") && text.contains("GREETING=hello"),
+        "{text}"
+    );
+    let bundle = s.0.join("bundle");
+    let out = berth(&[
+        "unpack",
+        &format!("docker-archive:{}", archive.display()),
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["user"]["uid"], 1234);
+}

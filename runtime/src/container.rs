@@ -69,6 +69,21 @@ pub enum ContainerError {
         #[source]
         source: io::Error,
     },
+    #[error("container {id}: {step}: {path} exited with status {status}")]
+    HookStatus {
+        id: String,
+        step: &'static str,
+        path: PathBuf,
+        status: i32,
+    },
+    #[error("container {id}: {step}: {path} timed out")]
+    HookTimeout {
+        id: String,
+        step: &'static str,
+        path: PathBuf,
+    },
+    #[error("container {id}: the state is too large ({len} bytes) for in-container hooks' stdin")]
+    HookInputTooLarge { id: String, len: usize },
     #[error("container {id}: {step}{what}")]
     Child {
         id: String,
@@ -112,6 +127,10 @@ pub enum ContainerError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "container {id}: kill --all needs the container to have its own pid namespace or cgroup"
+    )]
+    KillAllUnscoped { id: String },
     #[error("container {id}: wait for the container process")]
     Wait {
         id: String,
@@ -225,6 +244,7 @@ pub struct Container {
     root: PathBuf,
     record: Record,
     exit: Option<ExitStatus>,
+    warnings: Vec<String>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -479,6 +499,10 @@ impl Runtime {
             )),
             None => None,
         };
+        crate::rootfs::create_symlink_targets(plan, &plan.rootfs).map_err(ioerr(
+            "create mount destinations behind symlinks in",
+            &plan.rootfs,
+        ))?;
         let (report_r, report_w) = sys::pipe().map_err(ioerr("create pipe", dir))?;
         let (sync_r, sync_w) = sys::pipe().map_err(ioerr("create pipe", dir))?;
         let rootfs_c = CString::new(plan.rootfs.as_os_str().as_bytes()).map_err(|_| {
@@ -493,11 +517,26 @@ impl Runtime {
             let pre = h.prestart().as_ref().is_some_and(|v| !v.is_empty());
             pre || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
         });
-        let stdio_raw: [Option<RawFd>; 3] = [
-            opts.stdio.stdin.as_ref().map(|f| f.as_raw_fd()),
-            opts.stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
-            opts.stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
+        // The child dups these onto 0, 1, 2 in order: a source that is
+        // itself 0-2 could be overwritten first, so move those above 2.
+        let lift = |fd: &Option<OwnedFd>| -> Result<Option<OwnedFd>, ContainerError> {
+            match fd {
+                Some(f) if f.as_raw_fd() < 3 => sys::dup_above(f.as_fd(), 3)
+                    .map(Some)
+                    .map_err(ioerr("duplicate stdio fd", dir)),
+                _ => Ok(None),
+            }
+        };
+        let lifted = [
+            lift(&opts.stdio.stdin)?,
+            lift(&opts.stdio.stdout)?,
+            lift(&opts.stdio.stderr)?,
         ];
+        let sources = [&opts.stdio.stdin, &opts.stdio.stdout, &opts.stdio.stderr];
+        let mut stdio_raw: [Option<RawFd>; 3] = [None; 3];
+        for (i, (src, up)) in sources.iter().zip(&lifted).enumerate() {
+            stdio_raw[i] = up.as_ref().or(src.as_ref()).map(|f| f.as_raw_fd());
+        }
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             Some(s) => {
                 Some(
@@ -513,8 +552,19 @@ impl Runtime {
             vec![report_w.as_raw_fd(), sync_r.as_raw_fd(), gate.as_raw_fd()];
         keep_fds.extend(proc_sys.as_ref().map(|f| f.as_raw_fd()));
         keep_fds.extend(join.iter().map(|(f, _)| f.as_raw_fd()));
+        let hooks_spec = spec.hooks().clone().unwrap_or_default();
+        let (create_hooks, create_inputs) = child_hooks(id, hooks_spec.create_container())?;
+        let (start_hooks, start_inputs) = child_hooks(id, hooks_spec.start_container())?;
+        keep_fds.extend(
+            create_hooks
+                .iter()
+                .chain(&start_hooks)
+                .map(|h| h.stdin.as_raw_fd()),
+        );
         keep_fds.sort_unstable();
         let cx = ChildContext {
+            create_container_hooks: create_hooks,
+            start_container_hooks: start_hooks,
             keep_fds,
             seccomp: seccomp.as_ref(),
             plan,
@@ -546,6 +596,7 @@ impl Runtime {
         // show as EOF, and the fifo have no reader but the child.
         drop(cx);
         drop(opts);
+        drop(lifted);
 
         let fail = |e: ContainerError| {
             let _ = sys::kill(pid, libc::SIGKILL);
@@ -556,13 +607,27 @@ impl Runtime {
         if plan.namespaces.new_user() {
             // The parent writes the maps: it has the privileges over the
             // parent user namespace that the child lacks.
-            fs::write(proc_dir.join("uid_map"), &plan.namespaces.uid_map)
-                .map_err(|e| fail(ioerr("write", &proc_dir.join("uid_map"))(e)))?;
-            fs::write(proc_dir.join("gid_map"), &plan.namespaces.gid_map)
-                .map_err(|e| fail(ioerr("write", &proc_dir.join("gid_map"))(e)))?;
+            write_proc(
+                &proc_dir.join("uid_map"),
+                plan.namespaces.uid_map.as_bytes(),
+            )
+            .map_err(|e| fail(ioerr("write", &proc_dir.join("uid_map"))(e)))?;
+            write_proc(
+                &proc_dir.join("gid_map"),
+                plan.namespaces.gid_map.as_bytes(),
+            )
+            .map_err(|e| fail(ioerr("write", &proc_dir.join("gid_map"))(e)))?;
             sys::write_all(sync_w.as_fd(), &[0])
                 .map_err(|e| fail(ioerr("signal the child", dir)(e)))?;
         }
+        // The state for the in-container hooks, now that the pid is known.
+        let hook_input = |status| {
+            let mut r = record_state_parts(id, pid, bundle, spec);
+            r.status = status;
+            r
+        };
+        feed_hook_inputs(id, create_inputs, &hook_input(Status::Creating)).map_err(fail)?;
+        feed_hook_inputs(id, start_inputs, &hook_input(Status::Created)).map_err(fail)?;
         if let Some(adj) = plan.oom_score_adj {
             let path = proc_dir.join("oom_score_adj");
             write_proc(&path, adj.to_string().as_bytes())
@@ -627,6 +692,42 @@ impl Runtime {
                 _ => {
                     let _ = sys::wait_pid(pid);
                     let step = Step::from_raw(step);
+                    let hook_list = match step {
+                        Some(Step::CreateContainerHook | Step::CreateContainerHookStatus) => {
+                            hooks_spec.create_container().as_ref()
+                        }
+                        Some(Step::StartContainerHook | Step::StartContainerHookStatus) => {
+                            hooks_spec.start_container().as_ref()
+                        }
+                        _ => None,
+                    };
+                    if let (Some(s), Some(list)) = (step, hook_list) {
+                        let path = list
+                            .get(index as usize)
+                            .map(|h| h.path().clone())
+                            .unwrap_or_default();
+                        let id = id.to_string();
+                        let step = s.describe();
+                        return Err(match s {
+                            Step::CreateContainerHookStatus | Step::StartContainerHookStatus => {
+                                ContainerError::HookStatus {
+                                    id,
+                                    step,
+                                    path,
+                                    status: errno,
+                                }
+                            }
+                            _ if errno == libc::ETIMEDOUT => {
+                                ContainerError::HookTimeout { id, step, path }
+                            }
+                            _ => ContainerError::Child {
+                                id,
+                                step,
+                                what: format!(" {}", path.display()),
+                                source: io::Error::from_raw_os_error(errno),
+                            },
+                        });
+                    }
                     return Err(ContainerError::Child {
                         id: id.to_string(),
                         step: step.map_or("setup", |s| s.describe()),
@@ -637,10 +738,30 @@ impl Runtime {
             }
         }
         record.pid_start = proc_stat(pid).map(|(_, s)| s).unwrap_or(pid_start);
+        let mut warnings = Vec::new();
+        if let Some(caps) = &plan.caps
+            && !caps.ambient_unraisable.is_empty()
+        {
+            // PR_CAP_AMBIENT_RAISE refuses these (prctl(2)); runc warns too.
+            warnings.push(format!(
+                "ambient capabilities not in both permitted and inheritable were not raised: {}",
+                caps.ambient_unraisable.names().join(", ")
+            ));
+        }
+        if let Some(s) = seccomp
+            .as_ref()
+            .filter(|s| !s.skipped_syscalls().is_empty())
+        {
+            warnings.push(format!(
+                "seccomp rules for syscalls this architecture lacks were left out: {}",
+                s.skipped_syscalls().join(", ")
+            ));
+        }
         let c = Container {
             root: self.root.clone(),
             record,
             exit: None,
+            warnings,
         };
         c.save().map_err(fail)?;
         Ok(c)
@@ -676,6 +797,7 @@ impl Runtime {
             root: self.root.clone(),
             record,
             exit: None,
+            warnings: Vec::new(),
         })
     }
 
@@ -738,6 +860,113 @@ fn owner() -> String {
     }
 }
 
+/// The state of a container being created, before its record exists.
+fn record_state_parts(id: &str, pid: i32, bundle: &Path, spec: &Spec) -> State {
+    State {
+        oci_version: crate::state::OCI_VERSION.to_string(),
+        id: id.to_string(),
+        status: Status::Creating,
+        pid: Some(pid),
+        bundle: bundle.to_path_buf(),
+        annotations: spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// Prepares createContainer/startContainer hooks for the child: strings,
+/// pointer arrays and one stdin pipe each (the read end goes to the hook,
+/// the write end stays here until the state is known).
+fn child_hooks(
+    id: &str,
+    list: &Option<Vec<oci_spec::runtime::Hook>>,
+) -> Result<(Vec<process::ChildHook>, Vec<OwnedFd>), ContainerError> {
+    let mut hooks = Vec::new();
+    let mut inputs = Vec::new();
+    for h in list.iter().flatten() {
+        let bad = |reason: &str| ContainerError::Spec {
+            id: id.to_string(),
+            source: SpecError::Invalid {
+                field: format!("hooks path {}", h.path().display()),
+                reason: reason.to_string(),
+            },
+        };
+        if !h.path().is_absolute() {
+            return Err(bad("not an absolute path"));
+        }
+        let path = CString::new(h.path().as_os_str().as_bytes())
+            .map_err(|_| bad("contains a NUL byte"))?;
+        let args = match h.args() {
+            Some(a) if !a.is_empty() => a.clone(),
+            _ => vec![h.path().display().to_string()],
+        };
+        let args = args
+            .into_iter()
+            .map(CString::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("args contain a NUL byte"))?;
+        let env = h.env().clone().unwrap_or_default();
+        let env = env
+            .into_iter()
+            .map(CString::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("env contains a NUL byte"))?;
+        let timeout_ms = match h.timeout() {
+            Some(t) if t <= 0 => return Err(bad("timeout must be positive")),
+            Some(t) => i32::try_from(t.saturating_mul(1000)).unwrap_or(i32::MAX),
+            None => -1,
+        };
+        let (r, w) = sys::pipe().map_err(|source| ContainerError::Io {
+            id: id.to_string(),
+            op: "create hook pipe for",
+            path: h.path().clone(),
+            source,
+        })?;
+        hooks.push(process::ChildHook {
+            path,
+            argv: process::pointer_array(&args),
+            envp: process::pointer_array(&env),
+            stdin: r,
+            timeout_ms,
+            strings: (args, env),
+        });
+        inputs.push(w);
+    }
+    Ok((hooks, inputs))
+}
+
+/// Writes the state into each hook's stdin pipe and closes it. The pipe
+/// must hold it all (the hook may run only after `start`).
+fn feed_hook_inputs(id: &str, inputs: Vec<OwnedFd>, state: &State) -> Result<(), ContainerError> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(state).map_err(|source| ContainerError::StateFile {
+        id: id.to_string(),
+        path: PathBuf::from("<hook state>"),
+        source,
+    })?;
+    // PIPE_BUF is the atomic size; the default pipe capacity is 64 KiB.
+    if json.len() > 60 * 1024 {
+        return Err(ContainerError::HookInputTooLarge {
+            id: id.to_string(),
+            len: json.len(),
+        });
+    }
+    for w in inputs {
+        sys::write_all(w.as_fd(), &json).map_err(|source| ContainerError::Io {
+            id: id.to_string(),
+            op: "write hook state to",
+            path: PathBuf::from("pipe"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 fn record_state(r: &Record, status: Status) -> State {
     State {
         oci_version: crate::state::OCI_VERSION.to_string(),
@@ -798,6 +1027,12 @@ fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
 impl Container {
     pub fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// What create accepted but could not do exactly as asked (for the
+    /// caller to log); empty for a loaded container.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Host pid of the container's first process.
@@ -998,6 +1233,11 @@ impl Container {
             }
             return Ok(());
         }
+        if all {
+            // Neither a cgroup nor a pid namespace of its own tells which
+            // processes are the container's: refuse rather than signal one.
+            return Err(ContainerError::KillAllUnscoped { id });
+        }
         sys::kill(self.record.pid, signal).map_err(err)
     }
 
@@ -1035,14 +1275,17 @@ impl Container {
         let id = self.record.id.clone();
         let status = self.status();
         if status != Status::Stopped {
-            if !force {
+            // As runc: a created container (its program never ran) is
+            // deleted without force; a running one needs it.
+            if status == Status::Running && !force {
                 return Err(ContainerError::WrongStatus {
                     id,
                     status,
-                    wanted: "stopped (use force)",
+                    wanted: "stopped or created (use force)",
                 });
             }
-            self.kill(libc::SIGKILL, true).or_else(|e| match e {
+            let scoped = self.record.cgroup.is_some() || self.record.own_pid_ns;
+            self.kill(libc::SIGKILL, scoped).or_else(|e| match e {
                 ContainerError::WrongStatus { .. } => Ok(()),
                 e => Err(e),
             })?;

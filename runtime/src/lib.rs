@@ -4,10 +4,30 @@
 //! and raw syscalls; every other crate reaches the kernel through its safe
 //! wrappers.
 //!
-//! Use: [`Runtime::create`] (from a bundle) or [`Runtime::create_from_spec`]
-//! (from an in-memory spec and a rootfs), then [`Container::start`],
-//! [`Container::kill`], [`Container::wait`] (or the caller's own
-//! `waitpid(-1)` and [`Container::set_exited`]), [`Container::delete`].
+//! # Use
+//!
+//! The process that calls [`Runtime::create`] (from a bundle directory) or
+//! [`Runtime::create_from_spec`] (from an in-memory spec and a rootfs, as
+//! PID 1 does) becomes the parent of the container's first process: one
+//! `clone3` straight into the spec's namespaces (and its cgroup, with
+//! `CLONE_INTO_CGROUP`). The child sets everything up from a plan computed
+//! before the clone, without allocating, reports ready, and waits on the
+//! exec fifo in the state directory until [`Container::start`]. Then
+//! [`Container::kill`], and either [`Container::wait`] or, for a caller
+//! with its own `waitpid(-1)` loop, [`Container::set_exited`]; finally
+//! [`Container::delete`].
+//!
+//! ```no_run
+//! use berth_runtime::{CreateOptions, Runtime};
+//!
+//! let rt = Runtime::new("/run/berth");
+//! let mut c = rt.create("web", "/srv/bundles/web".as_ref(), CreateOptions::default())?;
+//! c.start()?;
+//! let status = c.wait()?; // or: own waitpid(-1) loop, then c.set_exited(status)
+//! c.delete(false)?;
+//! println!("web ended: {status} (shell code {})", status.code());
+//! # Ok::<(), berth_runtime::ContainerError>(())
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -58,11 +58,15 @@ pub enum Step {
     NoNewPrivs,
     FindExecutable,
     StartGate,
+    CreateContainerHook,
+    CreateContainerHookStatus,
+    StartContainerHook,
+    StartContainerHookStatus,
     CloseFds,
     Exec,
 }
 
-const ALL_STEPS: [Step; 41] = [
+const ALL_STEPS: [Step; 45] = [
     Step::Signals,
     Step::Dumpable,
     Step::Setsid,
@@ -102,6 +106,10 @@ const ALL_STEPS: [Step; 41] = [
     Step::NoNewPrivs,
     Step::FindExecutable,
     Step::StartGate,
+    Step::CreateContainerHook,
+    Step::CreateContainerHookStatus,
+    Step::StartContainerHook,
+    Step::StartContainerHookStatus,
     Step::CloseFds,
     Step::Exec,
 ];
@@ -153,6 +161,10 @@ impl Step {
             Step::NoNewPrivs => "set no_new_privs",
             Step::FindExecutable => "find executable",
             Step::StartGate => "wait for start",
+            Step::CreateContainerHook => "run createContainer hook",
+            Step::CreateContainerHookStatus => "createContainer hook failed",
+            Step::StartContainerHook => "run startContainer hook",
+            Step::StartContainerHookStatus => "startContainer hook failed",
             Step::CloseFds => "mark fds close-on-exec",
             Step::Exec => "exec",
         }
@@ -203,6 +215,71 @@ pub fn decode(b: &[u8; 16]) -> (u32, u32, i32, u32) {
     )
 }
 
+/// A createContainer or startContainer hook, run by the child itself in
+/// the container's namespaces (runtime-spec "Hooks"), prepared by the
+/// parent: strings, pointer arrays, and a pipe already holding the state
+/// JSON as its stdin.
+pub struct ChildHook {
+    pub path: std::ffi::CString,
+    pub argv: Vec<*const libc::c_char>,
+    pub envp: Vec<*const libc::c_char>,
+    /// Read end of a pipe the parent fills with the state and closes.
+    pub stdin: OwnedFd,
+    /// Milliseconds, or -1 for no timeout.
+    pub timeout_ms: libc::c_int,
+    /// The strings `argv` and `envp` point into.
+    pub strings: (Vec<std::ffi::CString>, Vec<std::ffi::CString>),
+}
+
+/// The hook process: state on stdin, nothing else inherited, exec.
+pub fn run_hook_child(hook: &ChildHook) -> ! {
+    if sys::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&hook.stdin), 0).is_err()
+        || sys::close_fds_except(&[]).is_err()
+    {
+        sys::exit_now(126);
+    }
+    let _ = sys::execve(&hook.path, &hook.argv, &hook.envp);
+    sys::exit_now(127)
+}
+
+/// Runs hooks in order; a spawn failure, a timeout (ETIMEDOUT) or a
+/// non-zero exit fails the step.
+fn run_hooks(hooks: &[ChildHook], spawn: Step, status: Step) -> Result<(), ChildError> {
+    for (i, h) in hooks.iter().enumerate() {
+        let pid = sys::fork_hook(h).map_err(at(spawn, i))?;
+        let pidfd = sys::pidfd_open(pid).map_err(at(spawn, i))?;
+        let done = sys::poll_readable(pidfd.as_fd(), h.timeout_ms).map_err(at(spawn, i))?;
+        if !done {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait_pid(pid);
+            return Err(ChildError::new(
+                spawn,
+                i,
+                &io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            ));
+        }
+        match sys::wait_pid(pid).map_err(at(spawn, i))? {
+            sys::WaitStatus::Exited(0) => {}
+            // The errno field carries the shell-style status here.
+            sys::WaitStatus::Exited(c) => {
+                return Err(ChildError {
+                    step: status,
+                    index: i as u32,
+                    errno: c,
+                });
+            }
+            sys::WaitStatus::Signaled(s) => {
+                return Err(ChildError {
+                    step: status,
+                    index: i as u32,
+                    errno: 128 + s,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the child has besides the plan: fds opened by the parent and the
 /// `execve` pointer arrays.
 pub struct ChildContext<'a> {
@@ -233,6 +310,8 @@ pub struct ChildContext<'a> {
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
     pub seccomp: Option<&'a crate::seccomp::SeccompProgram>,
+    pub create_container_hooks: Vec<ChildHook>,
+    pub start_container_hooks: Vec<ChildHook>,
 }
 
 impl ChildContext<'_> {
@@ -270,10 +349,22 @@ pub fn child_main(cx: &ChildContext<'_>) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    // Also on stderr: after the start gate nobody may read the pipe.
-    sys::write_stderr(b"berth-runtime: container init failed: ");
-    sys::write_stderr(err.step.describe().as_bytes());
-    sys::write_stderr(b"\n");
+    // After the start gate the creating process may be gone (a CLI
+    // `create` exits): say it on the container's stderr too, first, as the
+    // pipe write may end us with SIGPIPE.
+    if matches!(
+        err.step,
+        Step::StartGate
+            | Step::StartContainerHook
+            | Step::StartContainerHookStatus
+            | Step::Seccomp
+            | Step::CloseFds
+            | Step::Exec
+    ) {
+        sys::write_stderr(b"berth-runtime: container process failed: ");
+        sys::write_stderr(err.step.describe().as_bytes());
+        sys::write_stderr(b"\n");
+    }
     cx.send(MSG_ERROR, Some(err));
     sys::exit_now(127)
 }
@@ -314,6 +405,12 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
         cx.send(MSG_HOOKS, None);
         cx.wait_parent(Step::Hooks)?;
     }
+    // In the container's mount namespace, mounts done, before pivot_root.
+    run_hooks(
+        &cx.create_container_hooks,
+        Step::CreateContainerHook,
+        Step::CreateContainerHookStatus,
+    )?;
     rootfs::mask_paths(plan, root.as_fd())?;
     rootfs::readonly_paths(plan, root.as_fd())?;
     rootfs::pivot(plan, root.as_fd())?;
@@ -376,6 +473,12 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
         }
         Err(e) => return Err(ChildError::new(Step::StartGate, 0, &e)),
     }
+    // After start, before the program: resolved in the container's root.
+    run_hooks(
+        &cx.start_container_hooks,
+        Step::StartContainerHook,
+        Step::StartContainerHookStatus,
+    )?;
     if plan.no_new_privs
         && let Some(filter) = cx.seccomp
     {

@@ -372,3 +372,77 @@ pub fn pivot(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
     }
     Ok(())
 }
+
+/// Before the clone, in the parent: makes the targets of dangling
+/// symlinks on the mount destinations exist inside the rootfs, as runc's
+/// in-root MkdirAll does. The common case: `/etc/resolv.conf` pointing at
+/// `../run/systemd/resolve/stub-resolv.conf`, which the image does not
+/// ship, with a bind mount on it. Everything is resolved inside the
+/// rootfs (RESOLVE_IN_ROOT) and created with `*at` calls on resolved
+/// parents, so a symlink can send nothing outside. Destinations without a
+/// dangling symlink are left to the child.
+pub fn create_symlink_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let root_path = std::ffi::CString::new(rootfs.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let root = sys::openat(None, &root_path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for m in &plan.mounts {
+        if open_in_root(root.as_fd(), &m.dest.full).is_ok() {
+            continue;
+        }
+        follow_dangling(root.as_fd(), m.dest.as_str(), m.file, 0)?;
+    }
+    Ok(())
+}
+
+fn follow_dangling(root: BorrowedFd<'_>, path: &str, file: bool, depth: u32) -> io::Result<()> {
+    // Linux's own limit on nested symlinks (path_resolution(7)).
+    if depth > 40 {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let clean = InRootPath::new("", std::path::Path::new(path))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let n = clean.names.len();
+    for i in 0..n {
+        if open_in_root(root, &clean.prefixes[i]).is_ok() {
+            continue;
+        }
+        // Missing: a dangling symlink, or simply absent (the child creates those).
+        let parent = if i == 0 {
+            c"/".to_owned()
+        } else {
+            clean.prefixes[i - 1].clone()
+        };
+        let Ok(dir) = open_in_root(root, &parent) else {
+            return Ok(());
+        };
+        let Ok(link) = sys::openat(
+            Some(dir.as_fd()),
+            &clean.names[i],
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        ) else {
+            return Ok(());
+        };
+        if sys::fstat(link.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            return Ok(());
+        }
+        let mut buf = [0u8; 4096];
+        let len = sys::readlink_fd(link.as_fd(), &mut buf)?;
+        let target = String::from_utf8_lossy(&buf[..len]).into_owned();
+        let parent_str = parent.to_string_lossy().into_owned();
+        let resolved = if target.starts_with('/') {
+            target
+        } else {
+            format!("{parent_str}/{target}")
+        };
+        let last = i + 1 == n;
+        follow_dangling(root, &resolved, file && last, depth + 1)?;
+        let t = InRootPath::new("", std::path::Path::new(&resolved))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        drop(ensure_path(root, &t, file && last)?);
+        // The rest of the path now resolves through the link; re-walk.
+        return follow_dangling(root, path, file, depth + 1);
+    }
+    Ok(())
+}

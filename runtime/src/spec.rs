@@ -160,7 +160,7 @@ pub struct JoinNamespace {
 pub struct NamespacePlan {
     /// `CLONE_NEW*` for the namespaces to create.
     pub clone_flags: u64,
-    /// Namespaces to join, user first (the child runs `setns` in order).
+    /// Namespaces to join (the child runs `setns` in order; never user).
     pub join: Vec<JoinNamespace>,
     /// A pid namespace to join; done by the parent around `clone3`.
     pub join_pid: Option<PathBuf>,
@@ -290,22 +290,6 @@ pub fn check_supported(spec: &Spec) -> Result<(), SpecError> {
     if process.exec_cpu_affinity().is_some() {
         return Err(unsupported("process.execCPUAffinity"));
     }
-    if let Some(hooks) = spec.hooks() {
-        if hooks
-            .create_container()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-        {
-            return Err(unsupported("hooks.createContainer"));
-        }
-        if hooks
-            .start_container()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-        {
-            return Err(unsupported("hooks.startContainer"));
-        }
-    }
     if let Some(mounts) = spec.mounts() {
         for m in mounts {
             if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
@@ -382,10 +366,15 @@ fn plan_namespaces(spec: &Spec) -> Result<NamespacePlan, SpecError> {
         // The rootfs, pivot_root and every mount need a private mount namespace.
         return Err(unsupported("a container without a new mount namespace"));
     }
-    // A joined user namespace must come first: it decides the privileges
-    // for every other setns.
-    plan.join
-        .sort_by_key(|j| j.kind != LinuxNamespaceType::User);
+    if plan.join.iter().any(|j| j.kind == LinuxNamespaceType::User) {
+        // The namespaces clone3 creates would belong to the runtime's user
+        // namespace, not the joined one, so the container could not mount
+        // in its own mount namespace; runc unshares them after the setns,
+        // which this single-clone design does not do.
+        return Err(unsupported(
+            "linux.namespaces user path (joining a user namespace)",
+        ));
+    }
     if plan.new_user() && (!plan.join.is_empty() || plan.join_pid.is_some()) {
         // Joining a namespace owned by another user namespace needs
         // privileges the new one does not have (crun delays the userns
@@ -1166,6 +1155,18 @@ mod tests {
                 kind: LinuxNamespaceType::Network,
                 path: "/run/netns/x".into()
             }]
+        );
+    }
+
+    #[test]
+    fn joining_a_user_namespace_is_refused() {
+        let json = BASE.replace(
+            r#"{"type": "uts"}]"#,
+            r#"{"type": "uts"}, {"type": "user", "path": "/proc/1/ns/user"}]"#,
+        );
+        assert_eq!(
+            plan_of(&json).unwrap_err().to_string(),
+            "unsupported: linux.namespaces user path (joining a user namespace)"
         );
     }
 

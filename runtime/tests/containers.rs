@@ -526,14 +526,38 @@ fn hostile_mount_destination_stays_inside_the_rootfs() {
     );
     assert!(!std::path::Path::new("/escape").exists());
 
-    // A dangling symlink to a host path is refused with a clear error.
+    // A dangling symlink to a host path: its target is created inside
+    // the rootfs (as runc's in-root MkdirAll does), never on the host.
     fs::remove_dir_all(&inside).unwrap();
-    let e = create_error(&b);
-    assert!(
-        e.contains("resolve or create mount destination /evil: No such file or directory"),
-        "{e}"
+    let out = run_ok(
+        &mut b,
+        "ls -A /evil | wc -l; grep -c ' /escape ' /proc/mounts",
     );
+    assert_eq!(out, "0\n1\n");
+    assert!(inside.is_dir(), "target created inside the rootfs");
     assert_eq!(fs::read_dir(&host.0).unwrap().count(), 1);
+}
+
+#[test]
+fn bind_mount_on_a_dangling_relative_symlink_like_resolv_conf() {
+    let host = common::TempDir::new("resolv");
+    fs::write(host.0.join("resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        b.rootfs().join("etc/resolv.conf"),
+    )
+    .unwrap();
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc/resolv.conf", "type": "bind", "source": host.0.join("resolv.conf"), "options": ["rbind", "ro"]
+    }));
+    let out = run_ok(&mut b, "cat /etc/resolv.conf");
+    assert_eq!(out, "nameserver 127.0.0.53\n");
+    assert!(
+        b.rootfs()
+            .join("run/systemd/resolve/stub-resolv.conf")
+            .is_file()
+    );
 }
 
 #[test]
@@ -627,11 +651,11 @@ fn lifecycle_through_the_library_with_the_callers_own_reaper() {
     // Another handle, as a second process would load it.
     let other = t.rt.load("life").unwrap();
     assert_eq!(other.pid(), c.pid());
+    c.start().unwrap();
     assert!(matches!(
         c.delete(false),
         Err(berth_runtime::ContainerError::WrongStatus { .. })
     ));
-    c.start().unwrap();
     assert_eq!(other.status(), berth_runtime::state::Status::Running);
     assert!(c.start().is_err(), "a second start is refused");
     // Signal only once the trap is set.
@@ -690,4 +714,67 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
         "delete removed the cgroup"
     );
     let _ = fs::remove_dir(mount.join("berth-test"));
+}
+
+#[test]
+fn root_path_dot_is_the_bundle_itself() {
+    let mut b = Bundle::new();
+    b.config["root"]["path"] = json!(".");
+    b.script("test -f /config.json && echo bundle-root");
+    // The bundle is the rootfs directory: write the config there.
+    fs::write(
+        b.rootfs().join("config.json"),
+        serde_json::to_vec(&b.config).unwrap(),
+    )
+    .unwrap();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+    };
+    let mut c = t.rt.create("dot", &b.rootfs(), opts).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    assert_eq!(out, "bundle-root\n");
+}
+
+#[test]
+fn kill_all_without_a_pid_namespace_or_cgroup_is_refused() {
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("sleep 30");
+    b.write();
+    let t = common::runtime();
+    let mut c =
+        t.rt.create(&common::unique_id("unscoped"), b.dir(), Default::default())
+            .unwrap();
+    let e = chain(&c.kill(9, true).unwrap_err());
+    assert!(e.contains("own pid namespace or cgroup"), "{e}");
+    // delete --force still stops it: through its one known process.
+    c.start().unwrap();
+    c.delete(true).unwrap();
+    assert_eq!(c.exit_status(), Some(ExitStatus::Signaled(9)));
+}
+
+#[test]
+fn a_symlink_loop_on_a_mount_destination_is_a_clear_error() {
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink("/loop2", b.rootfs().join("loop1")).unwrap();
+    std::os::unix::fs::symlink("/loop1", b.rootfs().join("loop2")).unwrap();
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/loop1/x", "type": "tmpfs", "source": "tmpfs"}));
+    let e = create_error(&b);
+    assert!(
+        e.contains("create mount destinations behind symlinks") && e.contains("symbolic links"),
+        "{e}"
+    );
 }

@@ -88,3 +88,72 @@ fn a_hook_past_its_timeout_is_an_error() {
     let e = create_error(&b);
     assert!(e.contains("prestart") && e.contains("timed out"), "{e}");
 }
+
+#[test]
+fn create_container_and_start_container_hooks_run_inside_the_container() {
+    let tmp = TempDir::new("hooklog");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    // The program sees the startContainer hook's file: it ran first.
+    b.script("cat /tmp/started");
+    b.config["hooks"] = json!({
+        "createRuntime": [hook(&log, "createRuntime")],
+        // Before pivot_root, in the container's mount namespace: the
+        // container's /proc is mounted under the rootfs.
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "printf 'createContainer ' >> {0}; cat >> {0}; echo >> {0}; grep -q ' {1}/proc ' /proc/self/mountinfo && echo mounted >> {0}",
+            log.display(), b.rootfs().display())]}],
+        // After start, resolved in the container's root.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/started"], "env": ["PATH=/bin"]}]
+    });
+    b.write();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+    };
+    let mut c = t.rt.create("inhooks", b.dir(), opts).unwrap();
+    let pid = c.pid();
+    assert!(
+        !b.rootfs().join("tmp/started").exists(),
+        "startContainer waits for start"
+    );
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    let started: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(started["status"], "created");
+    assert_eq!(started["pid"], pid);
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("createRuntime "), "{text}");
+    assert!(lines[1].starts_with("createContainer "), "{text}");
+    let state: Value = serde_json::from_str(lines[1].split_once(' ').unwrap().1).unwrap();
+    assert_eq!(state["status"], "creating");
+    assert_eq!(state["id"], "inhooks");
+    assert_eq!(lines[2], "mounted");
+}
+
+#[test]
+fn a_failing_create_container_hook_fails_create() {
+    let mut b = Bundle::new();
+    b.config["hooks"] =
+        json!({"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}]});
+    let e = create_error(&b);
+    assert!(
+        e.contains("createContainer hook failed: /bin/sh exited with status 4"),
+        "{e}"
+    );
+    b.config["hooks"] =
+        json!({"createContainer": [{"path": "/bin/sleep", "args": ["sleep", "60"], "timeout": 1}]});
+    let e = create_error(&b);
+    assert!(
+        e.contains("run createContainer hook: /bin/sleep timed out"),
+        "{e}"
+    );
+}

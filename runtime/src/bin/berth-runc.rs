@@ -196,9 +196,9 @@ fn main() -> ExitCode {
     let rest = &argv[i + 1..];
     let rt = Runtime::new(&g.root);
     let r = match cmd.as_str() {
-        "create" => cmd_create(&rt, rest),
+        "create" => cmd_create(&g, &rt, rest),
         "start" => cmd_start(&rt, rest),
-        "run" => cmd_run(&rt, rest),
+        "run" => cmd_run(&g, &rt, rest),
         "state" => cmd_state(&rt, rest),
         "kill" => cmd_kill(&rt, rest),
         "delete" => cmd_delete(&rt, rest),
@@ -220,17 +220,22 @@ fn main() -> ExitCode {
 fn report(g: &Global, f: Failure) -> ExitCode {
     let line = f.0.replace('\n', " ");
     eprintln!("berth-runc: {line}");
-    if let Some(log) = &g.log
-        && let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(log)
+    log(g, "error", &line);
+    ExitCode::from(1)
+}
+
+/// Appends one entry to the `--log` file, if any (text or json, as runc).
+fn log(g: &Global, level: &str, msg: &str) {
+    if let Some(path) = &g.log
+        && let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(path)
     {
         let entry = if g.json_log {
-            serde_json::json!({"level": "error", "msg": line}).to_string()
+            serde_json::json!({"level": level, "msg": msg}).to_string()
         } else {
-            format!("level=error msg={line:?}")
+            format!("level={level} msg={msg:?}")
         };
         let _ = writeln!(file, "{entry}");
     }
-    ExitCode::from(1)
 }
 
 fn write_pid_file(path: &str, pid: i32) -> Result<(), Failure> {
@@ -245,6 +250,7 @@ fn write_pid_file(path: &str, pid: i32) -> Result<(), Failure> {
 }
 
 fn create_from_args(
+    g: &Global,
     rt: &Runtime,
     rest: &[String],
     cmd: &str,
@@ -266,6 +272,9 @@ fn create_from_args(
     let id = a.id(cmd)?.to_string();
     let bundle = PathBuf::from(a.value(&["bundle", "b"]).unwrap_or("."));
     let c = rt.create(&id, &bundle, CreateOptions::default())?;
+    for w in c.warnings() {
+        log(g, "warning", w);
+    }
     if let Some(p) = a.value(&["pid-file"])
         && let Err(e) = write_pid_file(p, c.pid())
     {
@@ -276,8 +285,8 @@ fn create_from_args(
     Ok((c, a))
 }
 
-fn cmd_create(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
-    create_from_args(rt, rest, "create")?;
+fn cmd_create(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
+    create_from_args(g, rt, rest, "create")?;
     Ok(0)
 }
 
@@ -287,7 +296,7 @@ fn cmd_start(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn cmd_run(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
+fn cmd_run(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     // Signals sent to us while the container runs are forwarded to it;
     // blocked here, the child unblocks everything before exec.
     let forwarded = [
@@ -299,7 +308,7 @@ fn cmd_run(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
         libc::SIGUSR2,
     ];
     sys::block_signals(&forwarded)?;
-    let (mut c, a) = create_from_args(rt, rest, "run")?;
+    let (mut c, a) = create_from_args(g, rt, rest, "run")?;
     if let Err(e) = c.start() {
         let _ = c.delete(true);
         return Err(e.into());

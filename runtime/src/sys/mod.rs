@@ -177,21 +177,43 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// The `ST_*` mount flags of the filesystem the fd is on (`fstatvfs`).
-pub fn mount_flags(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: an all-zero statvfs is a valid value; the kernel fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable statvfs buffer.
-    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.f_flag as u64)
+/// `struct statfs` as the x86_64 kernel fills it (libc hides `f_flags`).
+#[repr(C)]
+#[derive(Default)]
+struct KernelStatfs {
+    f_type: i64,
+    f_bsize: i64,
+    f_blocks: u64,
+    f_bfree: u64,
+    f_bavail: u64,
+    f_files: u64,
+    f_ffree: u64,
+    f_fsid: [i32; 2],
+    f_namelen: i64,
+    f_frsize: i64,
+    f_flags: i64,
+    f_spare: [i64; 4],
 }
 
-pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs> {
-    // SAFETY: an all-zero statfs is a valid value; the kernel fills it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable statfs buffer.
-    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+/// Raw `fstatfs(2)`: glibc's `fstatvfs` may read /proc/mounts (and
+/// allocate) to find the mount flags, which the child must not do.
+fn kernel_fstatfs(fd: BorrowedFd<'_>) -> io::Result<KernelStatfs> {
+    let mut st = KernelStatfs::default();
+    // SAFETY: `st` matches the kernel's struct statfs on x86_64 and is
+    // writable for its whole size.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_fstatfs,
+            fd.as_raw_fd(),
+            &mut st as *mut KernelStatfs,
+        )
+    })?;
     Ok(st)
+}
+
+/// The `ST_*` mount flags of the mount the fd is on.
+pub fn mount_flags(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(kernel_fstatfs(fd)?.f_flags as u64)
 }
 
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
@@ -612,7 +634,7 @@ const PROC_SUPER_MAGIC: libc::c_long = 0x9fa0;
 /// Whether the fd is on a procfs (`fstatfs`), so a write meant for /proc
 /// cannot land on a file a container mounted over it (CVE-2019-16884).
 pub fn is_procfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(fstatfs(fd)?.f_type as libc::c_long == PROC_SUPER_MAGIC)
+    Ok(kernel_fstatfs(fd)?.f_type as libc::c_long == PROC_SUPER_MAGIC)
 }
 
 pub fn getuid() -> uid_t {
@@ -720,4 +742,174 @@ fn close_range(first: u32, last: u32) -> io::Result<()> {
     // SAFETY: close_range only closes fds of this process; the caller
     // keeps the ones it still uses out of the range.
     cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}
+
+/// `unshare(2)`; `CLONE_NEWNS` needs a single-threaded caller.
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare has no memory effects.
+    cvt(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// `pidfd_open(2)` (no libc wrapper): an fd that becomes readable when
+/// the process exits.
+pub fn pidfd_open(pid: pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: raw syscall without memory effects; the fd returned is new.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })? as RawFd;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passes (-1: forever);
+/// true when readable.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd.
+    let n = retry(|| cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) }))?;
+    Ok(n > 0)
+}
+
+/// Forks a plain child (clone3 without flags) that runs `child`.
+/// See [`clone3`]: the closure must be async-signal-safe and never return.
+pub fn fork_hook(hook: &crate::process::ChildHook) -> io::Result<pid_t> {
+    let args = CloneArgs {
+        flags: 0,
+        cgroup: None,
+    };
+    // SAFETY: run_hook_child only calls allocation-free wrappers of this
+    // module (dup, close_range, execve, _exit) on precomputed data.
+    unsafe { clone3(&args, || crate::process::run_hook_child(hook)) }
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec copy numbered `min` or above.
+pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl only manipulates the fd table.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `readlinkat(2)` of a symlink the fd names (`O_PATH|O_NOFOLLOW`), into
+/// `buf`; returns the target's length. Allocation-free.
+pub fn readlink_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length; the empty path
+    // names the fd itself.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize == buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_path_formats_the_number() {
+        assert_eq!(FdPath::new(0).as_cstr(), c"/proc/self/fd/0");
+        assert_eq!(FdPath::new(1234567).as_cstr(), c"/proc/self/fd/1234567");
+    }
+
+    #[test]
+    fn procfs_is_recognised_and_other_filesystems_are_not() {
+        let proc_fd = openat(None, c"/proc/self", libc::O_PATH, 0).unwrap();
+        assert!(is_procfs(proc_fd.as_fd()).unwrap());
+        let root = openat(None, c"/", libc::O_PATH, 0).unwrap();
+        assert!(!is_procfs(root.as_fd()).unwrap());
+    }
+
+    #[test]
+    fn close_fds_except_keeps_the_listed_ones() {
+        // Runs in a forked child: closing fds in the test process would
+        // break the harness.
+        let (r, w) = pipe().unwrap();
+        let keep = [w.as_raw_fd()];
+        // SAFETY: the child only calls async-signal-safe wrappers and exits.
+        let pid = unsafe {
+            clone3(
+                &CloneArgs {
+                    flags: 0,
+                    cgroup: None,
+                },
+                || {
+                    let ok = close_fds_except(&keep).is_ok()
+                        && fcntl_ok(keep[0])
+                        && !fcntl_ok(r.as_raw_fd());
+                    exit_now(if ok { 0 } else { 1 })
+                },
+            )
+        }
+        .unwrap();
+        assert_eq!(wait_pid(pid).unwrap(), WaitStatus::Exited(0));
+    }
+
+    fn fcntl_ok(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the fd flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn mount_flags_match_mountinfo() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for dir in ["/", "/proc"] {
+            // The last line for a mount point is the mount on top.
+            let opts = info
+                .lines()
+                .rfind(|l| l.split(' ').nth(4) == Some(dir))
+                .and_then(|l| l.split(' ').nth(5))
+                .unwrap()
+                .to_string();
+            let path = std::ffi::CString::new(dir).unwrap();
+            let fd = openat(None, &path, libc::O_PATH, 0).unwrap();
+            let flags = mount_flags(fd.as_fd()).unwrap();
+            for (name, bit) in [
+                ("ro", libc::ST_RDONLY),
+                ("nosuid", libc::ST_NOSUID),
+                ("nodev", libc::ST_NODEV),
+                ("noexec", libc::ST_NOEXEC),
+            ] {
+                let want = opts.split(',').any(|o| o == name);
+                assert_eq!(flags & bit != 0, want, "{dir} {name} in {opts}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cwd_outside_the_root_is_unreachable() {
+        // CVE-2024-21626: after a chroot the old cwd lies outside the
+        // root; getcwd says "(unreachable)". In a forked child, so the
+        // test process keeps its root.
+        // SAFETY: the child only makes raw syscalls (chroot changes only
+        // its own root) and exits.
+        let pid = unsafe {
+            clone3(
+                &CloneArgs {
+                    flags: 0,
+                    cgroup: None,
+                },
+                || {
+                    let before = chdir(c"/tmp").is_ok() && cwd_is_reachable().unwrap_or(false);
+                    let chrooted = libc::chroot(c"/usr".as_ptr()) == 0;
+                    let after = cwd_is_reachable().unwrap_or(true);
+                    exit_now(if before && chrooted && !after { 0 } else { 1 })
+                },
+            )
+        }
+        .unwrap();
+        assert_eq!(wait_pid(pid).unwrap(), WaitStatus::Exited(0));
+    }
 }

@@ -1,0 +1,282 @@
+//! berth-runc driven as a shell user would: separate invocations for
+//! create, state, start, kill, delete; run's exit status; one-line errors.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Bundle, TempDir};
+use serde_json::{Value, json};
+
+/// Runs berth-runc with its stdout and stderr in files: a created
+/// container inherits them (as with runc), so pipes would stay open.
+fn runc(root: &Path, args: &[&str]) -> Output {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let out_path = root.join(format!("out-{n}"));
+    let err_path = root.join(format!("err-{n}"));
+    let status = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
+        .arg("--root")
+        .arg(root.join("state"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .status()
+        .expect("run berth-runc");
+    Output {
+        status,
+        stdout: fs::read(&out_path).unwrap(),
+        stderr: fs::read(&err_path).unwrap(),
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = runc(root, args);
+    assert!(
+        o.status.success(),
+        "berth-runc {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The single stderr line of a failing invocation.
+fn err(root: &Path, args: &[&str]) -> String {
+    let o = runc(root, args);
+    assert_eq!(o.status.code(), Some(1), "berth-runc {args:?} should fail");
+    let e = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+    assert!(e.starts_with("berth-runc: "), "{e}");
+    e
+}
+
+fn state(root: &Path, id: &str) -> Value {
+    serde_json::from_str(&ok(root, &["state", id])).unwrap()
+}
+
+fn wait_status(root: &Path, id: &str, want: &str) {
+    while state(root, id)["status"] != want {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn create_start_kill_delete_as_separate_invocations() {
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("trap 'exit 0' TERM; touch /tmp/ready; sleep 60 & wait");
+    b.write();
+    let bundle = b.dir().to_str().unwrap();
+    let pid_file = root.0.join("pid");
+    ok(
+        &root.0,
+        &[
+            "create",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ],
+    );
+    let st = state(&root.0, "c1");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], "c1");
+    assert_eq!(st["bundle"], json!(b.dir()));
+    assert_eq!(st["rootfs"], json!(b.rootfs()));
+    assert!(st["created"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(st["owner"], "root");
+    let pid: i64 = fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert_eq!(st["pid"], pid);
+    assert!(
+        !b.rootfs().join("tmp/ready").exists(),
+        "the process waits for start"
+    );
+
+    let list = ok(&root.0, &["list"]);
+    assert!(list.starts_with("ID"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("c1 ") && l.contains("created")),
+        "{list}"
+    );
+    assert_eq!(ok(&root.0, &["list", "-q"]), "c1\n");
+    let json_list: Value =
+        serde_json::from_str(&ok(&root.0, &["list", "--format", "json"])).unwrap();
+    assert_eq!(json_list[0]["id"], "c1");
+
+    ok(&root.0, &["start", "c1"]);
+    wait_status(&root.0, "c1", "running");
+    assert!(err(&root.0, &["start", "c1"]).contains("is running, not created"));
+    assert!(err(&root.0, &["delete", "c1"]).contains("is running"));
+    while !b.rootfs().join("tmp/ready").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ok(&root.0, &["kill", "c1", "SIGTERM"]);
+    wait_status(&root.0, "c1", "stopped");
+    assert!(err(&root.0, &["kill", "c1"]).contains("is stopped"));
+    ok(&root.0, &["delete", "c1"]);
+    assert!(err(&root.0, &["state", "c1"]).contains("container c1 does not exist"));
+    assert_eq!(ok(&root.0, &["list", "-q"]), "");
+}
+
+#[test]
+fn kill_takes_names_numbers_and_all_and_delete_force_stops() {
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("sleep 60 & sleep 60");
+    b.write();
+    let bundle = b.dir().to_str().unwrap();
+    ok(&root.0, &["create", "-b", bundle, "k1"]);
+    ok(&root.0, &["start", "k1"]);
+    assert!(err(&root.0, &["kill", "k1", "NOSUCH"]).contains("unknown signal name"));
+    // 0 only probes; the spec's signal list refuses it like runc does.
+    assert!(err(&root.0, &["kill", "k1", "0"]).contains("not a signal"));
+    ok(&root.0, &["kill", "--all", "k1", "9"]);
+    wait_status(&root.0, "k1", "stopped");
+    ok(&root.0, &["delete", "k1"]);
+
+    ok(&root.0, &["create", "-b", bundle, "k2"]);
+    ok(&root.0, &["start", "k2"]);
+    ok(&root.0, &["delete", "--force", "k2"]);
+    assert!(err(&root.0, &["state", "k2"]).contains("does not exist"));
+    // A created container is deleted without force, as runc does.
+    ok(&root.0, &["create", "-b", bundle, "k2"]);
+    ok(&root.0, &["delete", "k2"]);
+    assert!(err(&root.0, &["state", "k2"]).contains("does not exist"));
+    // runc: delete --force of a missing container succeeds.
+    ok(&root.0, &["delete", "-f", "k2"]);
+}
+
+#[test]
+fn run_exits_with_the_containers_status() {
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    let bundle = b.dir().to_str().unwrap().to_string();
+    b.script("echo out; echo err >&2; exit 42");
+    b.write();
+    let o = runc(&root.0, &["run", "--bundle", &bundle, "r1"]);
+    assert_eq!(o.status.code(), Some(42));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    assert_eq!(
+        ok(&root.0, &["list", "-q"]),
+        "",
+        "run deletes the container"
+    );
+    // Killed by a signal: 128 + signal (no pid namespace, so the shell is
+    // not an init that ignores signals).
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("kill -KILL $$");
+    b.write();
+    assert_eq!(
+        runc(&root.0, &["run", "-b", &bundle, "r2"]).status.code(),
+        Some(137)
+    );
+}
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("trap 'exit 5' TERM; touch /tmp/ready; sleep 60 & wait");
+    b.write();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
+        .arg("--root")
+        .arg(root.0.join("state"))
+        .args(["run", "-b", b.dir().to_str().unwrap(), "f1"])
+        .spawn()
+        .unwrap();
+    while !b.rootfs().join("tmp/ready").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    berth_runtime::sys::kill(child.id() as i32, libc::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+}
+
+#[test]
+fn spec_writes_a_runnable_default_config() {
+    let root = TempDir::new("cli-root");
+    let b = Bundle::new();
+    let dir = TempDir::new("spec");
+    ok(&root.0, &["spec", "--bundle", dir.0.to_str().unwrap()]);
+    let mut cfg: Value =
+        serde_json::from_str(&fs::read_to_string(dir.0.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["process"]["terminal"], false);
+    assert!(
+        err(&root.0, &["spec", "--bundle", dir.0.to_str().unwrap()]).contains("already exists")
+    );
+    // Runs as is on the busybox rootfs (read-only root, default caps).
+    cfg["process"]["args"] = json!(["sh", "-c", "touch /x 2>/dev/null || exit 9"]);
+    fs::write(b.dir().join("config.json"), cfg.to_string()).unwrap();
+    let log = root.0.join("log");
+    let o = runc(
+        &root.0,
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "run",
+            "-b",
+            b.dir().to_str().unwrap(),
+            "s1",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Like `runc spec`, the default asks for ambient capabilities without
+    // inheritable ones: not raised, and said so in the log.
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(
+        log.starts_with("level=warning msg=\"ambient capabilities"),
+        "{log}"
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_go_to_the_log_too() {
+    let root = TempDir::new("cli-root");
+    let b = Bundle::new();
+    fs::write(b.dir().join("config.json"), "{not json").unwrap();
+    let bundle = b.dir().to_str().unwrap();
+    let e = err(&root.0, &["create", "-b", bundle, "e1"]);
+    assert!(
+        e.contains("parse config") && e.contains("config.json"),
+        "{e}"
+    );
+    let log = root.0.join("log.json");
+    err(
+        &root.0,
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "create",
+            "-b",
+            bundle,
+            "e1",
+        ],
+    );
+    let entry: Value =
+        serde_json::from_str(fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(entry["level"], "error");
+    assert!(entry["msg"].as_str().unwrap().contains("parse config"));
+    assert!(err(&root.0, &["frobnicate"]).contains("unknown command"));
+    assert!(err(&root.0, &["start"]).contains("missing container id"));
+    assert!(
+        err(&root.0, &["create", "-b", "/nonexistent", "e2"])
+            .contains("read config /nonexistent/config.json")
+    );
+    assert!(err(&root.0, &["state", "../etc"]).contains("invalid container id"));
+    assert!(err(&root.0, &["--log-format", "xml", "list"]).contains("--log-format"));
+}

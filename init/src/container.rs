@@ -28,7 +28,8 @@
 //!
 //! Cgroups: every container gets `/<cgroup_parent>/<unit>` (default
 //! `/berth/<unit>`) on the cgroup2 mount, so deleting it kills anything the
-//! container left behind. `resources` become `linux.resources`; where the
+//! container left behind (without a cgroup2 mount, in a test on a v1-only
+//! host, containers run in PID 1's cgroup, which is logged once). `resources` become `linux.resources`; where the
 //! controllers are not available in cgroup v2 (a v1/v2 hybrid host) the
 //! runtime refuses the container and the unit fails with that error: a
 //! limit is never silently dropped.
@@ -192,12 +193,20 @@ pub struct ContainerLauncher {
     live: BTreeMap<String, Container>,
     /// `network: none` units' namespaces, held open while they run.
     netns: BTreeMap<String, OwnedFd>,
+    /// Whether a cgroup2 filesystem is mounted (for a cgroup per container).
+    cgroup2: bool,
 }
 
 impl ContainerLauncher {
     pub fn new(opts: ContainerOptions) -> Self {
         let runtime = Runtime::new(opts.run_dir.join("containers"));
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroup2 = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo).is_some();
+        if !cgroup2 {
+            log::warn!("no cgroup2 filesystem mounted: containers run in PID 1's cgroup");
+        }
         Self {
+            cgroup2,
             opts,
             runtime,
             host: ProcessLauncher::new(),
@@ -321,7 +330,8 @@ impl ContainerLauncher {
                 source,
             }
         })?;
-        apply_program(&mut spec, name, program, &self.opts.cgroup_parent)?;
+        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+        apply_program(&mut spec, name, program, parent)?;
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
@@ -590,7 +600,7 @@ pub fn apply_program(
     spec: &mut Spec,
     name: &str,
     program: &Program,
-    cgroup_parent: &str,
+    cgroup_parent: Option<&str>,
 ) -> Result<(), PrepareError> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     if program.network == NetworkMode::Host {
@@ -606,7 +616,11 @@ pub fn apply_program(
     }
     // `network: none` keeps the image spec's new network namespace; each
     // start makes it with `lo` up (`new_netns_with_lo`).
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/{cgroup_parent}/{name}"))));
+    // Without a cgroup2 mount (`None`) the container stays in PID 1's
+    // cgroup; resources then make the runtime refuse it, loudly.
+    if let Some(parent) = cgroup_parent {
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/{parent}/{name}"))));
+    }
     if !program.resources.is_empty() {
         linux.set_resources(Some(linux_resources(&program.resources)));
     }
@@ -811,7 +825,7 @@ mod tests {
             &mut spec,
             "web",
             &program(r#"{"name":"web","image":"busybox"}"#),
-            "berth",
+            Some("berth"),
         )
         .unwrap();
         assert!(!has_netns(&spec));
@@ -820,7 +834,7 @@ mod tests {
             &mut spec,
             "web",
             &program(r#"{"name":"web","image":"busybox","network":"none"}"#),
-            "berth",
+            Some("berth"),
         )
         .unwrap();
         assert!(has_netns(&spec));
@@ -833,7 +847,7 @@ mod tests {
             r#"{"name":"db","image":"busybox","resources":{"memory":"64MiB","cpus":0.5,"pids":100},
                 "capabilities":["CAP_NET_BIND_SERVICE","CAP_CHOWN"],"read_only":true}"#,
         );
-        apply_program(&mut spec, "db", &p, "berth").unwrap();
+        apply_program(&mut spec, "db", &p, Some("berth")).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(
             linux.cgroups_path().as_deref(),
@@ -867,12 +881,21 @@ mod tests {
             &mut spec,
             "x",
             &program(r#"{"name":"x","image":"busybox"}"#),
-            "t1",
+            Some("t1"),
         )
         .unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.resources().is_none());
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/t1/x")));
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "x",
+            &program(r#"{"name":"x","image":"busybox"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(spec.linux().as_ref().unwrap().cgroups_path(), &None);
     }
 
     #[test]

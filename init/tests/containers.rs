@@ -633,3 +633,51 @@ fn resources_without_cgroup_v2_controllers_are_a_clear_error() {
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }
+
+#[test]
+fn bundle_unit_runs_its_config_as_is() {
+    let w = World::new("bundle");
+    let bundle = w.dir.join("bundle");
+    busybox_root(&bundle.join("rootfs"), Some("from the bundle"));
+    let mut spec = berth_bundles::spec::default_spec();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo $(cat /etc/marker) as $(id -u); exec sleep 1000".into(),
+    ]));
+    process.set_env(Some(vec!["PATH=/bin".into()]));
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("rootfs".into());
+    spec.set_root(Some(root));
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"bundled","bundle":{},"stop_signal":"SIGKILL"}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let mut p = w.start(&m);
+    p.wait_for(&format!(
+        "bundle {} read for service bundled",
+        bundle.display()
+    ));
+    p.wait_for("bundled: from the bundle as 0");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    p.wait_for("berth: service bundled stopped (killed by signal 9)");
+
+    // Overrides on a bundle are refused at boot, not ignored.
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"bundled","bundle":{},"args":["x"]}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let dir = temp_dir("ctr-bundle-args");
+    let mut p = Pid1::start_in(dir, &m, &w.args());
+    assert_eq!(p.wait_exit().code(), Some(1), "{}", p.dump());
+    p.wait_for("bundled: args for bundle");
+    p.wait_for("(its config.json runs as it is) is not supported by the container launcher");
+}

@@ -1,0 +1,108 @@
+use super::*;
+
+fn prep(json: &str) -> Result<Prepared, BuildError> {
+    prepare(Path::new("/src/app/manifest.json"), json.as_bytes(), &|m| {
+        m != "ext4"
+    })
+}
+
+#[test]
+fn images_are_taken_out_and_named() {
+    let p = prep(
+        r#"{"version": 1,
+            "images": {"web": "oci:img/web:latest", "db": "docker-archive:db.tar"},
+            "services": [{"name": "web", "image": "web"}, {"name": "db", "image": "db"}]}"#,
+    )
+    .unwrap();
+    assert!(p.manifest.get("images").is_none());
+    assert_eq!(
+        p.images,
+        vec![
+            ("db".to_string(), "docker-archive:db.tar".to_string()),
+            ("web".to_string(), "oci:img/web:latest".to_string())
+        ]
+    );
+}
+
+#[test]
+fn unknown_image_is_refused_with_the_available_names() {
+    let err = prep(
+        r#"{"version": 1, "images": {"web": "oci:x"},
+            "services": [{"name": "web", "image": "nginx"}]}"#,
+    )
+    .unwrap_err();
+    let text = crate::report(&err);
+    assert!(text.contains("services.web.image"), "{text}");
+    assert!(
+        text.contains("unknown image \"nginx\" (available: web)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_manifests_are_refused_at_build_time() {
+    for (json, needle) in [
+        (r#"{"version": 1, "bogus": true}"#, "bogus"),
+        (
+            r#"{"version": 1, "images": ["x"]}"#,
+            "images: must be an object",
+        ),
+        (
+            r#"{"version": 1, "images": {"a": 1}}"#,
+            "images.a: must be a string",
+        ),
+        (r#"[1]"#, "top level must be an object"),
+        (r#"{"version": 1,"#, "parse build manifest"),
+        (
+            r#"{"version": 1, "services": [{"name": "a", "host": true, "command": ["x"],
+                "depends_on": ["b"]}]}"#,
+            "services.a.depends_on",
+        ),
+        (
+            r#"{"version": 1, "services": [{"name": "a", "host": true, "command": ["x"],
+                "restart": {"backoff": {"initial": "soon"}}}]}"#,
+            "services.a.restart.backoff.initial",
+        ),
+    ] {
+        let err = prep(json).unwrap_err();
+        let text = crate::report(&err);
+        assert!(text.contains(needle), "{json}: {text}");
+    }
+}
+
+#[test]
+fn bundles_are_rewritten_to_their_place_in_the_initramfs() {
+    let p = prep(
+        r#"{"version": 1,
+            "tasks": [{"name": "setup", "bundle": "bundles/setup"}],
+            "services": [{"name": "web", "bundle": "/abs/web"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        p.manifest["tasks"][0]["bundle"],
+        "/berth/bundles/tasks/setup"
+    );
+    assert_eq!(
+        p.manifest["services"][0]["bundle"],
+        "/berth/bundles/services/web"
+    );
+    assert_eq!(p.bundles[0].host, Path::new("/src/app/bundles/setup"));
+    assert_eq!(p.bundles[1].host, Path::new("/abs/web"));
+}
+
+#[test]
+fn machine_modules_follow_disk_and_network() {
+    let p = prep(
+        r#"{"version": 1, "modules": ["virtio_blk", "loop"],
+            "data_disk": {"device": "/dev/vda", "fstype": "ext4"},
+            "network": {"interfaces": [{"name": "eth0", "address": "10.0.2.15", "prefix": 24}]}}"#,
+    )
+    .unwrap();
+    // ext4 is built into the kernel here (has_module says no): not added.
+    assert_eq!(
+        p.manifest["modules"],
+        serde_json::json!(["virtio_blk", "loop", "virtio_pci", "virtio_net"])
+    );
+    let p = prep(r#"{"version": 1}"#).unwrap();
+    assert!(p.manifest.get("modules").is_none());
+}

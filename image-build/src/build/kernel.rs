@@ -32,13 +32,13 @@ pub enum KernelError {
         "kernel {path}: no lib/modules/<release> directory (expected an unpacked linux-image package)"
     )]
     NoModulesDir { path: PathBuf },
-    #[error("kernel {path}: {count} releases under lib/modules ({releases}); give a tree with one")]
+    #[error("{count} releases under {path}/lib/modules ({releases}); give a tree with one")]
     ManyReleases {
         path: PathBuf,
         count: usize,
         releases: String,
     },
-    #[error("kernel {path}: missing {what}")]
+    #[error("missing {what} in {path}")]
     Missing { path: PathBuf, what: String },
     #[error(
         "kernel {path}: CONFIG_RD_ZSTD is not y in {config}: it cannot unpack a zstd initramfs"
@@ -375,5 +375,49 @@ mod tests {
         assert!(pos("failover.ko") < pos("net_failover.ko"));
         assert!(pos("net_failover.ko") < pos("virtio_net.ko"));
         assert!(pos("virtio.ko") < pos("virtio_net.ko"));
+    }
+
+    /// `.modinfo` of real modules of the fetched Debian cloud kernel.
+    #[test]
+    fn depends_of_real_cloud_kernel_modules() {
+        let cache = berth_qemu::default_cache_dir().unwrap();
+        let k = berth_qemu::fetch_kernel(&cache).unwrap_or_else(|e| {
+            panic!(
+                "fetch the cloud kernel (needs apt lists: apt-get update): {}",
+                berth_qemu::error_chain(&e)
+            )
+        });
+        let tree = KernelTree::open(&k.root).unwrap();
+        assert_eq!(tree.release, k.release);
+        let ko = fs::read(tree.modules_dir.join(&tree.modules["virtio_net"])).unwrap();
+        let mut deps = module_depends(&ko).unwrap();
+        deps.sort();
+        assert_eq!(deps, ["net_failover", "virtio", "virtio_ring"]);
+        let info = elf::modinfo(&ko).unwrap();
+        assert!(
+            info.contains(&("name".into(), "virtio_net".into())),
+            "{info:?}"
+        );
+        let evdev = fs::read(tree.modules_dir.join(&tree.modules["evdev"])).unwrap();
+        assert!(module_depends(&evdev).unwrap().is_empty());
+        // ext4 is built into the cloud kernel: nothing to ship for it.
+        assert!(tree.builtin.contains("ext4"));
+        assert!(tree.resolve(&["ext4".into()]).unwrap().is_empty());
+        let resolved = tree.resolve(&["virtio_net".into()]).unwrap();
+        let names: Vec<&str> = resolved.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "failover",
+                "net_failover",
+                "virtio",
+                "virtio_net",
+                "virtio_ring"
+            ]
+        );
+        assert!(matches!(
+            tree.resolve(&["nope".into()]),
+            Err(KernelError::UnknownModule { .. })
+        ));
     }
 }

@@ -98,7 +98,7 @@ pub enum BuildError {
          PID 1 of the initramfs must be static: cargo build --release --target x86_64-unknown-linux-musl -p berth-init"
     )]
     InitDynamic { path: PathBuf },
-    #[error("kernel {path}")]
+    #[error("--kernel {path}")]
     Kernel { path: PathBuf, source: KernelError },
     #[error("pack images")]
     Layout(#[source] LayoutError),

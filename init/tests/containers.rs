@@ -633,3 +633,113 @@ fn resources_without_cgroup_v2_controllers_are_a_clear_error() {
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }
+
+#[test]
+fn bundle_unit_runs_its_config_as_is() {
+    let w = World::new("bundle");
+    let bundle = w.dir.join("bundle");
+    busybox_root(&bundle.join("rootfs"), Some("from the bundle"));
+    let mut spec = berth_bundles::spec::default_spec();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo $(cat /etc/marker) as $(id -u); exec sleep 1000".into(),
+    ]));
+    process.set_env(Some(vec!["PATH=/bin".into()]));
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("rootfs".into());
+    spec.set_root(Some(root));
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"bundled","bundle":{},"stop_signal":"SIGKILL"}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let mut p = w.start(&m);
+    p.wait_for(&format!(
+        "bundle {} read for service bundled",
+        bundle.display()
+    ));
+    p.wait_for("bundled: from the bundle as 0");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    p.wait_for("berth: service bundled stopped (killed by signal 9)");
+
+    // Overrides on a bundle are refused at boot, not ignored.
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"bundled","bundle":{},"args":["x"]}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let dir = temp_dir("ctr-bundle-args");
+    let mut p = Pid1::start_in(dir, &m, &w.args());
+    assert_eq!(p.wait_exit().code(), Some(1), "{}", p.dump());
+    p.wait_for("bundled: args for bundle");
+    p.wait_for("(its config.json runs as it is) is not supported by the container launcher");
+}
+
+#[test]
+fn manifest_overrides_reach_the_container() {
+    let w = World::new("overrides");
+    let script = "echo user=$(id -u):$(id -g) cwd=$(pwd) foo=$FOO path=$PATH; \
+        touch /scratch/f && echo scratch=rw; \
+        grep CapBnd /proc/self/status; exec sleep 1000";
+    // As root, only a read-only root refuses the write.
+    let probe = "touch /rootfile 2>/dev/null && echo root=rw || echo root=ro; exec sleep 1000";
+    let m = manifest(
+        &[],
+        &[
+            ctr("ro", probe, r#","read_only":true,"stop_signal":"SIGKILL""#),
+            ctr("rw", probe, r#","stop_signal":"SIGKILL""#),
+            format!(
+                r#"{{"name":"tuned","image":"busybox","command":["/bin/sh","-c"],"args":[{}],
+                "env":{{"FOO":"bar"}},"cwd":"/tmp","user":"1000:1001","read_only":true,
+                "mounts":[{{"type":"tmpfs","target":"/scratch","mode":"1777"}}],
+                "capabilities":["CAP_NET_BIND_SERVICE"],"stop_signal":"SIGKILL"}}"#,
+                serde_json::to_string(script).unwrap()
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("tuned: user=1000:1001 cwd=/tmp foo=bar path=/bin");
+    p.wait_for("ro: root=ro");
+    p.wait_for("rw: root=rw");
+    p.wait_for("tuned: scratch=rw");
+    // CAP_NET_BIND_SERVICE is bit 10: the bounding set holds it alone.
+    let caps = p.wait_for("tuned: CapBnd:");
+    assert!(caps.ends_with("0000000000000400"), "{caps}");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn restarts_reuse_the_unpacked_rootfs() {
+    let w = World::new("reuse");
+    // Each run appends to a file in the container's root and crashes: the
+    // rootfs is unpacked once per boot, so the second run sees the first.
+    let m = manifest(
+        &[],
+        &[ctr(
+            "counter",
+            "echo run >> /runs; echo runs=$(wc -l < /runs); exit 1",
+            r#","restart":{"policy":"on-failure","backoff":{"initial":"100ms"},"start_limit":{"count":2,"interval":"1m"}}"#,
+        )],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("counter: runs=1");
+    p.wait_for("counter: runs=2");
+    p.wait_for("berth: service counter failed: start limit reached");
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("image busybox unpacked for service counter"))
+            .count(),
+        1
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}

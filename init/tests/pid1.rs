@@ -353,6 +353,24 @@ fn unknown_image_is_refused_at_boot() {
     assert_eq!(p.wait_exit().code(), Some(1), "{}", p.dump());
     p.wait_for("services.web.image: unknown image \"nginx\" (available: none)");
     p.wait_for("(images from the layout /berth/images)");
+
+    // --check validates against the layout --images names.
+    let dir = temp_dir("check-images");
+    std::fs::write(dir.join("m.json"), m).unwrap();
+    let out = Command::new(BIN)
+        .arg("--images")
+        .arg(dir.join("no-layout"))
+        .arg("--check")
+        .arg(dir.join("m.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services.web.image: unknown image \"nginx\" (available: none)"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

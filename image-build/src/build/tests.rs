@@ -106,3 +106,53 @@ fn machine_modules_follow_disk_and_network() {
     let p = prep(r#"{"version": 1}"#).unwrap();
     assert!(p.manifest.get("modules").is_none());
 }
+
+#[test]
+fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("berth-build-bundle-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("myroot/bin")).unwrap();
+    fs::write(dir.join("myroot/bin/tool"), b"tool").unwrap();
+    symlink("tool", dir.join("myroot/bin/alias")).unwrap();
+    std::os::unix::fs::chown(dir.join("myroot/bin/tool"), Some(1000), Some(1001)).unwrap();
+    fs::write(
+        dir.join("config.json"),
+        br#"{"ociVersion": "1.0.2", "root": {"path": "myroot"}, "process": {"args": ["/bin/tool"], "cwd": "/"}}"#,
+    )
+    .unwrap();
+    let mut tree = Tree::default();
+    let b = BundleCopy {
+        unit: "web".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/web".into(),
+    };
+    bundle_entries(&mut tree, &b).unwrap();
+    let Some(Entry {
+        kind: Kind::File(cpio::Data::Bytes(config)),
+        ..
+    }) = tree.get("berth/bundles/services/web/config.json")
+    else {
+        panic!("no config.json");
+    };
+    let config: Value = serde_json::from_slice(config).unwrap();
+    assert_eq!(config["root"]["path"], "rootfs");
+    assert_eq!(config["process"]["args"][0], "/bin/tool");
+    let tool = tree
+        .get("berth/bundles/services/web/rootfs/bin/tool")
+        .unwrap();
+    assert_eq!((tool.uid, tool.gid), (1000, 1001));
+    assert_eq!(
+        tree.get("berth/bundles/services/web/rootfs/bin/alias")
+            .unwrap()
+            .kind,
+        Kind::Symlink("tool".into())
+    );
+    // A bundle without its root directory is refused with the unit named.
+    fs::remove_dir_all(dir.join("myroot")).unwrap();
+    let err = bundle_entries(&mut Tree::default(), &b).unwrap_err();
+    let text = crate::report(&err);
+    assert!(text.contains("bundle") && text.contains("of web"), "{text}");
+    assert!(text.contains("\"myroot\" is not a directory"), "{text}");
+    let _ = fs::remove_dir_all(&dir);
+}

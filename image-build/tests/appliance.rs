@@ -174,7 +174,11 @@ fn extract(initrd: &Path, dest: &Path) {
     ));
 }
 
-const WEB_SCRIPT: &str = "echo web-marker: serving; exec /bin/busybox httpd -f -p 80 -h /www";
+/// The service's shell is PID 1 of its pid namespace, which gets only the
+/// signals it handles (pid_namespaces(7)): it traps SIGTERM so the ordered
+/// shutdown stops it cleanly instead of waiting for the SIGKILL.
+const WEB_SCRIPT: &str = "trap 'echo web-marker: stopping; kill $pid; exit 0' TERM; \
+     echo web-marker: serving; /bin/busybox httpd -f -p 80 -h /www & pid=$!; wait";
 
 fn manifest_json(images: &str, bundle_task: Option<&str>) -> String {
     let bundle = bundle_task
@@ -489,11 +493,20 @@ fn appliance_boots_serves_and_powers_off() {
     assert!(status.success(), "qemu exited with {status}\n{log}");
     assert_eq!(vm.outcome().unwrap(), Some(Outcome::PoweredOff), "{log}");
     // Ordered: the service is stopped before the machine powers off.
-    let stopped = log.find("service web stopping");
-    let off = log.find("powering off");
+    let order: Vec<Option<usize>> = [
+        "berth: power button pressed",
+        "berth: service web stopping: sent SIGTERM",
+        "web: web-marker: stopping",
+        "berth: service web stopped",
+        "berth: powering off",
+    ]
+    .iter()
+    .map(|line| log.find(line))
+    .collect();
     assert!(
-        matches!((stopped, off), (Some(s), Some(o)) if s < o),
-        "expected the web service to stop before power-off:\n{log}"
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "expected power button → SIGTERM → service stops → power-off, in order:\n{log}"
     );
+    assert!(!log.contains("did not stop within"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }

@@ -83,7 +83,10 @@ pub enum BuildError {
         path: PathBuf,
         source: berth_init::manifest::ManifestError,
     },
-    #[error("init binary {path}")]
+    #[error(
+        "read init binary {path} (build it with `cargo build --release --target \
+         x86_64-unknown-linux-musl -p berth-init`, or pass --init PATH)"
+    )]
     ReadInit {
         path: PathBuf,
         source: std::io::Error,

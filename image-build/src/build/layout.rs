@@ -38,6 +38,12 @@ pub enum LayoutError {
         reference: String,
         source: Box<ImageError>,
     },
+    #[error("image {name}: open layer {index}")]
+    OpenLayer {
+        name: String,
+        index: usize,
+        source: Box<ImageError>,
+    },
     #[error("image {name}: layer {index} ({what})")]
     Layer {
         name: String,
@@ -250,12 +256,13 @@ impl LayoutWriter {
                 media_type: layer.media_type.clone(),
             });
         }
-        let mut raw = image.open_layer(layer).map_err(|e| LayoutError::Layer {
-            name: name.into(),
-            index,
-            what: "open".into(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        let mut raw = image
+            .open_layer(layer)
+            .map_err(|source| LayoutError::OpenLayer {
+                name: name.into(),
+                index,
+                source: Box::new(source),
+            })?;
         // The blob is copied whole first: its digest and size are checked
         // when the verifying reader reaches the end, which a decompressor
         // that stops at the end of its frame might never ask for.

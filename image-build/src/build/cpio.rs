@@ -216,8 +216,9 @@ impl Tree {
         for (ino, (path, entry)) in (1u32..).zip(self.entries.iter()) {
             write_entry(&mut w, ino, path, entry)?;
         }
+        // The end marker: a name, every field zero but nlink (as GNU cpio).
         let trailer = Entry::root(Kind::File(Data::Bytes(Vec::new())), 0);
-        write_header(&mut w, 0, "TRAILER!!!", &trailer, 0, 1)?;
+        write_header(&mut w, 0, "TRAILER!!!", &trailer, 0, 1, 0)?;
         Ok(w.n)
     }
 }
@@ -249,6 +250,7 @@ fn write_header(
     entry: &Entry,
     size: u32,
     nlink: u32,
+    mode: u32,
 ) -> Result<(), CpioError> {
     let (rmaj, rmin) = match entry.kind {
         Kind::Char { major, minor } | Kind::Block { major, minor } => (major, minor),
@@ -257,8 +259,7 @@ fn write_header(
     // magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor,
     // devminor, rdevmajor, rdevminor, namesize (with the NUL), check.
     let header = format!(
-        "070701{ino:08X}{:08X}{:08X}{:08X}{nlink:08X}{:08X}{size:08X}{:08X}{:08X}{rmaj:08X}{rmin:08X}{:08X}{:08X}",
-        entry.mode(),
+        "070701{ino:08X}{mode:08X}{:08X}{:08X}{nlink:08X}{:08X}{size:08X}{:08X}{:08X}{rmaj:08X}{rmin:08X}{:08X}{:08X}",
         entry.uid,
         entry.gid,
         0,
@@ -278,17 +279,25 @@ fn write_entry(w: &mut Counting<'_>, ino: u32, path: &str, entry: &Entry) -> Res
     match &entry.kind {
         Kind::File(data) => {
             let size = data.len();
-            write_header(w, ino, path, entry, size as u32, nlink)?;
+            write_header(w, ino, path, entry, size as u32, nlink, entry.mode())?;
             match data {
                 Data::Bytes(b) => w.put(b)?,
                 Data::File { path: host, size } => copy_file(w, host, *size)?,
             }
         }
         Kind::Symlink(target) => {
-            write_header(w, ino, path, entry, target.len() as u32, nlink)?;
+            write_header(
+                w,
+                ino,
+                path,
+                entry,
+                target.len() as u32,
+                nlink,
+                entry.mode(),
+            )?;
             w.put(target.as_bytes())?;
         }
-        _ => write_header(w, ino, path, entry, 0, nlink)?,
+        _ => write_header(w, ino, path, entry, 0, nlink, entry.mode())?,
     }
     w.pad4()
 }

@@ -133,13 +133,14 @@ impl LayoutWriter {
     }
 
     /// Resolves, verifies and stores the image `reference` as `name`.
-    /// `progress` is told each layer as it starts.
+    /// `progress` is told the layer being packed and the uncompressed bytes
+    /// done so far (at its start, then about every MiB).
     pub fn add_image(
         &mut self,
         name: &str,
         reference: &str,
         base: &Path,
-        progress: &mut dyn FnMut(&str, usize, usize),
+        progress: &mut dyn FnMut(&str, usize, usize, u64),
     ) -> Result<ImageSummary, LayoutError> {
         let mut parsed = ImageRef::parse(reference).map_err(|source| LayoutError::Reference {
             name: name.into(),
@@ -170,11 +171,12 @@ impl LayoutWriter {
         };
         let mut descriptors = Vec::new();
         for (index, layer) in image.layers.iter().enumerate() {
-            progress(name, index, image.layers.len());
             let diff_id = layer.diff_id.to_string();
             let already = self.layers.get(&diff_id).cloned();
             let (digest, size, unpacked) =
-                self.pack_layer(&image, name, index, layer, already.is_none())?;
+                self.pack_layer(&image, name, index, layer, already.is_none(), &mut |done| {
+                    progress(name, index, image.layers.len(), done)
+                })?;
             let (digest, size) = match already {
                 Some(stored) => {
                     summary.shared += stored.1;
@@ -237,7 +239,9 @@ impl LayoutWriter {
         index: usize,
         layer: &Layer,
         store: bool,
+        progress: &mut dyn FnMut(u64),
     ) -> Result<(Sha256Digest, u64, u64), LayoutError> {
+        progress(0);
         let layer_err = |what: &str| {
             let what = what.to_owned();
             move |source| LayoutError::Layer {
@@ -271,7 +275,7 @@ impl LayoutWriter {
             let mut f = File::create(&raw_path).map_err(write_err(&raw_path))?;
             io::copy(&mut raw, &mut f).map_err(layer_err("read and verify the blob"))?;
         }
-        let result = self.recompress(name, index, layer, store, &raw_path);
+        let result = self.recompress(name, index, layer, store, &raw_path, progress);
         let _ = fs::remove_file(&raw_path);
         result
     }
@@ -283,6 +287,7 @@ impl LayoutWriter {
         layer: &Layer,
         store: bool,
         raw_path: &Path,
+        progress: &mut dyn FnMut(u64),
     ) -> Result<(Sha256Digest, u64, u64), LayoutError> {
         let layer_err = |what: &str| {
             let what = what.to_owned();
@@ -327,7 +332,11 @@ impl LayoutWriter {
             if n == 0 {
                 break;
             }
+            let before = diff.count();
             diff.update(&buf[..n]);
+            if before >> 20 != diff.count() >> 20 {
+                progress(diff.count());
+            }
             if let Some(enc) = encoder.as_mut() {
                 enc.write_all(&buf[..n]).map_err(write_err(&tmp))?;
             }

@@ -503,10 +503,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         let mut lw = LayoutWriter::new(&layout_dir).map_err(BuildError::Layout)?;
         let base = opts.manifest.parent().unwrap_or(Path::new("."));
         let show = opts.progress;
-        let mut progress = |name: &str, i: usize, n: usize| {
+        let mut progress = |name: &str, i: usize, n: usize, done: u64| {
             if show {
                 let mut e = std::io::stderr().lock();
-                let _ = write!(e, "\rimage {name}: layer {}/{n} ...        ", i + 1);
+                let _ = write!(
+                    e,
+                    "\rimage {name}: layer {}/{n}: {:.1} MiB recompressed        ",
+                    i + 1,
+                    done as f64 / (1 << 20) as f64
+                );
                 let _ = e.flush();
             }
         };

@@ -384,6 +384,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     // machine modules are checked again once it is known).
     prepare(&opts.manifest, &bytes, &|_| true)?;
     let init = read_static_init(&opts.init)?;
+    check_replaceable(&opts.out)?;
 
     let out_name = opts
         .out
@@ -558,6 +559,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         ".{out_name}.berth-build-old-{}",
         std::process::id()
     ));
+    check_replaceable(&opts.out)?;
     let had_old = fs::symlink_metadata(&opts.out).is_ok();
     if had_old {
         fs::rename(&opts.out, &old).map_err(out_err(&opts.out))?;
@@ -583,6 +585,48 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         initrd_size,
         entries: tree.len(),
     })
+}
+
+/// An existing OUTDIR is replaced only when it is a previous output (a
+/// directory holding nothing but `initrd.img` and `vmlinuz`): `-o` pointed
+/// at a directory with other files must not delete them.
+fn check_replaceable(out: &Path) -> Result<(), BuildError> {
+    let refuse = |why: String| BuildError::Output {
+        path: out.to_owned(),
+        source: std::io::Error::other(why),
+    };
+    let meta = match fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BuildError::Output {
+                path: out.to_owned(),
+                source,
+            });
+        }
+    };
+    if !meta.is_dir() {
+        return Err(refuse("exists and is not a directory".into()));
+    }
+    let entries = fs::read_dir(out).map_err(|source| BuildError::Output {
+        path: out.to_owned(),
+        source,
+    })?;
+    for e in entries {
+        let name = e
+            .map_err(|source| BuildError::Output {
+                path: out.to_owned(),
+                source,
+            })?
+            .file_name();
+        if name != "initrd.img" && name != "vmlinuz" {
+            return Err(refuse(format!(
+                "exists and holds {name:?}, not only a previous build's initrd.img and vmlinuz: \
+                 refusing to replace it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn read_static_init(path: &Path) -> Result<Vec<u8>, BuildError> {

@@ -998,9 +998,13 @@ fn write_proc(path: &Path, value: &[u8]) -> io::Result<()> {
 fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
     let i = index as usize;
     let path = match step {
-        Some(Step::MountTarget | Step::Mount | Step::Remount | Step::MountPropagation) => {
-            plan.mounts.get(i).map(|m| m.dest.as_str().to_string())
-        }
+        Some(
+            Step::MountTarget
+            | Step::MountOnProc
+            | Step::Mount
+            | Step::Remount
+            | Step::MountPropagation,
+        ) => plan.mounts.get(i).map(|m| m.dest.as_str().to_string()),
         Some(Step::Device) => plan.devices.get(i).map(|d| d.path.as_str().to_string()),
         Some(Step::Mask) => plan.masked.get(i).map(|p| p.as_str().to_string()),
         Some(Step::Readonly) => plan.readonly.get(i).map(|p| p.as_str().to_string()),

@@ -575,6 +575,26 @@ fn mounts_over_proc_are_refused() {
 }
 
 #[test]
+fn an_image_symlink_cannot_redirect_a_mount_onto_proc() {
+    // The image makes /dev a symlink to /proc: the /dev tmpfs would land
+    // on the container's procfs and hide it, so the masked and read-only
+    // /proc paths are skipped (not found) while the real procfs lives on
+    // underneath (CVE-2019-16884 / CVE-2023-28642 class). Refused.
+    let b = Bundle::new();
+    fs::remove_dir(b.rootfs().join("dev")).unwrap();
+    std::os::unix::fs::symlink("proc", b.rootfs().join("dev")).unwrap();
+    let e = create_error(&b);
+    assert!(e.contains("/dev") && e.contains("procfs"), "{e}");
+
+    // The same through /sys.
+    let b = Bundle::new();
+    fs::remove_dir(b.rootfs().join("sys")).unwrap();
+    std::os::unix::fs::symlink("/proc", b.rootfs().join("sys")).unwrap();
+    let e = create_error(&b);
+    assert!(e.contains("/sys") && e.contains("procfs"), "{e}");
+}
+
+#[test]
 fn malformed_config_and_missing_rootfs_are_clear_errors() {
     let b = Bundle::new();
     fs::write(b.dir().join("config.json"), "{\"ociVersion\": ").unwrap();

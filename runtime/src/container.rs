@@ -1350,12 +1350,17 @@ impl Container {
                     self.exit = Some(s.into());
                     return Ok(());
                 }
+                // Our child, not exited yet: keep polling until it is
+                // reaped. Asking `alive()` here would race: a process that
+                // became a zombie since the waitpid looks dead, and would
+                // be left unreaped with its status lost.
                 Ok(None) => {}
                 // ECHILD: not our child; its parent reaps it.
-                Err(_) => {}
-            }
-            if !self.alive() {
-                return Ok(());
+                Err(_) => {
+                    if !self.alive() {
+                        return Ok(());
+                    }
+                }
             }
             if Instant::now() > deadline {
                 return Err(ContainerError::KillTimeout {

@@ -784,6 +784,31 @@ fn kill_all_without_a_pid_namespace_or_cgroup_is_refused() {
 }
 
 #[test]
+fn delete_force_reaps_its_own_child_every_time() {
+    // delete --force kills the process and must reap it when it is our
+    // child, however the kill races with the wait: a process seen as a
+    // zombie between two polls is still ours to reap (no zombie left, the
+    // status known).
+    let mut b = Bundle::new();
+    b.script("sleep 30");
+    b.write();
+    let t = common::runtime();
+    for _ in 0..20 {
+        let mut c =
+            t.rt.create(&common::unique_id("reap"), b.dir(), Default::default())
+                .unwrap();
+        c.start().unwrap();
+        let pid = c.pid();
+        c.delete(true).unwrap();
+        assert_eq!(c.exit_status(), Some(ExitStatus::Signaled(9)));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} left as a zombie"
+        );
+    }
+}
+
+#[test]
 fn a_symlink_loop_on_a_mount_destination_is_a_clear_error() {
     let mut b = Bundle::new();
     std::os::unix::fs::symlink("/loop2", b.rootfs().join("loop1")).unwrap();

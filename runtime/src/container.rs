@@ -490,13 +490,11 @@ impl Runtime {
         };
         let mut join = Vec::new();
         for j in &plan.namespaces.join {
-            let fd = fs::File::open(&j.path).map_err(ioerr("open namespace", &j.path))?;
-            join.push((OwnedFd::from(fd), ns_flag(j.kind)));
+            let fd = open_namespace(&j.path).map_err(ioerr("open namespace", &j.path))?;
+            join.push((fd, ns_flag(j.kind)));
         }
         let join_pid = match &plan.namespaces.join_pid {
-            Some(p) => Some(OwnedFd::from(
-                fs::File::open(p).map_err(ioerr("open namespace", p))?,
-            )),
+            Some(p) => Some(open_namespace(p).map_err(ioerr("open namespace", p))?),
             None => None,
         };
         crate::rootfs::create_symlink_targets(plan, &plan.rootfs).map_err(ioerr(
@@ -980,6 +978,31 @@ fn record_state(r: &Record, status: Status) -> State {
         bundle: r.bundle.clone(),
         annotations: r.annotations.clone(),
     }
+}
+
+/// Opens a namespace file to join. The path comes from the config: it is
+/// first opened `O_PATH` (no open side effects: a FIFO would block, a
+/// device could act) and checked to be a namespace file, then reopened
+/// through that fd for `setns(2)`, which refuses `O_PATH` fds.
+fn open_namespace(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let probe = sys::openat(None, &c, libc::O_PATH, 0)?;
+    if !sys::is_nsfs(probe.as_fd())? {
+        return Err(io::Error::other("not a namespace file"));
+    }
+    let fd = sys::openat(
+        None,
+        sys::FdPath::new(probe.as_raw_fd()).as_cstr(),
+        libc::O_RDONLY,
+        0,
+    )?;
+    // The reopen followed a magic link: make sure it is still the file
+    // just checked.
+    if !sys::is_nsfs(fd.as_fd())? {
+        return Err(io::Error::other("not a namespace file"));
+    }
+    Ok(fd)
 }
 
 /// Writes a /proc file after checking the open file is on procfs.

@@ -289,6 +289,40 @@ fn joining_namespaces_by_path() {
     h.delete(false).unwrap();
 }
 
+#[test]
+fn a_namespace_path_that_is_not_a_namespace_is_refused_without_opening_it() {
+    // The config names a FIFO (or a device) as a namespace to join: a
+    // plain open would block the creating process (PID 1) until a writer
+    // appears, or arm a device such as a watchdog. Refused instead.
+    let dir = common::TempDir::new("nsfifo");
+    let fifo = dir.0.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    berth_runtime::sys::mkfifo(&c, 0o600).unwrap();
+    for (kind, path) in [
+        ("network", fifo.clone()),
+        ("pid", fifo.clone()),
+        ("uts", "/dev/null".into()),
+    ] {
+        let mut b = Bundle::new();
+        b.config["linux"]["namespaces"] = json!([{"type": kind, "path": path}, {"type": "mount"}]);
+        b.config.as_object_mut().unwrap().remove("hostname");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(create_error(&b));
+        });
+        // A watchdog for the hang only, not a timing assertion.
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!("create hangs on a {kind} namespace path {}", path.display())
+            });
+        assert!(
+            e.contains("not a namespace") && e.contains(&path.display().to_string()),
+            "{e}"
+        );
+    }
+}
+
 fn mount_line<'a>(mounts: &'a str, dest: &str) -> &'a str {
     mounts
         .lines()

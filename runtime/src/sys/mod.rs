@@ -637,6 +637,14 @@ pub fn is_procfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(kernel_fstatfs(fd)?.f_type as libc::c_long == PROC_SUPER_MAGIC)
 }
 
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
+/// Whether the fd is a namespace file (`fstatfs` type `NSFS_MAGIC`), as
+/// `/proc/<pid>/ns/*` and their bind mounts are.
+pub fn is_nsfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(kernel_fstatfs(fd)?.f_type as libc::c_long == NSFS_MAGIC)
+}
+
 pub fn getuid() -> uid_t {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }

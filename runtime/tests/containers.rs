@@ -771,6 +771,38 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
 }
 
 #[test]
+fn a_cgroups_path_naming_a_populated_cgroup_is_refused() {
+    // cgroupsPath comes from the config: naming a cgroup that already holds
+    // processes (a host service) would put the container among them, and
+    // a failed create or the delete would kill them all. Refused, and the
+    // processes there live on.
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .expect("a cgroup2 mount (the unified hierarchy)");
+    let id = common::unique_id("busy");
+    let cg = format!("/berth-test/{id}");
+    let dir = mount.join(cg.trim_start_matches('/'));
+    fs::create_dir_all(&dir).unwrap();
+    let mut victim = std::process::Command::new("/bin/busybox")
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    fs::write(dir.join("cgroup.procs"), victim.id().to_string()).unwrap();
+    let mut b = Bundle::new();
+    b.config["linux"]["cgroupsPath"] = json!(cg);
+    let e = create_error(&b);
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    // Back to our own cgroup is implicit: the process is gone.
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_dir(mount.join("berth-test"));
+    assert!(alive, "the process already in the cgroup was killed");
+    assert!(e.contains("not empty"), "{e}");
+}
+
+#[test]
 fn root_path_dot_is_the_bundle_itself() {
     let mut b = Bundle::new();
     b.config["root"]["path"] = json!(".");

@@ -34,6 +34,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod container;
+pub mod exeseal;
 pub mod hooks;
 pub mod process;
 pub mod rootfs;

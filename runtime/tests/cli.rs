@@ -280,3 +280,36 @@ fn errors_are_one_line_and_go_to_the_log_too() {
     assert!(err(&root.0, &["state", "../etc"]).contains("invalid container id"));
     assert!(err(&root.0, &["--log-format", "xml", "list"]).contains("--log-format"));
 }
+
+#[test]
+fn the_container_process_runs_from_a_sealed_copy_of_the_runtime() {
+    // CVE-2019-5736: until its exec the container's process is the runtime
+    // binary, and a `#!/proc/self/exe` entrypoint would run it inside the
+    // container; a host file there could be reopened for writing once no
+    // one executes it. berth-runc runs from a sealed memfd copy instead.
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("true");
+    b.write();
+    let bundle = b.dir().to_str().unwrap();
+    ok(&root.0, &["create", "--bundle", bundle, "sealed"]);
+    let pid = state(&root.0, "sealed")["pid"].as_i64().unwrap();
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let exe_file = fs::File::open(format!("/proc/{pid}/exe")).unwrap();
+    let seals = rustix::fs::fcntl_get_seals(&exe_file);
+    ok(&root.0, &["delete", "--force", "sealed"]);
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:"),
+        "the waiting container process runs {}",
+        exe.display()
+    );
+    let seals = seals.expect("a sealable memfd");
+    for s in [
+        rustix::fs::SealFlags::SEAL,
+        rustix::fs::SealFlags::SHRINK,
+        rustix::fs::SealFlags::GROW,
+        rustix::fs::SealFlags::WRITE,
+    ] {
+        assert!(seals.contains(s), "seal {s:?} missing: {seals:?}");
+    }
+}

@@ -193,6 +193,13 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // The commands that clone a container process run from a sealed copy
+    // of this binary (CVE-2019-5736): see berth_runtime::exeseal.
+    if matches!(cmd.as_str(), "create" | "run")
+        && let Err(e) = berth_runtime::exeseal::reexec_from_sealed_copy()
+    {
+        return report(&g, e.into());
+    }
     let rest = &argv[i + 1..];
     let rt = Runtime::new(&g.root);
     let r = match cmd.as_str() {

@@ -1170,6 +1170,14 @@ impl Container {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                 return Err(ContainerError::NotWaiting { id });
             }
+            // Another start claimed it since the status check.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContainerError::WrongStatus {
+                    id,
+                    status: self.status(),
+                    wanted: "created",
+                });
+            }
             Err(source) => {
                 return Err(ContainerError::Io {
                     id,
@@ -1179,6 +1187,27 @@ impl Container {
                 });
             }
         };
+        // Claim the start by removing the fifo before writing: of two
+        // concurrent starts (two CLI invocations) only the one whose
+        // unlink succeeds lets the process go and runs the poststart hooks.
+        match fs::remove_file(&fifo) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContainerError::WrongStatus {
+                    id,
+                    status: self.status(),
+                    wanted: "created",
+                });
+            }
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    id,
+                    op: "remove",
+                    path: fifo,
+                    source,
+                });
+            }
+        }
         f.write_all(&[0]).map_err(|source| ContainerError::Io {
             id: id.clone(),
             op: "write",
@@ -1186,12 +1215,6 @@ impl Container {
             source,
         })?;
         drop(f);
-        fs::remove_file(&fifo).map_err(|source| ContainerError::Io {
-            id: id.clone(),
-            op: "remove",
-            path: fifo,
-            source,
-        })?;
         if let Some(list) = self
             .record
             .hooks

@@ -803,6 +803,52 @@ fn a_cgroups_path_naming_a_populated_cgroup_is_refused() {
 }
 
 #[test]
+fn concurrent_starts_of_one_container_start_it_once() {
+    // Two `start`s of one id (two berth-runc invocations, say): one starts
+    // it, the other is told it is not created any more; never an I/O error
+    // from losing the race, never the poststart hooks twice.
+    let mut b = Bundle::new();
+    b.script("sleep 30");
+    let log = common::TempDir::new("poststart");
+    let log_file = log.0.join("log");
+    b.config["hooks"] = json!({"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo x >> {}", log_file.display())]}]});
+    b.write();
+    let t = common::runtime();
+    for round in 0..10 {
+        let id = common::unique_id("twice");
+        let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let results: Vec<_> = (0..2)
+            .map(|_| {
+                let (rt, id, barrier) = (t.rt.clone(), id.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut c = rt.load(&id).unwrap();
+                    barrier.wait();
+                    c.start()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        c.delete(true).unwrap();
+        let oks = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "round {round}: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, berth_runtime::ContainerError::WrongStatus { .. }),
+                    "round {round}: the losing start failed with {}",
+                    chain(e)
+                );
+            }
+        }
+        let runs = fs::read_to_string(&log_file).unwrap().lines().count();
+        assert_eq!(runs, round + 1, "poststart ran once per container");
+    }
+}
+
+#[test]
 fn root_path_dot_is_the_bundle_itself() {
     let mut b = Bundle::new();
     b.config["root"]["path"] = json!(".");

@@ -75,10 +75,13 @@ pub fn reexec_from_sealed_copy() -> Result<(), ExeSealError> {
     }
     let mut exe =
         File::open("/proc/self/exe").map_err(|source| ExeSealError::OpenSelf { source })?;
-    let memfd = rustix::fs::memfd_create(
-        "berth-runtime",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
+    // MFD_EXEC: with vm.memfd_noexec=1 (Linux 6.3+) a memfd is otherwise
+    // sealed non-executable; kernels before 6.3 refuse the flag (EINVAL).
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let memfd = match rustix::fs::memfd_create("berth-runtime", flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create("berth-runtime", flags),
+        other => other,
+    }
     .map_err(|e| ExeSealError::Memfd { source: e.into() })?;
     let mut copy = File::from(memfd);
     io::copy(&mut exe, &mut copy).map_err(|source| ExeSealError::Copy { source })?;

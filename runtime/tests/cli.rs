@@ -313,3 +313,34 @@ fn the_container_process_runs_from_a_sealed_copy_of_the_runtime() {
         assert!(seals.contains(s), "seal {s:?} missing: {seals:?}");
     }
 }
+
+#[test]
+fn the_sealed_copy_runs_where_memfds_default_to_noexec() {
+    // vm.memfd_noexec=1 (Linux 6.3+, per pid namespace) seals memfds
+    // non-executable unless MFD_EXEC is asked for. Set in a pid namespace
+    // of its own, so the host keeps its setting.
+    assert!(
+        Path::new("/usr/bin/unshare").exists(),
+        "unshare missing: apt-get install util-linux"
+    );
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("exit 7");
+    b.write();
+    let script = format!(
+        "echo 1 > /proc/sys/vm/memfd_noexec && exec {} --root {} run --bundle {} noexec",
+        env!("CARGO_BIN_EXE_berth-runc"),
+        root.0.join("state").display(),
+        b.dir().display()
+    );
+    let out = Command::new("/usr/bin/unshare")
+        .args(["--pid", "--fork", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

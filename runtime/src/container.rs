@@ -799,6 +799,30 @@ impl Runtime {
         })
     }
 
+    /// Removes what a create that died before writing its state left of
+    /// container `id` (its directory: the exec fifo), so the id can be
+    /// used again; runc's `delete --force` does the same. A container with
+    /// a state is left alone (delete it instead). Note that a create still
+    /// in progress in another process looks the same.
+    pub fn remove_leftover(&self, id: &str) -> Result<(), ContainerError> {
+        if !valid_id(id) {
+            return Err(ContainerError::InvalidId { id: id.to_string() });
+        }
+        let dir = self.dir(id);
+        if dir.join("state.json").exists() {
+            return Err(ContainerError::Exists { id: id.to_string() });
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {
+                id: id.to_string(),
+                op: "remove",
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Ids of every container under the root, sorted.
     pub fn list(&self) -> Result<Vec<String>, ContainerError> {
         let entries = match fs::read_dir(&self.root) {

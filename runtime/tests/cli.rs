@@ -344,3 +344,28 @@ fn the_sealed_copy_runs_where_memfds_default_to_noexec() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn delete_force_clears_what_an_aborted_create_left() {
+    // A create killed before it wrote state.json leaves the container's
+    // directory behind: the id then "exists" for create but not for
+    // delete. As runc does, delete --force removes the directory.
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("true");
+    b.write();
+    let bundle = b.dir().to_str().unwrap();
+    let dir = root.0.join("state").join("aborted");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("exec.fifo"), "").unwrap();
+    assert!(err(&root.0, &["create", "-b", bundle, "aborted"]).contains("already exists"));
+    assert!(err(&root.0, &["delete", "aborted"]).contains("does not exist"));
+    assert!(dir.exists(), "delete without force leaves it");
+    ok(&root.0, &["delete", "--force", "aborted"]);
+    assert!(
+        !dir.exists(),
+        "delete --force removed the leftover directory"
+    );
+    ok(&root.0, &["create", "-b", bundle, "aborted"]);
+    ok(&root.0, &["delete", "--force", "aborted"]);
+}

@@ -361,7 +361,8 @@ fn cmd_delete(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     match rt.load(id) {
         Ok(mut c) => c.delete(force)?,
         // runc: deleting a missing container with --force is not an error.
-        Err(berth_runtime::ContainerError::NotFound { .. }) if force => {}
+        // As runc: a directory an aborted create left goes too.
+        Err(berth_runtime::ContainerError::NotFound { .. }) if force => rt.remove_leftover(id)?,
         Err(e) => return Err(e.into()),
     }
     Ok(0)

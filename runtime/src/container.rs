@@ -414,6 +414,16 @@ impl Runtime {
         let result = self.spawn(id, spec, &plan, cgroup_plan.as_ref(), bundle, &dir, opts);
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
+            // The lifecycle goes on with delete (runtime-spec "Lifecycle",
+            // step 12), whose poststop hooks undo what prestart and
+            // createRuntime hooks set up; runc's destroy runs them too.
+            // Their own failure would only hide the create's error.
+            if let Some(list) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+                let mut state = record_state_parts(id, 0, bundle, spec);
+                state.status = Status::Stopped;
+                state.pid = None;
+                let _ = run_hook_list(id, HookKind::Poststop, &list, &state);
+            }
         }
         result
     }

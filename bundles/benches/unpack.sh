@@ -92,27 +92,39 @@ cmds=(
   "umoci unpack --image $dir/gzip:bench $mnt/t/b"
   "zstd -dc $layer_path | tar -x -C $mnt/t"
 )
-declare -A times
+declare -A times cpus
+TIMEFORMAT='%R %U %S'
 for round in $(seq 0 "$runs"); do
   for i in "${!names[@]}"; do
     rm -rf "$mnt/t" && mkdir "$mnt/t"
     sync
-    start=$(date +%s%N)
-    bash -c "${cmds[$i]}" >/dev/null 2>&1 || { echo "unpack.sh: ${names[$i]} failed: ${cmds[$i]}" >&2; exit 1; }
-    end=$(date +%s%N)
+    # bash's time: wall, user and system seconds of the command and its
+    # children. CPU time is far less sensitive than wall time to load from
+    # other processes on a shared machine, so both are reported.
+    t=$( { time bash -c "${cmds[$i]}" >/dev/null 2>&1 || echo FAIL; } 2>&1 )
+    case "$t" in *FAIL*) echo "unpack.sh: ${names[$i]} failed: ${cmds[$i]}" >&2; exit 1;; esac
+    read -r wall user sys <<<"$t"
     # Round 0 warms the page cache and is not counted.
-    [ "$round" = 0 ] || times[${names[$i]}]+="$(( (end - start) / 1000 )) "
+    if [ "$round" != 0 ]; then
+      times[${names[$i]}]+="$wall "
+      cpus[${names[$i]}]+="$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.3f", u + s}') "
+    fi
   done
   echo "round $round done" >&2
 done
 rm -rf "$mnt/t"
 
-median() { tr ' ' '\n' <<<"${times[$1]}" | grep . | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m/1e6}'; }
-bz=$(median berth-zstd); bg=$(median berth-gzip); um=$(median umoci-gzip); zt=$(median zstd-tar)
-for n in "${names[@]}"; do printf '%-11s runs (us): %s\n' "$n" "${times[$n]}"; done
-printf '\nmedians over %s runs (s): berth-zstd %s  berth-gzip %s  umoci-gzip %s  zstd-tar %s\n' "$runs" "$bz" "$bg" "$um" "$zt"
-awk -v bz="$bz" -v bg="$bg" -v um="$um" -v zt="$zt" 'BEGIN {
-  printf "berth-zstd / zstd-tar   = %.2fx  (target <= 1.00)\n", bz / zt
-  printf "umoci-gzip / berth-zstd = %.1fx  (target >= 5)\n", um / bz
-  printf "umoci-gzip / berth-gzip = %.1fx  (same gzip image for both)\n", um / bg
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
+for n in "${names[@]}"; do printf '%-11s wall (s): %s\n%-11s cpu  (s): %s\n' "$n" "${times[$n]}" "" "${cpus[$n]}"; done
+bz=$(median "${times[berth-zstd]}"); bg=$(median "${times[berth-gzip]}"); um=$(median "${times[umoci-gzip]}"); zt=$(median "${times[zstd-tar]}")
+cbz=$(median "${cpus[berth-zstd]}"); cbg=$(median "${cpus[berth-gzip]}"); cum=$(median "${cpus[umoci-gzip]}"); czt=$(median "${cpus[zstd-tar]}")
+printf '\nmedians over %s runs, wall (s): berth-zstd %s  berth-gzip %s  umoci-gzip %s  zstd-tar %s\n' "$runs" "$bz" "$bg" "$um" "$zt"
+printf 'medians over %s runs, cpu  (s): berth-zstd %s  berth-gzip %s  umoci-gzip %s  zstd-tar %s\n' "$runs" "$cbz" "$cbg" "$cum" "$czt"
+echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+awk -v bz="$bz" -v bg="$bg" -v um="$um" -v zt="$zt" -v cbz="$cbz" -v czt="$czt" -v cum="$cum" -v cbg="$cbg" 'BEGIN {
+  printf "wall: berth-zstd / zstd-tar   = %.2fx  (target <= 1.00)\n", bz / zt
+  printf "wall: umoci-gzip / berth-zstd = %.1fx  (target >= 5)\n", um / bz
+  printf "wall: umoci-gzip / berth-gzip = %.1fx  (same gzip image for both)\n", um / bg
+  printf "cpu:  berth-zstd / zstd-tar   = %.2fx\n", cbz / czt
+  printf "cpu:  umoci-gzip / berth-zstd = %.1fx\n", cum / cbz
 }'

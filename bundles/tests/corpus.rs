@@ -645,3 +645,30 @@ fn refused_entries() {
     let rootfs = Rootfs::open(&w.root()).unwrap();
     assert!(rootfs.apply_layer(&bytes[..]).is_err());
 }
+
+#[test]
+fn owner_and_mode_under_setgid_dir() {
+    // A file created in a setgid directory inherits the directory's group;
+    // the entry's own group must still win. Read-only files get their data.
+    let w = World::new("setgid");
+    w.apply(&[vec![
+        E::dir("sg").mode(0o2775).owner(0, 50),
+        E::file("sg/f", b"data").mode(0o644).owner(0, 0),
+        E::file("sg/ro", b"read only").mode(0o444),
+        E::file("sg/none", b"no perms").mode(0o000).owner(7, 7),
+        E::dir("sg/sub").mode(0o755).owner(0, 0),
+    ]])
+    .unwrap();
+    let r = w.root();
+    let m = fs::metadata(r.join("sg/f")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o644));
+    let m = fs::metadata(r.join("sg/ro")).unwrap();
+    assert_eq!((m.gid(), m.mode() & 0o7777), (0, 0o444));
+    assert_eq!(fs::read(r.join("sg/ro")).unwrap(), b"read only");
+    let m = fs::metadata(r.join("sg/none")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 7, 0));
+    let m = fs::metadata(r.join("sg/sub")).unwrap();
+    assert_eq!((m.gid(), m.mode() & 0o7777), (0, 0o755));
+    let m = fs::metadata(r.join("sg")).unwrap();
+    assert_eq!((m.gid(), m.mode() & 0o7777), (50, 0o2775));
+}

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod build;
 mod inspect;
 mod unpack;
 
@@ -14,6 +15,11 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: berth-build <command> [options]
 
 commands:
+  build MANIFEST -o OUTDIR --kernel DEB_OR_DIR [--init PATH]
+      build an appliance: OUTDIR/initrd.img (zstd newc cpio with /init, the
+      manifest, the images as one OCI layout, bundles and kernel modules)
+      and OUTDIR/vmlinuz; --kernel is a Debian linux-image-*-cloud-amd64
+      package or its unpacked tree, --init a static berth-init
   unpack IMAGE_REF DEST [--platform OS/ARCH[/VARIANT]]
       unpack an image into the runtime bundle DEST (config.json + rootfs);
       DEST must not exist or be empty
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
     };
     let rest: Vec<String> = argv.collect();
     let res: Result<(), Box<dyn Error>> = match cmd.as_str() {
+        "build" => build::run(&rest),
         "unpack" => unpack::run(&rest),
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {

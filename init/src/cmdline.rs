@@ -5,6 +5,7 @@
 //! | `berth.manifest=PATH` | the manifest PID 1 reads | [`DEFAULT_MANIFEST`] |
 //! | `berth.log=LEVEL` | PID 1's own log level (`error…trace`), over the manifest's | manifest's `log.level` |
 //! | `berth.on_fatal=poweroff\|reboot` | what to do on a fatal error, over the manifest's | manifest's `on_fatal` |
+//! | `berth.images=PATH` | the embedded OCI image layout | [`DEFAULT_IMAGES`] |
 //!
 //! The kernel passes words it does not know to init as arguments or
 //! environment; we read `/proc/cmdline` instead, which has all of them, with
@@ -18,11 +19,15 @@ use crate::manifest::FatalAction;
 /// Where the initramfs built by `berth-build` holds the manifest.
 pub const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.json";
 
+/// Where the initramfs built by `berth-build` holds the OCI image layout.
+pub const DEFAULT_IMAGES: &str = "/berth/images";
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BootOptions {
     pub manifest: Option<PathBuf>,
     pub log_level: Option<log::LevelFilter>,
     pub on_fatal: Option<FatalAction>,
+    pub images: Option<PathBuf>,
     /// Options we could not use, for PID 1 to log once the logger is up
     /// (a typo on the command line must not stop the boot).
     pub warnings: Vec<String>,
@@ -72,6 +77,10 @@ pub fn parse_cmdline(line: &str) -> BootOptions {
             "manifest" => opts.warnings.push(format!(
                 "berth.manifest={value:?}: not an absolute path, ignored"
             )),
+            "images" if value.starts_with('/') => opts.images = Some(PathBuf::from(value)),
+            "images" => opts.warnings.push(format!(
+                "berth.images={value:?}: not an absolute path, ignored"
+            )),
             "log" => match log::LevelFilter::from_str(value) {
                 Ok(level) => opts.log_level = Some(level),
                 Err(_) => opts
@@ -109,9 +118,10 @@ mod tests {
     #[test]
     fn options() {
         let o = parse_cmdline(
-            "BOOT_IMAGE=/vmlinuz console=ttyS0 panic=-1 berth.manifest=/etc/m.json berth.log=debug berth.on_fatal=reboot quiet",
+            "BOOT_IMAGE=/vmlinuz console=ttyS0 panic=-1 berth.manifest=/etc/m.json berth.log=debug berth.on_fatal=reboot berth.images=/img quiet",
         );
         assert_eq!(o.manifest, Some(PathBuf::from("/etc/m.json")));
+        assert_eq!(o.images, Some(PathBuf::from("/img")));
         assert_eq!(o.log_level, Some(log::LevelFilter::Debug));
         assert_eq!(o.on_fatal, Some(FatalAction::Reboot));
         assert!(o.warnings.is_empty());

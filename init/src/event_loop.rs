@@ -195,8 +195,8 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
         self.launcher.signal(name, pid, signal)
     }
 
-    fn reaped(&mut self, name: &str, pid: Pid) {
-        self.launcher.reaped(name, pid);
+    fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus) {
+        self.launcher.reaped(name, pid, status);
     }
 
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>) {
@@ -338,6 +338,7 @@ impl<L: Launcher> EventLoop<L> {
             }
         }
         self.drain_pipes();
+        self.launcher.cleanup();
         self.supervisor.orphans()
     }
 

@@ -2,9 +2,10 @@
 //!
 //! The supervisor does not know whether a program runs as a container or as
 //! a plain host process: it asks a [`Launcher`]. The container launcher (on
-//! top of `berth-runtime` and `berth-bundles`) plugs in here; this module
-//! has the host-process one, [`ProcessLauncher`], which runs `host: true`
-//! programs and refuses everything else.
+//! top of `berth-runtime` and `berth-bundles`) is
+//! [`crate::container::ContainerLauncher`]; this module has the host-process
+//! one, [`ProcessLauncher`], which runs `host: true` programs and refuses
+//! everything else (the container launcher hands it host programs).
 //!
 //! Contract for every launcher, because PID 1 reaps with `waitpid(-1)`:
 //! - `spawn` returns the pid of a direct child of PID 1 and never waits for it;
@@ -24,6 +25,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 use crate::manifest::{Program, Source};
+use crate::service::ExitStatus;
 
 /// Why a program could not be started or signalled.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,32 @@ pub enum LaunchError {
         program: String,
         source: std::io::Error,
     },
+    /// The unit's image or bundle could not be prepared at boot (failed
+    /// verification, missing blob, bad config): permanent.
+    #[error("{unit}: {message}")]
+    Prepare { unit: String, message: String },
+    /// The container runtime refused the container.
+    #[error("{unit}: create container")]
+    Create {
+        unit: String,
+        #[source]
+        source: Box<berth_runtime::ContainerError>,
+        /// Whether retrying cannot help (the spec asks for what this host lacks).
+        permanent: bool,
+    },
+    #[error("{unit}: start container")]
+    Start {
+        unit: String,
+        #[source]
+        source: Box<berth_runtime::ContainerError>,
+    },
+    #[error("{unit}: send {signal} to the container")]
+    SignalContainer {
+        unit: String,
+        signal: Signal,
+        #[source]
+        source: Box<berth_runtime::ContainerError>,
+    },
     #[error("{unit}: send {signal} to pid {pid}")]
     Signal {
         unit: String,
@@ -47,6 +75,21 @@ pub enum LaunchError {
         signal: Signal,
         source: nix::Error,
     },
+}
+
+impl LaunchError {
+    /// Whether no later attempt can succeed, so the unit fails at once
+    /// instead of backing off toward its start limit.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Unsupported { .. } | Self::Prepare { .. } => true,
+            Self::Create { permanent, .. } => *permanent,
+            Self::Spawn { .. }
+            | Self::Start { .. }
+            | Self::Signal { .. }
+            | Self::SignalContainer { .. } => false,
+        }
+    }
 }
 
 /// PATH for programs when PID 1 has none (as the kernel starts it).
@@ -89,9 +132,14 @@ pub trait Launcher {
     /// Sends `signal` to the unit's first process.
     fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError>;
 
-    /// Called once the unit's first process has been reaped, to release what
-    /// the launcher holds for it (a container's cgroup and state).
-    fn reaped(&mut self, name: &str, pid: Pid);
+    /// Called once the unit's first process has been reaped (with its
+    /// status), to release what the launcher holds for it (a container's
+    /// cgroup and state).
+    fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus);
+
+    /// Called once at the end of supervision, after every process is gone,
+    /// to remove what the launcher made for the whole boot.
+    fn cleanup(&mut self) {}
 }
 
 /// Runs `host: true` programs as plain child processes of PID 1, in PID 1's
@@ -219,7 +267,7 @@ impl Launcher for ProcessLauncher {
         })
     }
 
-    fn reaped(&mut self, _name: &str, _pid: Pid) {
+    fn reaped(&mut self, _name: &str, _pid: Pid, _status: ExitStatus) {
         // A host process leaves nothing behind once reaped.
     }
 }

@@ -21,6 +21,7 @@
 pub mod bootplan;
 pub mod clock;
 pub mod cmdline;
+pub mod container;
 pub mod event_loop;
 pub mod fuzz;
 pub mod launcher;

@@ -33,8 +33,9 @@
 //! A task or service names what to run with exactly one of `image` (a name in
 //! the embedded OCI layout), `bundle` (an OCI runtime bundle directory) or
 //! `host: true` (the command runs in PID 1's own root without isolation —
-//! for boot chores with the initramfs's busybox, and the dev/test mode until
-//! images land; container-only fields are refused for host programs).
+//! for boot chores with the initramfs's busybox; container-only fields are
+//! refused for host programs). A bundle's `config.json` runs as it is: the
+//! overriding fields below are refused for bundles at boot.
 //! Then: `command` (replaces the image entrypoint), `args` (replaces the
 //! image cmd), `env` {K: V} (merged over the image env), `cwd`, `user`
 //! (`name`, `uid` or `uid:gid`), `mounts` [{`type`: `persistent`, `source`

@@ -137,6 +137,10 @@ pub enum Note {
     NotRestarting {
         status: ExitStatus,
     },
+    /// The launcher refused for good (bad image, impossible spec).
+    LaunchRefused {
+        error: String,
+    },
     StartLimit {
         status: Option<ExitStatus>,
         count: u32,
@@ -177,6 +181,9 @@ impl fmt::Display for ServiceNote<'_> {
                 )
             }
             Note::NotRestarting { status } => write!(f, "service {name} {status}, not restarting"),
+            Note::LaunchRefused { error } => {
+                write!(f, "service {name} failed: {error} (not restarting)")
+            }
             Note::StartLimit {
                 count, interval, ..
             } => {
@@ -211,7 +218,7 @@ impl Note {
         match self {
             Self::Started { .. } | Self::StopSent { .. } | Self::Stopped { .. } => log::Level::Info,
             Self::NotRestarting { status } if status.success() => log::Level::Info,
-            Self::StartLimit { .. } => log::Level::Error,
+            Self::StartLimit { .. } | Self::LaunchRefused { .. } => log::Level::Error,
             _ => log::Level::Warn,
         }
     }
@@ -332,6 +339,13 @@ impl ServiceMachine {
             until: now.saturating_add(ms(delay)),
         };
         Note::SpawnFailedRestarting { error, delay }
+    }
+
+    /// Starting → Failed: the launcher says no start can ever succeed (an
+    /// image failed verification), so no backoff and no retry.
+    pub fn launch_refused(&mut self, error: String) -> Note {
+        self.state = State::Failed;
+        Note::LaunchRefused { error }
     }
 
     /// The process ended.

@@ -37,8 +37,8 @@ pub const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub trait Runner {
     fn spawn(&mut self, kind: UnitKind, name: &str, program: &Program) -> Result<Pid, LaunchError>;
     fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError>;
-    /// The unit's first process was reaped.
-    fn reaped(&mut self, name: &str, pid: Pid);
+    /// The unit's first process was reaped with `status`.
+    fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus);
     /// A marker line, without the `berth: ` prefix.
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>);
 }
@@ -212,7 +212,7 @@ impl Supervisor {
                 let Some(run) = self.services.get_mut(i) else {
                     return true;
                 };
-                r.reaped(&run.service.name, pid);
+                r.reaped(&run.service.name, pid, status);
                 let note = run.machine.exited(status, now);
                 report_note(r, &run.service.name, &note);
                 if self.phase == Phase::ShuttingDown {
@@ -404,7 +404,7 @@ impl Supervisor {
         let Some(t) = self.tasks.get_mut(i) else {
             return;
         };
-        r.reaped(&t.task.name, pid);
+        r.reaped(&t.task.name, pid, status);
         t.state = TaskState::Done;
         if status.success() {
             r.report(
@@ -470,6 +470,9 @@ impl Supervisor {
                         self.pids.insert(pid, UnitRef::Service(i));
                         run.machine.spawned(pid, now)
                     }
+                    // Retrying cannot help an image that failed its
+                    // verification or a spec this host cannot run.
+                    Err(e) if e.is_permanent() => run.machine.launch_refused(error_chain(&e)),
                     Err(e) => run.machine.spawn_failed(error_chain(&e), now),
                 };
                 report_note(r, &run.service.name, &note);
@@ -534,6 +537,8 @@ mod tests {
         signals: Vec<(String, Signal)>,
         reaped: Vec<String>,
         fail_spawn: Vec<String>,
+        /// Spawn fails for good (a corrupt image).
+        refuse: Vec<String>,
         pids: BTreeMap<String, Pid>,
     }
 
@@ -546,6 +551,12 @@ mod tests {
                     launcher: "fake",
                 });
             }
+            if self.refuse.iter().any(|n| n == name) {
+                return Err(LaunchError::Prepare {
+                    unit: name.into(),
+                    message: "image x: layer sha256:ab: digest mismatch".into(),
+                });
+            }
             self.next_pid += 1;
             let pid = Pid::from_raw(100 + self.next_pid);
             self.spawned.push(name.to_owned());
@@ -556,7 +567,7 @@ mod tests {
             self.signals.push((name.to_owned(), signal));
             Ok(())
         }
-        fn reaped(&mut self, name: &str, _pid: Pid) {
+        fn reaped(&mut self, name: &str, _pid: Pid, _status: ExitStatus) {
             self.reaped.push(name.to_owned());
         }
         fn report(&mut self, _level: log::Level, line: fmt::Arguments<'_>) {
@@ -726,6 +737,30 @@ mod tests {
         );
         assert_eq!(s.next_deadline(), None);
         assert_eq!(s.service_state("x"), Some(State::Failed));
+    }
+
+    #[test]
+    fn permanent_launch_error_fails_at_once_without_retries() {
+        let mut s = supervisor(
+            r#"{"version":1,"services":[{"name":"bad","host":true,"command":["x"]},
+                {"name":"good","host":true,"command":["x"]}]}"#,
+        );
+        let mut r = FakeRunner {
+            refuse: vec!["bad".into()],
+            ..FakeRunner::default()
+        };
+        s.boot(0, &mut r);
+        assert_eq!(
+            r.take_lines(),
+            [
+                "service bad failed: bad: image x: layer sha256:ab: digest mismatch (not restarting)",
+                "service good started pid=101",
+                "ready",
+            ]
+        );
+        assert_eq!(s.service_state("bad"), Some(State::Failed));
+        assert_eq!(s.next_deadline(), None, "no backoff for a permanent error");
+        assert_eq!(r.spawned, ["good"]);
     }
 
     #[test]

@@ -6,297 +6,12 @@
 //! The tests read marker lines from PID 1's console (its stdout) and wait
 //! for them with generous timeouts; they never assert on durations.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth-init");
-const BUSYBOX: &str = "/bin/busybox";
-const WAIT: Duration = Duration::from_secs(30);
-
-fn prerequisites() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests run berth-init in new pid and mount namespaces: run them as root"
-    );
-    assert!(
-        Path::new(BUSYBOX).exists(),
-        "busybox-static missing ({BUSYBOX}): apt-get install busybox-static"
-    );
-    let unshare = Command::new("unshare").arg("--version").output();
-    assert!(
-        unshare.is_ok_and(|o| o.status.success()),
-        "unshare missing: apt-get install util-linux"
-    );
-}
-
-struct Log {
-    lines: Mutex<Vec<String>>,
-    changed: Condvar,
-}
-
-/// berth-init running as PID 1 of its own namespaces.
-struct Pid1 {
-    child: Child,
-    log: Arc<Log>,
-    dir: PathBuf,
-    status: Option<ExitStatus>,
-    in_namespace: bool,
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-pid1-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-impl Pid1 {
-    fn start(tag: &str, manifest: &str) -> Self {
-        Self::start_with(tag, manifest, true)
-    }
-
-    /// `in_namespace`: PID 1 of a new pid namespace, or a plain process.
-    fn start_with(tag: &str, manifest: &str, in_namespace: bool) -> Self {
-        prerequisites();
-        let dir = temp_dir(tag);
-        let path = dir.join("manifest.json");
-        std::fs::write(&path, manifest).unwrap();
-        let mut cmd = if in_namespace {
-            let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount", "--mount-proc", BIN]);
-            c
-        } else {
-            Command::new(BIN)
-        };
-        let mut child = cmd
-            .arg("--manifest")
-            .arg(&path)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run unshare");
-        let log = Arc::new(Log {
-            lines: Mutex::new(Vec::new()),
-            changed: Condvar::new(),
-        });
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    log.lines.lock().unwrap().push(line);
-                    log.changed.notify_all();
-                }
-            });
-        }
-        Self {
-            child,
-            log,
-            dir,
-            status: None,
-            in_namespace,
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lines.lock().unwrap().clone()
-    }
-
-    fn dump(&self) -> String {
-        self.lines().join("\n")
-    }
-
-    /// Waits for a line containing `needle`; returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        self.wait_for_nth(needle, 1)
-    }
-
-    /// Waits until `n` lines contain `needle`; returns the n-th.
-    fn wait_for_nth(&self, needle: &str, n: usize) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {n}× {needle:?}; PID 1 said:\n{}",
-                lines.join("\n")
-            );
-            lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
-        }
-    }
-
-    /// Position of the first line containing `needle` (must exist).
-    fn index_of(&self, needle: &str) -> usize {
-        self.lines()
-            .iter()
-            .position(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line {needle:?} in:\n{}", self.dump()))
-    }
-
-    /// The host pid of berth-init (the child of unshare).
-    fn init_pid(&self) -> i32 {
-        let unshare = self.child.id() as i32;
-        if !self.in_namespace {
-            return unshare;
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(pid) = children_of(unshare).first() {
-                return *pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth-init did not start under unshare"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.init_pid()), sig).unwrap();
-    }
-
-    /// Host pid of the process that is `ns_pid` inside our namespace.
-    fn host_pid(&self, ns_pid: i32) -> i32 {
-        let ns = std::fs::read_link(format!("/proc/{}/ns/pid", self.init_pid())).unwrap();
-        for pid in all_pids() {
-            if std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-                .ok()
-                .as_ref()
-                != Some(&ns)
-            {
-                continue;
-            }
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let nspid = status
-                .lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .unwrap_or("");
-            if nspid.split_whitespace().last().and_then(|p| p.parse().ok()) == Some(ns_pid) {
-                return pid;
-            }
-        }
-        panic!(
-            "no process {ns_pid} in the namespace; PID 1 said:\n{}",
-            self.dump()
-        );
-    }
-
-    /// Host pids of every process in our pid namespace.
-    fn namespace_pids(&self) -> Vec<i32> {
-        let ns = std::fs::read_link(format!("/proc/{}/ns/pid", self.init_pid())).unwrap();
-        all_pids()
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/ns/pid"))
-                    .ok()
-                    .as_ref()
-                    == Some(&ns)
-            })
-            .collect()
-    }
-
-    /// Processes of our namespace in state Z.
-    fn zombies(&self) -> Vec<i32> {
-        self.namespace_pids()
-            .into_iter()
-            .filter(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                stat.rsplit_once(')')
-                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .collect()
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.status = Some(status);
-                // Let the readers take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth-init did not exit; it said:\n{}",
-                self.dump()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Pid1 {
-    fn drop(&mut self) {
-        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            // Killing PID 1 of the namespace kills everything in it.
-            if let Some(pid) = children_of(self.child.id() as i32).first() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect()
-}
-
-fn children_of(parent: i32) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            rest.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i32>().ok())
-                == Some(parent)
-        })
-        .collect()
-}
-
-/// A `host: true` unit running `busybox sh -c SCRIPT`.
-fn sh(name: &str, script: &str, extra: &str) -> String {
-    let script = serde_json::to_string(script).unwrap();
-    format!(r#"{{"name":"{name}","host":true,"command":["{BUSYBOX}","sh","-c",{script}]{extra}}}"#)
-}
-
-fn manifest(tasks: &[String], services: &[String]) -> String {
-    format!(
-        r#"{{"version":1,"tasks":[{}],"services":[{}]}}"#,
-        tasks.join(","),
-        services.join(",")
-    )
-}
-
-fn ns_pid_of(line: &str) -> i32 {
-    line.rsplit_once("pid=")
-        .and_then(|(_, p)| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
-}
+use common::*;
 
 #[test]
 fn boot_tasks_then_services_in_dependency_order_and_reverse_stop() {
@@ -613,11 +328,49 @@ fn invalid_manifest_is_refused_with_a_clear_error() {
 }
 
 #[test]
-fn image_services_are_refused_until_the_container_launcher_lands() {
-    let m = r#"{"version":1,"services":[{"name":"web","bundle":"/nonexistent/bundle"}]}"#;
-    let mut p = Pid1::start("bundle", m);
+fn unreadable_bundle_fails_its_service_and_the_boot_goes_on() {
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"web","bundle":"/nonexistent/bundle"}},{}]}}"#,
+        sh(
+            "other",
+            "trap 'exit 0' TERM; echo up; while true; do sleep 0.1; done",
+            ""
+        )
+    );
+    let mut p = Pid1::start("bundle", &m);
+    p.wait_for("other: up");
+    p.wait_for(
+        "berth: service web failed: web: read /nonexistent/bundle/config.json: No such file or directory (os error 2) (not restarting)",
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn unknown_image_is_refused_at_boot() {
+    let m = r#"{"version":1,"services":[{"name":"web","image":"nginx"}]}"#;
+    let mut p = Pid1::start("unknown-image", m);
     assert_eq!(p.wait_exit().code(), Some(1), "{}", p.dump());
-    p.wait_for("web: bundle /nonexistent/bundle is not supported by the host-process launcher");
+    p.wait_for("services.web.image: unknown image \"nginx\" (available: none)");
+    p.wait_for("(images from the layout /berth/images)");
+
+    // --check validates against the layout --images names.
+    let dir = temp_dir("check-images");
+    std::fs::write(dir.join("m.json"), m).unwrap();
+    let out = Command::new(BIN)
+        .arg("--images")
+        .arg(dir.join("no-layout"))
+        .arg("--check")
+        .arg(dir.join("m.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services.web.image: unknown image \"nginx\" (available: none)"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,0 +1,423 @@
+//! The kernel side of an appliance: `--kernel` (a Debian
+//! `linux-image-*-cloud-amd64` package or an unpacked tree), its
+//! `vmlinuz`, and the modules the manifest needs with their dependencies.
+//!
+//! Debian's package ships no `modules.dep` (its postinst runs `depmod`, and
+//! kmod is not something we want to require), so dependencies come from
+//! each module's own `.modinfo` `depends=` field, read from the ELF file,
+//! and berth-build writes the `modules.dep` that berth-init's
+//! `modules::ModuleIndex` parses: `path: dep-path dep-path …`, paths
+//! relative to `/lib/modules/<release>`, the list transitive as depmod's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_init::modules::module_name;
+
+use super::elf::{self, ElfError};
+
+/// Why the kernel or a module could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("unpack kernel package {path} with dpkg -x (is dpkg installed?)")]
+    Dpkg {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unpack kernel package {path}: dpkg -x failed: {stderr}")]
+    DpkgFailed { path: PathBuf, stderr: String },
+    #[error(
+        "kernel {path}: no lib/modules/<release> directory (expected an unpacked linux-image package)"
+    )]
+    NoModulesDir { path: PathBuf },
+    #[error("{count} releases under {path}/lib/modules ({releases}); give a tree with one")]
+    ManyReleases {
+        path: PathBuf,
+        count: usize,
+        releases: String,
+    },
+    #[error("missing {what} in {path}")]
+    Missing { path: PathBuf, what: String },
+    #[error(
+        "kernel {path}: CONFIG_RD_ZSTD is not y in {config}: it cannot unpack a zstd initramfs"
+    )]
+    NoZstd { path: PathBuf, config: PathBuf },
+    #[error("read {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel module {path}")]
+    Elf { path: PathBuf, source: ElfError },
+    #[error("kernel module {path} is compressed; only plain .ko files are supported")]
+    Compressed { path: PathBuf },
+    #[error("kernel module {name} not found in {dir} (nor built in)")]
+    UnknownModule { name: String, dir: PathBuf },
+    #[error("kernel module {module} depends on {dependency}, which is not in {dir}")]
+    UnknownDependency {
+        module: String,
+        dependency: String,
+        dir: PathBuf,
+    },
+}
+
+/// An unpacked kernel: release, image, config and module tree.
+#[derive(Debug)]
+pub struct KernelTree {
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<release>`.
+    pub modules_dir: PathBuf,
+    /// Module name → file, relative to `modules_dir`.
+    pub modules: BTreeMap<String, String>,
+    pub builtin: BTreeSet<String>,
+    /// The raw `modules.builtin` text (copied into the initramfs).
+    pub builtin_text: String,
+}
+
+/// Unpacks `deb` into `dest` with `dpkg -x`.
+pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), KernelError> {
+    let out = Command::new("dpkg")
+        .arg("-x")
+        .arg(deb)
+        .arg(dest)
+        .output()
+        .map_err(|source| KernelError::Dpkg {
+            path: deb.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(KernelError::DpkgFailed {
+            path: deb.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl KernelTree {
+    /// Reads an unpacked `linux-image` tree (root with `boot/` and
+    /// `lib/modules/` or `usr/lib/modules/`).
+    pub fn open(root: &Path) -> Result<Self, KernelError> {
+        let lib = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|p| root.join(p))
+            .find(|p| p.is_dir())
+            .ok_or_else(|| KernelError::NoModulesDir {
+                path: root.to_owned(),
+            })?;
+        let mut releases: Vec<String> = fs::read_dir(&lib)
+            .map_err(|source| KernelError::Read {
+                path: lib.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        releases.sort();
+        let release = match releases.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(KernelError::NoModulesDir {
+                    path: root.to_owned(),
+                });
+            }
+            many => {
+                return Err(KernelError::ManyReleases {
+                    path: root.to_owned(),
+                    count: many.len(),
+                    releases: many.join(", "),
+                });
+            }
+        };
+        let missing = |what: String| KernelError::Missing {
+            path: root.to_owned(),
+            what,
+        };
+        let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
+        if !vmlinuz.is_file() {
+            return Err(missing(format!("boot/vmlinuz-{release}")));
+        }
+        let config = root.join(format!("boot/config-{release}"));
+        let config_text =
+            fs::read_to_string(&config).map_err(|_| missing(format!("boot/config-{release}")))?;
+        // The initramfs is zstd: refuse a kernel that would not unpack it
+        // (it would panic at boot with "no working init found").
+        if !config_text.lines().any(|l| l.trim() == "CONFIG_RD_ZSTD=y") {
+            return Err(KernelError::NoZstd {
+                path: root.to_owned(),
+                config,
+            });
+        }
+        let modules_dir = lib.join(&release);
+        let mut modules = BTreeMap::new();
+        index_modules(&modules_dir, "kernel", &mut modules)?;
+        let builtin_text =
+            fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
+        let builtin = builtin_text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(module_name)
+            .collect();
+        Ok(KernelTree {
+            release,
+            vmlinuz,
+            modules_dir,
+            modules,
+            builtin,
+            builtin_text,
+        })
+    }
+
+    /// Whether `name` is a module file of this kernel (not built in).
+    pub fn has_module(&self, name: &str) -> bool {
+        self.modules.contains_key(&module_name(name))
+    }
+
+    /// The modules `wanted` names and everything they depend on, as
+    /// `(name, relative path, direct dependency names)`, sorted by name.
+    /// Built-in modules are skipped (there is nothing to load).
+    pub fn resolve(&self, wanted: &[String]) -> Result<Vec<ResolvedModule>, KernelError> {
+        let mut done: BTreeMap<String, ResolvedModule> = BTreeMap::new();
+        let mut todo: Vec<(String, Option<String>)> =
+            wanted.iter().map(|w| (module_name(w), None)).collect();
+        while let Some((name, wanted_by)) = todo.pop() {
+            if done.contains_key(&name) || self.builtin.contains(&name) {
+                continue;
+            }
+            let Some(rel) = self.modules.get(&name) else {
+                return Err(match wanted_by {
+                    None => KernelError::UnknownModule {
+                        name,
+                        dir: self.modules_dir.clone(),
+                    },
+                    Some(module) => KernelError::UnknownDependency {
+                        module,
+                        dependency: name,
+                        dir: self.modules_dir.clone(),
+                    },
+                });
+            };
+            check_plain(rel, &self.modules_dir)?;
+            let path = self.modules_dir.join(rel);
+            let bytes = fs::read(&path).map_err(|source| KernelError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let deps = module_depends(&bytes).map_err(|source| KernelError::Elf {
+                path: path.clone(),
+                source,
+            })?;
+            for d in &deps {
+                todo.push((d.clone(), Some(name.clone())));
+            }
+            done.insert(
+                name.clone(),
+                ResolvedModule {
+                    name,
+                    path: rel.clone(),
+                    deps,
+                },
+            );
+        }
+        Ok(done.into_values().collect())
+    }
+}
+
+/// A module to ship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModule {
+    pub name: String,
+    /// Relative to `lib/modules/<release>`.
+    pub path: String,
+    /// Direct dependencies (names), built-ins included.
+    pub deps: Vec<String>,
+}
+
+/// The `depends=` names of a module file (empty when it has none).
+pub fn module_depends(ko: &[u8]) -> Result<Vec<String>, ElfError> {
+    Ok(elf::modinfo(ko)?
+        .into_iter()
+        .filter(|(k, _)| k == "depends")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(module_name)
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// `modules.dep` for `modules` (closed under dependencies): one line per
+/// module, its transitive dependencies' paths after the colon, sorted.
+pub fn modules_dep(modules: &[ResolvedModule]) -> String {
+    let by_name: BTreeMap<&str, &ResolvedModule> =
+        modules.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut lines: Vec<String> = modules
+        .iter()
+        .map(|m| {
+            let mut seen = BTreeSet::new();
+            let mut order = Vec::new();
+            let mut stack: Vec<&str> = m.deps.iter().map(String::as_str).collect();
+            while let Some(d) = stack.pop() {
+                // Built-ins are not in `by_name`: nothing to load for them.
+                let Some(dm) = by_name.get(d) else { continue };
+                if seen.insert(d) {
+                    order.push(dm.path.clone());
+                    stack.extend(dm.deps.iter().map(String::as_str));
+                }
+            }
+            order.sort();
+            format!("{}: {}", m.path, order.join(" "))
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    lines.sort();
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+fn index_modules(
+    base: &Path,
+    rel: &str,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), KernelError> {
+    let dir = base.join(rel);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(KernelError::Read { path: dir, source }),
+    };
+    let mut names: Vec<(String, bool)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            (e.file_name().to_string_lossy().into_owned(), is_dir)
+        })
+        .collect();
+    names.sort();
+    for (name, is_dir) in names {
+        let path = format!("{rel}/{name}");
+        if is_dir {
+            index_modules(base, &path, out)?;
+        } else if name.ends_with(".ko") {
+            out.insert(module_name(&name), path);
+        } else if name.contains(".ko.") {
+            // Later Debian releases compress modules (.ko.xz, .ko.zst): we
+            // would need to decompress them to read .modinfo. Recorded so a
+            // request for one gives a clear error instead of "not found".
+            out.insert(module_name(&name), path);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses compressed module files (see [`index_modules`]).
+pub fn check_plain(path: &str, dir: &Path) -> Result<(), KernelError> {
+    if path.ends_with(".ko") {
+        Ok(())
+    } else {
+        Err(KernelError::Compressed {
+            path: dir.join(path),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, path: &str, deps: &[&str]) -> ResolvedModule {
+        ResolvedModule {
+            name: name.into(),
+            path: path.into(),
+            deps: deps.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    /// What we write is what berth-init reads: load order deps first.
+    #[test]
+    fn modules_dep_round_trips_through_the_init_parser() {
+        let mods = vec![
+            m(
+                "virtio_net",
+                "kernel/drivers/net/virtio_net.ko",
+                &["net_failover", "virtio"],
+            ),
+            m(
+                "net_failover",
+                "kernel/drivers/net/net_failover.ko",
+                &["failover"],
+            ),
+            m("failover", "kernel/net/core/failover.ko", &[]),
+            m("virtio", "kernel/drivers/virtio/virtio.ko", &["crc32c"]),
+        ];
+        let dep = modules_dep(&mods);
+        assert!(dep.contains(
+            "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/drivers/virtio/virtio.ko kernel/net/core/failover.ko\n"
+        ), "{dep}");
+        assert!(dep.contains("kernel/net/core/failover.ko:\n"), "{dep}");
+        let idx = berth_init::modules::ModuleIndex::parse(&dep, "kernel/lib/crc32c.ko\n").unwrap();
+        let order: Vec<String> = idx
+            .load_order(&["virtio_net".into()])
+            .unwrap()
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let pos = |p: &str| order.iter().position(|o| o.ends_with(p)).unwrap();
+        assert!(pos("failover.ko") < pos("net_failover.ko"));
+        assert!(pos("net_failover.ko") < pos("virtio_net.ko"));
+        assert!(pos("virtio.ko") < pos("virtio_net.ko"));
+    }
+
+    /// `.modinfo` of real modules of the fetched Debian cloud kernel.
+    #[test]
+    fn depends_of_real_cloud_kernel_modules() {
+        let cache = berth_qemu::default_cache_dir().unwrap();
+        let k = berth_qemu::fetch_kernel(&cache).unwrap_or_else(|e| {
+            panic!(
+                "fetch the cloud kernel (needs apt lists: apt-get update): {}",
+                berth_qemu::error_chain(&e)
+            )
+        });
+        let tree = KernelTree::open(&k.root).unwrap();
+        assert_eq!(tree.release, k.release);
+        let ko = fs::read(tree.modules_dir.join(&tree.modules["virtio_net"])).unwrap();
+        let mut deps = module_depends(&ko).unwrap();
+        deps.sort();
+        assert_eq!(deps, ["net_failover", "virtio", "virtio_ring"]);
+        let info = elf::modinfo(&ko).unwrap();
+        assert!(
+            info.contains(&("name".into(), "virtio_net".into())),
+            "{info:?}"
+        );
+        let evdev = fs::read(tree.modules_dir.join(&tree.modules["evdev"])).unwrap();
+        assert!(module_depends(&evdev).unwrap().is_empty());
+        // ext4 is built into the cloud kernel: nothing to ship for it.
+        assert!(tree.builtin.contains("ext4"));
+        assert!(tree.resolve(&["ext4".into()]).unwrap().is_empty());
+        let resolved = tree.resolve(&["virtio_net".into()]).unwrap();
+        let names: Vec<&str> = resolved.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "failover",
+                "net_failover",
+                "virtio",
+                "virtio_net",
+                "virtio_ring"
+            ]
+        );
+        assert!(matches!(
+            tree.resolve(&["nope".into()]),
+            Err(KernelError::UnknownModule { .. })
+        ));
+    }
+}

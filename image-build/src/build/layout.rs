@@ -1,0 +1,406 @@
+//! The appliance's images as one OCI image layout (`/berth/images`).
+//!
+//! Every image is resolved and verified with `berth-bundles` (manifest and
+//! config digests by `Image::open`; each compressed blob's digest and size
+//! by `Image::open_layer`), each layer is decompressed here and its
+//! uncompressed sha256 checked against the config's `diff_id`, then
+//! recompressed to zstd. Layers are keyed by diff_id, so a layer two images
+//! share is stored once (and verified for each image).
+//!
+//! The new config is the verified config re-serialized from the fields
+//! berth-bundles reads (the execution parameters and `rootfs.diff_ids`,
+//! unchanged): `history` and unknown fields are dropped, so the config
+//! digest (the "image id") differs from the input's. The new manifest
+//! names that config and the zstd blobs by their own digests.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use berth_bundles::Platform;
+use berth_bundles::digest::{Hasher, Sha256Digest};
+use berth_bundles::image::{Compression, Image, ImageError, ImageRef, Layer};
+use serde_json::json;
+
+/// Why an image could not be packed.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("image {name} ({reference}): bad reference")]
+    Reference {
+        name: String,
+        reference: String,
+        source: Box<ImageError>,
+    },
+    #[error("image {name} ({reference})")]
+    Open {
+        name: String,
+        reference: String,
+        source: Box<ImageError>,
+    },
+    #[error("image {name}: open layer {index}")]
+    OpenLayer {
+        name: String,
+        index: usize,
+        source: Box<ImageError>,
+    },
+    #[error("image {name}: layer {index} ({what})")]
+    Layer {
+        name: String,
+        index: usize,
+        what: String,
+        source: io::Error,
+    },
+    #[error(
+        "image {name}: layer {index}: uncompressed content has digest {actual}, the config says {expected}"
+    )]
+    DiffId {
+        name: String,
+        index: usize,
+        expected: String,
+        actual: String,
+    },
+    #[error("image {name}: layer {index} has unsupported media type {media_type:?}")]
+    MediaType {
+        name: String,
+        index: usize,
+        media_type: String,
+    },
+    #[error("write {path}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// zstd level of recompressed layers: near the ratio of 19 for a fraction
+/// of its time on small images; the init decompresses any level equally fast.
+const LAYER_LEVEL: i32 = 12;
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// What was written for one image, for the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub name: String,
+    pub reference: String,
+    pub layers: usize,
+    /// Uncompressed tar bytes of its layers.
+    pub unpacked: u64,
+    /// Bytes of its zstd layers, config and manifest.
+    pub stored: u64,
+    /// Of `stored`, bytes of layers already stored for an earlier image.
+    pub shared: u64,
+}
+
+/// A layout being written under `dir` (`blobs/sha256/…`, `index.json`).
+pub struct LayoutWriter {
+    dir: PathBuf,
+    /// diff_id → (zstd digest, size).
+    layers: BTreeMap<String, (Sha256Digest, u64)>,
+    /// name → manifest descriptor JSON.
+    index: BTreeMap<String, serde_json::Value>,
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl LayoutWriter {
+    pub fn new(dir: &Path) -> Result<Self, LayoutError> {
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(write_err(&blobs))?;
+        Ok(LayoutWriter {
+            dir: dir.to_owned(),
+            layers: BTreeMap::new(),
+            index: BTreeMap::new(),
+        })
+    }
+
+    fn blob_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn put_json(&self, value: &serde_json::Value) -> Result<(Sha256Digest, u64), LayoutError> {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let digest = Sha256Digest::of(&bytes);
+        let path = self.blob_path(&digest);
+        fs::write(&path, &bytes).map_err(write_err(&path))?;
+        Ok((digest, bytes.len() as u64))
+    }
+
+    /// Resolves, verifies and stores the image `reference` as `name`.
+    /// `progress` is told the layer being packed and the uncompressed bytes
+    /// done so far (at its start, then about every MiB).
+    pub fn add_image(
+        &mut self,
+        name: &str,
+        reference: &str,
+        base: &Path,
+        progress: &mut dyn FnMut(&str, usize, usize, u64),
+    ) -> Result<ImageSummary, LayoutError> {
+        let mut parsed = ImageRef::parse(reference).map_err(|source| LayoutError::Reference {
+            name: name.into(),
+            reference: reference.into(),
+            source: Box::new(source),
+        })?;
+        // Paths in the build manifest are relative to the manifest file.
+        match &mut parsed {
+            ImageRef::Oci { path, .. } | ImageRef::DockerArchive { path, .. } => {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        let image =
+            Image::open(&parsed, &Platform::default()).map_err(|source| LayoutError::Open {
+                name: name.into(),
+                reference: reference.into(),
+                source: Box::new(source),
+            })?;
+        let mut summary = ImageSummary {
+            name: name.into(),
+            reference: reference.into(),
+            layers: image.layers.len(),
+            unpacked: 0,
+            stored: 0,
+            shared: 0,
+        };
+        let mut descriptors = Vec::new();
+        for (index, layer) in image.layers.iter().enumerate() {
+            let diff_id = layer.diff_id.to_string();
+            let already = self.layers.get(&diff_id).cloned();
+            let (digest, size, unpacked) =
+                self.pack_layer(&image, name, index, layer, already.is_none(), &mut |done| {
+                    progress(name, index, image.layers.len(), done)
+                })?;
+            let (digest, size) = match already {
+                Some(stored) => {
+                    summary.shared += stored.1;
+                    stored
+                }
+                None => {
+                    self.layers.insert(diff_id, (digest.clone(), size));
+                    (digest, size)
+                }
+            };
+            summary.unpacked += unpacked;
+            summary.stored += size;
+            descriptors.push(json!({
+                "mediaType": LAYER_ZSTD,
+                "digest": digest.to_string(),
+                "size": size,
+            }));
+        }
+        let config = serde_json::to_value(&image.config).unwrap_or_default();
+        let (config_digest, config_size) = self.put_json(&config)?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": CONFIG_TYPE,
+                "digest": config_digest.to_string(),
+                "size": config_size,
+            },
+            "layers": descriptors,
+        });
+        let (manifest_digest, manifest_size) = self.put_json(&manifest)?;
+        summary.stored += config_size + manifest_size;
+        let mut platform = json!({
+            "architecture": image.platform.architecture,
+            "os": image.platform.os,
+        });
+        if let Some(v) = &image.platform.variant {
+            platform["variant"] = json!(v);
+        }
+        self.index.insert(
+            name.into(),
+            json!({
+                "mediaType": MANIFEST_TYPE,
+                "digest": manifest_digest.to_string(),
+                "size": manifest_size,
+                "platform": platform,
+                "annotations": { "org.opencontainers.image.ref.name": name },
+            }),
+        );
+        Ok(summary)
+    }
+
+    /// Reads one layer through verification; when `store`, writes it as a
+    /// zstd blob. Returns (zstd digest, zstd size, uncompressed size); the
+    /// digest and size are meaningless when not storing.
+    fn pack_layer(
+        &self,
+        image: &Image,
+        name: &str,
+        index: usize,
+        layer: &Layer,
+        store: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(Sha256Digest, u64, u64), LayoutError> {
+        progress(0);
+        let layer_err = |what: &str| {
+            let what = what.to_owned();
+            move |source| LayoutError::Layer {
+                name: name.into(),
+                index,
+                what,
+                source,
+            }
+        };
+        if berth_bundles::image::layer_compression(&layer.media_type).is_none()
+            && layer.compression != Compression::Sniff
+        {
+            return Err(LayoutError::MediaType {
+                name: name.into(),
+                index,
+                media_type: layer.media_type.clone(),
+            });
+        }
+        let mut raw = image
+            .open_layer(layer)
+            .map_err(|source| LayoutError::OpenLayer {
+                name: name.into(),
+                index,
+                source: Box::new(source),
+            })?;
+        // The blob is copied whole first: its digest and size are checked
+        // when the verifying reader reaches the end, which a decompressor
+        // that stops at the end of its frame might never ask for.
+        let raw_path = self.dir.join(format!("blobs/.raw-{index}.tmp"));
+        {
+            let mut f = File::create(&raw_path).map_err(write_err(&raw_path))?;
+            io::copy(&mut raw, &mut f).map_err(layer_err("read and verify the blob"))?;
+        }
+        let result = self.recompress(name, index, layer, store, &raw_path, progress);
+        let _ = fs::remove_file(&raw_path);
+        result
+    }
+
+    fn recompress(
+        &self,
+        name: &str,
+        index: usize,
+        layer: &Layer,
+        store: bool,
+        raw_path: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(Sha256Digest, u64, u64), LayoutError> {
+        let layer_err = |what: &str| {
+            let what = what.to_owned();
+            move |source| LayoutError::Layer {
+                name: name.into(),
+                index,
+                what,
+                source,
+            }
+        };
+        let f = File::open(raw_path).map_err(layer_err("reopen"))?;
+        let mut raw = BufReader::with_capacity(1 << 16, f);
+        let compression = match layer.compression {
+            Compression::Sniff => {
+                sniff(io::BufRead::fill_buf(&mut raw).map_err(layer_err("read"))?)
+            }
+            c => c,
+        };
+        let mut plain: Box<dyn Read> = match compression {
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(layer_err("zstd"))?)
+            }
+            Compression::None | Compression::Sniff => Box::new(raw),
+        };
+        // Written to a temporary name, renamed to its digest at the end.
+        let tmp = self.dir.join(format!("blobs/.layer-{index}.tmp"));
+        let mut encoder = if store {
+            let f = File::create(&tmp).map_err(write_err(&tmp))?;
+            let out = HashingWriter {
+                inner: BufWriter::new(f),
+                hasher: Hasher::default(),
+            };
+            Some(zstd::stream::write::Encoder::new(out, LAYER_LEVEL).map_err(write_err(&tmp))?)
+        } else {
+            None
+        };
+        let mut diff = Hasher::default();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = plain.read(&mut buf).map_err(layer_err("read and verify"))?;
+            if n == 0 {
+                break;
+            }
+            let before = diff.count();
+            diff.update(&buf[..n]);
+            if before >> 20 != diff.count() >> 20 {
+                progress(diff.count());
+            }
+            if let Some(enc) = encoder.as_mut() {
+                enc.write_all(&buf[..n]).map_err(write_err(&tmp))?;
+            }
+        }
+        let unpacked = diff.count();
+        let actual = diff.finish();
+        if actual != layer.diff_id {
+            let _ = fs::remove_file(&tmp);
+            return Err(LayoutError::DiffId {
+                name: name.into(),
+                index,
+                expected: layer.diff_id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let Some(enc) = encoder else {
+            return Ok((actual, 0, unpacked));
+        };
+        let mut out = enc.finish().map_err(write_err(&tmp))?;
+        out.inner.flush().map_err(write_err(&tmp))?;
+        let size = out.hasher.count();
+        let digest = out.hasher.finish();
+        let dest = self.blob_path(&digest);
+        fs::rename(&tmp, &dest).map_err(write_err(&dest))?;
+        Ok((digest, size, unpacked))
+    }
+
+    /// Writes `oci-layout` and `index.json` (images sorted by name).
+    pub fn finish(self) -> Result<(), LayoutError> {
+        let layout = self.dir.join("oci-layout");
+        fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(write_err(&layout))?;
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX_TYPE,
+            "manifests": self.index.into_values().collect::<Vec<_>>(),
+        });
+        let path = self.dir.join("index.json");
+        fs::write(&path, serde_json::to_vec(&index).unwrap_or_default()).map_err(write_err(&path))
+    }
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compression of a docker-archive layer, by its magic number.
+fn sniff(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}

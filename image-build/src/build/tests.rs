@@ -1,0 +1,158 @@
+use super::*;
+
+fn prep(json: &str) -> Result<Prepared, BuildError> {
+    prepare(Path::new("/src/app/manifest.json"), json.as_bytes(), &|m| {
+        m != "ext4"
+    })
+}
+
+#[test]
+fn images_are_taken_out_and_named() {
+    let p = prep(
+        r#"{"version": 1,
+            "images": {"web": "oci:img/web:latest", "db": "docker-archive:db.tar"},
+            "services": [{"name": "web", "image": "web"}, {"name": "db", "image": "db"}]}"#,
+    )
+    .unwrap();
+    assert!(p.manifest.get("images").is_none());
+    assert_eq!(
+        p.images,
+        vec![
+            ("db".to_string(), "docker-archive:db.tar".to_string()),
+            ("web".to_string(), "oci:img/web:latest".to_string())
+        ]
+    );
+}
+
+#[test]
+fn unknown_image_is_refused_with_the_available_names() {
+    let err = prep(
+        r#"{"version": 1, "images": {"web": "oci:x"},
+            "services": [{"name": "web", "image": "nginx"}]}"#,
+    )
+    .unwrap_err();
+    let text = crate::report(&err);
+    assert!(text.contains("services.web.image"), "{text}");
+    assert!(
+        text.contains("unknown image \"nginx\" (available: web)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_manifests_are_refused_at_build_time() {
+    for (json, needle) in [
+        (r#"{"version": 1, "bogus": true}"#, "bogus"),
+        (
+            r#"{"version": 1, "images": ["x"]}"#,
+            "images: must be an object",
+        ),
+        (
+            r#"{"version": 1, "images": {"a": 1}}"#,
+            "images.a: must be a string",
+        ),
+        (r#"[1]"#, "top level must be an object"),
+        (r#"{"version": 1,"#, "parse build manifest"),
+        (
+            r#"{"version": 1, "services": [{"name": "a", "host": true, "command": ["x"],
+                "depends_on": ["b"]}]}"#,
+            "services.a.depends_on",
+        ),
+        (
+            r#"{"version": 1, "services": [{"name": "a", "host": true, "command": ["x"],
+                "restart": {"backoff": {"initial": "soon"}}}]}"#,
+            "services.a.restart.backoff.initial",
+        ),
+    ] {
+        let err = prep(json).unwrap_err();
+        let text = crate::report(&err);
+        assert!(text.contains(needle), "{json}: {text}");
+    }
+}
+
+#[test]
+fn bundles_are_rewritten_to_their_place_in_the_initramfs() {
+    let p = prep(
+        r#"{"version": 1,
+            "tasks": [{"name": "setup", "bundle": "bundles/setup"}],
+            "services": [{"name": "web", "bundle": "/abs/web"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        p.manifest["tasks"][0]["bundle"],
+        "/berth/bundles/tasks/setup"
+    );
+    assert_eq!(
+        p.manifest["services"][0]["bundle"],
+        "/berth/bundles/services/web"
+    );
+    assert_eq!(p.bundles[0].host, Path::new("/src/app/bundles/setup"));
+    assert_eq!(p.bundles[1].host, Path::new("/abs/web"));
+}
+
+#[test]
+fn machine_modules_follow_disk_and_network() {
+    let p = prep(
+        r#"{"version": 1, "modules": ["virtio_blk", "loop"],
+            "data_disk": {"device": "/dev/vda", "fstype": "ext4"},
+            "network": {"interfaces": [{"name": "eth0", "address": "10.0.2.15", "prefix": 24}]}}"#,
+    )
+    .unwrap();
+    // ext4 is built into the kernel here (has_module says no): not added.
+    assert_eq!(
+        p.manifest["modules"],
+        serde_json::json!(["virtio_blk", "loop", "virtio_pci", "virtio_net"])
+    );
+    let p = prep(r#"{"version": 1}"#).unwrap();
+    assert!(p.manifest.get("modules").is_none());
+}
+
+#[test]
+fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("berth-build-bundle-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("myroot/bin")).unwrap();
+    fs::write(dir.join("myroot/bin/tool"), b"tool").unwrap();
+    symlink("tool", dir.join("myroot/bin/alias")).unwrap();
+    std::os::unix::fs::chown(dir.join("myroot/bin/tool"), Some(1000), Some(1001)).unwrap();
+    fs::write(
+        dir.join("config.json"),
+        br#"{"ociVersion": "1.0.2", "root": {"path": "myroot"}, "process": {"args": ["/bin/tool"], "cwd": "/"}}"#,
+    )
+    .unwrap();
+    let mut tree = Tree::default();
+    let b = BundleCopy {
+        unit: "web".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/web".into(),
+    };
+    bundle_entries(&mut tree, &b).unwrap();
+    let Some(Entry {
+        kind: Kind::File(cpio::Data::Bytes(config)),
+        ..
+    }) = tree.get("berth/bundles/services/web/config.json")
+    else {
+        panic!("no config.json");
+    };
+    let config: Value = serde_json::from_slice(config).unwrap();
+    assert_eq!(config["root"]["path"], "rootfs");
+    assert_eq!(config["process"]["args"][0], "/bin/tool");
+    let tool = tree
+        .get("berth/bundles/services/web/rootfs/bin/tool")
+        .unwrap();
+    assert_eq!((tool.uid, tool.gid), (1000, 1001));
+    assert_eq!(
+        tree.get("berth/bundles/services/web/rootfs/bin/alias")
+            .unwrap()
+            .kind,
+        Kind::Symlink("tool".into())
+    );
+    // A bundle without its root directory is refused with the unit named.
+    fs::remove_dir_all(dir.join("myroot")).unwrap();
+    let err = bundle_entries(&mut Tree::default(), &b).unwrap_err();
+    let text = crate::report(&err);
+    assert!(text.contains("bundle") && text.contains("of web"), "{text}");
+    assert!(text.contains("\"myroot\" is not a directory"), "{text}");
+    let _ = fs::remove_dir_all(&dir);
+}

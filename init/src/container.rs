@@ -1,0 +1,953 @@
+//! The container launcher: tasks and services as containers, through the
+//! in-process runtime (`berth-runtime`), from the OCI image layout embedded
+//! in the initramfs (`berth-bundles`) or from a runtime bundle directory.
+//!
+//! Life of a container unit:
+//! - **boot** ([`ContainerLauncher::prepare`], once per unit and boot): the
+//!   unit's image is opened in the layout by its `ref.name`, every layer is
+//!   applied with its blob sha256 and its diff_id verified, into
+//!   `RUN/rootfs/<unit>` (RUN is `/run/berth` on tmpfs on a machine), and
+//!   the runtime spec is derived from the image config plus the manifest's
+//!   overrides ([`container_spec`]). A bundle's `config.json` is read as it
+//!   is. A failure is remembered: the unit fails at its first start with
+//!   that one-line error, without retries, and the other units run.
+//! - **start** ([`Launcher::spawn`]): the runtime creates the container
+//!   (PID 1 clones its first process, a direct child) with the unit's
+//!   output pipes as stdout/stderr and `/dev/null` as stdin, then starts it.
+//! - **exit** ([`Launcher::reaped`]): PID 1's own `waitpid(-1)` reaped the
+//!   process; the runtime is told the status and deletes the container (its
+//!   cgroup is removed; its mounts died with its mount namespace), so a
+//!   restart creates it afresh.
+//!
+//! The rootfs is unpacked once per boot and reused by restarts: a
+//! container's writes to its root persist across restarts within a boot
+//! (as with `runc` and a bundle), and vanish at power-off with the tmpfs.
+//! A fresh copy per start would cost a full unpack (or a copy) per restart,
+//! which a crash loop cannot afford; `read_only: true` gives a root that no
+//! restart can change.
+//!
+//! Cgroups: every container gets `/<cgroup_parent>/<unit>` (default
+//! `/berth/<unit>`) on the cgroup2 mount, so deleting it kills anything the
+//! container left behind (without a cgroup2 mount, in a test on a v1-only
+//! host, containers run in PID 1's cgroup, which is logged once). `resources` become `linux.resources`; where the
+//! controllers are not available in cgroup v2 (a v1/v2 hybrid host) the
+//! runtime refuses the container and the unit fails with that error: a
+//! limit is never silently dropped.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use berth_bundles::apply::Rootfs;
+use berth_bundles::image::{Image, ImageRef, Platform};
+use berth_bundles::spec::{Overrides, runtime_spec};
+use berth_bundles::unpack::unpack_rootfs;
+use berth_runtime::cgroup::CgroupError;
+use berth_runtime::{Container, ContainerError, CreateOptions, Runtime, Stdio};
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::{
+    Capability, LinuxCapabilities, LinuxCpu, LinuxMemory, LinuxNamespaceType, LinuxPids,
+    LinuxResources, Mount as OciMount, Spec,
+};
+
+use crate::launcher::{LaunchError, Launcher, ProcessLauncher, UnitKind};
+use crate::logging::error_chain;
+use crate::manifest::{Mount, NetworkMode, Program, Resources, Source};
+use crate::net::Rtnetlink;
+use crate::service::ExitStatus;
+
+/// `org.opencontainers.image.ref.name`: how the manifest names an image.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// cpu.max period for `resources.cpus` (the kernel's default, 100 ms).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Why a unit's container could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("read image index {path}")]
+    ReadIndex {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parse image index {path}")]
+    ParseIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("image {image}")]
+    OpenImage {
+        image: String,
+        #[source]
+        source: Box<berth_bundles::image::ImageError>,
+    },
+    #[error("image {image}")]
+    Unpack {
+        image: String,
+        #[source]
+        source: Box<berth_bundles::layer::LayerError>,
+    },
+    #[error("image {image}: open rootfs {path}")]
+    OpenRootfs {
+        image: String,
+        path: PathBuf,
+        #[source]
+        source: berth_bundles::apply::ApplyError,
+    },
+    #[error("image {image}: runtime spec")]
+    Spec {
+        image: String,
+        #[source]
+        source: berth_bundles::spec::SpecError,
+    },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bundle {path}: parse config.json")]
+    BundleConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("bundle {path}")]
+    BundleRootfs {
+        path: PathBuf,
+        #[source]
+        source: berth_runtime::spec::SpecError,
+    },
+    #[error("capability {name:?} is unknown to the runtime")]
+    Capability { name: String },
+}
+
+/// Names of the images in the OCI layout at `layout` (`ref.name` of each
+/// index entry). A missing layout holds no image; an unreadable one is an
+/// error.
+pub fn list_images(layout: &Path) -> Result<Vec<String>, PrepareError> {
+    let path = layout.join("index.json");
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(PrepareError::ReadIndex { path, source }),
+    };
+    let index: berth_bundles::image::Index = serde_json::from_slice(&bytes)
+        .map_err(|source| PrepareError::ParseIndex { path, source })?;
+    let mut names: Vec<String> = index
+        .manifests
+        .iter()
+        .filter_map(|d| d.annotations.get(REF_NAME).cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Where the container launcher finds and keeps things.
+#[derive(Debug, Clone)]
+pub struct ContainerOptions {
+    /// The OCI image layout (`/berth/images`, `berth.images=`, `--images`).
+    pub images: PathBuf,
+    /// Unpacked roots (`rootfs/<unit>`) and runtime state (`containers/`).
+    pub run_dir: PathBuf,
+    /// Sources of `persistent` mounts (`/data`, the data disk).
+    pub data_dir: PathBuf,
+    /// Top cgroup of every container (`/berth/<unit>`).
+    pub cgroup_parent: String,
+}
+
+/// What [`ContainerLauncher::prepare`] did for a unit, for the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// `image NAME` or `bundle PATH`.
+    pub what: String,
+    /// Bytes of file content written (0 for a bundle).
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// A unit ready to create, or why it never can be.
+#[derive(Debug)]
+enum Plan {
+    Ready { spec: Box<Spec>, rootfs: PathBuf },
+    Failed(String),
+}
+
+/// Runs image and bundle units as containers, host units as processes.
+#[derive(Debug)]
+pub struct ContainerLauncher {
+    opts: ContainerOptions,
+    runtime: Runtime,
+    host: ProcessLauncher,
+    plans: BTreeMap<String, Plan>,
+    live: BTreeMap<String, Container>,
+    /// `network: none` units' namespaces, held open while they run.
+    netns: BTreeMap<String, OwnedFd>,
+    /// Whether a cgroup2 filesystem is mounted (for a cgroup per container).
+    cgroup2: bool,
+}
+
+impl ContainerLauncher {
+    pub fn new(opts: ContainerOptions) -> Self {
+        let runtime = Runtime::new(opts.run_dir.join("containers"));
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroup2 = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo).is_some();
+        if !cgroup2 {
+            log::warn!("no cgroup2 filesystem mounted: containers run in PID 1's cgroup");
+        }
+        Self {
+            cgroup2,
+            opts,
+            runtime,
+            host: ProcessLauncher::new(),
+            plans: BTreeMap::new(),
+            live: BTreeMap::new(),
+            netns: BTreeMap::new(),
+        }
+    }
+
+    /// Unpacks the unit's image (or reads its bundle) and derives its spec.
+    /// `Ok(None)` for host units. On failure the unit is remembered as
+    /// failed (its start reports the same error) and the error returned.
+    pub fn prepare(
+        &mut self,
+        name: &str,
+        program: &Program,
+    ) -> Result<Option<Prepared>, LaunchError> {
+        let started = Instant::now();
+        let result = match &program.source {
+            Source::Host => return Ok(None),
+            Source::Image(image) => self
+                .prepare_image(name, image, program)
+                .map(|(plan, bytes)| (plan, format!("image {image}"), bytes)),
+            Source::Bundle(dir) => {
+                prepare_bundle(dir).map(|plan| (plan, format!("bundle {}", dir.display()), 0))
+            }
+        };
+        match result {
+            Ok((plan, what, bytes)) => {
+                self.plans.insert(name.to_owned(), plan);
+                Ok(Some(Prepared {
+                    what,
+                    bytes,
+                    seconds: started.elapsed().as_secs_f64(),
+                }))
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                self.plans
+                    .insert(name.to_owned(), Plan::Failed(message.clone()));
+                Err(LaunchError::Prepare {
+                    unit: name.to_owned(),
+                    message,
+                })
+            }
+        }
+    }
+
+    fn prepare_image(
+        &self,
+        name: &str,
+        image: &str,
+        program: &Program,
+    ) -> Result<(Plan, u64), PrepareError> {
+        let reference = ImageRef::Oci {
+            path: self.opts.images.clone(),
+            tag: Some(image.to_owned()),
+        };
+        let platform = Platform::new("linux", std::env::consts::ARCH, None);
+        let img = Image::open(&reference, &platform).map_err(|source| PrepareError::OpenImage {
+            image: image.to_owned(),
+            source: Box::new(source),
+        })?;
+        let parent = self.opts.run_dir.join("rootfs");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(|source| PrepareError::Io {
+                op: "create",
+                path: parent.clone(),
+                source,
+            })?;
+        let dir = parent.join(name);
+        // Left over from an earlier run of a non-machine role: start clean.
+        if fs::symlink_metadata(&dir).is_ok() {
+            fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
+                op: "remove stale rootfs",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|source| PrepareError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        let result = self.fill_rootfs(name, image, &img, &dir, program);
+        if result.is_err() {
+            // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn fill_rootfs(
+        &self,
+        name: &str,
+        image: &str,
+        img: &Image,
+        dir: &Path,
+        program: &Program,
+    ) -> Result<(Plan, u64), PrepareError> {
+        let rootfs = Rootfs::open(dir).map_err(|source| PrepareError::OpenRootfs {
+            image: image.to_owned(),
+            path: dir.to_owned(),
+            source,
+        })?;
+        let stats = unpack_rootfs(img, &rootfs, None).map_err(|source| PrepareError::Unpack {
+            image: image.to_owned(),
+            source: Box::new(source),
+        })?;
+        let bytes = stats.iter().map(|s| s.bytes).sum();
+        let overrides = self.overrides(program)?;
+        let mut spec = runtime_spec(&img.config, &rootfs, &overrides).map_err(|source| {
+            PrepareError::Spec {
+                image: image.to_owned(),
+                source,
+            }
+        })?;
+        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+        apply_program(&mut spec, name, program, parent)?;
+        Ok((
+            Plan::Ready {
+                spec: Box::new(spec),
+                rootfs: dir.to_owned(),
+            },
+            bytes,
+        ))
+    }
+
+    /// The manifest's overrides in `berth-bundles` terms; persistent mount
+    /// sources are created on the data disk.
+    fn overrides(&self, program: &Program) -> Result<Overrides, PrepareError> {
+        let mut mounts = Vec::with_capacity(program.mounts.len());
+        for m in &program.mounts {
+            match m {
+                Mount::Persistent {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    let host = self.opts.data_dir.join(source);
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(&host)
+                        .map_err(|source| PrepareError::Io {
+                            op: "create persistent directory",
+                            path: host.clone(),
+                            source,
+                        })?;
+                    mounts.push(persistent_mount(&host, target, *read_only));
+                }
+                Mount::Tmpfs { target, size, mode } => {
+                    mounts.push(tmpfs_mount(target, *size, *mode));
+                }
+            }
+        }
+        Ok(Overrides {
+            entrypoint: program.command.clone(),
+            cmd: program.args.clone(),
+            env: program
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            user: program.user.clone(),
+            cwd: program
+                .cwd
+                .as_ref()
+                .map(|c| c.to_string_lossy().into_owned()),
+            mounts,
+            ..Overrides::default()
+        })
+    }
+
+    fn create_and_start(
+        &mut self,
+        name: &str,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Pid, LaunchError> {
+        let (spec, rootfs) = match self.plans.get(name) {
+            Some(Plan::Ready { spec, rootfs }) => (spec, rootfs),
+            Some(Plan::Failed(message)) => {
+                return Err(LaunchError::Prepare {
+                    unit: name.to_owned(),
+                    message: message.clone(),
+                });
+            }
+            None => {
+                return Err(LaunchError::Prepare {
+                    unit: name.to_owned(),
+                    message: "not prepared at boot".to_owned(),
+                });
+            }
+        };
+        // A container of this name left by an earlier run or a failed
+        // delete would make create fail with "exists": remove it first.
+        if let Ok(mut stale) = self.runtime.load(name)
+            && let Err(e) = stale.delete(true)
+        {
+            log::warn!("remove stale container {name}: {}", error_chain(&e));
+        }
+        let mut spec = spec.clone();
+        let netns = if wants_own_netns(&spec) {
+            let fd = new_netns_with_lo().map_err(|source| LaunchError::Spawn {
+                unit: name.to_owned(),
+                program: "network namespace with loopback".to_owned(),
+                source,
+            })?;
+            set_netns_path(&mut spec, &fd);
+            Some(fd)
+        } else {
+            None
+        };
+        let stdin = fs::File::open("/dev/null").map_err(|source| LaunchError::Spawn {
+            unit: name.to_owned(),
+            program: "/dev/null for stdin".to_owned(),
+            source,
+        })?;
+        let opts = CreateOptions {
+            stdio: Stdio {
+                stdin: Some(OwnedFd::from(stdin)),
+                stdout: Some(stdout),
+                stderr: Some(stderr),
+            },
+        };
+        let mut container = self
+            .runtime
+            .create_from_spec(name, &spec, rootfs, opts)
+            .map_err(|source| LaunchError::Create {
+                unit: name.to_owned(),
+                permanent: is_permanent(&source),
+                source: Box::new(source),
+            })?;
+        if let Err(source) = container.start() {
+            // delete(force) kills and reaps the process itself: PID 1's loop
+            // never saw its pid, so nothing else waits for it.
+            let _ = container.delete(true);
+            return Err(LaunchError::Start {
+                unit: name.to_owned(),
+                source: Box::new(source),
+            });
+        }
+        let pid = Pid::from_raw(container.pid());
+        self.live.insert(name.to_owned(), container);
+        if let Some(fd) = netns {
+            self.netns.insert(name.to_owned(), fd);
+        }
+        Ok(pid)
+    }
+}
+
+/// A spec asking for a new network namespace (no path): `network: none`.
+fn wants_own_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
+}
+
+/// Points the spec's network namespace at PID 1's open fd of it; the
+/// runtime opens `/proc/self/fd/N` in PID 1 itself, before the clone.
+fn set_netns_path(spec: &mut Spec, fd: &OwnedFd) {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut n| {
+            if n.typ() == LinuxNamespaceType::Network {
+                n.set_path(Some(PathBuf::from(format!(
+                    "/proc/self/fd/{}",
+                    fd.as_raw_fd()
+                ))));
+            }
+            n
+        })
+        .collect();
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
+/// A new network namespace with `lo` up, as an fd. A namespace the clone
+/// made would have `lo` down and nobody in it to bring it up, so PID 1
+/// makes it the way `ip netns add` does: unshare(CLONE_NEWNET) moves the
+/// calling thread (PID 1's only one) into a new namespace, `lo` goes up
+/// over rtnetlink, an fd keeps the namespace, and setns(2) takes PID 1
+/// back to its own namespace whatever happened.
+fn new_netns_with_lo() -> io::Result<OwnedFd> {
+    let own = fs::File::open("/proc/self/ns/net")?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let made = (|| -> io::Result<OwnedFd> {
+        let fd = OwnedFd::from(fs::File::open("/proc/self/ns/net")?);
+        let mut nl = Rtnetlink::open().map_err(|e| io::Error::other(error_chain(&e)))?;
+        nl.link_up("lo")
+            .map_err(|e| io::Error::other(error_chain(&e)))?;
+        Ok(fd)
+    })();
+    if let Err(e) = nix::sched::setns(&own, CloneFlags::CLONE_NEWNET) {
+        // Cannot happen with an fd of a namespace we were in; if it does,
+        // every later host-network unit would see the wrong network.
+        log::error!("return to PID 1's network namespace: {e}");
+        return Err(io::Error::from(e));
+    }
+    made
+}
+
+/// Errors no retry can fix: the spec asks for what this host lacks.
+fn is_permanent(e: &ContainerError) -> bool {
+    match e {
+        ContainerError::Spec { .. } | ContainerError::Rootfs { .. } => true,
+        ContainerError::Cgroup { source, .. } => matches!(
+            source,
+            CgroupError::Unsupported { .. }
+                | CgroupError::UnsupportedPath { .. }
+                | CgroupError::Invalid { .. }
+                | CgroupError::BadPath { .. }
+                | CgroupError::BadId { .. }
+                | CgroupError::NoCgroup2Mount
+                | CgroupError::ControllerMissing { .. }
+        ),
+        _ => false,
+    }
+}
+
+fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
+    let path = dir.join("config.json");
+    let bytes = fs::read(&path).map_err(|source| PrepareError::Io {
+        op: "read",
+        path: path.clone(),
+        source,
+    })?;
+    let spec: Spec =
+        serde_json::from_slice(&bytes).map_err(|source| PrepareError::BundleConfig {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let rootfs = berth_runtime::spec::rootfs_path(&spec, dir).map_err(|source| {
+        PrepareError::BundleRootfs {
+            path: dir.to_owned(),
+            source,
+        }
+    })?;
+    Ok(Plan::Ready {
+        spec: Box::new(spec),
+        rootfs,
+    })
+}
+
+/// A bind mount of a directory of the data disk.
+fn persistent_mount(host: &Path, target: &Path, read_only: bool) -> OciMount {
+    let mut m = OciMount::default();
+    m.set_destination(target.to_owned());
+    m.set_typ(Some("bind".to_owned()));
+    m.set_source(Some(host.to_owned()));
+    let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+    options.push(if read_only { "ro" } else { "rw" }.to_owned());
+    m.set_options(Some(options));
+    m
+}
+
+fn tmpfs_mount(target: &Path, size: Option<u64>, mode: Option<u32>) -> OciMount {
+    let mut m = OciMount::default();
+    m.set_destination(target.to_owned());
+    m.set_typ(Some("tmpfs".to_owned()));
+    m.set_source(Some(PathBuf::from("tmpfs")));
+    let mut options = vec!["nosuid".to_owned(), "nodev".to_owned()];
+    if let Some(size) = size {
+        options.push(format!("size={size}"));
+    }
+    if let Some(mode) = mode {
+        options.push(format!("mode={mode:o}"));
+    }
+    m.set_options(Some(options));
+    m
+}
+
+/// The manifest's container fields on top of a spec derived from an image:
+/// network mode, resources and cgroup, capabilities, read-only root.
+pub fn apply_program(
+    spec: &mut Spec,
+    name: &str,
+    program: &Program,
+    cgroup_parent: Option<&str>,
+) -> Result<(), PrepareError> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    if program.network == NetworkMode::Host {
+        // The VM's network: no namespace of its own.
+        let namespaces = linux
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.typ() != LinuxNamespaceType::Network)
+            .collect();
+        linux.set_namespaces(Some(namespaces));
+    }
+    // `network: none` keeps the image spec's new network namespace; each
+    // start makes it with `lo` up (`new_netns_with_lo`).
+    // Without a cgroup2 mount (`None`) the container stays in PID 1's
+    // cgroup; resources then make the runtime refuse it, loudly.
+    if let Some(parent) = cgroup_parent {
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/{parent}/{name}"))));
+    }
+    if !program.resources.is_empty() {
+        linux.set_resources(Some(linux_resources(&program.resources)));
+    }
+    spec.set_linux(Some(linux));
+
+    if let Some(names) = &program.capabilities {
+        let mut caps = std::collections::HashSet::new();
+        for n in names {
+            let cap: Capability = serde_json::from_value(serde_json::Value::String(n.clone()))
+                .map_err(|_| PrepareError::Capability { name: n.clone() })?;
+            caps.insert(cap);
+        }
+        let mut process = spec.process().clone().unwrap_or_default();
+        let mut set = LinuxCapabilities::default();
+        set.set_bounding(Some(caps.clone()));
+        set.set_effective(Some(caps.clone()));
+        set.set_permitted(Some(caps));
+        set.set_inheritable(None);
+        set.set_ambient(None);
+        process.set_capabilities(Some(set));
+        spec.set_process(Some(process));
+    }
+    if program.read_only {
+        let mut root = spec.root().clone().unwrap_or_default();
+        root.set_readonly(Some(true));
+        spec.set_root(Some(root));
+    }
+    Ok(())
+}
+
+/// `resources` → `linux.resources` (cgroup v2 through the runtime).
+pub fn linux_resources(r: &Resources) -> LinuxResources {
+    let mut out = LinuxResources::default();
+    if let Some(bytes) = r.memory {
+        let mut m = LinuxMemory::default();
+        m.set_limit(Some(i64::try_from(bytes).unwrap_or(i64::MAX)));
+        out.set_memory(Some(m));
+    }
+    if let Some(cpus) = r.cpus {
+        let mut c = LinuxCpu::default();
+        // Validated to 0.01..=1024 CPUs: the quota is 1000 µs or more.
+        let quota = (cpus * CPU_PERIOD_US as f64).round() as i64;
+        c.set_quota(Some(quota));
+        c.set_period(Some(CPU_PERIOD_US));
+        out.set_cpu(Some(c));
+    }
+    if let Some(pids) = r.pids {
+        let mut p = LinuxPids::default();
+        p.set_limit(i64::try_from(pids).unwrap_or(i64::MAX));
+        out.set_pids(Some(p));
+    }
+    out
+}
+
+/// Init's exit status in the runtime's terms.
+fn runtime_status(status: ExitStatus) -> berth_runtime::ExitStatus {
+    match status {
+        ExitStatus::Code(c) => berth_runtime::ExitStatus::Exited(c),
+        ExitStatus::Signal(s) => berth_runtime::ExitStatus::Signaled(s),
+    }
+}
+
+/// The fields a bundle program may not set: its config.json is run as it is.
+fn bundle_overrides(program: &Program) -> Vec<&'static str> {
+    [
+        ("command", program.command.is_some()),
+        ("args", program.args.is_some()),
+        ("env", !program.env.is_empty()),
+        ("cwd", program.cwd.is_some()),
+        ("user", program.user.is_some()),
+        ("mounts", !program.mounts.is_empty()),
+        ("network", program.network != NetworkMode::Host),
+        ("resources", !program.resources.is_empty()),
+        ("capabilities", program.capabilities.is_some()),
+        ("read_only", program.read_only),
+    ]
+    .into_iter()
+    .filter_map(|(field, set)| set.then_some(field))
+    .collect()
+}
+
+impl Launcher for ContainerLauncher {
+    fn check(&self, name: &str, program: &Program) -> Result<(), LaunchError> {
+        match &program.source {
+            Source::Host => self.host.check(name, program),
+            Source::Image(_) => Ok(()),
+            Source::Bundle(dir) => {
+                let fields = bundle_overrides(program);
+                if fields.is_empty() {
+                    return Ok(());
+                }
+                Err(LaunchError::Unsupported {
+                    unit: name.to_owned(),
+                    what: format!(
+                        "{} for bundle {} (its config.json runs as it is)",
+                        fields.join(", "),
+                        dir.display()
+                    ),
+                    launcher: "container",
+                })
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        kind: UnitKind,
+        name: &str,
+        program: &Program,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Pid, LaunchError> {
+        match program.source {
+            Source::Host => self.host.spawn(kind, name, program, stdout, stderr),
+            Source::Image(_) | Source::Bundle(_) => self.create_and_start(name, stdout, stderr),
+        }
+    }
+
+    fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError> {
+        match self.live.get(name) {
+            Some(c) if c.pid() == pid.as_raw() => {
+                c.kill(signal as i32, false)
+                    .map_err(|source| LaunchError::SignalContainer {
+                        unit: name.to_owned(),
+                        signal,
+                        source: Box::new(source),
+                    })
+            }
+            _ => self.host.signal(name, pid, signal),
+        }
+    }
+
+    fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus) {
+        let Some(mut container) = self.live.remove(name) else {
+            return;
+        };
+        if container.pid() != pid.as_raw() {
+            // Not this container's process: keep it.
+            self.live.insert(name.to_owned(), container);
+            return;
+        }
+        // Its network namespace goes with it: ours was the last reference.
+        self.netns.remove(name);
+        container.set_exited(runtime_status(status));
+        if let Err(e) = container.delete(false) {
+            log::warn!("delete container {name}: {}", error_chain(&e));
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for (name, mut container) in std::mem::take(&mut self.live) {
+            if let Err(e) = container.delete(true) {
+                log::warn!("delete container {name}: {}", error_chain(&e));
+            }
+        }
+        // The parent cgroup made for the containers, now empty.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some(mount) = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo) {
+            let dir = mount.join(&self.opts.cgroup_parent);
+            match fs::remove_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    log::warn!("remove cgroup {}: {e}", dir.display());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+
+    fn program(json: &str) -> Program {
+        let m = format!(
+            r#"{{"version":1,"data_disk":{{"device":"/dev/vdb","fstype":"ext4"}},"services":[{json}]}}"#
+        );
+        parse(m.as_bytes(), &["busybox".to_owned()])
+            .unwrap()
+            .services
+            .remove(0)
+            .program
+    }
+
+    fn base() -> Spec {
+        berth_bundles::spec::default_spec()
+    }
+
+    fn has_netns(spec: &Spec) -> bool {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network))
+    }
+
+    #[test]
+    fn network_host_drops_the_namespace_and_none_keeps_it() {
+        let mut spec = base();
+        assert!(has_netns(&spec));
+        apply_program(
+            &mut spec,
+            "web",
+            &program(r#"{"name":"web","image":"busybox"}"#),
+            Some("berth"),
+        )
+        .unwrap();
+        assert!(!has_netns(&spec));
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "web",
+            &program(r#"{"name":"web","image":"busybox","network":"none"}"#),
+            Some("berth"),
+        )
+        .unwrap();
+        assert!(has_netns(&spec));
+    }
+
+    #[test]
+    fn cgroup_resources_caps_and_read_only() {
+        let mut spec = base();
+        let p = program(
+            r#"{"name":"db","image":"busybox","resources":{"memory":"64MiB","cpus":0.5,"pids":100},
+                "capabilities":["CAP_NET_BIND_SERVICE","CAP_CHOWN"],"read_only":true}"#,
+        );
+        apply_program(&mut spec, "db", &p, Some("berth")).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/berth/db"))
+        );
+        let r = linux.resources().as_ref().unwrap();
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert_eq!(r.cpu().as_ref().unwrap().period(), Some(100_000));
+        assert_eq!(r.pids().as_ref().unwrap().limit(), 100);
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let want: std::collections::HashSet<Capability> =
+            [Capability::NetBindService, Capability::Chown].into();
+        assert_eq!(caps.bounding().as_ref(), Some(&want));
+        assert_eq!(caps.effective().as_ref(), Some(&want));
+        assert_eq!(caps.permitted().as_ref(), Some(&want));
+        assert!(caps.ambient().as_ref().is_none_or(|a| a.is_empty()));
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+    }
+
+    #[test]
+    fn no_resources_no_limits_but_a_cgroup() {
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "x",
+            &program(r#"{"name":"x","image":"busybox"}"#),
+            Some("t1"),
+        )
+        .unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.resources().is_none());
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/t1/x")));
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "x",
+            &program(r#"{"name":"x","image":"busybox"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(spec.linux().as_ref().unwrap().cgroups_path(), &None);
+    }
+
+    #[test]
+    fn mounts_become_bind_and_tmpfs() {
+        let m = persistent_mount(Path::new("/data/web"), Path::new("/srv"), true);
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        assert_eq!(m.source().as_deref(), Some(Path::new("/data/web")));
+        assert!(m.options().as_ref().unwrap().contains(&"ro".to_owned()));
+        let t = tmpfs_mount(Path::new("/tmp"), Some(1 << 20), Some(0o1777));
+        assert_eq!(
+            t.options().as_ref().unwrap(),
+            &["nosuid", "nodev", "size=1048576", "mode=1777"]
+        );
+    }
+
+    #[test]
+    fn bundles_refuse_overrides() {
+        let l = ContainerLauncher::new(ContainerOptions {
+            images: "/nonexistent".into(),
+            run_dir: "/nonexistent".into(),
+            data_dir: "/nonexistent".into(),
+            cgroup_parent: "berth".into(),
+        });
+        let p = program(r#"{"name":"b","bundle":"/b"}"#);
+        l.check("b", &p).unwrap();
+        let p = program(r#"{"name":"b","bundle":"/b","args":["x"],"read_only":true}"#);
+        let err = error_chain(&l.check("b", &p).unwrap_err());
+        assert!(err.contains("args, read_only for bundle /b"), "{err}");
+    }
+
+    #[test]
+    fn missing_layout_lists_no_images() {
+        assert!(
+            list_images(Path::new("/nonexistent/layout"))
+                .unwrap()
+                .is_empty()
+        );
+        let dir = std::env::temp_dir().join(format!("berth-list-images-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[
+                {{"mediaType":"m","digest":"sha256:00","size":1,"annotations":{{"{REF_NAME}":"b"}}}},
+                {{"mediaType":"m","digest":"sha256:01","size":1,"annotations":{{"{REF_NAME}":"a"}}}},
+                {{"mediaType":"m","digest":"sha256:02","size":1}}]}}"#
+            ),
+        )
+        .unwrap();
+        assert_eq!(list_images(&dir).unwrap(), ["a", "b"]);
+        fs::write(dir.join("index.json"), "{").unwrap();
+        assert!(list_images(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,745 @@
+//! Ring 2 with containers: `berth-init` as PID 1 of a pid namespace runs
+//! its units as containers from an OCI image layout the test builds from
+//! Debian's busybox-static (tar layer → zstd or gzip blob, config,
+//! manifest, index with `ref.name`), through the in-process runtime.
+//! Needs root, util-linux `unshare`, busybox-static, tar, gzip, zstd and
+//! sha256sum; a missing one fails the test with an install hint.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Runs a tool of the test setup; a missing tool fails with an apt hint.
+fn run(cmd: &mut Command, package: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install {package})"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path), "coreutils");
+    String::from_utf8(out).unwrap()[..64].to_owned()
+}
+
+/// Writes `path` into the layout's blobs; returns its digest and size.
+fn add_blob(layout: &Path, path: &Path) -> (String, u64) {
+    let hex = sha256(path);
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(path, dir.join(&hex)).unwrap();
+    (
+        format!("sha256:{hex}"),
+        std::fs::metadata(path).unwrap().len(),
+    )
+}
+
+fn add_json_blob(layout: &Path, work: &Path, value: &serde_json::Value) -> (String, u64) {
+    let tmp = work.join("blob.json");
+    std::fs::write(&tmp, serde_json::to_vec(value).unwrap()).unwrap();
+    add_blob(layout, &tmp)
+}
+
+/// A busybox root: the static binary, a symlink per applet, passwd/group.
+fn busybox_root(dir: &Path, marker: Option<&str>) {
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", "srv"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, dir.join("bin/busybox")).unwrap();
+    let list = run(Command::new(BUSYBOX).arg("--list"), "busybox-static");
+    for applet in String::from_utf8(list).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+    if let Some(m) = marker {
+        std::fs::write(dir.join("etc/marker"), m).unwrap();
+    }
+}
+
+/// Adds an image named `name` (one layer) to the layout; returns the layer
+/// blob's digest.
+fn add_image(layout: &Path, work: &Path, name: &str, marker: Option<&str>, zstd: bool) -> String {
+    let root = work.join(format!("root-{name}"));
+    busybox_root(&root, marker);
+    let tar = work.join(format!("{name}.tar"));
+    run(
+        Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+        "tar",
+    );
+    let diff_id = format!("sha256:{}", sha256(&tar));
+    let blob = work.join(format!("{name}.tar.blob"));
+    let (media, bytes) = if zstd {
+        let b = run(Command::new("zstd").args(["-q", "-c"]).arg(&tar), "zstd");
+        ("application/vnd.oci.image.layer.v1.tar+zstd", b)
+    } else {
+        let b = run(Command::new("gzip").args(["-n", "-c"]).arg(&tar), "gzip");
+        ("application/vnd.oci.image.layer.v1.tar+gzip", b)
+    };
+    std::fs::write(&blob, bytes).unwrap();
+    let (layer_digest, layer_size) = add_blob(layout, &blob);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let (config_digest, config_size) = add_json_blob(layout, work, &config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": media, "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = add_json_blob(layout, work, &manifest);
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value = std::fs::read(&index_path)
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap_or_else(|_| serde_json::json!({"schemaVersion": 2, "manifests": []}));
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layer_digest
+}
+
+/// A test's world: its directory, the image layout, and the arguments
+/// that point berth-init at them.
+struct World {
+    dir: PathBuf,
+    layout: PathBuf,
+    cgroup_parent: String,
+}
+
+impl World {
+    fn new(tag: &str) -> Self {
+        prerequisites();
+        let dir = temp_dir(&format!("ctr-{tag}"));
+        let layout = dir.join("images");
+        let work = dir.join("work");
+        std::fs::create_dir_all(&layout).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        add_image(&layout, &work, "busybox", None, true);
+        Self {
+            dir,
+            layout,
+            cgroup_parent: format!("berth-test-{tag}-{}", std::process::id()),
+        }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--images".into(),
+            self.layout.display().to_string(),
+            "--run-dir".into(),
+            self.dir.join("run").display().to_string(),
+            "--data-dir".into(),
+            self.dir.join("data").display().to_string(),
+            "--cgroup-parent".into(),
+            self.cgroup_parent.clone(),
+        ]
+    }
+
+    fn start(&self, manifest: &str) -> Pid1 {
+        Pid1::start_in(self.dir.clone(), manifest, &self.args())
+    }
+
+    /// The cgroup2 directory above every container of this test.
+    fn cgroup_dir(&self) -> PathBuf {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo)
+            .expect("no cgroup2 mount on this host");
+        mount.join(&self.cgroup_parent)
+    }
+}
+
+/// A container unit from the busybox image running `sh -c SCRIPT`.
+fn ctr(name: &str, script: &str, extra: &str) -> String {
+    ctr_from(name, "busybox", script, extra)
+}
+
+fn ctr_from(name: &str, image: &str, script: &str, extra: &str) -> String {
+    let script = serde_json::to_string(script).unwrap();
+    format!(r#"{{"name":"{name}","image":"{image}","command":["/bin/sh","-c",{script}]{extra}}}"#)
+}
+
+/// Waits until `check` holds, or fails with PID 1's output.
+fn eventually(p: &Pid1, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; PID 1 said:\n{}",
+            p.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn container_task_then_services_in_order_with_their_output() {
+    let w = World::new("order");
+    // A shell as the container's init ignores SIGTERM unless it traps it
+    // (pid_namespaces(7)): the services trap it to stop cleanly.
+    let forever = "trap 'echo bye; exit 0' TERM; echo up in $(cat /etc/hostname 2>/dev/null || hostname); while true; do sleep 0.1; done";
+    let m = manifest(
+        &[ctr("setup", "echo task from $(readlink /bin/sh)", "")],
+        &[
+            ctr("web", forever, r#","depends_on":["db"]"#),
+            ctr("db", forever, ""),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("berth: ready");
+    let order = [
+        "image busybox unpacked for task setup: ",
+        "image busybox unpacked for service web: ",
+        "berth: task setup started pid=",
+        "setup: task from busybox",
+        "berth: task setup exited status=0",
+        "berth: service db started pid=",
+        "berth: service web started pid=",
+        "berth: ready",
+    ];
+    let idx: Vec<usize> = order.iter().map(|n| p.index_of(n)).collect();
+    assert!(
+        idx.windows(2).all(|w| w[0] < w[1]),
+        "out of order {idx:?}:\n{}",
+        p.dump()
+    );
+    let unpacked = p.wait_for("image busybox unpacked for service db: ");
+    assert!(
+        unpacked.contains(" MiB in ") && unpacked.ends_with(" MB/s)"),
+        "{unpacked}"
+    );
+    p.wait_for("web: up in berth");
+    p.wait_for("db: up in berth");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    let stop = [
+        "berth: service web stopping: sent SIGTERM",
+        "web: bye",
+        "berth: service web stopped (exited status=0)",
+        "berth: service db stopping: sent SIGTERM",
+        "berth: service db stopped (exited status=0)",
+        "berth: exiting status=0",
+    ];
+    let idx: Vec<usize> = stop.iter().map(|n| p.index_of(n)).collect();
+    assert!(
+        idx.windows(2).all(|w| w[0] < w[1]),
+        "stop order {idx:?}:\n{}",
+        p.dump()
+    );
+}
+
+#[test]
+fn crashing_container_backs_off_until_its_start_limit() {
+    let w = World::new("crash");
+    let m = manifest(
+        &[],
+        &[
+            ctr(
+                "crash",
+                "echo crashing; exit 3",
+                r#","restart":{"policy":"always","backoff":{"initial":"100ms","factor":2,"max":"10s"},"start_limit":{"count":5,"interval":"1m"}}"#,
+            ),
+            ctr(
+                "steady",
+                "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+                "",
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    let failed = p.wait_for("berth: service crash failed: start limit reached");
+    assert!(failed.contains("(5 starts in 1m)"), "{failed}");
+    let delays: Vec<u64> = p
+        .lines()
+        .iter()
+        .filter(|l| l.contains("berth: service crash exited status=3, restart in "))
+        .map(|l| {
+            l.rsplit_once("restart in ")
+                .unwrap()
+                .1
+                .trim_end_matches("ms")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(delays, vec![100, 200, 400, 800], "{}", p.dump());
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("crash: crashing"))
+            .count(),
+        5,
+        "every restart is a new container:\n{}",
+        p.dump()
+    );
+    p.signal(Signal::SIGUSR1);
+    p.wait_for("berth: status service crash state=failed pid=0 restarts=4");
+    p.wait_for("berth: status service steady state=running");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn container_exit_codes_and_kill_signal_are_recorded() {
+    let w = World::new("codes");
+    let no = r#","restart":{"policy":"no"}"#;
+    let mut services: Vec<String> = [0, 1, 42, 255]
+        .iter()
+        .map(|c| ctr(&format!("code{c}"), &format!("exit {c}"), no))
+        .collect();
+    // The first process of a container is the init of its pid namespace:
+    // signals from inside (kill $$) are ignored unless it has a handler,
+    // so the killing signal comes from the host (pid_namespaces(7)).
+    services.push(ctr("killed", "echo ready; exec sleep 1000", no));
+    let mut p = w.start(&manifest(&[], &services));
+    for c in [0, 1, 42, 255] {
+        p.wait_for(&format!(
+            "berth: service code{c} exited status={c}, not restarting"
+        ));
+    }
+    let started = p.wait_for("berth: service killed started pid=");
+    p.wait_for("killed: ready");
+    let host = p.host_pid_nested(ns_pid_of(&started));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), Signal::SIGKILL).unwrap();
+    p.wait_for("berth: service killed killed by signal 9, not restarting");
+    p.signal(Signal::SIGUSR1);
+    for (name, code) in [
+        ("code0", 0),
+        ("code42", 42),
+        ("code255", 255),
+        ("killed", 137),
+    ] {
+        let line = p.wait_for(&format!("berth: status service {name} "));
+        assert!(
+            line.contains("state=exited") && line.ends_with(&format!(" code={code}")),
+            "{line}"
+        );
+    }
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn thousand_orphans_in_a_container_leave_no_zombies() {
+    let w = World::new("orphans");
+    // The container's shell is the init of its pid namespace: orphans are
+    // reparented to it and it reaps them while it waits for its `sleep`.
+    let m = manifest(
+        &[],
+        &[ctr(
+            "spawner",
+            "trap 'exit 0' TERM; for i in $(seq 1000); do (sleep 1 &) ; done; echo spawned; while true; do sleep 0.2; done",
+            "",
+        )],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("spawner: spawned");
+    let init = p.init_pid();
+    eventually(&p, "the orphans to be reaped", || {
+        let below = descendants(init);
+        below.len() <= 3 && !below.iter().any(|pid| is_zombie(*pid))
+    });
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    // Nothing of the container is left on the host.
+    assert!(descendants(p.child.id() as i32).is_empty());
+}
+
+#[test]
+fn kill_9_of_a_container_restarts_it() {
+    let w = World::new("kill9");
+    let m = manifest(
+        &[],
+        &[ctr(
+            "victim",
+            "echo alive; exec sleep 1000",
+            r#","restart":{"policy":"on-failure","backoff":{"initial":"200ms"}}"#,
+        )],
+    );
+    let mut p = w.start(&m);
+    let started = p.wait_for("berth: service victim started pid=");
+    p.wait_for("victim: alive");
+    let host = p.host_pid_nested(ns_pid_of(&started));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), Signal::SIGKILL).unwrap();
+    p.wait_for("berth: service victim killed by signal 9, restart in 200ms");
+    let again = p.wait_for_nth("berth: service victim started pid=", 2);
+    assert_ne!(ns_pid_of(&again), ns_pid_of(&started));
+    p.wait_for_nth("victim: alive", 2);
+    p.signal(Signal::SIGUSR1);
+    let status = p.wait_for("berth: status service victim");
+    assert!(
+        status.contains("state=running") && status.contains("restarts=1 last=killed by signal 9"),
+        "{status}"
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn sigterm_stops_containers_and_leaves_nothing_behind() {
+    let w = World::new("stop");
+    let m = manifest(
+        &[],
+        &[
+            ctr(
+                "polite",
+                "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done",
+                r#","depends_on":["stubborn"],"mounts":[{"type":"tmpfs","target":"/scratch","size":"1MiB"}]"#,
+            ),
+            // No handler: as its namespace's init it ignores SIGTERM.
+            ctr(
+                "stubborn",
+                "echo up; exec sleep 1000",
+                r#","stop_timeout":"1s""#,
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("polite: up");
+    p.wait_for("stubborn: up");
+    assert!(
+        w.cgroup_dir().join("polite").is_dir(),
+        "no cgroup {}:\n{}",
+        w.cgroup_dir().join("polite").display(),
+        p.dump()
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    let stop = [
+        "berth: service polite stopping: sent SIGTERM",
+        "polite: bye",
+        "berth: service polite stopped (exited status=0)",
+        "berth: service stubborn stopping: sent SIGTERM",
+        "berth: service stubborn did not stop within 1s: sent SIGKILL",
+        "berth: service stubborn stopped (killed by signal 9)",
+        "berth: exiting status=0",
+    ];
+    let idx: Vec<usize> = stop.iter().map(|n| p.index_of(n)).collect();
+    assert!(
+        idx.windows(2).all(|w| w[0] < w[1]),
+        "stop order {idx:?}:\n{}",
+        p.dump()
+    );
+    assert!(descendants(p.child.id() as i32).is_empty());
+    // No cgroup, no runtime state, no mount of the test left.
+    assert!(
+        !w.cgroup_dir().exists(),
+        "{} left behind",
+        w.cgroup_dir().display()
+    );
+    let state: Vec<_> = std::fs::read_dir(w.dir.join("run/containers"))
+        .unwrap()
+        .collect();
+    assert!(state.is_empty(), "runtime state left: {state:?}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = w.dir.display().to_string();
+    assert!(
+        !mountinfo.lines().any(|l| l.contains(&dir)),
+        "mounts left under {dir}:\n{mountinfo}"
+    );
+}
+
+#[test]
+fn corrupted_image_fails_its_service_and_the_others_run() {
+    let w = World::new("corrupt");
+    let layer = add_image(&w.layout, &w.work(), "broken", Some("b"), false);
+    // Flip bytes in the middle of the layer blob, keeping its size.
+    let blob = w
+        .layout
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&blob, bytes).unwrap();
+    let m = manifest(
+        &[],
+        &[
+            ctr_from("bad", "broken", "echo should not run", ""),
+            ctr(
+                "good",
+                "trap 'exit 0' TERM; echo up; while true; do sleep 0.1; done",
+                "",
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("good: up");
+    let failed = p.wait_for("berth: service bad failed: ");
+    assert!(
+        failed.contains(&layer) && failed.ends_with("(not restarting)"),
+        "{failed}"
+    );
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("berth: service bad"))
+            .count(),
+        1,
+        "one line, no retries:\n{}",
+        p.dump()
+    );
+    assert!(!p.dump().contains("should not run"));
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn persistent_mount_writes_reach_the_data_dir() {
+    let w = World::new("persist");
+    let m = format!(
+        r#"{{"version":1,"data_disk":{{"device":"/dev/null","fstype":"none"}},"services":[{}]}}"#,
+        ctr(
+            "writer",
+            "echo kept > /srv/state/file; echo wrote; exec sleep 1000",
+            r#","mounts":[{"type":"persistent","source":"writer/state","target":"/srv/state"}]"#,
+        ),
+    );
+    let mut p = w.start(&m);
+    p.wait_for("writer: wrote");
+    let file = w.dir.join("data/writer/state/file");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!(
+            "{}: {e}\n{}",
+            file.display(),
+            p.dump()
+        )),
+        "kept\n"
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn network_none_sees_only_loopback() {
+    let w = World::new("netnone");
+    // flags 0x9 = IFF_UP | IFF_LOOPBACK: lo is up.
+    let list =
+        "echo links: $(ls /sys/class/net) lo=$(cat /sys/class/net/lo/flags); exec sleep 1000";
+    let m = manifest(
+        &[],
+        &[
+            ctr(
+                "isolated",
+                list,
+                r#","network":"none","restart":{"policy":"always","backoff":{"initial":"100ms"}}"#,
+            ),
+            ctr("hosted", list, ""),
+        ],
+    );
+    let mut p = w.start(&m);
+    let isolated = p.wait_for("isolated: links: ");
+    assert!(
+        isolated.ends_with("isolated: links: lo lo=0x9"),
+        "{isolated}"
+    );
+    // A restart gets a fresh namespace, again with lo up.
+    let started = p.wait_for("berth: service isolated started pid=");
+    let host = p.host_pid_nested(ns_pid_of(&started));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), Signal::SIGKILL).unwrap();
+    let again = p.wait_for_nth("isolated: links: ", 2);
+    assert!(again.ends_with("isolated: links: lo lo=0x9"), "{again}");
+    // The host network mode sees the test host's interfaces (lo at least).
+    let hosted = p.wait_for("hosted: links: ");
+    let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
+    let (links, _) = hosted.rsplit_once(" lo=").unwrap();
+    assert_eq!(
+        links.rsplit_once("links: ").unwrap().1.split(' ').count(),
+        host_links,
+        "{hosted}"
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+/// Whether the cgroup2 mount offers the memory controller (not on a v1/v2
+/// hybrid host, where it is bound to v1).
+fn memory_controller_in_v2() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    berth_runtime::cgroup::find_cgroup2_mount(&mountinfo)
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.controllers")).ok())
+        .is_some_and(|c| c.split_whitespace().any(|c| c == "memory"))
+}
+
+#[test]
+fn resources_without_cgroup_v2_controllers_are_a_clear_error() {
+    let w = World::new("limits");
+    let m = manifest(
+        &[],
+        &[
+            ctr(
+                "limited",
+                "echo limited runs; exec sleep 1000",
+                r#","resources":{"memory":"64MiB","pids":50}"#,
+            ),
+            ctr("free", "echo free runs; exec sleep 1000", ""),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("free: free runs");
+    if memory_controller_in_v2() {
+        // A host with the controllers (the QEMU ring): the limit is real.
+        p.wait_for("limited: limited runs");
+        let max = std::fs::read_to_string(w.cgroup_dir().join("limited/memory.max")).unwrap();
+        assert_eq!(max.trim(), (64u64 << 20).to_string());
+    } else {
+        let failed = p.wait_for("berth: service limited failed: ");
+        assert!(
+            failed.contains("cgroup controller")
+                && failed.contains("is not available")
+                && failed.ends_with("(not restarting)"),
+            "{failed}"
+        );
+        assert!(!p.dump().contains("limited runs"));
+    }
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn bundle_unit_runs_its_config_as_is() {
+    let w = World::new("bundle");
+    let bundle = w.dir.join("bundle");
+    busybox_root(&bundle.join("rootfs"), Some("from the bundle"));
+    let mut spec = berth_bundles::spec::default_spec();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo $(cat /etc/marker) as $(id -u); exec sleep 1000".into(),
+    ]));
+    process.set_env(Some(vec!["PATH=/bin".into()]));
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("rootfs".into());
+    spec.set_root(Some(root));
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"bundled","bundle":{},"stop_signal":"SIGKILL"}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let mut p = w.start(&m);
+    p.wait_for(&format!(
+        "bundle {} read for service bundled",
+        bundle.display()
+    ));
+    p.wait_for("bundled: from the bundle as 0");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    p.wait_for("berth: service bundled stopped (killed by signal 9)");
+
+    // Overrides on a bundle are refused at boot, not ignored.
+    let m = format!(
+        r#"{{"version":1,"services":[{{"name":"bundled","bundle":{},"args":["x"]}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let dir = temp_dir("ctr-bundle-args");
+    let mut p = Pid1::start_in(dir, &m, &w.args());
+    assert_eq!(p.wait_exit().code(), Some(1), "{}", p.dump());
+    p.wait_for("bundled: args for bundle");
+    p.wait_for("(its config.json runs as it is) is not supported by the container launcher");
+}
+
+#[test]
+fn manifest_overrides_reach_the_container() {
+    let w = World::new("overrides");
+    let script = "echo user=$(id -u):$(id -g) cwd=$(pwd) foo=$FOO path=$PATH; \
+        touch /scratch/f && echo scratch=rw; \
+        grep CapBnd /proc/self/status; exec sleep 1000";
+    // As root, only a read-only root refuses the write.
+    let probe = "touch /rootfile 2>/dev/null && echo root=rw || echo root=ro; exec sleep 1000";
+    let m = manifest(
+        &[],
+        &[
+            ctr("ro", probe, r#","read_only":true,"stop_signal":"SIGKILL""#),
+            ctr("rw", probe, r#","stop_signal":"SIGKILL""#),
+            format!(
+                r#"{{"name":"tuned","image":"busybox","command":["/bin/sh","-c"],"args":[{}],
+                "env":{{"FOO":"bar"}},"cwd":"/tmp","user":"1000:1001","read_only":true,
+                "mounts":[{{"type":"tmpfs","target":"/scratch","mode":"1777"}}],
+                "capabilities":["CAP_NET_BIND_SERVICE"],"stop_signal":"SIGKILL"}}"#,
+                serde_json::to_string(script).unwrap()
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("tuned: user=1000:1001 cwd=/tmp foo=bar path=/bin");
+    p.wait_for("ro: root=ro");
+    p.wait_for("rw: root=rw");
+    p.wait_for("tuned: scratch=rw");
+    // CAP_NET_BIND_SERVICE is bit 10: the bounding set holds it alone.
+    let caps = p.wait_for("tuned: CapBnd:");
+    assert!(caps.ends_with("0000000000000400"), "{caps}");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn restarts_reuse_the_unpacked_rootfs() {
+    let w = World::new("reuse");
+    // Each run appends to a file in the container's root and crashes: the
+    // rootfs is unpacked once per boot, so the second run sees the first.
+    let m = manifest(
+        &[],
+        &[ctr(
+            "counter",
+            "echo run >> /runs; echo runs=$(wc -l < /runs); exit 1",
+            r#","restart":{"policy":"on-failure","backoff":{"initial":"100ms"},"start_limit":{"count":2,"interval":"1m"}}"#,
+        )],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("counter: runs=1");
+    p.wait_for("counter: runs=2");
+    p.wait_for("berth: service counter failed: start limit reached");
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("image busybox unpacked for service counter"))
+            .count(),
+        1
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}

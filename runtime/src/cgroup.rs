@@ -161,6 +161,10 @@ pub enum CgroupError {
     },
     #[error("remove cgroup {path}: still populated by processes {pids:?}")]
     StillPopulated { path: PathBuf, pids: Vec<i32> },
+    #[error(
+        "cgroup {path} is not empty: it already holds processes, which a failed create or the delete would kill"
+    )]
+    NotEmpty { path: PathBuf },
 }
 
 fn unsupported(field: &str, reason: &str) -> CgroupError {
@@ -668,6 +672,26 @@ impl Cgroup {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => return Err(CgroupError::CreateDir { path: dir, source }),
             }
+        }
+        // An existing leaf may be reused (left by a crash), but not one in
+        // use: the container would share it with those processes, and the
+        // cleanup after a failed create, or the delete, would kill them.
+        // `populated` covers the descendants too (cgroup-v2.rst).
+        // Every non-root cgroup2 directory has `cgroup.events`; only the
+        // unit tests' plain directories lack it.
+        let events_path = dir.join("cgroup.events");
+        let events = match fs::read_to_string(&events_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(CgroupError::Read {
+                    path: events_path,
+                    source,
+                });
+            }
+        };
+        if events.lines().any(|l| l.trim() == "populated 1") {
+            return Err(CgroupError::NotEmpty { path: dir });
         }
         for (file, value) in &plan.writes {
             let path = dir.join(file);

@@ -414,6 +414,16 @@ impl Runtime {
         let result = self.spawn(id, spec, &plan, cgroup_plan.as_ref(), bundle, &dir, opts);
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
+            // The lifecycle goes on with delete (runtime-spec "Lifecycle",
+            // step 12), whose poststop hooks undo what prestart and
+            // createRuntime hooks set up; runc's destroy runs them too.
+            // Their own failure would only hide the create's error.
+            if let Some(list) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+                let mut state = record_state_parts(id, 0, bundle, spec);
+                state.status = Status::Stopped;
+                state.pid = None;
+                let _ = run_hook_list(id, HookKind::Poststop, &list, &state);
+            }
         }
         result
     }
@@ -490,13 +500,11 @@ impl Runtime {
         };
         let mut join = Vec::new();
         for j in &plan.namespaces.join {
-            let fd = fs::File::open(&j.path).map_err(ioerr("open namespace", &j.path))?;
-            join.push((OwnedFd::from(fd), ns_flag(j.kind)));
+            let fd = open_namespace(&j.path).map_err(ioerr("open namespace", &j.path))?;
+            join.push((fd, ns_flag(j.kind)));
         }
         let join_pid = match &plan.namespaces.join_pid {
-            Some(p) => Some(OwnedFd::from(
-                fs::File::open(p).map_err(ioerr("open namespace", p))?,
-            )),
+            Some(p) => Some(open_namespace(p).map_err(ioerr("open namespace", p))?),
             None => None,
         };
         crate::rootfs::create_symlink_targets(plan, &plan.rootfs).map_err(ioerr(
@@ -801,6 +809,30 @@ impl Runtime {
         })
     }
 
+    /// Removes what a create that died before writing its state left of
+    /// container `id` (its directory: the exec fifo), so the id can be
+    /// used again; runc's `delete --force` does the same. A container with
+    /// a state is left alone (delete it instead). Note that a create still
+    /// in progress in another process looks the same.
+    pub fn remove_leftover(&self, id: &str) -> Result<(), ContainerError> {
+        if !valid_id(id) {
+            return Err(ContainerError::InvalidId { id: id.to_string() });
+        }
+        let dir = self.dir(id);
+        if dir.join("state.json").exists() {
+            return Err(ContainerError::Exists { id: id.to_string() });
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {
+                id: id.to_string(),
+                op: "remove",
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Ids of every container under the root, sorted.
     pub fn list(&self) -> Result<Vec<String>, ContainerError> {
         let entries = match fs::read_dir(&self.root) {
@@ -982,6 +1014,31 @@ fn record_state(r: &Record, status: Status) -> State {
     }
 }
 
+/// Opens a namespace file to join. The path comes from the config: it is
+/// first opened `O_PATH` (no open side effects: a FIFO would block, a
+/// device could act) and checked to be a namespace file, then reopened
+/// through that fd for `setns(2)`, which refuses `O_PATH` fds.
+fn open_namespace(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let probe = sys::openat(None, &c, libc::O_PATH, 0)?;
+    if !sys::is_nsfs(probe.as_fd())? {
+        return Err(io::Error::other("not a namespace file"));
+    }
+    let fd = sys::openat(
+        None,
+        sys::FdPath::new(probe.as_raw_fd()).as_cstr(),
+        libc::O_RDONLY,
+        0,
+    )?;
+    // The reopen followed a magic link: make sure it is still the file
+    // just checked.
+    if !sys::is_nsfs(fd.as_fd())? {
+        return Err(io::Error::other("not a namespace file"));
+    }
+    Ok(fd)
+}
+
 /// Writes a /proc file after checking the open file is on procfs.
 fn write_proc(path: &Path, value: &[u8]) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()
@@ -998,9 +1055,13 @@ fn write_proc(path: &Path, value: &[u8]) -> io::Result<()> {
 fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
     let i = index as usize;
     let path = match step {
-        Some(Step::MountTarget | Step::Mount | Step::Remount | Step::MountPropagation) => {
-            plan.mounts.get(i).map(|m| m.dest.as_str().to_string())
-        }
+        Some(
+            Step::MountTarget
+            | Step::MountOnProc
+            | Step::Mount
+            | Step::Remount
+            | Step::MountPropagation,
+        ) => plan.mounts.get(i).map(|m| m.dest.as_str().to_string()),
         Some(Step::Device) => plan.devices.get(i).map(|d| d.path.as_str().to_string()),
         Some(Step::Mask) => plan.masked.get(i).map(|p| p.as_str().to_string()),
         Some(Step::Readonly) => plan.readonly.get(i).map(|p| p.as_str().to_string()),
@@ -1143,6 +1204,14 @@ impl Container {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                 return Err(ContainerError::NotWaiting { id });
             }
+            // Another start claimed it since the status check.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContainerError::WrongStatus {
+                    id,
+                    status: self.status(),
+                    wanted: "created",
+                });
+            }
             Err(source) => {
                 return Err(ContainerError::Io {
                     id,
@@ -1152,6 +1221,27 @@ impl Container {
                 });
             }
         };
+        // Claim the start by removing the fifo before writing: of two
+        // concurrent starts (two CLI invocations) only the one whose
+        // unlink succeeds lets the process go and runs the poststart hooks.
+        match fs::remove_file(&fifo) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContainerError::WrongStatus {
+                    id,
+                    status: self.status(),
+                    wanted: "created",
+                });
+            }
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    id,
+                    op: "remove",
+                    path: fifo,
+                    source,
+                });
+            }
+        }
         f.write_all(&[0]).map_err(|source| ContainerError::Io {
             id: id.clone(),
             op: "write",
@@ -1159,12 +1249,6 @@ impl Container {
             source,
         })?;
         drop(f);
-        fs::remove_file(&fifo).map_err(|source| ContainerError::Io {
-            id: id.clone(),
-            op: "remove",
-            path: fifo,
-            source,
-        })?;
         if let Some(list) = self
             .record
             .hooks
@@ -1346,12 +1430,17 @@ impl Container {
                     self.exit = Some(s.into());
                     return Ok(());
                 }
+                // Our child, not exited yet: keep polling until it is
+                // reaped. Asking `alive()` here would race: a process that
+                // became a zombie since the waitpid looks dead, and would
+                // be left unreaped with its status lost.
                 Ok(None) => {}
                 // ECHILD: not our child; its parent reaps it.
-                Err(_) => {}
-            }
-            if !self.alive() {
-                return Ok(());
+                Err(_) => {
+                    if !self.alive() {
+                        return Ok(());
+                    }
+                }
             }
             if Instant::now() > deadline {
                 return Err(ContainerError::KillTimeout {

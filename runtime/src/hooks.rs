@@ -250,7 +250,10 @@ fn run_hook(kind: HookKind, index: usize, hook: &Hook, input: &[u8]) -> Result<(
         path: hook.path().clone(),
         source,
     })?;
-    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t.unsigned_abs()));
+    // checked_add: the timeout comes from the config and `Instant + huge`
+    // panics; a deadline past what Instant can hold is never reached.
+    let deadline =
+        timeout.and_then(|t| Instant::now().checked_add(Duration::from_secs(t.unsigned_abs())));
     let (status, stderr) = match serve(&ctx, &mut child, input, deadline) {
         Ok(Some(done)) => done,
         Ok(None) => {

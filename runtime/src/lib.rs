@@ -17,6 +17,12 @@
 //! with its own `waitpid(-1)` loop, [`Container::set_exited`]; finally
 //! [`Container::delete`].
 //!
+//! A caller whose binary stops running while its containers live on (a
+//! CLI that exits after `create`) should first call
+//! [`exeseal::reexec_from_sealed_copy`], as `berth-runc` does, so no
+//! container can reach its binary on the host (CVE-2019-5736); PID 1 does
+//! not need to (see [`exeseal`]).
+//!
 //! ```no_run
 //! use berth_runtime::{CreateOptions, Runtime};
 //!
@@ -34,6 +40,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod container;
+pub mod exeseal;
 pub mod hooks;
 pub mod process;
 pub mod rootfs;

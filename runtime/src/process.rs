@@ -29,6 +29,7 @@ pub enum Step {
     BindRootfs,
     OpenRootfs,
     MountTarget,
+    MountOnProc,
     Mount,
     Remount,
     MountPropagation,
@@ -66,7 +67,7 @@ pub enum Step {
     Exec,
 }
 
-const ALL_STEPS: [Step; 45] = [
+const ALL_STEPS: [Step; 46] = [
     Step::Signals,
     Step::Dumpable,
     Step::Setsid,
@@ -77,6 +78,7 @@ const ALL_STEPS: [Step; 45] = [
     Step::BindRootfs,
     Step::OpenRootfs,
     Step::MountTarget,
+    Step::MountOnProc,
     Step::Mount,
     Step::Remount,
     Step::MountPropagation,
@@ -132,6 +134,7 @@ impl Step {
             Step::BindRootfs => "bind mount the rootfs onto itself",
             Step::OpenRootfs => "open the rootfs",
             Step::MountTarget => "resolve or create mount destination",
+            Step::MountOnProc => "refuse mount resolved onto procfs at",
             Step::Mount => "mount",
             Step::Remount => "remount with flags",
             Step::MountPropagation => "set mount propagation",

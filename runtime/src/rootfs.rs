@@ -135,6 +135,18 @@ pub fn prepare_root(plan: &Plan, rootfs: &CStr) -> Result<OwnedFd, ChildError> {
 pub fn mount_all(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
     for (i, m) in plan.mounts.iter().enumerate() {
         let target = ensure_path(root, &m.dest, m.file).map_err(at(Step::MountTarget, i))?;
+        // Destinations under /proc are refused in the plan, but an image
+        // symlink (/dev -> /proc) can still send one onto the container's
+        // procfs: it would hide the procfs, the masked and read-only /proc
+        // paths would then not be found and skipped, and the unmasked
+        // procfs would live on underneath (CVE-2019-16884, CVE-2023-28642).
+        if sys::is_procfs(target.as_fd()).map_err(at(Step::MountOnProc, i))? {
+            return Err(ChildError::new(
+                Step::MountOnProc,
+                i,
+                &io::Error::from_raw_os_error(libc::EPERM),
+            ));
+        }
         let tpath = FdPath::new(target.as_raw_fd());
         match &m.kind {
             MountKind::Bind { source, recursive } => {

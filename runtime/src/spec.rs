@@ -802,6 +802,19 @@ pub fn plan(
         if d.major() < 0 || d.minor() < 0 {
             return Err(invalid(field, "negative major or minor"));
         }
+        // mknod(2) passes a 32-bit dev_t to the kernel (12 bits of major,
+        // 20 of minor): anything larger would be truncated into another
+        // device number.
+        if d.major() > 0xfff || d.minor() > 0xf_ffff {
+            return Err(invalid(
+                field,
+                format!(
+                    "device number {}:{} out of range (major at most 4095, minor at most 1048575)",
+                    d.major(),
+                    d.minor()
+                ),
+            ));
+        }
         let perm = d.file_mode().unwrap_or(0o666) & 0o7777;
         devices.push(mk(
             dest.as_str(),
@@ -1236,6 +1249,28 @@ mod tests {
         );
         let p = plan_of(&json).unwrap();
         assert!(p.devices.is_empty() && !p.default_dev);
+    }
+
+    #[test]
+    fn device_numbers_the_kernel_cannot_encode_are_refused() {
+        // mknod(2) takes a 32-bit dev: 12 bits of major, 20 of minor. A
+        // larger number must not be truncated into another device.
+        let dev = |major: i64, minor: i64| {
+            BASE.replace(
+                r#""linux": {"#,
+                &format!(r#""linux": {{"devices": [{{"path": "/dev/x", "type": "c", "major": {major}, "minor": {minor}}}], "#),
+            )
+        };
+        assert!(plan_of(&dev(4095, 1_048_575)).is_ok());
+        for (major, minor) in [(4_294_967_297, 3), (4096, 0), (1, 1_048_576)] {
+            match plan_of(&dev(major, minor)) {
+                Err(SpecError::Invalid { field, reason }) => {
+                    assert_eq!(field, "linux.devices[/dev/x]");
+                    assert!(reason.contains("out of range"), "{reason}");
+                }
+                other => panic!("{major}:{minor} accepted: {other:?}"),
+            }
+        }
     }
 
     #[test]

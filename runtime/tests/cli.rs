@@ -280,3 +280,92 @@ fn errors_are_one_line_and_go_to_the_log_too() {
     assert!(err(&root.0, &["state", "../etc"]).contains("invalid container id"));
     assert!(err(&root.0, &["--log-format", "xml", "list"]).contains("--log-format"));
 }
+
+#[test]
+fn the_container_process_runs_from_a_sealed_copy_of_the_runtime() {
+    // CVE-2019-5736: until its exec the container's process is the runtime
+    // binary, and a `#!/proc/self/exe` entrypoint would run it inside the
+    // container; a host file there could be reopened for writing once no
+    // one executes it. berth-runc runs from a sealed memfd copy instead.
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("true");
+    b.write();
+    let bundle = b.dir().to_str().unwrap();
+    ok(&root.0, &["create", "--bundle", bundle, "sealed"]);
+    let pid = state(&root.0, "sealed")["pid"].as_i64().unwrap();
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let exe_file = fs::File::open(format!("/proc/{pid}/exe")).unwrap();
+    let seals = rustix::fs::fcntl_get_seals(&exe_file);
+    ok(&root.0, &["delete", "--force", "sealed"]);
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:"),
+        "the waiting container process runs {}",
+        exe.display()
+    );
+    let seals = seals.expect("a sealable memfd");
+    for s in [
+        rustix::fs::SealFlags::SEAL,
+        rustix::fs::SealFlags::SHRINK,
+        rustix::fs::SealFlags::GROW,
+        rustix::fs::SealFlags::WRITE,
+    ] {
+        assert!(seals.contains(s), "seal {s:?} missing: {seals:?}");
+    }
+}
+
+#[test]
+fn the_sealed_copy_runs_where_memfds_default_to_noexec() {
+    // vm.memfd_noexec=1 (Linux 6.3+, per pid namespace) seals memfds
+    // non-executable unless MFD_EXEC is asked for. Set in a pid namespace
+    // of its own, so the host keeps its setting.
+    assert!(
+        Path::new("/usr/bin/unshare").exists(),
+        "unshare missing: apt-get install util-linux"
+    );
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("exit 7");
+    b.write();
+    let script = format!(
+        "echo 1 > /proc/sys/vm/memfd_noexec && exec {} --root {} run --bundle {} noexec",
+        env!("CARGO_BIN_EXE_berth-runc"),
+        root.0.join("state").display(),
+        b.dir().display()
+    );
+    let out = Command::new("/usr/bin/unshare")
+        .args(["--pid", "--fork", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn delete_force_clears_what_an_aborted_create_left() {
+    // A create killed before it wrote state.json leaves the container's
+    // directory behind: the id then "exists" for create but not for
+    // delete. As runc does, delete --force removes the directory.
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("true");
+    b.write();
+    let bundle = b.dir().to_str().unwrap();
+    let dir = root.0.join("state").join("aborted");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("exec.fifo"), "").unwrap();
+    assert!(err(&root.0, &["create", "-b", bundle, "aborted"]).contains("already exists"));
+    assert!(err(&root.0, &["delete", "aborted"]).contains("does not exist"));
+    assert!(dir.exists(), "delete without force leaves it");
+    ok(&root.0, &["delete", "--force", "aborted"]);
+    assert!(
+        !dir.exists(),
+        "delete --force removed the leftover directory"
+    );
+    ok(&root.0, &["create", "-b", bundle, "aborted"]);
+    ok(&root.0, &["delete", "--force", "aborted"]);
+}

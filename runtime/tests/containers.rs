@@ -289,6 +289,40 @@ fn joining_namespaces_by_path() {
     h.delete(false).unwrap();
 }
 
+#[test]
+fn a_namespace_path_that_is_not_a_namespace_is_refused_without_opening_it() {
+    // The config names a FIFO (or a device) as a namespace to join: a
+    // plain open would block the creating process (PID 1) until a writer
+    // appears, or arm a device such as a watchdog. Refused instead.
+    let dir = common::TempDir::new("nsfifo");
+    let fifo = dir.0.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    berth_runtime::sys::mkfifo(&c, 0o600).unwrap();
+    for (kind, path) in [
+        ("network", fifo.clone()),
+        ("pid", fifo.clone()),
+        ("uts", "/dev/null".into()),
+    ] {
+        let mut b = Bundle::new();
+        b.config["linux"]["namespaces"] = json!([{"type": kind, "path": path}, {"type": "mount"}]);
+        b.config.as_object_mut().unwrap().remove("hostname");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(create_error(&b));
+        });
+        // A watchdog for the hang only, not a timing assertion.
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!("create hangs on a {kind} namespace path {}", path.display())
+            });
+        assert!(
+            e.contains("not a namespace") && e.contains(&path.display().to_string()),
+            "{e}"
+        );
+    }
+}
+
 fn mount_line<'a>(mounts: &'a str, dest: &str) -> &'a str {
     mounts
         .lines()
@@ -575,6 +609,26 @@ fn mounts_over_proc_are_refused() {
 }
 
 #[test]
+fn an_image_symlink_cannot_redirect_a_mount_onto_proc() {
+    // The image makes /dev a symlink to /proc: the /dev tmpfs would land
+    // on the container's procfs and hide it, so the masked and read-only
+    // /proc paths are skipped (not found) while the real procfs lives on
+    // underneath (CVE-2019-16884 / CVE-2023-28642 class). Refused.
+    let b = Bundle::new();
+    fs::remove_dir(b.rootfs().join("dev")).unwrap();
+    std::os::unix::fs::symlink("proc", b.rootfs().join("dev")).unwrap();
+    let e = create_error(&b);
+    assert!(e.contains("/dev") && e.contains("procfs"), "{e}");
+
+    // The same through /sys.
+    let b = Bundle::new();
+    fs::remove_dir(b.rootfs().join("sys")).unwrap();
+    std::os::unix::fs::symlink("/proc", b.rootfs().join("sys")).unwrap();
+    let e = create_error(&b);
+    assert!(e.contains("/sys") && e.contains("procfs"), "{e}");
+}
+
+#[test]
 fn malformed_config_and_missing_rootfs_are_clear_errors() {
     let b = Bundle::new();
     fs::write(b.dir().join("config.json"), "{\"ociVersion\": ").unwrap();
@@ -717,6 +771,84 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
 }
 
 #[test]
+fn a_cgroups_path_naming_a_populated_cgroup_is_refused() {
+    // cgroupsPath comes from the config: naming a cgroup that already holds
+    // processes (a host service) would put the container among them, and
+    // a failed create or the delete would kill them all. Refused, and the
+    // processes there live on.
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .expect("a cgroup2 mount (the unified hierarchy)");
+    let id = common::unique_id("busy");
+    let cg = format!("/berth-test/{id}");
+    let dir = mount.join(cg.trim_start_matches('/'));
+    fs::create_dir_all(&dir).unwrap();
+    let mut victim = std::process::Command::new("/bin/busybox")
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    fs::write(dir.join("cgroup.procs"), victim.id().to_string()).unwrap();
+    let mut b = Bundle::new();
+    b.config["linux"]["cgroupsPath"] = json!(cg);
+    let e = create_error(&b);
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    // Back to our own cgroup is implicit: the process is gone.
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_dir(mount.join("berth-test"));
+    assert!(alive, "the process already in the cgroup was killed");
+    assert!(e.contains("not empty"), "{e}");
+}
+
+#[test]
+fn concurrent_starts_of_one_container_start_it_once() {
+    // Two `start`s of one id (two berth-runc invocations, say): one starts
+    // it, the other is told it is not created any more; never an I/O error
+    // from losing the race, never the poststart hooks twice.
+    let mut b = Bundle::new();
+    b.script("sleep 30");
+    let log = common::TempDir::new("poststart");
+    let log_file = log.0.join("log");
+    b.config["hooks"] = json!({"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo x >> {}", log_file.display())]}]});
+    b.write();
+    let t = common::runtime();
+    for round in 0..10 {
+        let id = common::unique_id("twice");
+        let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let results: Vec<_> = (0..2)
+            .map(|_| {
+                let (rt, id, barrier) = (t.rt.clone(), id.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut c = rt.load(&id).unwrap();
+                    barrier.wait();
+                    c.start()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        c.delete(true).unwrap();
+        let oks = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "round {round}: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, berth_runtime::ContainerError::WrongStatus { .. }),
+                    "round {round}: the losing start failed with {}",
+                    chain(e)
+                );
+            }
+        }
+        let runs = fs::read_to_string(&log_file).unwrap().lines().count();
+        assert_eq!(runs, round + 1, "poststart ran once per container");
+    }
+}
+
+#[test]
 fn root_path_dot_is_the_bundle_itself() {
     let mut b = Bundle::new();
     b.config["root"]["path"] = json!(".");
@@ -761,6 +893,31 @@ fn kill_all_without_a_pid_namespace_or_cgroup_is_refused() {
     c.start().unwrap();
     c.delete(true).unwrap();
     assert_eq!(c.exit_status(), Some(ExitStatus::Signaled(9)));
+}
+
+#[test]
+fn delete_force_reaps_its_own_child_every_time() {
+    // delete --force kills the process and must reap it when it is our
+    // child, however the kill races with the wait: a process seen as a
+    // zombie between two polls is still ours to reap (no zombie left, the
+    // status known).
+    let mut b = Bundle::new();
+    b.script("sleep 30");
+    b.write();
+    let t = common::runtime();
+    for _ in 0..20 {
+        let mut c =
+            t.rt.create(&common::unique_id("reap"), b.dir(), Default::default())
+                .unwrap();
+        c.start().unwrap();
+        let pid = c.pid();
+        c.delete(true).unwrap();
+        assert_eq!(c.exit_status(), Some(ExitStatus::Signaled(9)));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} left as a zombie"
+        );
+    }
 }
 
 #[test]

@@ -157,3 +157,35 @@ fn a_failing_create_container_hook_fails_create() {
         "{e}"
     );
 }
+
+#[test]
+fn a_failed_create_still_runs_the_poststop_hooks() {
+    // runtime-spec: a failing prestart/createRuntime/createContainer hook
+    // stops the container and the lifecycle goes on with delete, whose
+    // poststop hooks undo what the earlier ones set up (runc's destroy
+    // runs them too). The same holds for any failure after validation.
+    let tmp = TempDir::new("hooklog");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    b.config["hooks"] = json!({
+        "createRuntime": [hook(&log, "createRuntime"), {"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}],
+        "poststop": [hook(&log, "poststop")]
+    });
+    let e = create_error(&b);
+    assert!(e.contains("exit status 3"), "{e}");
+    let text = fs::read_to_string(&log).unwrap();
+    let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(names, ["createRuntime", "poststop"]);
+    let (_, state) = text.lines().nth(1).unwrap().split_once(' ').unwrap();
+    let state: Value = serde_json::from_str(state).unwrap();
+    assert_eq!(state["status"], "stopped");
+
+    // A failure in the container process (a missing cwd) too.
+    fs::remove_file(&log).unwrap();
+    let mut b = Bundle::new();
+    b.config["process"]["cwd"] = json!("/nonexistent");
+    b.config["hooks"] = json!({"poststop": [hook(&log, "poststop")]});
+    let e = create_error(&b);
+    assert!(e.contains("/nonexistent"), "{e}");
+    assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
+}

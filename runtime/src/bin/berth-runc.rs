@@ -193,6 +193,13 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // The commands that clone a container process run from a sealed copy
+    // of this binary (CVE-2019-5736): see berth_runtime::exeseal.
+    if matches!(cmd.as_str(), "create" | "run")
+        && let Err(e) = berth_runtime::exeseal::reexec_from_sealed_copy()
+    {
+        return report(&g, e.into());
+    }
     let rest = &argv[i + 1..];
     let rt = Runtime::new(&g.root);
     let r = match cmd.as_str() {
@@ -354,7 +361,8 @@ fn cmd_delete(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     match rt.load(id) {
         Ok(mut c) => c.delete(force)?,
         // runc: deleting a missing container with --force is not an error.
-        Err(berth_runtime::ContainerError::NotFound { .. }) if force => {}
+        // As runc: a directory an aborted create left goes too.
+        Err(berth_runtime::ContainerError::NotFound { .. }) if force => rt.remove_leftover(id)?,
         Err(e) => return Err(e.into()),
     }
     Ok(0)

@@ -344,3 +344,19 @@ fn no_args_means_argv0_is_the_path() {
 fn no_hooks_is_ok() {
     run_hooks(HookKind::Poststop, &[], &state()).unwrap();
 }
+
+#[test]
+fn a_huge_timeout_is_no_timeout_and_no_panic() {
+    // A config may give any i64: the deadline must not overflow Instant
+    // (a panic in PID 1). Such a deadline is simply never reached.
+    let hooks = [sh_hook("exit 0", &[], Some(i64::MAX))];
+    run_hooks(HookKind::Poststart, &hooks, &state()).unwrap();
+    let hooks = [sh_hook("exit 3", &[], Some(i64::MAX))];
+    assert!(matches!(
+        run_hooks(HookKind::Prestart, &hooks, &state()),
+        Err(HookError::Failed {
+            status: HookStatus::Exited(3),
+            ..
+        })
+    ));
+}

@@ -430,6 +430,22 @@ pub fn execve(
     io::Error::last_os_error()
 }
 
+/// `fexecve(3)` (`execveat(fd, "", …, AT_EMPTY_PATH)`): executes the file
+/// the fd names; returns only on failure.
+pub fn fexecve(
+    fd: BorrowedFd<'_>,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    if argv.last().is_some_and(|p| !p.is_null()) || envp.last().is_some_and(|p| !p.is_null()) {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    }
+    // SAFETY: `argv` and `envp` are NULL-terminated arrays (checked above)
+    // of pointers to NUL-terminated strings the caller keeps alive.
+    unsafe { libc::fexecve(fd.as_raw_fd(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
 /// `access(path, X_OK)`.
 pub fn can_execute(path: &CStr) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated.
@@ -635,6 +651,14 @@ const PROC_SUPER_MAGIC: libc::c_long = 0x9fa0;
 /// cannot land on a file a container mounted over it (CVE-2019-16884).
 pub fn is_procfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(kernel_fstatfs(fd)?.f_type as libc::c_long == PROC_SUPER_MAGIC)
+}
+
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
+/// Whether the fd is a namespace file (`fstatfs` type `NSFS_MAGIC`), as
+/// `/proc/<pid>/ns/*` and their bind mounts are.
+pub fn is_nsfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(kernel_fstatfs(fd)?.f_type as libc::c_long == NSFS_MAGIC)
 }
 
 pub fn getuid() -> uid_t {

@@ -7,86 +7,16 @@
 //! the issue asks for). Runs as root in CI; a missing tool fails with an
 //! install hint, never a skip.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-use std::time::Duration;
 
 use berth_qemu::{Outcome, Vm, VmConfig, free_port, http_get};
-
-const TARGET: &str = "x86_64-unknown-linux-musl";
-const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn require_tool(tool: &str, hint: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(found, "{tool} missing: {hint}");
-}
-
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests need root (device nodes in the initramfs, cpio -i of them): run cargo test as root"
-    );
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-build-e2e-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn sh(script: &str) {
-    let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The cloud kernel, fetched once per user (cached by berth-qemu).
-fn kernel() -> &'static berth_qemu::Kernel {
-    static K: OnceLock<berth_qemu::Kernel> = OnceLock::new();
-    K.get_or_init(|| {
-        require_tool("dpkg", "apt-get install dpkg");
-        let cache = berth_qemu::default_cache_dir().expect("kernel cache dir");
-        berth_qemu::fetch_kernel(&cache).unwrap_or_else(|e| {
-            panic!(
-                "fetch the cloud kernel (needs apt lists: apt-get update): {}",
-                berth_qemu::error_chain(&e)
-            )
-        })
-    })
-}
-
-/// The static PID 1, built like init/tests/static_binary.rs does (its own
-/// target dir, so it never waits on the cargo running this test).
-fn static_init() -> &'static Path {
-    static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let target_dir = workspace.join("target/static-check");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace)
-            .args(["build", "--release", "--locked", "--target", TARGET])
-            .args(["-p", "berth-init", "--bin", "berth-init"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .output()
-            .expect("run cargo");
-        assert!(
-            out.status.success(),
-            "static build of berth-init failed (needs `rustup target add {TARGET}` and `apt-get install musl-tools`):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target_dir.join(TARGET).join("release/berth-init")
-    })
-}
+use common::{
+    TIMEOUT, berth_build, build_ok, extract, kernel, require_root, require_tool, scratch, sh,
+    static_init,
+};
 
 /// An OCI layout with image `bb`: busybox-static, /bin/sh, a web page.
 fn busybox_layout(dir: &Path) -> PathBuf {
@@ -111,33 +41,6 @@ fn busybox_layout(dir: &Path) -> PathBuf {
     layout
 }
 
-fn berth_build(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth-build"))
-        .args(args)
-        .output()
-        .expect("run berth-build")
-}
-
-fn build_ok(manifest: &Path, out: &Path) -> String {
-    let k = kernel();
-    let o = berth_build(&[
-        "build",
-        manifest.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--kernel",
-        k.deb.to_str().unwrap(),
-        "--init",
-        static_init().to_str().unwrap(),
-    ]);
-    assert!(
-        o.status.success(),
-        "berth-build failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn build_err(manifest: &Path, out: &Path, init: &Path) -> String {
     let o = berth_build(&[
         "build",
@@ -160,18 +63,6 @@ fn build_err(manifest: &Path, out: &Path, init: &Path) -> String {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Unpacks an initrd.img (zstd newc) with Debian's zstd and cpio.
-fn extract(initrd: &Path, dest: &Path) {
-    require_tool("zstd", "apt-get install zstd");
-    require_tool("cpio", "apt-get install cpio");
-    fs::create_dir_all(dest).unwrap();
-    sh(&format!(
-        "cd {} && zstd -dc {} | cpio -i -d -m --quiet --no-absolute-filenames",
-        dest.display(),
-        initrd.display()
-    ));
 }
 
 /// The service's shell is PID 1 of its pid namespace, which gets only the

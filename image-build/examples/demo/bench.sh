@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Boot-to-first-service benchmark (issue 5): the demo appliance vs a floor
+# initrd, same kernel, same QEMU flags, one invocation, boots interleaved.
+#
+#   image-build/examples/demo/bench.sh [RUNS]     (as root; default 7 runs each)
+#
+# The time is from QEMU's spawn to the console line of the demo's first
+# service ("heartbeat: beating every 2s"), measured by `berth-qemu boot-time`.
+# The floor initrd holds only busybox-static, /dev/console and an /init that
+# is a busybox shell script exec'ing the same busybox command: what any init
+# costs at least. Builds the demo first with `.ci/demo --no-boot`.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+runs=${1:-7}
+line="heartbeat: beating every 2s"
+
+.ci/demo --no-boot >/dev/null
+bin=target/release
+
+# The floor: same kernel, initrd = busybox + /dev/console + /init.
+floor=out/demo-floor
+rm -rf "$floor" && mkdir -p "$floor"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/dev"
+cp /bin/busybox "$stage/bin/busybox"
+mknod -m 600 "$stage/dev/console" c 5 1
+mknod -m 666 "$stage/dev/null" c 1 3
+cat > "$stage/init" <<INIT
+#!/bin/busybox sh
+exec /bin/busybox sh -c 'echo "$line"; exec /bin/busybox sleep 100000'
+INIT
+chmod 755 "$stage/init"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19) > "$floor/initrd.img"
+cp out/demo/vmlinuz "$floor/vmlinuz"
+
+# Same VM options for both (the floor ignores the disk and the port).
+disk=out/demo-bench-data.img
+rm -f "$disk"
+opts=(--data-disk "$disk:64M" --port 18080:80)
+sample() { # OUTDIR → one boot's ms
+  "$bin/berth-qemu" boot-time "$1" --until "$line" --runs 1 "${opts[@]}" \
+    | sed -n 's/.*median \([0-9]*\) ms.*/\1/p'
+}
+berth=() base=()
+for i in $(seq "$runs"); do
+  b=$(sample out/demo); f=$(sample "$floor")
+  echo "run $i: demo $b ms, floor $f ms"
+  berth+=("$b") base+=("$f")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+mb=$(median "${berth[@]}") mf=$(median "${base[@]}")
+echo "boot to the first service ($runs runs each, interleaved, TCG):"
+echo "  berth demo: median $mb ms (${berth[*]})"
+echo "  floor:      median $mf ms (${base[*]})"
+awk -v b="$mb" -v f="$mf" 'BEGIN {printf "  ratio berth/floor: %.3f (target <= 1.15)\n", b/f}'
+echo "initrd sizes: demo $(stat -c %s out/demo/initrd.img) bytes, floor $(stat -c %s "$floor/initrd.img") bytes"

@@ -183,17 +183,10 @@ fn boot_with_limits(tag: &str, script: &str, resources: serde_json::Value) -> (P
 /// 32 MiB limit (the VM has 512 MiB, so only the limit can stop it) → the
 /// OOM killer ends the shell with SIGKILL and berth restarts it.
 ///
-/// Ignored: fails today because of a berth-init bug, not the runtime's
-/// cgroup support. PID 1 sets its own oom_score_adj to -1000
-/// (init/src/main.rs:538) and every container inherits it (fork(2) copies
-/// it; init's derived spec sets no `process.oomScoreAdj`, which the runtime
-/// would apply at runtime/src/container.rs:631). So the memory cgroup's OOM
-/// killer finds no eligible victim: the console fills with "sh invoked
-/// oom-killer ... oom_score_adj=-1000" / "Memory cgroup stats for
-/// /berth/svc" and the service never dies. Un-ignore once the spec resets
-/// oomScoreAdj to 0.
+/// Containers must not inherit PID 1's oom_score_adj of -1000, or the OOM
+/// killer finds no victim and the service never dies (berth-init resets it
+/// to 0 unless the spec sets one).
 #[test]
-#[ignore = "berth-init bug: containers inherit PID 1's oom_score_adj -1000 (init/src/main.rs:538), so the cgroup OOM killer cannot kill them"]
 fn cgroup_memory_limit_oom_kills_and_restarts_the_service() {
     require_root();
     let script = "echo allocating; x=$(yes | head -c 100000000); echo allocated ${#x} bytes";

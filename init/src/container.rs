@@ -332,6 +332,7 @@ impl ContainerLauncher {
         })?;
         let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
         apply_program(&mut spec, name, program, parent)?;
+        default_oom_score_adj(&mut spec);
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
@@ -549,11 +550,12 @@ fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
         path: path.clone(),
         source,
     })?;
-    let spec: Spec =
+    let mut spec: Spec =
         serde_json::from_slice(&bytes).map_err(|source| PrepareError::BundleConfig {
             path: dir.to_owned(),
             source,
         })?;
+    default_oom_score_adj(&mut spec);
     let rootfs = berth_runtime::spec::rootfs_path(&spec, dir).map_err(|source| {
         PrepareError::BundleRootfs {
             path: dir.to_owned(),
@@ -564,6 +566,21 @@ fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
         spec: Box::new(spec),
         rootfs,
     })
+}
+
+/// PID 1 runs with oom_score_adj -1000 and a container's first process
+/// inherits it through clone (proc(5)): the OOM killer could then never pick
+/// a container, and a service past its cgroup memory.max would loop in the
+/// OOM killer forever instead of dying and being restarted. A spec that
+/// says nothing gets the kernel's default, 0; one that sets a value keeps it.
+fn default_oom_score_adj(spec: &mut Spec) {
+    let Some(mut process) = spec.process().clone() else {
+        return;
+    };
+    if process.oom_score_adj().is_none() {
+        process.set_oom_score_adj(Some(0));
+        spec.set_process(Some(process));
+    }
 }
 
 /// A bind mount of a directory of the data disk.
@@ -924,6 +941,20 @@ mod tests {
         let p = program(r#"{"name":"b","bundle":"/b","args":["x"],"read_only":true}"#);
         let err = error_chain(&l.check("b", &p).unwrap_err());
         assert!(err.contains("args, read_only for bundle /b"), "{err}");
+    }
+
+    #[test]
+    fn containers_do_not_inherit_pid1s_oom_score_adj() {
+        let mut spec = base();
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), None);
+        default_oom_score_adj(&mut spec);
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(0));
+
+        let mut process = spec.process().clone().unwrap();
+        process.set_oom_score_adj(Some(500));
+        spec.set_process(Some(process));
+        default_oom_score_adj(&mut spec);
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(500));
     }
 
     #[test]

@@ -434,6 +434,48 @@ fn missing_program_backs_off_and_hits_the_start_limit() {
 }
 
 #[test]
+fn service_output_goes_to_syslog_over_tcp() {
+    use std::io::{BufRead, BufReader};
+    prerequisites();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let m = format!(
+        r#"{{"version":1,"log":{{"syslog":{{"tcp":"{addr}"}}}},"services":[{}]}}"#,
+        sh(
+            "talker",
+            "echo hello tcp; i=0; while [ $i -lt 50 ]; do echo line $i; sleep 0.05; i=$((i+1)); done; echo done; exec sleep 1000",
+            ""
+        ),
+    );
+    let mut p = Pid1::start("syslogtcp", &m);
+    // The connection is made by PID 1 without blocking; messages queued
+    // before it completes are sent with later ones, one per line (RFC 6587
+    // non-transparent framing), facility daemon, severity info.
+    listener.set_nonblocking(false).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut lines = BufReader::new(conn).lines();
+    let mut got = Vec::new();
+    while !got.iter().any(|l: &String| l == "<30>talker: line 10") {
+        match lines.next() {
+            Some(Ok(l)) => got.push(l),
+            other => panic!(
+                "syslog over tcp ended ({other:?}); got {got:?}\n{}",
+                p.dump()
+            ),
+        }
+    }
+    assert!(got.iter().any(|l| l == "<30>talker: hello tcp"), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|l| l.starts_with("<30>berth: service talker started pid=")),
+        "{got:?}"
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
 fn service_output_goes_to_rotated_files_and_syslog() {
     prerequisites();
     let dir = temp_dir("logs");

@@ -62,8 +62,6 @@ pub enum LoggingError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("syslog over tcp ({addr}) is not supported yet; use udp or unix")]
-    SyslogTcp { addr: String },
 }
 
 /// A unit's log state; index = the id [`register_unit`] returned.
@@ -85,6 +83,49 @@ enum SyslogSink {
     Udp {
         socket: UdpSocket,
     },
+    /// RFC 6587 non-transparent framing (one message per line, LF). The
+    /// socket is non-blocking from `socket(2)` on, its connect included, so
+    /// a slow, stalled or absent receiver never blocks PID 1: messages wait
+    /// in `pending` (bounded) and what does not fit is dropped and counted.
+    Tcp {
+        addr: std::net::SocketAddr,
+        stream: Option<std::net::TcpStream>,
+        last_try: Option<Millis>,
+        pending: Vec<u8>,
+        /// `pending` starts in the middle of a message (a partial write).
+        mid: bool,
+        dropped: u64,
+    },
+}
+
+/// Bytes of syslog messages held for a TCP receiver that is not keeping up.
+const TCP_PENDING_MAX: usize = 64 * 1024;
+
+/// Starts a non-blocking TCP connect (it completes in the background).
+fn tcp_connect_nonblocking(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, connect, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let res = match addr {
+        std::net::SocketAddr::V4(a) => connect(fd.as_raw_fd(), &SockaddrIn::from(a)),
+        std::net::SocketAddr::V6(a) => connect(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+    };
+    match res {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(std::net::TcpStream::from(fd)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 struct Hub {
@@ -169,7 +210,26 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
     let syslog = match &config.syslog {
         None => None,
         Some(SyslogTarget::Tcp(addr)) => {
-            return Err(LoggingError::SyslogTcp { addr: addr.clone() });
+            // Resolved once, during boot; sends never resolve again.
+            use std::net::ToSocketAddrs;
+            match addr.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => Some(SyslogSink::Tcp {
+                    addr,
+                    stream: None,
+                    last_try: None,
+                    pending: Vec::new(),
+                    mid: false,
+                    dropped: 0,
+                }),
+                Ok(None) => {
+                    log::error!("syslog {addr}: no address; not forwarding");
+                    None
+                }
+                Err(e) => {
+                    log::error!("syslog {addr}: {e}; not forwarding");
+                    None
+                }
+            }
         }
         Some(SyslogTarget::Unix(path)) => Some(SyslogSink::Unix {
             path: path.clone(),
@@ -491,6 +551,60 @@ impl Hub {
         match sink {
             SyslogSink::Udp { socket } => {
                 let _ = socket.send(&msg);
+            }
+            SyslogSink::Tcp {
+                addr,
+                stream,
+                last_try,
+                pending,
+                mid,
+                dropped,
+            } => {
+                if pending.len() + msg.len() < TCP_PENDING_MAX {
+                    pending.extend_from_slice(&msg);
+                    pending.push(b'\n');
+                } else {
+                    *dropped += 1;
+                }
+                if stream.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
+                    *last_try = Some(now);
+                    *stream = tcp_connect_nonblocking(*addr).ok();
+                }
+                if let Some(s) = stream {
+                    while !pending.is_empty() {
+                        match s.write(pending) {
+                            Ok(0) => {
+                                *stream = None;
+                                break;
+                            }
+                            Ok(n) => {
+                                *mid = pending.get(n - 1) != Some(&b'\n');
+                                pending.drain(..n);
+                            }
+                            // Still connecting, or the receiver is slow.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            // Refused, reset: reconnect on a later line. The
+                            // rest of a partly sent message is dropped (the
+                            // new connection must start on a message), whole
+                            // ones wait.
+                            Err(_) => {
+                                *stream = None;
+                                if std::mem::take(mid)
+                                    && let Some(end) = pending.iter().position(|b| *b == b'\n')
+                                {
+                                    pending.drain(..=end);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }
+                if *dropped > 0 && pending.is_empty() {
+                    let n = std::mem::take(dropped);
+                    let note = format!("<{}>berth: syslog: {n} messages dropped\n", 3 * 8 + 4);
+                    pending.extend_from_slice(note.as_bytes());
+                }
             }
             SyslogSink::Unix {
                 path,

@@ -285,19 +285,7 @@ fn crashing_container_backs_off_until_its_start_limit() {
     let mut p = w.start(&m);
     let failed = p.wait_for("berth: service crash failed: start limit reached");
     assert!(failed.contains("(5 starts in 1m)"), "{failed}");
-    let delays: Vec<u64> = p
-        .lines()
-        .iter()
-        .filter(|l| l.contains("berth: service crash exited status=3, restart in "))
-        .map(|l| {
-            l.rsplit_once("restart in ")
-                .unwrap()
-                .1
-                .trim_end_matches("ms")
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let delays = p.restart_delays("crash", "status=3");
     assert_eq!(delays, vec![100, 200, 400, 800], "{}", p.dump());
     assert_eq!(
         p.lines()

@@ -87,19 +87,7 @@ fn crash_loop_backs_off_with_growing_delays_until_start_limit() {
     let mut p = Pid1::start("crash", &m);
     let failed = p.wait_for("berth: service crash failed: start limit reached");
     assert!(failed.contains("(5 starts in 1m)"), "{failed}");
-    let delays: Vec<u64> = p
-        .lines()
-        .iter()
-        .filter(|l| l.contains("berth: service crash exited status=3, restart in "))
-        .map(|l| {
-            l.rsplit_once("restart in ")
-                .unwrap()
-                .1
-                .trim_end_matches("ms")
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let delays = p.restart_delays("crash", "status=3");
     assert_eq!(delays, vec![100, 200, 400, 800], "{}", p.dump());
     assert_eq!(
         p.lines()

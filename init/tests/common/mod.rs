@@ -118,6 +118,23 @@ impl Pid1 {
         self.log.lines.lock().unwrap().clone()
     }
 
+    /// The delays of `berth: service NAME exited ..., restart in Nms`
+    /// marker lines, in order; `exit` is the part after "exited ", e.g.
+    /// "status=3".
+    pub fn restart_delays(&self, unit: &str, exit: &str) -> Vec<u64> {
+        let marker = format!("berth: service {unit} exited {exit}, restart in ");
+        self.lines()
+            .iter()
+            .filter_map(|l| l.split_once(&marker))
+            .map(|(_, delay)| {
+                delay
+                    .trim_end_matches("ms")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("restart delay {delay:?}: {e}"))
+            })
+            .collect()
+    }
+
     pub fn dump(&self) -> String {
         self.lines().join("\n")
     }

@@ -4,13 +4,19 @@
 //!
 //! Life of a container unit:
 //! - **boot** ([`ContainerLauncher::prepare`], once per unit and boot): the
-//!   unit's image is opened in the layout by its `ref.name`, every layer is
-//!   applied with its blob sha256 and its diff_id verified, into
-//!   `RUN/rootfs/<unit>` (RUN is `/run/berth` on tmpfs on a machine), and
-//!   the runtime spec is derived from the image config plus the manifest's
-//!   overrides ([`container_spec`]). A bundle's `config.json` is read as it
-//!   is. A failure is remembered: the unit fails at its first start with
-//!   that one-line error, without retries, and the other units run.
+//!   unit's image is opened in the layout by its `ref.name`. The first unit
+//!   of an image unpacks it, every blob's sha256 verified, into
+//!   `RUN/images/<config digest>` (RUN is `/run/berth` on tmpfs on a
+//!   machine); every unit then gets its own root `RUN/rootfs/<unit>/root`,
+//!   an overlayfs whose lower layer is that shared tree and whose upper
+//!   layer is the unit's own (`upper`, `work`), so one unpack serves all
+//!   units of an image and no unit sees another's writes. Without overlayfs
+//!   (`/proc/filesystems` does not list it) each unit unpacks its own copy
+//!   into `RUN/rootfs/<unit>` instead. The runtime spec is derived from the
+//!   image config plus the manifest's overrides ([`container_spec`]). A
+//!   bundle's `config.json` is read as it is. A failure is remembered: the
+//!   unit fails at its first start with that one-line error, without
+//!   retries, and the other units run.
 //! - **start** ([`Launcher::spawn`]): the runtime creates the container
 //!   (PID 1 clones its first process, a direct child) with the unit's
 //!   output pipes as stdout/stderr and `/dev/null` as stdin, then starts it.
@@ -19,7 +25,7 @@
 //!   cgroup is removed; its mounts died with its mount namespace), so a
 //!   restart creates it afresh.
 //!
-//! The rootfs is unpacked once per boot and reused by restarts: a
+//! A unit's root is made once per boot and reused by restarts: a
 //! container's writes to its root persist across restarts within a boot
 //! (as with `runc` and a bundle), and vanish at power-off with the tmpfs.
 //! A fresh copy per start would cost a full unpack (or a copy) per restart,
@@ -129,6 +135,17 @@ pub enum PrepareError {
     },
     #[error("capability {name:?} is unknown to the runtime")]
     Capability { name: String },
+    /// The shared unpack of the unit's image failed for an earlier unit.
+    #[error("{message}")]
+    Earlier { message: String },
+    #[error("mount overlay on {path}")]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("overlay option {path:?} holds one of ',' ':' '\\' (overlayfs cannot take it)")]
+    OverlayPath { path: PathBuf },
 }
 
 /// Names of the images in the OCI layout at `layout` (`ref.name` of each
@@ -171,9 +188,40 @@ pub struct ContainerOptions {
 pub struct Prepared {
     /// `image NAME` or `bundle PATH`.
     pub what: String,
-    /// Bytes of file content written (0 for a bundle).
+    /// Bytes of file content unpacked for this unit (0 for a bundle, or for
+    /// an image an earlier unit unpacked: see `shared`).
     pub bytes: u64,
+    /// The image was already unpacked: this unit got an overlay on it.
+    pub shared: bool,
     pub seconds: f64,
+}
+
+/// How a container unit gets a root of its own from its image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Roots {
+    /// Not decided yet: decided at the first image unit, after the
+    /// machine's modules are loaded.
+    Undecided,
+    /// One unpack per image, an overlayfs per unit.
+    Overlay,
+    /// No overlayfs: one unpack per unit.
+    Unpack,
+}
+
+/// An image unpacked once, the lower layer of its units' overlays.
+struct SharedImage {
+    dir: PathBuf,
+    image: Image,
+    rootfs: Rootfs,
+}
+
+impl std::fmt::Debug for SharedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedImage")
+            .field("dir", &self.dir)
+            .field("image", &self.image.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A unit ready to create, or why it never can be.
@@ -195,6 +243,11 @@ pub struct ContainerLauncher {
     netns: BTreeMap<String, OwnedFd>,
     /// Whether a cgroup2 filesystem is mounted (for a cgroup per container).
     cgroup2: bool,
+    roots: Roots,
+    /// Images unpacked (or failed) so far, by config digest.
+    shared: BTreeMap<String, Result<SharedImage, String>>,
+    /// Overlay roots mounted, detached again at cleanup.
+    overlays: Vec<PathBuf>,
 }
 
 impl ContainerLauncher {
@@ -213,6 +266,9 @@ impl ContainerLauncher {
             plans: BTreeMap::new(),
             live: BTreeMap::new(),
             netns: BTreeMap::new(),
+            roots: Roots::Undecided,
+            shared: BTreeMap::new(),
+            overlays: Vec::new(),
         }
     }
 
@@ -231,7 +287,7 @@ impl ContainerLauncher {
                 .prepare_image(name, image, program)
                 .map(|(plan, bytes)| (plan, format!("image {image}"), bytes)),
             Source::Bundle(dir) => {
-                prepare_bundle(dir).map(|plan| (plan, format!("bundle {}", dir.display()), 0))
+                prepare_bundle(dir).map(|plan| (plan, format!("bundle {}", dir.display()), Some(0)))
             }
         };
         match result {
@@ -239,7 +295,8 @@ impl ContainerLauncher {
                 self.plans.insert(name.to_owned(), plan);
                 Ok(Some(Prepared {
                     what,
-                    bytes,
+                    bytes: bytes.unwrap_or(0),
+                    shared: bytes.is_none(),
                     seconds: started.elapsed().as_secs_f64(),
                 }))
             }
@@ -255,12 +312,14 @@ impl ContainerLauncher {
         }
     }
 
+    /// The unit's plan and the bytes unpacked for it (`None`: the image was
+    /// unpacked for an earlier unit and this one got an overlay on it).
     fn prepare_image(
-        &self,
+        &mut self,
         name: &str,
         image: &str,
         program: &Program,
-    ) -> Result<(Plan, u64), PrepareError> {
+    ) -> Result<(Plan, Option<u64>), PrepareError> {
         let reference = ImageRef::Oci {
             path: self.opts.images.clone(),
             tag: Some(image.to_owned()),
@@ -270,19 +329,115 @@ impl ContainerLauncher {
             image: image.to_owned(),
             source: Box::new(source),
         })?;
-        let parent = self.opts.run_dir.join("rootfs");
+        if self.roots == Roots::Undecided {
+            self.roots = if overlay_available() {
+                Roots::Overlay
+            } else {
+                log::info!(
+                    "no overlayfs in this kernel: each container unit unpacks its own image copy"
+                );
+                Roots::Unpack
+            };
+        }
+        if self.roots == Roots::Unpack {
+            let dir = self.fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+            let result = self.fill_rootfs(name, image, &img, &dir, program);
+            if result.is_err() {
+                // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
+                let _ = fs::remove_dir_all(&dir);
+            }
+            return result.map(|(plan, bytes)| (plan, Some(bytes)));
+        }
+        let key = img.config_digest.hex().to_owned();
+        let mut unpacked = None;
+        if !self.shared.contains_key(&key) {
+            let result = self.unpack_shared(image, img, &key);
+            unpacked = Some(result.as_ref().map_or(0, |(_, bytes)| *bytes));
+            let entry = result
+                .map(|(shared, _)| shared)
+                .map_err(|e| error_chain(&e));
+            self.shared.insert(key.clone(), entry);
+        }
+        let shared = match self.shared.get(&key) {
+            Some(Ok(shared)) => shared,
+            Some(Err(message)) => {
+                return Err(PrepareError::Earlier {
+                    message: message.clone(),
+                });
+            }
+            None => {
+                return Err(PrepareError::Earlier {
+                    message: format!("image {image} was not unpacked"),
+                });
+            }
+        };
+        let unit_dir = self.fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+        let root = mount_overlay(&shared.dir, &unit_dir)?;
+        self.overlays.push(root.clone());
+        let spec = self.unit_spec(name, image, &shared.image, &shared.rootfs, program)?;
+        Ok((
+            Plan::Ready {
+                spec: Box::new(spec),
+                rootfs: root,
+            },
+            unpacked,
+        ))
+    }
+
+    /// Unpacks `img` into `RUN/images/<key>`, once per boot.
+    fn unpack_shared(
+        &self,
+        image: &str,
+        img: Image,
+        key: &str,
+    ) -> Result<(SharedImage, u64), PrepareError> {
+        let dir = self.fresh_dir(&self.opts.run_dir.join("images"), key)?;
+        let unpack = || {
+            let rootfs = Rootfs::open(&dir).map_err(|source| PrepareError::OpenRootfs {
+                image: image.to_owned(),
+                path: dir.clone(),
+                source,
+            })?;
+            let stats =
+                unpack_rootfs(&img, &rootfs, None).map_err(|source| PrepareError::Unpack {
+                    image: image.to_owned(),
+                    source: Box::new(source),
+                })?;
+            Ok((rootfs, stats.iter().map(|s| s.bytes).sum()))
+        };
+        match unpack() {
+            Ok((rootfs, bytes)) => Ok((
+                SharedImage {
+                    dir,
+                    image: img,
+                    rootfs,
+                },
+                bytes,
+            )),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// An empty directory `parent/name` (mode 0755; `parent` 0700). Whatever
+    /// an earlier run of a non-machine role left there is removed first.
+    fn fresh_dir(&self, parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&parent)
+            .create(parent)
             .map_err(|source| PrepareError::Io {
                 op: "create",
-                path: parent.clone(),
+                path: parent.to_owned(),
                 source,
             })?;
         let dir = parent.join(name);
-        // Left over from an earlier run of a non-machine role: start clean.
         if fs::symlink_metadata(&dir).is_ok() {
+            // An overlay root of an earlier run in this mount namespace.
+            let _ = nix::mount::umount2(&dir.join("root"), nix::mount::MntFlags::MNT_DETACH);
+            // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
             fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
                 op: "remove stale rootfs",
                 path: dir.clone(),
@@ -297,12 +452,7 @@ impl ContainerLauncher {
                 path: dir.clone(),
                 source,
             })?;
-        let result = self.fill_rootfs(name, image, &img, &dir, program);
-        if result.is_err() {
-            // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
-            let _ = fs::remove_dir_all(&dir);
-        }
-        result
+        Ok(dir)
     }
 
     fn fill_rootfs(
@@ -323,16 +473,7 @@ impl ContainerLauncher {
             source: Box::new(source),
         })?;
         let bytes = stats.iter().map(|s| s.bytes).sum();
-        let overrides = self.overrides(program)?;
-        let mut spec = runtime_spec(&img.config, &rootfs, &overrides).map_err(|source| {
-            PrepareError::Spec {
-                image: image.to_owned(),
-                source,
-            }
-        })?;
-        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
-        apply_program(&mut spec, name, program, parent)?;
-        default_oom_score_adj(&mut spec);
+        let spec = self.unit_spec(name, image, img, &rootfs, program)?;
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
@@ -340,6 +481,28 @@ impl ContainerLauncher {
             },
             bytes,
         ))
+    }
+
+    /// The unit's runtime spec: the image config (user names resolved in
+    /// `rootfs`), the manifest's overrides and PID 1's defaults.
+    fn unit_spec(
+        &self,
+        name: &str,
+        image: &str,
+        img: &Image,
+        rootfs: &Rootfs,
+        program: &Program,
+    ) -> Result<Spec, PrepareError> {
+        let overrides = self.overrides(program)?;
+        let mut spec =
+            runtime_spec(&img.config, rootfs, &overrides).map_err(|source| PrepareError::Spec {
+                image: image.to_owned(),
+                source,
+            })?;
+        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+        apply_program(&mut spec, name, program, parent)?;
+        default_oom_score_adj(&mut spec);
+        Ok(spec)
     }
 
     /// The manifest's overrides in `berth-bundles` terms; persistent mount
@@ -464,6 +627,60 @@ impl ContainerLauncher {
         }
         Ok(pid)
     }
+}
+
+/// Whether the kernel has overlayfs now (built in, or its module loaded).
+fn overlay_available() -> bool {
+    fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+    })
+}
+
+/// Mounts `unit/root`: an overlayfs of the shared tree `lower` under the
+/// unit's own `unit/upper` (with its `unit/work`). Returns the root.
+fn mount_overlay(lower: &Path, unit: &Path) -> Result<PathBuf, PrepareError> {
+    let (upper, work, root) = (unit.join("upper"), unit.join("work"), unit.join("root"));
+    for dir in [&upper, &work, &root] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir)
+            .map_err(|source| PrepareError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    let data = overlay_options(lower, &upper, &work)?;
+    nix::mount::mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|source| PrepareError::Overlay {
+        path: root.clone(),
+        source,
+    })?;
+    Ok(root)
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…`. The legacy mount data cannot escape
+/// a ',' and lowerdir splits at ':', so paths holding them are refused.
+/// index=off: the one lower tree is shared by many overlays.
+fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, PrepareError> {
+    fn text(p: &Path) -> Result<&str, PrepareError> {
+        p.to_str()
+            .filter(|t| !t.contains([',', ':', '\\']))
+            .ok_or_else(|| PrepareError::OverlayPath { path: p.to_owned() })
+    }
+    Ok(format!(
+        "lowerdir={},upperdir={},workdir={},index=off",
+        text(lower)?,
+        text(upper)?,
+        text(work)?
+    ))
 }
 
 /// A spec asking for a new network namespace (no path): `network: none`.
@@ -793,6 +1010,13 @@ impl Launcher for ContainerLauncher {
                 log::warn!("delete container {name}: {}", error_chain(&e));
             }
         }
+        // Outside a mount namespace of its own (the process role) PID 1's
+        // overlays would outlive it.
+        for root in std::mem::take(&mut self.overlays) {
+            if let Err(e) = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH) {
+                log::warn!("unmount {}: {e}", root.display());
+            }
+        }
         // The parent cgroup made for the containers, now empty.
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         if let Some(mount) = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo) {
@@ -955,6 +1179,24 @@ mod tests {
         spec.set_process(Some(process));
         default_oom_score_adj(&mut spec);
         assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(500));
+    }
+
+    #[test]
+    fn overlay_options_refuse_what_mount_data_cannot_carry() {
+        let (l, u, w) = (
+            Path::new("/r/i/a"),
+            Path::new("/r/u/upper"),
+            Path::new("/r/u/work"),
+        );
+        assert_eq!(
+            overlay_options(l, u, w).unwrap(),
+            "lowerdir=/r/i/a,upperdir=/r/u/upper,workdir=/r/u/work,index=off"
+        );
+        for bad in ["/r/a,b", "/r/a:b", "/r/a\\b"] {
+            let e = overlay_options(Path::new(bad), u, w).unwrap_err();
+            assert!(matches!(e, PrepareError::OverlayPath { .. }), "{bad}: {e}");
+            assert!(overlay_options(l, Path::new(bad), w).is_err());
+        }
     }
 
     #[test]

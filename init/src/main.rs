@@ -250,19 +250,19 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         }
         // Containers need pivot_root, which the initramfs root refuses.
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let plan = bootplan::boot_mounts();
         if rootfs::root_is_initramfs(&mountinfo) {
-            let stats = rootfs::move_root_to_tmpfs().map_err(|e| error_chain(&e))?;
+            let targets: Vec<&str> = plan.iter().map(|m| m.target).collect();
+            let stats = rootfs::move_root_to_tmpfs(&targets).map_err(|e| error_chain(&e))?;
             timeline(
                 start,
                 &format!(
-                    "root moved to tmpfs ({} entries, {} KiB)",
-                    stats.entries,
-                    stats.bytes / 1024
+                    "root moved to tmpfs ({} initramfs entries bound)",
+                    stats.carried
                 ),
             );
         }
-        let done =
-            bootplan::apply_boot_mounts(&bootplan::boot_mounts()).map_err(|e| error_chain(&e))?;
+        let done = bootplan::apply_boot_mounts(&plan).map_err(|e| error_chain(&e))?;
         timeline(start, &format!("mounts done ({} new)", done.len()));
         // With devtmpfs mounted, a console or /dev/kmsg may exist now.
         logging::add_missing_sinks(|| open_console(Role::Machine), open_kmsg);
@@ -405,9 +405,16 @@ fn timeline(start: Millis, what: &str) {
     log::info!("timeline +{}ms: {what}", now_ms().saturating_sub(start));
 }
 
-/// `image busybox unpacked for service web: 1.1 MiB in 12 ms (92 MB/s)`.
+/// `image busybox unpacked for service web: 1.1 MiB in 12 ms (92 MB/s)`, or
+/// `image busybox shared with service db (overlay in 1 ms)`.
 fn unpacked_line(kind: UnitKind, name: &str, p: &container::Prepared) -> String {
     let ms = p.seconds * 1000.0;
+    if p.shared {
+        return format!(
+            "{} shared with {kind} {name} (overlay in {ms:.0} ms)",
+            p.what
+        );
+    }
     if p.bytes == 0 {
         return format!("{} read for {kind} {name} in {ms:.0} ms", p.what);
     }

@@ -198,7 +198,7 @@ fn same_inputs_give_a_byte_identical_verifiable_initrd() {
     assert!(embedded.contains("virtio_net"), "{embedded}");
     // Image units: berth-init shares each image through overlayfs.
     assert!(embedded.contains("\"overlay\""), "{embedded}");
-    assert!(dep.contains("/overlay.ko: "), "{dep}");
+    assert!(dep.contains("/overlayfs/overlay.ko:"), "{dep}");
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Life of a container unit:
 //! - **boot** ([`ContainerLauncher::prepare`], once per unit and boot): the
-//!   unit's image is opened in the layout by its `ref.name`. The first unit
-//!   of an image unpacks it, every blob's sha256 verified, into
+//!   unit's image is opened in the layout by its `ref.name`. Each image is
+//!   unpacked once ([`unpack_images`], on a machine while the kernel
+//!   modules load), every blob's sha256 verified, into
 //!   `RUN/images/<config digest>` (RUN is `/run/berth` on tmpfs on a
 //!   machine); every unit then gets its own root `RUN/rootfs/<unit>/root`,
 //!   an overlayfs whose lower layer is that shared tree and whose upper
@@ -231,6 +232,62 @@ enum Plan {
     Failed(String),
 }
 
+/// Images unpacked by [`unpack_images`], for [`ContainerLauncher::adopt`].
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    images: BTreeMap<String, Result<SharedImage, String>>,
+    /// One per image unpacked (or failed), in order.
+    pub reports: Vec<UnpackReport>,
+}
+
+/// How the unpack of one image went, for the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnpackReport {
+    pub image: String,
+    /// Bytes of file content written and seconds taken, or the error.
+    pub result: Result<(u64, f64), String>,
+}
+
+/// Unpacks each image of `images` once (by config digest: two names of one
+/// image share one tree) into `RUN/images/<config digest>`. Needs nothing
+/// but the layout and the run directory, so a machine runs it beside its
+/// module loading. A failure is reported and kept; the units of that
+/// image fail with it when they would start.
+pub fn unpack_images(opts: &ContainerOptions, images: &[&str]) -> Unpacked {
+    let mut out = Unpacked::default();
+    for &image in images {
+        let started = Instant::now();
+        let img = match open_image(&opts.images, image) {
+            Ok(img) => img,
+            Err(e) => {
+                // The unit's own prepare opens it again and fails the same way.
+                out.reports.push(UnpackReport {
+                    image: image.to_owned(),
+                    result: Err(error_chain(&e)),
+                });
+                continue;
+            }
+        };
+        let key = img.config_digest.hex().to_owned();
+        if out.images.contains_key(&key) {
+            continue;
+        }
+        let result = unpack_shared(&opts.run_dir, image, img, &key);
+        out.reports.push(UnpackReport {
+            image: image.to_owned(),
+            result: match &result {
+                Ok((_, bytes)) => Ok((*bytes, started.elapsed().as_secs_f64())),
+                Err(e) => Err(error_chain(e)),
+            },
+        });
+        let entry = result
+            .map(|(shared, _)| shared)
+            .map_err(|e| error_chain(&e));
+        out.images.insert(key, entry);
+    }
+    out
+}
+
 /// Runs image and bundle units as containers, host units as processes.
 #[derive(Debug)]
 pub struct ContainerLauncher {
@@ -320,15 +377,7 @@ impl ContainerLauncher {
         image: &str,
         program: &Program,
     ) -> Result<(Plan, Option<u64>), PrepareError> {
-        let reference = ImageRef::Oci {
-            path: self.opts.images.clone(),
-            tag: Some(image.to_owned()),
-        };
-        let platform = Platform::new("linux", std::env::consts::ARCH, None);
-        let img = Image::open(&reference, &platform).map_err(|source| PrepareError::OpenImage {
-            image: image.to_owned(),
-            source: Box::new(source),
-        })?;
+        let img = open_image(&self.opts.images, image)?;
         if self.roots == Roots::Undecided {
             self.roots = if overlay_available() {
                 Roots::Overlay
@@ -340,7 +389,7 @@ impl ContainerLauncher {
             };
         }
         if self.roots == Roots::Unpack {
-            let dir = self.fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+            let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
             let result = self.fill_rootfs(name, image, &img, &dir, program);
             if result.is_err() {
                 // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
@@ -351,7 +400,7 @@ impl ContainerLauncher {
         let key = img.config_digest.hex().to_owned();
         let mut unpacked = None;
         if !self.shared.contains_key(&key) {
-            let result = self.unpack_shared(image, img, &key);
+            let result = unpack_shared(&self.opts.run_dir, image, img, &key);
             unpacked = Some(result.as_ref().map_or(0, |(_, bytes)| *bytes));
             let entry = result
                 .map(|(shared, _)| shared)
@@ -371,7 +420,7 @@ impl ContainerLauncher {
                 });
             }
         };
-        let unit_dir = self.fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+        let unit_dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
         let root = mount_overlay(&shared.dir, &unit_dir)?;
         self.overlays.push(root.clone());
         let spec = self.unit_spec(name, image, &shared.image, &shared.rootfs, program)?;
@@ -384,75 +433,9 @@ impl ContainerLauncher {
         ))
     }
 
-    /// Unpacks `img` into `RUN/images/<key>`, once per boot.
-    fn unpack_shared(
-        &self,
-        image: &str,
-        img: Image,
-        key: &str,
-    ) -> Result<(SharedImage, u64), PrepareError> {
-        let dir = self.fresh_dir(&self.opts.run_dir.join("images"), key)?;
-        let unpack = || {
-            let rootfs = Rootfs::open(&dir).map_err(|source| PrepareError::OpenRootfs {
-                image: image.to_owned(),
-                path: dir.clone(),
-                source,
-            })?;
-            let stats =
-                unpack_rootfs(&img, &rootfs, None).map_err(|source| PrepareError::Unpack {
-                    image: image.to_owned(),
-                    source: Box::new(source),
-                })?;
-            Ok((rootfs, stats.iter().map(|s| s.bytes).sum()))
-        };
-        match unpack() {
-            Ok((rootfs, bytes)) => Ok((
-                SharedImage {
-                    dir,
-                    image: img,
-                    rootfs,
-                },
-                bytes,
-            )),
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                Err(e)
-            }
-        }
-    }
-
-    /// An empty directory `parent/name` (mode 0755; `parent` 0700). Whatever
-    /// an earlier run of a non-machine role left there is removed first.
-    fn fresh_dir(&self, parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|source| PrepareError::Io {
-                op: "create",
-                path: parent.to_owned(),
-                source,
-            })?;
-        let dir = parent.join(name);
-        if fs::symlink_metadata(&dir).is_ok() {
-            // An overlay root of an earlier run in this mount namespace.
-            let _ = nix::mount::umount2(&dir.join("root"), nix::mount::MntFlags::MNT_DETACH);
-            // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
-            fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
-                op: "remove stale rootfs",
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|source| PrepareError::Io {
-                op: "create",
-                path: dir.clone(),
-                source,
-            })?;
-        Ok(dir)
+    /// Takes over the images [`unpack_images`] unpacked.
+    pub fn adopt(&mut self, unpacked: Unpacked) {
+        self.shared.extend(unpacked.images);
     }
 
     fn fill_rootfs(
@@ -627,6 +610,90 @@ impl ContainerLauncher {
         }
         Ok(pid)
     }
+}
+
+/// Unpacks `img` into `RUN/images/<key>`, once per boot.
+fn unpack_shared(
+    run_dir: &Path,
+    image: &str,
+    img: Image,
+    key: &str,
+) -> Result<(SharedImage, u64), PrepareError> {
+    let dir = fresh_dir(&run_dir.join("images"), key)?;
+    let unpack = || {
+        let rootfs = Rootfs::open(&dir).map_err(|source| PrepareError::OpenRootfs {
+            image: image.to_owned(),
+            path: dir.clone(),
+            source,
+        })?;
+        let stats = unpack_rootfs(&img, &rootfs, None).map_err(|source| PrepareError::Unpack {
+            image: image.to_owned(),
+            source: Box::new(source),
+        })?;
+        Ok((rootfs, stats.iter().map(|s| s.bytes).sum()))
+    };
+    match unpack() {
+        Ok((rootfs, bytes)) => Ok((
+            SharedImage {
+                dir,
+                image: img,
+                rootfs,
+            },
+            bytes,
+        )),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// An empty directory `parent/name` (mode 0755; `parent` 0700). Whatever
+/// an earlier run of a non-machine role left there is removed first.
+fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|source| PrepareError::Io {
+            op: "create",
+            path: parent.to_owned(),
+            source,
+        })?;
+    let dir = parent.join(name);
+    if fs::symlink_metadata(&dir).is_ok() {
+        // An overlay root of an earlier run in this mount namespace.
+        let _ = nix::mount::umount2(&dir.join("root"), nix::mount::MntFlags::MNT_DETACH);
+        // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
+        fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
+            op: "remove stale rootfs",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&dir)
+        .map_err(|source| PrepareError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+    Ok(dir)
+}
+
+/// The image `image` (a `ref.name`) of the layout at `layout`, for this
+/// machine's platform, its index, manifest and config verified.
+fn open_image(layout: &Path, image: &str) -> Result<Image, PrepareError> {
+    let reference = ImageRef::Oci {
+        path: layout.to_owned(),
+        tag: Some(image.to_owned()),
+    };
+    let platform = Platform::new("linux", std::env::consts::ARCH, None);
+    Image::open(&reference, &platform).map_err(|source| PrepareError::OpenImage {
+        image: image.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// Whether the kernel has overlayfs now (built in, or its module loaded).

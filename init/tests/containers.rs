@@ -224,7 +224,8 @@ fn container_task_then_services_in_order_with_their_output() {
     let mut p = w.start(&m);
     p.wait_for("berth: ready");
     let order = [
-        "image busybox unpacked for task setup: ",
+        "image busybox unpacked: ",
+        "image busybox shared with task setup (overlay in ",
         "image busybox shared with service web (overlay in ",
         "berth: task setup started pid=",
         "setup: task from busybox",
@@ -239,7 +240,7 @@ fn container_task_then_services_in_order_with_their_output() {
         "out of order {idx:?}:\n{}",
         p.dump()
     );
-    let unpacked = p.wait_for("image busybox unpacked for task setup: ");
+    let unpacked = p.wait_for("image busybox unpacked: ");
     assert!(
         unpacked.contains(" MiB in ") && unpacked.ends_with(" MB/s)"),
         "{unpacked}"
@@ -725,7 +726,7 @@ fn restarts_reuse_the_unpacked_rootfs() {
     assert_eq!(
         p.lines()
             .iter()
-            .filter(|l| l.contains("image busybox unpacked for service counter"))
+            .filter(|l| l.contains("image busybox unpacked"))
             .count(),
         1
     );
@@ -761,7 +762,7 @@ fn units_of_one_image_share_one_unpack_but_not_their_writes() {
     assert_eq!(
         lines
             .iter()
-            .filter(|l| l.contains("image busybox unpacked for "))
+            .filter(|l| l.contains("image busybox unpacked"))
             .count(),
         1,
         "{}",

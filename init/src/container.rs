@@ -5,8 +5,7 @@
 //! Life of a container unit:
 //! - **boot** ([`ContainerLauncher::prepare`], once per unit and boot): the
 //!   unit's image is opened in the layout by its `ref.name`. Each image is
-//!   unpacked once ([`unpack_images`], on a machine while the kernel
-//!   modules load), every blob's sha256 verified, into
+//!   unpacked once ([`unpack_images`]), every blob's sha256 verified, into
 //!   `RUN/images/<config digest>` (RUN is `/run/berth` on tmpfs on a
 //!   machine); every unit then gets its own root `RUN/rootfs/<unit>/root`,
 //!   an overlayfs whose lower layer is that shared tree and whose upper
@@ -249,10 +248,9 @@ pub struct UnpackReport {
 }
 
 /// Unpacks each image of `images` once (by config digest: two names of one
-/// image share one tree) into `RUN/images/<config digest>`. Needs nothing
-/// but the layout and the run directory, so a machine runs it beside its
-/// module loading. A failure is reported and kept; the units of that
-/// image fail with it when they would start.
+/// image share one tree) into `RUN/images/<config digest>`. A failure is
+/// reported and kept; the units of that image fail with it when they would
+/// start.
 pub fn unpack_images(opts: &ContainerOptions, images: &[&str]) -> Unpacked {
     let mut out = Unpacked::default();
     for &image in images {

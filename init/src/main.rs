@@ -352,10 +352,16 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         launcher.check(name, program).map_err(|e| error_chain(&e))?;
     }
 
-    // Each image is unpacked once (verified, into /run/berth/images) while
-    // the machine loads its kernel modules: probing devices and mounting
-    // the data disk wait on I/O, which the unpack fills. The units get their
-    // roots on them after the data disk is mounted (persistent mount sources).
+    if role == Role::Machine {
+        configure_machine(&manifest)?;
+        timeline(start, "machine configured");
+    } else {
+        report_skipped_machine_setup(&manifest);
+    }
+    // Each image unpacked once (verified, into /run/berth/images), after
+    // the machine set-up, in this thread: run beside the module loading on
+    // one vCPU it slowed both (module init waits on kernel workers, which
+    // queued behind the unpack), even at nice 19.
     let mut images: Vec<&str> = units
         .iter()
         .filter_map(|(_, _, p)| match &p.source {
@@ -365,31 +371,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         .collect();
     images.sort_unstable();
     images.dedup();
-    let unpacked = if role == Role::Machine {
-        let (unpacked, configured) = std::thread::scope(|scope| {
-            let unpack = std::thread::Builder::new()
-                .name("unpack".into())
-                .spawn_scoped(scope, || container::unpack_images(&container_opts, &images));
-            let configured = configure_machine(&manifest);
-            let unpacked = match unpack {
-                Ok(handle) => handle
-                    .join()
-                    .map_err(|_| "image unpack thread panicked".to_owned()),
-                // No thread: unpack here, after the machine set-up.
-                Err(e) => {
-                    log::debug!("start the unpack thread: {e}");
-                    Ok(container::unpack_images(&container_opts, &images))
-                }
-            };
-            (unpacked, configured)
-        });
-        configured?;
-        timeline(start, "machine configured");
-        unpacked?
-    } else {
-        report_skipped_machine_setup(&manifest);
-        container::unpack_images(&container_opts, &images)
-    };
+    let unpacked = container::unpack_images(&container_opts, &images);
     for report in &unpacked.reports {
         match &report.result {
             Ok((bytes, seconds)) => timeline(

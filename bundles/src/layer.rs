@@ -1,17 +1,22 @@
 //! Streaming a layer blob into a root directory: read and verify the blob
 //! (size and sha256), decompress, hash the tar (DiffID) and extract, all in
-//! one pass, as a pipeline of four threads joined by small channels of
-//! 1 MiB buffers:
+//! one pass. Two ways to run the stages ([`Execution`]):
 //!
-//! ```text
-//! reader (read + size/sha256 of the blob) → decoder (gzip/zstd)
-//!     → hasher (sha256 of the tar: DiffID)
-//!     → extractor (tar parsing + filesystem, the calling thread)
-//! ```
+//! - threaded, a pipeline joined by small channels of 1 MiB buffers, the
+//!   extraction in the calling thread:
 //!
-//! Each stage is CPU work of a different kind; split this way they overlap
-//! on any number of cores (on two cores the scheduler balances four small
-//! stages better than two big ones), and nothing is read twice.
+//!   ```text
+//!   reader (read + size/sha256 of the blob) → decoder (gzip/zstd)
+//!       → hasher (sha256 of the tar: DiffID)
+//!       → extractor (tar parsing + filesystem, the calling thread)
+//!   ```
+//!
+//! - inline, for one CPU: the extractor pulls, and each read decompresses
+//!   (and hashes) on demand, straight into the extractor's buffer for file
+//!   data. No threads, no channels, no copies between stages.
+//!
+//! Both run the same checks and give the same errors; nothing is read
+//! twice.
 
 use std::cell::Cell;
 use std::io::{self, BufRead, Read};
@@ -21,7 +26,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
 use crate::apply::{ApplyError, LayerStats, Rootfs};
-use crate::digest::{DigestError, Hasher, digest_error};
+use crate::digest::{DigestError, Hasher, Sha256Digest, digest_error};
 use crate::image::{BlobReader, Compression, Image, ImageError, Layer};
 
 /// Errors of unpacking one layer.
@@ -175,7 +180,7 @@ impl ChunkInput {
 
     /// Reads to the end: the reader stage then has checked size and
     /// digest. Returns its verdict.
-    fn drain(&mut self) -> Result<(), StreamError> {
+    fn drain_chunks(&mut self) -> Result<(), StreamError> {
         self.pos = self.cur.len();
         while self.end.is_none() {
             match self.rx.recv() {
@@ -212,26 +217,149 @@ impl BufRead for ChunkInput {
     }
 }
 
+/// How the stages of [`unpack_layer_with`] run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Execution {
+    /// [`Execution::Inline`] when `std::thread::available_parallelism()`
+    /// is 1 (or unknown), [`Execution::Threaded`] otherwise.
+    #[default]
+    Auto,
+    /// Every stage in the calling thread: no threads, no channels, and the
+    /// decompressor writes straight into the extractor's buffers. For one
+    /// CPU, where threads only add switches and copies.
+    Inline,
+    /// Reading, decompressing and hashing in their own threads, overlapping
+    /// with the extraction in the calling thread.
+    Threaded,
+}
+
+impl Execution {
+    fn inline(self) -> bool {
+        match self {
+            Execution::Auto => thread::available_parallelism().map_or(true, |n| n.get() == 1),
+            Execution::Inline => true,
+            Execution::Threaded => false,
+        }
+    }
+}
+
+/// Whether [`unpack_layer_with`] hashes the uncompressed tar and compares
+/// it with the config's `diff_ids` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiffIdCheck {
+    /// Hash the uncompressed tar and refuse the layer unless it matches
+    /// the config's DiffID. The default.
+    #[default]
+    Verify,
+    /// Skip the DiffID hash when the layer has a blob digest; the blob's
+    /// size and sha256 are still checked while it streams.
+    ///
+    /// Sound only when whoever wrote the image checked each DiffID against
+    /// the bytes the blob decompresses to (as `berth-build` does when it
+    /// recompresses layers into the initrd): the blob digest, bound to the
+    /// config through the manifest, then fixes the decompressed bytes too,
+    /// because decompression is deterministic. For an image from anywhere
+    /// else a wrong `diff_ids` entry (a config that lies about its layers)
+    /// goes unnoticed in this mode. A layer without a blob digest (legacy
+    /// docker-archive `layer.tar`) has only its DiffID to bind it, so it is
+    /// always verified.
+    TrustBlobDigest,
+}
+
+/// Options of [`unpack_layer_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerOptions {
+    pub execution: Execution,
+    pub diff_id: DiffIdCheck,
+}
+
+/// A stage's input that can be read to its end, returning the verdict of
+/// the blob's size and digest checks.
+trait Source: BufRead {
+    fn drain(&mut self) -> Result<(), StreamError>;
+}
+
+impl Source for ChunkInput {
+    fn drain(&mut self) -> Result<(), StreamError> {
+        self.drain_chunks()
+    }
+}
+
+/// The raw blob, read in the calling thread ([`Execution::Inline`]).
+impl Source for io::BufReader<BlobReader> {
+    fn drain(&mut self) -> Result<(), StreamError> {
+        loop {
+            match self.fill_buf() {
+                Ok([]) => return Ok(()),
+                Ok(buf) => {
+                    let n = buf.len();
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e, false)),
+            }
+        }
+    }
+}
+
 /// The decompressor of a layer stream, which can give its input back.
 /// One lives per layer, so the size of the gzip state does not matter.
 #[allow(clippy::large_enum_variant)]
-enum Decoder {
-    Plain(ChunkInput),
-    Gzip(flate2::bufread::MultiGzDecoder<ChunkInput>),
-    Zstd(zstd::stream::read::Decoder<'static, ChunkInput>),
+enum Decoder<I: BufRead> {
+    Plain(I),
+    Gzip(flate2::bufread::MultiGzDecoder<I>),
+    Zstd(zstd::stream::read::Decoder<'static, I>),
 }
 
-impl Decoder {
-    fn into_inner(self) -> ChunkInput {
+impl<I: Source> Decoder<I> {
+    /// Picks the decompressor (sniffing the magic number if asked to).
+    fn new(mut input: I, compression: Compression) -> Result<Self, StreamError> {
+        let compression = match compression {
+            Compression::Sniff => match input.fill_buf() {
+                Ok(head) => sniff(head),
+                Err(_) => return Err(input.drain().err().unwrap_or_else(stage_gone)),
+            },
+            c => c,
+        };
+        Ok(match compression {
+            Compression::None | Compression::Sniff => Decoder::Plain(input),
+            // Multi-member gzip is valid (RFC 1952); GzDecoder would stop
+            // after the first member.
+            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(input)),
+            Compression::Zstd => Decoder::Zstd(
+                zstd::stream::read::Decoder::with_buffer(input).map_err(StreamError::Decode)?,
+            ),
+        })
+    }
+
+    fn decoding(&self) -> bool {
+        !matches!(self, Decoder::Plain(_))
+    }
+
+    fn into_inner(self) -> I {
         match self {
             Decoder::Plain(r) => r,
             Decoder::Gzip(d) => d.into_inner(),
             Decoder::Zstd(d) => d.finish(),
         }
     }
+
+    /// Ends the stream after the decompressor returned `res` (`Ok` at its
+    /// end): drains the blob so the size and digest checks run, and
+    /// prefers their verdict. A damaged blob usually breaks the
+    /// decompressor before its digest is known, and a blob read failure
+    /// surfaces as a decoder error; the digest error is the more precise.
+    fn end(self, res: io::Result<()>) -> Result<(), StreamError> {
+        let decoding = self.decoding();
+        let drained = self.into_inner().drain();
+        match res {
+            Ok(()) => drained,
+            Err(e) => Err(drained.err().unwrap_or_else(|| classify(e, decoding))),
+        }
+    }
 }
 
-impl Read for Decoder {
+impl<I: BufRead> Read for Decoder<I> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decoder::Plain(r) => r.read(buf),
@@ -257,88 +385,226 @@ fn sniff(buf: &[u8]) -> Compression {
     }
 }
 
-/// Stage 2: decompression. Sends each tar chunk to the hasher and the
-/// extractor.
-fn decode_stage(
-    input: ChunkInput,
-    compression: Compression,
-    to_hash: SyncSender<Arc<Vec<u8>>>,
-    to_apply: SyncSender<Msg<Arc<Vec<u8>>>>,
-    recycled: Receiver<Vec<u8>>,
-) {
-    let res = decode(input, compression, &to_hash, &to_apply, &recycled);
-    // Dropping `to_hash` ends the hasher; the extractor gets the verdict.
-    drop(to_hash);
-    let _ = to_apply.send(Msg::End(res));
-}
-
-fn decode(
-    mut owned: ChunkInput,
-    compression: Compression,
-    to_hash: &SyncSender<Arc<Vec<u8>>>,
-    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
-    recycled: &Receiver<Vec<u8>>,
-) -> Result<(), StreamError> {
-    let compression = match compression {
-        Compression::Sniff => match owned.fill_buf() {
-            Ok(head) => sniff(head),
-            Err(_) => return Err(owned.drain().err().unwrap_or_else(stage_gone)),
-        },
-        c => c,
-    };
-    let decoding = matches!(compression, Compression::Gzip | Compression::Zstd);
-    let mut decoder = match compression {
-        Compression::None | Compression::Sniff => Decoder::Plain(owned),
-        // Multi-member gzip is valid (RFC 1952); GzDecoder would stop after
-        // the first member.
-        Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(owned)),
-        Compression::Zstd => Decoder::Zstd(
-            zstd::stream::read::Decoder::with_buffer(owned).map_err(StreamError::Decode)?,
-        ),
-    };
-    loop {
-        let mut chunk = recycled.try_recv().unwrap_or_default();
-        match fill(&mut decoder, &mut chunk) {
-            Ok(0) => break,
-            Ok(_) => {
-                let chunk = Arc::new(chunk);
-                if to_hash.send(chunk.clone()).is_err() || to_apply.send(Msg::Data(chunk)).is_err()
-                {
-                    return Err(stage_gone());
-                }
-            }
-            Err(e) => {
-                // A blob read failure (digest, size, I/O) surfaces here as
-                // a decoder error; and a damaged blob usually breaks the
-                // decompressor before its digest is known. Either way, read
-                // to the end and prefer the reader stage's verdict, the
-                // more precise error.
-                let mut input = decoder.into_inner();
-                return Err(match input.drain() {
-                    Err(root) => root,
-                    Ok(()) => classify(e, decoding),
-                });
-            }
-        }
-    }
-    // The decompressor may stop at the end of its last frame: drain the
-    // blob so the reader stage sees its end and checks size and digest.
-    decoder.into_inner().drain()
-}
-
-/// The extractor's input: the decoder's tar chunks.
-struct ChannelReader {
-    rx: Receiver<Msg<Arc<Vec<u8>>>>,
-    back: SyncSender<Vec<u8>>,
-    cur: Arc<Vec<u8>>,
-    pos: usize,
-    end: Option<Result<(), StreamError>>,
+/// The end of the tar stream as the extractor sees it.
+///
+/// umoci 0.4.7 writes layers that stop right after the last entry's data:
+/// no padding to 512 bytes and no end-of-archive blocks (GNU tar rejects
+/// them, umoci reads them). Such an end reads as zeros here, enough to
+/// finish the block and end the archive. The DiffID covers the real bytes
+/// only, and `apply` refuses file data that reaches into the zeros.
+struct ZeroTail {
     /// Bytes of real stream handed out so far.
     delivered: u64,
     /// Zero bytes still to hand out after the real stream ended.
     tail: Option<u64>,
     /// Set to the real stream length when the zero tail starts.
     real_end: Rc<Cell<Option<u64>>>,
+}
+
+impl ZeroTail {
+    fn new() -> Self {
+        Self {
+            delivered: 0,
+            tail: None,
+            real_end: Rc::new(Cell::new(None)),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        let delivered = self.delivered;
+        self.real_end.set(Some(delivered));
+        let tail = self.tail.get_or_insert_with(|| {
+            if !delivered.is_multiple_of(512) {
+                log::debug!("layer tar ends without padding; reading it as zeros");
+            }
+            (512 - delivered % 512) % 512 + 1024
+        });
+        let n = buf.len().min(usize::try_from(*tail).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        *tail -= n as u64;
+        n
+    }
+}
+
+fn stream_failed() -> io::Error {
+    io::Error::other("layer stream failed")
+}
+
+/// Reads below this size go through the [`Inline`] buffer; larger ones
+/// (file data) are decompressed straight into the caller's buffer.
+const DIRECT: usize = 64 << 10;
+/// The [`Inline`] buffer for headers and small files.
+const INLINE_BUF: usize = 256 << 10;
+
+/// [`Execution::Inline`]: the blob is read, verified, decompressed and
+/// hashed on demand, as the extractor reads.
+struct Inline {
+    /// `None` once the stream ended.
+    decoder: Option<Decoder<io::BufReader<BlobReader>>>,
+    hasher: Option<Hasher>,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    end: Option<Result<(), StreamError>>,
+    tail: ZeroTail,
+}
+
+impl Inline {
+    /// Decompresses into `dst` (hashing what comes out); at the end of the
+    /// stream or on an error, settles the verdict.
+    fn pull(&mut self, dst: &mut [u8]) -> usize {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return 0;
+        };
+        let res = loop {
+            match decoder.read(dst) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Some(h) = self.hasher.as_mut() {
+                        h.update(&dst[..n]);
+                    }
+                    return n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(decoder) = self.decoder.take() {
+            self.end = Some(decoder.end(res));
+        }
+        0
+    }
+
+    /// Refills the buffer; false at the end of the stream.
+    fn refill(&mut self) -> bool {
+        let mut buf = std::mem::take(&mut self.buf);
+        let n = self.pull(&mut buf);
+        self.buf = buf;
+        self.pos = 0;
+        self.len = n;
+        n > 0
+    }
+
+    /// Reads to the end of the stream (bytes after the tar's end-of-archive
+    /// marker count toward the DiffID, as in umoci) and returns the verdict
+    /// and the DiffID, if hashed.
+    fn finish(mut self) -> Result<Option<Sha256Digest>, StreamError> {
+        self.pos = self.len;
+        while self.end.is_none() {
+            if self.refill() && self.buf[..self.len].iter().any(|b| *b != 0) {
+                log::debug!("ignoring trailing bytes after the end of a layer tar");
+            }
+        }
+        self.end.take().unwrap_or(Ok(()))?;
+        Ok(self.hasher.map(Hasher::finish))
+    }
+}
+
+impl Read for Inline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.len {
+                let n = buf.len().min(self.len - self.pos);
+                buf[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                self.tail.delivered += n as u64;
+                return Ok(n);
+            }
+            match &self.end {
+                Some(Err(_)) => return Err(stream_failed()),
+                Some(Ok(())) => return Ok(self.tail.read(buf)),
+                None => {}
+            }
+            if buf.len() >= DIRECT {
+                let n = self.pull(buf);
+                if n > 0 {
+                    self.tail.delivered += n as u64;
+                    return Ok(n);
+                }
+            } else {
+                self.refill();
+            }
+        }
+    }
+}
+
+/// What running the stages gave: the extraction's result, and the
+/// stream's verdict with the DiffID (if hashed).
+type Outcome = (
+    Result<LayerStats, ApplyError>,
+    Result<Option<Sha256Digest>, StreamError>,
+);
+
+/// Runs every stage in the calling thread.
+fn run_inline(raw: BlobReader, compression: Compression, hash: bool, rootfs: &Rootfs) -> Outcome {
+    let input = io::BufReader::with_capacity(CHUNK, raw);
+    let (decoder, end) = match Decoder::new(input, compression) {
+        Ok(d) => (Some(d), None),
+        Err(e) => (None, Some(Err(e))),
+    };
+    let mut stream = Inline {
+        decoder,
+        hasher: hash.then(Hasher::default),
+        buf: vec![0; INLINE_BUF],
+        pos: 0,
+        len: 0,
+        end,
+        tail: ZeroTail::new(),
+    };
+    let real_end = Some(stream.tail.real_end.clone());
+    let applied = rootfs.apply_layer_stream(&mut stream, real_end);
+    (applied, stream.finish())
+}
+
+/// Stage 2 of [`Execution::Threaded`]: decompression. Sends each tar
+/// chunk to the hasher (if any) and the extractor.
+fn decode_stage(
+    input: ChunkInput,
+    compression: Compression,
+    to_hash: Option<SyncSender<Arc<Vec<u8>>>>,
+    to_apply: SyncSender<Msg<Arc<Vec<u8>>>>,
+    recycled: Receiver<Vec<u8>>,
+) {
+    let res = decode(input, compression, to_hash.as_ref(), &to_apply, &recycled);
+    // Dropping `to_hash` ends the hasher; the extractor gets the verdict.
+    drop(to_hash);
+    let _ = to_apply.send(Msg::End(res));
+}
+
+fn decode(
+    input: ChunkInput,
+    compression: Compression,
+    to_hash: Option<&SyncSender<Arc<Vec<u8>>>>,
+    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
+    recycled: &Receiver<Vec<u8>>,
+) -> Result<(), StreamError> {
+    let mut decoder = Decoder::new(input, compression)?;
+    loop {
+        let mut chunk = recycled.try_recv().unwrap_or_default();
+        match fill(&mut decoder, &mut chunk) {
+            Ok(0) => return decoder.end(Ok(())),
+            Ok(_) => {
+                let chunk = Arc::new(chunk);
+                if to_hash.is_some_and(|h| h.send(chunk.clone()).is_err())
+                    || to_apply.send(Msg::Data(chunk)).is_err()
+                {
+                    return Err(stage_gone());
+                }
+            }
+            Err(e) => return decoder.end(Err(e)),
+        }
+    }
+}
+
+/// The extractor's input in [`Execution::Threaded`]: the decoder's tar
+/// chunks.
+struct ChannelReader {
+    rx: Receiver<Msg<Arc<Vec<u8>>>>,
+    back: SyncSender<Vec<u8>>,
+    cur: Arc<Vec<u8>>,
+    pos: usize,
+    end: Option<Result<(), StreamError>>,
+    tail: ZeroTail,
 }
 
 impl Read for ChannelReader {
@@ -348,31 +614,13 @@ impl Read for ChannelReader {
                 let n = buf.len().min(self.cur.len() - self.pos);
                 buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
                 self.pos += n;
-                self.delivered += n as u64;
+                self.tail.delivered += n as u64;
                 return Ok(n);
             }
-            if let Some(end) = &self.end {
-                if end.is_err() {
-                    return Err(io::Error::other("layer stream failed"));
-                }
-                // umoci 0.4.7 writes layers that stop right after the last
-                // entry's data: no padding to 512 bytes and no end-of-archive
-                // blocks (GNU tar rejects them, umoci reads them). Such an
-                // end reads as zeros here, enough to finish the block and
-                // end the archive. The DiffID covers the real bytes only, and
-                // `apply` refuses file data that reaches into the zeros.
-                let delivered = self.delivered;
-                self.real_end.set(Some(delivered));
-                let tail = self.tail.get_or_insert_with(|| {
-                    if !delivered.is_multiple_of(512) {
-                        log::debug!("layer tar ends without padding; reading it as zeros");
-                    }
-                    (512 - delivered % 512) % 512 + 1024
-                });
-                let n = buf.len().min(usize::try_from(*tail).unwrap_or(usize::MAX));
-                buf[..n].fill(0);
-                *tail -= n as u64;
-                return Ok(n);
+            match &self.end {
+                Some(Err(_)) => return Err(stream_failed()),
+                Some(Ok(())) => return Ok(self.tail.read(buf)),
+                None => {}
             }
             match self.rx.recv() {
                 Ok(Msg::Data(chunk)) => {
@@ -424,29 +672,16 @@ fn spawn<T: Send + 'static>(
     thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// Unpacks one layer of `image` into `rootfs`, verifying the blob and its
-/// DiffID on the way.
-pub fn unpack_layer(
-    image: &Image,
-    layer: &Layer,
+/// Runs reading, decompressing and hashing in threads, extraction here.
+fn run_threaded(
+    raw: BlobReader,
+    compression: Compression,
+    hash: bool,
     rootfs: &Rootfs,
-) -> Result<LayerStats, LayerError> {
-    let blob = layer
-        .digest
-        .as_ref()
-        .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string());
-    let thread_err = |source| LayerError::Thread {
-        image: image.name.clone(),
-        blob: blob.clone(),
-        source,
-    };
-    let raw = image.open_layer(layer)?;
-    let compression = layer.compression;
-
+) -> io::Result<Outcome> {
     let (raw_tx, raw_rx) = sync_channel(DEPTH);
     let (back_tx, back_rx) = sync_channel(DEPTH + 2);
-    let reader =
-        spawn("layer-read", move || read_stage(raw, raw_tx, back_rx)).map_err(thread_err)?;
+    let reader = spawn("layer-read", move || read_stage(raw, raw_tx, back_rx))?;
     let input = ChunkInput {
         rx: raw_rx,
         back: back_tx,
@@ -454,46 +689,90 @@ pub fn unpack_layer(
         pos: 0,
         end: None,
     };
-    let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
     let (recycle_tx, recycle_rx) = sync_channel(2 * DEPTH + 2);
-    let hash_back = recycle_tx.clone();
-    let hasher = spawn("layer-hash", move || {
-        let mut h = Hasher::default();
-        for chunk in hash_rx {
-            h.update(&chunk);
-            give_back(chunk, &hash_back);
-        }
-        h.finish()
-    })
-    .map_err(thread_err)?;
+    let (hash_tx, hasher) = if hash {
+        let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+        let hash_back = recycle_tx.clone();
+        let hasher = spawn("layer-hash", move || {
+            let mut h = Hasher::default();
+            for chunk in hash_rx {
+                h.update(&chunk);
+                give_back(chunk, &hash_back);
+            }
+            h.finish()
+        })?;
+        (Some(hash_tx), Some(hasher))
+    } else {
+        (None, None)
+    };
     let (tx, rx) = sync_channel(DEPTH);
     let decoder = spawn("layer-decode", move || {
         decode_stage(input, compression, hash_tx, tx, recycle_rx)
-    })
-    .map_err(thread_err)?;
+    })?;
 
-    let mut reader_end = ChannelReader {
+    let mut stream = ChannelReader {
         rx,
         back: recycle_tx,
         cur: Arc::new(Vec::new()),
         pos: 0,
         end: None,
-        delivered: 0,
-        tail: None,
-        real_end: Rc::new(Cell::new(None)),
+        tail: ZeroTail::new(),
     };
-    let real_end = Some(reader_end.real_end.clone());
-    let applied = rootfs.apply_layer_stream(&mut reader_end, real_end);
+    let real_end = Some(stream.tail.real_end.clone());
+    let applied = rootfs.apply_layer_stream(&mut stream, real_end);
     // On success, read to the end (trailing bytes count toward the DiffID).
     // On failure too: a damaged blob can reach the tar parser as garbage
     // before the decompressor or the digest notices, and the stream's
     // verdict then explains the failure better than the tar error.
-    let stream = reader_end.finish();
-    drop(reader_end);
+    let end = stream.finish();
+    drop(stream);
     let _ = decoder.join();
     let _ = reader.join();
-    let diff_id = hasher.join().ok();
-    let stream_err = |e: StreamError| match e {
+    let diff_id = match hasher.map(|h| h.join()) {
+        None => Ok(None),
+        Some(Ok(d)) => Ok(Some(d)),
+        Some(Err(_)) => Err(stage_gone()),
+    };
+    Ok((applied, end.and(diff_id)))
+}
+
+/// Unpacks one layer of `image` into `rootfs`, verifying the blob and its
+/// DiffID on the way, with the default [`LayerOptions`].
+pub fn unpack_layer(
+    image: &Image,
+    layer: &Layer,
+    rootfs: &Rootfs,
+) -> Result<LayerStats, LayerError> {
+    unpack_layer_with(image, layer, rootfs, &LayerOptions::default())
+}
+
+/// Unpacks one layer of `image` into `rootfs`: the blob's size and sha256
+/// are always checked while it streams, its DiffID as `opts.diff_id` says.
+pub fn unpack_layer_with(
+    image: &Image,
+    layer: &Layer,
+    rootfs: &Rootfs,
+    opts: &LayerOptions,
+) -> Result<LayerStats, LayerError> {
+    let blob = layer
+        .digest
+        .as_ref()
+        .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string());
+    let raw = image.open_layer(layer)?;
+    let compression = layer.compression;
+    let hash = opts.diff_id == DiffIdCheck::Verify || layer.digest.is_none();
+    let (applied, stream) = if opts.execution.inline() {
+        run_inline(raw, compression, hash, rootfs)
+    } else {
+        run_threaded(raw, compression, hash, rootfs).map_err(|source| LayerError::Thread {
+            image: image.name.clone(),
+            blob: blob.clone(),
+            source,
+        })?
+    };
+    // The stream's verdict first: it explains a tar error caused by a
+    // damaged blob better than the tar error.
+    let diff_id = stream.map_err(|e| match e {
         StreamError::Digest(source) => LayerError::Blob {
             image: image.name.clone(),
             blob: blob.clone(),
@@ -510,17 +789,15 @@ pub fn unpack_layer(
             blob: blob.clone(),
             source,
         },
-    };
-    stream.map_err(stream_err)?;
+    })?;
     let stats = applied.map_err(|source| LayerError::Apply {
         image: image.name.clone(),
         blob: blob.clone(),
         source,
     })?;
-    let Some(diff_id) = diff_id else {
-        return Err(stream_err(stage_gone()));
-    };
-    if diff_id != layer.diff_id {
+    if let Some(diff_id) = diff_id
+        && diff_id != layer.diff_id
+    {
         return Err(LayerError::DiffId {
             image: image.name.clone(),
             blob,

@@ -10,5 +10,6 @@ pub mod spec;
 pub mod unpack;
 
 pub use image::{Image, ImageRef, Platform};
+pub use layer::{DiffIdCheck, Execution, LayerOptions};
 pub use spec::Overrides;
 pub use unpack::{UnpackOptions, unpack_bundle};

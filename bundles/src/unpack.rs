@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::apply::{ApplyError, LayerStats, Rootfs};
 use crate::image::{Image, ImageError, ImageRef, Layer, Platform};
-use crate::layer::{LayerError, unpack_layer};
+use crate::layer::{LayerError, LayerOptions, unpack_layer_with};
 use crate::spec::{Overrides, SpecError, runtime_spec};
 
 /// Errors of unpacking an image into a bundle.
@@ -62,6 +62,8 @@ pub enum Progress<'a> {
 pub struct UnpackOptions<'a> {
     pub platform: Platform,
     pub overrides: Overrides,
+    /// How each layer is verified and unpacked.
+    pub layer: LayerOptions,
     pub progress: Option<&'a mut dyn FnMut(Progress<'_>)>,
 }
 
@@ -72,10 +74,21 @@ pub struct UnpackReport {
     pub layers: Vec<LayerStats>,
 }
 
-/// Applies every layer of `image`, in order, to `rootfs`.
+/// Applies every layer of `image`, in order, to `rootfs`, with the
+/// default [`LayerOptions`].
 pub fn unpack_rootfs(
     image: &Image,
     rootfs: &Rootfs,
+    progress: Option<&mut dyn FnMut(Progress<'_>)>,
+) -> Result<Vec<LayerStats>, LayerError> {
+    unpack_rootfs_with(image, rootfs, &LayerOptions::default(), progress)
+}
+
+/// Applies every layer of `image`, in order, to `rootfs`.
+pub fn unpack_rootfs_with(
+    image: &Image,
+    rootfs: &Rootfs,
+    opts: &LayerOptions,
     mut progress: Option<&mut dyn FnMut(Progress<'_>)>,
 ) -> Result<Vec<LayerStats>, LayerError> {
     let count = image.layers.len();
@@ -88,7 +101,7 @@ pub fn unpack_rootfs(
                 layer,
             });
         }
-        let stats = unpack_layer(image, layer, rootfs)?;
+        let stats = unpack_layer_with(image, layer, rootfs, opts)?;
         if let Some(p) = progress.as_deref_mut() {
             p(Progress::LayerDone {
                 index,
@@ -157,7 +170,7 @@ fn fill_bundle(
             source,
         })?;
     let rootfs = Rootfs::open(&root_path)?;
-    let stats = unpack_rootfs(image, &rootfs, opts.progress)?;
+    let stats = unpack_rootfs_with(image, &rootfs, &opts.layer, opts.progress)?;
     let spec = runtime_spec(&image.config, &rootfs, &opts.overrides).map_err(|source| {
         UnpackError::Spec {
             image: image.name.clone(),

@@ -5,7 +5,8 @@
 //! Life of a container unit:
 //! - **boot** ([`ContainerLauncher::prepare`], once per unit and boot): the
 //!   unit's image is opened in the layout by its `ref.name`. Each image is
-//!   unpacked once ([`unpack_images`]), every blob's sha256 verified, into
+//!   unpacked once ([`unpack_images`]), every blob's sha256 verified (and
+//!   each diff_id, unless [`ContainerOptions::diff_id`] trusts them), into
 //!   `RUN/images/<config digest>` (RUN is `/run/berth` on tmpfs on a
 //!   machine); every unit then gets its own root `RUN/rootfs/<unit>/root`,
 //!   an overlayfs whose lower layer is that shared tree and whose upper
@@ -51,7 +52,8 @@ use std::time::Instant;
 use berth_bundles::apply::Rootfs;
 use berth_bundles::image::{Image, ImageRef, Platform};
 use berth_bundles::spec::{Overrides, runtime_spec};
-use berth_bundles::unpack::unpack_rootfs;
+use berth_bundles::unpack::unpack_rootfs_with;
+use berth_bundles::{DiffIdCheck, LayerOptions};
 use berth_runtime::cgroup::CgroupError;
 use berth_runtime::{Container, ContainerError, CreateOptions, Runtime, Stdio};
 use nix::sched::CloneFlags;
@@ -181,6 +183,15 @@ pub struct ContainerOptions {
     pub data_dir: PathBuf,
     /// Top cgroup of every container (`/berth/<unit>`).
     pub cgroup_parent: String,
+    /// Whether each layer's diff_id is checked again while unpacking.
+    /// A machine trusts them ([`DiffIdCheck::TrustBlobDigest`]): its layout
+    /// was written by `berth-build`, which checked every diff_id when it
+    /// recompressed the layers, and each blob's sha256 (bound to the config
+    /// through the manifest) is still verified while it streams, which
+    /// fixes the decompressed bytes too. A second sha256 pass over the
+    /// uncompressed tar costs PID 1 more than the first in a VM without
+    /// SHA-NI. Layouts given with `--images` are verified in full.
+    pub diff_id: DiffIdCheck,
 }
 
 /// What [`ContainerLauncher::prepare`] did for a unit, for the timeline.
@@ -270,7 +281,7 @@ pub fn unpack_images(opts: &ContainerOptions, images: &[&str]) -> Unpacked {
         if out.images.contains_key(&key) {
             continue;
         }
-        let result = unpack_shared(&opts.run_dir, image, img, &key);
+        let result = unpack_shared(opts, image, img, &key);
         out.reports.push(UnpackReport {
             image: image.to_owned(),
             result: match &result {
@@ -398,7 +409,7 @@ impl ContainerLauncher {
         let key = img.config_digest.hex().to_owned();
         let mut unpacked = None;
         if !self.shared.contains_key(&key) {
-            let result = unpack_shared(&self.opts.run_dir, image, img, &key);
+            let result = unpack_shared(&self.opts, image, img, &key);
             unpacked = Some(result.as_ref().map_or(0, |(_, bytes)| *bytes));
             let entry = result
                 .map(|(shared, _)| shared)
@@ -449,9 +460,15 @@ impl ContainerLauncher {
             path: dir.to_owned(),
             source,
         })?;
-        let stats = unpack_rootfs(img, &rootfs, None).map_err(|source| PrepareError::Unpack {
-            image: image.to_owned(),
-            source: Box::new(source),
+        let layer = LayerOptions {
+            diff_id: self.opts.diff_id,
+            ..LayerOptions::default()
+        };
+        let stats = unpack_rootfs_with(img, &rootfs, &layer, None).map_err(|source| {
+            PrepareError::Unpack {
+                image: image.to_owned(),
+                source: Box::new(source),
+            }
         })?;
         let bytes = stats.iter().map(|s| s.bytes).sum();
         let spec = self.unit_spec(name, image, img, &rootfs, program)?;
@@ -612,21 +629,27 @@ impl ContainerLauncher {
 
 /// Unpacks `img` into `RUN/images/<key>`, once per boot.
 fn unpack_shared(
-    run_dir: &Path,
+    opts: &ContainerOptions,
     image: &str,
     img: Image,
     key: &str,
 ) -> Result<(SharedImage, u64), PrepareError> {
-    let dir = fresh_dir(&run_dir.join("images"), key)?;
+    let dir = fresh_dir(&opts.run_dir.join("images"), key)?;
+    let layer = LayerOptions {
+        diff_id: opts.diff_id,
+        ..LayerOptions::default()
+    };
     let unpack = || {
         let rootfs = Rootfs::open(&dir).map_err(|source| PrepareError::OpenRootfs {
             image: image.to_owned(),
             path: dir.clone(),
             source,
         })?;
-        let stats = unpack_rootfs(&img, &rootfs, None).map_err(|source| PrepareError::Unpack {
-            image: image.to_owned(),
-            source: Box::new(source),
+        let stats = unpack_rootfs_with(&img, &rootfs, &layer, None).map_err(|source| {
+            PrepareError::Unpack {
+                image: image.to_owned(),
+                source: Box::new(source),
+            }
         })?;
         Ok((rootfs, stats.iter().map(|s| s.bytes).sum()))
     };
@@ -1224,6 +1247,7 @@ mod tests {
             run_dir: "/nonexistent".into(),
             data_dir: "/nonexistent".into(),
             cgroup_parent: "berth".into(),
+            diff_id: DiffIdCheck::Verify,
         });
         let p = program(r#"{"name":"b","bundle":"/b"}"#);
         l.check("b", &p).unwrap();

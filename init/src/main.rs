@@ -335,6 +335,11 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
             .cgroup_parent
             .clone()
             .unwrap_or_else(|| CGROUP_PARENT.to_owned()),
+        diff_id: if role == Role::Machine {
+            berth_bundles::DiffIdCheck::TrustBlobDigest
+        } else {
+            berth_bundles::DiffIdCheck::Verify
+        },
     };
     let mut launcher = ContainerLauncher::new(container_opts.clone());
     let units: Vec<(UnitKind, &String, &manifest::Program)> = manifest

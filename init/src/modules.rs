@@ -146,8 +146,10 @@ pub fn load_modules(dir: &Path, order: &[PathBuf]) -> Result<usize, ModuleLoadEr
         let result = finit_module(&file, c"", flags);
         // The module's init runs inside finit_module, and with it the
         // probe of every device the driver binds: this time is what a slow
-        // boot needs to see (on QEMU's `pc` machine virtio_pci takes
-        // ~200 ms per device, evaluating the DSDT's _PRT under TCG).
+        // boot needs to see. (Measured: on QEMU 7.2's `pc` machine under
+        // TCG virtio_pci takes 130-200 ms per device, because enabling a
+        // PCI device makes the kernel evaluate the DSDT's _PRT, there a
+        // 128-round AML loop; on `q35` it is a static table: ~20 ms.)
         log::debug!(
             "module {} {} in {} ms (load, init and device probes)",
             module_name(&rel.to_string_lossy()),

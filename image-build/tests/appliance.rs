@@ -232,6 +232,24 @@ fn bad_inputs_fail_with_a_clear_error_and_no_output() {
     let err = build_err(&manifest, &out, init);
     assert!(err.contains("services"), "{err}");
 
+    // Overrides on a bundle unit: its config.json runs as it is.
+    let bundle = dir.join("bundle");
+    fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    fs::write(bundle.join("config.json"), "{}").unwrap();
+    fs::write(
+        &manifest,
+        format!(
+            r#"{{"version": 1, "images": {{}}, "services": [{{"name": "b", "bundle": "{}", "env": {{"A": "1"}}}}]}}"#,
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    let err = build_err(&manifest, &out, init);
+    assert!(
+        err.contains("services.b.env: not supported for bundles"),
+        "{err}"
+    );
+
     // A non-static init.
     fs::write(&manifest, manifest_json(r#"{"bb": "oci:layout:bb"}"#, None)).unwrap();
     let err = build_err(&manifest, &out, Path::new("/usr/bin/dash"));

@@ -1249,9 +1249,11 @@ mod tests {
             cgroup_parent: "berth".into(),
             diff_id: DiffIdCheck::Verify,
         });
-        let p = program(r#"{"name":"b","bundle":"/b"}"#);
+        let mut p = program(r#"{"name":"b","bundle":"/b"}"#);
         l.check("b", &p).unwrap();
-        let p = program(r#"{"name":"b","bundle":"/b","args":["x"],"read_only":true}"#);
+        // Validation refuses these first; the launcher refuses them too.
+        p.args = Some(vec!["x".to_owned()]);
+        p.read_only = true;
         let err = error_chain(&l.check("b", &p).unwrap_err());
         assert!(err.contains("args, read_only for bundle /b"), "{err}");
     }

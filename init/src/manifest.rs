@@ -35,7 +35,7 @@
 //! `host: true` (the command runs in PID 1's own root without isolation —
 //! for boot chores with the initramfs's busybox; container-only fields are
 //! refused for host programs). A bundle's `config.json` runs as it is: the
-//! overriding fields below are refused for bundles at boot.
+//! overriding fields below are refused for bundles by validation.
 //! Then: `command` (replaces the image entrypoint), `args` (replaces the
 //! image cmd), `env` {K: V} (merged over the image env), `cwd`, `user`
 //! (`name`, `uid` or `uid:gid`), `mounts` [{`type`: `persistent`, `source`
@@ -946,6 +946,30 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
             }
         }
     }
+    if matches!(source, Source::Bundle(_)) {
+        // A bundle's config.json is the whole spec: refused, not ignored,
+        // and at build time (berth-build validates with these rules).
+        let overriding = [
+            ("command", p.command.is_some()),
+            ("args", p.args.is_some()),
+            ("env", !env.is_empty()),
+            ("cwd", cwd.is_some()),
+            ("user", p.user.is_some()),
+            ("mounts", !mounts.is_empty()),
+            ("network", network != NetworkMode::Host),
+            ("resources", !resources.is_empty()),
+            ("capabilities", p.capabilities.is_some()),
+            ("read_only", p.read_only),
+        ];
+        for (field, set) in overriding {
+            if set {
+                c.problem(
+                    format!("{path}.{field}"),
+                    "not supported for bundles (their config.json runs as it is: edit the bundle)",
+                );
+            }
+        }
+    }
 
     Program {
         source,
@@ -1492,6 +1516,8 @@ mod tests {
             (r#"{"version":1,"services":[{"name":"a","image":"web","host":true}]}"#.into(), "services.a: exactly one of image, bundle or host"),
             (r#"{"version":1,"services":[{"name":"a","bundle":"rel/dir"}]}"#.into(), "services.a.bundle: \"rel/dir\" must be an absolute path"),
             (r#"{"version":1,"services":[{"name":"a","host":true}]}"#.into(), "services.a.command: host programs need a command"),
+            (r#"{"version":1,"services":[{"name":"a","bundle":"/b","args":["x"]}]}"#.into(), "services.a.args: not supported for bundles (their config.json runs as it is"),
+            (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","read_only":true}]}"#.into(), "tasks.a.read_only: not supported for bundles"),
             (svc(r#","capabilities":["CAP_NET_ADMIN"]"#), "services.a.capabilities: not supported for host programs"),
             (svc(r#","read_only":true"#), "services.a.read_only: not supported for host programs"),
             (img(r#","command":[]"#), "services.a.command: must not be empty"),

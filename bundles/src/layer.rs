@@ -2,14 +2,20 @@
 //! (size and sha256), decompress, hash the tar (DiffID) and extract, all in
 //! one pass. Two ways to run the stages ([`Execution`]):
 //!
-//! - threaded, a pipeline joined by small channels of 1 MiB buffers, the
-//!   extraction in the calling thread:
+//! - threaded: two threads joined by a small channel of 1 MiB tar chunks,
 //!
 //!   ```text
-//!   reader (read + size/sha256 of the blob) → decoder (gzip/zstd)
-//!       → hasher (sha256 of the tar: DiffID)
-//!       → extractor (tar parsing + filesystem, the calling thread)
+//!   decoder thread: read + size/sha256 of the blob → gzip/zstd ─┐
+//!                                                 tar chunks ←─┘
+//!   calling thread: tar parsing + filesystem (extraction)
+//!   both:           sha256 of the tar (DiffID), chunk by chunk, in order,
+//!                   by whichever thread would otherwise wait
 //!   ```
+//!
+//!   On two cores, two threads whose work balances itself beat a pipeline
+//!   of four fixed stages, which the scheduler must time-slice: the blob
+//!   digest plus decompression and the extraction differ in cost, and the
+//!   DiffID hash fills the gap on either side.
 //!
 //! - inline, for one CPU: the extractor pulls, and each read decompresses
 //!   (and hashes) on demand, straight into the extractor's buffer for file
@@ -19,10 +25,12 @@
 //! twice.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 
 use crate::apply::{ApplyError, LayerStats, Rootfs};
@@ -81,7 +89,10 @@ pub enum LayerError {
     },
 }
 
+/// The size of the tar chunks the decoding thread hands over, and of the
+/// blob reads.
 const CHUNK: usize = 1 << 20;
+/// Chunks in flight between the decoding and the extracting thread.
 const DEPTH: usize = 4;
 
 /// What one pipeline stage sends the next.
@@ -125,96 +136,6 @@ fn fill(r: &mut impl Read, chunk: &mut Vec<u8>) -> io::Result<usize> {
     }
     chunk.truncate(filled);
     Ok(filled)
-}
-
-/// Stage 1: the raw blob, verified by size and digest as it is read (the
-/// verifying reader checks both at end of stream), in chunks.
-fn read_stage(mut raw: BlobReader, tx: SyncSender<Msg<Vec<u8>>>, back: Receiver<Vec<u8>>) {
-    let res = loop {
-        let mut chunk = back.try_recv().unwrap_or_default();
-        match fill(&mut raw, &mut chunk) {
-            Ok(0) => break Ok(()),
-            Ok(_) => {
-                if tx.send(Msg::Data(chunk)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => break Err(classify(e, false)),
-        }
-    };
-    let _ = tx.send(Msg::End(res));
-}
-
-/// The decoder's input: the reader stage's chunks, as a `BufRead` so the
-/// decompressors read them in place.
-struct ChunkInput {
-    rx: Receiver<Msg<Vec<u8>>>,
-    back: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-    end: Option<Result<(), StreamError>>,
-}
-
-impl ChunkInput {
-    fn next(&mut self) -> io::Result<bool> {
-        while self.pos >= self.cur.len() {
-            if let Some(end) = &self.end {
-                return match end {
-                    Ok(()) => Ok(false),
-                    // The typed error stays in `end` for the decoder stage.
-                    Err(_) => Err(io::Error::other("blob read failed")),
-                };
-            }
-            match self.rx.recv() {
-                Ok(Msg::Data(chunk)) => {
-                    let spent = std::mem::replace(&mut self.cur, chunk);
-                    self.pos = 0;
-                    let _ = self.back.try_send(spent);
-                }
-                Ok(Msg::End(res)) => self.end = Some(res),
-                Err(_) => self.end = Some(Err(stage_gone())),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Reads to the end: the reader stage then has checked size and
-    /// digest. Returns its verdict.
-    fn drain_chunks(&mut self) -> Result<(), StreamError> {
-        self.pos = self.cur.len();
-        while self.end.is_none() {
-            match self.rx.recv() {
-                Ok(Msg::Data(chunk)) => {
-                    let _ = self.back.try_send(chunk);
-                }
-                Ok(Msg::End(res)) => self.end = Some(res),
-                Err(_) => self.end = Some(Err(stage_gone())),
-            }
-        }
-        self.end.take().unwrap_or(Ok(()))
-    }
-}
-
-impl Read for ChunkInput {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for ChunkInput {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if !self.next()? {
-            return Ok(&[]);
-        }
-        Ok(&self.cur[self.pos..])
-    }
-    fn consume(&mut self, amt: usize) {
-        self.pos = (self.pos + amt).min(self.cur.len());
-    }
 }
 
 /// How the stages of [`unpack_layer_with`] run.
@@ -273,31 +194,21 @@ pub struct LayerOptions {
     pub diff_id: DiffIdCheck,
 }
 
-/// A stage's input that can be read to its end, returning the verdict of
-/// the blob's size and digest checks.
-trait Source: BufRead {
-    fn drain(&mut self) -> Result<(), StreamError>;
-}
+/// The raw blob, buffered; it checks its size and digest at its end.
+type Blob = io::BufReader<BlobReader>;
 
-impl Source for ChunkInput {
-    fn drain(&mut self) -> Result<(), StreamError> {
-        self.drain_chunks()
-    }
-}
-
-/// The raw blob, read in the calling thread ([`Execution::Inline`]).
-impl Source for io::BufReader<BlobReader> {
-    fn drain(&mut self) -> Result<(), StreamError> {
-        loop {
-            match self.fill_buf() {
-                Ok([]) => return Ok(()),
-                Ok(buf) => {
-                    let n = buf.len();
-                    self.consume(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(classify(e, false)),
+/// Reads the blob to its end, so its size and digest are checked, and
+/// returns the verdict.
+fn drain(blob: &mut Blob) -> Result<(), StreamError> {
+    loop {
+        match blob.fill_buf() {
+            Ok([]) => return Ok(()),
+            Ok(buf) => {
+                let n = buf.len();
+                blob.consume(n);
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(classify(e, false)),
         }
     }
 }
@@ -305,19 +216,22 @@ impl Source for io::BufReader<BlobReader> {
 /// The decompressor of a layer stream, which can give its input back.
 /// One lives per layer, so the size of the gzip state does not matter.
 #[allow(clippy::large_enum_variant)]
-enum Decoder<I: BufRead> {
-    Plain(I),
-    Gzip(flate2::bufread::MultiGzDecoder<I>),
-    Zstd(zstd::stream::read::Decoder<'static, I>),
+enum Decoder {
+    Plain(Blob),
+    Gzip(flate2::bufread::MultiGzDecoder<Blob>),
+    Zstd(zstd::stream::read::Decoder<'static, Blob>),
 }
 
-impl<I: Source> Decoder<I> {
+impl Decoder {
     /// Picks the decompressor (sniffing the magic number if asked to).
-    fn new(mut input: I, compression: Compression) -> Result<Self, StreamError> {
+    fn new(mut input: Blob, compression: Compression) -> Result<Self, StreamError> {
         let compression = match compression {
             Compression::Sniff => match input.fill_buf() {
                 Ok(head) => sniff(head),
-                Err(_) => return Err(input.drain().err().unwrap_or_else(stage_gone)),
+                Err(e) => {
+                    let err = classify(e, false);
+                    return Err(drain(&mut input).err().unwrap_or(err));
+                }
             },
             c => c,
         };
@@ -336,7 +250,7 @@ impl<I: Source> Decoder<I> {
         !matches!(self, Decoder::Plain(_))
     }
 
-    fn into_inner(self) -> I {
+    fn into_inner(self) -> Blob {
         match self {
             Decoder::Plain(r) => r,
             Decoder::Gzip(d) => d.into_inner(),
@@ -351,7 +265,7 @@ impl<I: Source> Decoder<I> {
     /// surfaces as a decoder error; the digest error is the more precise.
     fn end(self, res: io::Result<()>) -> Result<(), StreamError> {
         let decoding = self.decoding();
-        let drained = self.into_inner().drain();
+        let drained = drain(&mut self.into_inner());
         match res {
             Ok(()) => drained,
             Err(e) => Err(drained.err().unwrap_or_else(|| classify(e, decoding))),
@@ -359,7 +273,7 @@ impl<I: Source> Decoder<I> {
     }
 }
 
-impl<I: BufRead> Read for Decoder<I> {
+impl Read for Decoder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decoder::Plain(r) => r.read(buf),
@@ -440,7 +354,7 @@ const INLINE_BUF: usize = 256 << 10;
 /// hashed on demand, as the extractor reads.
 struct Inline {
     /// `None` once the stream ended.
-    decoder: Option<Decoder<io::BufReader<BlobReader>>>,
+    decoder: Option<Decoder>,
     hasher: Option<Hasher>,
     buf: Vec<u8>,
     pos: usize,
@@ -556,51 +470,13 @@ fn run_inline(raw: BlobReader, compression: Compression, hash: bool, rootfs: &Ro
     (applied, stream.finish())
 }
 
-/// Stage 2 of [`Execution::Threaded`]: decompression. Sends each tar
-/// chunk to the hasher (if any) and the extractor.
-fn decode_stage(
-    input: ChunkInput,
-    compression: Compression,
-    to_hash: Option<SyncSender<Arc<Vec<u8>>>>,
-    to_apply: SyncSender<Msg<Arc<Vec<u8>>>>,
-    recycled: Receiver<Vec<u8>>,
-) {
-    let res = decode(input, compression, to_hash.as_ref(), &to_apply, &recycled);
-    // Dropping `to_hash` ends the hasher; the extractor gets the verdict.
-    drop(to_hash);
-    let _ = to_apply.send(Msg::End(res));
-}
-
-fn decode(
-    input: ChunkInput,
-    compression: Compression,
-    to_hash: Option<&SyncSender<Arc<Vec<u8>>>>,
-    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
-    recycled: &Receiver<Vec<u8>>,
-) -> Result<(), StreamError> {
-    let mut decoder = Decoder::new(input, compression)?;
-    loop {
-        let mut chunk = recycled.try_recv().unwrap_or_default();
-        match fill(&mut decoder, &mut chunk) {
-            Ok(0) => return decoder.end(Ok(())),
-            Ok(_) => {
-                let chunk = Arc::new(chunk);
-                if to_hash.is_some_and(|h| h.send(chunk.clone()).is_err())
-                    || to_apply.send(Msg::Data(chunk)).is_err()
-                {
-                    return Err(stage_gone());
-                }
-            }
-            Err(e) => return decoder.end(Err(e)),
-        }
-    }
-}
-
 /// The extractor's input in [`Execution::Threaded`]: the decoder's tar
 /// chunks.
 struct ChannelReader {
     rx: Receiver<Msg<Arc<Vec<u8>>>>,
     back: SyncSender<Vec<u8>>,
+    /// The DiffID hash, worked on while waiting for the decoder.
+    share: Option<Arc<HashShare>>,
     cur: Arc<Vec<u8>>,
     pos: usize,
     end: Option<Result<(), StreamError>>,
@@ -622,7 +498,7 @@ impl Read for ChannelReader {
                 Some(Ok(())) => return Ok(self.tail.read(buf)),
                 None => {}
             }
-            match self.rx.recv() {
+            match self.next_msg() {
                 Ok(Msg::Data(chunk)) => {
                     let spent = std::mem::replace(&mut self.cur, chunk);
                     give_back(spent, &self.back);
@@ -636,13 +512,31 @@ impl Read for ChannelReader {
 }
 
 impl ChannelReader {
+    /// The next message; while none is there, hashes pending chunks.
+    fn next_msg(&mut self) -> Result<Msg<Arc<Vec<u8>>>, std::sync::mpsc::RecvError> {
+        if let Some(share) = &self.share {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(m) => return Ok(m),
+                    Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
+                    Err(TryRecvError::Empty) => {
+                        if !share.work(&self.back) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.rx.recv()
+    }
+
     /// Reads to the end of the stream (bytes after the tar's end-of-archive
     /// marker count toward the DiffID, as in umoci) and returns the verdict
     /// of the earlier stages.
     fn finish(&mut self) -> Result<(), StreamError> {
         self.pos = self.cur.len();
         while self.end.is_none() {
-            match self.rx.recv() {
+            match self.next_msg() {
                 Ok(Msg::Data(chunk)) => {
                     if chunk.iter().any(|b| *b != 0) {
                         log::debug!("ignoring trailing bytes after the end of a layer tar");
@@ -672,47 +566,180 @@ fn spawn<T: Send + 'static>(
     thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// Runs reading, decompressing and hashing in threads, extraction here.
+/// The DiffID hash of [`Execution::Threaded`], shared by the decoding and
+/// the extracting thread: chunks queue up in order, and whichever thread
+/// would otherwise wait (the decoder for room, the extractor for data)
+/// hashes the oldest one. Two threads then keep two cores busy however the
+/// work splits, without a third thread competing for them.
+struct HashShare {
+    state: Mutex<HashState>,
+    /// Signalled when a chunk was hashed.
+    hashed: Condvar,
+}
+
+struct HashState {
+    /// `None` while a thread hashes.
+    hasher: Option<Hasher>,
+    pending: VecDeque<Arc<Vec<u8>>>,
+}
+
+/// Chunks waiting for the hash, at most, before the decoder stops to hash.
+const MAX_PENDING: usize = 2 * DEPTH;
+
+impl HashShare {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(HashState {
+                hasher: Some(Hasher::default()),
+                pending: VecDeque::new(),
+            }),
+            hashed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashState> {
+        // A panic while hashing leaves `hasher` None: the DiffID is then
+        // missing and the layer refused, never wrong.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, chunk: Arc<Vec<u8>>) {
+        self.lock().pending.push_back(chunk);
+    }
+
+    /// Hashes the oldest pending chunk unless another thread is hashing or
+    /// nothing is pending; returns whether it did.
+    fn work(&self, back: &SyncSender<Vec<u8>>) -> bool {
+        let (mut hasher, chunk) = {
+            let mut st = self.lock();
+            if st.hasher.is_none() {
+                return false;
+            }
+            let Some(chunk) = st.pending.pop_front() else {
+                return false;
+            };
+            match st.hasher.take() {
+                Some(h) => (h, chunk),
+                None => return false,
+            }
+        };
+        hasher.update(&chunk);
+        give_back(chunk, back);
+        self.lock().hasher = Some(hasher);
+        self.hashed.notify_all();
+        true
+    }
+
+    /// Keeps the queue bounded: hashes (or waits for the other thread to)
+    /// until fewer than [`MAX_PENDING`] chunks wait.
+    fn bound(&self, back: &SyncSender<Vec<u8>>) {
+        loop {
+            {
+                let st = self.lock();
+                if st.pending.len() < MAX_PENDING {
+                    return;
+                }
+                if st.hasher.is_none() {
+                    // The other thread hashes; it signals when done.
+                    drop(self.hashed.wait(st).unwrap_or_else(|e| e.into_inner()));
+                    continue;
+                }
+            }
+            self.work(back);
+        }
+    }
+
+    /// Hashes whatever is pending; once the decoder thread has ended.
+    fn finish(&self, back: &SyncSender<Vec<u8>>) -> Option<Sha256Digest> {
+        while self.work(back) {}
+        let mut st = self.lock();
+        if !st.pending.is_empty() {
+            return None;
+        }
+        st.hasher.take().map(Hasher::finish)
+    }
+}
+
+/// The decoding thread of [`run_threaded`]: reads, verifies and decompresses
+/// the blob, queues each tar chunk for the hash and sends it to the
+/// extractor, hashing while the extractor is behind.
+fn decode_stage(
+    input: Blob,
+    compression: Compression,
+    share: Option<&HashShare>,
+    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
+    recycled: &Receiver<Vec<u8>>,
+    back: &SyncSender<Vec<u8>>,
+) -> Result<(), StreamError> {
+    let mut decoder = Decoder::new(input, compression)?;
+    loop {
+        if let Some(share) = share {
+            share.bound(back);
+        }
+        let mut chunk = recycled.try_recv().unwrap_or_default();
+        match fill(&mut decoder, &mut chunk) {
+            Ok(0) => return decoder.end(Ok(())),
+            Ok(_) => {
+                let chunk = Arc::new(chunk);
+                if let Some(share) = share {
+                    share.push(chunk.clone());
+                }
+                let mut msg = Msg::Data(chunk);
+                loop {
+                    match to_apply.try_send(msg) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(m)) => {
+                            if share.is_some_and(|s| s.work(back)) {
+                                msg = m;
+                                continue;
+                            }
+                            if to_apply.send(m).is_err() {
+                                return Err(stage_gone());
+                            }
+                            break;
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Err(stage_gone()),
+                    }
+                }
+            }
+            Err(e) => return decoder.end(Err(e)),
+        }
+    }
+}
+
+/// Two threads: reading, verifying and decompressing in one, extraction in
+/// the calling thread, the DiffID hash shared between them.
 fn run_threaded(
     raw: BlobReader,
     compression: Compression,
     hash: bool,
     rootfs: &Rootfs,
 ) -> io::Result<Outcome> {
-    let (raw_tx, raw_rx) = sync_channel(DEPTH);
-    let (back_tx, back_rx) = sync_channel(DEPTH + 2);
-    let reader = spawn("layer-read", move || read_stage(raw, raw_tx, back_rx))?;
-    let input = ChunkInput {
-        rx: raw_rx,
-        back: back_tx,
-        cur: Vec::new(),
-        pos: 0,
-        end: None,
-    };
-    let (recycle_tx, recycle_rx) = sync_channel(2 * DEPTH + 2);
-    let (hash_tx, hasher) = if hash {
-        let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
-        let hash_back = recycle_tx.clone();
-        let hasher = spawn("layer-hash", move || {
-            let mut h = Hasher::default();
-            for chunk in hash_rx {
-                h.update(&chunk);
-                give_back(chunk, &hash_back);
-            }
-            h.finish()
-        })?;
-        (Some(hash_tx), Some(hasher))
-    } else {
-        (None, None)
-    };
+    let (recycle_tx, recycle_rx) = sync_channel(2 * DEPTH + MAX_PENDING + 2);
+    let share = hash.then(|| Arc::new(HashShare::new()));
     let (tx, rx) = sync_channel(DEPTH);
+    let dec_share = share.clone();
+    let dec_back = recycle_tx.clone();
     let decoder = spawn("layer-decode", move || {
-        decode_stage(input, compression, hash_tx, tx, recycle_rx)
+        let input = io::BufReader::with_capacity(CHUNK, raw);
+        let res = decode_stage(
+            input,
+            compression,
+            dec_share.as_deref(),
+            &tx,
+            &recycle_rx,
+            &dec_back,
+        );
+        let _ = tx.send(Msg::End(res));
+        // Nothing left to decode: help with the hash until it is done.
+        if let Some(share) = dec_share.as_deref() {
+            while share.work(&dec_back) {}
+        }
     })?;
-
     let mut stream = ChannelReader {
         rx,
         back: recycle_tx,
+        share: share.clone(),
         cur: Arc::new(Vec::new()),
         pos: 0,
         end: None,
@@ -725,14 +752,13 @@ fn run_threaded(
     // before the decompressor or the digest notices, and the stream's
     // verdict then explains the failure better than the tar error.
     let end = stream.finish();
-    drop(stream);
+    // Once the decoding thread is gone, no one else holds the hash.
     let _ = decoder.join();
-    let _ = reader.join();
-    let diff_id = match hasher.map(|h| h.join()) {
+    let diff_id = match &share {
         None => Ok(None),
-        Some(Ok(d)) => Ok(Some(d)),
-        Some(Err(_)) => Err(stage_gone()),
+        Some(share) => share.finish(&stream.back).map(Some).ok_or_else(stage_gone),
     };
+    drop(stream);
     Ok((applied, end.and(diff_id)))
 }
 
@@ -811,6 +837,37 @@ pub fn unpack_layer_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared DiffID hash sees every chunk once, in order, whichever
+    /// thread hashes it, with the queue kept bounded.
+    #[test]
+    fn shared_hash_in_order() {
+        let chunks: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| (0..(i * 37 % 5000 + 1)).map(|j| (i ^ j) as u8).collect())
+            .collect();
+        let mut want = Hasher::default();
+        chunks.iter().for_each(|c| want.update(c));
+        let share = Arc::new(HashShare::new());
+        let (back, _recycled) = sync_channel(4);
+        let producer = {
+            let (share, back, chunks) = (share.clone(), back.clone(), chunks.clone());
+            thread::spawn(move || {
+                for (i, c) in chunks.into_iter().enumerate() {
+                    share.bound(&back);
+                    assert!(share.lock().pending.len() < MAX_PENDING);
+                    share.push(Arc::new(c));
+                    if i % 3 == 0 {
+                        share.work(&back);
+                    }
+                }
+            })
+        };
+        while !producer.is_finished() {
+            share.work(&back);
+        }
+        producer.join().unwrap();
+        assert_eq!(share.finish(&back), Some(want.finish()));
+    }
 
     #[test]
     fn sniff_table() {

@@ -382,10 +382,11 @@ impl Rootfs {
         }
 
         let header = entry.header();
+        // The path is only formatted when a field is bad.
         let field = |field: &'static str| {
-            let path = show(&path);
+            let path = &path;
             move |source| ApplyError::BadHeader {
-                path: path.clone(),
+                path: show(path),
                 field,
                 source,
             }
@@ -928,7 +929,9 @@ fn remove_tree(
 fn mark_upper(upper: &mut HashSet<Vec<u8>>, path: &[u8]) {
     let mut p = path;
     loop {
-        if !upper.insert(p.to_vec()) {
+        // Ancestors come first in a tar: usually already there, and a
+        // lookup costs no allocation.
+        if upper.contains(p) || !upper.insert(p.to_vec()) {
             return;
         }
         match p.iter().rposition(|b| *b == b'/') {

@@ -194,22 +194,175 @@ pub struct LayerOptions {
     pub diff_id: DiffIdCheck,
 }
 
-/// The raw blob, buffered; it checks its size and digest at its end.
-type Blob = io::BufReader<BlobReader>;
+/// Where the blob's sha256 is computed.
+enum BlobHash {
+    /// The blob has no digest to check (legacy docker-archive layers).
+    None,
+    /// Here, as the blob is read; checked at its end.
+    Inline(Hasher),
+    /// By whichever thread is free ([`HashShare`]); checked once both
+    /// threads are done.
+    Shared(Arc<HashShare>, Receiver<Vec<u8>>),
+}
 
-/// Reads the blob to its end, so its size and digest are checked, and
-/// returns the verdict.
-fn drain(blob: &mut Blob) -> Result<(), StreamError> {
-    loop {
-        match blob.fill_buf() {
-            Ok([]) => return Ok(()),
-            Ok(buf) => {
-                let n = buf.len();
-                blob.consume(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(classify(e, false)),
+/// The two hashes a [`HashShare`] computes.
+const BLOB: usize = 0;
+const TAR: usize = 1;
+
+/// The raw blob, read in chunks, checked against its descriptor: never
+/// more than `size` + 1 bytes are read, and at its end the size is checked
+/// (and the digest, when hashed inline). A failure is an `io::Error` that
+/// carries the [`DigestError`], so the decoder passes it on.
+struct RawInput {
+    raw: BlobReader,
+    /// The descriptor's digest and size, when the format has them.
+    expect: Option<(Sha256Digest, u64)>,
+    count: u64,
+    cur: Arc<Vec<u8>>,
+    pos: usize,
+    done: bool,
+    hash: BlobHash,
+}
+
+impl RawInput {
+    fn new(raw: BlobReader, expect: Option<(Sha256Digest, u64)>, hash: BlobHash) -> Self {
+        Self {
+            raw,
+            hash: if expect.is_some() {
+                hash
+            } else {
+                BlobHash::None
+            },
+            expect,
+            count: 0,
+            cur: Arc::new(Vec::new()),
+            pos: 0,
+            done: false,
         }
+    }
+
+    fn fail(err: DigestError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, err)
+    }
+
+    /// Reads the next chunk of the blob (empty at its end).
+    fn refill(&mut self) -> io::Result<()> {
+        let mut buf = match Arc::get_mut(&mut self.cur) {
+            Some(v) => std::mem::take(v),
+            None => match &self.hash {
+                BlobHash::Shared(_, recycled) => recycled.try_recv().unwrap_or_default(),
+                _ => Vec::new(),
+            },
+        };
+        // One byte past the declared size at most, to notice an oversized
+        // blob without trusting the descriptor for allocation.
+        let limit = match &self.expect {
+            Some((_, size)) => {
+                let left = size.saturating_sub(self.count).saturating_add(1);
+                CHUNK.min(usize::try_from(left).unwrap_or(CHUNK))
+            }
+            None => CHUNK,
+        };
+        buf.resize(limit, 0);
+        let mut filled = 0;
+        while filled < limit {
+            match self.raw.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        self.count += filled as u64;
+        // The spent chunk is consumed; on an error nothing more is served.
+        self.pos = self.cur.len();
+        if let Some((digest, size)) = &self.expect {
+            if self.count > *size {
+                self.done = true;
+                return Err(Self::fail(DigestError::TooLarge {
+                    digest: digest.to_string(),
+                    expected: *size,
+                }));
+            }
+            if filled == 0 && self.count != *size {
+                self.done = true;
+                return Err(Self::fail(DigestError::Truncated {
+                    digest: digest.to_string(),
+                    expected: *size,
+                    actual: self.count,
+                }));
+            }
+        }
+        match &mut self.hash {
+            BlobHash::None => {}
+            BlobHash::Inline(h) => h.update(&buf),
+            BlobHash::Shared(share, _) => {
+                if filled > 0 {
+                    share.bound(BLOB);
+                }
+            }
+        }
+        let spent = std::mem::replace(&mut self.cur, Arc::new(buf));
+        self.pos = 0;
+        if let BlobHash::Shared(share, _) = &self.hash {
+            give_back(spent, &share.backs[BLOB]);
+        }
+        if filled > 0 {
+            if let BlobHash::Shared(share, _) = &self.hash {
+                share.push(BLOB, self.cur.clone());
+            }
+            return Ok(());
+        }
+        self.done = true;
+        if let (BlobHash::Inline(h), Some((digest, _))) = (&mut self.hash, &self.expect) {
+            let actual = std::mem::take(h).finish();
+            if actual != *digest {
+                return Err(Self::fail(DigestError::Mismatch {
+                    digest: digest.to_string(),
+                    actual: actual.to_string(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the blob to its end, so its size (and inline digest) are
+    /// checked, and returns the verdict.
+    fn drain(&mut self) -> Result<(), StreamError> {
+        loop {
+            match self.fill_buf() {
+                Ok([]) => return Ok(()),
+                Ok(buf) => {
+                    let n = buf.len();
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e, false)),
+            }
+        }
+    }
+}
+
+impl Read for RawInput {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for RawInput {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos >= self.cur.len() && !self.done {
+            self.refill()?;
+        }
+        Ok(&self.cur[self.pos.min(self.cur.len())..])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.cur.len());
     }
 }
 
@@ -217,20 +370,20 @@ fn drain(blob: &mut Blob) -> Result<(), StreamError> {
 /// One lives per layer, so the size of the gzip state does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Decoder {
-    Plain(Blob),
-    Gzip(flate2::bufread::MultiGzDecoder<Blob>),
-    Zstd(zstd::stream::read::Decoder<'static, Blob>),
+    Plain(RawInput),
+    Gzip(flate2::bufread::MultiGzDecoder<RawInput>),
+    Zstd(zstd::stream::read::Decoder<'static, RawInput>),
 }
 
 impl Decoder {
     /// Picks the decompressor (sniffing the magic number if asked to).
-    fn new(mut input: Blob, compression: Compression) -> Result<Self, StreamError> {
+    fn new(mut input: RawInput, compression: Compression) -> Result<Self, StreamError> {
         let compression = match compression {
             Compression::Sniff => match input.fill_buf() {
                 Ok(head) => sniff(head),
                 Err(e) => {
                     let err = classify(e, false);
-                    return Err(drain(&mut input).err().unwrap_or(err));
+                    return Err(input.drain().err().unwrap_or(err));
                 }
             },
             c => c,
@@ -250,7 +403,7 @@ impl Decoder {
         !matches!(self, Decoder::Plain(_))
     }
 
-    fn into_inner(self) -> Blob {
+    fn into_inner(self) -> RawInput {
         match self {
             Decoder::Plain(r) => r,
             Decoder::Gzip(d) => d.into_inner(),
@@ -265,7 +418,7 @@ impl Decoder {
     /// surfaces as a decoder error; the digest error is the more precise.
     fn end(self, res: io::Result<()>) -> Result<(), StreamError> {
         let decoding = self.decoding();
-        let drained = drain(&mut self.into_inner());
+        let drained = self.into_inner().drain();
         match res {
             Ok(()) => drained,
             Err(e) => Err(drained.err().unwrap_or_else(|| classify(e, decoding))),
@@ -450,8 +603,14 @@ type Outcome = (
 );
 
 /// Runs every stage in the calling thread.
-fn run_inline(raw: BlobReader, compression: Compression, hash: bool, rootfs: &Rootfs) -> Outcome {
-    let input = io::BufReader::with_capacity(CHUNK, raw);
+fn run_inline(
+    raw: BlobReader,
+    expect: Option<(Sha256Digest, u64)>,
+    compression: Compression,
+    hash: bool,
+    rootfs: &Rootfs,
+) -> Outcome {
+    let input = RawInput::new(raw, expect, BlobHash::Inline(Hasher::default()));
     let (decoder, end) = match Decoder::new(input, compression) {
         Ok(d) => (Some(d), None),
         Err(e) => (None, Some(Err(e))),
@@ -475,8 +634,8 @@ fn run_inline(raw: BlobReader, compression: Compression, hash: bool, rootfs: &Ro
 struct ChannelReader {
     rx: Receiver<Msg<Arc<Vec<u8>>>>,
     back: SyncSender<Vec<u8>>,
-    /// The DiffID hash, worked on while waiting for the decoder.
-    share: Option<Arc<HashShare>>,
+    /// The hashes, worked on while waiting for the decoder.
+    share: Arc<HashShare>,
     cur: Arc<Vec<u8>>,
     pos: usize,
     end: Option<Result<(), StreamError>>,
@@ -514,15 +673,13 @@ impl Read for ChannelReader {
 impl ChannelReader {
     /// The next message; while none is there, hashes pending chunks.
     fn next_msg(&mut self) -> Result<Msg<Arc<Vec<u8>>>, std::sync::mpsc::RecvError> {
-        if let Some(share) = &self.share {
-            loop {
-                match self.rx.try_recv() {
-                    Ok(m) => return Ok(m),
-                    Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
-                    Err(TryRecvError::Empty) => {
-                        if !share.work(&self.back) {
-                            break;
-                        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => return Ok(m),
+                Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
+                Err(TryRecvError::Empty) => {
+                    if !self.share.work() {
+                        break;
                     }
                 }
             }
@@ -566,130 +723,144 @@ fn spawn<T: Send + 'static>(
     thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// The DiffID hash of [`Execution::Threaded`], shared by the decoding and
-/// the extracting thread: chunks queue up in order, and whichever thread
-/// would otherwise wait (the decoder for room, the extractor for data)
-/// hashes the oldest one. Two threads then keep two cores busy however the
-/// work splits, without a third thread competing for them.
+/// The hashes of [`Execution::Threaded`] (the blob's sha256 and the
+/// DiffID), shared by the decoding and the extracting thread: chunks of
+/// each queue up in order, and whichever thread would otherwise wait (the
+/// decoder for room, the extractor for data) hashes the oldest one. Two
+/// threads then keep two cores busy however the work splits, without a
+/// third thread competing for them.
 struct HashShare {
-    state: Mutex<HashState>,
+    lanes: Mutex<[Lane; 2]>,
     /// Signalled when a chunk was hashed.
     hashed: Condvar,
+    /// Where hashed chunks go back to, per lane, to be reused.
+    backs: [SyncSender<Vec<u8>>; 2],
 }
 
-struct HashState {
+struct Lane {
     /// `None` while a thread hashes.
     hasher: Option<Hasher>,
     pending: VecDeque<Arc<Vec<u8>>>,
 }
 
-/// Chunks waiting for the hash, at most, before the decoder stops to hash.
+/// Chunks waiting for a hash, at most, before the decoder stops to hash.
 const MAX_PENDING: usize = 2 * DEPTH;
 
 impl HashShare {
-    fn new() -> Self {
+    fn new(backs: [SyncSender<Vec<u8>>; 2]) -> Self {
+        let lane = || Lane {
+            hasher: Some(Hasher::default()),
+            pending: VecDeque::new(),
+        };
         Self {
-            state: Mutex::new(HashState {
-                hasher: Some(Hasher::default()),
-                pending: VecDeque::new(),
-            }),
+            lanes: Mutex::new([lane(), lane()]),
             hashed: Condvar::new(),
+            backs,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashState> {
-        // A panic while hashing leaves `hasher` None: the DiffID is then
-        // missing and the layer refused, never wrong.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Lane; 2]> {
+        // A panic while hashing leaves the hasher `None`: that digest is
+        // then missing and the layer refused, never wrong.
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, chunk: Arc<Vec<u8>>) {
-        self.lock().pending.push_back(chunk);
+    fn push(&self, lane: usize, chunk: Arc<Vec<u8>>) {
+        self.lock()[lane].pending.push_back(chunk);
     }
 
-    /// Hashes the oldest pending chunk unless another thread is hashing or
-    /// nothing is pending; returns whether it did.
-    fn work(&self, back: &SyncSender<Vec<u8>>) -> bool {
-        let (mut hasher, chunk) = {
-            let mut st = self.lock();
-            if st.hasher.is_none() {
-                return false;
-            }
-            let Some(chunk) = st.pending.pop_front() else {
+    /// Hashes the oldest pending chunk of `lane` (of any lane if `None`)
+    /// unless another thread holds that hash or nothing is pending;
+    /// returns whether it did.
+    fn work_on(&self, lane: Option<usize>) -> bool {
+        let (i, mut hasher, chunk) = {
+            let mut lanes = self.lock();
+            let ready = |l: &Lane| l.hasher.is_some() && !l.pending.is_empty();
+            let Some(i) = (0..2).find(|i| lane.is_none_or(|l| l == *i) && ready(&lanes[*i])) else {
                 return false;
             };
-            match st.hasher.take() {
-                Some(h) => (h, chunk),
-                None => return false,
+            let l = &mut lanes[i];
+            match (l.hasher.take(), l.pending.pop_front()) {
+                (Some(h), Some(c)) => (i, h, c),
+                (h, _) => {
+                    l.hasher = h;
+                    return false;
+                }
             }
         };
         hasher.update(&chunk);
-        give_back(chunk, back);
-        self.lock().hasher = Some(hasher);
+        give_back(chunk, &self.backs[i]);
+        self.lock()[i].hasher = Some(hasher);
         self.hashed.notify_all();
         true
     }
 
-    /// Keeps the queue bounded: hashes (or waits for the other thread to)
-    /// until fewer than [`MAX_PENDING`] chunks wait.
-    fn bound(&self, back: &SyncSender<Vec<u8>>) {
+    fn work(&self) -> bool {
+        self.work_on(None)
+    }
+
+    /// Keeps `lane`'s queue bounded: hashes (or waits for the other thread
+    /// to) until fewer than [`MAX_PENDING`] chunks wait.
+    fn bound(&self, lane: usize) {
         loop {
             {
-                let st = self.lock();
-                if st.pending.len() < MAX_PENDING {
+                let lanes = self.lock();
+                if lanes[lane].pending.len() < MAX_PENDING {
                     return;
                 }
-                if st.hasher.is_none() {
+                if lanes[lane].hasher.is_none() {
                     // The other thread hashes; it signals when done.
-                    drop(self.hashed.wait(st).unwrap_or_else(|e| e.into_inner()));
+                    drop(self.hashed.wait(lanes).unwrap_or_else(|e| e.into_inner()));
                     continue;
                 }
             }
-            self.work(back);
+            self.work_on(Some(lane));
         }
     }
 
-    /// Hashes whatever is pending; once the decoder thread has ended.
-    fn finish(&self, back: &SyncSender<Vec<u8>>) -> Option<Sha256Digest> {
-        while self.work(back) {}
-        let mut st = self.lock();
-        if !st.pending.is_empty() {
+    /// Hashes whatever is pending in `lane` and returns its digest; once
+    /// the decoder thread has ended.
+    fn finish(&self, lane: usize) -> Option<Sha256Digest> {
+        while self.work_on(Some(lane)) {}
+        let mut lanes = self.lock();
+        if !lanes[lane].pending.is_empty() {
             return None;
         }
-        st.hasher.take().map(Hasher::finish)
+        lanes[lane].hasher.take().map(Hasher::finish)
     }
 }
 
-/// The decoding thread of [`run_threaded`]: reads, verifies and decompresses
-/// the blob, queues each tar chunk for the hash and sends it to the
-/// extractor, hashing while the extractor is behind.
+/// The decoding thread of [`run_threaded`]: reads the blob (its chunks
+/// queued for the blob hash), decompresses it, queues each tar chunk for
+/// the DiffID hash and sends it to the extractor, hashing while the
+/// extractor is behind.
 fn decode_stage(
-    input: Blob,
+    input: RawInput,
     compression: Compression,
-    share: Option<&HashShare>,
+    share: &HashShare,
+    hash_tar: bool,
     to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
     recycled: &Receiver<Vec<u8>>,
-    back: &SyncSender<Vec<u8>>,
 ) -> Result<(), StreamError> {
     let mut decoder = Decoder::new(input, compression)?;
     loop {
-        if let Some(share) = share {
-            share.bound(back);
+        if hash_tar {
+            share.bound(TAR);
         }
         let mut chunk = recycled.try_recv().unwrap_or_default();
         match fill(&mut decoder, &mut chunk) {
             Ok(0) => return decoder.end(Ok(())),
             Ok(_) => {
                 let chunk = Arc::new(chunk);
-                if let Some(share) = share {
-                    share.push(chunk.clone());
+                if hash_tar {
+                    share.push(TAR, chunk.clone());
                 }
                 let mut msg = Msg::Data(chunk);
                 loop {
                     match to_apply.try_send(msg) {
                         Ok(()) => break,
                         Err(TrySendError::Full(m)) => {
-                            if share.is_some_and(|s| s.work(back)) {
+                            if share.work() {
                                 msg = m;
                                 continue;
                             }
@@ -707,38 +878,32 @@ fn decode_stage(
     }
 }
 
-/// Two threads: reading, verifying and decompressing in one, extraction in
-/// the calling thread, the DiffID hash shared between them.
+/// Two threads: reading and decompressing in one, extraction in the
+/// calling thread, the blob and DiffID hashes shared between them.
 fn run_threaded(
     raw: BlobReader,
+    expect: Option<(Sha256Digest, u64)>,
     compression: Compression,
-    hash: bool,
+    hash_tar: bool,
     rootfs: &Rootfs,
 ) -> io::Result<Outcome> {
-    let (recycle_tx, recycle_rx) = sync_channel(2 * DEPTH + MAX_PENDING + 2);
-    let share = hash.then(|| Arc::new(HashShare::new()));
+    let (tar_back, tar_recycled) = sync_channel(2 * DEPTH + MAX_PENDING + 2);
+    let (blob_back, blob_recycled) = sync_channel(MAX_PENDING + 2);
+    let share = Arc::new(HashShare::new([blob_back, tar_back.clone()]));
     let (tx, rx) = sync_channel(DEPTH);
     let dec_share = share.clone();
-    let dec_back = recycle_tx.clone();
+    let dec_expect = expect.clone();
     let decoder = spawn("layer-decode", move || {
-        let input = io::BufReader::with_capacity(CHUNK, raw);
-        let res = decode_stage(
-            input,
-            compression,
-            dec_share.as_deref(),
-            &tx,
-            &recycle_rx,
-            &dec_back,
-        );
+        let hash = BlobHash::Shared(dec_share.clone(), blob_recycled);
+        let input = RawInput::new(raw, dec_expect, hash);
+        let res = decode_stage(input, compression, &dec_share, hash_tar, &tx, &tar_recycled);
         let _ = tx.send(Msg::End(res));
-        // Nothing left to decode: help with the hash until it is done.
-        if let Some(share) = dec_share.as_deref() {
-            while share.work(&dec_back) {}
-        }
+        // Nothing left to decode: help with the hashes until they are done.
+        while dec_share.work() {}
     })?;
     let mut stream = ChannelReader {
         rx,
-        back: recycle_tx,
+        back: tar_back,
         share: share.clone(),
         cur: Arc::new(Vec::new()),
         pos: 0,
@@ -752,14 +917,30 @@ fn run_threaded(
     // before the decompressor or the digest notices, and the stream's
     // verdict then explains the failure better than the tar error.
     let end = stream.finish();
-    // Once the decoding thread is gone, no one else holds the hash.
-    let _ = decoder.join();
-    let diff_id = match &share {
-        None => Ok(None),
-        Some(share) => share.finish(&stream.back).map(Some).ok_or_else(stage_gone),
-    };
     drop(stream);
-    Ok((applied, end.and(diff_id)))
+    // Once the decoding thread is gone, no one else holds the hashes.
+    let _ = decoder.join();
+    let blob_check = match (&expect, share.finish(BLOB)) {
+        (None, _) => Ok(()),
+        (Some((want, _)), Some(actual)) if actual == *want => Ok(()),
+        (Some((want, _)), Some(actual)) => Err(StreamError::Digest(DigestError::Mismatch {
+            digest: want.to_string(),
+            actual: actual.to_string(),
+        })),
+        (Some(_), None) => Err(stage_gone()),
+    };
+    let diff_id = if hash_tar {
+        share.finish(TAR).map(Some).ok_or_else(stage_gone)
+    } else {
+        Ok(None)
+    };
+    // The same precedence as a blob verified while read (inline): size
+    // and read errors, then the digest, then the decompressor's error.
+    let verdict = match end {
+        Err(e @ (StreamError::Digest(_) | StreamError::Read(_))) => Err(e),
+        other => blob_check.and(other),
+    };
+    Ok((applied, verdict.and(diff_id)))
 }
 
 /// Unpacks one layer of `image` into `rootfs`, verifying the blob and its
@@ -784,16 +965,20 @@ pub fn unpack_layer_with(
         .digest
         .as_ref()
         .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string());
-    let raw = image.open_layer(layer)?;
+    // Verified here, as it is read: size and sha256.
+    let raw = image.open_layer_unverified(layer)?;
+    let expect = layer.digest.clone().map(|d| (d, layer.size));
     let compression = layer.compression;
     let hash = opts.diff_id == DiffIdCheck::Verify || layer.digest.is_none();
     let (applied, stream) = if opts.execution.inline() {
-        run_inline(raw, compression, hash, rootfs)
+        run_inline(raw, expect, compression, hash, rootfs)
     } else {
-        run_threaded(raw, compression, hash, rootfs).map_err(|source| LayerError::Thread {
-            image: image.name.clone(),
-            blob: blob.clone(),
-            source,
+        run_threaded(raw, expect, compression, hash, rootfs).map_err(|source| {
+            LayerError::Thread {
+                image: image.name.clone(),
+                blob: blob.clone(),
+                source,
+            }
         })?
     };
     // The stream's verdict first: it explains a tar error caused by a
@@ -847,26 +1032,34 @@ mod tests {
             .collect();
         let mut want = Hasher::default();
         chunks.iter().for_each(|c| want.update(c));
-        let share = Arc::new(HashShare::new());
+        let mut want_rev = Hasher::default();
+        chunks.iter().rev().for_each(|c| want_rev.update(c));
         let (back, _recycled) = sync_channel(4);
+        let share = Arc::new(HashShare::new([back.clone(), back]));
         let producer = {
-            let (share, back, chunks) = (share.clone(), back.clone(), chunks.clone());
+            let (share, chunks) = (share.clone(), chunks.clone());
             thread::spawn(move || {
                 for (i, c) in chunks.into_iter().enumerate() {
-                    share.bound(&back);
-                    assert!(share.lock().pending.len() < MAX_PENDING);
-                    share.push(Arc::new(c));
+                    let c = Arc::new(c);
+                    share.bound(TAR);
+                    share.bound(BLOB);
+                    assert!(share.lock().iter().all(|l| l.pending.len() < MAX_PENDING));
+                    share.push(TAR, c.clone());
+                    share.push(BLOB, c);
                     if i % 3 == 0 {
-                        share.work(&back);
+                        share.work();
                     }
                 }
             })
         };
         while !producer.is_finished() {
-            share.work(&back);
+            share.work();
         }
         producer.join().unwrap();
-        assert_eq!(share.finish(&back), Some(want.finish()));
+        let want = want.finish();
+        assert_ne!(want, want_rev.finish());
+        assert_eq!(share.finish(TAR), Some(want.clone()));
+        assert_eq!(share.finish(BLOB), Some(want));
     }
 
     #[test]

@@ -196,6 +196,9 @@ fn same_inputs_give_a_byte_identical_verifiable_initrd() {
     let embedded = fs::read_to_string(x.join("etc/berth/manifest.json")).unwrap();
     assert!(!embedded.contains("\"images\""), "{embedded}");
     assert!(embedded.contains("virtio_net"), "{embedded}");
+    // Image units: berth-init shares each image through overlayfs.
+    assert!(embedded.contains("\"overlay\""), "{embedded}");
+    assert!(dep.contains("/overlayfs/overlay.ko:"), "{dep}");
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -233,8 +233,8 @@ fn main() {
             let run = start(&bin, &one, &extra);
             let begin = stamp_ms(&run.wait_for("berth: berth-init")).expect("stamp");
             if container {
-                // `... unpacked for service s0: 1.9 MiB in 12 ms (160 MB/s)`
-                let line = run.wait_for("unpacked for service s0");
+                // `... image busybox unpacked: 1.9 MiB in 12 ms (160 MB/s)`
+                let line = run.wait_for("image busybox unpacked: ");
                 let what = line
                     .rsplit_once(": ")
                     .map_or(line.clone(), |(_, r)| r.to_owned());

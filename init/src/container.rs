@@ -4,13 +4,20 @@
 //!
 //! Life of a container unit:
 //! - **boot** ([`ContainerLauncher::prepare`], once per unit and boot): the
-//!   unit's image is opened in the layout by its `ref.name`, every layer is
-//!   applied with its blob sha256 and its diff_id verified, into
-//!   `RUN/rootfs/<unit>` (RUN is `/run/berth` on tmpfs on a machine), and
-//!   the runtime spec is derived from the image config plus the manifest's
-//!   overrides ([`container_spec`]). A bundle's `config.json` is read as it
-//!   is. A failure is remembered: the unit fails at its first start with
-//!   that one-line error, without retries, and the other units run.
+//!   unit's image is opened in the layout by its `ref.name`. Each image is
+//!   unpacked once ([`unpack_images`]), every blob's sha256 verified (and
+//!   each diff_id, unless [`ContainerOptions::diff_id`] trusts them), into
+//!   `RUN/images/<config digest>` (RUN is `/run/berth` on tmpfs on a
+//!   machine); every unit then gets its own root `RUN/rootfs/<unit>/root`,
+//!   an overlayfs whose lower layer is that shared tree and whose upper
+//!   layer is the unit's own (`upper`, `work`), so one unpack serves all
+//!   units of an image and no unit sees another's writes. Without overlayfs
+//!   (`/proc/filesystems` does not list it) each unit unpacks its own copy
+//!   into `RUN/rootfs/<unit>` instead. The runtime spec is derived from the
+//!   image config plus the manifest's overrides ([`container_spec`]). A
+//!   bundle's `config.json` is read as it is. A failure is remembered: the
+//!   unit fails at its first start with that one-line error, without
+//!   retries, and the other units run.
 //! - **start** ([`Launcher::spawn`]): the runtime creates the container
 //!   (PID 1 clones its first process, a direct child) with the unit's
 //!   output pipes as stdout/stderr and `/dev/null` as stdin, then starts it.
@@ -19,7 +26,7 @@
 //!   cgroup is removed; its mounts died with its mount namespace), so a
 //!   restart creates it afresh.
 //!
-//! The rootfs is unpacked once per boot and reused by restarts: a
+//! A unit's root is made once per boot and reused by restarts: a
 //! container's writes to its root persist across restarts within a boot
 //! (as with `runc` and a bundle), and vanish at power-off with the tmpfs.
 //! A fresh copy per start would cost a full unpack (or a copy) per restart,
@@ -45,7 +52,8 @@ use std::time::Instant;
 use berth_bundles::apply::Rootfs;
 use berth_bundles::image::{Image, ImageRef, Platform};
 use berth_bundles::spec::{Overrides, runtime_spec};
-use berth_bundles::unpack::unpack_rootfs;
+use berth_bundles::unpack::unpack_rootfs_with;
+use berth_bundles::{DiffIdCheck, LayerOptions};
 use berth_runtime::cgroup::CgroupError;
 use berth_runtime::{Container, ContainerError, CreateOptions, Runtime, Stdio};
 use nix::sched::CloneFlags;
@@ -129,6 +137,17 @@ pub enum PrepareError {
     },
     #[error("capability {name:?} is unknown to the runtime")]
     Capability { name: String },
+    /// The shared unpack of the unit's image failed for an earlier unit.
+    #[error("{message}")]
+    Earlier { message: String },
+    #[error("mount overlay on {path}")]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("overlay option {path:?} holds one of ',' ':' '\\' (overlayfs cannot take it)")]
+    OverlayPath { path: PathBuf },
 }
 
 /// Names of the images in the OCI layout at `layout` (`ref.name` of each
@@ -164,6 +183,15 @@ pub struct ContainerOptions {
     pub data_dir: PathBuf,
     /// Top cgroup of every container (`/berth/<unit>`).
     pub cgroup_parent: String,
+    /// Whether each layer's diff_id is checked again while unpacking.
+    /// A machine trusts them ([`DiffIdCheck::TrustBlobDigest`]): its layout
+    /// was written by `berth-build`, which checked every diff_id when it
+    /// recompressed the layers, and each blob's sha256 (bound to the config
+    /// through the manifest) is still verified while it streams, which
+    /// fixes the decompressed bytes too. A second sha256 pass over the
+    /// uncompressed tar costs PID 1 more than the first in a VM without
+    /// SHA-NI. Layouts given with `--images` are verified in full.
+    pub diff_id: DiffIdCheck,
 }
 
 /// What [`ContainerLauncher::prepare`] did for a unit, for the timeline.
@@ -171,9 +199,40 @@ pub struct ContainerOptions {
 pub struct Prepared {
     /// `image NAME` or `bundle PATH`.
     pub what: String,
-    /// Bytes of file content written (0 for a bundle).
+    /// Bytes of file content unpacked for this unit (0 for a bundle, or for
+    /// an image an earlier unit unpacked: see `shared`).
     pub bytes: u64,
+    /// The image was already unpacked: this unit got an overlay on it.
+    pub shared: bool,
     pub seconds: f64,
+}
+
+/// How a container unit gets a root of its own from its image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Roots {
+    /// Not decided yet: decided at the first image unit, after the
+    /// machine's modules are loaded.
+    Undecided,
+    /// One unpack per image, an overlayfs per unit.
+    Overlay,
+    /// No overlayfs: one unpack per unit.
+    Unpack,
+}
+
+/// An image unpacked once, the lower layer of its units' overlays.
+struct SharedImage {
+    dir: PathBuf,
+    image: Image,
+    rootfs: Rootfs,
+}
+
+impl std::fmt::Debug for SharedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedImage")
+            .field("dir", &self.dir)
+            .field("image", &self.image.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A unit ready to create, or why it never can be.
@@ -181,6 +240,61 @@ pub struct Prepared {
 enum Plan {
     Ready { spec: Box<Spec>, rootfs: PathBuf },
     Failed(String),
+}
+
+/// Images unpacked by [`unpack_images`], for [`ContainerLauncher::adopt`].
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    images: BTreeMap<String, Result<SharedImage, String>>,
+    /// One per image unpacked (or failed), in order.
+    pub reports: Vec<UnpackReport>,
+}
+
+/// How the unpack of one image went, for the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnpackReport {
+    pub image: String,
+    /// Bytes of file content written and seconds taken, or the error.
+    pub result: Result<(u64, f64), String>,
+}
+
+/// Unpacks each image of `images` once (by config digest: two names of one
+/// image share one tree) into `RUN/images/<config digest>`. A failure is
+/// reported and kept; the units of that image fail with it when they would
+/// start.
+pub fn unpack_images(opts: &ContainerOptions, images: &[&str]) -> Unpacked {
+    let mut out = Unpacked::default();
+    for &image in images {
+        let started = Instant::now();
+        let img = match open_image(&opts.images, image) {
+            Ok(img) => img,
+            Err(e) => {
+                // The unit's own prepare opens it again and fails the same way.
+                out.reports.push(UnpackReport {
+                    image: image.to_owned(),
+                    result: Err(error_chain(&e)),
+                });
+                continue;
+            }
+        };
+        let key = img.config_digest.hex().to_owned();
+        if out.images.contains_key(&key) {
+            continue;
+        }
+        let result = unpack_shared(opts, image, img, &key);
+        out.reports.push(UnpackReport {
+            image: image.to_owned(),
+            result: match &result {
+                Ok((_, bytes)) => Ok((*bytes, started.elapsed().as_secs_f64())),
+                Err(e) => Err(error_chain(e)),
+            },
+        });
+        let entry = result
+            .map(|(shared, _)| shared)
+            .map_err(|e| error_chain(&e));
+        out.images.insert(key, entry);
+    }
+    out
 }
 
 /// Runs image and bundle units as containers, host units as processes.
@@ -195,6 +309,11 @@ pub struct ContainerLauncher {
     netns: BTreeMap<String, OwnedFd>,
     /// Whether a cgroup2 filesystem is mounted (for a cgroup per container).
     cgroup2: bool,
+    roots: Roots,
+    /// Images unpacked (or failed) so far, by config digest.
+    shared: BTreeMap<String, Result<SharedImage, String>>,
+    /// Overlay roots mounted, detached again at cleanup.
+    overlays: Vec<PathBuf>,
 }
 
 impl ContainerLauncher {
@@ -213,6 +332,9 @@ impl ContainerLauncher {
             plans: BTreeMap::new(),
             live: BTreeMap::new(),
             netns: BTreeMap::new(),
+            roots: Roots::Undecided,
+            shared: BTreeMap::new(),
+            overlays: Vec::new(),
         }
     }
 
@@ -231,7 +353,7 @@ impl ContainerLauncher {
                 .prepare_image(name, image, program)
                 .map(|(plan, bytes)| (plan, format!("image {image}"), bytes)),
             Source::Bundle(dir) => {
-                prepare_bundle(dir).map(|plan| (plan, format!("bundle {}", dir.display()), 0))
+                prepare_bundle(dir).map(|plan| (plan, format!("bundle {}", dir.display()), Some(0)))
             }
         };
         match result {
@@ -239,7 +361,8 @@ impl ContainerLauncher {
                 self.plans.insert(name.to_owned(), plan);
                 Ok(Some(Prepared {
                     what,
-                    bytes,
+                    bytes: bytes.unwrap_or(0),
+                    shared: bytes.is_none(),
                     seconds: started.elapsed().as_secs_f64(),
                 }))
             }
@@ -255,54 +378,73 @@ impl ContainerLauncher {
         }
     }
 
+    /// The unit's plan and the bytes unpacked for it (`None`: the image was
+    /// unpacked for an earlier unit and this one got an overlay on it).
     fn prepare_image(
-        &self,
+        &mut self,
         name: &str,
         image: &str,
         program: &Program,
-    ) -> Result<(Plan, u64), PrepareError> {
-        let reference = ImageRef::Oci {
-            path: self.opts.images.clone(),
-            tag: Some(image.to_owned()),
+    ) -> Result<(Plan, Option<u64>), PrepareError> {
+        let img = open_image(&self.opts.images, image)?;
+        if self.roots == Roots::Undecided {
+            self.roots = if overlay_available() {
+                Roots::Overlay
+            } else {
+                log::info!(
+                    "no overlayfs in this kernel: each container unit unpacks its own image copy"
+                );
+                Roots::Unpack
+            };
+        }
+        if self.roots == Roots::Unpack {
+            let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+            let result = self.fill_rootfs(name, image, &img, &dir, program);
+            if result.is_err() {
+                // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
+                let _ = fs::remove_dir_all(&dir);
+            }
+            return result.map(|(plan, bytes)| (plan, Some(bytes)));
+        }
+        let key = img.config_digest.hex().to_owned();
+        let mut unpacked = None;
+        if !self.shared.contains_key(&key) {
+            let result = unpack_shared(&self.opts, image, img, &key);
+            unpacked = Some(result.as_ref().map_or(0, |(_, bytes)| *bytes));
+            let entry = result
+                .map(|(shared, _)| shared)
+                .map_err(|e| error_chain(&e));
+            self.shared.insert(key.clone(), entry);
+        }
+        let shared = match self.shared.get(&key) {
+            Some(Ok(shared)) => shared,
+            Some(Err(message)) => {
+                return Err(PrepareError::Earlier {
+                    message: message.clone(),
+                });
+            }
+            None => {
+                return Err(PrepareError::Earlier {
+                    message: format!("image {image} was not unpacked"),
+                });
+            }
         };
-        let platform = Platform::new("linux", std::env::consts::ARCH, None);
-        let img = Image::open(&reference, &platform).map_err(|source| PrepareError::OpenImage {
-            image: image.to_owned(),
-            source: Box::new(source),
-        })?;
-        let parent = self.opts.run_dir.join("rootfs");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&parent)
-            .map_err(|source| PrepareError::Io {
-                op: "create",
-                path: parent.clone(),
-                source,
-            })?;
-        let dir = parent.join(name);
-        // Left over from an earlier run of a non-machine role: start clean.
-        if fs::symlink_metadata(&dir).is_ok() {
-            fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
-                op: "remove stale rootfs",
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|source| PrepareError::Io {
-                op: "create",
-                path: dir.clone(),
-                source,
-            })?;
-        let result = self.fill_rootfs(name, image, &img, &dir, program);
-        if result.is_err() {
-            // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
-            let _ = fs::remove_dir_all(&dir);
-        }
-        result
+        let unit_dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+        let root = mount_overlay(&shared.dir, &unit_dir)?;
+        self.overlays.push(root.clone());
+        let spec = self.unit_spec(name, image, &shared.image, &shared.rootfs, program)?;
+        Ok((
+            Plan::Ready {
+                spec: Box::new(spec),
+                rootfs: root,
+            },
+            unpacked,
+        ))
+    }
+
+    /// Takes over the images [`unpack_images`] unpacked.
+    pub fn adopt(&mut self, unpacked: Unpacked) {
+        self.shared.extend(unpacked.images);
     }
 
     fn fill_rootfs(
@@ -318,21 +460,18 @@ impl ContainerLauncher {
             path: dir.to_owned(),
             source,
         })?;
-        let stats = unpack_rootfs(img, &rootfs, None).map_err(|source| PrepareError::Unpack {
-            image: image.to_owned(),
-            source: Box::new(source),
-        })?;
-        let bytes = stats.iter().map(|s| s.bytes).sum();
-        let overrides = self.overrides(program)?;
-        let mut spec = runtime_spec(&img.config, &rootfs, &overrides).map_err(|source| {
-            PrepareError::Spec {
+        let layer = LayerOptions {
+            diff_id: self.opts.diff_id,
+            ..LayerOptions::default()
+        };
+        let stats = unpack_rootfs_with(img, &rootfs, &layer, None).map_err(|source| {
+            PrepareError::Unpack {
                 image: image.to_owned(),
-                source,
+                source: Box::new(source),
             }
         })?;
-        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
-        apply_program(&mut spec, name, program, parent)?;
-        default_oom_score_adj(&mut spec);
+        let bytes = stats.iter().map(|s| s.bytes).sum();
+        let spec = self.unit_spec(name, image, img, &rootfs, program)?;
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
@@ -340,6 +479,28 @@ impl ContainerLauncher {
             },
             bytes,
         ))
+    }
+
+    /// The unit's runtime spec: the image config (user names resolved in
+    /// `rootfs`), the manifest's overrides and PID 1's defaults.
+    fn unit_spec(
+        &self,
+        name: &str,
+        image: &str,
+        img: &Image,
+        rootfs: &Rootfs,
+        program: &Program,
+    ) -> Result<Spec, PrepareError> {
+        let overrides = self.overrides(program)?;
+        let mut spec =
+            runtime_spec(&img.config, rootfs, &overrides).map_err(|source| PrepareError::Spec {
+                image: image.to_owned(),
+                source,
+            })?;
+        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+        apply_program(&mut spec, name, program, parent)?;
+        default_oom_score_adj(&mut spec);
+        Ok(spec)
     }
 
     /// The manifest's overrides in `berth-bundles` terms; persistent mount
@@ -464,6 +625,150 @@ impl ContainerLauncher {
         }
         Ok(pid)
     }
+}
+
+/// Unpacks `img` into `RUN/images/<key>`, once per boot.
+fn unpack_shared(
+    opts: &ContainerOptions,
+    image: &str,
+    img: Image,
+    key: &str,
+) -> Result<(SharedImage, u64), PrepareError> {
+    let dir = fresh_dir(&opts.run_dir.join("images"), key)?;
+    let layer = LayerOptions {
+        diff_id: opts.diff_id,
+        ..LayerOptions::default()
+    };
+    let unpack = || {
+        let rootfs = Rootfs::open(&dir).map_err(|source| PrepareError::OpenRootfs {
+            image: image.to_owned(),
+            path: dir.clone(),
+            source,
+        })?;
+        let stats = unpack_rootfs_with(&img, &rootfs, &layer, None).map_err(|source| {
+            PrepareError::Unpack {
+                image: image.to_owned(),
+                source: Box::new(source),
+            }
+        })?;
+        Ok((rootfs, stats.iter().map(|s| s.bytes).sum()))
+    };
+    match unpack() {
+        Ok((rootfs, bytes)) => Ok((
+            SharedImage {
+                dir,
+                image: img,
+                rootfs,
+            },
+            bytes,
+        )),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// An empty directory `parent/name` (mode 0755; `parent` 0700). Whatever
+/// an earlier run of a non-machine role left there is removed first.
+fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|source| PrepareError::Io {
+            op: "create",
+            path: parent.to_owned(),
+            source,
+        })?;
+    let dir = parent.join(name);
+    if fs::symlink_metadata(&dir).is_ok() {
+        // An overlay root of an earlier run in this mount namespace.
+        let _ = nix::mount::umount2(&dir.join("root"), nix::mount::MntFlags::MNT_DETACH);
+        // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
+        fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
+            op: "remove stale rootfs",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&dir)
+        .map_err(|source| PrepareError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+    Ok(dir)
+}
+
+/// The image `image` (a `ref.name`) of the layout at `layout`, for this
+/// machine's platform, its index, manifest and config verified.
+fn open_image(layout: &Path, image: &str) -> Result<Image, PrepareError> {
+    let reference = ImageRef::Oci {
+        path: layout.to_owned(),
+        tag: Some(image.to_owned()),
+    };
+    let platform = Platform::new("linux", std::env::consts::ARCH, None);
+    Image::open(&reference, &platform).map_err(|source| PrepareError::OpenImage {
+        image: image.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// Whether the kernel has overlayfs now (built in, or its module loaded).
+fn overlay_available() -> bool {
+    fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+    })
+}
+
+/// Mounts `unit/root`: an overlayfs of the shared tree `lower` under the
+/// unit's own `unit/upper` (with its `unit/work`). Returns the root.
+fn mount_overlay(lower: &Path, unit: &Path) -> Result<PathBuf, PrepareError> {
+    let (upper, work, root) = (unit.join("upper"), unit.join("work"), unit.join("root"));
+    for dir in [&upper, &work, &root] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir)
+            .map_err(|source| PrepareError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    let data = overlay_options(lower, &upper, &work)?;
+    nix::mount::mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|source| PrepareError::Overlay {
+        path: root.clone(),
+        source,
+    })?;
+    Ok(root)
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…`. The legacy mount data cannot escape
+/// a ',' and lowerdir splits at ':', so paths holding them are refused.
+/// index=off: the one lower tree is shared by many overlays.
+fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, PrepareError> {
+    fn text(p: &Path) -> Result<&str, PrepareError> {
+        p.to_str()
+            .filter(|t| !t.contains([',', ':', '\\']))
+            .ok_or_else(|| PrepareError::OverlayPath { path: p.to_owned() })
+    }
+    Ok(format!(
+        "lowerdir={},upperdir={},workdir={},index=off",
+        text(lower)?,
+        text(upper)?,
+        text(work)?
+    ))
 }
 
 /// A spec asking for a new network namespace (no path): `network: none`.
@@ -793,6 +1098,13 @@ impl Launcher for ContainerLauncher {
                 log::warn!("delete container {name}: {}", error_chain(&e));
             }
         }
+        // Outside a mount namespace of its own (the process role) PID 1's
+        // overlays would outlive it.
+        for root in std::mem::take(&mut self.overlays) {
+            if let Err(e) = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH) {
+                log::warn!("unmount {}: {e}", root.display());
+            }
+        }
         // The parent cgroup made for the containers, now empty.
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         if let Some(mount) = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo) {
@@ -935,6 +1247,7 @@ mod tests {
             run_dir: "/nonexistent".into(),
             data_dir: "/nonexistent".into(),
             cgroup_parent: "berth".into(),
+            diff_id: DiffIdCheck::Verify,
         });
         let p = program(r#"{"name":"b","bundle":"/b"}"#);
         l.check("b", &p).unwrap();
@@ -955,6 +1268,24 @@ mod tests {
         spec.set_process(Some(process));
         default_oom_score_adj(&mut spec);
         assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(500));
+    }
+
+    #[test]
+    fn overlay_options_refuse_what_mount_data_cannot_carry() {
+        let (l, u, w) = (
+            Path::new("/r/i/a"),
+            Path::new("/r/u/upper"),
+            Path::new("/r/u/work"),
+        );
+        assert_eq!(
+            overlay_options(l, u, w).unwrap(),
+            "lowerdir=/r/i/a,upperdir=/r/u/upper,workdir=/r/u/work,index=off"
+        );
+        for bad in ["/r/a,b", "/r/a:b", "/r/a\\b"] {
+            let e = overlay_options(Path::new(bad), u, w).unwrap_err();
+            assert!(matches!(e, PrepareError::OverlayPath { .. }), "{bad}: {e}");
+            assert!(overlay_options(l, Path::new(bad), w).is_err());
+        }
     }
 
     #[test]

@@ -224,8 +224,9 @@ fn container_task_then_services_in_order_with_their_output() {
     let mut p = w.start(&m);
     p.wait_for("berth: ready");
     let order = [
-        "image busybox unpacked for task setup: ",
-        "image busybox unpacked for service web: ",
+        "image busybox unpacked: ",
+        "image busybox shared with task setup (overlay in ",
+        "image busybox shared with service web (overlay in ",
         "berth: task setup started pid=",
         "setup: task from busybox",
         "berth: task setup exited status=0",
@@ -239,11 +240,12 @@ fn container_task_then_services_in_order_with_their_output() {
         "out of order {idx:?}:\n{}",
         p.dump()
     );
-    let unpacked = p.wait_for("image busybox unpacked for service db: ");
+    let unpacked = p.wait_for("image busybox unpacked: ");
     assert!(
         unpacked.contains(" MiB in ") && unpacked.ends_with(" MB/s)"),
         "{unpacked}"
     );
+    p.wait_for("image busybox shared with service db (overlay in ");
     p.wait_for("web: up in berth");
     p.wait_for("db: up in berth");
     p.signal(Signal::SIGTERM);
@@ -724,10 +726,64 @@ fn restarts_reuse_the_unpacked_rootfs() {
     assert_eq!(
         p.lines()
             .iter()
-            .filter(|l| l.contains("image busybox unpacked for service counter"))
+            .filter(|l| l.contains("image busybox unpacked"))
             .count(),
         1
     );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
+fn units_of_one_image_share_one_unpack_but_not_their_writes() {
+    let w = World::new("share");
+    let forever = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
+    // `writer` changes a file of the image, adds one and removes one;
+    // `reader`, started after it, must still see the image as it was.
+    let m = manifest(
+        &[ctr(
+            "writer",
+            "echo changed > /etc/passwd; echo new > /etc/added; rm /bin/ls; echo wrote",
+            "",
+        )],
+        &[ctr(
+            "reader",
+            &format!(
+                "echo passwd=$(cut -d: -f1 /etc/passwd) added=$(test -e /etc/added && echo yes || echo no) ls=$(test -e /bin/ls && echo yes || echo no); {forever}"
+            ),
+            "",
+        )],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("writer: wrote");
+    let seen = p.wait_for("reader: passwd=");
+    assert!(seen.ends_with("passwd=root added=no ls=yes"), "{seen}");
+    let lines = p.lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("image busybox unpacked"))
+            .count(),
+        1,
+        "{}",
+        p.dump()
+    );
+    assert!(
+        p.dump()
+            .contains("image busybox shared with service reader (overlay in ")
+    );
+    // The shared tree itself is untouched; the writes are in writer's upper.
+    let shared: Vec<_> = std::fs::read_dir(w.dir.join("run/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    assert_eq!(
+        std::fs::read_to_string(shared[0].join("etc/passwd")).unwrap(),
+        "root:x:0:0:root:/root:/bin/sh\n"
+    );
+    assert!(shared[0].join("bin/ls").symlink_metadata().is_ok());
+    assert!(!shared[0].join("etc/added").exists());
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }

@@ -213,15 +213,34 @@ struct LayerState {
     /// Directories whose times are set once the layer is done, because
     /// creating children changes a directory's mtime.
     dir_times: Vec<(Vec<u8>, Timestamps)>,
-    /// The last resolved parent directory (tar entries come grouped by
-    /// directory); dropped whenever a directory is removed.
-    cached: Option<(Vec<u8>, OwnedFd)>,
+    /// Directories resolved in-root or created by this layer, most recent
+    /// last (tar entries come grouped by directory, so the parent of an
+    /// entry is nearly always here). A cached fd is the directory that was
+    /// at that path when it was cached; only a removal can make that stale
+    /// (this code never renames, and a symlink or file can take a
+    /// directory's place only after the directory was removed), so every
+    /// removal of a directory clears the cache.
+    dirs: Vec<(Vec<u8>, Rc<OwnedFd>)>,
     /// Set when a directory was removed while an entry was applied.
     invalidated: bool,
     /// Where the real stream ended, once the reader knows.
     real_end: Option<Rc<Cell<Option<u64>>>>,
     stats: LayerStats,
     buf: Vec<u8>,
+}
+
+/// Directory fds kept in [`LayerState::dirs`], at most.
+const DIR_CACHE: usize = 32;
+
+impl LayerState {
+    fn cache_dir(&mut self, path: &[u8], fd: Rc<OwnedFd>) {
+        if let Some(i) = self.dirs.iter().position(|(p, _)| p == path) {
+            self.dirs.remove(i);
+        } else if self.dirs.len() >= DIR_CACHE {
+            self.dirs.remove(0);
+        }
+        self.dirs.push((path.to_vec(), fd));
+    }
 }
 
 fn resolve_flags() -> ResolveFlags {
@@ -300,7 +319,7 @@ impl Rootfs {
         let mut state = LayerState {
             upper: HashSet::new(),
             dir_times: Vec::new(),
-            cached: None,
+            dirs: Vec::new(),
             invalidated: false,
             real_end,
             stats: LayerStats::default(),
@@ -363,10 +382,11 @@ impl Rootfs {
         }
 
         let header = entry.header();
+        // The path is only formatted when a field is bad.
         let field = |field: &'static str| {
-            let path = show(&path);
+            let path = &path;
             move |source| ApplyError::BadHeader {
-                path: path.clone(),
+                path: show(path),
                 field,
                 source,
             }
@@ -422,7 +442,7 @@ impl Rootfs {
         };
         let pfd = parent_fd
             .as_ref()
-            .map_or(self.root.as_fd(), |fd| fd.as_fd());
+            .map_or(self.root.as_fd(), |(fd, _)| fd.as_fd());
         let meta = EntryMeta {
             uid,
             gid,
@@ -432,10 +452,10 @@ impl Rootfs {
             xattrs,
         };
         let res = self.create_entry(st, entry, kind, pfd, name, &path, &meta);
-        if let Some(fd) = parent_fd
+        if let Some((fd, false)) = parent_fd
             && !st.invalidated
         {
-            st.cached = Some((parent.to_vec(), fd));
+            st.cache_dir(parent, fd);
         }
         st.invalidated = false;
         res
@@ -513,6 +533,9 @@ impl Rootfs {
                 .map_err(|e| ApplyError::fs("open directory", &path, e))?;
                 self.set_fd_meta(st, &fd, &path, uid, gid, mode, xattrs)?;
                 st.dir_times.push((path.clone(), times.clone()));
+                // Opened without following, under the in-root parent: the
+                // directory now at `path`, for the entries inside it.
+                st.cache_dir(&path, Rc::new(fd));
             }
             EntryType::Symlink => {
                 let target = entry
@@ -626,15 +649,14 @@ impl Rootfs {
         st: &mut LayerState,
         parent: &[u8],
         entry: &[u8],
-    ) -> Result<OwnedFd, ApplyError> {
-        if let Some((p, fd)) = st.cached.take()
-            && p == parent
-        {
-            return Ok(fd);
+    ) -> Result<(Rc<OwnedFd>, bool), ApplyError> {
+        if let Some((_, fd)) = st.dirs.iter().rev().find(|(p, _)| p == parent) {
+            return Ok((fd.clone(), true));
         }
+        let fresh = |fd| Ok((Rc::new(fd), false));
         match self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY) {
-            Ok(fd) => Ok(fd),
-            Err(Errno::NOENT) => self.make_parents(parent, entry),
+            Ok(fd) => fresh(fd),
+            Err(Errno::NOENT) => fresh(self.make_parents(parent, entry)?),
             Err(Errno::NOTDIR) => Err(ApplyError::ParentNotDirectory {
                 path: show(entry),
                 parent: show(parent),
@@ -724,7 +746,7 @@ impl Rootfs {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(Errno::ISDIR) => {
                 // Removing a directory may orphan a cached parent fd.
-                st.cached = None;
+                st.dirs.clear();
                 st.invalidated = true;
                 remove_tree(parent, name, path, None)
             }
@@ -754,7 +776,7 @@ impl Rootfs {
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(ApplyError::fs("stat", &path, e)),
         }
-        st.cached = None;
+        st.dirs.clear();
         remove_tree(dir.as_fd(), target, &path, Some(&st.upper))
     }
 
@@ -764,7 +786,7 @@ impl Rootfs {
             Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
             Err(e) => return Err(ApplyError::fs("open directory", dir_path, e)),
         };
-        st.cached = None;
+        st.dirs.clear();
         for name in list_dir(&dir, dir_path)? {
             let mut path = dir_path.to_vec();
             if !path.is_empty() {
@@ -907,7 +929,9 @@ fn remove_tree(
 fn mark_upper(upper: &mut HashSet<Vec<u8>>, path: &[u8]) {
     let mut p = path;
     loop {
-        if !upper.insert(p.to_vec()) {
+        // Ancestors come first in a tar: usually already there, and a
+        // lookup costs no allocation.
+        if upper.contains(p) || !upper.insert(p.to_vec()) {
             return;
         }
         match p.iter().rposition(|b| *b == b'/') {

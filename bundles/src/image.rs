@@ -984,6 +984,17 @@ impl Image {
     /// digest where the format names them. The check completes when the
     /// reader reaches end of stream.
     pub fn open_layer(&self, layer: &Layer) -> Result<BlobReader, ImageError> {
+        let raw = self.open_layer_unverified(layer)?;
+        Ok(match &layer.digest {
+            Some(d) => Box::new(VerifyingReader::new(raw, d.clone(), Some(layer.size))),
+            None => raw,
+        })
+    }
+
+    /// Opens a layer's raw blob without verifying it: the caller must check
+    /// `layer.size` and `layer.digest` itself (the threaded unpack does,
+    /// hashing on whichever thread is free).
+    pub(crate) fn open_layer_unverified(&self, layer: &Layer) -> Result<BlobReader, ImageError> {
         let label = loc_label(&layer.location);
         let (raw, _) = self
             .store
@@ -999,10 +1010,7 @@ impl Image {
                 what: "layer",
                 name: label,
             })?;
-        Ok(match &layer.digest {
-            Some(d) => Box::new(VerifyingReader::new(raw, d.clone(), Some(layer.size))),
-            None => raw,
-        })
+        Ok(raw)
     }
 }
 

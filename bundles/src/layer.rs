@@ -2,14 +2,20 @@
 //! (size and sha256), decompress, hash the tar (DiffID) and extract, all in
 //! one pass. Two ways to run the stages ([`Execution`]):
 //!
-//! - threaded, a pipeline joined by small channels of 1 MiB buffers, the
-//!   extraction in the calling thread:
+//! - threaded: two threads joined by a small channel of 1 MiB tar chunks,
 //!
 //!   ```text
-//!   reader (read + size/sha256 of the blob) → decoder (gzip/zstd)
-//!       → hasher (sha256 of the tar: DiffID)
-//!       → extractor (tar parsing + filesystem, the calling thread)
+//!   decoder thread: read + size/sha256 of the blob → gzip/zstd ─┐
+//!                                                 tar chunks ←─┘
+//!   calling thread: tar parsing + filesystem (extraction)
+//!   both:           sha256 of the tar (DiffID), chunk by chunk, in order,
+//!                   by whichever thread would otherwise wait
 //!   ```
+//!
+//!   On two cores, two threads whose work balances itself beat a pipeline
+//!   of four fixed stages, which the scheduler must time-slice: the blob
+//!   digest plus decompression and the extraction differ in cost, and the
+//!   DiffID hash fills the gap on either side.
 //!
 //! - inline, for one CPU: the extractor pulls, and each read decompresses
 //!   (and hashes) on demand, straight into the extractor's buffer for file
@@ -19,10 +25,12 @@
 //! twice.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 
 use crate::apply::{ApplyError, LayerStats, Rootfs};
@@ -81,7 +89,10 @@ pub enum LayerError {
     },
 }
 
+/// The size of the tar chunks the decoding thread hands over, and of the
+/// blob reads.
 const CHUNK: usize = 1 << 20;
+/// Chunks in flight between the decoding and the extracting thread.
 const DEPTH: usize = 4;
 
 /// What one pipeline stage sends the next.
@@ -125,96 +136,6 @@ fn fill(r: &mut impl Read, chunk: &mut Vec<u8>) -> io::Result<usize> {
     }
     chunk.truncate(filled);
     Ok(filled)
-}
-
-/// Stage 1: the raw blob, verified by size and digest as it is read (the
-/// verifying reader checks both at end of stream), in chunks.
-fn read_stage(mut raw: BlobReader, tx: SyncSender<Msg<Vec<u8>>>, back: Receiver<Vec<u8>>) {
-    let res = loop {
-        let mut chunk = back.try_recv().unwrap_or_default();
-        match fill(&mut raw, &mut chunk) {
-            Ok(0) => break Ok(()),
-            Ok(_) => {
-                if tx.send(Msg::Data(chunk)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => break Err(classify(e, false)),
-        }
-    };
-    let _ = tx.send(Msg::End(res));
-}
-
-/// The decoder's input: the reader stage's chunks, as a `BufRead` so the
-/// decompressors read them in place.
-struct ChunkInput {
-    rx: Receiver<Msg<Vec<u8>>>,
-    back: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-    end: Option<Result<(), StreamError>>,
-}
-
-impl ChunkInput {
-    fn next(&mut self) -> io::Result<bool> {
-        while self.pos >= self.cur.len() {
-            if let Some(end) = &self.end {
-                return match end {
-                    Ok(()) => Ok(false),
-                    // The typed error stays in `end` for the decoder stage.
-                    Err(_) => Err(io::Error::other("blob read failed")),
-                };
-            }
-            match self.rx.recv() {
-                Ok(Msg::Data(chunk)) => {
-                    let spent = std::mem::replace(&mut self.cur, chunk);
-                    self.pos = 0;
-                    let _ = self.back.try_send(spent);
-                }
-                Ok(Msg::End(res)) => self.end = Some(res),
-                Err(_) => self.end = Some(Err(stage_gone())),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Reads to the end: the reader stage then has checked size and
-    /// digest. Returns its verdict.
-    fn drain_chunks(&mut self) -> Result<(), StreamError> {
-        self.pos = self.cur.len();
-        while self.end.is_none() {
-            match self.rx.recv() {
-                Ok(Msg::Data(chunk)) => {
-                    let _ = self.back.try_send(chunk);
-                }
-                Ok(Msg::End(res)) => self.end = Some(res),
-                Err(_) => self.end = Some(Err(stage_gone())),
-            }
-        }
-        self.end.take().unwrap_or(Ok(()))
-    }
-}
-
-impl Read for ChunkInput {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for ChunkInput {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if !self.next()? {
-            return Ok(&[]);
-        }
-        Ok(&self.cur[self.pos..])
-    }
-    fn consume(&mut self, amt: usize) {
-        self.pos = (self.pos + amt).min(self.cur.len());
-    }
 }
 
 /// How the stages of [`unpack_layer_with`] run.
@@ -273,20 +194,141 @@ pub struct LayerOptions {
     pub diff_id: DiffIdCheck,
 }
 
-/// A stage's input that can be read to its end, returning the verdict of
-/// the blob's size and digest checks.
-trait Source: BufRead {
-    fn drain(&mut self) -> Result<(), StreamError>;
+/// Where the blob's sha256 is computed.
+enum BlobHash {
+    /// The blob has no digest to check (legacy docker-archive layers).
+    None,
+    /// Here, as the blob is read; checked at its end.
+    Inline(Hasher),
+    /// By whichever thread is free ([`HashShare`]); checked once both
+    /// threads are done.
+    Shared(Arc<HashShare>, Receiver<Vec<u8>>),
 }
 
-impl Source for ChunkInput {
-    fn drain(&mut self) -> Result<(), StreamError> {
-        self.drain_chunks()
+/// The two hashes a [`HashShare`] computes.
+const BLOB: usize = 0;
+const TAR: usize = 1;
+
+/// The raw blob, read in chunks, checked against its descriptor: never
+/// more than `size` + 1 bytes are read, and at its end the size is checked
+/// (and the digest, when hashed inline). A failure is an `io::Error` that
+/// carries the [`DigestError`], so the decoder passes it on.
+struct RawInput {
+    raw: BlobReader,
+    /// The descriptor's digest and size, when the format has them.
+    expect: Option<(Sha256Digest, u64)>,
+    count: u64,
+    cur: Arc<Vec<u8>>,
+    pos: usize,
+    done: bool,
+    hash: BlobHash,
+}
+
+impl RawInput {
+    fn new(raw: BlobReader, expect: Option<(Sha256Digest, u64)>, hash: BlobHash) -> Self {
+        Self {
+            raw,
+            hash: if expect.is_some() {
+                hash
+            } else {
+                BlobHash::None
+            },
+            expect,
+            count: 0,
+            cur: Arc::new(Vec::new()),
+            pos: 0,
+            done: false,
+        }
     }
-}
 
-/// The raw blob, read in the calling thread ([`Execution::Inline`]).
-impl Source for io::BufReader<BlobReader> {
+    fn fail(err: DigestError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, err)
+    }
+
+    /// Reads the next chunk of the blob (empty at its end).
+    fn refill(&mut self) -> io::Result<()> {
+        let mut buf = match Arc::get_mut(&mut self.cur) {
+            Some(v) => std::mem::take(v),
+            None => match &self.hash {
+                BlobHash::Shared(_, recycled) => recycled.try_recv().unwrap_or_default(),
+                _ => Vec::new(),
+            },
+        };
+        // One byte past the declared size at most, to notice an oversized
+        // blob without trusting the descriptor for allocation.
+        let limit = match &self.expect {
+            Some((_, size)) => {
+                let left = size.saturating_sub(self.count).saturating_add(1);
+                CHUNK.min(usize::try_from(left).unwrap_or(CHUNK))
+            }
+            None => CHUNK,
+        };
+        buf.resize(limit, 0);
+        let mut filled = 0;
+        while filled < limit {
+            match self.raw.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        self.count += filled as u64;
+        // The spent chunk is consumed; on an error nothing more is served.
+        self.pos = self.cur.len();
+        if let Some((digest, size)) = &self.expect {
+            if self.count > *size {
+                self.done = true;
+                return Err(Self::fail(DigestError::TooLarge {
+                    digest: digest.to_string(),
+                    expected: *size,
+                }));
+            }
+            if filled == 0 && self.count != *size {
+                self.done = true;
+                return Err(Self::fail(DigestError::Truncated {
+                    digest: digest.to_string(),
+                    expected: *size,
+                    actual: self.count,
+                }));
+            }
+        }
+        match &mut self.hash {
+            BlobHash::None => {}
+            BlobHash::Inline(h) => h.update(&buf),
+            BlobHash::Shared(share, _) => {
+                if filled > 0 {
+                    share.bound(BLOB);
+                }
+            }
+        }
+        let spent = std::mem::replace(&mut self.cur, Arc::new(buf));
+        self.pos = 0;
+        if let BlobHash::Shared(share, _) = &self.hash {
+            give_back(spent, &share.backs[BLOB]);
+        }
+        if filled > 0 {
+            if let BlobHash::Shared(share, _) = &self.hash {
+                share.push(BLOB, self.cur.clone());
+            }
+            return Ok(());
+        }
+        self.done = true;
+        if let (BlobHash::Inline(h), Some((digest, _))) = (&mut self.hash, &self.expect) {
+            let actual = std::mem::take(h).finish();
+            if actual != *digest {
+                return Err(Self::fail(DigestError::Mismatch {
+                    digest: digest.to_string(),
+                    actual: actual.to_string(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the blob to its end, so its size (and inline digest) are
+    /// checked, and returns the verdict.
     fn drain(&mut self) -> Result<(), StreamError> {
         loop {
             match self.fill_buf() {
@@ -302,22 +344,47 @@ impl Source for io::BufReader<BlobReader> {
     }
 }
 
+impl Read for RawInput {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for RawInput {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos >= self.cur.len() && !self.done {
+            self.refill()?;
+        }
+        Ok(&self.cur[self.pos.min(self.cur.len())..])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.cur.len());
+    }
+}
+
 /// The decompressor of a layer stream, which can give its input back.
 /// One lives per layer, so the size of the gzip state does not matter.
 #[allow(clippy::large_enum_variant)]
-enum Decoder<I: BufRead> {
-    Plain(I),
-    Gzip(flate2::bufread::MultiGzDecoder<I>),
-    Zstd(zstd::stream::read::Decoder<'static, I>),
+enum Decoder {
+    Plain(RawInput),
+    Gzip(flate2::bufread::MultiGzDecoder<RawInput>),
+    Zstd(zstd::stream::read::Decoder<'static, RawInput>),
 }
 
-impl<I: Source> Decoder<I> {
+impl Decoder {
     /// Picks the decompressor (sniffing the magic number if asked to).
-    fn new(mut input: I, compression: Compression) -> Result<Self, StreamError> {
+    fn new(mut input: RawInput, compression: Compression) -> Result<Self, StreamError> {
         let compression = match compression {
             Compression::Sniff => match input.fill_buf() {
                 Ok(head) => sniff(head),
-                Err(_) => return Err(input.drain().err().unwrap_or_else(stage_gone)),
+                Err(e) => {
+                    let err = classify(e, false);
+                    return Err(input.drain().err().unwrap_or(err));
+                }
             },
             c => c,
         };
@@ -336,7 +403,7 @@ impl<I: Source> Decoder<I> {
         !matches!(self, Decoder::Plain(_))
     }
 
-    fn into_inner(self) -> I {
+    fn into_inner(self) -> RawInput {
         match self {
             Decoder::Plain(r) => r,
             Decoder::Gzip(d) => d.into_inner(),
@@ -359,7 +426,7 @@ impl<I: Source> Decoder<I> {
     }
 }
 
-impl<I: BufRead> Read for Decoder<I> {
+impl Read for Decoder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decoder::Plain(r) => r.read(buf),
@@ -440,7 +507,7 @@ const INLINE_BUF: usize = 256 << 10;
 /// hashed on demand, as the extractor reads.
 struct Inline {
     /// `None` once the stream ended.
-    decoder: Option<Decoder<io::BufReader<BlobReader>>>,
+    decoder: Option<Decoder>,
     hasher: Option<Hasher>,
     buf: Vec<u8>,
     pos: usize,
@@ -536,8 +603,14 @@ type Outcome = (
 );
 
 /// Runs every stage in the calling thread.
-fn run_inline(raw: BlobReader, compression: Compression, hash: bool, rootfs: &Rootfs) -> Outcome {
-    let input = io::BufReader::with_capacity(CHUNK, raw);
+fn run_inline(
+    raw: BlobReader,
+    expect: Option<(Sha256Digest, u64)>,
+    compression: Compression,
+    hash: bool,
+    rootfs: &Rootfs,
+) -> Outcome {
+    let input = RawInput::new(raw, expect, BlobHash::Inline(Hasher::default()));
     let (decoder, end) = match Decoder::new(input, compression) {
         Ok(d) => (Some(d), None),
         Err(e) => (None, Some(Err(e))),
@@ -556,51 +629,13 @@ fn run_inline(raw: BlobReader, compression: Compression, hash: bool, rootfs: &Ro
     (applied, stream.finish())
 }
 
-/// Stage 2 of [`Execution::Threaded`]: decompression. Sends each tar
-/// chunk to the hasher (if any) and the extractor.
-fn decode_stage(
-    input: ChunkInput,
-    compression: Compression,
-    to_hash: Option<SyncSender<Arc<Vec<u8>>>>,
-    to_apply: SyncSender<Msg<Arc<Vec<u8>>>>,
-    recycled: Receiver<Vec<u8>>,
-) {
-    let res = decode(input, compression, to_hash.as_ref(), &to_apply, &recycled);
-    // Dropping `to_hash` ends the hasher; the extractor gets the verdict.
-    drop(to_hash);
-    let _ = to_apply.send(Msg::End(res));
-}
-
-fn decode(
-    input: ChunkInput,
-    compression: Compression,
-    to_hash: Option<&SyncSender<Arc<Vec<u8>>>>,
-    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
-    recycled: &Receiver<Vec<u8>>,
-) -> Result<(), StreamError> {
-    let mut decoder = Decoder::new(input, compression)?;
-    loop {
-        let mut chunk = recycled.try_recv().unwrap_or_default();
-        match fill(&mut decoder, &mut chunk) {
-            Ok(0) => return decoder.end(Ok(())),
-            Ok(_) => {
-                let chunk = Arc::new(chunk);
-                if to_hash.is_some_and(|h| h.send(chunk.clone()).is_err())
-                    || to_apply.send(Msg::Data(chunk)).is_err()
-                {
-                    return Err(stage_gone());
-                }
-            }
-            Err(e) => return decoder.end(Err(e)),
-        }
-    }
-}
-
 /// The extractor's input in [`Execution::Threaded`]: the decoder's tar
 /// chunks.
 struct ChannelReader {
     rx: Receiver<Msg<Arc<Vec<u8>>>>,
     back: SyncSender<Vec<u8>>,
+    /// The hashes, worked on while waiting for the decoder.
+    share: Arc<HashShare>,
     cur: Arc<Vec<u8>>,
     pos: usize,
     end: Option<Result<(), StreamError>>,
@@ -622,7 +657,7 @@ impl Read for ChannelReader {
                 Some(Ok(())) => return Ok(self.tail.read(buf)),
                 None => {}
             }
-            match self.rx.recv() {
+            match self.next_msg() {
                 Ok(Msg::Data(chunk)) => {
                     let spent = std::mem::replace(&mut self.cur, chunk);
                     give_back(spent, &self.back);
@@ -636,13 +671,29 @@ impl Read for ChannelReader {
 }
 
 impl ChannelReader {
+    /// The next message; while none is there, hashes pending chunks.
+    fn next_msg(&mut self) -> Result<Msg<Arc<Vec<u8>>>, std::sync::mpsc::RecvError> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => return Ok(m),
+                Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
+                Err(TryRecvError::Empty) => {
+                    if !self.share.work() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.rx.recv()
+    }
+
     /// Reads to the end of the stream (bytes after the tar's end-of-archive
     /// marker count toward the DiffID, as in umoci) and returns the verdict
     /// of the earlier stages.
     fn finish(&mut self) -> Result<(), StreamError> {
         self.pos = self.cur.len();
         while self.end.is_none() {
-            match self.rx.recv() {
+            match self.next_msg() {
                 Ok(Msg::Data(chunk)) => {
                     if chunk.iter().any(|b| *b != 0) {
                         log::debug!("ignoring trailing bytes after the end of a layer tar");
@@ -672,47 +723,188 @@ fn spawn<T: Send + 'static>(
     thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// Runs reading, decompressing and hashing in threads, extraction here.
+/// The hashes of [`Execution::Threaded`] (the blob's sha256 and the
+/// DiffID), shared by the decoding and the extracting thread: chunks of
+/// each queue up in order, and whichever thread would otherwise wait (the
+/// decoder for room, the extractor for data) hashes the oldest one. Two
+/// threads then keep two cores busy however the work splits, without a
+/// third thread competing for them.
+struct HashShare {
+    lanes: Mutex<[Lane; 2]>,
+    /// Signalled when a chunk was hashed.
+    hashed: Condvar,
+    /// Where hashed chunks go back to, per lane, to be reused.
+    backs: [SyncSender<Vec<u8>>; 2],
+}
+
+struct Lane {
+    /// `None` while a thread hashes.
+    hasher: Option<Hasher>,
+    pending: VecDeque<Arc<Vec<u8>>>,
+}
+
+/// Chunks waiting for a hash, at most, before the decoder stops to hash.
+const MAX_PENDING: usize = 2 * DEPTH;
+
+impl HashShare {
+    fn new(backs: [SyncSender<Vec<u8>>; 2]) -> Self {
+        let lane = || Lane {
+            hasher: Some(Hasher::default()),
+            pending: VecDeque::new(),
+        };
+        Self {
+            lanes: Mutex::new([lane(), lane()]),
+            hashed: Condvar::new(),
+            backs,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Lane; 2]> {
+        // A panic while hashing leaves the hasher `None`: that digest is
+        // then missing and the layer refused, never wrong.
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, lane: usize, chunk: Arc<Vec<u8>>) {
+        self.lock()[lane].pending.push_back(chunk);
+    }
+
+    /// Hashes the oldest pending chunk of `lane` (of any lane if `None`)
+    /// unless another thread holds that hash or nothing is pending;
+    /// returns whether it did.
+    fn work_on(&self, lane: Option<usize>) -> bool {
+        let (i, mut hasher, chunk) = {
+            let mut lanes = self.lock();
+            let ready = |l: &Lane| l.hasher.is_some() && !l.pending.is_empty();
+            let Some(i) = (0..2).find(|i| lane.is_none_or(|l| l == *i) && ready(&lanes[*i])) else {
+                return false;
+            };
+            let l = &mut lanes[i];
+            match (l.hasher.take(), l.pending.pop_front()) {
+                (Some(h), Some(c)) => (i, h, c),
+                (h, _) => {
+                    l.hasher = h;
+                    return false;
+                }
+            }
+        };
+        hasher.update(&chunk);
+        give_back(chunk, &self.backs[i]);
+        self.lock()[i].hasher = Some(hasher);
+        self.hashed.notify_all();
+        true
+    }
+
+    fn work(&self) -> bool {
+        self.work_on(None)
+    }
+
+    /// Keeps `lane`'s queue bounded: hashes (or waits for the other thread
+    /// to) until fewer than [`MAX_PENDING`] chunks wait.
+    fn bound(&self, lane: usize) {
+        loop {
+            {
+                let lanes = self.lock();
+                if lanes[lane].pending.len() < MAX_PENDING {
+                    return;
+                }
+                if lanes[lane].hasher.is_none() {
+                    // The other thread hashes; it signals when done.
+                    drop(self.hashed.wait(lanes).unwrap_or_else(|e| e.into_inner()));
+                    continue;
+                }
+            }
+            self.work_on(Some(lane));
+        }
+    }
+
+    /// Hashes whatever is pending in `lane` and returns its digest; once
+    /// the decoder thread has ended.
+    fn finish(&self, lane: usize) -> Option<Sha256Digest> {
+        while self.work_on(Some(lane)) {}
+        let mut lanes = self.lock();
+        if !lanes[lane].pending.is_empty() {
+            return None;
+        }
+        lanes[lane].hasher.take().map(Hasher::finish)
+    }
+}
+
+/// The decoding thread of [`run_threaded`]: reads the blob (its chunks
+/// queued for the blob hash), decompresses it, queues each tar chunk for
+/// the DiffID hash and sends it to the extractor, hashing while the
+/// extractor is behind.
+fn decode_stage(
+    input: RawInput,
+    compression: Compression,
+    share: &HashShare,
+    hash_tar: bool,
+    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
+    recycled: &Receiver<Vec<u8>>,
+) -> Result<(), StreamError> {
+    let mut decoder = Decoder::new(input, compression)?;
+    loop {
+        if hash_tar {
+            share.bound(TAR);
+        }
+        let mut chunk = recycled.try_recv().unwrap_or_default();
+        match fill(&mut decoder, &mut chunk) {
+            Ok(0) => return decoder.end(Ok(())),
+            Ok(_) => {
+                let chunk = Arc::new(chunk);
+                if hash_tar {
+                    share.push(TAR, chunk.clone());
+                }
+                let mut msg = Msg::Data(chunk);
+                loop {
+                    match to_apply.try_send(msg) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(m)) => {
+                            if share.work() {
+                                msg = m;
+                                continue;
+                            }
+                            if to_apply.send(m).is_err() {
+                                return Err(stage_gone());
+                            }
+                            break;
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Err(stage_gone()),
+                    }
+                }
+            }
+            Err(e) => return decoder.end(Err(e)),
+        }
+    }
+}
+
+/// Two threads: reading and decompressing in one, extraction in the
+/// calling thread, the blob and DiffID hashes shared between them.
 fn run_threaded(
     raw: BlobReader,
+    expect: Option<(Sha256Digest, u64)>,
     compression: Compression,
-    hash: bool,
+    hash_tar: bool,
     rootfs: &Rootfs,
 ) -> io::Result<Outcome> {
-    let (raw_tx, raw_rx) = sync_channel(DEPTH);
-    let (back_tx, back_rx) = sync_channel(DEPTH + 2);
-    let reader = spawn("layer-read", move || read_stage(raw, raw_tx, back_rx))?;
-    let input = ChunkInput {
-        rx: raw_rx,
-        back: back_tx,
-        cur: Vec::new(),
-        pos: 0,
-        end: None,
-    };
-    let (recycle_tx, recycle_rx) = sync_channel(2 * DEPTH + 2);
-    let (hash_tx, hasher) = if hash {
-        let (hash_tx, hash_rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
-        let hash_back = recycle_tx.clone();
-        let hasher = spawn("layer-hash", move || {
-            let mut h = Hasher::default();
-            for chunk in hash_rx {
-                h.update(&chunk);
-                give_back(chunk, &hash_back);
-            }
-            h.finish()
-        })?;
-        (Some(hash_tx), Some(hasher))
-    } else {
-        (None, None)
-    };
+    let (tar_back, tar_recycled) = sync_channel(2 * DEPTH + MAX_PENDING + 2);
+    let (blob_back, blob_recycled) = sync_channel(MAX_PENDING + 2);
+    let share = Arc::new(HashShare::new([blob_back, tar_back.clone()]));
     let (tx, rx) = sync_channel(DEPTH);
+    let dec_share = share.clone();
+    let dec_expect = expect.clone();
     let decoder = spawn("layer-decode", move || {
-        decode_stage(input, compression, hash_tx, tx, recycle_rx)
+        let hash = BlobHash::Shared(dec_share.clone(), blob_recycled);
+        let input = RawInput::new(raw, dec_expect, hash);
+        let res = decode_stage(input, compression, &dec_share, hash_tar, &tx, &tar_recycled);
+        let _ = tx.send(Msg::End(res));
+        // Nothing left to decode: help with the hashes until they are done.
+        while dec_share.work() {}
     })?;
-
     let mut stream = ChannelReader {
         rx,
-        back: recycle_tx,
+        back: tar_back,
+        share: share.clone(),
         cur: Arc::new(Vec::new()),
         pos: 0,
         end: None,
@@ -726,14 +918,29 @@ fn run_threaded(
     // verdict then explains the failure better than the tar error.
     let end = stream.finish();
     drop(stream);
+    // Once the decoding thread is gone, no one else holds the hashes.
     let _ = decoder.join();
-    let _ = reader.join();
-    let diff_id = match hasher.map(|h| h.join()) {
-        None => Ok(None),
-        Some(Ok(d)) => Ok(Some(d)),
-        Some(Err(_)) => Err(stage_gone()),
+    let blob_check = match (&expect, share.finish(BLOB)) {
+        (None, _) => Ok(()),
+        (Some((want, _)), Some(actual)) if actual == *want => Ok(()),
+        (Some((want, _)), Some(actual)) => Err(StreamError::Digest(DigestError::Mismatch {
+            digest: want.to_string(),
+            actual: actual.to_string(),
+        })),
+        (Some(_), None) => Err(stage_gone()),
     };
-    Ok((applied, end.and(diff_id)))
+    let diff_id = if hash_tar {
+        share.finish(TAR).map(Some).ok_or_else(stage_gone)
+    } else {
+        Ok(None)
+    };
+    // The same precedence as a blob verified while read (inline): size
+    // and read errors, then the digest, then the decompressor's error.
+    let verdict = match end {
+        Err(e @ (StreamError::Digest(_) | StreamError::Read(_))) => Err(e),
+        other => blob_check.and(other),
+    };
+    Ok((applied, verdict.and(diff_id)))
 }
 
 /// Unpacks one layer of `image` into `rootfs`, verifying the blob and its
@@ -758,16 +965,20 @@ pub fn unpack_layer_with(
         .digest
         .as_ref()
         .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string());
-    let raw = image.open_layer(layer)?;
+    // Verified here, as it is read: size and sha256.
+    let raw = image.open_layer_unverified(layer)?;
+    let expect = layer.digest.clone().map(|d| (d, layer.size));
     let compression = layer.compression;
     let hash = opts.diff_id == DiffIdCheck::Verify || layer.digest.is_none();
     let (applied, stream) = if opts.execution.inline() {
-        run_inline(raw, compression, hash, rootfs)
+        run_inline(raw, expect, compression, hash, rootfs)
     } else {
-        run_threaded(raw, compression, hash, rootfs).map_err(|source| LayerError::Thread {
-            image: image.name.clone(),
-            blob: blob.clone(),
-            source,
+        run_threaded(raw, expect, compression, hash, rootfs).map_err(|source| {
+            LayerError::Thread {
+                image: image.name.clone(),
+                blob: blob.clone(),
+                source,
+            }
         })?
     };
     // The stream's verdict first: it explains a tar error caused by a
@@ -811,6 +1022,45 @@ pub fn unpack_layer_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared DiffID hash sees every chunk once, in order, whichever
+    /// thread hashes it, with the queue kept bounded.
+    #[test]
+    fn shared_hash_in_order() {
+        let chunks: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| (0..(i * 37 % 5000 + 1)).map(|j| (i ^ j) as u8).collect())
+            .collect();
+        let mut want = Hasher::default();
+        chunks.iter().for_each(|c| want.update(c));
+        let mut want_rev = Hasher::default();
+        chunks.iter().rev().for_each(|c| want_rev.update(c));
+        let (back, _recycled) = sync_channel(4);
+        let share = Arc::new(HashShare::new([back.clone(), back]));
+        let producer = {
+            let (share, chunks) = (share.clone(), chunks.clone());
+            thread::spawn(move || {
+                for (i, c) in chunks.into_iter().enumerate() {
+                    let c = Arc::new(c);
+                    share.bound(TAR);
+                    share.bound(BLOB);
+                    assert!(share.lock().iter().all(|l| l.pending.len() < MAX_PENDING));
+                    share.push(TAR, c.clone());
+                    share.push(BLOB, c);
+                    if i % 3 == 0 {
+                        share.work();
+                    }
+                }
+            })
+        };
+        while !producer.is_finished() {
+            share.work();
+        }
+        producer.join().unwrap();
+        let want = want.finish();
+        assert_ne!(want, want_rev.finish());
+        assert_eq!(share.finish(TAR), Some(want.clone()));
+        assert_eq!(share.finish(BLOB), Some(want));
+    }
 
     #[test]
     fn sniff_table() {

@@ -184,8 +184,10 @@ fn fill_bundle(
             .create_new(true)
             .mode(0o644)
             .open(&path)?;
-        serde_json::to_writer_pretty(&mut f, &spec).map_err(io::Error::other)?;
-        f.write_all(b"\n")?;
+        // One write, not one per JSON token.
+        let mut text = serde_json::to_vec_pretty(&spec).map_err(io::Error::other)?;
+        text.push(b'\n');
+        f.write_all(&text)?;
         f.sync_all()
     };
     write().map_err(|source| UnpackError::WriteSpec {

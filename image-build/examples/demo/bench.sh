@@ -9,6 +9,7 @@
 # The floor initrd holds only busybox-static, /dev/console and an /init that
 # is a busybox shell script exec'ing the same busybox command: what any init
 # costs at least. Builds the demo first with `.ci/demo --no-boot`.
+# Run it on a quiet machine: QEMU's TCG shares the host's cores.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 runs=${1:-7}
@@ -21,7 +22,7 @@ bin=target/release
 floor=out/demo-floor
 rm -rf "$floor" && mkdir -p "$floor"
 stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
+trap 'rm -rf "$stage" "${disk:-}"' EXIT
 mkdir -p "$stage/bin" "$stage/dev"
 cp /bin/busybox "$stage/bin/busybox"
 mknod -m 600 "$stage/dev/console" c 5 1
@@ -34,11 +35,17 @@ chmod 755 "$stage/init"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19) > "$floor/initrd.img"
 cp out/demo/vmlinuz "$floor/vmlinuz"
 
-# Same VM options for both (the floor ignores the disk and the port).
-disk=out/demo-bench-data.img
-rm -f "$disk"
+# Same VM options for both (the floor ignores the disk and the port). Every
+# boot gets a new data disk, made by berth-qemu before QEMU starts (not
+# timed): boot-time stops each VM with QMP quit, which would leave the ext4
+# journal dirty and make the next boot's mount replay it. The disk image is
+# on tmpfs (BERTH_BENCH_DISK to choose): the boot task syncs, QEMU turns the
+# guest's flushes into fdatasync, and the host disk's latency is not what
+# this measures.
+disk=${BERTH_BENCH_DISK:-/dev/shm/berth-demo-bench-data.img}
 opts=(--data-disk "$disk:64M" --port 18080:80)
 sample() { # OUTDIR → one boot's ms
+  rm -f "$disk"
   "$bin/berth-qemu" boot-time "$1" --until "$line" --runs 1 "${opts[@]}" \
     | sed -n 's/.*median \([0-9]*\) ms.*/\1/p'
 }

@@ -567,20 +567,36 @@ impl Inline {
     }
 }
 
+/// What both extractor inputs do first: serve what is left of the current
+/// `chunk` from `pos`, then the end of the stream (its failure, or the zero
+/// tail). `None`: the caller must fetch more.
+fn serve_buffered(
+    buf: &mut [u8],
+    chunk: &[u8],
+    pos: &mut usize,
+    end: &Option<Result<(), StreamError>>,
+    tail: &mut ZeroTail,
+) -> Option<io::Result<usize>> {
+    if *pos < chunk.len() {
+        let n = buf.len().min(chunk.len() - *pos);
+        buf[..n].copy_from_slice(&chunk[*pos..*pos + n]);
+        *pos += n;
+        tail.delivered += n as u64;
+        return Some(Ok(n));
+    }
+    match end {
+        Some(Err(_)) => Some(Err(stream_failed())),
+        Some(Ok(())) => Some(Ok(tail.read(buf))),
+        None => None,
+    }
+}
+
 impl Read for Inline {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pos < self.len {
-                let n = buf.len().min(self.len - self.pos);
-                buf[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-                self.pos += n;
-                self.tail.delivered += n as u64;
-                return Ok(n);
-            }
-            match &self.end {
-                Some(Err(_)) => return Err(stream_failed()),
-                Some(Ok(())) => return Ok(self.tail.read(buf)),
-                None => {}
+            let chunk = &self.buf[..self.len];
+            if let Some(r) = serve_buffered(buf, chunk, &mut self.pos, &self.end, &mut self.tail) {
+                return r;
             }
             if buf.len() >= DIRECT {
                 let n = self.pull(buf);
@@ -645,17 +661,9 @@ struct ChannelReader {
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pos < self.cur.len() {
-                let n = buf.len().min(self.cur.len() - self.pos);
-                buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-                self.pos += n;
-                self.tail.delivered += n as u64;
-                return Ok(n);
-            }
-            match &self.end {
-                Some(Err(_)) => return Err(stream_failed()),
-                Some(Ok(())) => return Ok(self.tail.read(buf)),
-                None => {}
+            let chunk = self.cur.as_slice();
+            if let Some(r) = serve_buffered(buf, chunk, &mut self.pos, &self.end, &mut self.tail) {
+                return r;
             }
             match self.next_msg() {
                 Ok(Msg::Data(chunk)) => {

@@ -5,26 +5,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::error::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use berth_bundles::{DiffIdCheck, Execution, ImageRef, LayerOptions, UnpackOptions, unpack_bundle};
-use common::{Comp, E, Layout, Node, Scratch, require_root, sha256_hex, snapshot, tar};
+use common::{Comp, E, Layout, Node, Scratch, chain, require_root, sha256_hex, snapshot, tar};
 use serde_json::json;
 
 const MODES: [Execution; 2] = [Execution::Inline, Execution::Threaded];
-
-fn chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 fn unpack(image: &str, dest: &Path, layer: LayerOptions) -> Result<(), String> {
     let r = ImageRef::parse(image).map_err(|e| chain(&e))?;

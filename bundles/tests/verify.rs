@@ -3,24 +3,12 @@
 
 mod common;
 
-use std::error::Error;
 use std::fs;
 use std::path::Path;
 
 use berth_bundles::{ImageRef, Platform, UnpackOptions, unpack_bundle};
-use common::{Comp, E, Layout, Scratch, require_root, sha256_hex, tar};
+use common::{Comp, E, Layout, Scratch, chain, require_root, sha256_hex, tar};
 use serde_json::json;
-
-fn chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 fn sample_layers() -> Vec<Vec<u8>> {
     vec![

@@ -923,52 +923,36 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         }
     }
 
+    if source == Source::Host && p.command.is_none() {
+        c.problem(format!("{path}.command"), "host programs need a command");
+    }
+    // Fields that shape a container, set or not: refused where they cannot
+    // apply, never ignored.
+    let container_fields = [
+        ("user", p.user.is_some()),
+        ("mounts", !mounts.is_empty()),
+        ("network", network != NetworkMode::Host),
+        ("resources", !resources.is_empty()),
+        ("capabilities", p.capabilities.is_some()),
+        ("read_only", p.read_only),
+    ];
     if source == Source::Host {
-        // A host program runs in PID 1's own root: there is nothing to
-        // isolate it with, so container-only fields are refused, not ignored.
-        if p.command.is_none() {
-            c.problem(format!("{path}.command"), "host programs need a command");
-        }
-        let container_only = [
-            ("user", p.user.is_some()),
-            ("mounts", !mounts.is_empty()),
-            ("network", network != NetworkMode::Host),
-            ("resources", !resources.is_empty()),
-            ("capabilities", p.capabilities.is_some()),
-            ("read_only", p.read_only),
-        ];
-        for (field, set) in container_only {
-            if set {
-                c.problem(
-                    format!("{path}.{field}"),
-                    "not supported for host programs (needs an image or bundle)",
-                );
-            }
-        }
+        // A host program runs in PID 1's own root: nothing to isolate it with.
+        let why = "not supported for host programs (needs an image or bundle)";
+        refuse_set_fields(c, path, &container_fields, why);
     }
     if matches!(source, Source::Bundle(_)) {
-        // A bundle's config.json is the whole spec: refused, not ignored,
-        // and at build time (berth-build validates with these rules).
-        let overriding = [
+        // A bundle's config.json is the whole spec; refused at build time too
+        // (berth-build validates with these rules).
+        let program_fields = [
             ("command", p.command.is_some()),
             ("args", p.args.is_some()),
             ("env", !env.is_empty()),
             ("cwd", cwd.is_some()),
-            ("user", p.user.is_some()),
-            ("mounts", !mounts.is_empty()),
-            ("network", network != NetworkMode::Host),
-            ("resources", !resources.is_empty()),
-            ("capabilities", p.capabilities.is_some()),
-            ("read_only", p.read_only),
         ];
-        for (field, set) in overriding {
-            if set {
-                c.problem(
-                    format!("{path}.{field}"),
-                    "not supported for bundles (their config.json runs as it is: edit the bundle)",
-                );
-            }
-        }
+        let why = "not supported for bundles (their config.json runs as it is: edit the bundle)";
+        refuse_set_fields(c, path, &program_fields, why);
+        refuse_set_fields(c, path, &container_fields, why);
     }
 
     Program {
@@ -983,6 +967,15 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         resources,
         capabilities: p.capabilities,
         read_only: p.read_only,
+    }
+}
+
+/// One problem `{path}.{field}: {why}` per field that is set.
+fn refuse_set_fields(c: &mut Checker<'_>, path: &str, fields: &[(&str, bool)], why: &str) {
+    for (field, set) in fields {
+        if *set {
+            c.problem(format!("{path}.{field}"), why);
+        }
     }
 }
 

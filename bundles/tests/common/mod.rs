@@ -13,6 +13,18 @@ use sha2::{Digest, Sha256};
 
 /// Fails (never skips) when not root: these tests chown, mknod and set
 /// security.capability.
+/// An error and its sources, one line: `outer: inner: …`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 pub fn require_root() {
     assert!(
         rustix::process::geteuid().is_root(),

@@ -246,6 +246,8 @@ enum Plan {
 #[derive(Debug, Default)]
 pub struct Unpacked {
     images: BTreeMap<String, Result<SharedImage, String>>,
+    /// Image name → config digest, for each image that opened.
+    keys: BTreeMap<String, String>,
     /// One per image unpacked (or failed), in order.
     pub reports: Vec<UnpackReport>,
 }
@@ -278,6 +280,7 @@ pub fn unpack_images(opts: &ContainerOptions, images: &[&str]) -> Unpacked {
             }
         };
         let key = img.config_digest.hex().to_owned();
+        out.keys.insert(image.to_owned(), key.clone());
         if out.images.contains_key(&key) {
             continue;
         }
@@ -312,6 +315,8 @@ pub struct ContainerLauncher {
     roots: Roots,
     /// Images unpacked (or failed) so far, by config digest.
     shared: BTreeMap<String, Result<SharedImage, String>>,
+    /// Image name → its config digest, for the images opened so far.
+    keys: BTreeMap<String, String>,
     /// Overlay roots mounted, detached again at cleanup.
     overlays: Vec<PathBuf>,
 }
@@ -334,6 +339,7 @@ impl ContainerLauncher {
             netns: BTreeMap::new(),
             roots: Roots::Undecided,
             shared: BTreeMap::new(),
+            keys: BTreeMap::new(),
             overlays: Vec::new(),
         }
     }
@@ -386,7 +392,6 @@ impl ContainerLauncher {
         image: &str,
         program: &Program,
     ) -> Result<(Plan, Option<u64>), PrepareError> {
-        let img = open_image(&self.opts.images, image)?;
         if self.roots == Roots::Undecided {
             self.roots = if overlay_available() {
                 Roots::Overlay
@@ -398,6 +403,7 @@ impl ContainerLauncher {
             };
         }
         if self.roots == Roots::Unpack {
+            let img = open_image(&self.opts.images, image)?;
             let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
             let result = self.fill_rootfs(name, image, &img, &dir, program);
             if result.is_err() {
@@ -406,16 +412,25 @@ impl ContainerLauncher {
             }
             return result.map(|(plan, bytes)| (plan, Some(bytes)));
         }
-        let key = img.config_digest.hex().to_owned();
         let mut unpacked = None;
-        if !self.shared.contains_key(&key) {
-            let result = unpack_shared(&self.opts, image, img, &key);
-            unpacked = Some(result.as_ref().map_or(0, |(_, bytes)| *bytes));
-            let entry = result
-                .map(|(shared, _)| shared)
-                .map_err(|e| error_chain(&e));
-            self.shared.insert(key.clone(), entry);
-        }
+        let key = match self.keys.get(image) {
+            // Opened (and unpacked, or failed) for an earlier unit.
+            Some(key) => key.clone(),
+            None => {
+                let img = open_image(&self.opts.images, image)?;
+                let key = img.config_digest.hex().to_owned();
+                if !self.shared.contains_key(&key) {
+                    let result = unpack_shared(&self.opts, image, img, &key);
+                    unpacked = Some(result.as_ref().map_or(0, |(_, bytes)| *bytes));
+                    let entry = result
+                        .map(|(shared, _)| shared)
+                        .map_err(|e| error_chain(&e));
+                    self.shared.insert(key.clone(), entry);
+                }
+                self.keys.insert(image.to_owned(), key.clone());
+                key
+            }
+        };
         let shared = match self.shared.get(&key) {
             Some(Ok(shared)) => shared,
             Some(Err(message)) => {
@@ -445,6 +460,7 @@ impl ContainerLauncher {
     /// Takes over the images [`unpack_images`] unpacked.
     pub fn adopt(&mut self, unpacked: Unpacked) {
         self.shared.extend(unpacked.images);
+        self.keys.extend(unpacked.keys);
     }
 
     fn fill_rootfs(

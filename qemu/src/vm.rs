@@ -420,7 +420,23 @@ impl Vm {
             return Err(VmError::SocketPathTooLong { path: qmp_path });
         }
         let args = qemu_args(appliance, config, &qmp_path)?;
-        let mut cmd = Command::new(&config.qemu);
+        let qemu = find_program(&config.qemu).ok_or_else(|| VmError::Spawn {
+            program: config.qemu.clone(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        // QEMU must not outlive us (it has its own process group, so a
+        // SIGKILL of berth-qemu or of a test harness would leave it running,
+        // holding its ports): util-linux setpriv sets its parent-death signal
+        // (prctl PR_SET_PDEATHSIG, kept across the exec of QEMU; it fires when
+        // the thread that spawned it ends, which holds the Vm).
+        let mut cmd = match find_program(Path::new("setpriv")) {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&qemu);
+                c
+            }
+            None => Command::new(&qemu),
+        };
         cmd.args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -666,6 +682,22 @@ impl Vm {
     }
 }
 
+/// `program` itself when it holds a `/`, else the first executable file of
+/// that name in `$PATH`.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return runnable(program).then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.kill();
@@ -740,6 +772,21 @@ fn connect_qmp(child: &mut Child, path: &Path) -> Result<Qmp, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_found_in_path_or_by_path() {
+        assert_eq!(
+            find_program(Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(find_program(Path::new("/nonexistent/qemu")), None);
+        // A directory or a non-executable file is no program.
+        assert_eq!(find_program(Path::new("/etc")), None);
+        assert_eq!(find_program(Path::new("/etc/passwd")), None);
+        let sh = find_program(Path::new("sh")).expect("sh in PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(find_program(Path::new("berth-no-such-program")), None);
+    }
 
     fn appliance() -> Appliance {
         Appliance {

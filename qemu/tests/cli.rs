@@ -179,6 +179,61 @@ fn second_ctrl_c_stops_qemu() {
     assert!(out.contains("berth-qemu: stopping QEMU"), "{out}");
 }
 
+/// Pids of the QEMU processes whose command line names `marker`.
+fn qemu_processes(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with("qemu-system-x86_64"))
+            && args.iter().any(|a| a.contains(marker))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn qemu_does_not_outlive_a_killed_berth_qemu() {
+    let init =
+        "#!/bin/busybox sh\necho 'berth-floor: idle'\nwhile true; do /bin/busybox sleep 1; done\n";
+    let appliance = floor_appliance("cli-sigkill", init, &[]);
+    let mut cli = Cli::run(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: idle");
+    let marker = appliance.initrd.display().to_string();
+    assert_eq!(qemu_processes(&marker).len(), 1, "{}", cli.dump());
+    // SIGKILL: berth-qemu gets no chance to stop QEMU itself.
+    cli.child.kill().unwrap();
+    cli.child.wait().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = qemu_processes(&marker);
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for pid in &left {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            panic!("QEMU {left:?} outlived its berth-qemu\n{}", cli.dump());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn run_refuses_an_outdir_without_an_appliance() {
     let out = Command::new(BIN)

@@ -210,7 +210,7 @@ pub struct Prepared {
 /// How a container unit gets a root of its own from its image.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Roots {
-    /// Not decided yet: decided at the first image unit, after the
+    /// Not decided yet: [`ContainerLauncher::shares_images`] decides, after the
     /// machine's modules are loaded.
     Undecided,
     /// One unpack per image, an overlayfs per unit.
@@ -392,17 +392,7 @@ impl ContainerLauncher {
         image: &str,
         program: &Program,
     ) -> Result<(Plan, Option<u64>), PrepareError> {
-        if self.roots == Roots::Undecided {
-            self.roots = if overlay_available() {
-                Roots::Overlay
-            } else {
-                log::info!(
-                    "no overlayfs in this kernel: each container unit unpacks its own image copy"
-                );
-                Roots::Unpack
-            };
-        }
-        if self.roots == Roots::Unpack {
+        if !self.shares_images() {
             let img = open_image(&self.opts.images, image)?;
             let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
             let result = self.fill_rootfs(name, image, &img, &dir, program);
@@ -455,6 +445,23 @@ impl ContainerLauncher {
             },
             unpacked,
         ))
+    }
+
+    /// Whether units share one unpack per image (through overlayfs), or
+    /// each unpacks its own copy. Decided once, on first use, so on a
+    /// machine after its modules (overlay among them) are loaded.
+    pub fn shares_images(&mut self) -> bool {
+        if self.roots == Roots::Undecided {
+            self.roots = if overlay_available() {
+                Roots::Overlay
+            } else {
+                log::info!(
+                    "no overlayfs in this kernel: each container unit unpacks its own image copy"
+                );
+                Roots::Unpack
+            };
+        }
+        self.roots == Roots::Overlay
     }
 
     /// Takes over the images [`unpack_images`] unpacked.

@@ -376,7 +376,12 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         .collect();
     images.sort_unstable();
     images.dedup();
-    let unpacked = container::unpack_images(&container_opts, &images);
+    // Without overlayfs each unit unpacks its own copy when it is prepared.
+    let unpacked = if launcher.shares_images() {
+        container::unpack_images(&container_opts, &images)
+    } else {
+        container::Unpacked::default()
+    };
     for report in &unpacked.reports {
         match &report.result {
             Ok((bytes, seconds)) => timeline(

@@ -2,7 +2,7 @@
 //! (size and sha256), decompress, hash the tar (DiffID) and extract, all in
 //! one pass. Two ways to run the stages ([`Execution`]):
 //!
-//! - threaded: two threads joined by a small channel of 1 MiB tar chunks,
+//! - threaded: two threads joined by a small channel of 256 KiB tar chunks,
 //!
 //!   ```text
 //!   decoder thread: read + size/sha256 of the blob → gzip/zstd ─┐
@@ -90,8 +90,10 @@ pub enum LayerError {
 }
 
 /// The size of the tar chunks the decoding thread hands over, and of the
-/// blob reads.
-const CHUNK: usize = 1 << 20;
+/// blob reads. 256 KiB rather than 1 MiB: the ~20 buffers in flight then
+/// stay within the caches and cost fewer page faults (7 % less CPU on the
+/// minbase benchmark, measured against 128 KiB to 1 MiB chunks).
+const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decoding and the extracting thread.
 const DEPTH: usize = 4;
 
@@ -717,7 +719,7 @@ impl ChannelReader {
 }
 
 /// Hands a tar chunk back to the decoder once its last user (hasher or
-/// extractor) is done with it, saving an allocation and a 1 MiB memset.
+/// extractor) is done with it, saving an allocation and a memset.
 fn give_back(chunk: Arc<Vec<u8>>, back: &SyncSender<Vec<u8>>) {
     if let Ok(v) = Arc::try_unwrap(chunk) {
         let _ = back.try_send(v);
@@ -863,25 +865,31 @@ fn decode_stage(
                 if hash_tar {
                     share.push(TAR, chunk.clone());
                 }
-                let mut msg = Msg::Data(chunk);
-                loop {
-                    match to_apply.try_send(msg) {
-                        Ok(()) => break,
-                        Err(TrySendError::Full(m)) => {
-                            if share.work() {
-                                msg = m;
-                                continue;
-                            }
-                            if to_apply.send(m).is_err() {
-                                return Err(stage_gone());
-                            }
-                            break;
-                        }
-                        Err(TrySendError::Disconnected(_)) => return Err(stage_gone()),
-                    }
-                }
+                send_helping(to_apply, Msg::Data(chunk), share).map_err(|()| stage_gone())?;
             }
             Err(e) => return decoder.end(Err(e)),
+        }
+    }
+}
+
+/// Sends `msg` to the extractor; while the channel is full, hashes pending
+/// chunks instead of blocking. `Err` when the extractor is gone.
+fn send_helping(
+    to_apply: &SyncSender<Msg<Arc<Vec<u8>>>>,
+    mut msg: Msg<Arc<Vec<u8>>>,
+    share: &HashShare,
+) -> Result<(), ()> {
+    loop {
+        match to_apply.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(m)) => {
+                if share.work() {
+                    msg = m;
+                    continue;
+                }
+                return to_apply.send(m).map_err(|_| ());
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(()),
         }
     }
 }
@@ -905,7 +913,7 @@ fn run_threaded(
         let hash = BlobHash::Shared(dec_share.clone(), blob_recycled);
         let input = RawInput::new(raw, dec_expect, hash);
         let res = decode_stage(input, compression, &dec_share, hash_tar, &tx, &tar_recycled);
-        let _ = tx.send(Msg::End(res));
+        let _ = send_helping(&tx, Msg::End(res), &dec_share);
         // Nothing left to decode: help with the hashes until they are done.
         while dec_share.work() {}
     })?;

@@ -8,8 +8,10 @@
 //!   decoder thread: read + size/sha256 of the blob → gzip/zstd ─┐
 //!                                                 tar chunks ←─┘
 //!   calling thread: tar parsing + filesystem (extraction)
-//!   both:           sha256 of the tar (DiffID), chunk by chunk, in order,
-//!                   by whichever thread would otherwise wait
+//!   both:           sha256 of the blob and of the tar (DiffID), chunk by
+//!                   chunk, in order, by whichever thread is ahead: the
+//!                   decoder when many chunks wait for the extractor, the
+//!                   extractor when few do, and either rather than wait
 //!   ```
 //!
 //!   On two cores, two threads whose work balances itself beat a pipeline
@@ -29,6 +31,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Condvar, Mutex};
 use std::thread;
@@ -95,7 +98,11 @@ pub enum LayerError {
 /// minbase benchmark, measured against 128 KiB to 1 MiB chunks).
 const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decoding and the extracting thread.
-const DEPTH: usize = 4;
+const DEPTH: usize = 16;
+/// Below this many queued chunks the extractor hashes before it takes the
+/// next one; at this many or more the decoder hashes after each send.
+const LOW: usize = DEPTH / 4;
+const HIGH: usize = DEPTH / 2;
 
 /// What one pipeline stage sends the next.
 enum Msg<T> {
@@ -683,9 +690,15 @@ impl Read for ChannelReader {
 impl ChannelReader {
     /// The next message; while none is there, hashes pending chunks.
     fn next_msg(&mut self) -> Result<Msg<Arc<Vec<u8>>>, std::sync::mpsc::RecvError> {
+        // Few chunks queued: the decoder is the slower side, so take
+        // hashing off it before it has to.
+        while self.share.queued.load(Ordering::Relaxed) < LOW && self.share.work() {}
         loop {
             match self.rx.try_recv() {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    self.share.queued.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(m);
+                }
                 Err(TryRecvError::Disconnected) => return Err(std::sync::mpsc::RecvError),
                 Err(TryRecvError::Empty) => {
                     if !self.share.work() {
@@ -694,7 +707,11 @@ impl ChannelReader {
                 }
             }
         }
-        self.rx.recv()
+        let m = self.rx.recv();
+        if m.is_ok() {
+            self.share.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        m
     }
 
     /// Reads to the end of the stream (bytes after the tar's end-of-archive
@@ -745,6 +762,9 @@ struct HashShare {
     hashed: Condvar,
     /// Where hashed chunks go back to, per lane, to be reused.
     backs: [SyncSender<Vec<u8>>; 2],
+    /// Messages in the channel to the extractor: how far the decoder is
+    /// ahead, which says which side should hash.
+    queued: AtomicUsize,
 }
 
 struct Lane {
@@ -766,6 +786,7 @@ impl HashShare {
             lanes: Mutex::new([lane(), lane()]),
             hashed: Condvar::new(),
             backs,
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -879,9 +900,15 @@ fn send_helping(
     mut msg: Msg<Arc<Vec<u8>>>,
     share: &HashShare,
 ) -> Result<(), ()> {
+    // Counted before the send, so the extractor never sees it negative.
+    share.queued.fetch_add(1, Ordering::Relaxed);
     loop {
         match to_apply.try_send(msg) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // Well ahead of the extractor: hash while it catches up.
+                while share.queued.load(Ordering::Relaxed) >= HIGH && share.work() {}
+                return Ok(());
+            }
             Err(TrySendError::Full(m)) => {
                 if share.work() {
                     msg = m;

@@ -52,6 +52,11 @@ pub struct Overrides {
     pub hostname: Option<String>,
     /// Extra annotations, applied last.
     pub annotations: BTreeMap<String, String>,
+    /// The command when neither these overrides nor the image give one
+    /// (no Entrypoint, no Cmd). `None`, the default, makes that an error
+    /// ([`SpecError::NoArgs`]); `berth-build unpack` uses `["sh"]`, as
+    /// umoci does, so a base image still unpacks into a bundle.
+    pub fallback_args: Option<Vec<String>>,
 }
 
 /// Default PATH when the image sets none (containerd `defaultUnixEnv`).
@@ -338,10 +343,13 @@ pub fn build_args(image: &ImageConfig, o: &Overrides) -> Result<Vec<String>, Spe
         (None, None) => (cfg.entrypoint, cfg.cmd),
     };
     let args: Vec<String> = entry.into_iter().chain(cmd).collect();
-    if args.is_empty() {
-        return Err(SpecError::NoArgs);
+    if !args.is_empty() {
+        return Ok(args);
     }
-    Ok(args)
+    match &o.fallback_args {
+        Some(fallback) if !fallback.is_empty() => Ok(fallback.clone()),
+        _ => Err(SpecError::NoArgs),
+    }
 }
 
 /// The annotations umoci writes, then Labels (which win), then overrides.
@@ -605,6 +613,29 @@ mod tests {
             let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             assert_eq!(got, want, "{e:?} {c:?}");
         }
+    }
+
+    #[test]
+    fn fallback_args_only_when_nothing_else_gives_a_command() {
+        let sh = Overrides {
+            fallback_args: Some(vec!["sh".into()]),
+            ..Default::default()
+        };
+        assert_eq!(build_args(&config(&[], &[]), &sh).unwrap(), ["sh"]);
+        assert_eq!(build_args(&config(&[], &["/c"]), &sh).unwrap(), ["/c"]);
+        let with_cmd = Overrides {
+            cmd: Some(vec!["/o".into()]),
+            ..sh.clone()
+        };
+        assert_eq!(build_args(&config(&[], &[]), &with_cmd).unwrap(), ["/o"]);
+        let empty = Overrides {
+            fallback_args: Some(Vec::new()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            build_args(&config(&[], &[]), &empty),
+            Err(SpecError::NoArgs)
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use berth_bundles::unpack::Progress;
-use berth_bundles::{ImageRef, Platform, UnpackOptions, unpack_bundle};
+use berth_bundles::{ImageRef, Overrides, Platform, UnpackOptions, unpack_bundle};
 
 use crate::args::Args;
 
@@ -56,10 +56,29 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
     };
     let opts = UnpackOptions {
         platform,
+        // A base image without Entrypoint or Cmd still makes a bundle, as
+        // with umoci: its process runs `sh` (warned about below).
+        overrides: Overrides {
+            fallback_args: Some(vec!["sh".into()]),
+            ..Default::default()
+        },
         progress: if tty { Some(&mut show) } else { None },
         ..Default::default()
     };
     let report = unpack_bundle(&reference, dest, opts)?;
+    let no_command = report
+        .image
+        .config
+        .config
+        .as_ref()
+        .is_none_or(|c| c.entrypoint.is_empty() && c.cmd.is_empty());
+    if no_command {
+        eprintln!(
+            "berth-build unpack: warning: {} has no Entrypoint or Cmd; {}/config.json runs `sh` (set process.args to change it)",
+            report.image.name,
+            dest.display()
+        );
+    }
     if tty {
         eprintln!(
             "unpacked {} ({}) into {}",

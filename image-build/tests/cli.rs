@@ -122,6 +122,53 @@ fn unpack_and_run_with_runc() {
     );
 }
 
+/// A base image without Entrypoint or Cmd unpacks (as with umoci): the
+/// bundle runs `sh`, and a warning says so. runc runs it (sh with stdin
+/// at /dev/null reads its commands from there and exits 0).
+#[test]
+fn unpack_base_image_without_command() {
+    require_root();
+    require("runc", "runc");
+    require("busybox", "busybox-static");
+    require("umoci", "umoci");
+    let s = Scratch::new("nocmd");
+    let d = s.0.display();
+    sh(&format!(
+        "mkdir -p {d}/src/bin
+         cp /bin/busybox {d}/src/bin/busybox
+         ln -s busybox {d}/src/bin/sh
+         umoci init --layout {d}/img
+         umoci new --image {d}/img:base
+         umoci insert --image {d}/img:base {d}/src /"
+    ));
+    let image = format!("oci:{d}/img:base");
+    let bundle = s.0.join("bundle");
+    let out = berth(&["unpack", &image, bundle.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has no Entrypoint or Cmd") && stderr.contains("runs `sh`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["args"], serde_json::json!(["sh"]));
+    let id = format!("berth-build-nocmd-{}", std::process::id());
+    let run = Command::new("runc")
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
+    assert!(
+        run.status.success(),
+        "runc run failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 #[test]
 fn inspect_text_and_json() {
     require_root();

@@ -29,7 +29,7 @@
 //! - sparse files, unknown entry types and `.wh..wh.*` markers other than
 //!   the opaque one are refused.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -225,9 +225,29 @@ struct LayerState {
     invalidated: bool,
     /// Where the real stream ended, once the reader knows.
     real_end: Option<Rc<Cell<Option<u64>>>>,
+    /// Set when the reader can write file data itself ([`DirectWrite`]).
+    direct: Option<DirectSink>,
     stats: LayerStats,
     buf: Vec<u8>,
 }
+
+/// File data written by the layer stream itself: while `file` is set, each
+/// read of the stream writes the bytes it would hand out to `file`, from
+/// its own buffer, and returns their count; the caller's buffer is left
+/// alone. That saves copying every byte of file data once more (tar's
+/// `Entry` reads through a caller buffer). Only for regular entries, whose
+/// data the tar crate passes through unchanged (sparse entries, where it
+/// makes up the holes itself, are refused here anyway); `written` lets
+/// [`copy_direct`] check that every byte did come from the stream.
+#[derive(Default)]
+pub(crate) struct DirectWrite {
+    pub(crate) file: Option<File>,
+    pub(crate) written: u64,
+    /// Why a write failed (the read then fails too).
+    pub(crate) error: Option<io::Error>,
+}
+
+pub(crate) type DirectSink = Rc<RefCell<DirectWrite>>;
 
 /// Directory fds kept in [`LayerState::dirs`], at most.
 const DIR_CACHE: usize = 32;
@@ -303,7 +323,7 @@ impl Rootfs {
 
     /// Applies one layer tar, read from `reader`, to the root.
     pub fn apply_layer<R: Read>(&self, reader: R) -> Result<LayerStats, ApplyError> {
-        self.apply_layer_stream(reader, None)
+        self.apply_layer_stream(reader, None, None)
     }
 
     /// [`Rootfs::apply_layer`] for a stream whose real end may be padded
@@ -313,6 +333,7 @@ impl Rootfs {
         &self,
         reader: R,
         real_end: Option<Rc<Cell<Option<u64>>>>,
+        direct: Option<DirectSink>,
     ) -> Result<LayerStats, ApplyError> {
         let mut archive = tar::Archive::new(reader);
         archive.set_ignore_zeros(false);
@@ -322,6 +343,7 @@ impl Rootfs {
             dirs: Vec::new(),
             invalidated: false,
             real_end,
+            direct,
             stats: LayerStats::default(),
             buf: vec![0; COPY_BUF],
         };
@@ -487,7 +509,14 @@ impl Rootfs {
                 let fd = self.create_file(st, pfd, name, &path, mode)?;
                 let expected = entry.size();
                 let mut file = File::from(fd);
-                let written = copy_data(entry, &mut file, &mut st.buf, &path)?;
+                let written = match &st.direct {
+                    Some(sink) => {
+                        let (n, f) = copy_direct(entry, file, sink, &mut st.buf, &path)?;
+                        file = f;
+                        n
+                    }
+                    None => copy_data(entry, &mut file, &mut st.buf, &path)?,
+                };
                 let real = st.real_end.as_ref().and_then(|c| c.get());
                 if let Some(end) = real
                     && entry.raw_file_position() + written > end
@@ -1028,6 +1057,58 @@ pub fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
         tv_sec,
         tv_nsec: tv_nsec.rem_euclid(1_000_000_000),
     })
+}
+
+/// [`copy_data`] through a [`DirectWrite`]: the stream writes the data to
+/// `file` itself; `buf` only bounds each read. Returns the byte count and
+/// the file.
+fn copy_direct<R: Read>(
+    src: &mut R,
+    file: File,
+    sink: &DirectSink,
+    buf: &mut [u8],
+    path: &[u8],
+) -> Result<(u64, File), ApplyError> {
+    *sink.borrow_mut() = DirectWrite {
+        file: Some(file),
+        written: 0,
+        error: None,
+    };
+    let mut total = 0u64;
+    let res = loop {
+        match src.read(buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let DirectWrite {
+        file,
+        written,
+        error,
+    } = std::mem::take(&mut *sink.borrow_mut());
+    let write_failed = |source| ApplyError::Fs {
+        op: "write",
+        path: show(path),
+        source,
+    };
+    if let Some(e) = error {
+        return Err(write_failed(e));
+    }
+    if let Err(source) = res {
+        return Err(ApplyError::ReadData {
+            path: show(path),
+            source,
+        });
+    }
+    match file {
+        Some(file) if written == total => Ok((total, file)),
+        _ => Err(ApplyError::ReadData {
+            path: show(path),
+            source: io::Error::other("file data did not come from the layer stream"),
+        }),
+    }
 }
 
 fn copy_data<R: Read>(

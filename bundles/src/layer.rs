@@ -28,7 +28,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +36,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::sync::{Condvar, Mutex};
 use std::thread;
 
-use crate::apply::{ApplyError, LayerStats, Rootfs};
+use crate::apply::{ApplyError, DirectSink, DirectWrite, LayerStats, Rootfs};
 use crate::digest::{DigestError, Hasher, Sha256Digest, digest_error};
 use crate::image::{BlobReader, Compression, Image, ImageError, Layer};
 
@@ -650,7 +650,7 @@ fn run_inline(
         tail: ZeroTail::new(),
     };
     let real_end = Some(stream.tail.real_end.clone());
-    let applied = rootfs.apply_layer_stream(&mut stream, real_end);
+    let applied = rootfs.apply_layer_stream(&mut stream, real_end, None);
     (applied, stream.finish())
 }
 
@@ -665,11 +665,66 @@ struct ChannelReader {
     pos: usize,
     end: Option<Result<(), StreamError>>,
     tail: ZeroTail,
+    /// File data goes from `cur` straight to the file while set.
+    direct: DirectSink,
+}
+
+fn direct_failed() -> io::Error {
+    io::Error::other("writing file data failed")
+}
+
+impl ChannelReader {
+    /// A read in [`DirectWrite`] mode: writes (part of) what the read would
+    /// hand out to `file` and returns how much.
+    fn read_direct(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let mut sink = self.direct.borrow_mut();
+        let DirectWrite {
+            file: Some(file),
+            written,
+            error,
+        } = &mut *sink
+        else {
+            return None;
+        };
+        let chunk = self.cur.as_slice();
+        let res = if self.pos < chunk.len() {
+            let n = buf.len().min(chunk.len() - self.pos);
+            match file.write(&chunk[self.pos..self.pos + n]) {
+                Ok(0) if n > 0 => Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    self.pos += k;
+                    self.tail.delivered += k as u64;
+                    Ok(k)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            // The end of the stream: its failure, or the zero tail.
+            match serve_buffered(buf, chunk, &mut self.pos, &self.end, &mut self.tail)? {
+                Ok(n) => file.write_all(&buf[..n]).map(|()| n),
+                Err(e) => return Some(Err(e)),
+            }
+        };
+        Some(match res {
+            Ok(n) => {
+                *written += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                *error = Some(e);
+                Err(direct_failed())
+            }
+        })
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            if let Some(r) = self.read_direct(buf) {
+                return r;
+            }
             let chunk = self.cur.as_slice();
             if let Some(r) = serve_buffered(buf, chunk, &mut self.pos, &self.end, &mut self.tail) {
                 return r;
@@ -952,9 +1007,11 @@ fn run_threaded(
         pos: 0,
         end: None,
         tail: ZeroTail::new(),
+        direct: DirectSink::default(),
     };
     let real_end = Some(stream.tail.real_end.clone());
-    let applied = rootfs.apply_layer_stream(&mut stream, real_end);
+    let direct = Some(stream.direct.clone());
+    let applied = rootfs.apply_layer_stream(&mut stream, real_end, direct);
     // On success, read to the end (trailing bytes count toward the DiffID).
     // On failure too: a damaged blob can reach the tar parser as garbage
     // before the decompressor or the digest notices, and the stream's

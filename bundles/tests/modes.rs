@@ -299,3 +299,40 @@ fn a_layer_without_blob_digest_always_checks_its_diff_id() {
         assert!(err.contains("diff_id"), "{diff_id:?}: {err}");
     }
 }
+
+/// Unmounts on drop (before the scratch directory is removed).
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_failed_write_is_reported_alike_in_both_modes() {
+    // Threaded execution writes file data straight from the decoder's
+    // chunks; a write error must still name the file, as inline does.
+    require_root();
+    let s = Scratch::new("modes-enospc");
+    let l = Layout::new(&s.path().join("img"));
+    let layer = tar(&[E::dir("d"), E::file("d/big", noise(3 << 20, 5))]);
+    let (m, _) = l.image(&[layer], Comp::Zstd, "amd64");
+    l.index(&[(m, None)]);
+    let image = format!("oci:{}", l.dir.display());
+    let mnt = s.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "berth-test"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a 1 MiB tmpfs");
+    let _mounted = Mounted(mnt.clone());
+    for mode in MODES {
+        let err = unpack(&image, &mnt.join("bundle"), opts(mode, DiffIdCheck::Verify)).unwrap_err();
+        assert!(
+            err.contains("write") && err.contains("d/big") && err.contains("No space left"),
+            "{mode:?}: {err}"
+        );
+    }
+}

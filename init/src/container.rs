@@ -624,6 +624,7 @@ impl ContainerLauncher {
                 stderr: Some(stderr),
             },
         };
+        let t0 = Instant::now();
         let mut container = self
             .runtime
             .create_from_spec(name, &spec, rootfs, opts)
@@ -632,6 +633,7 @@ impl ContainerLauncher {
                 permanent: is_permanent(&source),
                 source: Box::new(source),
             })?;
+        let created = t0.elapsed();
         if let Err(source) = container.start() {
             // delete(force) kills and reaps the process itself: PID 1's loop
             // never saw its pid, so nothing else waits for it.
@@ -641,6 +643,11 @@ impl ContainerLauncher {
                 source: Box::new(source),
             });
         }
+        log::debug!(
+            "container {name}: created in {} ms, started in {} ms",
+            created.as_millis(),
+            (t0.elapsed() - created).as_millis()
+        );
         let pid = Pid::from_raw(container.pid());
         self.live.insert(name.to_owned(), container);
         if let Some(fd) = netns {

@@ -87,6 +87,11 @@ pub struct Supervisor {
     tasks: Vec<TaskRun>,
     services: Vec<ServiceRun>,
     start_order: Vec<usize>,
+    /// While the services are being started: the position in `start_order`
+    /// of the next one. One starts per [`Self::tick`], so the event loop
+    /// reads the output (and reaps the exits) of the ones already started
+    /// between two starts instead of after all of them.
+    next_start: Option<usize>,
     pids: BTreeMap<Pid, UnitRef>,
     phase: Phase,
     fatal: Option<String>,
@@ -139,6 +144,7 @@ impl Supervisor {
                 .collect(),
             services,
             start_order,
+            next_start: None,
             pids: BTreeMap::new(),
             phase: Phase::Tasks,
             fatal: None,
@@ -179,8 +185,12 @@ impl Supervisor {
         self.advance_tasks(now, r);
     }
 
-    /// The earliest deadline of any unit: when [`Self::tick`] is due.
+    /// The earliest deadline of any unit: when [`Self::tick`] is due. While
+    /// services are still to be started that is at once (0).
     pub fn next_deadline(&self) -> Option<Millis> {
+        if self.next_start.is_some() {
+            return Some(0);
+        }
         let tasks = self.tasks.iter().filter_map(|t| match t.state {
             TaskState::Running {
                 deadline: Some(d),
@@ -225,6 +235,7 @@ impl Supervisor {
 
     /// The clock reached (or passed) a deadline.
     pub fn tick(&mut self, now: Millis, r: &mut dyn Runner) {
+        self.start_next(now, r);
         for t in &mut self.tasks {
             if let TaskState::Running {
                 pid,
@@ -274,6 +285,8 @@ impl Supervisor {
             return;
         }
         self.phase = Phase::ShuttingDown;
+        // Services not started yet stay pending: nothing to stop.
+        self.next_start = None;
         for t in &mut self.tasks {
             match t.state {
                 TaskState::Pending => t.state = TaskState::Skipped,
@@ -445,15 +458,34 @@ impl Supervisor {
 
     fn start_services(&mut self, now: Millis, r: &mut dyn Runner) {
         self.phase = Phase::Services;
-        let order = self.start_order.clone();
-        for i in order {
+        self.next_start = Some(0);
+        self.start_next(now, r);
+    }
+
+    /// Starts the next service in start order (at most one spawn), and
+    /// says `ready` after the last.
+    fn start_next(&mut self, now: Millis, r: &mut dyn Runner) {
+        while let Some(pos) = self.next_start {
+            if self.phase != Phase::Services {
+                self.next_start = None;
+                return;
+            }
+            let Some(&i) = self.start_order.get(pos) else {
+                self.next_start = None;
+                r.report(log::Level::Info, format_args!("ready"));
+                return;
+            };
+            self.next_start = Some(pos + 1);
             let action = match self.services.get_mut(i) {
                 Some(run) => run.machine.start(),
                 None => continue,
             };
+            let spawn = action == Action::Spawn;
             self.act(i, action, now, r);
+            if spawn && self.start_order.get(pos + 1).is_some() {
+                return;
+            }
         }
-        r.report(log::Level::Info, format_args!("ready"));
     }
 
     /// Carries out a machine's action.
@@ -584,6 +616,14 @@ mod tests {
         }
     }
 
+    /// Ticks until every service due to start has been started (one per
+    /// tick, as the event loop does between reading output).
+    fn settle(s: &mut Supervisor, r: &mut FakeRunner, now: Millis) {
+        while s.next_deadline() == Some(0) {
+            s.tick(now, r);
+        }
+    }
+
     fn supervisor(json: &str) -> Supervisor {
         let m = manifest::parse(json.as_bytes(), &[]).unwrap();
         Supervisor::new(m.tasks, m.services).unwrap()
@@ -606,7 +646,14 @@ mod tests {
         assert_eq!(r.spawned, ["t1", "t2"]);
         // An optional task's failure does not stop the boot.
         s.child_exited(r.pid("t2"), ExitStatus::Code(3), 20, &mut r);
+        // One service per tick, so the loop reads output in between.
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        assert_eq!(s.next_deadline(), Some(0), "more services to start");
+        s.tick(21, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
+        s.tick(22, &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
+        assert_eq!(s.next_deadline(), None);
         assert_eq!(s.phase(), Phase::Services);
         assert_eq!(
             r.take_lines(),
@@ -664,6 +711,7 @@ mod tests {
         };
         s.boot(0, &mut r);
         s.child_exited(r.pid("t1"), ExitStatus::Code(0), 1, &mut r);
+        settle(&mut s, &mut r, 1);
         assert_eq!(s.fatal(), None);
         assert_eq!(r.spawned, ["t1", "db", "web", "cron"]);
     }
@@ -692,6 +740,7 @@ mod tests {
         s.boot(0, &mut r);
         s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
         s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        settle(&mut s, &mut r, 0);
         r.take_lines();
         assert!(!s.child_exited(Pid::from_raw(9999), ExitStatus::Code(0), 5, &mut r));
         assert_eq!(s.orphans(), 1);
@@ -750,6 +799,7 @@ mod tests {
             ..FakeRunner::default()
         };
         s.boot(0, &mut r);
+        settle(&mut s, &mut r, 0);
         assert_eq!(
             r.take_lines(),
             [
@@ -770,6 +820,7 @@ mod tests {
         s.boot(0, &mut r);
         s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
         s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        settle(&mut s, &mut r, 0);
         r.take_lines();
         s.shutdown(1000, &mut r);
         // cron and web have no dependents: signalled at once; db waits for web.
@@ -843,12 +894,31 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_while_services_start_leaves_the_rest_unstarted() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        s.shutdown(5, &mut r);
+        assert_eq!(r.signals, [("db".to_owned(), Signal::SIGTERM)]);
+        assert_eq!(s.next_deadline(), Some(3005), "only db's stop timeout");
+        s.tick(6, &mut r);
+        s.child_exited(r.pid("db"), ExitStatus::Code(0), 10, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(r.spawned, ["t1", "t2", "db"], "web and cron never start");
+        assert!(!r.lines.contains(&"ready".to_owned()));
+    }
+
+    #[test]
     fn exit_during_shutdown_is_not_restarted() {
         let mut s = supervisor(APP);
         let mut r = FakeRunner::default();
         s.boot(0, &mut r);
         s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
         s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        settle(&mut s, &mut r, 0);
         s.shutdown(100, &mut r);
         r.take_lines();
         // db dies on its own while web is stopping.

@@ -76,6 +76,25 @@ fn berth(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `runc run` of `bundle` with stdin at /dev/null; asserts success and
+/// returns its stdout.
+fn runc_run(bundle: &Path, tag: &str) -> String {
+    let id = format!("berth-build-{tag}-{}", std::process::id());
+    let run = Command::new("runc")
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
+    assert!(
+        run.status.success(),
+        "runc run failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8_lossy(&run.stdout).into_owned()
+}
+
 #[test]
 fn unpack_and_run_with_runc() {
     require_root();
@@ -103,23 +122,8 @@ fn unpack_and_run_with_runc() {
         "53/udp,8080/tcp"
     );
     assert_eq!(spec["annotations"]["app"], "demo");
-    let id = format!("berth-build-test-{}", std::process::id());
-    let run = Command::new("runc")
-        .args(["run", "--bundle", bundle.to_str().unwrap(), &id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
-    assert!(
-        run.status.success(),
-        "runc run failed: {}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        "hello 1234:1234:1234 777 /srv /srv"
-    );
+    let stdout = runc_run(&bundle, "test");
+    assert_eq!(stdout.trim(), "hello 1234:1234:1234 777 /srv /srv");
 }
 
 /// A base image without Entrypoint or Cmd unpacks (as with umoci): the
@@ -154,19 +158,7 @@ fn unpack_base_image_without_command() {
     let spec: serde_json::Value =
         serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(spec["process"]["args"], serde_json::json!(["sh"]));
-    let id = format!("berth-build-nocmd-{}", std::process::id());
-    let run = Command::new("runc")
-        .args(["run", "--bundle", bundle.to_str().unwrap(), &id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
-    assert!(
-        run.status.success(),
-        "runc run failed: {}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    runc_run(&bundle, "nocmd");
 }
 
 #[test]

@@ -646,7 +646,7 @@ impl ContainerLauncher {
         log::debug!(
             "container {name}: created in {} ms, started in {} ms",
             created.as_millis(),
-            (t0.elapsed() - created).as_millis()
+            t0.elapsed().saturating_sub(created).as_millis()
         );
         let pid = Pid::from_raw(container.pid());
         self.live.insert(name.to_owned(), container);

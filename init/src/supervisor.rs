@@ -361,7 +361,7 @@ impl Supervisor {
                 .iter()
                 .position(|t| t.state == TaskState::Pending)
             else {
-                self.start_services(now, r);
+                self.start_services();
                 return;
             };
             let Some(t) = self.tasks.get_mut(i) else {
@@ -456,10 +456,13 @@ impl Supervisor {
         self.shutdown(now, r);
     }
 
-    fn start_services(&mut self, now: Millis, r: &mut dyn Runner) {
+    /// Queues the services; the next [`Self::tick`] (due at once) starts
+    /// the first. Not started here: this runs while the last task's exit
+    /// is handled, and the same loop turn ends with a tick, which would
+    /// start a second service before the first one's output was read.
+    fn start_services(&mut self) {
         self.phase = Phase::Services;
         self.next_start = Some(0);
-        self.start_next(now, r);
     }
 
     /// Starts the next service in start order (at most one spawn), and
@@ -646,12 +649,15 @@ mod tests {
         assert_eq!(r.spawned, ["t1", "t2"]);
         // An optional task's failure does not stop the boot.
         s.child_exited(r.pid("t2"), ExitStatus::Code(3), 20, &mut r);
-        // One service per tick, so the loop reads output in between.
-        assert_eq!(r.spawned, ["t1", "t2", "db"]);
-        assert_eq!(s.next_deadline(), Some(0), "more services to start");
+        // One service per tick (the loop reads output in between), the
+        // first one too: the tick that ends this loop turn starts it.
+        assert_eq!(r.spawned, ["t1", "t2"]);
+        assert_eq!(s.next_deadline(), Some(0), "services to start");
         s.tick(21, &mut r);
-        assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
         s.tick(22, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
+        s.tick(23, &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
         assert_eq!(s.next_deadline(), None);
         assert_eq!(s.phase(), Phase::Services);
@@ -775,6 +781,7 @@ mod tests {
         );
         let mut r = FakeRunner::default();
         s.boot(0, &mut r);
+        settle(&mut s, &mut r, 0);
         r.take_lines();
         s.child_exited(r.pid("x"), ExitStatus::Code(2), 10, &mut r);
         assert_eq!(
@@ -885,6 +892,7 @@ mod tests {
             supervisor(r#"{"version":1,"services":[{"name":"a","host":true,"command":["x"]}]}"#);
         let mut r = FakeRunner::default();
         s.boot(0, &mut r);
+        settle(&mut s, &mut r, 0);
         s.child_exited(r.pid("a"), ExitStatus::Code(1), 5, &mut r);
         s.shutdown(10, &mut r);
         assert_eq!(s.phase(), Phase::Done);
@@ -900,6 +908,7 @@ mod tests {
         s.boot(0, &mut r);
         s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
         s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        s.tick(1, &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db"]);
         s.shutdown(5, &mut r);
         assert_eq!(r.signals, [("db".to_owned(), Signal::SIGTERM)]);

@@ -44,7 +44,22 @@ fn report(err: &dyn Error) -> String {
     line
 }
 
+/// Raises the soft limit on open files to the hard one. Removing a
+/// directory tree (a whiteout, or a file replacing a directory) holds one
+/// fd per level, and tar names of up to PATH_MAX allow ~2,000 levels; the
+/// usual soft limit of 1,024 would end such an unpack with EMFILE.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        // Best effort: without it only pathologically deep trees fail.
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
 fn main() -> ExitCode {
+    raise_open_files_limit();
     let mut argv = std::env::args().skip(1);
     let Some(cmd) = argv.next() else {
         eprintln!("{USAGE}");

@@ -161,6 +161,57 @@ fn unpack_base_image_without_command() {
     runc_run(&bundle, "nocmd");
 }
 
+/// A whiteout of a 1,500-level directory tree: removing it holds one fd
+/// per level, more than the usual soft limit of 1,024 open files, which
+/// berth-build raises to the hard limit (with the hard limit at 1,024 too
+/// it fails, clearly, with EMFILE; the cleanup of the partial bundle then
+/// runs into the same limit and leaves it, see bundles/README.md).
+#[test]
+fn unpack_removes_a_tree_deeper_than_the_soft_open_files_limit() {
+    require_root();
+    require("umoci", "umoci");
+    require("prlimit", "util-linux");
+    let s = Scratch::new("deep");
+    let d = s.0.display();
+    let deep = "a/".repeat(1500);
+    sh(&format!(
+        "mkdir -p {d}/src/bin {d}/src/d/{deep}
+         echo bottom > {d}/src/d/{deep}f
+         cp /bin/busybox {d}/src/bin/busybox
+         umoci init --layout {d}/img
+         umoci new --image {d}/img:deep
+         umoci insert --image {d}/img:deep {d}/src /
+         umoci insert --image {d}/img:deep --whiteout /d
+         umoci config --image {d}/img:deep --config.cmd /bin/busybox"
+    ));
+    let image = format!("oci:{d}/img:deep");
+    let unpack = |nofile: &str, bundle: &Path| {
+        Command::new("prlimit")
+            .arg(format!("--nofile={nofile}"))
+            .arg(BIN)
+            .args(["unpack", &image, bundle.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let bundle = s.0.join("bundle");
+    let out = unpack("1024:4096", &bundle);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    assert!(!bundle.join("rootfs/d").exists(), "the whiteout removed d");
+    let capped = s.0.join("capped");
+    let out = unpack("1024:1024", &capped);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Too many open files"),
+        "{err}"
+    );
+}
+
 #[test]
 fn inspect_text_and_json() {
     require_root();

@@ -659,7 +659,7 @@ fn run_inline(
 struct ChannelReader {
     rx: Receiver<Msg<Arc<Vec<u8>>>>,
     back: SyncSender<Vec<u8>>,
-    /// The hashes, worked on while waiting for the decoder.
+    /// The hashes, worked on while the decoder is behind.
     share: Arc<HashShare>,
     cur: Arc<Vec<u8>>,
     pos: usize,
@@ -807,10 +807,11 @@ fn spawn<T: Send + 'static>(
 
 /// The hashes of [`Execution::Threaded`] (the blob's sha256 and the
 /// DiffID), shared by the decoding and the extracting thread: chunks of
-/// each queue up in order, and whichever thread would otherwise wait (the
-/// decoder for room, the extractor for data) hashes the oldest one. Two
-/// threads then keep two cores busy however the work splits, without a
-/// third thread competing for them.
+/// each queue up in order, and the thread that is ahead hashes the oldest
+/// one: the decoder while [`HIGH`] or more chunks wait in the channel, the
+/// extractor while fewer than [`LOW`] do (`queued` counts them), and either
+/// rather than block. Two threads then keep two cores busy however the work
+/// splits, without a third thread competing for them.
 struct HashShare {
     lanes: Mutex<[Lane; 2]>,
     /// Signalled when a chunk was hashed.

@@ -78,7 +78,7 @@ fn demo_boots_serves_restarts_and_counts_boots_across_power_off() {
     ok(&vm, vm.wait_for_line("count-boot: boot-count: 1", TIMEOUT));
     ok(
         &vm,
-        vm.wait_for_line("web: serving /state/www on port 80", TIMEOUT),
+        vm.wait_for_line("web: serving /www on port 80", TIMEOUT),
     );
     ok(&vm, vm.wait_for_line("berth: ready", TIMEOUT));
     let log = vm.serial_log();
@@ -87,6 +87,16 @@ fn demo_boots_serves_restarts_and_counts_boots_across_power_off() {
     let heartbeat = position(&log, "berth: service heartbeat started");
     let web = position(&log, "berth: service web started");
     assert!(task_done < heartbeat && heartbeat < web, "{log}");
+    // Every unit is read-only: its root is the image's tree, bound read-only.
+    for unit in [
+        "task count-boot",
+        "service heartbeat",
+        "service web",
+        "service flaky",
+    ] {
+        let line = format!("image demo shared with {unit} (read-only bind in ");
+        assert!(log.contains(&line), "{line}\n{log}");
+    }
 
     let page = http_get(port, "/", TIMEOUT).unwrap_or_else(|e| {
         vm.print_serial_log();
@@ -154,7 +164,7 @@ fn demo_boots_serves_restarts_and_counts_boots_across_power_off() {
     ok(&vm, vm.wait_for_line("count-boot: boot-count: 2", TIMEOUT));
     ok(
         &vm,
-        vm.wait_for_line("web: serving /state/www on port 80", TIMEOUT),
+        vm.wait_for_line("web: serving /www on port 80", TIMEOUT),
     );
     let page = http_get(port, "/", TIMEOUT).unwrap_or_else(|e| {
         vm.print_serial_log();

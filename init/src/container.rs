@@ -11,9 +11,12 @@
 //!   machine); every unit then gets its own root `RUN/rootfs/<unit>/root`,
 //!   an overlayfs whose lower layer is that shared tree and whose upper
 //!   layer is the unit's own (`upper`, `work`), so one unpack serves all
-//!   units of an image and no unit sees another's writes. Without overlayfs
-//!   (`/proc/filesystems` does not list it) each unit unpacks its own copy
-//!   into `RUN/rootfs/<unit>` instead. The runtime spec is derived from the
+//!   units of an image and no unit sees another's writes. A `read_only`
+//!   unit's root is the shared tree itself, bound read-only (the mount
+//!   destinations its container needs are made in the tree first, before
+//!   any overlay sits on it): no overlayfs, nothing per unit. Without
+//!   overlayfs (`/proc/filesystems` does not list it) each other unit
+//!   unpacks its own copy into `RUN/rootfs/<unit>` instead. The runtime spec is derived from the
 //!   image config plus the manifest's overrides ([`container_spec`]). A
 //!   bundle's `config.json` is read as it is. A failure is remembered: the
 //!   unit fails at its first start with that one-line error, without
@@ -148,6 +151,18 @@ pub enum PrepareError {
     },
     #[error("overlay option {path:?} holds one of ',' ':' '\\' (overlayfs cannot take it)")]
     OverlayPath { path: PathBuf },
+    #[error("bind {path} read-only")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("shared image tree {path}")]
+    MountTargets {
+        path: PathBuf,
+        #[source]
+        source: Box<ContainerError>,
+    },
 }
 
 /// Names of the images in the OCI layout at `layout` (`ref.name` of each
@@ -202,8 +217,11 @@ pub struct Prepared {
     /// Bytes of file content unpacked for this unit (0 for a bundle, or for
     /// an image an earlier unit unpacked: see `shared`).
     pub bytes: u64,
-    /// The image was already unpacked: this unit got an overlay on it.
+    /// The image was already unpacked: this unit got an overlay on it, or
+    /// (`read_only`) a read-only bind of it.
     pub shared: bool,
+    /// The unit's root is the shared tree itself, bound read-only.
+    pub read_only: bool,
     pub seconds: f64,
 }
 
@@ -219,11 +237,16 @@ enum Roots {
     Unpack,
 }
 
-/// An image unpacked once, the lower layer of its units' overlays.
+/// An image unpacked once: the lower layer of its units' overlays, and
+/// the root itself (bound read-only) of its read-only units.
 struct SharedImage {
     dir: PathBuf,
     image: Image,
     rootfs: Rootfs,
+    /// An overlay is mounted on the tree: from now on it must not change
+    /// (overlayfs(5): changes to a lower layer under a mounted overlay are
+    /// undefined), so no mount destination may be created in it any more.
+    overlaid: bool,
 }
 
 impl std::fmt::Debug for SharedImage {
@@ -317,8 +340,8 @@ pub struct ContainerLauncher {
     shared: BTreeMap<String, Result<SharedImage, String>>,
     /// Image name → its config digest, for the images opened so far.
     keys: BTreeMap<String, String>,
-    /// Overlay roots mounted, detached again at cleanup.
-    overlays: Vec<PathBuf>,
+    /// Roots mounted (overlays, read-only binds), detached at cleanup.
+    mounted: Vec<PathBuf>,
 }
 
 impl ContainerLauncher {
@@ -340,7 +363,7 @@ impl ContainerLauncher {
             roots: Roots::Undecided,
             shared: BTreeMap::new(),
             keys: BTreeMap::new(),
-            overlays: Vec::new(),
+            mounted: Vec::new(),
         }
     }
 
@@ -357,18 +380,18 @@ impl ContainerLauncher {
             Source::Host => return Ok(None),
             Source::Image(image) => self
                 .prepare_image(name, image, program)
-                .map(|(plan, bytes)| (plan, format!("image {image}"), bytes)),
-            Source::Bundle(dir) => {
-                prepare_bundle(dir).map(|plan| (plan, format!("bundle {}", dir.display()), Some(0)))
-            }
+                .map(|(plan, bytes, read_only)| (plan, format!("image {image}"), bytes, read_only)),
+            Source::Bundle(dir) => prepare_bundle(dir)
+                .map(|plan| (plan, format!("bundle {}", dir.display()), Some(0), false)),
         };
         match result {
-            Ok((plan, what, bytes)) => {
+            Ok((plan, what, bytes, read_only)) => {
                 self.plans.insert(name.to_owned(), plan);
                 Ok(Some(Prepared {
                     what,
                     bytes: bytes.unwrap_or(0),
                     shared: bytes.is_none(),
+                    read_only,
                     seconds: started.elapsed().as_secs_f64(),
                 }))
             }
@@ -384,15 +407,25 @@ impl ContainerLauncher {
         }
     }
 
-    /// The unit's plan and the bytes unpacked for it (`None`: the image was
-    /// unpacked for an earlier unit and this one got an overlay on it).
+    /// The unit's plan, the bytes unpacked for it (`None`: the image was
+    /// unpacked for an earlier unit and this one shares it) and whether
+    /// its root is the shared tree bound read-only.
+    ///
+    /// A `read_only` unit's root is the shared tree itself, bound
+    /// read-only: no overlayfs needed (nor its module), nothing per unit
+    /// to keep. The mount destinations its container needs are created in
+    /// the tree first (it is read-only to the runtime by then), which is
+    /// only allowed before an overlay is mounted on the tree; after that
+    /// such a unit gets an overlay like the others (its spec keeps the
+    /// root read-only). Other units get an overlay, or without overlayfs
+    /// their own unpacked copy.
     fn prepare_image(
         &mut self,
         name: &str,
         image: &str,
         program: &Program,
-    ) -> Result<(Plan, Option<u64>), PrepareError> {
-        if !self.shares_images() {
+    ) -> Result<(Plan, Option<u64>, bool), PrepareError> {
+        if !self.shares_image(program) {
             let img = open_image(&self.opts.images, image)?;
             let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
             let result = self.fill_rootfs(name, image, &img, &dir, program);
@@ -400,7 +433,7 @@ impl ContainerLauncher {
                 // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
                 let _ = fs::remove_dir_all(&dir);
             }
-            return result.map(|(plan, bytes)| (plan, Some(bytes)));
+            return result.map(|(plan, bytes)| (plan, Some(bytes), false));
         }
         let mut unpacked = None;
         let key = match self.keys.get(image) {
@@ -434,17 +467,41 @@ impl ContainerLauncher {
                 });
             }
         };
-        let unit_dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
-        let root = mount_overlay(&shared.dir, &unit_dir)?;
-        self.overlays.push(root.clone());
         let spec = self.unit_spec(name, image, &shared.image, &shared.rootfs, program)?;
+        let bind = program.read_only && !shared.overlaid;
+        if bind {
+            self.runtime
+                .create_mount_targets(name, &spec, &shared.dir)
+                .map_err(|source| PrepareError::MountTargets {
+                    path: shared.dir.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        let unit_dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+        let root = if bind {
+            mount_read_only_bind(&shared.dir, &unit_dir)?
+        } else {
+            let root = mount_overlay(&shared.dir, &unit_dir)?;
+            if let Some(Ok(shared)) = self.shared.get_mut(&key) {
+                shared.overlaid = true;
+            }
+            root
+        };
+        self.mounted.push(root.clone());
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
                 rootfs: root,
             },
             unpacked,
+            bind,
         ))
+    }
+
+    /// Whether `program`'s unit shares its image's one unpack: a read-only
+    /// unit always (a read-only bind), the others through overlayfs.
+    pub fn shares_image(&mut self, program: &Program) -> bool {
+        program.read_only || self.shares_images()
     }
 
     /// Whether units share one unpack per image (through overlayfs), or
@@ -689,6 +746,7 @@ fn unpack_shared(
                 dir,
                 image: img,
                 rootfs,
+                overlaid: false,
             },
             bytes,
         )),
@@ -781,6 +839,55 @@ fn mount_overlay(lower: &Path, unit: &Path) -> Result<PathBuf, PrepareError> {
         path: root.clone(),
         source,
     })?;
+    Ok(root)
+}
+
+/// Mounts `unit/root`: the shared tree `tree` bound read-only (the tree
+/// mount's nosuid/nodev/noexec/atime flags kept). Returns the root.
+fn mount_read_only_bind(tree: &Path, unit: &Path) -> Result<PathBuf, PrepareError> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let root = unit.join("root");
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&root)
+        .map_err(|source| PrepareError::Io {
+            op: "create",
+            path: root.clone(),
+            source,
+        })?;
+    let bind_err = |source| PrepareError::Bind {
+        path: root.clone(),
+        source,
+    };
+    mount(
+        Some(tree),
+        &root,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(bind_err)?;
+    // A bind mount ignores flags when it is made: remount it read-only.
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    let have = statvfs(&root).map_err(bind_err)?.flags();
+    for (st, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        // statvfs(3) ST_RELATIME; musl's libc crate lacks the constant.
+        (FsFlags::from_bits_retain(0x1000), MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(st) {
+            flags |= ms;
+        }
+    }
+    if let Err(e) = mount(None::<&str>, &root, None::<&str>, flags, None::<&str>) {
+        let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+        return Err(bind_err(e));
+    }
     Ok(root)
 }
 
@@ -1129,8 +1236,8 @@ impl Launcher for ContainerLauncher {
             }
         }
         // Outside a mount namespace of its own (the process role) PID 1's
-        // overlays would outlive it.
-        for root in std::mem::take(&mut self.overlays) {
+        // overlays and binds would outlive it.
+        for root in std::mem::take(&mut self.mounted) {
             if let Err(e) = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH) {
                 log::warn!("unmount {}: {e}", root.display());
             }

@@ -367,21 +367,19 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
     // the machine set-up, in this thread: run beside the module loading on
     // one vCPU it slowed both (module init waits on kernel workers, which
     // queued behind the unpack), even at nice 19.
-    let mut images: Vec<&str> = units
-        .iter()
-        .filter_map(|(_, _, p)| match &p.source {
-            manifest::Source::Image(image) => Some(image.as_str()),
-            _ => None,
-        })
-        .collect();
+    // Without overlayfs each writable unit unpacks its own copy when it is
+    // prepared.
+    let mut images: Vec<&str> = Vec::new();
+    for (_, _, p) in &units {
+        if let manifest::Source::Image(image) = &p.source
+            && launcher.shares_image(p)
+        {
+            images.push(image.as_str());
+        }
+    }
     images.sort_unstable();
     images.dedup();
-    // Without overlayfs each unit unpacks its own copy when it is prepared.
-    let unpacked = if launcher.shares_images() {
-        container::unpack_images(&container_opts, &images)
-    } else {
-        container::Unpacked::default()
-    };
+    let unpacked = container::unpack_images(&container_opts, &images);
     for report in &unpacked.reports {
         match &report.result {
             Ok((bytes, seconds)) => timeline(
@@ -405,7 +403,12 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
 
     // Every unit prepared once, now: after the data disk (persistent mount
     // sources) and before any unit starts. A failure belongs to its unit,
-    // which fails when it would start; the boot goes on.
+    // which fails when it would start; the boot goes on. Read-only units
+    // first: their roots are the shared trees themselves, whose missing
+    // mount destinations can only be created before any overlay is
+    // mounted on them.
+    let mut units = units;
+    units.sort_by_key(|(_, _, p)| !p.read_only);
     for (kind, name, program) in &units {
         match launcher.prepare(name, program) {
             Ok(None) => {}
@@ -445,11 +448,18 @@ fn timeline(start: Millis, what: &str) {
     log::info!("timeline +{}ms: {what}", now_ms().saturating_sub(start));
 }
 
-/// `image busybox shared with service db (overlay in 1 ms)`, or without
-/// overlayfs `image busybox unpacked for service web: 1.1 MiB in 12 ms
-/// (92 MB/s)`, or `bundle /b read for service web in 1 ms`.
+/// `image busybox shared with service db (overlay in 1 ms)`, `… (read-only
+/// bind in 1 ms)`, or without overlayfs `image busybox unpacked for service
+/// web: 1.1 MiB in 12 ms (92 MB/s)`, or `bundle /b read for service web in
+/// 1 ms`.
 fn unpacked_line(kind: UnitKind, name: &str, p: &container::Prepared) -> String {
     let ms = p.seconds * 1000.0;
+    if p.read_only {
+        return format!(
+            "{} shared with {kind} {name} (read-only bind in {ms:.0} ms)",
+            p.what
+        );
+    }
     if p.shared {
         return format!(
             "{} shared with {kind} {name} (overlay in {ms:.0} ms)",

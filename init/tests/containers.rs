@@ -735,6 +735,65 @@ fn restarts_reuse_the_unpacked_rootfs() {
 }
 
 #[test]
+fn read_only_units_share_the_image_tree_itself() {
+    let w = World::new("robind");
+    let forever = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
+    // The task `rw` writes into its root (an overlay); the read-only
+    // services get the shared tree itself, bound read-only. They are
+    // prepared before it although it comes first: /scratch, the
+    // destination of their tmpfs, is missing from the image and can only
+    // be made in the tree before an overlay sits on it.
+    let scratch = r#","read_only":true,"mounts":[{"type":"tmpfs","target":"/scratch"}]"#;
+    let m = manifest(
+        &[ctr("rw", "echo new > /etc/added; echo wrote", "")],
+        &[
+            ctr(
+                "ro1",
+                &format!(
+                    "touch /x 2>/dev/null && echo root=rw || echo root=ro; \
+                     echo hi > /scratch/f && echo scratch=$(cat /scratch/f); {forever}"
+                ),
+                scratch,
+            ),
+            ctr(
+                "ro2",
+                &format!(
+                    "echo added=$(test -e /etc/added && echo yes || echo no) \
+                     f=$(test -e /scratch/f && echo yes || echo no); {forever}"
+                ),
+                scratch,
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("rw: wrote");
+    p.wait_for("ro1: root=ro");
+    p.wait_for("ro1: scratch=hi");
+    p.wait_for("ro2: added=no f=no");
+    let ro1 = p.index_of("image busybox shared with service ro1 (read-only bind in ");
+    let ro2 = p.index_of("image busybox shared with service ro2 (read-only bind in ");
+    let rw = p.index_of("image busybox shared with task rw (overlay in ");
+    assert!(ro1 < ro2 && ro2 < rw, "{}", p.dump());
+    let shared: Vec<_> = std::fs::read_dir(w.dir.join("run/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    // The tmpfs's destination was made in the tree; nothing else changed.
+    assert!(shared[0].join("scratch").is_dir());
+    assert_eq!(
+        std::fs::read_dir(shared[0].join("scratch"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(!shared[0].join("etc/added").exists());
+    assert!(!shared[0].join("x").exists());
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
 fn units_of_one_image_share_one_unpack_but_not_their_writes() {
     let w = World::new("share");
     let forever = "trap 'exit 0' TERM; while true; do sleep 0.1; done";

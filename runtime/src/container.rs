@@ -345,6 +345,33 @@ impl Runtime {
 
     /// Creates a container from an in-memory spec and a rootfs path (how
     /// PID 1 uses the runtime); `root.path` of the spec is ignored.
+    /// Prepares `rootfs` to be the read-only root of a container of `spec`
+    /// that `create_from_spec` will make later: creates in it now the
+    /// mount destinations the container's first process would otherwise
+    /// create (see [`crate::rootfs::create_mount_targets`]). For a tree
+    /// shared read-only by several containers: call it while the tree is
+    /// still writable, before it is bound read-only.
+    pub fn create_mount_targets(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+    ) -> Result<(), ContainerError> {
+        let bundle = rootfs.parent().unwrap_or(Path::new("/"));
+        let is_dir = |p: &Path| fs::metadata(p).map(|m| m.is_dir()).unwrap_or(true);
+        let plan =
+            spec::plan(spec, rootfs, bundle, &is_dir).map_err(|source| ContainerError::Spec {
+                id: id.to_string(),
+                source,
+            })?;
+        crate::rootfs::create_mount_targets(&plan, rootfs).map_err(|source| ContainerError::Io {
+            id: id.to_string(),
+            op: "create mount destinations in",
+            path: rootfs.to_path_buf(),
+            source,
+        })
+    }
+
     pub fn create_from_spec(
         &self,
         id: &str,

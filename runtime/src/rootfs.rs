@@ -407,6 +407,32 @@ pub fn create_symlink_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Resu
     Ok(())
 }
 
+/// Before the clone, in the parent, for a rootfs the container will find
+/// read-only (a read-only bind of a tree several containers share, where
+/// the child could create nothing): creates every mount destination that
+/// is not beneath an earlier mount's destination (those are made inside
+/// that mount by the child), dangling symlinks on the way followed as
+/// [`create_symlink_targets`] does. Resolved and created exactly as the
+/// child would, inside the rootfs.
+pub fn create_mount_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    create_symlink_targets(plan, rootfs)?;
+    let root_path = std::ffi::CString::new(rootfs.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let root = sys::openat(None, &root_path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        let inner = &m.dest.prefixes[..m.dest.prefixes.len().saturating_sub(1)];
+        if plan.mounts[..i]
+            .iter()
+            .any(|earlier| inner.contains(&earlier.dest.full))
+        {
+            continue;
+        }
+        drop(ensure_path(root.as_fd(), &m.dest, m.file)?);
+    }
+    Ok(())
+}
+
 fn follow_dangling(root: BorrowedFd<'_>, path: &str, file: bool, depth: u32) -> io::Result<()> {
     // Linux's own limit on nested symlinks (path_resolution(7)).
     if depth > 40 {

@@ -594,6 +594,105 @@ fn bind_mount_on_a_dangling_relative_symlink_like_resolv_conf() {
     );
 }
 
+/// Runs `b`'s process (its config as it stands) from the root `rootfs`
+/// through `create_from_spec`, as berth-init does with a shared tree.
+fn run_on_root(b: &Bundle, rootfs: &std::path::Path) -> Result<common::Outcome, String> {
+    use std::io::Read;
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(b.config.clone()).unwrap();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdin: None,
+            stdout: Some(out_w.into()),
+            stderr: None,
+        },
+    };
+    let id = common::unique_id("shared");
+    let mut c =
+        t.rt.create_from_spec(&id, &spec, rootfs, opts)
+            .map_err(|e| chain(&e))?;
+    c.start().map_err(|e| chain(&e))?;
+    let status = c.wait().map_err(|e| chain(&e))?;
+    c.delete(false).map_err(|e| chain(&e))?;
+    let mut stdout = String::new();
+    out_r.read_to_string(&mut stdout).unwrap();
+    Ok(common::Outcome {
+        status,
+        stdout,
+        stderr: String::new(),
+    })
+}
+
+/// `mount` as a command (this crate's tests have no mount wrapper).
+fn mount_cmd(args: &[&str]) {
+    let st = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount {args:?}");
+}
+
+#[test]
+fn a_read_only_shared_root_gets_its_mount_targets_beforehand() {
+    // berth-init gives read-only units a read-only bind of the image tree
+    // they share: the container's first process can create nothing there,
+    // so create_mount_targets makes the destinations first, while the tree
+    // is writable; the ones beneath another mount stay the child's.
+    let host = common::TempDir::new("ro-root-src");
+    fs::write(host.0.join("f"), "data\n").unwrap();
+    let mut b = Bundle::new();
+    for d in ["proc", "dev", "sys"] {
+        fs::remove_dir(b.rootfs().join(d)).unwrap();
+    }
+    // A dangling relative symlink on a destination: followed inside.
+    std::os::unix::fs::symlink("../var/lib/data", b.rootfs().join("etc/data")).unwrap();
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/srv/in", "type": "bind", "source": host.0, "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": "/etc/hostfile", "type": "bind", "source": host.0.join("f"), "options": ["bind", "ro"]}));
+    mounts.push(json!({"destination": "/etc/data", "type": "tmpfs", "source": "tmpfs"}));
+    mounts.push(json!({"destination": "/etc/data/nested", "type": "tmpfs", "source": "tmpfs"}));
+    b.config["root"]["readonly"] = json!(true);
+    b.script(
+        "cat /srv/in/f /etc/hostfile; test -c /dev/null && test -d /dev/pts && echo dev; \
+         test -d /etc/data/nested && echo nested; touch /x 2>/dev/null || echo root=ro",
+    );
+    let tree = b.rootfs();
+    let ro = b.dir().join("ro");
+    fs::create_dir(&ro).unwrap();
+    mount_cmd(&["--bind", tree.to_str().unwrap(), ro.to_str().unwrap()]);
+    mount_cmd(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(ro.clone());
+
+    // Without them the child fails on the first missing destination.
+    let err = run_on_root(&b, &ro).unwrap_err();
+    assert!(err.contains("Read-only file system"), "{err}");
+
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(b.config.clone()).unwrap();
+    common::runtime()
+        .rt
+        .create_mount_targets("shared", &spec, &tree)
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    for d in ["proc", "dev", "sys", "srv/in", "var/lib/data"] {
+        assert!(tree.join(d).is_dir(), "{d}");
+    }
+    assert!(tree.join("etc/hostfile").is_file());
+    // Beneath /dev and /etc/data: left to the child, inside those mounts.
+    assert!(!tree.join("dev/pts").exists());
+    assert!(!tree.join("var/lib/data/nested").exists());
+    assert!(!b.dir().join("var").exists(), "nothing outside the root");
+
+    let out = run_on_root(&b, &ro).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status, ExitStatus::Exited(0), "{out:?}");
+    assert_eq!(out.stdout, "data\ndata\ndev\nnested\nroot=ro\n");
+}
+
 #[test]
 fn mounts_over_proc_are_refused() {
     let mut b = Bundle::new();

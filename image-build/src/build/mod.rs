@@ -31,9 +31,11 @@
 //! `virtio_blk` when there is a `data_disk`, `virtio_pci` and `virtio_net`
 //! when `network.interfaces` is not empty — QEMU's disk and NIC; Debian's
 //! cloud kernel has all of them as modules — and the data disk's `fstype`
-//! when the kernel has it as a module, and `overlay` when a unit runs from
-//! an image (berth-init unpacks each image once and gives every unit an
-//! overlayfs on it). `virtio_pci` is the bus driver and
+//! when the kernel has it as a module, and `overlay` when a unit that is
+//! not `read_only` runs from an image (berth-init unpacks each image once
+//! and gives every such unit an overlayfs on it; a read-only unit's root
+//! is the unpacked tree itself, bound read-only). `virtio_pci` is the bus
+//! driver and
 //! no module `depends=` on it, so it must be named.
 
 pub mod cpio;
@@ -342,12 +344,15 @@ fn add_machine_modules(
         extra.push("virtio_pci".into());
         extra.push("virtio_net".into());
     }
-    let image_units = ["tasks", "services"]
+    let writable_image_units = ["tasks", "services"]
         .iter()
         .filter_map(|k| obj.get(*k).and_then(Value::as_array))
         .flatten()
-        .any(|unit| unit.get("image").is_some());
-    if image_units {
+        .any(|unit| {
+            unit.get("image").is_some()
+                && unit.get("read_only").and_then(Value::as_bool) != Some(true)
+        });
+    if writable_image_units {
         extra.push("overlay".into());
     }
     if extra.is_empty() {

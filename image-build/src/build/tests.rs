@@ -105,6 +105,18 @@ fn machine_modules_follow_disk_and_network() {
     );
     let p = prep(r#"{"version": 1}"#).unwrap();
     assert!(p.manifest.get("modules").is_none());
+    // overlay: only for an image unit that writes to its root.
+    let units = |ro: &str| {
+        format!(
+            r#"{{"version": 1, "images": {{"bb": "oci:layout:bb"}},
+                "tasks": [{{"name": "t", "image": "bb", "read_only": true}}],
+                "services": [{{"name": "s", "image": "bb"{ro}}}]}}"#
+        )
+    };
+    let p = prep(&units("")).unwrap();
+    assert_eq!(p.manifest["modules"], serde_json::json!(["overlay"]));
+    let p = prep(&units(r#", "read_only": true"#)).unwrap();
+    assert!(p.manifest.get("modules").is_none(), "{}", p.manifest);
 }
 
 #[test]

@@ -126,6 +126,15 @@ pub struct EventLoop<L: Launcher> {
     reboot_requested: bool,
 }
 
+/// Whether a `/proc/PID/stat` line says running (`R`): the state is the
+/// first field after the command name, which is in parentheses and may
+/// itself hold spaces and parentheses (proc(5)).
+pub fn stat_running(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        == Some("R")
+}
+
 /// The supervisor's hands inside the loop: spawn with fresh pipes, signal,
 /// report through the logger.
 struct LoopRunner<'a, L: Launcher> {
@@ -197,6 +206,11 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
 
     fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus) {
         self.launcher.reaped(name, pid, status);
+    }
+
+    fn running(&mut self, pid: Pid) -> bool {
+        // A process that is gone or unreadable is not running.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_running(&s))
     }
 
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>) {
@@ -557,5 +571,23 @@ impl<L: Launcher> EventLoop<L> {
                 self.read_pipe(raw);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_running;
+
+    #[test]
+    fn stat_state_is_read_after_the_command_name() {
+        assert!(stat_running("90 (sh) R 1 90 90 0 -1 4194560 ..."));
+        assert!(!stat_running("90 (sh) S 1 90 90 0 -1 4194560 ..."));
+        assert!(!stat_running("90 (busybox) D 1 90"));
+        assert!(!stat_running("90 (sh) Z 1 90"));
+        // A command name may hold ") R (" itself: the last ')' ends it.
+        assert!(!stat_running("90 (a) R (b) S 1 90"));
+        assert!(stat_running("90 (x) S) R 1"));
+        assert!(!stat_running(""));
+        assert!(!stat_running("90 (sh)"));
     }
 }

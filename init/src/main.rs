@@ -77,7 +77,7 @@ use berth_init::net;
 use berth_init::power_button;
 use berth_init::rootfs;
 use berth_init::service::Millis;
-use berth_init::supervisor::Supervisor;
+use berth_init::supervisor::{self, Supervisor};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::reboot::RebootMode;
 use nix::sys::signal::Signal;
@@ -422,7 +422,16 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
     let Manifest {
         tasks, services, ..
     } = manifest;
-    let supervisor = Supervisor::new(tasks, services).map_err(|e| error_chain(&e))?;
+    let mut supervisor = Supervisor::new(tasks, services).map_err(|e| error_chain(&e))?;
+    // One CPU: a service and the next one's creation would share it and
+    // both come up later; each start waits for the one before to block.
+    if std::thread::available_parallelism().map_or(true, |n| n.get() == 1) {
+        log::debug!(
+            "one CPU: each service starts once the one before has blocked (at most {} ms)",
+            supervisor::PACE_MAX.as_millis()
+        );
+        supervisor.set_paced_starts(true);
+    }
     let mut event_loop =
         EventLoop::new(launcher, supervisor, signals).map_err(|e| error_chain(&e))?;
     if role == Role::Machine {

@@ -9,9 +9,15 @@
 //! Rules:
 //! - Tasks run one at a time, in manifest order. A failing task stops the
 //!   boot (fatal) unless it is `optional`.
-//! - Services start in dependency order once every task is done; then
-//!   `berth: ready`. `depends_on` orders starts; it does not wait for
-//!   readiness (there are no health checks yet).
+//! - Services start in dependency order once every task is done, one per
+//!   loop turn; then `berth: ready`. `depends_on` orders starts; it does
+//!   not wait for readiness (there are no health checks yet).
+//! - Paced starts (on a machine with one CPU, see
+//!   [`Supervisor::set_paced_starts`]): the next service starts once the
+//!   one before has stopped running — its first process blocked, waits
+//!   or exited — or after [`PACE_MAX`]. On one CPU the two would share it
+//!   and both come up later; paced, each gets going before the next is
+//!   created, and the boot as a whole takes as long.
 //! - Shutdown: a service gets its stop signal once every service that depends
 //!   on it is down; SIGKILL after its stop timeout. Independent services stop
 //!   in parallel, so shutdown takes the longest chain, not the sum.
@@ -33,12 +39,22 @@ use crate::units::HumanDuration;
 /// How long a boot task gets between SIGTERM and SIGKILL at shutdown.
 pub const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Paced starts: the longest a start waits for the service before it to
+/// stop running (a service that never blocks holds the next one back this
+/// long, no longer).
+pub const PACE_MAX: Duration = Duration::from_millis(100);
+/// Paced starts: how often a running service is looked at again.
+const PACE_POLL: Millis = 5;
+
 /// The supervisor's hands.
 pub trait Runner {
     fn spawn(&mut self, kind: UnitKind, name: &str, program: &Program) -> Result<Pid, LaunchError>;
     fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError>;
     /// The unit's first process was reaped with `status`.
     fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus);
+    /// Whether `pid` is running or waiting for a CPU (not blocked, not
+    /// stopped, not exited): paced starts wait while it is.
+    fn running(&mut self, pid: Pid) -> bool;
     /// A marker line, without the `berth: ` prefix.
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>);
 }
@@ -92,6 +108,12 @@ pub struct Supervisor {
     /// reads the output (and reaps the exits) of the ones already started
     /// between two starts instead of after all of them.
     next_start: Option<usize>,
+    /// Paced starts ([`Self::set_paced_starts`]).
+    paced: bool,
+    /// Paced: the service started last (its pid, when), which the next
+    /// start waits for, and when it is looked at again.
+    settling: Option<(Pid, Millis)>,
+    settle_check: Millis,
     pids: BTreeMap<Pid, UnitRef>,
     phase: Phase,
     fatal: Option<String>,
@@ -145,6 +167,9 @@ impl Supervisor {
             services,
             start_order,
             next_start: None,
+            paced: false,
+            settling: None,
+            settle_check: 0,
             pids: BTreeMap::new(),
             phase: Phase::Tasks,
             fatal: None,
@@ -171,6 +196,11 @@ impl Supervisor {
         self.phase
     }
 
+    /// Paced starts (see the module docs): for a machine with one CPU.
+    pub fn set_paced_starts(&mut self, paced: bool) {
+        self.paced = paced;
+    }
+
     /// Why the boot failed, once it has.
     pub fn fatal(&self) -> Option<&str> {
         self.fatal.as_deref()
@@ -186,11 +216,12 @@ impl Supervisor {
     }
 
     /// The earliest deadline of any unit: when [`Self::tick`] is due. While
-    /// services are still to be started that is at once (0).
+    /// services are still to be started that is at once (0), or, paced,
+    /// when the one started last is looked at again.
     pub fn next_deadline(&self) -> Option<Millis> {
-        if self.next_start.is_some() {
-            return Some(0);
-        }
+        let start = self
+            .next_start
+            .map(|_| self.settling.map_or(0, |_| self.settle_check));
         let tasks = self.tasks.iter().filter_map(|t| match t.state {
             TaskState::Running {
                 deadline: Some(d),
@@ -200,7 +231,7 @@ impl Supervisor {
             _ => None,
         });
         let services = self.services.iter().filter_map(|s| s.machine.deadline());
-        tasks.chain(services).min()
+        start.into_iter().chain(tasks).chain(services).min()
     }
 
     /// A pid was reaped. Returns false for pids that are no unit's (orphans
@@ -287,6 +318,7 @@ impl Supervisor {
         self.phase = Phase::ShuttingDown;
         // Services not started yet stay pending: nothing to stop.
         self.next_start = None;
+        self.settling = None;
         for t in &mut self.tasks {
             match t.state {
                 TaskState::Pending => t.state = TaskState::Skipped,
@@ -466,8 +498,22 @@ impl Supervisor {
     }
 
     /// Starts the next service in start order (at most one spawn), and
-    /// says `ready` after the last.
+    /// says `ready` after the last. Paced, not before the one started last
+    /// has stopped running (or [`PACE_MAX`] has passed).
     fn start_next(&mut self, now: Millis, r: &mut dyn Runner) {
+        if self.next_start.is_none() {
+            return;
+        }
+        if let Some((pid, since)) = self.settling {
+            if now < since.saturating_add(ms(PACE_MAX))
+                && self.pids.contains_key(&pid)
+                && r.running(pid)
+            {
+                self.settle_check = now.saturating_add(PACE_POLL);
+                return;
+            }
+            self.settling = None;
+        }
         while let Some(pos) = self.next_start {
             if self.phase != Phase::Services {
                 self.next_start = None;
@@ -486,6 +532,15 @@ impl Supervisor {
             let spawn = action == Action::Spawn;
             self.act(i, action, now, r);
             if spawn && self.start_order.get(pos + 1).is_some() {
+                if self.paced
+                    && let Some(pid) = self
+                        .services
+                        .get(i)
+                        .and_then(|run| run.machine.state().pid())
+                {
+                    self.settling = Some((pid, now));
+                    self.settle_check = now.saturating_add(PACE_POLL);
+                }
                 return;
             }
         }
@@ -575,6 +630,9 @@ mod tests {
         /// Spawn fails for good (a corrupt image).
         refuse: Vec<String>,
         pids: BTreeMap<String, Pid>,
+        /// Pids `running` says yes for, and the pids it was asked about.
+        running: Vec<Pid>,
+        looked_at: Vec<Pid>,
     }
 
     impl Runner for FakeRunner {
@@ -604,6 +662,10 @@ mod tests {
         }
         fn reaped(&mut self, name: &str, _pid: Pid, _status: ExitStatus) {
             self.reaped.push(name.to_owned());
+        }
+        fn running(&mut self, pid: Pid) -> bool {
+            self.looked_at.push(pid);
+            self.running.contains(&pid)
         }
         fn report(&mut self, _level: log::Level, line: fmt::Arguments<'_>) {
             self.lines.push(line.to_string());
@@ -675,6 +737,69 @@ mod tests {
             ]
         );
         assert_eq!(r.reaped, ["t1", "t2"]);
+    }
+
+    #[test]
+    fn paced_starts_wait_for_the_service_before_to_stop_running() {
+        let mut s = supervisor(APP);
+        s.set_paced_starts(true);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 10, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 20, &mut r);
+        s.tick(20, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        // db runs: web waits, looked at again every PACE_POLL ms.
+        let db = r.pid("db");
+        r.running.push(db);
+        assert_eq!(s.next_deadline(), Some(25));
+        s.tick(25, &mut r);
+        s.tick(30, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        assert_eq!(r.looked_at, [db, db]);
+        assert_eq!(s.next_deadline(), Some(35));
+        // db blocks: web starts at the next look, then waits for web.
+        r.running.clear();
+        s.tick(35, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
+        // web never stops running: cron starts after PACE_MAX anyway.
+        let web = r.pid("web");
+        r.running.push(web);
+        s.tick(100, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
+        s.tick(35 + ms(PACE_MAX), &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
+        // cron was the last: nothing waits for it.
+        s.tick(136, &mut r);
+        assert_eq!(r.lines.last().map(String::as_str), Some("ready"));
+        assert_eq!(s.next_deadline(), None);
+        assert_eq!(r.looked_at.len(), 4, "{:?}", r.looked_at);
+    }
+
+    #[test]
+    fn paced_start_goes_on_when_the_service_before_exits() {
+        let mut s = supervisor(APP);
+        s.set_paced_starts(true);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 10, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 20, &mut r);
+        s.tick(20, &mut r);
+        let db = r.pid("db");
+        r.running.push(db);
+        s.tick(25, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        // db exits (and its restart is someone else's business): a
+        // reaped pid is not asked about again.
+        s.child_exited(db, ExitStatus::Code(1), 27, &mut r);
+        s.tick(27, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
+        assert_eq!(r.looked_at, [db]);
+        // A shutdown while waiting: nothing more starts.
+        r.running.push(r.pid("web"));
+        s.shutdown(28, &mut r);
+        s.tick(300, &mut r);
+        assert!(!r.spawned.contains(&"cron".to_owned()));
     }
 
     #[test]

@@ -739,8 +739,9 @@ mod tests {
         assert_eq!(r.reaped, ["t1", "t2"]);
     }
 
-    #[test]
-    fn paced_starts_wait_for_the_service_before_to_stop_running() {
+    /// APP with paced starts, its tasks done and its first service (db)
+    /// started at 20 ms.
+    fn paced_first_service_started() -> (Supervisor, FakeRunner) {
         let mut s = supervisor(APP);
         s.set_paced_starts(true);
         let mut r = FakeRunner::default();
@@ -748,6 +749,12 @@ mod tests {
         s.child_exited(r.pid("t1"), ExitStatus::Code(0), 10, &mut r);
         s.child_exited(r.pid("t2"), ExitStatus::Code(0), 20, &mut r);
         s.tick(20, &mut r);
+        (s, r)
+    }
+
+    #[test]
+    fn paced_starts_wait_for_the_service_before_to_stop_running() {
+        let (mut s, mut r) = paced_first_service_started();
         assert_eq!(r.spawned, ["t1", "t2", "db"]);
         // db runs: web waits, looked at again every PACE_POLL ms.
         let db = r.pid("db");
@@ -778,13 +785,7 @@ mod tests {
 
     #[test]
     fn paced_start_goes_on_when_the_service_before_exits() {
-        let mut s = supervisor(APP);
-        s.set_paced_starts(true);
-        let mut r = FakeRunner::default();
-        s.boot(0, &mut r);
-        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 10, &mut r);
-        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 20, &mut r);
-        s.tick(20, &mut r);
+        let (mut s, mut r) = paced_first_service_started();
         let db = r.pid("db");
         r.running.push(db);
         s.tick(25, &mut r);

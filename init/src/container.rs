@@ -12,7 +12,8 @@
 //!   an overlayfs whose lower layer is that shared tree and whose upper
 //!   layer is the unit's own (`upper`, `work`), so one unpack serves all
 //!   units of an image and no unit sees another's writes. A `read_only`
-//!   unit's root is the shared tree itself, bound read-only (the mount
+//!   unit's root (unless it holds CAP_SYS_ADMIN, see [`binds_root`]) is
+//!   the shared tree itself, bound read-only (the mount
 //!   destinations its container needs are made in the tree first, before
 //!   any overlay sits on it): no overlayfs, nothing per unit. Without
 //!   overlayfs (`/proc/filesystems` does not list it) each other unit
@@ -468,7 +469,7 @@ impl ContainerLauncher {
             }
         };
         let spec = self.unit_spec(name, image, &shared.image, &shared.rootfs, program)?;
-        let bind = program.read_only && !shared.overlaid;
+        let bind = binds_root(program) && !shared.overlaid;
         if bind {
             self.runtime
                 .create_mount_targets(name, &spec, &shared.dir)
@@ -499,9 +500,10 @@ impl ContainerLauncher {
     }
 
     /// Whether `program`'s unit shares its image's one unpack: a read-only
-    /// unit always (a read-only bind), the others through overlayfs.
+    /// unit always (a read-only bind, see [`binds_root`]), the others
+    /// through overlayfs.
     pub fn shares_image(&mut self, program: &Program) -> bool {
-        program.read_only || self.shares_images()
+        binds_root(program) || self.shares_images()
     }
 
     /// Whether units share one unpack per image (through overlayfs), or
@@ -840,6 +842,20 @@ fn mount_overlay(lower: &Path, unit: &Path) -> Result<PathBuf, PrepareError> {
         source,
     })?;
     Ok(root)
+}
+
+/// Whether a unit's root can be its image's shared tree, bound read-only:
+/// the unit is `read_only`, and it is not granted CAP_SYS_ADMIN, with
+/// which (containers get no user namespace) it could remount its root
+/// read-write and write into the tree every unit of the image shares; such
+/// a unit gets an overlay, whose upper layer takes what it writes.
+pub fn binds_root(program: &Program) -> bool {
+    program.read_only
+        && !program
+            .capabilities
+            .iter()
+            .flatten()
+            .any(|c| c.eq_ignore_ascii_case("CAP_SYS_ADMIN"))
 }
 
 /// Mounts `unit/root`: the shared tree `tree` bound read-only (the tree

@@ -128,11 +128,17 @@ pub struct EventLoop<L: Launcher> {
 
 /// Whether a `/proc/PID/stat` line says running (`R`): the state is the
 /// first field after the command name, which is in parentheses and may
-/// itself hold spaces and parentheses (proc(5)).
-pub fn stat_running(stat: &str) -> bool {
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        == Some("R")
+/// itself hold spaces, parentheses and any byte but NUL (proc(5)).
+pub fn stat_running(stat: &[u8]) -> bool {
+    let Some(end) = stat.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    let mut fields = stat
+        .get(end + 1..)
+        .unwrap_or_default()
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    fields.next() == Some(b"R".as_slice())
 }
 
 /// The supervisor's hands inside the loop: spawn with fresh pipes, signal,
@@ -210,7 +216,7 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
 
     fn running(&mut self, pid: Pid) -> bool {
         // A process that is gone or unreadable is not running.
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_running(&s))
+        std::fs::read(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_running(&s))
     }
 
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>) {
@@ -580,14 +586,16 @@ mod tests {
 
     #[test]
     fn stat_state_is_read_after_the_command_name() {
-        assert!(stat_running("90 (sh) R 1 90 90 0 -1 4194560 ..."));
-        assert!(!stat_running("90 (sh) S 1 90 90 0 -1 4194560 ..."));
-        assert!(!stat_running("90 (busybox) D 1 90"));
-        assert!(!stat_running("90 (sh) Z 1 90"));
+        assert!(stat_running(b"90 (sh) R 1 90 90 0 -1 4194560 ..."));
+        assert!(!stat_running(b"90 (sh) S 1 90 90 0 -1 4194560 ..."));
+        assert!(!stat_running(b"90 (busybox) D 1 90"));
+        assert!(!stat_running(b"90 (sh) Z 1 90"));
         // A command name may hold ") R (" itself: the last ')' ends it.
-        assert!(!stat_running("90 (a) R (b) S 1 90"));
-        assert!(stat_running("90 (x) S) R 1"));
-        assert!(!stat_running(""));
-        assert!(!stat_running("90 (sh)"));
+        assert!(!stat_running(b"90 (a) R (b) S 1 90"));
+        assert!(stat_running(b"90 (x) S) R 1"));
+        // Or bytes that are not UTF-8.
+        assert!(stat_running(b"90 (\xff\xfe) R 1"));
+        assert!(!stat_running(b""));
+        assert!(!stat_running(b"90 (sh)"));
     }
 }

@@ -408,7 +408,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
     // mount destinations can only be created before any overlay is
     // mounted on them.
     let mut units = units;
-    units.sort_by_key(|(_, _, p)| !p.read_only);
+    units.sort_by_key(|(_, _, p)| !container::binds_root(p));
     for (kind, name, program) in &units {
         match launcher.prepare(name, program) {
             Ok(None) => {}

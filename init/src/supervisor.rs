@@ -110,9 +110,11 @@ pub struct Supervisor {
     next_start: Option<usize>,
     /// Paced starts ([`Self::set_paced_starts`]).
     paced: bool,
-    /// Paced: the service started last (its pid, when), which the next
-    /// start waits for, and when it is looked at again.
-    settling: Option<(Pid, Millis)>,
+    /// Paced: the service started last, which the next start waits for:
+    /// its pid and when it was first looked at (the first loop turn after
+    /// its start, so the wait's limit does not include its creation), and
+    /// when it is looked at again.
+    settling: Option<(Pid, Option<Millis>)>,
     settle_check: Millis,
     pids: BTreeMap<Pid, UnitRef>,
     phase: Phase,
@@ -505,10 +507,12 @@ impl Supervisor {
             return;
         }
         if let Some((pid, since)) = self.settling {
+            let since = since.unwrap_or(now);
             if now < since.saturating_add(ms(PACE_MAX))
                 && self.pids.contains_key(&pid)
                 && r.running(pid)
             {
+                self.settling = Some((pid, Some(since)));
                 self.settle_check = now.saturating_add(PACE_POLL);
                 return;
             }
@@ -538,8 +542,8 @@ impl Supervisor {
                         .get(i)
                         .and_then(|run| run.machine.state().pid())
                 {
-                    self.settling = Some((pid, now));
-                    self.settle_check = now.saturating_add(PACE_POLL);
+                    self.settling = Some((pid, None));
+                    self.settle_check = now;
                 }
                 return;
             }
@@ -756,31 +760,34 @@ mod tests {
     fn paced_starts_wait_for_the_service_before_to_stop_running() {
         let (mut s, mut r) = paced_first_service_started();
         assert_eq!(r.spawned, ["t1", "t2", "db"]);
-        // db runs: web waits, looked at again every PACE_POLL ms.
+        // db runs: web waits. db is first looked at on the next loop turn
+        // (the wait's limit counts from there), then every PACE_POLL ms.
         let db = r.pid("db");
         r.running.push(db);
-        assert_eq!(s.next_deadline(), Some(25));
-        s.tick(25, &mut r);
-        s.tick(30, &mut r);
+        assert_eq!(s.next_deadline(), Some(20));
+        s.tick(21, &mut r);
+        assert_eq!(s.next_deadline(), Some(26));
+        s.tick(26, &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db"]);
         assert_eq!(r.looked_at, [db, db]);
-        assert_eq!(s.next_deadline(), Some(35));
         // db blocks: web starts at the next look, then waits for web.
         r.running.clear();
-        s.tick(35, &mut r);
+        s.tick(31, &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
-        // web never stops running: cron starts after PACE_MAX anyway.
+        // web never stops running: cron starts PACE_MAX after web was
+        // first looked at (32), not before.
         let web = r.pid("web");
         r.running.push(web);
+        s.tick(32, &mut r);
         s.tick(100, &mut r);
+        s.tick(131, &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db", "web"]);
-        s.tick(35 + ms(PACE_MAX), &mut r);
+        s.tick(32 + ms(PACE_MAX), &mut r);
         assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
-        // cron was the last: nothing waits for it.
-        s.tick(136, &mut r);
+        // cron was the last: nothing waits for it; `ready` at once.
         assert_eq!(r.lines.last().map(String::as_str), Some("ready"));
         assert_eq!(s.next_deadline(), None);
-        assert_eq!(r.looked_at.len(), 4, "{:?}", r.looked_at);
+        assert_eq!(r.looked_at, [db, db, db, web, web, web]);
     }
 
     #[test]

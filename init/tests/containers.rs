@@ -763,6 +763,15 @@ fn read_only_units_share_the_image_tree_itself() {
                 ),
                 scratch,
             ),
+            // CAP_SYS_ADMIN could remount a bound tree read-write: this
+            // one gets an overlay, which takes what it writes.
+            ctr(
+                "admin",
+                &format!(
+                    "mount -o remount,rw / && touch /admin-wrote && echo admin=wrote; {forever}"
+                ),
+                r#","read_only":true,"capabilities":["CAP_SYS_ADMIN"]"#,
+            ),
         ],
     );
     let mut p = w.start(&m);
@@ -770,10 +779,25 @@ fn read_only_units_share_the_image_tree_itself() {
     p.wait_for("ro1: root=ro");
     p.wait_for("ro1: scratch=hi");
     p.wait_for("ro2: added=no f=no");
+    p.wait_for("admin: admin=wrote");
     let ro1 = p.index_of("image busybox shared with service ro1 (read-only bind in ");
     let ro2 = p.index_of("image busybox shared with service ro2 (read-only bind in ");
     let rw = p.index_of("image busybox shared with task rw (overlay in ");
     assert!(ro1 < ro2 && ro2 < rw, "{}", p.dump());
+    p.index_of("image busybox shared with service admin (overlay in ");
+    // The bind is read-only in PID 1's own mount namespace too: nothing,
+    // not even PID 1, writes the tree through it.
+    let root = format!(
+        "/proc/{}/root{}",
+        p.init_pid(),
+        w.dir.join("run/rootfs/ro1/root").display()
+    );
+    assert!(
+        std::path::Path::new(&root).join("bin/busybox").exists(),
+        "{root}"
+    );
+    let err = std::fs::write(format!("{root}/x"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS), "{err}");
     let shared: Vec<_> = std::fs::read_dir(w.dir.join("run/images"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -789,6 +813,7 @@ fn read_only_units_share_the_image_tree_itself() {
     );
     assert!(!shared[0].join("etc/added").exists());
     assert!(!shared[0].join("x").exists());
+    assert!(!shared[0].join("admin-wrote").exists());
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }

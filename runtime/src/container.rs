@@ -343,20 +343,30 @@ impl Runtime {
         self.create_inner(id, &spec, &rootfs, &bundle, opts)
     }
 
-    /// Creates a container from an in-memory spec and a rootfs path (how
-    /// PID 1 uses the runtime); `root.path` of the spec is ignored.
     /// Prepares `rootfs` to be the read-only root of a container of `spec`
     /// that `create_from_spec` will make later: creates in it now the
     /// mount destinations the container's first process would otherwise
     /// create (see [`crate::rootfs::create_mount_targets`]). For a tree
     /// shared read-only by several containers: call it while the tree is
-    /// still writable, before it is bound read-only.
+    /// still writable, before it is bound read-only. The rootfs is refused
+    /// as by `create_from_spec` (not a directory, or `/`); relative bind
+    /// sources resolve against its parent directory.
     pub fn create_mount_targets(
         &self,
         id: &str,
         spec: &Spec,
         rootfs: &Path,
     ) -> Result<(), ContainerError> {
+        let rootfs = match fs::canonicalize(rootfs) {
+            Ok(p) if p.is_dir() && p != Path::new("/") => p,
+            _ => {
+                return Err(ContainerError::Rootfs {
+                    id: id.to_string(),
+                    path: rootfs.to_path_buf(),
+                });
+            }
+        };
+        let rootfs = rootfs.as_path();
         let bundle = rootfs.parent().unwrap_or(Path::new("/"));
         let is_dir = |p: &Path| fs::metadata(p).map(|m| m.is_dir()).unwrap_or(true);
         let plan =
@@ -372,6 +382,8 @@ impl Runtime {
         })
     }
 
+    /// Creates a container from an in-memory spec and a rootfs path (how
+    /// PID 1 uses the runtime); `root.path` of the spec is ignored.
     pub fn create_from_spec(
         &self,
         id: &str,

@@ -679,6 +679,12 @@ fn a_read_only_shared_root_gets_its_mount_targets_beforehand() {
         .rt
         .create_mount_targets("shared", &spec, &tree)
         .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    // The host's root is never a rootfs.
+    let err = common::runtime()
+        .rt
+        .create_mount_targets("shared", &spec, std::path::Path::new("/"))
+        .unwrap_err();
+    assert!(chain(&err).contains("rootfs"), "{}", chain(&err));
     for d in ["proc", "dev", "sys", "srv/in", "var/lib/data"] {
         assert!(tree.join(d).is_dir(), "{d}");
     }

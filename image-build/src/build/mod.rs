@@ -32,11 +32,11 @@
 //! when `network.interfaces` is not empty — QEMU's disk and NIC; Debian's
 //! cloud kernel has all of them as modules — and the data disk's `fstype`
 //! when the kernel has it as a module, and `overlay` when a unit that is
-//! not `read_only` runs from an image (berth-init unpacks each image once
-//! and gives every such unit an overlayfs on it; a read-only unit's root
-//! is the unpacked tree itself, bound read-only). `virtio_pci` is the bus
-//! driver and
-//! no module `depends=` on it, so it must be named.
+//! not `read_only` (or is, but holds CAP_SYS_ADMIN) runs from an image
+//! (berth-init unpacks each image once and gives every such unit an
+//! overlayfs on it; a read-only unit's root is the unpacked tree itself,
+//! bound read-only). `virtio_pci` is the bus driver and no module
+//! `depends=` on it, so it must be named.
 
 pub mod cpio;
 pub mod elf;
@@ -349,8 +349,13 @@ fn add_machine_modules(
         .filter_map(|k| obj.get(*k).and_then(Value::as_array))
         .flatten()
         .any(|unit| {
-            unit.get("image").is_some()
-                && unit.get("read_only").and_then(Value::as_bool) != Some(true)
+            // As berth_init::container::binds_root decides.
+            let read_only = unit.get("read_only").and_then(Value::as_bool) == Some(true);
+            let sys_admin = unit
+                .get("capabilities")
+                .and_then(Value::as_array)
+                .is_some_and(|caps| caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+            unit.get("image").is_some() && (!read_only || sys_admin)
         });
     if writable_image_units {
         extra.push("overlay".into());

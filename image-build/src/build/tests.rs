@@ -117,6 +117,11 @@ fn machine_modules_follow_disk_and_network() {
     assert_eq!(p.manifest["modules"], serde_json::json!(["overlay"]));
     let p = prep(&units(r#", "read_only": true"#)).unwrap();
     assert!(p.manifest.get("modules").is_none(), "{}", p.manifest);
+    let p = prep(&units(
+        r#", "read_only": true, "capabilities": ["CAP_SYS_ADMIN"]"#,
+    ))
+    .unwrap();
+    assert_eq!(p.manifest["modules"], serde_json::json!(["overlay"]));
 }
 
 #[test]

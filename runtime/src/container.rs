@@ -247,6 +247,18 @@ pub struct Container {
     warnings: Vec<String>,
 }
 
+/// The rootfs as an absolute path without symlinks: a directory, never
+/// the host's `/`.
+fn canonical_rootfs(id: &str, rootfs: &Path) -> Result<PathBuf, ContainerError> {
+    match fs::canonicalize(rootfs) {
+        Ok(p) if p.is_dir() && p != Path::new("/") => Ok(p),
+        _ => Err(ContainerError::Rootfs {
+            id: id.to_string(),
+            path: rootfs.to_path_buf(),
+        }),
+    }
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id != "."
@@ -357,15 +369,7 @@ impl Runtime {
         spec: &Spec,
         rootfs: &Path,
     ) -> Result<(), ContainerError> {
-        let rootfs = match fs::canonicalize(rootfs) {
-            Ok(p) if p.is_dir() && p != Path::new("/") => p,
-            _ => {
-                return Err(ContainerError::Rootfs {
-                    id: id.to_string(),
-                    path: rootfs.to_path_buf(),
-                });
-            }
-        };
+        let rootfs = canonical_rootfs(id, rootfs)?;
         let rootfs = rootfs.as_path();
         let bundle = rootfs.parent().unwrap_or(Path::new("/"));
         let is_dir = |p: &Path| fs::metadata(p).map(|m| m.is_dir()).unwrap_or(true);
@@ -415,15 +419,7 @@ impl Runtime {
                 source,
             }
         };
-        let rootfs = match fs::canonicalize(rootfs) {
-            Ok(p) if p.is_dir() && p != Path::new("/") => p,
-            _ => {
-                return Err(ContainerError::Rootfs {
-                    id: id.to_string(),
-                    path: rootfs.to_path_buf(),
-                });
-            }
-        };
+        let rootfs = canonical_rootfs(id, rootfs)?;
         let is_dir = |p: &Path| fs::metadata(p).map(|m| m.is_dir()).unwrap_or(true);
         let plan =
             spec::plan(spec, &rootfs, bundle, &is_dir).map_err(|source| ContainerError::Spec {

@@ -782,15 +782,20 @@ fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
             source,
         })?;
     }
+    create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Creates the directory `path` (mode 0755; its parent must exist).
+fn create_dir(path: &Path) -> Result<(), PrepareError> {
     fs::DirBuilder::new()
         .mode(0o755)
-        .create(&dir)
+        .create(path)
         .map_err(|source| PrepareError::Io {
             op: "create",
-            path: dir.clone(),
+            path: path.to_owned(),
             source,
-        })?;
-    Ok(dir)
+        })
 }
 
 /// The image `image` (a `ref.name`) of the layout at `layout`, for this
@@ -820,14 +825,7 @@ fn overlay_available() -> bool {
 fn mount_overlay(lower: &Path, unit: &Path) -> Result<PathBuf, PrepareError> {
     let (upper, work, root) = (unit.join("upper"), unit.join("work"), unit.join("root"));
     for dir in [&upper, &work, &root] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(dir)
-            .map_err(|source| PrepareError::Io {
-                op: "create",
-                path: dir.clone(),
-                source,
-            })?;
+        create_dir(dir)?;
     }
     let data = overlay_options(lower, &upper, &work)?;
     nix::mount::mount(
@@ -864,14 +862,7 @@ fn mount_read_only_bind(tree: &Path, unit: &Path) -> Result<PathBuf, PrepareErro
     use nix::mount::{MsFlags, mount};
     use nix::sys::statvfs::{FsFlags, statvfs};
     let root = unit.join("root");
-    fs::DirBuilder::new()
-        .mode(0o755)
-        .create(&root)
-        .map_err(|source| PrepareError::Io {
-            op: "create",
-            path: root.clone(),
-            source,
-        })?;
+    create_dir(&root)?;
     let bind_err = |source| PrepareError::Bind {
         path: root.clone(),
         source,

@@ -17,7 +17,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-pub use libc::{gid_t, pid_t, uid_t};
+pub use libc::{SCHED_IDLE, SCHED_OTHER, gid_t, pid_t, uid_t};
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -781,6 +781,38 @@ pub fn pidfd_open(pid: pid_t) -> io::Result<OwnedFd> {
     let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })? as RawFd;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The scheduling policy `sched_setscheduler(2)` gives a thread
+/// (`tid` 0: the calling thread), with priority 0: `SCHED_OTHER` or
+/// `SCHED_IDLE`. A raw syscall: musl's wrapper is a stub returning ENOSYS
+/// (POSIX means a process, Linux means a thread).
+pub fn set_thread_policy(tid: pid_t, policy: libc::c_int) -> io::Result<()> {
+    // The kernel's struct sched_param is one int (musl's libc type adds
+    // fields the kernel never reads).
+    let priority: libc::c_int = 0;
+    // SAFETY: `priority` is a valid struct sched_param the kernel only reads.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            tid,
+            policy,
+            &priority as *const libc::c_int,
+        )
+    })
+    .map(drop)
+}
+
+/// A thread's scheduling policy (`sched_getscheduler(2)`, raw as above).
+pub fn thread_policy(tid: pid_t) -> io::Result<libc::c_int> {
+    // SAFETY: raw syscall without memory effects.
+    cvt_long(unsafe { libc::syscall(libc::SYS_sched_getscheduler, tid) }).map(|p| p as libc::c_int)
+}
+
+/// The calling thread's id (`gettid(2)`).
+pub fn gettid() -> pid_t {
+    // SAFETY: gettid cannot fail and has no memory effects.
+    unsafe { libc::syscall(libc::SYS_gettid) as pid_t }
 }
 
 /// Waits until `fd` is readable or `timeout_ms` passes (-1: forever);

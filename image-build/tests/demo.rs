@@ -44,6 +44,9 @@ fn restart_delay(line: &str) -> Duration {
 
 /// Powers the VM off through QMP and checks it ended cleanly; returns the log.
 fn power_off(vm: &Vm) -> String {
+    // `ready` means the power button's device is open: the press is not
+    // lost (berth-init loads its drivers in the background).
+    ok(vm, vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm, vm.qmp_powerdown());
     let status = ok(vm, vm.wait_exit(TIMEOUT));
     let log = vm.serial_log();
@@ -87,6 +90,15 @@ fn demo_boots_serves_restarts_and_counts_boots_across_power_off() {
     let heartbeat = position(&log, "berth: service heartbeat started");
     let web = position(&log, "berth: service web started");
     assert!(task_done < heartbeat && heartbeat < web, "{log}");
+    // The network is set up in the background (the boot task and heartbeat
+    // have namespaces of their own), but before web, which shares it.
+    let network = position(&log, "ms: network configured");
+    assert!(network < web, "{log}");
+    // So is the power button (the power-off below presses it).
+    ok(
+        &vm,
+        vm.wait_for_line("berth: watching power button /dev/input/event", TIMEOUT),
+    );
     // Every unit is read-only: its root is the image's tree, bound read-only.
     for unit in [
         "task count-boot",

@@ -48,6 +48,9 @@ fn boot(out: &Path) -> Vm {
 }
 
 fn power_off(vm: &Vm) -> String {
+    // `ready` means the power button's device is open: the press is not
+    // lost (berth-init loads its drivers in the background).
+    ok(vm, vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm, vm.qmp_powerdown());
     let status = ok(vm, vm.wait_exit(TIMEOUT));
     let log = vm.serial_log();

@@ -70,6 +70,7 @@ use oci_spec::runtime::{
 
 use crate::launcher::{LaunchError, Launcher, ProcessLauncher, UnitKind};
 use crate::logging::error_chain;
+use crate::machine::MachineSetup;
 use crate::manifest::{Mount, NetworkMode, Program, Resources, Source};
 use crate::net::Rtnetlink;
 use crate::service::ExitStatus;
@@ -343,6 +344,9 @@ pub struct ContainerLauncher {
     keys: BTreeMap<String, String>,
     /// Roots mounted (overlays, read-only binds), detached at cleanup.
     mounted: Vec<PathBuf>,
+    /// The machine's background set-up: units that share the machine's
+    /// network namespace start once it has configured the network.
+    machine: Option<MachineSetup>,
 }
 
 impl ContainerLauncher {
@@ -365,6 +369,26 @@ impl ContainerLauncher {
             shared: BTreeMap::new(),
             keys: BTreeMap::new(),
             mounted: Vec::new(),
+            machine: None,
+        }
+    }
+
+    /// Units that share the machine's network namespace (host units,
+    /// containers without a network namespace of their own) wait for
+    /// `machine`'s network before they start; the others do not.
+    pub fn set_machine_setup(&mut self, machine: MachineSetup) {
+        self.machine = Some(machine);
+    }
+
+    fn wait_for_network(&self, name: &str) -> Result<(), LaunchError> {
+        match &self.machine {
+            Some(machine) => machine
+                .wait_network()
+                .map_err(|message| LaunchError::Network {
+                    unit: name.to_owned(),
+                    message,
+                }),
+            None => Ok(()),
         }
     }
 
@@ -652,6 +676,9 @@ impl ContainerLauncher {
                 });
             }
         };
+        if !wants_own_netns(spec) {
+            self.wait_for_network(name)?;
+        }
         // A container of this name left by an earlier run or a failed
         // delete would make create fail with "exists": remove it first.
         if let Ok(mut stale) = self.runtime.load(name)
@@ -1200,7 +1227,10 @@ impl Launcher for ContainerLauncher {
         stderr: OwnedFd,
     ) -> Result<Pid, LaunchError> {
         match program.source {
-            Source::Host => self.host.spawn(kind, name, program, stdout, stderr),
+            Source::Host => {
+                self.wait_for_network(name)?;
+                self.host.spawn(kind, name, program, stdout, stderr)
+            }
             Source::Image(_) | Source::Bundle(_) => self.create_and_start(name, stdout, stderr),
         }
     }

@@ -33,6 +33,7 @@ use nix::unistd::Pid;
 use crate::clock::now_ms;
 use crate::launcher::{LaunchError, Launcher, UnitKind};
 use crate::logging::{self, buffers::LineSplitter, buffers::Stream};
+use crate::machine::MachineSetup;
 use crate::manifest::Program;
 use crate::service::{ExitStatus, Millis};
 use crate::supervisor::{Phase, Runner, Supervisor};
@@ -43,6 +44,8 @@ const TOKEN_CONSOLE: u64 = 2;
 /// Power-button input devices: this plus their index.
 const TOKEN_BUTTON_BASE: u64 = 3;
 const MAX_BUTTONS: usize = 8;
+/// The machine set-up thread has ended (its eventfd).
+const TOKEN_MACHINE: u64 = 12;
 /// Pipe tokens are the fd number plus this.
 const TOKEN_PIPE_BASE: u64 = 16;
 /// One read per readable pipe per wakeup: a flooding service gets one
@@ -122,6 +125,8 @@ pub struct EventLoop<L: Launcher> {
     console_watched: bool,
     armed: Option<Millis>,
     buttons: Vec<(std::path::PathBuf, std::fs::File)>,
+    /// The machine's background set-up (network, power button), if any.
+    machine: Option<MachineSetup>,
     /// The first shutdown request was SIGINT (ctrl-alt-del).
     reboot_requested: bool,
 }
@@ -147,6 +152,7 @@ struct LoopRunner<'a, L: Launcher> {
     launcher: &'a mut L,
     epoll: &'a Epoll,
     pipes: &'a mut BTreeMap<RawFd, PipeReader>,
+    machine: Option<&'a MachineSetup>,
 }
 
 impl<L: Launcher> LoopRunner<'_, L> {
@@ -222,6 +228,14 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>) {
         log::log!(level, "{line}");
     }
+
+    fn before_ready(&mut self) {
+        // `ready` promises the power button works: the thread has opened
+        // its device by then, which queues a press until the loop reads it.
+        if let Some(machine) = self.machine {
+            machine.wait_done();
+        }
+    }
 }
 
 fn timespec(ms: Millis) -> TimeSpec {
@@ -264,6 +278,7 @@ impl<L: Launcher> EventLoop<L> {
             console_watched: false,
             armed: None,
             buttons: Vec::new(),
+            machine: None,
             reboot_requested: false,
         })
     }
@@ -284,6 +299,37 @@ impl<L: Launcher> EventLoop<L> {
                 Err(e) => log::warn!("watch power button {}: {e}", path.display()),
             }
         }
+    }
+
+    /// Watches the machine's background set-up: `ready` waits for it, and
+    /// once it has ended the power buttons it opened are watched.
+    pub fn watch_machine_setup(&mut self, machine: MachineSetup) {
+        match self.epoll.add(
+            machine.wake_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_MACHINE),
+        ) {
+            Ok(()) => {}
+            // `ready` still waits for the set-up; only its buttons are lost.
+            Err(e) => {
+                log::warn!("watch the machine set-up thread: {e} (power buttons not watched)")
+            }
+        }
+        self.machine = Some(machine);
+    }
+
+    fn machine_setup_done(&mut self) {
+        let Some(machine) = &self.machine else {
+            return;
+        };
+        if !machine.is_done() {
+            return;
+        }
+        machine.clear_wake();
+        let buttons = machine.take_buttons();
+        if let Some(machine) = self.machine.take() {
+            let _ = self.epoll.delete(machine.wake_fd());
+        }
+        self.watch_power_buttons(buttons);
     }
 
     fn read_button(&mut self, index: usize) {
@@ -378,6 +424,7 @@ impl<L: Launcher> EventLoop<L> {
             launcher: &mut self.launcher,
             epoll: &self.epoll,
             pipes: &mut self.pipes,
+            machine: self.machine.as_ref(),
         };
         f(&mut self.supervisor, &mut runner)
     }
@@ -419,7 +466,8 @@ impl<L: Launcher> EventLoop<L> {
                 TOKEN_CONSOLE => {
                     logging::flush_console();
                 }
-                t if (TOKEN_BUTTON_BASE..TOKEN_PIPE_BASE).contains(&t) => {
+                TOKEN_MACHINE => self.machine_setup_done(),
+                t if (TOKEN_BUTTON_BASE..TOKEN_BUTTON_BASE + MAX_BUTTONS as u64).contains(&t) => {
                     self.read_button(usize::try_from(t - TOKEN_BUTTON_BASE).unwrap_or(usize::MAX));
                 }
                 _ => {}

@@ -46,6 +46,10 @@ pub enum LaunchError {
     /// verification, missing blob, bad config): permanent.
     #[error("{unit}: {message}")]
     Prepare { unit: String, message: String },
+    /// The machine's network, which the unit shares, could not be
+    /// configured: permanent.
+    #[error("{unit}: the machine's network: {message}")]
+    Network { unit: String, message: String },
     /// The container runtime refused the container.
     #[error("{unit}: create container")]
     Create {
@@ -82,7 +86,7 @@ impl LaunchError {
     /// instead of backing off toward its start limit.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Unsupported { .. } | Self::Prepare { .. } => true,
+            Self::Unsupported { .. } | Self::Prepare { .. } | Self::Network { .. } => true,
             Self::Create { permanent, .. } => *permanent,
             Self::Spawn { .. }
             | Self::Start { .. }

@@ -26,6 +26,7 @@ pub mod event_loop;
 pub mod fuzz;
 pub mod launcher;
 pub mod logging;
+pub mod machine;
 pub mod manifest;
 pub mod modules;
 pub mod net;

@@ -71,6 +71,7 @@ use berth_init::container::{self, ContainerLauncher, ContainerOptions};
 use berth_init::event_loop::{self, EventLoop, Outcome};
 use berth_init::launcher::{Launcher, UnitKind};
 use berth_init::logging::{self, error_chain};
+use berth_init::machine::MachineSetup;
 use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
 use berth_init::modules::{self, ModuleIndex};
 use berth_init::net;
@@ -357,12 +358,16 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         launcher.check(name, program).map_err(|e| error_chain(&e))?;
     }
 
-    if role == Role::Machine {
+    let machine = if role == Role::Machine {
         configure_machine(&manifest)?;
         timeline(start, "machine configured");
+        let machine = start_machine_setup(&manifest, start)?;
+        launcher.set_machine_setup(machine.clone());
+        Some(machine)
     } else {
         report_skipped_machine_setup(&manifest);
-    }
+        None
+    };
     // Each image unpacked once (verified, into /run/berth/images), after
     // the machine set-up, in this thread: run beside the module loading on
     // one vCPU it slowed both (module init waits on kernel workers, which
@@ -395,6 +400,17 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         }
     }
     launcher.adopt(unpacked);
+    // A syslog server on the network is connected to now: with a route.
+    if let Some(machine) = &machine
+        && matches!(
+            manifest.log.syslog,
+            Some(manifest::SyslogTarget::Udp(_) | manifest::SyslogTarget::Tcp(_))
+        )
+    {
+        // A failure is the network's (logged by the set-up thread); the
+        // syslog sink then reports its own.
+        let _ = machine.wait_network();
+    }
     // After the data disk is mounted: the log directory usually lives on it.
     logging::configure(&manifest.log).map_err(|e| error_chain(&e))?;
     if let Some(level) = opts.log_level {
@@ -434,15 +450,8 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
     }
     let mut event_loop =
         EventLoop::new(launcher, supervisor, signals).map_err(|e| error_chain(&e))?;
-    if role == Role::Machine {
-        let found = power_button::find_power_buttons(
-            Path::new("/sys/class/input"),
-            Path::new("/dev/input"),
-        );
-        if found.is_empty() {
-            log::info!("no power button found: shut down with SIGTERM, SIGPWR or ctrl-alt-del");
-        }
-        event_loop.watch_power_buttons(power_button::open_power_buttons(&found));
+    if let Some(machine) = machine {
+        event_loop.watch_machine_setup(machine);
     }
     timeline(start, "supervision starts");
     let outcome = event_loop.run();
@@ -616,7 +625,9 @@ fn set_oom_score_adj() {
     }
 }
 
-/// Hostname, sysctls, modules, data disk and DNS on a machine.
+/// What every unit may need before it starts: hostname, modules, sysctls
+/// (but the network's) and the data disk. The rest is
+/// [`start_machine_setup`]'s.
 fn configure_machine(m: &Manifest) -> Result<(), String> {
     if let Some(hostname) = &m.hostname {
         nix::unistd::sethostname(hostname).map_err(|e| format!("set hostname {hostname}: {e}"))?;
@@ -625,15 +636,8 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
         let loaded = load_kernel_modules(&m.modules)?;
         log::info!("loaded {loaded} kernel modules");
     }
-    // The ACPI power button needs `button` (the key) and `evdev` (the
-    // device node); best effort: a kernel may have them built in or lack them.
-    let wanted = ["button".to_owned(), "evdev".to_owned()];
-    if let Err(e) = load_kernel_modules(&wanted) {
-        log::info!("power button modules: {e}");
-    }
-    for (key, value) in &m.sysctls {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))?;
+    for (key, value) in m.sysctls.iter().filter(|(key, _)| !is_network_sysctl(key)) {
+        set_sysctl(key, value)?;
     }
     if let Some(disk) = &m.data_disk {
         let (flags, data) = mount_options(&disk.options);
@@ -653,10 +657,69 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
             )
         })?;
     }
-    // Loopback always; the manifest's interfaces, routes and DNS.
-    net::configure_network(&m.network, Path::new("/run/resolv.conf"))
-        .map_err(|e| error_chain(&e))?;
-    if (!m.network.nameservers.is_empty() || !m.network.search.is_empty())
+    Ok(())
+}
+
+/// `net.*` sysctls name the network's interfaces and settings: they are
+/// set with the network, after its modules.
+fn is_network_sysctl(key: &str) -> bool {
+    key.starts_with("net.")
+}
+
+fn set_sysctl(key: &str, value: &str) -> Result<(), String> {
+    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))
+}
+
+/// The network and the power button, in a thread at idle priority
+/// (`berth_init::machine`): units that share the machine's network start
+/// once it is configured, `ready` waits for both.
+fn start_machine_setup(m: &Manifest, start: Millis) -> Result<MachineSetup, String> {
+    let network = m.network.clone();
+    let sysctls: Vec<(String, String)> = m
+        .sysctls
+        .iter()
+        .filter(|(key, _)| is_network_sysctl(key))
+        .cloned()
+        .collect();
+    let setup = MachineSetup::start(move |report| {
+        let result = configure_network(&network, &sysctls);
+        match &result {
+            Ok(()) => timeline(start, "network configured"),
+            Err(e) => log::error!("network: {e}"),
+        }
+        report.network(result);
+        // The ACPI power button needs `button` (the key) and `evdev` (the
+        // device node); best effort: a kernel may have them built in or
+        // lack them.
+        let wanted = ["button".to_owned(), "evdev".to_owned()];
+        if let Err(e) = load_kernel_modules(&wanted) {
+            log::info!("power button modules: {e}");
+        }
+        let found = power_button::find_power_buttons(
+            Path::new("/sys/class/input"),
+            Path::new("/dev/input"),
+        );
+        if found.is_empty() {
+            log::info!("no power button found: shut down with SIGTERM, SIGPWR or ctrl-alt-del");
+        }
+        report.buttons(power_button::open_power_buttons(&found));
+    });
+    setup.map_err(|e| error_chain(&e))
+}
+
+/// The network's modules and sysctls; loopback always; the manifest's
+/// interfaces, routes and DNS.
+fn configure_network(n: &manifest::Network, sysctls: &[(String, String)]) -> Result<(), String> {
+    if !n.modules.is_empty() {
+        let loaded = load_kernel_modules(&n.modules)?;
+        log::info!("loaded {loaded} kernel modules for the network");
+    }
+    for (key, value) in sysctls {
+        set_sysctl(key, value)?;
+    }
+    net::configure_network(n, Path::new("/run/resolv.conf")).map_err(|e| error_chain(&e))?;
+    if (!n.nameservers.is_empty() || !n.search.is_empty())
         && std::fs::symlink_metadata("/etc/resolv.conf").is_err()
     {
         // Host programs read /etc/resolv.conf; containers mount /run/resolv.conf.

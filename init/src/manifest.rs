@@ -15,7 +15,7 @@
 //! | `hostname` | string | unset | hostname of the VM (RFC 1123 label) |
 //! | `modules` | [string] | `[]` | kernel modules to load, dependencies resolved from `modules.dep` |
 //! | `sysctls` | {key: string} | `{}` | written to `/proc/sys/<key with . as />` |
-//! | `network` | object | none | `interfaces`: [{`name`, `address`, `prefix`, `gateway`?}], `dns`: {`nameservers`, `search`} |
+//! | `network` | object | none | `interfaces`: [{`name`, `address`, `prefix`, `gateway`?}], `dns`: {`nameservers`, `search`}, `modules`: [string] (the NIC's drivers) |
 //! | `data_disk` | object | none | `device`, `fstype`, `options`? — mounted at `/data`, source of `persistent` mounts |
 //! | `log` | object | see below | PID 1's own level and the service log routing |
 //! | `on_fatal` | `"poweroff"` \| `"reboot"` | `"poweroff"` | what PID 1 does when boot fails or it hits an internal bug |
@@ -128,6 +128,9 @@ pub struct Network {
     pub interfaces: Vec<Interface>,
     pub nameservers: Vec<Ipv4Addr>,
     pub search: Vec<String>,
+    /// Kernel modules the network needs (the NIC's driver): loaded with
+    /// it, in the background, not before every unit like `modules`.
+    pub modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,6 +407,8 @@ pub mod raw {
         #[serde(default)]
         pub interfaces: Vec<Interface>,
         pub dns: Option<Dns>,
+        #[serde(default)]
+        pub modules: Vec<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -716,6 +721,17 @@ fn valid_unit_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.len() <= 63
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn check_module_names(c: &mut Checker<'_>, path: &str, modules: &[String]) {
+    for (i, m) in modules.iter().enumerate() {
+        if m.is_empty() || m.contains(['/', '\0', ' ']) || m.contains(".ko") {
+            c.problem(
+                format!("{path}[{i}]"),
+                format!("{m:?} is not a module name (like \"virtio_net\")"),
+            );
+        }
+    }
 }
 
 fn valid_hostname(name: &str) -> bool {
@@ -1068,14 +1084,7 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
     {
         c.problem("hostname", format!("{h:?} is not a valid hostname"));
     }
-    for (i, m) in raw.modules.iter().enumerate() {
-        if m.is_empty() || m.contains(['/', '\0', ' ']) || m.contains(".ko") {
-            c.problem(
-                format!("modules[{i}]"),
-                format!("{m:?} is not a module name (like \"virtio_net\")"),
-            );
-        }
-    }
+    check_module_names(&mut c, "modules", &raw.modules);
     let mut sysctls = Vec::with_capacity(raw.sysctls.len());
     for (k, v) in raw.sysctls {
         if k.is_empty()
@@ -1094,6 +1103,8 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
 
     let mut network = Network::default();
     if let Some(n) = raw.network {
+        check_module_names(&mut c, "network.modules", &n.modules);
+        network.modules = n.modules;
         for (i, iface) in n.interfaces.into_iter().enumerate() {
             let ipath = format!("network.interfaces[{i}]");
             if iface.name.is_empty()
@@ -1488,6 +1499,7 @@ mod tests {
             (r#"{"version":2}"#.into(), "version: unsupported version 2 (expected 1)"),
             (r#"{"version":1,"hostname":"-bad"}"#.into(), "hostname: \"-bad\" is not a valid hostname"),
             (r#"{"version":1,"modules":["ext4.ko"]}"#.into(), "modules[0]: \"ext4.ko\" is not a module name"),
+            (r#"{"version":1,"network":{"modules":["virtio_net","a/b"]}}"#.into(), "network.modules[1]: \"a/b\" is not a module name"),
             (r#"{"version":1,"sysctls":{"net..x":"1"}}"#.into(), "sysctls.net..x: is not a sysctl key"),
             (r#"{"version":1,"on_fatal":"halt"}"#.into(), "on_fatal: unknown action \"halt\""),
             (

@@ -131,6 +131,17 @@ pub fn load_modules(dir: &Path, order: &[PathBuf]) -> Result<usize, ModuleLoadEr
     const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
     let mut loaded = 0;
     for rel in order {
+        let name = module_name(&rel.to_string_lossy());
+        // Loaded before (by another list, say the disk's and the NIC's
+        // shared bus driver): finit_module would say EEXIST, but only after
+        // reading the file and checking its signature.
+        if Path::new("/sys/module")
+            .join(&name)
+            .join("initstate")
+            .exists()
+        {
+            continue;
+        }
         let started = std::time::Instant::now();
         let path = dir.join(rel);
         let file = std::fs::File::open(&path).map_err(|source| ModuleLoadError::Open {
@@ -151,8 +162,7 @@ pub fn load_modules(dir: &Path, order: &[PathBuf]) -> Result<usize, ModuleLoadEr
         // PCI device makes the kernel evaluate the DSDT's _PRT, there a
         // 128-round AML loop; on `q35` it is a static table: ~20 ms.)
         log::debug!(
-            "module {} {} in {} ms (load, init and device probes)",
-            module_name(&rel.to_string_lossy()),
+            "module {name} {} in {} ms (load, init and device probes)",
             match &result {
                 Ok(()) => "loaded".to_owned(),
                 Err(nix::Error::EEXIST) => "already loaded".to_owned(),

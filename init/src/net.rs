@@ -375,6 +375,7 @@ mod tests {
             interfaces: vec![],
             nameservers: vec![Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)],
             search: vec!["a.example".into(), "b.example".into()],
+            modules: vec![],
         };
         assert_eq!(
             resolv_conf(&n),

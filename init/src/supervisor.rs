@@ -57,6 +57,10 @@ pub trait Runner {
     fn running(&mut self, pid: Pid) -> bool;
     /// A marker line, without the `berth: ` prefix.
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>);
+    /// Called once, after the last service of the start sequence was
+    /// started and before `ready` is said: what must be done by then
+    /// (the machine's background set-up, see [`crate::machine`]).
+    fn before_ready(&mut self) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,6 +529,7 @@ impl Supervisor {
             }
             let Some(&i) = self.start_order.get(pos) else {
                 self.next_start = None;
+                r.before_ready();
                 r.report(log::Level::Info, format_args!("ready"));
                 return;
             };
@@ -637,6 +642,8 @@ mod tests {
         /// Pids `running` says yes for, and the pids it was asked about.
         running: Vec<Pid>,
         looked_at: Vec<Pid>,
+        /// How many lines there were at each `before_ready`.
+        before_ready: Vec<usize>,
     }
 
     impl Runner for FakeRunner {
@@ -673,6 +680,9 @@ mod tests {
         }
         fn report(&mut self, _level: log::Level, line: fmt::Arguments<'_>) {
             self.lines.push(line.to_string());
+        }
+        fn before_ready(&mut self) {
+            self.before_ready.push(self.lines.len());
         }
     }
 
@@ -727,6 +737,8 @@ mod tests {
         assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
         assert_eq!(s.next_deadline(), None);
         assert_eq!(s.phase(), Phase::Services);
+        // Once, right before `ready`.
+        assert_eq!(r.before_ready, [7]);
         assert_eq!(
             r.take_lines(),
             [

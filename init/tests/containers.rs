@@ -871,3 +871,91 @@ fn units_of_one_image_share_one_unpack_but_not_their_writes() {
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }
+
+/// On a machine the network is configured by a background thread
+/// (`berth_init::machine`): a container that shares the machine's network
+/// namespace starts once it has, one with a namespace of its own does not
+/// wait; a failed network fails the first kind for good.
+#[test]
+fn units_sharing_the_network_wait_for_the_machine_setup() {
+    use berth_init::container::{ContainerLauncher, ContainerOptions};
+    use berth_init::launcher::{LaunchError, Launcher, UnitKind};
+    use berth_init::machine::MachineSetup;
+    use berth_init::service::ExitStatus;
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use std::sync::mpsc;
+
+    let w = World::new("netwait");
+    let m = manifest(
+        &[],
+        &[
+            ctr("own", "exit 0", r#","read_only":true,"network":"none""#),
+            ctr("shared", "exit 0", r#","read_only":true"#),
+        ],
+    );
+    let services = berth_init::manifest::parse(m.as_bytes(), &["busybox".to_owned()])
+        .unwrap()
+        .services;
+    let mut l = ContainerLauncher::new(ContainerOptions {
+        images: w.layout.clone(),
+        run_dir: w.dir.join("run"),
+        data_dir: w.dir.join("data"),
+        cgroup_parent: w.cgroup_parent.clone(),
+        diff_id: berth_bundles::DiffIdCheck::Verify,
+    });
+    for s in &services {
+        l.prepare(&s.name, &s.program).unwrap();
+    }
+    let (own, shared) = (services[0].program.clone(), services[1].program.clone());
+    fn spawn(
+        l: &mut ContainerLauncher,
+        name: &str,
+        p: &berth_init::manifest::Program,
+    ) -> Result<nix::unistd::Pid, LaunchError> {
+        let (_, out) = nix::unistd::pipe().unwrap();
+        let (_, err) = nix::unistd::pipe().unwrap();
+        l.spawn(UnitKind::Service, name, p, out, err)
+    }
+    fn run_to_exit(l: &mut ContainerLauncher, name: &str, pid: nix::unistd::Pid) {
+        assert_eq!(
+            waitpid(pid, None).unwrap(),
+            WaitStatus::Exited(pid, 0),
+            "{name}"
+        );
+        l.reaped(name, pid, ExitStatus::Code(0));
+    }
+
+    let (network_tx, network_rx) = mpsc::channel::<Result<(), String>>();
+    let setup = MachineSetup::start(move |r| r.network(network_rx.recv().unwrap())).unwrap();
+    l.set_machine_setup(setup);
+    // Its own namespace: starts while the network is still pending.
+    let pid = spawn(&mut l, "own", &own).unwrap();
+    run_to_exit(&mut l, "own", pid);
+    // The machine's namespace: waits until the network is configured.
+    let waiting = std::thread::spawn(move || {
+        let result = spawn(&mut l, "shared", &shared);
+        (l, shared, result)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !waiting.is_finished(),
+        "a unit sharing the network started before it was configured"
+    );
+    network_tx.send(Ok(())).unwrap();
+    let (mut l, shared, result) = waiting.join().unwrap();
+    run_to_exit(&mut l, "shared", result.unwrap());
+
+    // A network that failed fails such units for good, and only them.
+    let failed =
+        MachineSetup::start(|r| r.network(Err("interface eth0 not found".to_owned()))).unwrap();
+    l.set_machine_setup(failed);
+    let err = spawn(&mut l, "shared", &shared).unwrap_err();
+    assert!(err.is_permanent());
+    assert_eq!(
+        berth_init::logging::error_chain(&err),
+        "shared: the machine's network: interface eth0 not found"
+    );
+    let pid = spawn(&mut l, "own", &own).unwrap();
+    run_to_exit(&mut l, "own", pid);
+    l.cleanup();
+}

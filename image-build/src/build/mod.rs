@@ -25,12 +25,13 @@
 //! Everything is written into a temporary directory next to OUTDIR and
 //! renamed into place at the end: a failed build leaves no output.
 //!
-//! Modules added to the manifest's list (berth-init loads only what the
+//! Modules added to the manifest's lists (berth-init loads only what the
 //! manifest names, plus `button` and `evdev` for the power button, which it
 //! loads by itself and the build therefore always ships): `virtio_pci` and
-//! `virtio_blk` when there is a `data_disk`, `virtio_pci` and `virtio_net`
-//! when `network.interfaces` is not empty — QEMU's disk and NIC; Debian's
-//! cloud kernel has all of them as modules — and the data disk's `fstype`
+//! `virtio_blk` when there is a `data_disk`; `virtio_pci` and `virtio_net`
+//! to `network.modules` when `network.interfaces` is not empty (berth-init
+//! loads those with the network, in the background) — QEMU's disk and NIC;
+//! Debian's cloud kernel has all of them as modules — and the data disk's `fstype`
 //! when the kernel has it as a module, and `overlay` when a unit that is
 //! not `read_only` (or is, but holds CAP_SYS_ADMIN) runs from an image
 //! (berth-init unpacks each image once and gives every such unit an
@@ -341,8 +342,20 @@ fn add_machine_modules(
         .and_then(Value::as_array)
         .is_some_and(|a| !a.is_empty());
     if has_interfaces {
-        extra.push("virtio_pci".into());
-        extra.push("virtio_net".into());
+        // The NIC's drivers go with the network, which berth-init sets up
+        // in the background (see berth_init::machine): `network.modules`.
+        let net_extra: Vec<String> = vec!["virtio_pci".into(), "virtio_net".into()];
+        if let Some(list) = obj
+            .get_mut("network")
+            .and_then(Value::as_object_mut)
+            .map(|n| {
+                n.entry("modules")
+                    .or_insert_with(|| Value::Array(Vec::new()))
+            })
+            .and_then(Value::as_array_mut)
+        {
+            append_modules(list, net_extra, has_module);
+        }
     }
     let writable_image_units = ["tasks", "services"]
         .iter()
@@ -368,10 +381,16 @@ fn add_machine_modules(
         .or_insert_with(|| Value::Array(Vec::new()));
     // A non-array `modules` is left for validation to refuse.
     if let Some(list) = modules.as_array_mut() {
-        for m in extra {
-            if !list.iter().any(|v| v.as_str() == Some(m.as_str())) && has_module(&m) {
-                list.push(Value::String(m));
-            }
+        append_modules(list, extra, has_module);
+    }
+}
+
+/// Appends the modules of `extra` the kernel has as modules and `list`
+/// does not name yet.
+fn append_modules(list: &mut Vec<Value>, extra: Vec<String>, has_module: &dyn Fn(&str) -> bool) {
+    for m in extra {
+        if !list.iter().any(|v| v.as_str() == Some(m.as_str())) && has_module(&m) {
+            list.push(Value::String(m));
         }
     }
 }
@@ -477,18 +496,24 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     tree.bytes(MANIFEST_PATH, 0o644, manifest_text)
         .map_err(cpio)?;
 
-    // Modules.
-    let mut wanted: Vec<String> = prepared
-        .manifest
-        .get("modules")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    // Modules: the manifest's, the network's, the power button's.
+    let names = |list: Option<&Value>| -> Vec<String> {
+        list.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut wanted = names(prepared.manifest.get("modules"));
+    wanted.extend(names(
+        prepared
+            .manifest
+            .get("network")
+            .and_then(|n| n.get("modules")),
+    ));
     for m in INIT_MODULES {
         if kt.has_module(m) {
             wanted.push((*m).to_owned());

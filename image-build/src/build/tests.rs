@@ -99,10 +99,26 @@ fn machine_modules_follow_disk_and_network() {
     )
     .unwrap();
     // ext4 is built into the kernel here (has_module says no): not added.
+    // The NIC's drivers go with the network, loaded in the background.
     assert_eq!(
         p.manifest["modules"],
-        serde_json::json!(["virtio_blk", "loop", "virtio_pci", "virtio_net"])
+        serde_json::json!(["virtio_blk", "loop", "virtio_pci"])
     );
+    assert_eq!(
+        p.manifest["network"]["modules"],
+        serde_json::json!(["virtio_pci", "virtio_net"])
+    );
+    // Named by the manifest already: kept once, in its place.
+    let p = prep(
+        r#"{"version": 1, "network": {"modules": ["virtio_net", "e1000"],
+            "interfaces": [{"name": "eth0", "address": "10.0.2.15", "prefix": 24}]}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        p.manifest["network"]["modules"],
+        serde_json::json!(["virtio_net", "e1000", "virtio_pci"])
+    );
+    assert!(p.manifest.get("modules").is_none(), "{}", p.manifest);
     let p = prep(r#"{"version": 1}"#).unwrap();
     assert!(p.manifest.get("modules").is_none());
     // overlay: only for an image unit that writes to its root.

@@ -257,13 +257,16 @@ fn sigterm_kills_a_service_that_ignores_it_after_its_timeout() {
             ),
             sh(
                 "polite",
-                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                "trap 'exit 0' TERM; echo up; while true; do sleep 0.1; done",
                 "",
             ),
         ],
     );
     let mut p = Pid1::start("stubborn", &m);
+    // Both traps set before the signal (a SIGTERM before polite's trap
+    // would kill it, not make it exit 0).
     p.wait_for("stubborn: up");
+    p.wait_for("polite: up");
     p.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
     p.wait_for("berth: service stubborn did not stop within 1s: sent SIGKILL");

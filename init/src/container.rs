@@ -380,6 +380,21 @@ impl ContainerLauncher {
         self.machine = Some(machine);
     }
 
+    /// Whether the unit runs in the machine's network namespace: a host
+    /// unit, or a container without a network namespace of its own (one
+    /// that failed to prepare fails at its start anyway).
+    fn shares_machine_network(&self, name: &str, program: &Program) -> bool {
+        match program.source {
+            Source::Host => true,
+            Source::Image(_) | Source::Bundle(_) => match self.plans.get(name) {
+                Some(Plan::Ready { spec, .. }) => !wants_own_netns(spec),
+                _ => false,
+            },
+        }
+    }
+
+    /// Blocks until the network has ended, for a start that did not ask
+    /// [`Launcher::can_start`] first.
     fn wait_for_network(&self, name: &str) -> Result<(), LaunchError> {
         match &self.machine {
             Some(machine) => machine
@@ -1215,6 +1230,13 @@ impl Launcher for ContainerLauncher {
                     launcher: "container",
                 })
             }
+        }
+    }
+
+    fn can_start(&mut self, name: &str, program: &Program) -> bool {
+        match &self.machine {
+            Some(machine) if self.shares_machine_network(name, program) => machine.network_ended(),
+            _ => true,
         }
     }
 

@@ -229,12 +229,14 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
         log::log!(level, "{line}");
     }
 
-    fn before_ready(&mut self) {
+    fn can_start(&mut self, _kind: UnitKind, name: &str, program: &Program) -> bool {
+        self.launcher.can_start(name, program)
+    }
+
+    fn setup_done(&mut self) -> bool {
         // `ready` promises the power button works: the thread has opened
         // its device by then, which queues a press until the loop reads it.
-        if let Some(machine) = self.machine {
-            machine.wait_done();
-        }
+        self.machine.is_none_or(MachineSetup::ended)
     }
 }
 
@@ -301,30 +303,35 @@ impl<L: Launcher> EventLoop<L> {
         }
     }
 
-    /// Watches the machine's background set-up: `ready` waits for it, and
-    /// once it has ended the power buttons it opened are watched.
+    /// Watches the machine's background set-up: units that need part of
+    /// it, and `ready`, wait for its eventfd; once it has ended the power
+    /// buttons it opened are watched.
     pub fn watch_machine_setup(&mut self, machine: MachineSetup) {
         match self.epoll.add(
             machine.wake_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_MACHINE),
         ) {
-            Ok(()) => {}
-            // `ready` still waits for the set-up; only its buttons are lost.
+            Ok(()) => self.machine = Some(machine),
             Err(e) => {
-                log::warn!("watch the machine set-up thread: {e} (power buttons not watched)")
+                // Nothing would wake the units that wait for it: wait now.
+                log::warn!("watch the machine set-up thread: {e} (waiting for it)");
+                machine.wait_done();
+                self.watch_power_buttons(machine.take_buttons());
             }
         }
-        self.machine = Some(machine);
     }
 
+    /// The set-up thread woke us: a piece of it has ended (the tick that
+    /// follows starts what waited for it); once all of it has, its power
+    /// buttons are watched.
     fn machine_setup_done(&mut self) {
         let Some(machine) = &self.machine else {
             return;
         };
+        machine.clear_wake();
         if !machine.is_done() {
             return;
         }
-        machine.clear_wake();
         let buttons = machine.take_buttons();
         if let Some(machine) = self.machine.take() {
             let _ = self.epoll.delete(machine.wake_fd());

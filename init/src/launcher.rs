@@ -133,6 +133,13 @@ pub trait Launcher {
         stderr: OwnedFd,
     ) -> Result<Pid, LaunchError>;
 
+    /// Whether the unit can start now: false while what it needs is still
+    /// being set up (see [`crate::machine`]); the set-up wakes the event
+    /// loop, which asks again.
+    fn can_start(&mut self, _name: &str, _program: &Program) -> bool {
+        true
+    }
+
     /// Sends `signal` to the unit's first process.
     fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError>;
 

@@ -10,13 +10,16 @@
 //! CPU would otherwise idle — a unit waiting for its disk, a service
 //! sleeping — and takes nothing from the units starting meanwhile.
 //!
-//! Whoever needs a piece waits for it with [`MachineSetup::wait_network`]
-//! or [`MachineSetup::wait_done`], which first raise the thread to the
-//! normal policy, so a busy CPU cannot starve what is waited for. The
-//! container launcher waits for the network before a unit that shares the
-//! machine's network namespace starts, the supervisor for everything
-//! before it says `ready`: the power button's device is open from then on,
-//! and a press is queued in it even before the event loop watches it.
+//! Whoever needs a piece asks for it with [`MachineSetup::network_ended`]
+//! or [`MachineSetup::ended`], which do not block: a piece not there yet
+//! raises the thread to the normal policy, so a busy CPU cannot starve
+//! what is waited for, and the thread's eventfd wakes the event loop when
+//! each piece ends. The supervisor holds back the start of a unit that
+//! shares the machine's network namespace until the network has ended,
+//! and `ready` until everything has: the power button's device is open
+//! from then on, and a press is queued in it even before the event loop
+//! watches it. PID 1 itself never blocks on the thread: services already
+//! running are read, reaped and stopped meanwhile.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -105,7 +108,14 @@ pub struct Reporter {
 impl Reporter {
     /// The network step has ended with `result`.
     pub fn network(&self, result: Result<(), String>) {
-        self.shared.lock().network = Some(result);
+        {
+            let mut progress = self.shared.lock();
+            // Under the lock, as in `drop`: the woken loop finds the result.
+            if let Err(e) = self.shared.wake.write(1) {
+                log::warn!("wake the event loop after the network set-up: {e}");
+            }
+            progress.network = Some(result);
+        }
         self.shared.changed.notify_all();
     }
 
@@ -183,6 +193,27 @@ impl MachineSetup {
         self.shared.raise();
         let progress = self.shared.wait_until(|p| p.network.is_some());
         progress.network.clone().unwrap_or(Ok(()))
+    }
+
+    /// Whether the network step has ended (well or not), without waiting;
+    /// if not, raises the thread: a unit waits for it. The event loop is
+    /// woken (the eventfd) when it ends.
+    pub fn network_ended(&self) -> bool {
+        if self.shared.lock().network.is_some() {
+            return true;
+        }
+        self.shared.raise();
+        false
+    }
+
+    /// Whether the whole set-up has ended, without waiting; if not, raises
+    /// the thread (`ready` waits for it). The eventfd says when.
+    pub fn ended(&self) -> bool {
+        if self.shared.lock().done {
+            return true;
+        }
+        self.shared.raise();
+        false
     }
 
     /// Waits until the whole set-up has ended.
@@ -269,10 +300,43 @@ mod tests {
         go_tx.send(()).unwrap();
         assert_eq!(waiter.join().unwrap(), Ok(()));
         assert_eq!(policy_rx.recv().unwrap(), sys::SCHED_OTHER);
+        // The end of the network step wakes the event loop.
+        assert!(sys::poll_readable(setup.wake_fd(), 0).unwrap());
+        setup.clear_wake();
+        assert!(setup.network_ended());
         assert!(!setup.is_done());
         go_tx.send(()).unwrap();
         setup.wait_done();
         assert!(setup.is_done());
+        assert!(sys::poll_readable(setup.wake_fd(), 0).unwrap());
+    }
+
+    #[test]
+    fn asking_without_waiting_raises_the_thread() {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let setup = MachineSetup::start(move |r| {
+            go_rx.recv().unwrap();
+            r.network(Ok(()));
+            go_rx.recv().unwrap();
+        })
+        .unwrap();
+        let tid = started(&setup);
+        let until = Instant::now() + Duration::from_secs(10);
+        while policy(tid) != sys::SCHED_IDLE {
+            assert!(Instant::now() < until, "never at SCHED_IDLE");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!setup.network_ended());
+        assert_eq!(policy(tid), sys::SCHED_OTHER);
+        assert!(!sys::poll_readable(setup.wake_fd(), 0).unwrap());
+        go_tx.send(()).unwrap();
+        // Woken when the network step ends; the rest is still going.
+        assert!(sys::poll_readable(setup.wake_fd(), 10_000).unwrap());
+        assert!(setup.network_ended());
+        assert!(!setup.ended());
+        go_tx.send(()).unwrap();
+        setup.wait_done();
+        assert!(setup.ended());
     }
 
     #[test]
@@ -304,6 +368,7 @@ mod tests {
         })
         .unwrap();
         setup.wait_done();
+        assert!(setup.network_ended() && setup.ended());
         assert_eq!(
             setup.wait_network(),
             Err("interface eth0 not found".to_owned())

@@ -57,10 +57,17 @@ pub trait Runner {
     fn running(&mut self, pid: Pid) -> bool;
     /// A marker line, without the `berth: ` prefix.
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>);
-    /// Called once, after the last service of the start sequence was
-    /// started and before `ready` is said: what must be done by then
-    /// (the machine's background set-up, see [`crate::machine`]).
-    fn before_ready(&mut self) {}
+    /// Whether the unit can start now: false while it waits for the
+    /// machine's background set-up (see [`crate::machine`]: the network of
+    /// a unit that shares it), whose progress wakes the event loop.
+    fn can_start(&mut self, _kind: UnitKind, _name: &str, _program: &Program) -> bool {
+        true
+    }
+    /// Whether the machine's background set-up has ended: `ready` waits
+    /// for it (the power button works from then on).
+    fn setup_done(&mut self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +127,10 @@ pub struct Supervisor {
     /// when it is looked at again.
     settling: Option<(Pid, Option<Millis>)>,
     settle_check: Millis,
+    /// The next task or service, or `ready`, waits for the machine's
+    /// set-up ([`Runner::can_start`], [`Runner::setup_done`]): no
+    /// deadline, the runner wakes the loop, every tick looks again.
+    waiting_for_setup: bool,
     pids: BTreeMap<Pid, UnitRef>,
     phase: Phase,
     fatal: Option<String>,
@@ -176,6 +187,7 @@ impl Supervisor {
             paced: false,
             settling: None,
             settle_check: 0,
+            waiting_for_setup: false,
             pids: BTreeMap::new(),
             phase: Phase::Tasks,
             fatal: None,
@@ -227,6 +239,7 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<Millis> {
         let start = self
             .next_start
+            .filter(|_| !self.waiting_for_setup)
             .map(|_| self.settling.map_or(0, |_| self.settle_check));
         let tasks = self.tasks.iter().filter_map(|t| match t.state {
             TaskState::Running {
@@ -272,6 +285,9 @@ impl Supervisor {
 
     /// The clock reached (or passed) a deadline.
     pub fn tick(&mut self, now: Millis, r: &mut dyn Runner) {
+        if std::mem::take(&mut self.waiting_for_setup) && self.phase == Phase::Tasks {
+            self.advance_tasks(now, r);
+        }
         self.start_next(now, r);
         for t in &mut self.tasks {
             if let TaskState::Running {
@@ -405,6 +421,10 @@ impl Supervisor {
             let Some(t) = self.tasks.get_mut(i) else {
                 return;
             };
+            if !r.can_start(UnitKind::Task, &t.task.name, &t.task.program) {
+                self.waiting_for_setup = true;
+                return;
+            }
             match r.spawn(UnitKind::Task, &t.task.name, &t.task.program) {
                 Ok(pid) => {
                     let deadline = t.task.timeout.map(|d| now.saturating_add(ms(d)));
@@ -528,11 +548,20 @@ impl Supervisor {
                 return;
             }
             let Some(&i) = self.start_order.get(pos) else {
+                if !r.setup_done() {
+                    self.waiting_for_setup = true;
+                    return;
+                }
                 self.next_start = None;
-                r.before_ready();
                 r.report(log::Level::Info, format_args!("ready"));
                 return;
             };
+            if let Some(run) = self.services.get(i)
+                && !r.can_start(UnitKind::Service, &run.service.name, &run.service.program)
+            {
+                self.waiting_for_setup = true;
+                return;
+            }
             self.next_start = Some(pos + 1);
             let action = match self.services.get_mut(i) {
                 Some(run) => run.machine.start(),
@@ -642,8 +671,9 @@ mod tests {
         /// Pids `running` says yes for, and the pids it was asked about.
         running: Vec<Pid>,
         looked_at: Vec<Pid>,
-        /// How many lines there were at each `before_ready`.
-        before_ready: Vec<usize>,
+        /// Units `can_start` says no for, and whether `setup_done` says no.
+        blocked: Vec<String>,
+        setup_pending: bool,
     }
 
     impl Runner for FakeRunner {
@@ -681,8 +711,11 @@ mod tests {
         fn report(&mut self, _level: log::Level, line: fmt::Arguments<'_>) {
             self.lines.push(line.to_string());
         }
-        fn before_ready(&mut self) {
-            self.before_ready.push(self.lines.len());
+        fn can_start(&mut self, _kind: UnitKind, name: &str, _p: &Program) -> bool {
+            !self.blocked.iter().any(|n| n == name)
+        }
+        fn setup_done(&mut self) -> bool {
+            !self.setup_pending
         }
     }
 
@@ -737,8 +770,6 @@ mod tests {
         assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
         assert_eq!(s.next_deadline(), None);
         assert_eq!(s.phase(), Phase::Services);
-        // Once, right before `ready`.
-        assert_eq!(r.before_ready, [7]);
         assert_eq!(
             r.take_lines(),
             [
@@ -766,6 +797,45 @@ mod tests {
         s.child_exited(r.pid("t2"), ExitStatus::Code(0), 20, &mut r);
         s.tick(20, &mut r);
         (s, r)
+    }
+
+    #[test]
+    fn units_and_ready_wait_for_the_machine_setup_without_a_deadline() {
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner {
+            blocked: vec!["t1".into(), "web".into()],
+            setup_pending: true,
+            ..FakeRunner::default()
+        };
+        // The first task waits: nothing started, no deadline (the runner
+        // wakes the loop), and every tick looks again.
+        s.boot(0, &mut r);
+        assert!(r.spawned.is_empty());
+        assert_eq!(s.next_deadline(), None);
+        s.tick(5, &mut r);
+        assert!(r.spawned.is_empty());
+        r.blocked.retain(|n| n != "t1");
+        s.tick(10, &mut r);
+        assert_eq!(r.spawned, ["t1"]);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 11, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 12, &mut r);
+        // db starts; web (after db) waits, and cron behind it.
+        settle(&mut s, &mut r, 13);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        assert_eq!(s.next_deadline(), None);
+        s.tick(14, &mut r);
+        assert_eq!(r.spawned, ["t1", "t2", "db"]);
+        r.blocked.clear();
+        s.tick(15, &mut r);
+        settle(&mut s, &mut r, 15);
+        assert_eq!(r.spawned, ["t1", "t2", "db", "web", "cron"]);
+        // `ready` waits for the whole set-up.
+        assert!(!r.lines.iter().any(|l| l == "ready"), "{:?}", r.lines);
+        assert_eq!(s.next_deadline(), None);
+        r.setup_pending = false;
+        s.tick(16, &mut r);
+        assert_eq!(r.lines.last().map(String::as_str), Some("ready"));
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]

@@ -927,11 +927,16 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
 
     let (network_tx, network_rx) = mpsc::channel::<Result<(), String>>();
     let setup = MachineSetup::start(move |r| r.network(network_rx.recv().unwrap())).unwrap();
-    l.set_machine_setup(setup);
+    l.set_machine_setup(setup.clone());
+    // The supervisor asks first: only the unit that shares the network
+    // has to wait (PID 1 goes on meanwhile).
+    assert!(l.can_start("own", &own));
+    assert!(!l.can_start("shared", &shared));
     // Its own namespace: starts while the network is still pending.
     let pid = spawn(&mut l, "own", &own).unwrap();
     run_to_exit(&mut l, "own", pid);
-    // The machine's namespace: waits until the network is configured.
+    // Started anyway, the launcher itself waits until the network is
+    // configured.
     let waiting = std::thread::spawn(move || {
         let result = spawn(&mut l, "shared", &shared);
         (l, shared, result)
@@ -944,11 +949,16 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
     network_tx.send(Ok(())).unwrap();
     let (mut l, shared, result) = waiting.join().unwrap();
     run_to_exit(&mut l, "shared", result.unwrap());
+    assert!(setup.network_ended());
+    assert!(l.can_start("shared", &shared));
 
     // A network that failed fails such units for good, and only them.
     let failed =
         MachineSetup::start(|r| r.network(Err("interface eth0 not found".to_owned()))).unwrap();
-    l.set_machine_setup(failed);
+    l.set_machine_setup(failed.clone());
+    failed.wait_done();
+    // Ended, if badly: the start goes ahead and fails.
+    assert!(l.can_start("shared", &shared));
     let err = spawn(&mut l, "shared", &shared).unwrap_err();
     assert!(err.is_permanent());
     assert_eq!(

@@ -409,6 +409,15 @@ fn appliance_boots_serves_and_powers_off() {
     ok(vm.wait_for_line("from-bundle: bundle-task-marker: ran", TIMEOUT));
     ok(vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm.wait_for_line("web: web-marker: serving", TIMEOUT));
+    // The boot task shares the VM's network: it started only once the
+    // network (set up by a background thread) was configured.
+    let log = vm.serial_log();
+    let configured = log.find("ms: network configured");
+    let task = log.find("berth: task hello started");
+    assert!(
+        configured.is_some() && configured < task,
+        "network configured after the first unit that shares it started:\n{log}"
+    );
     let page = match http_get(port, "/index.html", TIMEOUT) {
         Ok(p) => p,
         Err(e) => {

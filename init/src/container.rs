@@ -994,14 +994,15 @@ fn set_netns_path(spec: &mut Spec, fd: &OwnedFd) {
 /// A new network namespace with `lo` up, as an fd. A namespace the clone
 /// made would have `lo` down and nobody in it to bring it up, so PID 1
 /// makes it the way `ip netns add` does: unshare(CLONE_NEWNET) moves the
-/// calling thread (PID 1's only one) into a new namespace, `lo` goes up
-/// over rtnetlink, an fd keeps the namespace, and setns(2) takes PID 1
+/// calling thread (only it: the machine set-up thread stays in the
+/// machine's namespace) into a new namespace, `lo` goes up over
+/// rtnetlink, an fd keeps the namespace, and setns(2) takes the thread
 /// back to its own namespace whatever happened.
 fn new_netns_with_lo() -> io::Result<OwnedFd> {
-    let own = fs::File::open("/proc/self/ns/net")?;
+    let own = fs::File::open("/proc/thread-self/ns/net")?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
     let made = (|| -> io::Result<OwnedFd> {
-        let fd = OwnedFd::from(fs::File::open("/proc/self/ns/net")?);
+        let fd = OwnedFd::from(fs::File::open("/proc/thread-self/ns/net")?);
         let mut nl = Rtnetlink::open().map_err(|e| io::Error::other(error_chain(&e)))?;
         nl.link_up("lo")
             .map_err(|e| io::Error::other(error_chain(&e)))?;

@@ -203,6 +203,15 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
             }
         };
         let result = self.launcher.spawn(kind, name, program, out, err);
+        if result.is_ok()
+            && kind == UnitKind::Service
+            && let Some(machine) = self.machine
+        {
+            // A running service could starve an idle-priority thread (see
+            // MachineSetup::raise); until now only boot tasks, which PID 1
+            // waits for anyway, could.
+            machine.raise();
+        }
         if result.is_err() {
             // The write ends went with the failed spawn; the read ends would
             // only ever see EOF.
@@ -637,7 +646,99 @@ impl<L: Launcher> EventLoop<L> {
 
 #[cfg(test)]
 mod tests {
-    use super::stat_running;
+    use super::*;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    /// Starts nothing: records what it was asked to spawn. A unit may
+    /// start once the machine's network step has ended.
+    struct FakeLauncher {
+        machine: MachineSetup,
+        spawned: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Launcher for FakeLauncher {
+        fn check(&self, _name: &str, _program: &Program) -> Result<(), LaunchError> {
+            Ok(())
+        }
+        fn can_start(&mut self, _name: &str, _program: &Program) -> bool {
+            self.machine.network_ended()
+        }
+        fn spawn(
+            &mut self,
+            _kind: UnitKind,
+            name: &str,
+            _program: &Program,
+            _stdout: std::os::fd::OwnedFd,
+            _stderr: std::os::fd::OwnedFd,
+        ) -> Result<Pid, LaunchError> {
+            self.spawned.lock().unwrap().push(name.to_owned());
+            // No process has this pid: nothing is ever reaped for it.
+            Ok(Pid::from_raw(i32::MAX))
+        }
+        fn signal(&mut self, _name: &str, _pid: Pid, _signal: Signal) -> Result<(), LaunchError> {
+            Ok(())
+        }
+        fn reaped(&mut self, _name: &str, _pid: Pid, _status: ExitStatus) {}
+    }
+
+    #[test]
+    fn the_set_up_threads_eventfd_starts_what_waited_and_then_ready() {
+        let (network_tx, network_rx) = mpsc::channel::<()>();
+        let (rest_tx, rest_rx) = mpsc::channel::<()>();
+        let machine = MachineSetup::start(move |r| {
+            network_rx.recv().unwrap();
+            r.network(Ok(()));
+            rest_rx.recv().unwrap();
+        })
+        .unwrap();
+        let m = crate::manifest::parse(
+            br#"{"version":1,"services":[{"name":"web","host":true,"command":["x"]}]}"#,
+            &[],
+        )
+        .unwrap();
+        let spawned = Arc::new(Mutex::new(Vec::new()));
+        let launcher = FakeLauncher {
+            machine: machine.clone(),
+            spawned: Arc::clone(&spawned),
+        };
+        let supervisor = Supervisor::new(m.tasks, m.services).unwrap();
+        let mut el = EventLoop::new(launcher, supervisor, open_signals().unwrap()).unwrap();
+        el.watch_machine_setup(machine);
+        let now = now_ms();
+        el.with_runner(|s, r| s.boot(now, r));
+        let mut events = [EpollEvent::empty(); 8];
+        // Turns until `done`, at most 100 (10 s without events).
+        let mut turn_until =
+            |el: &mut EventLoop<FakeLauncher>, done: &dyn Fn(&EventLoop<FakeLauncher>) -> bool| {
+                for _ in 0..100 {
+                    if done(el) {
+                        return true;
+                    }
+                    el.wait_once(&mut events, EpollTimeout::from(100u16));
+                }
+                done(el)
+            };
+        // Waiting: nothing started after 5 turns (0.5 s), and no deadline.
+        for _ in 0..5 {
+            el.wait_once(&mut [EpollEvent::empty(); 8], EpollTimeout::from(100u16));
+        }
+        assert!(spawned.lock().unwrap().is_empty());
+        assert_eq!(el.supervisor().next_deadline(), None);
+        // The end of the network step wakes the loop; its tick starts web.
+        network_tx.send(()).unwrap();
+        assert!(turn_until(&mut el, &|_| !spawned
+            .lock()
+            .unwrap()
+            .is_empty()));
+        assert_eq!(*spawned.lock().unwrap(), ["web"]);
+        // `ready` waits for the rest of the set-up, then the loop lets go
+        // of the thread's eventfd.
+        assert!(el.supervisor().is_starting());
+        assert!(el.machine.is_some());
+        rest_tx.send(()).unwrap();
+        assert!(turn_until(&mut el, &|el| !el.supervisor().is_starting()));
+        assert!(turn_until(&mut el, &|el| el.machine.is_none()));
+    }
 
     #[test]
     fn stat_state_is_read_after_the_command_name() {

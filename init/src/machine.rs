@@ -18,8 +18,14 @@
 //! shares the machine's network namespace until the network has ended,
 //! and `ready` until everything has: the power button's device is open
 //! from then on, and a press is queued in it even before the event loop
-//! watches it. PID 1 itself never blocks on the thread: services already
-//! running are read, reaped and stopped meanwhile.
+//! watches it. While units run PID 1 does not block on the thread:
+//! services already running are read, reaped and stopped meanwhile.
+//!
+//! Idle priority only lasts until the first service runs
+//! ([`MachineSetup::raise`]): a busy service would starve the thread, and
+//! PID 1 with it whenever it needs a lock the thread holds (the log hub's,
+//! the allocator's, the kernel's rtnl while a NIC probes). Before, only
+//! boot tasks compete, and PID 1 waits for those anyway.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -83,10 +89,13 @@ impl Shared {
         progress
     }
 
-    /// Raises the thread to `SCHED_OTHER`. The thread checks `raised`
-    /// after lowering itself, so whichever of the two runs second wins.
+    /// Raises the thread to `SCHED_OTHER`, once. The thread checks
+    /// `raised` after lowering itself, so whichever of the two runs second
+    /// wins.
     fn raise(&self) {
-        self.raised.store(true, Ordering::SeqCst);
+        if self.raised.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let tid = self.tid.load(Ordering::SeqCst);
         if tid != 0
             && let Err(e) = sys::set_thread_policy(tid, sys::SCHED_OTHER)
@@ -126,7 +135,9 @@ impl Reporter {
 }
 
 impl Drop for Reporter {
-    /// The work has ended, returned or panicked: nobody may wait forever.
+    /// The work has ended: nobody may wait forever. (A panic unwinds to
+    /// here in tests; berth-init's release build aborts on panic, and its
+    /// panic hook powers the machine off.)
     fn drop(&mut self) {
         {
             let mut progress = self.shared.lock();
@@ -155,6 +166,15 @@ pub struct MachineSetup {
 impl MachineSetup {
     /// Runs `work` in a new thread at `SCHED_IDLE` priority.
     pub fn start(work: impl FnOnce(&Reporter) + Send + 'static) -> Result<Self, MachineSetupError> {
+        Self::start_after(|| {}, work)
+    }
+
+    /// [`Self::start`], with `first` run in the thread before anything
+    /// else (tests hold the thread there).
+    fn start_after(
+        first: impl FnOnce() + Send + 'static,
+        work: impl FnOnce(&Reporter) + Send + 'static,
+    ) -> Result<Self, MachineSetupError> {
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|source| MachineSetupError::EventFd { source })?;
         let shared = Arc::new(Shared {
@@ -171,6 +191,7 @@ impl MachineSetup {
             .name("machine-setup".to_owned())
             .stack_size(256 * 1024)
             .spawn(move || {
+                first();
                 let shared = Arc::clone(&reporter.shared);
                 shared.tid.store(sys::gettid(), Ordering::SeqCst);
                 if let Err(e) = sys::set_thread_policy(0, sys::SCHED_IDLE) {
@@ -187,40 +208,37 @@ impl MachineSetup {
 
     /// Waits until the network step has ended; its result.
     pub fn wait_network(&self) -> Result<(), String> {
-        if let Some(result) = &self.shared.lock().network {
-            return result.clone();
-        }
         self.shared.raise();
         let progress = self.shared.wait_until(|p| p.network.is_some());
         progress.network.clone().unwrap_or(Ok(()))
     }
 
-    /// Whether the network step has ended (well or not), without waiting;
-    /// if not, raises the thread: a unit waits for it. The event loop is
-    /// woken (the eventfd) when it ends.
+    /// Whether the network step has ended (well or not), without waiting.
+    /// Raises the thread first: a unit waits for it (or starts now). The
+    /// event loop is woken (the eventfd) when it ends.
     pub fn network_ended(&self) -> bool {
-        if self.shared.lock().network.is_some() {
-            return true;
-        }
+        // Raised before the lock is taken: the thread may hold it.
         self.shared.raise();
-        false
+        self.shared.lock().network.is_some()
     }
 
-    /// Whether the whole set-up has ended, without waiting; if not, raises
-    /// the thread (`ready` waits for it). The eventfd says when.
+    /// Whether the whole set-up has ended, without waiting. Raises the
+    /// thread first (`ready` waits for it). The eventfd says when.
     pub fn ended(&self) -> bool {
-        if self.shared.lock().done {
-            return true;
-        }
         self.shared.raise();
-        false
+        self.shared.lock().done
+    }
+
+    /// From now on the thread runs at the normal policy. PID 1 calls this
+    /// once a service runs: a busy service would starve an idle-priority
+    /// thread, and with it PID 1 whenever it needs a lock the thread holds
+    /// (the log's, the allocator's, the kernel's rtnl).
+    pub fn raise(&self) {
+        self.shared.raise();
     }
 
     /// Waits until the whole set-up has ended.
     pub fn wait_done(&self) {
-        if self.shared.lock().done {
-            return;
-        }
         self.shared.raise();
         drop(self.shared.wait_until(|p| p.done));
     }
@@ -341,22 +359,20 @@ mod tests {
 
     #[test]
     fn a_raise_before_the_thread_lowers_itself_wins() {
-        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
         let (policy_tx, policy_rx) = mpsc::channel();
-        let setup = MachineSetup::start(move |_| {
-            go_rx.recv().unwrap();
-            policy_tx.send(policy(0)).unwrap();
-        })
+        let setup = MachineSetup::start_after(
+            move || hold_rx.recv().unwrap(),
+            move |_| policy_tx.send(policy(0)).unwrap(),
+        )
         .unwrap();
-        // As if a waiter came before the thread's first instruction.
-        setup.shared.raise();
-        let waiter = {
-            let setup = setup.clone();
-            std::thread::spawn(move || setup.wait_done())
-        };
-        go_tx.send(()).unwrap();
-        waiter.join().unwrap();
+        // The thread has not recorded its id: the raise is only the flag,
+        // which the thread finds after lowering itself.
+        setup.raise();
+        assert_eq!(setup.thread_id(), 0);
+        hold_tx.send(()).unwrap();
         assert_eq!(policy_rx.recv().unwrap(), sys::SCHED_OTHER);
+        setup.wait_done();
     }
 
     #[test]

@@ -359,9 +359,9 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
     }
 
     let machine = if role == Role::Machine {
-        configure_machine(&manifest)?;
+        let late_sysctls = configure_machine(&manifest)?;
         timeline(start, "machine configured");
-        let machine = start_machine_setup(&manifest, start)?;
+        let machine = start_machine_setup(&manifest, late_sysctls, start)?;
         launcher.set_machine_setup(machine.clone());
         Some(machine)
     } else {
@@ -626,9 +626,9 @@ fn set_oom_score_adj() {
 }
 
 /// What every unit may need before it starts: hostname, modules, sysctls
-/// (but the network's) and the data disk. The rest is
-/// [`start_machine_setup`]'s.
-fn configure_machine(m: &Manifest) -> Result<(), String> {
+/// and the data disk. Returns the sysctls left for the network (see
+/// [`is_late_sysctl`]); the rest is [`start_machine_setup`]'s.
+fn configure_machine(m: &Manifest) -> Result<Vec<(String, String)>, String> {
     if let Some(hostname) = &m.hostname {
         nix::unistd::sethostname(hostname).map_err(|e| format!("set hostname {hostname}: {e}"))?;
     }
@@ -636,8 +636,13 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
         let loaded = load_kernel_modules(&m.modules)?;
         log::info!("loaded {loaded} kernel modules");
     }
-    for (key, value) in m.sysctls.iter().filter(|(key, _)| !is_network_sysctl(key)) {
-        set_sysctl(key, value)?;
+    let mut late = Vec::new();
+    for (key, value) in &m.sysctls {
+        if is_late_sysctl(key) {
+            late.push((key.clone(), value.clone()));
+        } else {
+            set_sysctl(key, value)?;
+        }
     }
     if let Some(disk) = &m.data_disk {
         let (flags, data) = mount_options(&disk.options);
@@ -657,31 +662,34 @@ fn configure_machine(m: &Manifest) -> Result<(), String> {
             )
         })?;
     }
-    Ok(())
+    Ok(late)
 }
 
-/// `net.*` sysctls name the network's interfaces and settings: they are
-/// set with the network, after its modules.
-fn is_network_sysctl(key: &str) -> bool {
-    key.starts_with("net.")
+/// A `net.*` sysctl that does not exist yet (an interface's, which comes
+/// with its driver): set with the network, after its modules. The others
+/// are set before any unit starts: a new network namespace copies the
+/// IPv4 `conf/all` and `conf/default` values of the machine's.
+fn is_late_sysctl(key: &str) -> bool {
+    key.starts_with("net.") && !sysctl_path(key).exists()
+}
+
+fn sysctl_path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
 
 fn set_sysctl(key: &str, value: &str) -> Result<(), String> {
-    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-    std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))
+    std::fs::write(sysctl_path(key), value).map_err(|e| format!("set sysctl {key}={value}: {e}"))
 }
 
 /// The network and the power button, in a thread at idle priority
 /// (`berth_init::machine`): units that share the machine's network start
 /// once it is configured, `ready` waits for both.
-fn start_machine_setup(m: &Manifest, start: Millis) -> Result<MachineSetup, String> {
+fn start_machine_setup(
+    m: &Manifest,
+    sysctls: Vec<(String, String)>,
+    start: Millis,
+) -> Result<MachineSetup, String> {
     let network = m.network.clone();
-    let sysctls: Vec<(String, String)> = m
-        .sysctls
-        .iter()
-        .filter(|(key, _)| is_network_sysctl(key))
-        .cloned()
-        .collect();
     let setup = MachineSetup::start(move |report| {
         let result = configure_network(&network, &sysctls);
         match &result {

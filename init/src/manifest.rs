@@ -14,7 +14,7 @@
 //! | `version` | `1` | required | format version |
 //! | `hostname` | string | unset | hostname of the VM (RFC 1123 label) |
 //! | `modules` | [string] | `[]` | kernel modules to load, dependencies resolved from `modules.dep` |
-//! | `sysctls` | {key: string} | `{}` | written to `/proc/sys/<key with . as />` |
+//! | `sysctls` | {key: string} | `{}` | written to `/proc/sys/<key with . as />` before any unit starts; a `net.*` key that appears with the NIC's driver, with the network |
 //! | `network` | object | none | `interfaces`: [{`name`, `address`, `prefix`, `gateway`?}], `dns`: {`nameservers`, `search`}, `modules`: [string] (the NIC's drivers) |
 //! | `data_disk` | object | none | `device`, `fstype`, `options`? — mounted at `/data`, source of `persistent` mounts |
 //! | `log` | object | see below | PID 1's own level and the service log routing |

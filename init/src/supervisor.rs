@@ -215,6 +215,11 @@ impl Supervisor {
     }
 
     /// Paced starts (see the module docs): for a machine with one CPU.
+    /// Whether services are still to be started or `ready` not yet said.
+    pub fn is_starting(&self) -> bool {
+        self.next_start.is_some()
+    }
+
     pub fn set_paced_starts(&mut self, paced: bool) {
         self.paced = paced;
     }

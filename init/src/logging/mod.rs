@@ -141,8 +141,9 @@ struct Hub {
 
 static HUB: Mutex<Option<Hub>> = Mutex::new(None);
 
-/// PID 1 is single-threaded; the mutex exists because `log` wants `Sync`.
-/// A poisoned lock (a panic while logging) must not silence PID 1.
+/// PID 1's threads (the main one; the unpack's and the machine set-up's,
+/// see `crate::machine`) share the hub. A poisoned lock (a panic while
+/// logging) must not silence PID 1.
 fn hub() -> MutexGuard<'static, Option<Hub>> {
     HUB.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

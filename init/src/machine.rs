@@ -278,12 +278,24 @@ mod tests {
         sys::thread_policy(tid).unwrap()
     }
 
-    fn started(setup: &MachineSetup) -> i32 {
+    /// Polls until `tid` runs under `want`.
+    fn wait_for_policy(tid: i32, want: i32, what: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while policy(tid) != want {
+            assert!(Instant::now() < until, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The thread's id once it has started and lowered itself.
+    fn lowered(setup: &MachineSetup) -> i32 {
         let until = Instant::now() + Duration::from_secs(10);
         while setup.thread_id() == 0 {
             assert!(Instant::now() < until, "the thread never started");
             std::thread::sleep(Duration::from_millis(1));
         }
+        // It lowers itself right after recording its id.
+        wait_for_policy(setup.thread_id(), sys::SCHED_IDLE, "never at SCHED_IDLE");
         setup.thread_id()
     }
 
@@ -298,23 +310,13 @@ mod tests {
             go_rx.recv().unwrap();
         })
         .unwrap();
-        let tid = started(&setup);
-        // It lowers itself right after recording its id.
-        let until = Instant::now() + Duration::from_secs(10);
-        while policy(tid) != sys::SCHED_IDLE {
-            assert!(Instant::now() < until, "never at SCHED_IDLE");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let tid = lowered(&setup);
         // A waiter raises it before waiting.
         let waiter = {
             let setup = setup.clone();
             std::thread::spawn(move || setup.wait_network())
         };
-        let until = Instant::now() + Duration::from_secs(10);
-        while policy(tid) != sys::SCHED_OTHER {
-            assert!(Instant::now() < until, "the waiter did not raise it");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_policy(tid, sys::SCHED_OTHER, "the waiter did not raise it");
         go_tx.send(()).unwrap();
         assert_eq!(waiter.join().unwrap(), Ok(()));
         assert_eq!(policy_rx.recv().unwrap(), sys::SCHED_OTHER);
@@ -338,12 +340,7 @@ mod tests {
             go_rx.recv().unwrap();
         })
         .unwrap();
-        let tid = started(&setup);
-        let until = Instant::now() + Duration::from_secs(10);
-        while policy(tid) != sys::SCHED_IDLE {
-            assert!(Instant::now() < until, "never at SCHED_IDLE");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let tid = lowered(&setup);
         assert!(!setup.network_ended());
         assert_eq!(policy(tid), sys::SCHED_OTHER);
         assert!(!sys::poll_readable(setup.wake_fd(), 0).unwrap());

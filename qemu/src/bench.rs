@@ -1,8 +1,54 @@
-//! Boot-time measurement: from QEMU's spawn to a console line, repeated.
+//! Boot-time measurement: from QEMU's spawn to a console line, repeated;
+//! in host time, or in the guest's own clock (the line's timestamp).
 
 use std::time::Duration;
 
 use crate::vm::{Appliance, Vm, VmConfig, VmError};
+
+/// Why a guest-time measurement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("boot the appliance")]
+    Boot { source: VmError },
+    #[error(
+        "console line {line:?} has no guest timestamp (a `[seconds]` prefix, as printk and berth-init write)"
+    )]
+    NoTimestamp { line: String },
+}
+
+/// The guest clock a console line was stamped with: `[    1.616105] Run
+/// /init` (printk) or `[     1.840] heartbeat: …` (berth-init's log).
+pub fn guest_timestamp(line: &str) -> Option<Duration> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    let (stamp, _) = rest.split_once(']')?;
+    let seconds: f64 = stamp.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// Boots `appliance` `runs` times, like [`measure_boot`]; each sample is the
+/// guest's clock on the first console line containing `pattern` (its
+/// timestamp). With [`crate::vm::Accel::TcgIcount`] that clock counts guest
+/// instructions, so the samples do not depend on the host.
+pub fn measure_guest_boot(
+    appliance: &Appliance,
+    config: &VmConfig,
+    pattern: &str,
+    runs: usize,
+    timeout: Duration,
+) -> Result<Vec<Duration>, BenchError> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let vm = Vm::boot(appliance, config).map_err(|source| BenchError::Boot { source })?;
+        let line = vm
+            .or_dump(vm.wait_for_line(pattern, timeout))
+            .map_err(|source| BenchError::Boot { source })?;
+        if vm.qmp_quit().is_err() || vm.wait_exit(Duration::from_secs(30)).is_err() {
+            vm.kill().map_err(|source| BenchError::Boot { source })?;
+        }
+        samples.push(guest_timestamp(&line).ok_or(BenchError::NoTimestamp { line })?);
+    }
+    Ok(samples)
+}
 
 /// Boots `appliance` `runs` times; each sample is the time from spawning QEMU
 /// to the first console line containing `pattern`. Each VM is then stopped
@@ -42,6 +88,21 @@ pub fn median(samples: &[Duration]) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_timestamps_of_printk_and_berth_lines() {
+        assert_eq!(
+            guest_timestamp("[    1.616105] Run /init as init process"),
+            Some(Duration::from_secs_f64(1.616105))
+        );
+        assert_eq!(
+            guest_timestamp("[     1.840] heartbeat: beating every 2s"),
+            Some(Duration::from_millis(1840))
+        );
+        for none in ["heartbeat: beating", "[x] y", "[ -1.0] y", "[1.0 y", ""] {
+            assert_eq!(guest_timestamp(none), None, "{none:?}");
+        }
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {

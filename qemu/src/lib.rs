@@ -17,7 +17,7 @@ pub mod net;
 pub mod qmp;
 pub mod vm;
 
-pub use bench::{measure_boot, median};
+pub use bench::{BenchError, guest_timestamp, measure_boot, measure_guest_boot, median};
 pub use disk::{DataDisk, DiskError};
 pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};
 pub use net::{NetError, http_get};

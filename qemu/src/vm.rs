@@ -66,6 +66,11 @@ pub enum Accel {
     Tcg,
     /// Hardware virtualisation; only when asked for and `/dev/kvm` opens.
     Kvm,
+    /// Software emulation counting guest time in instructions (`-icount
+    /// shift=0,sleep=off`: one instruction is one nanosecond of the guest's
+    /// clock, and idle time is skipped). The guest clock no longer depends
+    /// on the host's speed or load: for measurements, not for use.
+    TcgIcount,
 }
 
 /// What to boot the appliance with.
@@ -274,6 +279,7 @@ pub fn qemu_args(
     match config.accel {
         Accel::Tcg => push(&["-accel", "tcg"]),
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::TcgIcount => push(&["-accel", "tcg", "-icount", "shift=0,sleep=off"]),
     }
     let memory = config.memory_mb.to_string();
     let cpus = config.cpus.to_string();
@@ -808,6 +814,17 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn icount_counts_guest_time_in_instructions() {
+        let args = args_string(&VmConfig {
+            accel: Accel::TcgIcount,
+            ..VmConfig::default()
+        });
+        assert_eq!(value_of(&args, "-accel"), ["tcg"]);
+        assert_eq!(value_of(&args, "-icount"), ["shift=0,sleep=off"]);
+        assert!(value_of(&args_string(&VmConfig::default()), "-icount").is_empty());
     }
 
     #[test]

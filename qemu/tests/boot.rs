@@ -238,3 +238,30 @@ fn busy_host_port_fails_the_boot_with_qemus_reason() {
         other => panic!("expected QemuStart, got {other:?}"),
     }
 }
+
+/// Guest time under `-icount` is the guest's instruction count: the same
+/// boot gives the same timestamp whatever the host's load, and a line
+/// without a timestamp is refused.
+#[test]
+fn icount_guest_time_is_the_same_for_the_same_boot() {
+    use berth_qemu::{Accel, BenchError, measure_guest_boot};
+    use std::time::Duration;
+    let appliance = floor_appliance("icount", FLOOR_INIT, &[]);
+    let config = VmConfig {
+        accel: Accel::TcgIcount,
+        ..VmConfig::default()
+    };
+    let samples = measure_guest_boot(&appliance, &config, "Run /init as init process", 2, TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}", berth_qemu::error_chain(&e)));
+    let (a, b) = (samples[0], samples[1]);
+    assert!(a > Duration::from_millis(100), "{samples:?}");
+    // Deterministic up to the few interrupts timed by the host (the
+    // serial port's, QMP's): well within 2 %.
+    let (lo, hi) = (a.min(b), a.max(b));
+    assert!(hi - lo < lo / 50, "{samples:?}");
+    // The floor's own echo carries no guest timestamp.
+    match measure_guest_boot(&appliance, &config, "berth-floor: init ran", 1, TIMEOUT) {
+        Err(BenchError::NoTimestamp { line }) => assert!(line.contains("uptime"), "{line}"),
+        other => panic!("expected a line without a timestamp, got {other:?}"),
+    }
+}

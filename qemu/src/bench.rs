@@ -36,18 +36,13 @@ pub fn measure_guest_boot(
     runs: usize,
     timeout: Duration,
 ) -> Result<Vec<Duration>, BenchError> {
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let vm = Vm::boot(appliance, config).map_err(|source| BenchError::Boot { source })?;
-        let line = vm
-            .or_dump(vm.wait_for_line(pattern, timeout))
-            .map_err(|source| BenchError::Boot { source })?;
-        if vm.qmp_quit().is_err() || vm.wait_exit(Duration::from_secs(30)).is_err() {
-            vm.kill().map_err(|source| BenchError::Boot { source })?;
-        }
-        samples.push(guest_timestamp(&line).ok_or(BenchError::NoTimestamp { line })?);
-    }
-    Ok(samples)
+    (0..runs)
+        .map(|_| {
+            let (line, _) = boot_to_line(appliance, config, pattern, timeout)
+                .map_err(|source| BenchError::Boot { source })?;
+            guest_timestamp(&line).ok_or(BenchError::NoTimestamp { line })
+        })
+        .collect()
 }
 
 /// Boots `appliance` `runs` times; each sample is the time from spawning QEMU
@@ -61,16 +56,26 @@ pub fn measure_boot(
     runs: usize,
     timeout: Duration,
 ) -> Result<Vec<Duration>, VmError> {
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let vm = Vm::boot(appliance, config)?;
-        vm.or_dump(vm.wait_for_line(pattern, timeout))?;
-        samples.push(vm.started_at().elapsed());
-        if vm.qmp_quit().is_err() || vm.wait_exit(Duration::from_secs(30)).is_err() {
-            vm.kill()?;
-        }
+    (0..runs)
+        .map(|_| boot_to_line(appliance, config, pattern, timeout).map(|(_, host)| host))
+        .collect()
+}
+
+/// One boot up to the first console line containing `pattern`: the line and
+/// the host time since QEMU's spawn. The VM is then stopped.
+fn boot_to_line(
+    appliance: &Appliance,
+    config: &VmConfig,
+    pattern: &str,
+    timeout: Duration,
+) -> Result<(String, Duration), VmError> {
+    let vm = Vm::boot(appliance, config)?;
+    let line = vm.or_dump(vm.wait_for_line(pattern, timeout))?;
+    let host = vm.started_at().elapsed();
+    if vm.qmp_quit().is_err() || vm.wait_exit(Duration::from_secs(30)).is_err() {
+        vm.kill()?;
     }
-    Ok(samples)
+    Ok((line, host))
 }
 
 /// The median of samples (mean of the middle two for an even count); zero

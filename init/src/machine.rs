@@ -262,8 +262,9 @@ impl MachineSetup {
         let _ = self.shared.wake.read();
     }
 
-    /// The thread's id once it has started (0 before): for tests.
-    pub fn thread_id(&self) -> i32 {
+    /// The thread's id once it has started (0 before).
+    #[cfg(test)]
+    fn thread_id(&self) -> i32 {
         self.shared.tid.load(Ordering::SeqCst)
     }
 }

@@ -1,9 +1,14 @@
 //! Boot-time measurement: from QEMU's spawn to a console line, repeated;
-//! in host time, or in the guest's own clock (the line's timestamp).
+//! in host time, or in the guest's own clock (the line's timestamp). Under
+//! TCG each sample also says how much guest code QEMU had translated by
+//! then: code that runs for the first time costs a translation each, which
+//! is most of what a boot spends under TCG beyond its instructions.
 
 use std::time::Duration;
 
-use crate::vm::{Appliance, Vm, VmConfig, VmError};
+use serde_json::json;
+
+use crate::vm::{Accel, Appliance, Vm, VmConfig, VmError};
 
 /// Why a guest-time measurement failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +19,26 @@ pub enum BenchError {
         "console line {line:?} has no guest timestamp (a `[seconds]` prefix, as printk and berth-init write)"
     )]
     NoTimestamp { line: String },
+}
+
+/// One boot measured up to its console line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootSample {
+    /// Host time since QEMU's spawn, or the guest's clock on the line
+    /// ([`measure_guest_boot`]).
+    pub time: Duration,
+    /// Translation blocks QEMU's TCG had generated when the line came (its
+    /// `info jit` "TB count", read with the guest's CPUs stopped); `None`
+    /// under KVM, which translates nothing.
+    pub translated_blocks: Option<u64>,
+}
+
+/// The "TB count" of QEMU's `info jit` (HMP) output.
+pub fn tb_count(info_jit: &str) -> Option<u64> {
+    info_jit.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix("TB count")?;
+        rest.trim().parse().ok()
+    })
 }
 
 /// The guest clock a console line was stamped with: `[    1.616105] Run
@@ -35,12 +60,17 @@ pub fn measure_guest_boot(
     pattern: &str,
     runs: usize,
     timeout: Duration,
-) -> Result<Vec<Duration>, BenchError> {
+) -> Result<Vec<BootSample>, BenchError> {
     (0..runs)
         .map(|_| {
-            let (line, _) = boot_to_line(appliance, config, pattern, timeout)
+            let boot = boot_to_line(appliance, config, pattern, timeout)
                 .map_err(|source| BenchError::Boot { source })?;
-            guest_timestamp(&line).ok_or(BenchError::NoTimestamp { line })
+            let line = boot.line;
+            let time = guest_timestamp(&line).ok_or(BenchError::NoTimestamp { line })?;
+            Ok(BootSample {
+                time,
+                translated_blocks: boot.translated_blocks,
+            })
         })
         .collect()
 }
@@ -55,27 +85,61 @@ pub fn measure_boot(
     pattern: &str,
     runs: usize,
     timeout: Duration,
-) -> Result<Vec<Duration>, VmError> {
+) -> Result<Vec<BootSample>, VmError> {
     (0..runs)
-        .map(|_| boot_to_line(appliance, config, pattern, timeout).map(|(_, host)| host))
+        .map(|_| {
+            boot_to_line(appliance, config, pattern, timeout).map(|boot| BootSample {
+                time: boot.host,
+                translated_blocks: boot.translated_blocks,
+            })
+        })
         .collect()
 }
 
-/// One boot up to the first console line containing `pattern`: the line and
-/// the host time since QEMU's spawn. The VM is then stopped.
+struct LineBoot {
+    line: String,
+    host: Duration,
+    translated_blocks: Option<u64>,
+}
+
+/// One boot up to the first console line containing `pattern`: the line,
+/// the host time since QEMU's spawn and, under TCG, the translation blocks
+/// so far. The VM is then stopped.
 fn boot_to_line(
     appliance: &Appliance,
     config: &VmConfig,
     pattern: &str,
     timeout: Duration,
-) -> Result<(String, Duration), VmError> {
+) -> Result<LineBoot, VmError> {
     let vm = Vm::boot(appliance, config)?;
     let line = vm.or_dump(vm.wait_for_line(pattern, timeout))?;
     let host = vm.started_at().elapsed();
+    let translated = match config.accel {
+        Accel::Kvm => Ok(None),
+        Accel::Tcg | Accel::TcgIcount => translated_blocks(&vm).map(Some),
+    };
     if vm.qmp_quit().is_err() || vm.wait_exit(Duration::from_secs(30)).is_err() {
         vm.kill()?;
     }
-    Ok((line, host))
+    Ok(LineBoot {
+        line,
+        host,
+        translated_blocks: translated?,
+    })
+}
+
+/// Stops the guest's CPUs (QMP `stop`: the count should not grow while it
+/// is read) and reads TCG's translation block count from HMP `info jit`.
+fn translated_blocks(vm: &Vm) -> Result<u64, VmError> {
+    vm.qmp_execute("stop", None)?;
+    let command = "human-monitor-command";
+    let out = vm.qmp_execute(command, Some(json!({ "command-line": "info jit" })))?;
+    let text = out.as_str().unwrap_or_default();
+    tb_count(text).ok_or_else(|| VmError::QmpReply {
+        command: format!("{command} info jit"),
+        reply: text.chars().take(200).collect(),
+        expected: "a \"TB count\" line",
+    })
 }
 
 /// The median of samples (mean of the middle two for an even count); zero
@@ -106,6 +170,25 @@ mod tests {
         );
         for none in ["heartbeat: beating", "[x] y", "[ -1.0] y", "[1.0 y", ""] {
             assert_eq!(guest_timestamp(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn tb_count_from_info_jit() {
+        // QEMU 7.2's `info jit`, abridged.
+        let out = "Translation buffer state:\n\
+                   gen code size       41331203/1073736704\n\
+                   TB count            76551\n\
+                   TB avg target size  17 max=2356 bytes\n\
+                   TB hash buckets     27955/32768 (85.31% head buckets used)\n";
+        assert_eq!(tb_count(out), Some(76551));
+        for none in [
+            "",
+            "TB count",
+            "TB count  many",
+            "Translation buffer state:\n",
+        ] {
+            assert_eq!(tb_count(none), None, "{none:?}");
         }
     }
 

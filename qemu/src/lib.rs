@@ -17,7 +17,9 @@ pub mod net;
 pub mod qmp;
 pub mod vm;
 
-pub use bench::{BenchError, guest_timestamp, measure_boot, measure_guest_boot, median};
+pub use bench::{
+    BenchError, BootSample, guest_timestamp, measure_boot, measure_guest_boot, median, tb_count,
+};
 pub use disk::{DataDisk, DiskError};
 pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};
 pub use net::{NetError, http_get};

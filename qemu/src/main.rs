@@ -322,13 +322,14 @@ fn boot_time(
             .map_err(|e| anyhow::anyhow!(error_chain(&e)))
     }
     .with_context(|| format!("measuring the boot of {}", outdir.display()))?;
-    let ms: Vec<String> = samples
+    let times: Vec<Duration> = samples.iter().map(|s| s.time).collect();
+    let ms: Vec<String> = times
         .iter()
         .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
         .collect();
     println!(
         "boot to {until:?}: median {:.0} ms{} over {runs} runs (samples ms: {})",
-        median(&samples).as_secs_f64() * 1000.0,
+        median(&times).as_secs_f64() * 1000.0,
         if guest {
             " of guest time (icount: 1 ns per instruction)"
         } else {
@@ -336,6 +337,21 @@ fn boot_time(
         },
         ms.join(" ")
     );
+    let blocks: Option<Vec<u64>> = samples.iter().map(|s| s.translated_blocks).collect();
+    if let Some(mut blocks) = blocks {
+        let list: Vec<String> = blocks.iter().map(u64::to_string).collect();
+        blocks.sort_unstable();
+        let n = blocks.len();
+        let mid = if n % 2 == 1 {
+            blocks[n / 2]
+        } else {
+            (blocks[n / 2 - 1] + blocks[n / 2]) / 2
+        };
+        println!(
+            "code translated by TCG up to the line: median {mid} blocks (samples: {})",
+            list.join(" ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

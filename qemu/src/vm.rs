@@ -194,6 +194,12 @@ pub enum VmError {
         #[source]
         source: QmpError,
     },
+    #[error("qmp command {command} replied {reply:?}, expected {expected}")]
+    QmpReply {
+        command: String,
+        reply: String,
+        expected: &'static str,
+    },
     #[error("no console line containing {pattern:?} within {timeout:?}")]
     LineTimeout { pattern: String, timeout: Duration },
     #[error("qemu exited ({status}) before the console printed a line containing {pattern:?}")]

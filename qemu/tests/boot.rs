@@ -253,7 +253,7 @@ fn icount_guest_time_is_the_same_for_the_same_boot() {
     };
     let samples = measure_guest_boot(&appliance, &config, "Run /init as init process", 2, TIMEOUT)
         .unwrap_or_else(|e| panic!("{}", berth_qemu::error_chain(&e)));
-    let (a, b) = (samples[0], samples[1]);
+    let (a, b) = (samples[0].time, samples[1].time);
     assert!(a > Duration::from_millis(100), "{samples:?}");
     // Deterministic up to the few interrupts timed by the host (the
     // serial port's, QMP's): well within 2 %.

@@ -277,6 +277,17 @@ fn boot_time_prints_the_median_and_samples() {
     let samples: Vec<u64> = samples.split(' ').map(|s| s.parse().unwrap()).collect();
     assert_eq!(samples.len(), 2, "{line}");
     assert!(samples.iter().all(|&ms| ms > 0), "{line}");
+    // Under TCG, QEMU's own count of the guest code it translated: a
+    // kernel's boot is tens of thousands of blocks.
+    let blocks = stdout.lines().nth(1).unwrap_or("");
+    let counts = blocks
+        .strip_prefix("code translated by TCG up to the line: median ")
+        .and_then(|rest| rest.split_once(" blocks (samples: "))
+        .map(|(_, list)| list.trim_end_matches(')'))
+        .unwrap_or_else(|| panic!("no translated-code line: {stdout}"));
+    let counts: Vec<u64> = counts.split(' ').map(|s| s.parse().unwrap()).collect();
+    assert_eq!(counts.len(), 2, "{blocks}");
+    assert!(counts.iter().all(|&n| n > 10_000), "{blocks}");
 }
 
 #[test]

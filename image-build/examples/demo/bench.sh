@@ -13,7 +13,9 @@
 # Builds the demo first with `.ci/demo --no-boot`.
 # Run it on a quiet machine: QEMU's TCG shares the host's cores. A second
 # measurement, in guest time under `boot-time --icount` (one instruction is
-# one nanosecond), does not depend on the host: 3 boots each.
+# one nanosecond), does not depend on the host: 3 boots each. Each boot also
+# reports how many blocks of guest code QEMU's TCG translated up to the line
+# (new code costs a translation the first time it runs).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 runs=${1:-7}
@@ -49,16 +51,17 @@ cp out/demo/vmlinuz "$floor/vmlinuz"
 # this measures.
 disk=${BERTH_BENCH_DISK:-/dev/shm/berth-demo-bench-data.img}
 opts=(--data-disk "$disk:64M" --port 18080:80)
-sample() { # OUTDIR → one boot's ms
+sample() { # OUTDIR → one boot's "ms blocks"
   rm -f "$disk"
   "$bin/berth-qemu" boot-time "$1" --until "$line" --runs 1 "${opts[@]}" \
-    | sed -n 's/.*median \([0-9]*\) ms.*/\1/p'
+    | sed -n -e 's/.*median \([0-9]*\) ms.*/\1/p' -e 's/^code translated.*median \([0-9]*\) blocks.*/\1/p' \
+    | paste -sd ' '
 }
-berth=() base=()
+berth=() base=() berth_tb=() base_tb=()
 for i in $(seq "$runs"); do
-  b=$(sample out/demo); f=$(sample "$floor")
-  echo "run $i: demo $b ms, floor $f ms"
-  berth+=("$b") base+=("$f")
+  read -r b btb < <(sample out/demo); read -r f ftb < <(sample "$floor")
+  echo "run $i: demo $b ms ($btb blocks translated), floor $f ms ($ftb blocks)"
+  berth+=("$b") base+=("$f") berth_tb+=("$btb") base_tb+=("$ftb")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 mb=$(median "${berth[@]}") mf=$(median "${base[@]}")
@@ -66,6 +69,10 @@ echo "boot to the first service ($runs runs each, interleaved, TCG):"
 echo "  berth demo: median $mb ms (${berth[*]})"
 echo "  floor:      median $mf ms (${base[*]})"
 awk -v b="$mb" -v f="$mf" 'BEGIN {printf "  ratio berth/floor: %.3f (target <= 1.15)\n", b/f}'
+# Under TCG a boot pays for each block of guest code the first time it runs
+# (QEMU translates it): the count says how much new code each one ran.
+tb=$(median "${berth_tb[@]}") tf=$(median "${base_tb[@]}")
+awk -v b="$tb" -v f="$tf" 'BEGIN {printf "guest code QEMU translated up to the line (info jit, median): demo %d blocks, floor %d blocks (%+d)\n", b, f, b - f}'
 guest() { # OUTDIR → median guest ms of 3 boots under -icount
   rm -f "$disk"
   "$bin/berth-qemu" boot-time "$1" --until "$line" --runs 3 --icount "${opts[@]}" \

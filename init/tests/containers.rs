@@ -185,6 +185,31 @@ impl World {
     }
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        // Pid1 removes the directory it ran in; a test that drives the
+        // launcher itself leaves that to this.
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // PID 1 removes its cgroups when it ends well; a test that failed
+        // half-way leaves them, empty once its processes are gone.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some(mount) = berth_runtime::cgroup::find_cgroup2_mount(&mountinfo) {
+            remove_cgroup_tree(&mount.join(&self.cgroup_parent));
+        }
+    }
+}
+
+/// rmdir(2) of a cgroup and the cgroups below it, deepest first (a cgroup
+/// directory goes once it has no children and no processes); best effort.
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// A container unit from the busybox image running `sh -c SCRIPT`.
 fn ctr(name: &str, script: &str, extra: &str) -> String {
     ctr_from(name, "busybox", script, extra)

@@ -213,9 +213,13 @@ fn qemu_does_not_outlive_a_killed_berth_qemu() {
     cli.wait_stdout("berth-floor: idle");
     let marker = appliance.initrd.display().to_string();
     assert_eq!(qemu_processes(&marker).len(), 1, "{}", cli.dump());
-    // SIGKILL: berth-qemu gets no chance to stop QEMU itself.
+    // SIGKILL: berth-qemu gets no chance to stop QEMU itself, nor to
+    // remove its run directory (the QMP socket's), which this test does.
+    let run_dir = std::env::temp_dir().join(format!("berth-qemu-{}-0", cli.child.id()));
     cli.child.kill().unwrap();
     cli.child.wait().unwrap();
+    assert!(run_dir.join("qmp.sock").exists(), "{}", run_dir.display());
+    let _ = std::fs::remove_dir_all(&run_dir);
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let left = qemu_processes(&marker);

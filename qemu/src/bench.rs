@@ -154,6 +154,23 @@ pub fn median(samples: &[Duration]) -> Duration {
     }
 }
 
+/// The median translated-block count of samples that all have one (mean
+/// of the middle two for an even count); `None` if any lacks it (KVM) or
+/// there are none.
+pub fn median_translated_blocks(samples: &[BootSample]) -> Option<u64> {
+    let mut blocks: Vec<u64> = samples
+        .iter()
+        .map(|s| s.translated_blocks)
+        .collect::<Option<_>>()?;
+    blocks.sort_unstable();
+    let n = blocks.len();
+    match n {
+        0 => None,
+        n if !n.is_multiple_of(2) => Some(blocks[n / 2]),
+        n => Some((blocks[n / 2 - 1] + blocks[n / 2]) / 2),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +207,25 @@ mod tests {
         ] {
             assert_eq!(tb_count(none), None, "{none:?}");
         }
+    }
+
+    #[test]
+    fn median_translated_blocks_needs_every_sample() {
+        let sample = |n| BootSample {
+            time: Duration::from_millis(1),
+            translated_blocks: n,
+        };
+        let three = [sample(Some(300)), sample(Some(100)), sample(Some(200))];
+        assert_eq!(median_translated_blocks(&three), Some(200));
+        assert_eq!(
+            median_translated_blocks(&[sample(Some(100)), sample(Some(201))]),
+            Some(150)
+        );
+        assert_eq!(
+            median_translated_blocks(&[sample(Some(100)), sample(None)]),
+            None
+        );
+        assert_eq!(median_translated_blocks(&[]), None);
     }
 
     #[test]

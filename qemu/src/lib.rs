@@ -18,7 +18,8 @@ pub mod qmp;
 pub mod vm;
 
 pub use bench::{
-    BenchError, BootSample, guest_timestamp, measure_boot, measure_guest_boot, median, tb_count,
+    BenchError, BootSample, guest_timestamp, measure_boot, measure_guest_boot, median,
+    median_translated_blocks, tb_count,
 };
 pub use disk::{DataDisk, DiskError};
 pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};

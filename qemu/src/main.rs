@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth_qemu::{
     Accel, Appliance, DataDisk, Outcome, Vm, VmConfig, error_chain, measure_boot,
-    measure_guest_boot, median,
+    measure_guest_boot, median, median_translated_blocks,
 };
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -337,16 +337,12 @@ fn boot_time(
         },
         ms.join(" ")
     );
-    let blocks: Option<Vec<u64>> = samples.iter().map(|s| s.translated_blocks).collect();
-    if let Some(mut blocks) = blocks {
-        let list: Vec<String> = blocks.iter().map(u64::to_string).collect();
-        blocks.sort_unstable();
-        let n = blocks.len();
-        let mid = if n % 2 == 1 {
-            blocks[n / 2]
-        } else {
-            (blocks[n / 2 - 1] + blocks[n / 2]) / 2
-        };
+    if let Some(mid) = median_translated_blocks(&samples) {
+        let list: Vec<String> = samples
+            .iter()
+            .filter_map(|s| s.translated_blocks)
+            .map(|n| n.to_string())
+            .collect();
         println!(
             "code translated by TCG up to the line: median {mid} blocks (samples: {})",
             list.join(" ")

@@ -1,7 +1,9 @@
 //! Appliances that meet trouble inside the VM, end to end under QEMU: an
 //! image whose blob is corrupted inside the initrd (after berth-build
-//! verified it), and cgroup v2 limits on a real cgroup2 hierarchy with
-//! controllers (memory → OOM kill and restart; pids → fork fails).
+//! verified it), cgroup v2 limits on a real cgroup2 hierarchy with
+//! controllers (memory → OOM kill and restart; pids → fork fails), and a
+//! graceful power-off right after a service wrote records to the data disk
+//! without syncing them (they must survive it and a reboot).
 //!
 //! Root and QEMU; a missing tool fails with an install hint, never a skip.
 
@@ -10,7 +12,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use berth_qemu::{Outcome, Vm, VmConfig};
+use berth_qemu::{DataDisk, Outcome, Vm, VmConfig};
 use common::{TIMEOUT, build_ok, extract, ok, require_root, require_tool, scratch, sh};
 
 /// An OCI layout with two images of busybox-static whose layers differ
@@ -42,9 +44,13 @@ fn two_image_layout(dir: &Path) -> PathBuf {
 }
 
 fn boot(out: &Path) -> Vm {
+    boot_with(out, VmConfig::default())
+}
+
+fn boot_with(out: &Path, config: VmConfig) -> Vm {
     require_tool("qemu-system-x86_64", "apt-get install qemu-system-x86");
     let appliance = berth_qemu::Appliance::from_dir(out).unwrap();
-    Vm::boot(&appliance, &VmConfig::default()).expect("boot")
+    Vm::boot(&appliance, &config).expect("boot")
 }
 
 fn power_off(vm: &Vm) -> String {
@@ -227,5 +233,131 @@ fn cgroup_pids_limit_makes_fork_fail_inside_the_vm() {
     let log = power_off(&vm);
     assert!(!log.contains("svc: forked all"), "{log}");
     assert!(!log.contains("svc: forked 8"), "{log}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// How many records the writer appends on its first boot (~30 KiB).
+const RECORDS: usize = 300;
+
+/// The writer service: counts the records on the data disk and checks they
+/// are `record 1` … `record N` in order; on an empty disk it appends
+/// [`RECORDS`] of them, one `printf >>` each, and never syncs.
+fn writer_script() -> String {
+    format!(
+        r#"f=/state/records; touch $f
+n=$(wc -l < $f); bad=$(awk '$0 != "record " NR " " pad {{b++}} END {{print b+0}}' pad="$(printf '%080d' 0)" $f)
+echo "found $n records, $bad out of order"
+if [ $n -eq 0 ]; then
+  i=1; while [ $i -le {RECORDS} ]; do printf 'record %d %080d\n' $i 0 >> $f; i=$((i+1)); done
+  echo "wrote {RECORDS} records"
+fi
+trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"#
+    )
+}
+
+/// Issue 5: N records written by a service to the data disk survive a
+/// graceful power-off (QMP power-down) and a reboot: N read back, in order.
+/// The appliance tells the kernel to keep dirty data in memory for the
+/// whole test (periodic writeback off, ext4 `commit=600`), so only PID 1's
+/// shutdown (stop the units, sync, unmount) can bring the records to the
+/// disk: without it they are lost (tried). Between the boots the host checks
+/// the disk itself: unmounted cleanly (no journal to replay) and holding the
+/// N records.
+#[test]
+fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
+    require_root();
+    require_tool("debugfs", "apt-get install e2fsprogs");
+    let dir = scratch("records");
+    two_image_layout(&dir);
+    let manifest = dir.join("manifest.json");
+    fs::write(
+        &manifest,
+        serde_json::json!({
+            "version": 1,
+            "images": {"bb": "oci:layout:bb"},
+            "sysctls": {"vm.dirty_writeback_centisecs": "0", "vm.dirty_expire_centisecs": "60000"},
+            "data_disk": {"device": "/dev/vda", "fstype": "ext4", "options": ["commit=600"]},
+            "services": [
+                {"name": "writer", "image": "bb", "command": ["/bin/sh", "-c", writer_script()],
+                 "network": "none",
+                 "mounts": [{"type": "persistent", "source": "state", "target": "/state"}],
+                 "stop_timeout": "5s"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    build_ok(&manifest, &out);
+    let disk = dir.join("data.img");
+    let config = |size| VmConfig {
+        data_disk: Some(DataDisk {
+            path: disk.clone(),
+            size,
+        }),
+        ..VmConfig::default()
+    };
+
+    let vm = boot_with(&out, config(Some(64 << 20)));
+    ok(&vm, vm.wait_for_line("writer: found 0 records", TIMEOUT));
+    ok(
+        &vm,
+        vm.wait_for_line(&format!("writer: wrote {RECORDS} records"), TIMEOUT),
+    );
+    let log = power_off(&vm);
+    let order = [
+        "berth: service writer stopping",
+        "berth: service writer stopped",
+        "berth: powering off",
+    ]
+    .map(|line| log.find(line));
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "expected the writer stopped before the power-off:\n{log}"
+    );
+    drop(vm);
+
+    // On the host, without mounting: the journal holds nothing to replay
+    // (PID 1 unmounted the disk) and the file has every record.
+    let header = std::process::Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&disk)
+        .output()
+        .expect("dumpe2fs missing: apt-get install e2fsprogs");
+    let header = String::from_utf8_lossy(&header.stdout);
+    let features = header
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap_or_else(|| panic!("no features in dumpe2fs -h:\n{header}"));
+    assert!(
+        !features.contains("needs_recovery"),
+        "the data disk was not unmounted cleanly: {features}"
+    );
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /state/records"])
+        .arg(&disk)
+        .output()
+        .expect("debugfs missing: apt-get install e2fsprogs");
+    let text = String::from_utf8_lossy(&cat.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        RECORDS,
+        "records on the disk after the power-off"
+    );
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("record {} ", i + 1)), "{line}");
+    }
+
+    // Second boot, same disk: the service reads them back.
+    let vm = boot_with(&out, config(None));
+    let found = ok(&vm, vm.wait_for_line("writer: found ", TIMEOUT));
+    assert!(
+        found.ends_with(&format!("found {RECORDS} records, 0 out of order")),
+        "{found}\n{}",
+        vm.serial_log()
+    );
+    let log = power_off(&vm);
+    assert!(!log.contains("writer: wrote"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }

@@ -373,86 +373,28 @@ impl Rootfs {
         st: &mut LayerState,
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), ApplyError> {
-        let kind = entry.header().entry_type();
-        if kind == EntryType::XGlobalHeader {
-            // Archive-wide PAX defaults (comments, mostly); containerd and
-            // moby ignore them too.
-            return Ok(());
-        }
-        let raw = entry.path_bytes().into_owned();
-        let path = clean_name(&raw).map_err(|reason| ApplyError::BadName {
-            name: show(&raw),
-            reason,
-        })?;
-        // Whiteouts first: only their name counts (the spec says they are
-        // regular files, tools fill the other header fields freely).
+        let (path, read) = read_entry(entry)?;
         let (parent, name) = split_parent(&path);
-        let whiteout = classify_whiteout(name).map_err(|_| ApplyError::InvalidWhiteout {
-            path: show(&path),
-            name: show(name),
-        })?;
-        match whiteout {
-            Whiteout::Opaque => {
+        let (kind, meta) = match read {
+            ReadEntry::Skip => return Ok(()),
+            ReadEntry::Opaque => {
                 st.stats.whiteouts += 1;
                 return self.apply_opaque(st, parent);
             }
-            Whiteout::Remove(target) => {
+            ReadEntry::Whiteout => {
                 st.stats.whiteouts += 1;
+                let target = name.get(WHITEOUT_PREFIX.len()..).unwrap_or_default();
                 return self.apply_whiteout(st, parent, target);
             }
-            Whiteout::None => {}
-        }
-
-        let header = entry.header();
-        // The path is only formatted when a field is bad.
-        let field = |field: &'static str| {
-            let path = &path;
-            move |source| ApplyError::BadHeader {
-                path: show(path),
-                field,
-                source,
-            }
+            ReadEntry::Create { kind, meta } => (kind, meta),
         };
-        let mode = header.mode().map_err(field("mode"))?;
-        let uid = header.uid().map_err(field("uid"))?;
-        let gid = header.gid().map_err(field("gid"))?;
-        let mtime = header.mtime().map_err(field("mtime"))?;
-        let dev = match kind {
-            EntryType::Char | EntryType::Block => {
-                let major = header
-                    .device_major()
-                    .map_err(field("device major"))?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(field("device minor"))?
-                    .unwrap_or(0);
-                rfs::makedev(major, minor)
-            }
-            _ => 0,
-        };
-        let uid = rfs::Uid::from_raw(id_of(&path, "uid", uid)?);
-        let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
-
-        let (mut times, xattrs) =
-            times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
-        if times.last_modification.tv_sec < 0 {
-            times.last_modification = Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            times.last_access = times.last_modification;
-        }
 
         if path.is_empty() {
-            if kind != EntryType::Directory {
-                return Err(ApplyError::RootType { path: show(&raw) });
-            }
             let fd = self
                 .open_in_root(b"", OFlags::RDONLY | OFlags::DIRECTORY)
                 .map_err(|e| ApplyError::fs("open", b"/", e))?;
-            self.set_fd_meta(st, &fd, b"/", uid, gid, mode, &xattrs)?;
-            st.dir_times.push((Vec::new(), times));
+            self.set_fd_meta(st, &fd, b"/", meta.uid, meta.gid, meta.mode, &meta.xattrs)?;
+            st.dir_times.push((Vec::new(), meta.times));
             return Ok(());
         }
 
@@ -465,14 +407,6 @@ impl Rootfs {
         let pfd = parent_fd
             .as_ref()
             .map_or(self.root.as_fd(), |(fd, _)| fd.as_fd());
-        let meta = EntryMeta {
-            uid,
-            gid,
-            mode,
-            dev,
-            times,
-            xattrs,
-        };
         let res = self.create_entry(st, entry, kind, pfd, name, &path, &meta);
         if let Some((fd, false)) = parent_fd
             && !st.invalidated
@@ -571,9 +505,7 @@ impl Rootfs {
                     .link_name_bytes()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                if target.is_empty() {
-                    return Err(ApplyError::EmptySymlink { path: show(&path) });
-                }
+                // Not empty: read_entry refused that.
                 // The target is stored verbatim: containment applies when a
                 // link is followed (always in-root here), not when made.
                 retry_exist(self, st, pfd, name, &path, |p, n| {
@@ -840,13 +772,7 @@ impl Rootfs {
             target: show(raw_target),
             reason,
         };
-        let target = clean_name(raw_target).map_err(err)?;
-        if target.is_empty() {
-            return Err(err("is the root directory"));
-        }
-        if target == path {
-            return Err(err("is the entry itself"));
-        }
+        let target = hardlink_target(path, raw_target)?;
         let (tparent, tname) = split_parent(&target);
         let tdir = match self.open_in_root(tparent, OFlags::PATH | OFlags::DIRECTORY) {
             Ok(fd) => fd,
@@ -865,8 +791,146 @@ impl Rootfs {
     }
 }
 
+/// What the unpacker makes of a tar entry before it touches the
+/// filesystem (see [`read_entry`]).
+pub enum ReadEntry {
+    /// Nothing to do (a PAX global header).
+    Skip,
+    /// `.wh..wh..opq`: hide the lower entries of the path's parent.
+    Opaque,
+    /// `.wh.NAME`: remove NAME from the path's parent.
+    Whiteout,
+    /// An entry to create at the path (empty: the root directory).
+    Create { kind: EntryType, meta: EntryMeta },
+}
+
+/// Reads one tar entry as the unpacker does, with every check it makes
+/// before touching the filesystem (name, whiteout, header fields, ids,
+/// PAX extensions, type, link targets): the cleaned path and what to do.
+/// Public so that a layer can be checked without being unpacked
+/// (`berth-build` checks every entry of the layers it packs).
+pub fn read_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<(Vec<u8>, ReadEntry), ApplyError> {
+    let kind = entry.header().entry_type();
+    if kind == EntryType::XGlobalHeader {
+        // Archive-wide PAX defaults (comments, mostly); containerd and
+        // moby ignore them too.
+        return Ok((Vec::new(), ReadEntry::Skip));
+    }
+    let raw = entry.path_bytes().into_owned();
+    let path = clean_name(&raw).map_err(|reason| ApplyError::BadName {
+        name: show(&raw),
+        reason,
+    })?;
+    // Whiteouts first: only their name counts (the spec says they are
+    // regular files, tools fill the other header fields freely).
+    let (_, name) = split_parent(&path);
+    let whiteout = classify_whiteout(name).map_err(|_| ApplyError::InvalidWhiteout {
+        path: show(&path),
+        name: show(name),
+    })?;
+    match whiteout {
+        Whiteout::Opaque => return Ok((path, ReadEntry::Opaque)),
+        Whiteout::Remove(_) => return Ok((path, ReadEntry::Whiteout)),
+        Whiteout::None => {}
+    }
+
+    let header = entry.header();
+    // The path is only formatted when a field is bad.
+    let field = |field: &'static str| {
+        let path = &path;
+        move |source| ApplyError::BadHeader {
+            path: show(path),
+            field,
+            source,
+        }
+    };
+    let mode = header.mode().map_err(field("mode"))?;
+    let uid = header.uid().map_err(field("uid"))?;
+    let gid = header.gid().map_err(field("gid"))?;
+    let mtime = header.mtime().map_err(field("mtime"))?;
+    let dev = match kind {
+        EntryType::Char | EntryType::Block => {
+            let major = header
+                .device_major()
+                .map_err(field("device major"))?
+                .unwrap_or(0);
+            let minor = header
+                .device_minor()
+                .map_err(field("device minor"))?
+                .unwrap_or(0);
+            rfs::makedev(major, minor)
+        }
+        _ => 0,
+    };
+    let uid = rfs::Uid::from_raw(id_of(&path, "uid", uid)?);
+    let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
+
+    let (mut times, xattrs) = times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
+    if times.last_modification.tv_sec < 0 {
+        times.last_modification = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        times.last_access = times.last_modification;
+    }
+    if path.is_empty() && kind != EntryType::Directory {
+        return Err(ApplyError::RootType { path: show(&raw) });
+    }
+    match kind {
+        EntryType::Regular
+        | EntryType::Directory
+        | EntryType::Char
+        | EntryType::Block
+        | EntryType::Fifo => {}
+        EntryType::Symlink => {
+            if entry.link_name_bytes().is_none_or(|t| t.is_empty()) {
+                return Err(ApplyError::EmptySymlink { path: show(&path) });
+            }
+        }
+        EntryType::Link => {
+            let raw_target = entry.link_name_bytes().unwrap_or_default();
+            hardlink_target(&path, &raw_target)?;
+        }
+        other => {
+            return Err(ApplyError::UnsupportedType {
+                path: show(&path),
+                kind: format!("{other:?}"),
+            });
+        }
+    }
+    let meta = EntryMeta {
+        uid,
+        gid,
+        mode,
+        dev,
+        times,
+        xattrs,
+    };
+    Ok((path, ReadEntry::Create { kind, meta }))
+}
+
+/// A hardlink's target, cleaned; refused when it escapes the root, is the
+/// root or is the entry itself.
+fn hardlink_target(path: &[u8], raw_target: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    let err = |reason| ApplyError::Hardlink {
+        path: show(path),
+        target: show(raw_target),
+        reason,
+    };
+    let target = clean_name(raw_target).map_err(err)?;
+    if target.is_empty() {
+        return Err(err("is the root directory"));
+    }
+    if target == path {
+        return Err(err("is the entry itself"));
+    }
+    Ok(target)
+}
+
 /// Header fields of one entry, parsed before its data is read.
-struct EntryMeta {
+pub struct EntryMeta {
     uid: rfs::Uid,
     gid: rfs::Gid,
     mode: u32,

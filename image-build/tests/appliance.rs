@@ -453,3 +453,413 @@ fn appliance_boots_serves_and_powers_off() {
     assert!(!log.contains("did not stop within"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+// Inputs `berth-build build` used to accept that then failed only at boot,
+// inside the VM: each is now refused at build time, in one line naming the
+// unit or image, with no OUTDIR and no temporary directory left.
+
+/// `berth-build build MANIFEST -o OUT` with the unpacked cloud kernel.
+fn build_with(manifest: &Path, out: &Path) -> std::process::Output {
+    berth_build(&[
+        "build",
+        manifest.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--kernel",
+        kernel().root.to_str().unwrap(),
+        "--init",
+        static_init().to_str().unwrap(),
+    ])
+}
+
+fn build_succeeds(manifest: &Path, out: &Path) {
+    let o = build_with(manifest, out);
+    assert!(
+        o.status.success(),
+        "berth-build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The error of a refused build: one line.
+fn one_line_err(manifest: &Path, out: &Path) -> String {
+    let err = build_err(manifest, out, static_init());
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    err
+}
+
+/// A runtime bundle made by `berth-build unpack` from the busybox image.
+fn busybox_bundle(dir: &Path, layout: &Path, name: &str) -> PathBuf {
+    let bundle = dir.join(name);
+    let o = berth_build(&[
+        "unpack",
+        &format!("oci:{}:bb", layout.display()),
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "unpack: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    bundle
+}
+
+/// An OCI layout at `dir/NAME` holding image `NAME`: one uncompressed layer
+/// (`tar`), the container config `config` (the image config's `config`).
+fn one_layer_layout(dir: &Path, name: &str, tar: &[u8], config: serde_json::Value) -> PathBuf {
+    use berth_bundles::digest::Sha256Digest;
+    let layout = dir.join(name);
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = Sha256Digest::of(bytes);
+        fs::write(blobs.join(d.hex()), bytes).unwrap();
+        (d.to_string(), bytes.len())
+    };
+    let (layer, layer_size) = put(tar);
+    let image_config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer]},
+    });
+    let (cfg, cfg_size) = put(&serde_json::to_vec(&image_config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+    });
+    let (m, m_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m,
+            "size": m_size,
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layout
+}
+
+/// A layer tar: (raw name, content) regular files, names written as they
+/// are (the tar crate's builder refuses `..`; the header is filled by hand).
+fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn bundle_config_json_is_refused_at_build_time_as_the_boot_would() {
+    require_root();
+    let dir = scratch("bad-bundle");
+    let layout = busybox_layout(&dir);
+    let bundle = busybox_bundle(&dir, &layout, "svc");
+    let good: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let manifest = dir.join("manifest.json");
+    fs::write(
+        &manifest,
+        format!(
+            r#"{{"version": 1, "images": {{}}, "services": [{{"name": "svc", "bundle": "{}"}}]}}"#,
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        fs::write(bundle.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+    };
+    let where_ = format!("service svc: bundle {}", bundle.display());
+
+    // No ociVersion, no process.
+    fs::write(bundle.join("config.json"), r#"{"root":{"path":"rootfs"}}"#).unwrap();
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains(&where_), "{err}");
+    // process.args a string: berth-init's parse error, given at build time.
+    with(&|c| c["process"]["args"] = serde_json::json!("notalist"));
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains(&where_), "{err}");
+    assert!(err.contains("parse config.json"), "{err}");
+    assert!(err.contains("expected a sequence"), "{err}");
+    // A namespace type no one knows.
+    with(&|c| c["linux"]["namespaces"] = serde_json::json!([{"type": "bogus"}]));
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains(&where_) && err.contains("bogus"), "{err}");
+    // What the runtime refuses when it creates the container.
+    with(&|c| c["process"]["terminal"] = serde_json::json!(true));
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains(&where_) && err.contains("unsupported: process.terminal"),
+        "{err}"
+    );
+    with(&|c| c["process"]["args"] = serde_json::json!([]));
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains(&where_) && err.contains("missing process.args"),
+        "{err}"
+    );
+
+    // The bundle as unpacked builds.
+    with(&|_| {});
+    build_succeeds(&manifest, &out);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
+    require_root();
+    let dir = scratch("bad-entry");
+    let cmd = serde_json::json!({"Cmd": ["/bin/true"]});
+    one_layer_layout(
+        &dir,
+        "evil",
+        &layer_tar(&[
+            ("bin/true", b"#!/bin/sh\n"),
+            ("../../../../evil-dotdot", b"x"),
+        ]),
+        cmd.clone(),
+    );
+    let manifest = dir.join("manifest.json");
+    let out = dir.join("out");
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"evil": "oci:evil:evil"}, "services": [{"name": "s", "image": "evil"}]}"#,
+    )
+    .unwrap();
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains("image evil: layer 0"), "{err}");
+    assert!(err.contains("\"../../../../evil-dotdot\""), "{err}");
+    assert!(err.contains("name escapes the root with '..'"), "{err}");
+    // `berth-build unpack` refuses the same image, with the same words.
+    let o = berth_build(&[
+        "unpack",
+        &format!("oci:{}:evil", dir.join("evil").display()),
+        dir.join("unpacked").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let unpack_err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        unpack_err.contains("name escapes the root with '..'"),
+        "{unpack_err}"
+    );
+
+    // A whiteout that names no file.
+    one_layer_layout(
+        &dir,
+        "wh",
+        &layer_tar(&[("bin/true", b"#!/bin/sh\n"), ("etc/.wh..", b"")]),
+        cmd.clone(),
+    );
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"wh": "oci:wh:wh"}, "services": [{"name": "s", "image": "wh"}]}"#,
+    )
+    .unwrap();
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("image wh: layer 0") && err.contains("invalid whiteout"),
+        "{err}"
+    );
+
+    // A header the unpacker cannot read (no uid).
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..8].copy_from_slice(b"bin/true");
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &[][..]).unwrap();
+    one_layer_layout(&dir, "nouid", &b.into_inner().unwrap(), cmd.clone());
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"nouid": "oci:nouid:nouid"}, "services": [{"name": "s", "image": "nouid"}]}"#,
+    )
+    .unwrap();
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("image nouid: layer 0") && err.contains("invalid header field uid"),
+        "{err}"
+    );
+
+    // The same layer without the bad entry builds.
+    one_layer_layout(
+        &dir,
+        "fine",
+        &layer_tar(&[("bin/true", b"#!/bin/sh\n")]),
+        cmd,
+    );
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"fine": "oci:fine:fine"}, "services": [{"name": "s", "image": "fine"}]}"#,
+    )
+    .unwrap();
+    build_succeeds(&manifest, &out);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn image_units_get_their_runtime_spec_at_build_time() {
+    require_root();
+    let dir = scratch("unit-spec");
+    let passwd: &[u8] = b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/home/web:/bin/sh\n";
+    one_layer_layout(
+        &dir,
+        "nocmd",
+        &layer_tar(&[("bin/true", b"#!/bin/sh\n"), ("etc/passwd", passwd)]),
+        serde_json::json!({}),
+    );
+    let manifest = dir.join("manifest.json");
+    let out = dir.join("out");
+    let write = |unit: &str| {
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "images": {{"nocmd": "oci:nocmd:nocmd"}}, "tasks": [{unit}]}}"#
+            ),
+        )
+        .unwrap()
+    };
+    // No command: the image has no Entrypoint or Cmd, the unit none either.
+    write(r#"{"name": "t", "image": "nocmd"}"#);
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains("task t: image nocmd"), "{err}");
+    assert!(
+        err.contains("no command: the image has no Entrypoint or Cmd"),
+        "{err}"
+    );
+    // A user the image's /etc/passwd does not have.
+    write(r#"{"name": "t", "image": "nocmd", "command": ["/bin/true"], "user": "nobody"}"#);
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("task t: image nocmd") && err.contains("unable to find user \"nobody\""),
+        "{err}"
+    );
+    // A command and a user the image has: it builds.
+    write(r#"{"name": "t", "image": "nocmd", "command": ["/bin/true"], "user": "web"}"#);
+    build_succeeds(&manifest, &out);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn host_unit_programs_must_be_in_the_initramfs() {
+    require_root();
+    let dir = scratch("host-unit");
+    let layout = busybox_layout(&dir);
+    let bundle = busybox_bundle(&dir, &layout, "tools");
+    let manifest = dir.join("manifest.json");
+    let out = dir.join("out");
+    let write = |host_unit: &str| {
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "images": {{}}, "tasks": [
+                     {{"name": "tools", "bundle": "{}"}}, {host_unit}]}}"#,
+                bundle.display()
+            ),
+        )
+        .unwrap()
+    };
+    // The README's old example: busybox is on the build host, not in the
+    // initramfs (only /init and what the manifest brings).
+    write(
+        r#"{"name": "mk", "host": true, "command": ["/bin/busybox", "mkdir", "-p", "/data/db"]}"#,
+    );
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("task mk: host units run programs from PID 1's own root, the initramfs"),
+        "{err}"
+    );
+    assert!(err.contains("/bin/busybox"), "{err}");
+    assert!(err.contains("image unit"), "{err}");
+    // A bare name is looked up in PATH, as posix_spawnp does.
+    write(r#"{"name": "mk", "host": true, "command": ["mkdir", "-p", "/data/db"]}"#);
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("task mk: host units") && err.contains("mkdir"),
+        "{err}"
+    );
+
+    // Programs the initramfs has: a bundle's busybox, through a symlink,
+    // and by name through the unit's PATH.
+    let bin = "/berth/bundles/tasks/tools/rootfs/bin";
+    for unit in [
+        format!(r#"{{"name": "mk", "host": true, "command": ["{bin}/busybox", "true"]}}"#),
+        format!(r#"{{"name": "mk", "host": true, "command": ["{bin}/sh", "-c", "true"]}}"#),
+        format!(
+            r#"{{"name": "mk", "host": true, "command": ["busybox", "true"], "env": {{"PATH": "{bin}"}}}}"#
+        ),
+    ] {
+        write(&unit);
+        build_succeeds(&manifest, &out);
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The runtime canonicalizes a bundle's rootfs, so on a host a `rootfs`
+/// that is a symlink runs the tree it points to: the initramfs gets that
+/// tree, not a link to a path of the build host.
+#[test]
+fn a_bundle_rootfs_symlink_ships_the_tree_it_points_to() {
+    require_root();
+    let dir = scratch("rootfs-link");
+    let layout = busybox_layout(&dir);
+    let bundle = busybox_bundle(&dir, &layout, "svc");
+    let real = dir.join("real-rootfs");
+    fs::rename(bundle.join("rootfs"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, bundle.join("rootfs")).unwrap();
+    let manifest = dir.join("manifest.json");
+    fs::write(
+        &manifest,
+        format!(
+            r#"{{"version": 1, "images": {{}}, "services": [{{"name": "svc", "bundle": "{}"}}]}}"#,
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    build_succeeds(&manifest, &out);
+    let x = dir.join("x");
+    extract(&out.join("initrd.img"), &x);
+    let rootfs = x.join("berth/bundles/services/svc/rootfs");
+    let meta = fs::symlink_metadata(&rootfs).unwrap();
+    assert!(meta.is_dir(), "{} is not a directory", rootfs.display());
+    assert!(rootfs.join("bin/busybox").is_file());
+    assert!(rootfs.join("www/index.html").is_file());
+
+    // A rootfs link to nothing is refused, naming the unit.
+    fs::remove_file(bundle.join("rootfs")).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere"), bundle.join("rootfs")).unwrap();
+    let err = one_line_err(&manifest, &dir.join("out2"));
+    assert!(
+        err.contains("of svc") && err.contains("is not a directory"),
+        "{err}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

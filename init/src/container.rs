@@ -612,62 +612,31 @@ impl ContainerLauncher {
         rootfs: &Rootfs,
         program: &Program,
     ) -> Result<Spec, PrepareError> {
-        let overrides = self.overrides(program)?;
-        let mut spec =
-            runtime_spec(&img.config, rootfs, &overrides).map_err(|source| PrepareError::Spec {
-                image: image.to_owned(),
-                source,
-            })?;
-        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
-        apply_program(&mut spec, name, program, parent)?;
-        default_oom_score_adj(&mut spec);
-        Ok(spec)
-    }
-
-    /// The manifest's overrides in `berth-bundles` terms; persistent mount
-    /// sources are created on the data disk.
-    fn overrides(&self, program: &Program) -> Result<Overrides, PrepareError> {
-        let mut mounts = Vec::with_capacity(program.mounts.len());
+        // Persistent mount sources are created on the data disk first.
         for m in &program.mounts {
-            match m {
-                Mount::Persistent {
-                    source,
-                    target,
-                    read_only,
-                } => {
-                    let host = self.opts.data_dir.join(source);
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o755)
-                        .create(&host)
-                        .map_err(|source| PrepareError::Io {
-                            op: "create persistent directory",
-                            path: host.clone(),
-                            source,
-                        })?;
-                    mounts.push(persistent_mount(&host, target, *read_only));
-                }
-                Mount::Tmpfs { target, size, mode } => {
-                    mounts.push(tmpfs_mount(target, *size, *mode));
-                }
+            if let Mount::Persistent { source, .. } = m {
+                let host = self.opts.data_dir.join(source);
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&host)
+                    .map_err(|source| PrepareError::Io {
+                        op: "create persistent directory",
+                        path: host.clone(),
+                        source,
+                    })?;
             }
         }
-        Ok(Overrides {
-            entrypoint: program.command.clone(),
-            cmd: program.args.clone(),
-            env: program
-                .env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-            user: program.user.clone(),
-            cwd: program
-                .cwd
-                .as_ref()
-                .map(|c| c.to_string_lossy().into_owned()),
-            mounts,
-            ..Overrides::default()
-        })
+        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+        image_unit_spec(
+            name,
+            image,
+            &img.config,
+            rootfs,
+            program,
+            &self.opts.data_dir,
+            parent,
+        )
     }
 
     fn create_and_start(
@@ -1036,6 +1005,17 @@ fn is_permanent(e: &ContainerError) -> bool {
 }
 
 fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
+    let (spec, rootfs) = bundle_spec(dir)?;
+    Ok(Plan::Ready {
+        spec: Box::new(spec),
+        rootfs,
+    })
+}
+
+/// A bundle unit's spec, as its start reads `dir/config.json` (PID 1's
+/// defaults applied), and its root filesystem's path. Public so that
+/// `berth-build` reads a bundle at build time exactly as a boot will.
+pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
     let path = dir.join("config.json");
     let bytes = fs::read(&path).map_err(|source| PrepareError::Io {
         op: "read",
@@ -1054,10 +1034,65 @@ fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
             source,
         }
     })?;
-    Ok(Plan::Ready {
-        spec: Box::new(spec),
-        rootfs,
-    })
+    Ok((spec, rootfs))
+}
+
+/// An image unit's runtime spec: the image config (user names resolved in
+/// `rootfs`), the manifest's overrides (persistent mounts from
+/// `data_dir`, which this does not create) and PID 1's defaults. What a
+/// unit start uses; public so that `berth-build` runs the same conversion
+/// at build time.
+pub fn image_unit_spec(
+    name: &str,
+    image: &str,
+    config: &berth_bundles::image::ImageConfig,
+    rootfs: &Rootfs,
+    program: &Program,
+    data_dir: &Path,
+    cgroup_parent: Option<&str>,
+) -> Result<Spec, PrepareError> {
+    let overrides = program_overrides(program, data_dir);
+    let mut spec =
+        runtime_spec(config, rootfs, &overrides).map_err(|source| PrepareError::Spec {
+            image: image.to_owned(),
+            source,
+        })?;
+    apply_program(&mut spec, name, program, cgroup_parent)?;
+    default_oom_score_adj(&mut spec);
+    Ok(spec)
+}
+
+/// The manifest's overrides in `berth-bundles` terms; persistent mount
+/// sources are directories of `data_dir`.
+fn program_overrides(program: &Program, data_dir: &Path) -> Overrides {
+    let mounts = program
+        .mounts
+        .iter()
+        .map(|m| match m {
+            Mount::Persistent {
+                source,
+                target,
+                read_only,
+            } => persistent_mount(&data_dir.join(source), target, *read_only),
+            Mount::Tmpfs { target, size, mode } => tmpfs_mount(target, *size, *mode),
+        })
+        .collect();
+    Overrides {
+        entrypoint: program.command.clone(),
+        cmd: program.args.clone(),
+        env: program
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        user: program.user.clone(),
+        cwd: program
+            .cwd
+            .as_ref()
+            .map(|c| c.to_string_lossy().into_owned()),
+        mounts,
+        ..Overrides::default()
+    }
 }
 
 /// PID 1 runs with oom_score_adj -1000 and a container's first process

@@ -205,7 +205,6 @@ impl Tree {
         self.entries.len()
     }
 
-    #[cfg(test)]
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path)
     }

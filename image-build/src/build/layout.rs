@@ -19,8 +19,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use berth_bundles::Platform;
+use berth_bundles::apply::{ApplyError, ReadEntry, read_entry};
 use berth_bundles::digest::{Hasher, Sha256Digest};
-use berth_bundles::image::{Compression, Image, ImageError, ImageRef, Layer};
+use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
 use serde_json::json;
 
 /// Why an image could not be packed.
@@ -66,6 +67,12 @@ pub enum LayoutError {
         index: usize,
         media_type: String,
     },
+    #[error("image {name}: layer {index}: the unpacker would refuse it")]
+    Entry {
+        name: String,
+        index: usize,
+        source: ApplyError,
+    },
     #[error("write {path}")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -93,6 +100,45 @@ pub struct ImageSummary {
     pub shared: u64,
 }
 
+/// A file of the image as its layers leave it, seen while they are read
+/// (no unpack): what berth-init's user lookup reads at boot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ImageFile {
+    /// No layer makes it, or a later one removes it.
+    #[default]
+    Absent,
+    /// A regular file with these bytes (set by layer `.0`).
+    File(usize, Vec<u8>),
+    /// Something the build cannot read without unpacking (a symlink, a
+    /// hardlink, a non-directory `/etc`).
+    Other(usize),
+}
+
+impl ImageFile {
+    fn layer(&self) -> Option<usize> {
+        match self {
+            ImageFile::Absent => None,
+            ImageFile::File(i, _) | ImageFile::Other(i) => Some(*i),
+        }
+    }
+}
+
+/// What the build knows of a packed image, for the checks of its units.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFacts {
+    pub config: ImageConfig,
+    /// `/etc/passwd` and `/etc/group`.
+    pub passwd: ImageFile,
+    pub group: ImageFile,
+}
+
+/// The files of [`ImageFacts`], by their path in a layer.
+const FACT_FILES: [&[u8]; 2] = [b"etc/passwd", b"etc/group"];
+
+/// Bytes read of `/etc/passwd` or `/etc/group` at most, as berth-bundles'
+/// user lookup reads them.
+const FACT_FILE_MAX: u64 = 8 << 20;
+
 /// A layout being written under `dir` (`blobs/sha256/…`, `index.json`).
 pub struct LayoutWriter {
     dir: PathBuf,
@@ -100,6 +146,8 @@ pub struct LayoutWriter {
     layers: BTreeMap<String, (Sha256Digest, u64)>,
     /// name → manifest descriptor JSON.
     index: BTreeMap<String, serde_json::Value>,
+    /// name → what the image's units are checked against.
+    facts: BTreeMap<String, ImageFacts>,
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
@@ -117,7 +165,13 @@ impl LayoutWriter {
             dir: dir.to_owned(),
             layers: BTreeMap::new(),
             index: BTreeMap::new(),
+            facts: BTreeMap::new(),
         })
+    }
+
+    /// What was seen of image `name` while it was packed.
+    pub fn facts(&self, name: &str) -> Option<&ImageFacts> {
+        self.facts.get(name)
     }
 
     fn blob_path(&self, digest: &Sha256Digest) -> PathBuf {
@@ -170,13 +224,22 @@ impl LayoutWriter {
             shared: 0,
         };
         let mut descriptors = Vec::new();
+        let mut facts = ImageFacts {
+            config: image.config.clone(),
+            ..ImageFacts::default()
+        };
         for (index, layer) in image.layers.iter().enumerate() {
             let diff_id = layer.diff_id.to_string();
             let already = self.layers.get(&diff_id).cloned();
-            let (digest, size, unpacked) =
-                self.pack_layer(&image, name, index, layer, already.is_none(), &mut |done| {
-                    progress(name, index, image.layers.len(), done)
-                })?;
+            let (digest, size, unpacked) = self.pack_layer(
+                &image,
+                name,
+                index,
+                layer,
+                already.is_none(),
+                &mut facts,
+                &mut |done| progress(name, index, image.layers.len(), done),
+            )?;
             let (digest, size) = match already {
                 Some(stored) => {
                     summary.shared += stored.1;
@@ -208,6 +271,7 @@ impl LayoutWriter {
             "layers": descriptors,
         });
         let (manifest_digest, manifest_size) = self.put_json(&manifest)?;
+        self.facts.insert(name.into(), facts);
         summary.stored += config_size + manifest_size;
         let mut platform = json!({
             "architecture": image.platform.architecture,
@@ -231,7 +295,10 @@ impl LayoutWriter {
 
     /// Reads one layer through verification; when `store`, writes it as a
     /// zstd blob. Returns (zstd digest, zstd size, uncompressed size); the
-    /// digest and size are meaningless when not storing.
+    /// digest and size are meaningless when not storing. Every tar entry is
+    /// checked as the unpacker will check it at boot ([`check_entry`]) and
+    /// `facts` follows the files it records.
+    #[allow(clippy::too_many_arguments)]
     fn pack_layer(
         &self,
         image: &Image,
@@ -239,6 +306,7 @@ impl LayoutWriter {
         index: usize,
         layer: &Layer,
         store: bool,
+        facts: &mut ImageFacts,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(Sha256Digest, u64, u64), LayoutError> {
         progress(0);
@@ -275,11 +343,12 @@ impl LayoutWriter {
             let mut f = File::create(&raw_path).map_err(write_err(&raw_path))?;
             io::copy(&mut raw, &mut f).map_err(layer_err("read and verify the blob"))?;
         }
-        let result = self.recompress(name, index, layer, store, &raw_path, progress);
+        let result = self.recompress(name, index, layer, store, &raw_path, facts, progress);
         let _ = fs::remove_file(&raw_path);
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn recompress(
         &self,
         name: &str,
@@ -287,6 +356,7 @@ impl LayoutWriter {
         layer: &Layer,
         store: bool,
         raw_path: &Path,
+        facts: &mut ImageFacts,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(Sha256Digest, u64, u64), LayoutError> {
         let layer_err = |what: &str| {
@@ -306,7 +376,7 @@ impl LayoutWriter {
             }
             c => c,
         };
-        let mut plain: Box<dyn Read> = match compression {
+        let plain: Box<dyn Read> = match compression {
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
             Compression::Zstd => {
                 Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(layer_err("zstd"))?)
@@ -315,7 +385,7 @@ impl LayoutWriter {
         };
         // Written to a temporary name, renamed to its digest at the end.
         let tmp = self.dir.join(format!("blobs/.layer-{index}.tmp"));
-        let mut encoder = if store {
+        let encoder = if store {
             let f = File::create(&tmp).map_err(write_err(&tmp))?;
             let out = HashingWriter {
                 inner: BufWriter::new(f),
@@ -325,24 +395,28 @@ impl LayoutWriter {
         } else {
             None
         };
-        let mut diff = Hasher::default();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = plain.read(&mut buf).map_err(layer_err("read and verify"))?;
-            if n == 0 {
-                break;
-            }
-            let before = diff.count();
-            diff.update(&buf[..n]);
-            if before >> 20 != diff.count() >> 20 {
-                progress(diff.count());
-            }
-            if let Some(enc) = encoder.as_mut() {
-                enc.write_all(&buf[..n]).map_err(write_err(&tmp))?;
-            }
+        // One pass: the tar parser reads the layer through the tee, which
+        // hashes it (diff_id) and recompresses it; what follows the tar's
+        // end is read through the tee too.
+        let mut tee = Tee {
+            inner: plain,
+            diff: Hasher::default(),
+            encoder,
+            write_error: None,
+            progress,
+        };
+        let entries = check_entries(&mut tee, index, facts);
+        let drained = io::copy(&mut tee, &mut io::sink());
+        if let Some(e) = tee.write_error.take() {
+            let _ = fs::remove_file(&tmp);
+            return Err(write_err(&tmp)(e));
         }
-        let unpacked = diff.count();
-        let actual = diff.finish();
+        if let Err(e) = drained {
+            let _ = fs::remove_file(&tmp);
+            return Err(layer_err("read and verify")(e));
+        }
+        let unpacked = tee.diff.count();
+        let actual = tee.diff.finish();
         if actual != layer.diff_id {
             let _ = fs::remove_file(&tmp);
             return Err(LayoutError::DiffId {
@@ -352,6 +426,17 @@ impl LayoutWriter {
                 actual: actual.to_string(),
             });
         }
+        // The content is the one the config names: a bad entry is the
+        // image's, not a corruption on the way.
+        if let Err(source) = entries {
+            let _ = fs::remove_file(&tmp);
+            return Err(LayoutError::Entry {
+                name: name.into(),
+                index,
+                source,
+            });
+        }
+        let encoder = tee.encoder;
         let Some(enc) = encoder else {
             return Ok((actual, 0, unpacked));
         };
@@ -376,6 +461,126 @@ impl LayoutWriter {
         let path = self.dir.join("index.json");
         fs::write(&path, serde_json::to_vec(&index).unwrap_or_default()).map_err(write_err(&path))
     }
+}
+
+type LayerEncoder = zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>;
+
+/// Reads the uncompressed layer for the tar parser while hashing it and
+/// feeding the zstd encoder. A write failure is kept apart from read
+/// failures (it is the output's, not the image's).
+struct Tee<'a> {
+    inner: Box<dyn Read>,
+    diff: Hasher,
+    encoder: Option<LayerEncoder>,
+    write_error: Option<io::Error>,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.write_error.is_some() {
+            return Err(io::Error::other(
+                "the recompressed layer could not be written",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        let before = self.diff.count();
+        self.diff.update(&buf[..n]);
+        if before >> 20 != self.diff.count() >> 20 {
+            (self.progress)(self.diff.count());
+        }
+        if let Some(enc) = self.encoder.as_mut()
+            && let Err(e) = enc.write_all(&buf[..n])
+        {
+            self.write_error = Some(e);
+            return Err(io::Error::other(
+                "the recompressed layer could not be written",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads every entry of layer `index`'s tar with the unpacker's own
+/// reading (`berth_bundles::apply::read_entry`: every check it makes of
+/// an entry before touching the filesystem), and follows the files of
+/// [`ImageFacts`] through the layer.
+fn check_entries(
+    reader: &mut dyn Read,
+    index: usize,
+    facts: &mut ImageFacts,
+) -> Result<(), ApplyError> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_ignore_zeros(false);
+    let entries = archive
+        .entries()
+        .map_err(|source| ApplyError::ReadEntry { source })?;
+    for entry in entries {
+        let mut entry = entry.map_err(|source| ApplyError::ReadEntry { source })?;
+        check_entry(&mut entry, index, facts)?;
+    }
+    Ok(())
+}
+
+fn check_entry(
+    entry: &mut tar::Entry<'_, &mut dyn Read>,
+    index: usize,
+    facts: &mut ImageFacts,
+) -> Result<(), ApplyError> {
+    let (path, read) = read_entry(entry)?;
+    let (parent, base) = match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[][..], &path[..]),
+    };
+    let under = |file: &[u8], dir: &[u8]| dir.is_empty() || file.starts_with(&[dir, b"/"].concat());
+    let mut slots = [&mut facts.passwd, &mut facts.group];
+    let kind = match read {
+        ReadEntry::Skip => return Ok(()),
+        ReadEntry::Opaque => {
+            // Hides what lower layers put in the directory.
+            for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
+                if under(file, parent) && slot.layer().is_some_and(|l| l < index) {
+                    **slot = ImageFile::Absent;
+                }
+            }
+            return Ok(());
+        }
+        ReadEntry::Whiteout => {
+            let mut removed = parent.to_vec();
+            if !removed.is_empty() {
+                removed.push(b'/');
+            }
+            removed.extend_from_slice(base.get(b".wh.".len()..).unwrap_or_default());
+            for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
+                if *file == removed.as_slice() || under(file, &removed) {
+                    **slot = ImageFile::Absent;
+                }
+            }
+            return Ok(());
+        }
+        ReadEntry::Create { kind, .. } => kind,
+    };
+    for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
+        if *file == path.as_slice() {
+            **slot = if kind == tar::EntryType::Regular {
+                let mut bytes = Vec::new();
+                entry
+                    .take(FACT_FILE_MAX)
+                    .read_to_end(&mut bytes)
+                    .map_err(|source| ApplyError::ReadData {
+                        path: String::from_utf8_lossy(&path).into_owned(),
+                        source,
+                    })?;
+                ImageFile::File(index, bytes)
+            } else {
+                ImageFile::Other(index)
+            };
+        } else if !path.is_empty() && under(file, &path) && kind != tar::EntryType::Directory {
+            // A parent replaced by a non-directory (`/etc` as a symlink).
+            **slot = ImageFile::Other(index);
+        }
+    }
+    Ok(())
 }
 
 struct HashingWriter<W> {

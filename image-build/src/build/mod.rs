@@ -52,6 +52,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use berth_init::manifest::{Program, Source};
+
 use crate::args::Args;
 use cpio::{CpioError, Entry, Kind, Tree};
 use kernel::{KernelError, KernelTree};
@@ -121,6 +123,22 @@ pub enum BuildError {
         unit: String,
         path: PathBuf,
         message: String,
+    },
+    #[error("{kind} {unit}: {message}")]
+    Unit {
+        kind: &'static str,
+        unit: String,
+        message: String,
+    },
+    #[error(
+        "{kind} {unit}: host units run programs from PID 1's own root, the initramfs, \
+         which has no {program} (it holds /init, berth-init, and what the manifest brings): \
+         run it from an image unit (\"image\": NAME) whose image has it"
+    )]
+    HostProgram {
+        kind: &'static str,
+        unit: String,
+        program: String,
     },
     #[error("initramfs entry")]
     Cpio(#[source] CpioError),
@@ -228,6 +246,7 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
 /// A bundle to copy: where it is on the host, where it goes.
 #[derive(Debug, Clone)]
 struct BundleCopy {
+    kind: &'static str,
     unit: String,
     host: PathBuf,
     archive: String,
@@ -241,6 +260,8 @@ pub struct Prepared {
     /// NAME → reference, sorted.
     pub images: Vec<(String, String)>,
     bundles: Vec<BundleCopy>,
+    /// The init manifest as berth-init will read it.
+    parsed: berth_init::manifest::Manifest,
 }
 
 /// Splits a build manifest: removes `images`, rewrites `bundle` paths,
@@ -300,6 +321,7 @@ pub fn prepare(
             }
             let archive = format!("{BUNDLES_PATH}/{kind}/{name}");
             bundles.push(BundleCopy {
+                kind: if kind == "tasks" { "task" } else { "service" },
                 unit: name,
                 host: base.join(bundle),
                 archive: archive.clone(),
@@ -310,14 +332,16 @@ pub fn prepare(
     add_machine_modules(obj, has_module);
     let names: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
     let text = serde_json::to_vec(&value).unwrap_or_default();
-    berth_init::manifest::parse(&text, &names).map_err(|source| BuildError::Invalid {
-        path: path.to_owned(),
-        source,
-    })?;
+    let parsed =
+        berth_init::manifest::parse(&text, &names).map_err(|source| BuildError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(Prepared {
         manifest: value,
         images,
         bundles,
+        parsed,
     })
 }
 
@@ -421,7 +445,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     })?;
     // Check the manifest before anything slow (without the kernel: the
     // machine modules are checked again once it is known).
-    prepare(&opts.manifest, &bytes, &|_| true)?;
+    let early = prepare(&opts.manifest, &bytes, &|_| true)?;
+    for b in &early.bundles {
+        check_bundle(b)?;
+    }
     let init = read_static_init(&opts.init)?;
     check_replaceable(&opts.out)?;
 
@@ -570,6 +597,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         if show {
             eprintln!("\rimages packed                              ");
         }
+        check_image_units(&prepared.parsed, &lw, &work.join("users"))?;
         lw.finish().map_err(BuildError::Layout)?;
         add_host_tree(&mut tree, &layout_dir, IMAGES_PATH, false).map_err(|source| {
             BuildError::Output {
@@ -583,6 +611,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     for b in &prepared.bundles {
         bundle_entries(&mut tree, b)?;
     }
+    check_host_units(&prepared.parsed, &tree)?;
 
     // The archive.
     let initrd = tmp.path.join("initrd.img");
@@ -769,6 +798,235 @@ fn host_entry(path: &Path, meta: &fs::Metadata, keep_owner: bool) -> std::io::Re
     })
 }
 
+/// Where berth-init puts each container's cgroup on a machine (its
+/// `--cgroup-parent` default), for the runtime's checks of a unit's spec.
+const CGROUP_PARENT: &str = "berth";
+
+/// The checks the runtime makes of a spec when it creates the container
+/// `id`, before it touches anything: the plan of the container's first
+/// process and of its cgroup. Bind sources are on the machine, not here:
+/// each is taken for a directory.
+fn runtime_check(id: &str, spec: &oci_spec::runtime::Spec, bundle: &Path) -> Result<(), String> {
+    let chain = |e: &dyn Error| berth_init::logging::error_chain(e);
+    berth_runtime::spec::plan(spec, &bundle.join("rootfs"), bundle, &|_| true)
+        .map_err(|e| chain(&e))?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    berth_runtime::cgroup::plan(&linux, id).map_err(|e| chain(&e))?;
+    Ok(())
+}
+
+/// Reads a bundle's `config.json` as berth-init will when the unit starts
+/// and runs the runtime's checks on it; returns the root filesystem to
+/// copy. A `rootfs` that is a symlink is followed, as the runtime
+/// canonicalizes the root of a bundle on a host: the tree it points to
+/// is copied (the link itself would dangle in the initramfs).
+fn check_bundle(b: &BundleCopy) -> Result<PathBuf, BuildError> {
+    let unit_err = |message: String| BuildError::Unit {
+        kind: b.kind,
+        unit: b.unit.clone(),
+        message,
+    };
+    let (spec, rootfs) = berth_init::container::bundle_spec(&b.host)
+        .map_err(|e| unit_err(berth_init::logging::error_chain(&e)))?;
+    let bad = |message: String| BuildError::BadBundle {
+        unit: b.unit.clone(),
+        path: b.host.clone(),
+        message,
+    };
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().display().to_string())
+        .unwrap_or_default();
+    let real = match fs::canonicalize(&rootfs) {
+        Ok(p) if p.is_dir() && p != Path::new("/") => p,
+        Ok(p) if p == Path::new("/") => {
+            return Err(bad(format!("root.path {root:?} is the build host's /")));
+        }
+        _ => return Err(bad(format!("root.path {root:?} is not a directory"))),
+    };
+    let archive = Path::new("/").join(&b.archive);
+    runtime_check(&b.unit, &spec, &archive)
+        .map_err(|e| unit_err(format!("bundle {}: {e}", b.host.display())))?;
+    Ok(real)
+}
+
+/// Every unit of the manifest, with its kind.
+fn units(m: &berth_init::manifest::Manifest) -> Vec<(&'static str, &str, &Program)> {
+    m.tasks
+        .iter()
+        .map(|t| ("task", t.name.as_str(), &t.program))
+        .chain(
+            m.services
+                .iter()
+                .map(|s| ("service", s.name.as_str(), &s.program)),
+        )
+        .collect()
+}
+
+/// Runs, for each image unit, the conversion berth-init runs at boot (the
+/// image config with the unit's overrides, user names looked up in the
+/// image's `/etc/passwd` and `/etc/group` as its layers leave them), then
+/// the runtime's checks of the spec. `scratch` holds a small root with
+/// those two files per image.
+fn check_image_units(
+    m: &berth_init::manifest::Manifest,
+    lw: &LayoutWriter,
+    scratch: &Path,
+) -> Result<(), BuildError> {
+    for (kind, name, program) in units(m) {
+        let Source::Image(image) = &program.source else {
+            continue;
+        };
+        let unit_err = |message: String| BuildError::Unit {
+            kind,
+            unit: name.to_owned(),
+            message,
+        };
+        let Some(facts) = lw.facts(image) else {
+            // Validation refused units naming unknown images already.
+            return Err(unit_err(format!("image {image} was not packed")));
+        };
+        let root = scratch.join(image);
+        let write = |path: &Path, bytes: &[u8]| -> Result<(), BuildError> {
+            fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+                .and_then(|()| fs::write(path, bytes))
+                .map_err(|source| BuildError::Output {
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        let mut readable = true;
+        fs::create_dir_all(&root).map_err(|source| BuildError::Output {
+            path: root.clone(),
+            source,
+        })?;
+        for (file, fact) in [("etc/passwd", &facts.passwd), ("etc/group", &facts.group)] {
+            match fact {
+                layout::ImageFile::File(_, bytes) => write(&root.join(file), bytes)?,
+                layout::ImageFile::Absent => {}
+                // A link the build cannot follow without unpacking: the
+                // user is looked up at boot only.
+                layout::ImageFile::Other(_) => readable = false,
+            }
+        }
+        if !readable {
+            continue;
+        }
+        let rootfs =
+            berth_bundles::apply::Rootfs::open(&root).map_err(|source| BuildError::Output {
+                path: root.clone(),
+                source: std::io::Error::other(berth_init::logging::error_chain(&source)),
+            })?;
+        let spec = berth_init::container::image_unit_spec(
+            name,
+            image,
+            &facts.config,
+            &rootfs,
+            program,
+            Path::new(berth_init::manifest::DATA_DIR),
+            Some(CGROUP_PARENT),
+        )
+        .map_err(|e| unit_err(berth_init::logging::error_chain(&e)))?;
+        runtime_check(
+            name,
+            &spec,
+            Path::new("/run/berth/rootfs").join(name).as_path(),
+        )
+        .map_err(|e| unit_err(format!("image {image}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A host unit runs its program in PID 1's own root, the initramfs:
+/// berth-init spawns it with `posix_spawnp`, so a name with a `/` is a
+/// path from `/` (PID 1's working directory) and a bare name is looked up
+/// in `PATH` (the unit's `env`, else berth-init's default: the kernel
+/// starts PID 1 without one). The program must be a file of the
+/// initramfs being built, executable, symlinks followed inside it.
+fn check_host_units(m: &berth_init::manifest::Manifest, tree: &Tree) -> Result<(), BuildError> {
+    for (kind, name, program) in units(m) {
+        if program.source != Source::Host {
+            continue;
+        }
+        let argv = program.host_argv();
+        let Some(exe) = argv.first() else {
+            continue;
+        };
+        let candidates: Vec<String> = if exe.contains('/') {
+            vec![exe.clone()]
+        } else {
+            let path = program
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map_or(berth_init::launcher::DEFAULT_PATH, |(_, v)| v.as_str());
+            path.split(':')
+                .filter(|d| d.starts_with('/'))
+                .map(|d| format!("{}/{exe}", d.trim_end_matches('/')))
+                .collect()
+        };
+        let found = candidates.iter().any(|c| {
+            resolve_in_tree(tree, c)
+                .is_some_and(|e| matches!(e.kind, Kind::File(_)) && e.perm & 0o111 != 0)
+        });
+        if !found {
+            return Err(BuildError::HostProgram {
+                kind,
+                unit: name.to_owned(),
+                program: exe.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The entry at `path` (from `/`) in the initramfs, symlinks followed
+/// inside it as the kernel would in PID 1's root (at most 40, ELOOP).
+fn resolve_in_tree<'t>(tree: &'t Tree, path: &str) -> Option<&'t Entry> {
+    let mut todo: Vec<String> = path
+        .split('/')
+        .rev()
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_owned)
+        .collect();
+    let mut at: Vec<String> = Vec::new();
+    let mut links = 0;
+    let mut last = None;
+    while let Some(comp) = todo.pop() {
+        if comp == ".." {
+            at.pop();
+            last = None;
+            continue;
+        }
+        at.push(comp);
+        let key = at.join("/");
+        let entry = tree.get(&key)?;
+        if let Kind::Symlink(target) = &entry.kind {
+            links += 1;
+            if links > 40 {
+                return None;
+            }
+            at.pop();
+            if target.starts_with('/') {
+                at.clear();
+            }
+            todo.extend(
+                target
+                    .split('/')
+                    .rev()
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .map(str::to_owned),
+            );
+            last = None;
+            continue;
+        }
+        last = Some(entry);
+    }
+    last
+}
+
 /// Copies a runtime bundle: `config.json` (with `root.path` = `rootfs`)
 /// and the root filesystem it names.
 fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
@@ -783,6 +1041,7 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
         path: b.host.clone(),
         message,
     };
+    let rootfs = check_bundle(b)?;
     let bytes = fs::read(&config_path).map_err(io_err(&config_path))?;
     let mut config: Value = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("config.json is not valid JSON: {e}")))?;
@@ -792,10 +1051,6 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("config.json has no root.path".into()))?
         .to_owned();
-    let rootfs = b.host.join(&root);
-    if !rootfs.is_dir() {
-        return Err(bad(format!("root.path {root:?} is not a directory")));
-    }
     let config_bytes = if root == "rootfs" {
         bytes
     } else {

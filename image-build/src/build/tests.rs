@@ -151,11 +151,14 @@ fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
     std::os::unix::fs::chown(dir.join("myroot/bin/tool"), Some(1000), Some(1001)).unwrap();
     fs::write(
         dir.join("config.json"),
-        br#"{"ociVersion": "1.0.2", "root": {"path": "myroot"}, "process": {"args": ["/bin/tool"], "cwd": "/"}}"#,
+        br#"{"ociVersion": "1.0.2", "root": {"path": "myroot"},
+            "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
     )
     .unwrap();
     let mut tree = Tree::default();
     let b = BundleCopy {
+        kind: "service",
         unit: "web".into(),
         host: dir.clone(),
         archive: "berth/bundles/services/web".into(),

@@ -708,6 +708,22 @@ fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
         "{err}"
     );
 
+    // A file whose data stops short of the size its header gives (the
+    // layer ends there).
+    let mut short = layer_tar(&[("bin/true", &[b'x'; 100])]);
+    short.truncate(512 + 10);
+    one_layer_layout(&dir, "short", &short, cmd.clone());
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"short": "oci:short:short"}, "services": [{"name": "s", "image": "short"}]}"#,
+    )
+    .unwrap();
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("image short: layer 0") && err.contains("truncated: got 10 of 100 bytes"),
+        "{err}"
+    );
+
     // The same layer without the bad entry builds.
     one_layer_layout(
         &dir,

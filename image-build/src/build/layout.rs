@@ -403,10 +403,23 @@ impl LayoutWriter {
             diff: Hasher::default(),
             encoder,
             write_error: None,
+            tail: None,
             progress,
         };
         let entries = check_entries(&mut tee, index, facts);
         let drained = io::copy(&mut tee, &mut io::sink());
+        // File data the tar promised past the real end (into the zeros the
+        // tee hands out after it) is a truncated layer to the unpacker.
+        let entries = entries.and_then(|last| match last {
+            Some(last) if last.offset + last.size > tee.diff.count() => {
+                Err(ApplyError::Truncated {
+                    path: last.path,
+                    expected: last.size,
+                    actual: tee.diff.count().saturating_sub(last.offset),
+                })
+            }
+            _ => Ok(()),
+        });
         if let Some(e) = tee.write_error.take() {
             let _ = fs::remove_file(&tmp);
             return Err(write_err(&tmp)(e));
@@ -473,6 +486,8 @@ struct Tee<'a> {
     diff: Hasher,
     encoder: Option<LayerEncoder>,
     write_error: Option<io::Error>,
+    /// Zeros still to hand out once the real stream has ended.
+    tail: Option<u64>,
     progress: &'a mut dyn FnMut(u64),
 }
 
@@ -483,7 +498,23 @@ impl Read for Tee<'_> {
                 "the recompressed layer could not be written",
             ));
         }
+        if let Some(tail) = self.tail.as_mut() {
+            let n = buf.len().min(usize::try_from(*tail).unwrap_or(usize::MAX));
+            buf[..n].fill(0);
+            *tail -= n as u64;
+            return Ok(n);
+        }
         let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            // As the unpacker reads a layer (berth_bundles::layer's
+            // ZeroTail): umoci 0.4.7 ends a tar right after the last
+            // entry's data, without padding or end-of-archive blocks; the
+            // end reads as zeros up to the next block plus two blocks,
+            // outside the diff_id and the stored layer.
+            let count = self.diff.count();
+            self.tail = Some((512 - count % 512) % 512 + 1024);
+            return self.read(buf);
+        }
         let before = self.diff.count();
         self.diff.update(&buf[..n]);
         if before >> 20 != self.diff.count() >> 20 {
@@ -505,28 +536,40 @@ impl Read for Tee<'_> {
 /// reading (`berth_bundles::apply::read_entry`: every check it makes of
 /// an entry before touching the filesystem), and follows the files of
 /// [`ImageFacts`] through the layer.
+/// Returns the last regular file's data (its end is checked against the
+/// real end of the stream, as the unpacker does).
 fn check_entries(
     reader: &mut dyn Read,
     index: usize,
     facts: &mut ImageFacts,
-) -> Result<(), ApplyError> {
+) -> Result<Option<FileData>, ApplyError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_ignore_zeros(false);
     let entries = archive
         .entries()
         .map_err(|source| ApplyError::ReadEntry { source })?;
+    let mut last = None;
     for entry in entries {
         let mut entry = entry.map_err(|source| ApplyError::ReadEntry { source })?;
-        check_entry(&mut entry, index, facts)?;
+        if let Some(data) = check_entry(&mut entry, index, facts)? {
+            last = Some(data);
+        }
     }
-    Ok(())
+    Ok(last)
+}
+
+/// Where a regular file's data is in the uncompressed layer.
+struct FileData {
+    path: String,
+    offset: u64,
+    size: u64,
 }
 
 fn check_entry(
     entry: &mut tar::Entry<'_, &mut dyn Read>,
     index: usize,
     facts: &mut ImageFacts,
-) -> Result<(), ApplyError> {
+) -> Result<Option<FileData>, ApplyError> {
     let (path, read) = read_entry(entry)?;
     let (parent, base) = match path.iter().rposition(|b| *b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -535,7 +578,7 @@ fn check_entry(
     let under = |file: &[u8], dir: &[u8]| dir.is_empty() || file.starts_with(&[dir, b"/"].concat());
     let mut slots = [&mut facts.passwd, &mut facts.group];
     let kind = match read {
-        ReadEntry::Skip => return Ok(()),
+        ReadEntry::Skip => return Ok(None),
         ReadEntry::Opaque => {
             // Hides what lower layers put in the directory.
             for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
@@ -543,7 +586,7 @@ fn check_entry(
                     **slot = ImageFile::Absent;
                 }
             }
-            return Ok(());
+            return Ok(None);
         }
         ReadEntry::Whiteout => {
             let mut removed = parent.to_vec();
@@ -556,7 +599,7 @@ fn check_entry(
                     **slot = ImageFile::Absent;
                 }
             }
-            return Ok(());
+            return Ok(None);
         }
         ReadEntry::Create { kind, .. } => kind,
     };
@@ -580,7 +623,11 @@ fn check_entry(
             **slot = ImageFile::Other(index);
         }
     }
-    Ok(())
+    Ok((kind == tar::EntryType::Regular).then(|| FileData {
+        path: String::from_utf8_lossy(&path).into_owned(),
+        offset: entry.raw_file_position(),
+        size: entry.size(),
+    }))
 }
 
 struct HashingWriter<W> {

@@ -7,6 +7,15 @@
 //! recompressed to zstd. Layers are keyed by diff_id, so a layer two images
 //! share is stored once (and verified for each image).
 //!
+//! In the same pass every tar entry is read with the unpacker's own
+//! reading (`berth_bundles::apply::read_entry`: names that climb out with
+//! `..`, bad whiteouts, unreadable header fields, unsupported types,
+//! hardlink targets), and file data reaching past the layer's end is
+//! refused as the unpacker refuses it: a layer berth-init would refuse at
+//! boot fails the build, naming image, layer and entry. `/etc/passwd` and
+//! `/etc/group` are followed through the layers ([`ImageFacts`]) for the
+//! build's check of each image unit's spec.
+//!
 //! The new config is the verified config re-serialized from the fields
 //! berth-bundles reads (the execution parameters and `rootfs.diff_ids`,
 //! unchanged): `history` and unknown fields are dropped, so the config

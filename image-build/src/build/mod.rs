@@ -25,6 +25,26 @@
 //! Everything is written into a temporary directory next to OUTDIR and
 //! renamed into place at the end: a failed build leaves no output.
 //!
+//! What would fail at boot fails the build, with berth-init's, the
+//! unpacker's and the runtime's own code (not copies of their rules):
+//! - a bundle's `config.json` is read as berth-init reads it
+//!   ([`berth_init::container::bundle_spec`]) and planned as the runtime
+//!   plans a container before creating it ([`runtime_check`]);
+//! - every tar entry of every layer is read with the unpacker's reading
+//!   ([`berth_bundles::apply::read_entry`], see [`layout`]);
+//! - each image unit's spec is derived as berth-init derives it
+//!   ([`berth_init::container::image_unit_spec`]: the image config, the
+//!   unit's overrides, user names looked up in the image's `/etc/passwd`
+//!   and `/etc/group` as its layers leave them) and planned by the
+//!   runtime;
+//! - a host unit's program must be an executable file of the initramfs
+//!   being built ([`check_host_units`]): PID 1's root holds `/init` and
+//!   what the manifest brings, no shell or busybox.
+//!
+//! A bundle whose `rootfs` is a symlink ships the tree it points to: the
+//! runtime canonicalizes a bundle's rootfs, so on a host such a bundle
+//! runs that tree, and the link itself would dangle in the initramfs.
+//!
 //! Modules added to the manifest's lists (berth-init loads only what the
 //! manifest names, plus `button` and `evdev` for the power button, which it
 //! loads by itself and the build therefore always ships): `virtio_pci` and

@@ -888,13 +888,13 @@ fn units(m: &berth_init::manifest::Manifest) -> Vec<(&'static str, &str, &Progra
 /// image config with the unit's overrides, user names looked up in the
 /// image's `/etc/passwd` and `/etc/group` as its layers leave them), then
 /// the runtime's checks of the spec. `scratch` holds a small root with
-/// those two files per image.
+/// those two files per unit.
 fn check_image_units(
     m: &berth_init::manifest::Manifest,
     lw: &LayoutWriter,
     scratch: &Path,
 ) -> Result<(), BuildError> {
-    for (kind, name, program) in units(m) {
+    for (i, (kind, name, program)) in units(m).into_iter().enumerate() {
         let Source::Image(image) = &program.source else {
             continue;
         };
@@ -907,7 +907,8 @@ fn check_image_units(
             // Validation refused units naming unknown images already.
             return Err(unit_err(format!("image {image} was not packed")));
         };
-        let root = scratch.join(image);
+        // By position: an image name is no path component.
+        let root = scratch.join(i.to_string());
         let write = |path: &Path, bytes: &[u8]| -> Result<(), BuildError> {
             fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
                 .and_then(|()| fs::write(path, bytes))

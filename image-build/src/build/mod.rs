@@ -691,8 +691,11 @@ fn read_static_init(path: &Path) -> Result<Vec<u8>, BuildError> {
     }
 }
 
-/// Adds the tree at `host` under `archive`: sorted, types, modes, and
-/// (when `keep_owner`) owners kept; hardlinks become copies.
+/// Adds the tree at `host` under `archive`, sorted, types kept; hardlinks
+/// become copies. With `keep_owner` (a bundle's root filesystem) modes and
+/// owners are kept; without (what the build wrote itself, the image
+/// layout) entries are root's with 0755 for directories and 0644 for
+/// files, so the bytes do not depend on the umask the build ran under.
 fn add_host_tree(
     tree: &mut Tree,
     host: &Path,
@@ -761,9 +764,14 @@ fn host_entry(path: &Path, meta: &fs::Metadata, keep_owner: bool) -> std::io::Re
     } else {
         (0, 0)
     };
+    let perm = match (keep_owner, &kind) {
+        (true, _) => meta.mode() & 0o7777,
+        (false, Kind::Dir) => 0o755,
+        (false, _) => 0o644,
+    };
     Ok(Entry {
         kind,
-        perm: meta.mode() & 0o7777,
+        perm,
         uid,
         gid,
     })

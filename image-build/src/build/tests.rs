@@ -189,3 +189,36 @@ fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
     assert!(text.contains("\"myroot\" is not a directory"), "{text}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The image layout the build writes goes in as root's 0755/0644 whatever
+/// the umask made of it on disk (`umask 077` gave 0700/0600 and other
+/// bytes); a bundle's root keeps its modes.
+#[test]
+fn written_trees_do_not_depend_on_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("berth-build-umask-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    fs::write(dir.join("blobs/sha256/abc"), b"blob").unwrap();
+    fs::write(dir.join("tool"), b"tool").unwrap();
+    for (path, mode) in [("", 0o700), ("blobs", 0o700), ("blobs/sha256", 0o700)] {
+        fs::set_permissions(dir.join(path), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::set_permissions(
+        dir.join("blobs/sha256/abc"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(dir.join("tool"), fs::Permissions::from_mode(0o4750)).unwrap();
+    let mut written = Tree::default();
+    add_host_tree(&mut written, &dir, "layout", false).unwrap();
+    let perm = |t: &Tree, p: &str| t.get(p).unwrap().perm;
+    assert_eq!(perm(&written, "layout"), 0o755);
+    assert_eq!(perm(&written, "layout/blobs/sha256"), 0o755);
+    assert_eq!(perm(&written, "layout/blobs/sha256/abc"), 0o644);
+    let mut copied = Tree::default();
+    add_host_tree(&mut copied, &dir, "rootfs", true).unwrap();
+    assert_eq!(perm(&copied, "rootfs/blobs"), 0o700);
+    assert_eq!(perm(&copied, "rootfs/tool"), 0o4750);
+    let _ = fs::remove_dir_all(&dir);
+}

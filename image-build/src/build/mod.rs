@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::args::Args;
+use crate::args::{Args, ArgsError};
 use cpio::{CpioError, Entry, Kind, Tree};
 use kernel::{KernelError, KernelTree};
 use layout::{ImageSummary, LayoutError, LayoutWriter};
@@ -160,6 +160,9 @@ pub fn default_init() -> PathBuf {
 
 pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
     // `-o` is the one short option; the shared parser knows long ones only.
+    if argv.last().is_some_and(|a| a == "-o") {
+        return Err(ArgsError::MissingValue("-o".into()).into());
+    }
     let argv: Vec<String> = argv
         .iter()
         .map(|a| {

@@ -7,6 +7,7 @@
 mod args;
 mod build;
 mod inspect;
+mod interrupt;
 mod unpack;
 
 use std::error::Error;
@@ -90,7 +91,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let res: Result<(), Box<dyn Error>> = match cmd.as_str() {
-        "build" => build::run(&rest),
+        "build" => match interrupt::install() {
+            Ok(()) => build::run(&rest),
+            Err(e) => Err(format!("installing signal handlers: {e}").into()),
+        },
         "unpack" => unpack::run(&rest),
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {

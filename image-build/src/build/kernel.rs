@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use berth_init::modules::module_name;
 
@@ -77,17 +78,29 @@ pub struct KernelTree {
     pub builtin_text: String,
 }
 
-/// Unpacks `deb` into `dest` with `dpkg -x`.
+/// Unpacks `deb` into `dest` with `dpkg -x`, in a process group of its
+/// own that an interrupted build kills (dpkg runs dpkg-deb and tar, which
+/// would go on writing into the temporary directory being removed).
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), KernelError> {
-    let out = Command::new("dpkg")
+    let dpkg_err = |source| KernelError::Dpkg {
+        path: deb.to_owned(),
+        source,
+    };
+    let child = Command::new("dpkg")
         .arg("-x")
         .arg(deb)
         .arg(dest)
-        .output()
-        .map_err(|source| KernelError::Dpkg {
-            path: deb.to_owned(),
-            source,
-        })?;
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(dpkg_err)?;
+    let group = child.id();
+    crate::interrupt::register_group(group);
+    let out = child.wait_with_output();
+    crate::interrupt::unregister_group(group);
+    let out = out.map_err(dpkg_err)?;
     if !out.status.success() {
         return Err(KernelError::DpkgFailed {
             path: deb.to_owned(),

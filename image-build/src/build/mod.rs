@@ -409,6 +409,7 @@ impl Drop for TempDir {
         if !self.keep {
             let _ = fs::remove_dir_all(&self.path);
         }
+        crate::interrupt::unregister(&self.path);
     }
 }
 
@@ -441,10 +442,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    crate::interrupt::remove_stale(&parent, &out_name);
     let tmp = TempDir {
         path: parent.join(format!(".{out_name}.berth-build-{}", std::process::id())),
         keep: false,
     };
+    crate::interrupt::register(&tmp.path);
     let _ = fs::remove_dir_all(&tmp.path);
     fs::create_dir_all(&tmp.path).map_err(out_err(&tmp.path))?;
     let work = tmp.path.join("work");

@@ -386,6 +386,10 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Manifest {
         pub version: u32,
+        /// A build manifest's `{NAME: IMAGE_REF}` map: berth-build reads
+        /// it and leaves it out of the appliance; PID 1 ignores it.
+        #[serde(default)]
+        pub images: BTreeMap<String, String>,
         pub hostname: Option<String>,
         #[serde(default)]
         pub modules: Vec<String>,
@@ -635,8 +639,19 @@ pub mod raw {
 /// Parses manifest JSON and validates it; `images` are the names available
 /// in the embedded OCI layout.
 pub fn parse(bytes: &[u8], images: &[String]) -> Result<Manifest, ManifestError> {
+    validate(parse_raw(bytes)?, images)
+}
+
+/// Checks the JSON's shape only (syntax, field names, types), as `parse`
+/// does first: berth-build runs it on the file as written, so a problem's
+/// line and column are the user's.
+pub fn check_shape(bytes: &[u8]) -> Result<(), ManifestError> {
+    parse_raw(bytes).map(drop)
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<raw::Manifest, ManifestError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let raw: raw::Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let location = e.path().to_string();
         let inner = e.into_inner();
         ManifestError::Parse {
@@ -649,8 +664,7 @@ pub fn parse(bytes: &[u8], images: &[String]) -> Result<Manifest, ManifestError>
             },
             message: inner.to_string(),
         }
-    })?;
-    validate(raw, images)
+    })
 }
 
 /// Reads, parses and validates the manifest file at `path`.

@@ -282,6 +282,13 @@ pub fn prepare(
         }
     }
     images.sort();
+    // Field names and types, checked on the file as written (the full
+    // check below runs on the manifest as it goes into the appliance,
+    // whose line and column would not be the user's).
+    berth_init::manifest::check_shape(bytes).map_err(|source| BuildError::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut bundles = Vec::new();
     for kind in ["tasks", "services"] {
         let Some(list) = obj.get_mut(kind).and_then(Value::as_array_mut) else {

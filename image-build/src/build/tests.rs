@@ -63,6 +63,15 @@ fn invalid_manifests_are_refused_at_build_time() {
                 "restart": {"backoff": {"initial": "soon"}}}]}"#,
             "services.a.restart.backoff.initial",
         ),
+        // Line and column are those of the file as written.
+        (
+            "{\n  \"version\": 1,\n  \"images\": {},\n\n  \"servics\": []\n}",
+            "unknown field `servics`, expected one of `version`, `images`, ",
+        ),
+        (
+            "{\n  \"version\": 1,\n  \"images\": {},\n\n  \"servics\": []\n}",
+            "at line 5 column 11",
+        ),
     ] {
         let err = prep(json).unwrap_err();
         let text = crate::report(&err);

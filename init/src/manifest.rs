@@ -99,8 +99,12 @@ impl fmt::Display for Problem {
 
 struct Problems<'a>(&'a [Problem]);
 
+/// One problem on the same line; several one per line, indented.
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [one] = self.0 {
+            return write!(f, " {one}");
+        }
         for p in self.0 {
             write!(f, "\n  {p}")?;
         }
@@ -1620,6 +1624,12 @@ mod tests {
         assert!(
             text.starts_with("invalid manifest:\n  hostname: "),
             "{text}"
+        );
+        // One problem is one line.
+        let err = parse(br#"{"version":2}"#, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid manifest: version: unsupported version 2 (expected 1)"
         );
     }
 

@@ -405,19 +405,47 @@ fn append_modules(list: &mut Vec<Value>, extra: Vec<String>, has_module: &dyn Fn
     }
 }
 
-/// Removes the temporary directory unless the build got to the end.
+/// Removes the temporary directory unless the build got to the end, and
+/// the directories above it that the build made (`-o a/b/out` with no
+/// `a`), so a failed build leaves nothing.
 struct TempDir {
     path: PathBuf,
     keep: bool,
+    /// The highest directory that did not exist before the build.
+    made: Option<PathBuf>,
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         if !self.keep {
             let _ = fs::remove_dir_all(&self.path);
+            if let Some(top) = &self.made {
+                // Deepest first; one that is not empty stays.
+                let mut dir = self.path.parent();
+                while let Some(d) = dir {
+                    if fs::remove_dir(d).is_err() || d == top {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
         }
         crate::interrupt::unregister(&self.path);
     }
+}
+
+/// The highest ancestor of `dir` (or `dir` itself) that does not exist.
+fn first_missing(dir: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing = Some(d.to_owned());
+        cur = d.parent();
+    }
+    missing
 }
 
 /// Runs a whole build.
@@ -453,6 +481,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let tmp = TempDir {
         path: parent.join(format!(".{out_name}.berth-build-{}", std::process::id())),
         keep: false,
+        made: first_missing(&parent),
     };
     crate::interrupt::register(&tmp.path);
     let _ = fs::remove_dir_all(&tmp.path);
@@ -663,6 +692,13 @@ fn check_replaceable(out: &Path) -> Result<(), BuildError> {
             });
         }
     };
+    if meta.is_symlink() {
+        // The output is moved into place with rename(2), which would
+        // replace the link, not what it points to.
+        return Err(refuse(
+            "is a symbolic link: give the directory it points to".into(),
+        ));
+    }
     if !meta.is_dir() {
         return Err(refuse("exists and is not a directory".into()));
     }

@@ -231,3 +231,43 @@ fn written_trees_do_not_depend_on_the_umask() {
     assert_eq!(perm(&copied, "rootfs/tool"), 0o4750);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A failed build removes the directories it made above OUTDIR and keeps
+/// the ones that were there.
+#[test]
+fn a_failed_build_removes_the_parents_it_made() {
+    let dir = std::env::temp_dir().join(format!("berth-build-parents-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("kept")).unwrap();
+    let parent = dir.join("kept/a/b");
+    assert_eq!(first_missing(&parent), Some(dir.join("kept/a")));
+    assert_eq!(first_missing(&dir), None);
+    let tmp = TempDir {
+        path: parent.join(".out.berth-build-1"),
+        keep: false,
+        made: first_missing(&parent),
+    };
+    fs::create_dir_all(tmp.path.join("work")).unwrap();
+    drop(tmp);
+    assert!(!dir.join("kept/a").exists());
+    assert!(dir.join("kept").is_dir());
+    // A directory that holds something else meanwhile stays.
+    fs::create_dir_all(dir.join("kept/a/other")).unwrap();
+    let tmp = TempDir {
+        path: dir.join("kept/a/b/.out.berth-build-1"),
+        keep: false,
+        made: Some(dir.join("kept/a")),
+    };
+    fs::create_dir_all(&tmp.path).unwrap();
+    drop(tmp);
+    assert!(!dir.join("kept/a/b").exists());
+    assert!(dir.join("kept/a/other").is_dir());
+    // -o naming a link to a previous output is refused, not replaced.
+    std::os::unix::fs::symlink(dir.join("kept"), dir.join("link")).unwrap();
+    let text = crate::report(&check_replaceable(&dir.join("link")).unwrap_err());
+    assert!(
+        text.ends_with("is a symbolic link: give the directory it points to"),
+        "{text}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -42,7 +42,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot OUTDIR (vmlinuz + initrd.img) with the serial console on the
-    /// terminal. Ctrl-C once: ACPI power button (QMP system_powerdown);
+    /// terminal. Ctrl-C once: ACPI power button (QMP system_powerdown,
+    /// repeated every 1.5 s until the guest reacts or QEMU exits);
     /// twice: stop QEMU. The exit code tells how the appliance ended.
     Run {
         /// Directory holding vmlinuz and initrd.img (berth-build's OUTDIR)
@@ -163,6 +164,11 @@ fn parse_args() -> Result<Cli, ExitCode> {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = err.print();
             ExitCode::SUCCESS
+        }
+        // No subcommand: the help, on stderr.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(1)
         }
         _ => {
             eprintln!("berth-qemu: {}", usage_error(&err));

@@ -25,7 +25,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth_qemu::{
     Accel, Appliance, CPUS_RANGE, DataDisk, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
-    error_chain, measure_boot, measure_guest_boot, median, median_translated_blocks,
+    error_chain, is_pid1_failure, measure_boot, measure_guest_boot, median,
+    median_translated_blocks,
 };
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
@@ -288,8 +289,16 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
             2
         }
         Outcome::Rebooted => {
+            // berth-init's `on_fatal: reboot` ends here too: say why.
+            let log = vm.serial_log();
+            let fatal = log
+                .lines()
+                .find(|l| is_pid1_failure(l))
+                .map_or(String::new(), |l| {
+                    format!(" after PID 1 reported: {}", l.trim_end_matches('\r'))
+                });
             eprintln!(
-                "berth-qemu: the appliance rebooted; QEMU runs with -no-reboot, so it stopped"
+                "berth-qemu: the appliance rebooted{fatal}; QEMU runs with -no-reboot, so it stopped"
             );
             3
         }

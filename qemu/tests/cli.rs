@@ -147,6 +147,24 @@ echo '[     1.695] berth: powering off'
 }
 
 #[test]
+fn run_exits_3_and_names_the_fatal_error_when_pid1_reboots() {
+    // berth-init with `on_fatal: reboot`; -no-reboot makes QEMU exit.
+    let init = r#"#!/bin/busybox sh
+echo '[     1.694] berth: fatal: boot task t1 failed: exit status 1'
+echo '[     1.695] berth: rebooting'
+/bin/busybox reboot -f
+"#;
+    let appliance = floor_appliance("cli-fatal-reboot", init, &[]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    let (code, out) = cli.finish();
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("berth-qemu: the appliance rebooted after PID 1 reported: [     1.694] berth: fatal: boot task t1 failed: exit status 1; QEMU runs with -no-reboot"),
+        "{out}"
+    );
+}
+
+#[test]
 fn run_exits_2_when_pid1_dies() {
     let init = "#!/bin/busybox sh\necho 'berth-floor: dying'\nexit 1\n";
     let appliance = floor_appliance("cli-panic", init, &[]);

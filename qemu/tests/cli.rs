@@ -109,6 +109,20 @@ impl Cli {
     }
 }
 
+/// A test that fails half-way must not leave its berth-qemu (and with it,
+/// through the parent-death signal, its QEMU) running.
+impl Drop for Cli {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // Its run directory (the QMP socket's), which it had no chance to remove.
+            let run_dir = std::env::temp_dir().join(format!("berth-qemu-{}-0", self.child.id()));
+            let _ = std::fs::remove_dir_all(run_dir);
+        }
+    }
+}
+
 #[test]
 fn run_exits_0_after_a_clean_power_off() {
     // A service's output, prefixed with its unit name, cannot pass for

@@ -33,6 +33,16 @@ use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// `eprintln!` that cannot panic: when the terminal went away (stderr
+/// closed or broken) berth-qemu must still handle Ctrl-C and stop QEMU;
+/// a panic in the signal thread would lose both.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "berth-qemu", about = "Boot a berth appliance under QEMU")]
 struct Cli {
@@ -172,7 +182,7 @@ fn parse_args() -> Result<Cli, ExitCode> {
             ExitCode::from(1)
         }
         _ => {
-            eprintln!("berth-qemu: {}", usage_error(&err));
+            note!("berth-qemu: {}", usage_error(&err));
             ExitCode::from(1)
         }
     })
@@ -217,7 +227,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("berth-qemu: {err:#}");
+            note!("berth-qemu: {err:#}");
             ExitCode::from(1)
         }
     }
@@ -236,7 +246,7 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(h, g)| format!("127.0.0.1:{h} -> {g}"))
         .collect();
-    eprintln!(
+    note!(
         "berth-qemu: booting {} ({}, {} MiB{}{}); Ctrl-C powers it down, twice stops QEMU",
         outdir.display(),
         if config.accel == Accel::Kvm {
@@ -277,15 +287,15 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let _ = std::io::stdout().flush();
     let code = match outcome {
         Outcome::PoweredOff => {
-            eprintln!("berth-qemu: the appliance powered off");
+            note!("berth-qemu: the appliance powered off");
             0
         }
         Outcome::FailedPowerOff { line } => {
-            eprintln!("berth-qemu: PID 1 reported a fatal error and powered off: {line}");
+            note!("berth-qemu: PID 1 reported a fatal error and powered off: {line}");
             6
         }
         Outcome::Panicked { line } => {
-            eprintln!("berth-qemu: the guest kernel panicked (PID 1 died or crashed): {line}");
+            note!("berth-qemu: the guest kernel panicked (PID 1 died or crashed): {line}");
             2
         }
         Outcome::Rebooted => {
@@ -297,26 +307,26 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
                 .map_or(String::new(), |l| {
                     format!(" after PID 1 reported: {}", l.trim_end_matches('\r'))
                 });
-            eprintln!(
+            note!(
                 "berth-qemu: the appliance rebooted{fatal}; QEMU runs with -no-reboot, so it stopped"
             );
             3
         }
         Outcome::QemuFailed { status } => {
-            eprintln!(
+            note!(
                 "berth-qemu: qemu failed ({status}): {}",
                 vm.qemu_stderr().trim()
             );
             4
         }
         Outcome::Unexplained { status } => {
-            eprintln!(
+            note!(
                 "berth-qemu: qemu exited ({status}) without a power-off, reboot or panic on the console"
             );
             5
         }
         Outcome::StoppedByHost => {
-            eprintln!("berth-qemu: qemu stopped ({status})");
+            note!("berth-qemu: qemu stopped ({status})");
             130
         }
     };
@@ -339,7 +349,7 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
     let mut presser: Option<JoinHandle<()>> = None;
     for _signal in signals.forever() {
         if presser.is_none() {
-            eprintln!(
+            note!(
                 "\r\nberth-qemu: asking the appliance to power down (QMP system_powerdown); Ctrl-C again stops QEMU"
             );
             let vm = Arc::clone(vm);
@@ -347,7 +357,7 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
             presser = Some(std::thread::spawn(move || press_until_heard(&vm, &stop)));
         } else {
             stop_pressing.store(true, Ordering::SeqCst);
-            eprintln!("\r\nberth-qemu: stopping QEMU");
+            note!("\r\nberth-qemu: stopping QEMU");
             if vm.qmp_quit().is_err() {
                 let _ = vm.kill();
             }
@@ -372,7 +382,7 @@ fn press_until_heard(vm: &Vm, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) && !matches!(vm.try_exit(), Ok(Some(_)) | Err(_)) {
         presses += 1;
         if presses == 2 {
-            eprintln!(
+            note!(
                 "\r\nberth-qemu: no reaction to the power button yet (its driver may still be loading): pressing it every {:.1} s",
                 PRESS_INTERVAL.as_secs_f64()
             );
@@ -381,7 +391,7 @@ fn press_until_heard(vm: &Vm, stop: &AtomicBool) {
             if matches!(vm.try_exit(), Ok(Some(_))) {
                 return;
             }
-            eprintln!(
+            note!(
                 "\r\nberth-qemu: power-down request failed: {}",
                 error_chain(&err)
             );

@@ -60,6 +60,27 @@ impl Cli {
         }
     }
 
+    /// Like `run`, with stderr a pipe whose reading end is closed: every
+    /// write berth-qemu makes to it fails (EPIPE), as when its terminal
+    /// went away.
+    fn run_with_stderr_gone(outdir: &std::path::Path) -> Cli {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(outdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        drop(child.stderr.take());
+        Cli {
+            child,
+            stdout,
+            stderr: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
     fn dump(&self) -> String {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -309,6 +330,25 @@ fn second_ctrl_c_stops_qemu() {
     let (code, out) = cli.finish();
     assert_eq!(code, 130, "{out}");
     assert!(out.contains("berth-qemu: stopping QEMU"), "{out}");
+}
+
+/// Its messages cannot be written (the terminal went away): Ctrl-C still
+/// works, twice stops QEMU (writing them used to panic the signal thread,
+/// and Ctrl-C did nothing any more).
+#[test]
+fn ctrl_c_works_when_stderr_is_gone() {
+    let init =
+        "#!/bin/busybox sh\necho 'berth-floor: idle'\nwhile true; do /bin/busybox sleep 1; done\n";
+    let appliance = floor_appliance("cli-no-stderr", init, &[]);
+    let cli = Cli::run_with_stderr_gone(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: idle");
+    cli.interrupt();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    cli.interrupt();
+    let marker = appliance.initrd.display().to_string();
+    let (code, out) = cli.finish();
+    assert_eq!(code, 130, "{out}");
+    assert!(qemu_processes(&marker).is_empty(), "QEMU left running");
 }
 
 /// Pids of the QEMU processes whose command line names `marker`.

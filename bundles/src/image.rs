@@ -84,6 +84,9 @@ pub enum ImageError {
     },
     #[error("{image}: {reason}")]
     Select { image: String, reason: String },
+    /// The image (or every entry of its index) is for another platform.
+    #[error("{image}: {reason}")]
+    Platform { image: String, reason: String },
     #[error("{image}: {what} {name} has unsupported media type {media_type:?}")]
     MediaType {
         image: String,
@@ -791,7 +794,7 @@ impl Image {
             });
         }
         let Some(first) = candidates.first() else {
-            return Err(ImageError::Select {
+            return Err(ImageError::Platform {
                 image: name,
                 reason: format!("no image for platform {platform}"),
             });
@@ -1037,9 +1040,9 @@ fn check_platform(name: &str, want: &Platform, got: &Platform) -> Result<(), Ima
     if want.matches(got) {
         Ok(())
     } else {
-        Err(ImageError::Select {
+        Err(ImageError::Platform {
             image: name.to_string(),
-            reason: format!("image is for {got}, not {want} (choose with --platform)"),
+            reason: format!("image is for {got}, not {want}"),
         })
     }
 }

@@ -7,6 +7,7 @@
 mod args;
 mod build;
 mod inspect;
+mod interrupt;
 mod unpack;
 
 use std::error::Error;
@@ -28,6 +29,19 @@ commands:
 
 IMAGE_REF is oci:PATH[:TAG] (an OCI image layout) or
 docker-archive:PATH[:REF] (a `docker save` tar).";
+
+/// Whether an image was refused for its platform (which `unpack` and
+/// `inspect` can choose; an appliance runs linux/amd64 images only).
+fn wrong_platform(err: &(dyn Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(berth_bundles::image::ImageError::Platform { .. }) = e.downcast_ref() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
 
 /// Prints an error and its causes on one line.
 fn report(err: &dyn Error) -> String {
@@ -66,8 +80,21 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let rest: Vec<String> = argv.collect();
+    // `berth-build CMD --help` (before any `--`) prints the usage.
+    if rest
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-h" || a == "--help")
+        && ["build", "unpack", "inspect"].contains(&cmd.as_str())
+    {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let res: Result<(), Box<dyn Error>> = match cmd.as_str() {
-        "build" => build::run(&rest),
+        "build" => match interrupt::install() {
+            Ok(()) => build::run(&rest),
+            Err(e) => Err(format!("installing signal handlers: {e}").into()),
+        },
         "unpack" => unpack::run(&rest),
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {
@@ -82,7 +109,12 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("berth-build {cmd}: {}", report(e.as_ref()));
+            let hint = if cmd != "build" && wrong_platform(e.as_ref()) {
+                " (choose with --platform)"
+            } else {
+                ""
+            };
+            eprintln!("berth-build {cmd}: {}{hint}", report(e.as_ref()));
             ExitCode::FAILURE
         }
     }

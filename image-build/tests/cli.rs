@@ -274,7 +274,7 @@ fn errors_are_one_line_and_nonzero() {
                 "--platform".into(),
                 "linux/arm64".into(),
             ],
-            "image is for linux/amd64",
+            "image is for linux/amd64, not linux/arm64 (choose with --platform)",
         ),
         (vec!["inspect".into()], "expected 1 arguments"),
         (
@@ -306,6 +306,28 @@ fn errors_are_one_line_and_nonzero() {
     let name = biggest.file_name().unwrap().to_str().unwrap();
     assert!(err.contains(&image) && err.contains(name), "{err}");
     assert!(!s.0.join("bad").exists());
+}
+
+#[test]
+fn help_of_each_command_and_the_short_out_option() {
+    for cmd in ["build", "unpack", "inspect"] {
+        for flag in ["--help", "-h"] {
+            let out = berth(&[cmd, "x", flag]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{cmd} {flag}: {out:?}");
+            assert!(
+                text.starts_with("usage: berth-build"),
+                "{cmd} {flag}: {text}"
+            );
+        }
+    }
+    // After `--` it is an argument like any other.
+    let out = berth(&["inspect", "--", "--help"]);
+    assert!(!out.status.success());
+    // The option is named as the user wrote it.
+    let out = berth(&["build", "m.json", "--kernel", "k", "-o"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "berth-build build: option -o needs a value");
 }
 
 #[test]

@@ -22,7 +22,7 @@
 //! | `tasks` | [task] | `[]` | one-shot boot tasks, run in order before services |
 //! | `services` | [service] | `[]` | long-running services |
 //!
-//! `log`: `level` (`error|warn|info|debug|trace`, default `info`), `ring_size`
+//! `log`: `level` (`off|error|warn|info|debug|trace`, any case, default `info`), `ring_size`
 //! (per-service in-memory ring, size string, default `64KiB`), `max_line`
 //! (longer lines are cut, default 4096 bytes), `rate` {`lines_per_sec`,
 //! `burst`} (per service; lines over the budget are dropped from the console,
@@ -33,8 +33,8 @@
 //! A task or service names what to run with exactly one of `image` (a name in
 //! the embedded OCI layout), `bundle` (an OCI runtime bundle directory) or
 //! `host: true` (the command runs in PID 1's own root without isolation —
-//! for boot chores with the initramfs's busybox; container-only fields are
-//! refused for host programs). A bundle's `config.json` runs as it is: the
+//! for boot chores with programs that root has: in an appliance, the
+//! initramfs; container-only fields are refused for host programs). A bundle's `config.json` runs as it is: the
 //! overriding fields below are refused for bundles by validation.
 //! Then: `command` (replaces the image entrypoint), `args` (replaces the
 //! image cmd), `env` {K: V} (merged over the image env), `cwd`, `user`
@@ -55,7 +55,8 @@
 //! `stop_timeout` (default `10s`).
 //!
 //! Durations are strings like `"400ms"`, `"5s"`, `"1m30s"`; sizes are bytes
-//! or strings like `"64KiB"`, `"256MiB"`.
+//! or strings like `"64KiB"`, `"256MiB"` (binary) or `"64K"`, `"64MB"`
+//! (decimal: `"64M"` is 64,000,000 bytes, not 64 MiB).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -98,8 +99,12 @@ impl fmt::Display for Problem {
 
 struct Problems<'a>(&'a [Problem]);
 
+/// One problem on the same line; several one per line, indented.
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [one] = self.0 {
+            return write!(f, " {one}");
+        }
         for p in self.0 {
             write!(f, "\n  {p}")?;
         }
@@ -386,6 +391,10 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Manifest {
         pub version: u32,
+        /// A build manifest's `{NAME: IMAGE_REF}` map: berth-build reads
+        /// it and leaves it out of the appliance; PID 1 ignores it.
+        #[serde(default)]
+        pub images: BTreeMap<String, String>,
         pub hostname: Option<String>,
         #[serde(default)]
         pub modules: Vec<String>,
@@ -452,7 +461,7 @@ pub mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Rate {
-        pub lines_per_sec: u32,
+        pub lines_per_sec: Option<u32>,
         pub burst: Option<u32>,
     }
 
@@ -598,8 +607,8 @@ pub mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct StartLimit {
-        pub count: u32,
-        pub interval: String,
+        pub count: Option<u32>,
+        pub interval: Option<String>,
     }
 
     macro_rules! program_of {
@@ -635,8 +644,19 @@ pub mod raw {
 /// Parses manifest JSON and validates it; `images` are the names available
 /// in the embedded OCI layout.
 pub fn parse(bytes: &[u8], images: &[String]) -> Result<Manifest, ManifestError> {
+    validate(parse_raw(bytes)?, images)
+}
+
+/// Checks the JSON's shape only (syntax, field names, types), as `parse`
+/// does first: berth-build runs it on the file as written, so a problem's
+/// line and column are the user's.
+pub fn check_shape(bytes: &[u8]) -> Result<(), ManifestError> {
+    parse_raw(bytes).map(drop)
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<raw::Manifest, ManifestError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let raw: raw::Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let location = e.path().to_string();
         let inner = e.into_inner();
         ManifestError::Parse {
@@ -649,8 +669,7 @@ pub fn parse(bytes: &[u8], images: &[String]) -> Result<Manifest, ManifestError>
             },
             message: inner.to_string(),
         }
-    })?;
-    validate(raw, images)
+    })
 }
 
 /// Reads, parses and validates the manifest file at `path`.
@@ -1041,14 +1060,14 @@ fn validate_restart(c: &mut Checker<'_>, path: &str, r: Option<raw::Restart>) ->
     if let Some(l) = r.start_limit {
         let lpath = format!("{path}.start_limit");
         policy.start_limit = StartLimit {
-            count: l.count,
+            count: l.count.unwrap_or(StartLimit::default().count),
             interval: c.duration(
                 &format!("{lpath}.interval"),
-                Some(&l.interval),
+                l.interval.as_deref(),
                 StartLimit::default().interval,
             ),
         };
-        if l.count == 0 {
+        if policy.start_limit.count == 0 {
             c.problem(format!("{lpath}.count"), "must be at least 1");
         }
         if policy.start_limit.interval.is_zero() {
@@ -1212,11 +1231,12 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
             log_cfg.max_line = usize::try_from(max_line).unwrap_or(log_cfg.max_line);
         }
         if let Some(rate) = l.rate {
-            if rate.lines_per_sec == 0 {
+            let lines_per_sec = rate.lines_per_sec.unwrap_or(log_cfg.lines_per_sec);
+            if lines_per_sec == 0 {
                 c.problem("log.rate.lines_per_sec", "must be at least 1");
             }
-            log_cfg.lines_per_sec = rate.lines_per_sec;
-            log_cfg.burst = rate.burst.unwrap_or(rate.lines_per_sec.saturating_mul(2));
+            log_cfg.lines_per_sec = lines_per_sec;
+            log_cfg.burst = rate.burst.unwrap_or(lines_per_sec.saturating_mul(2));
             if log_cfg.burst == 0 {
                 c.problem("log.rate.burst", "must be at least 1");
             }
@@ -1362,7 +1382,27 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
             stop_timeout,
         });
     }
+    // Every dependency on a name that is not a service, each named; the
+    // order (and its cycle check) only when there are none.
+    let mut unknown = false;
+    for s in &services {
+        for d in &s.depends_on {
+            if !services.iter().any(|o| &o.name == d) {
+                unknown = true;
+                let what = if names.get(d.as_str()) == Some(&"task") {
+                    "a task, not a service"
+                } else {
+                    "unknown service"
+                };
+                c.problem(
+                    format!("services.{}.depends_on", s.name),
+                    format!("{d:?} is {what}"),
+                );
+            }
+        }
+    }
     match order::start_order(&services) {
+        _ if unknown => {}
         Ok(_) => {}
         Err(order::OrderError::UnknownDependency {
             service,
@@ -1585,6 +1625,52 @@ mod tests {
             text.starts_with("invalid manifest:\n  hostname: "),
             "{text}"
         );
+        // One problem is one line.
+        let err = parse(br#"{"version":2}"#, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid manifest: version: unsupported version 2 (expected 1)"
+        );
+    }
+
+    /// Each field of `start_limit` and `log.rate` has its documented
+    /// default on its own (a lone `count` used to be refused for the
+    /// missing `interval`).
+    #[test]
+    fn partial_objects_take_the_other_defaults() {
+        let m = parse(
+            br#"{"version":1,"log":{"rate":{"burst":50}},"services":[{"name":"a","host":true,"command":["/bin/true"],
+                "restart":{"start_limit":{"count":3}}},{"name":"b","host":true,"command":["/bin/true"],
+                "restart":{"start_limit":{"interval":"1m"}}}]}"#,
+            &[],
+        )
+        .unwrap();
+        let limit = |i: usize| m.services[i].restart.start_limit;
+        assert_eq!(
+            (limit(0).count, limit(0).interval),
+            (3, Duration::from_secs(10))
+        );
+        assert_eq!(
+            (limit(1).count, limit(1).interval),
+            (5, Duration::from_secs(60))
+        );
+        assert_eq!((m.log.lines_per_sec, m.log.burst), (1000, 50));
+    }
+
+    /// Every dependency on a missing service is named, not just the first.
+    #[test]
+    fn every_unknown_dependency_is_reported() {
+        let json = r#"{"version":1,"services":[{"name":"a","image":"web","depends_on":["x","y"]},
+            {"name":"b","image":"web","depends_on":["a","z"]}]}"#;
+        let err = parse(json.as_bytes(), &images()).unwrap_err();
+        let text = err.to_string();
+        for missing in [
+            "services.a.depends_on: \"x\"",
+            "services.a.depends_on: \"y\"",
+            "services.b.depends_on: \"z\"",
+        ] {
+            assert!(text.contains(missing), "{missing} not in {text}");
+        }
     }
 
     #[test]

@@ -153,6 +153,16 @@ impl ConsoleLog {
     /// Waits until a complete line at or after byte offset `from` contains
     /// `pattern`. A final unterminated line counts once the log is closed.
     pub fn wait_for_line(&self, from: usize, pattern: &str, timeout: Duration) -> LineWait {
+        self.wait_for_line_where(from, |line| line.contains(pattern), timeout)
+    }
+
+    /// Like [`ConsoleLog::wait_for_line`], for the first line `matches` accepts.
+    pub fn wait_for_line_where(
+        &self,
+        from: usize,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> LineWait {
         let deadline = Instant::now().checked_add(timeout);
         let mut state = self.lock();
         // Start at the beginning of the line holding `from`, so an offset from
@@ -170,7 +180,7 @@ impl ConsoleLog {
                 next_line(&state.bytes, pos - state.dropped, state.closed)
             {
                 pos = state.dropped + next;
-                if line.contains(pattern) {
+                if matches(&line) {
                     return LineWait::Found { line, end: pos };
                 }
             }
@@ -342,6 +352,20 @@ mod tests {
         );
         assert_eq!(
             log.wait_for_line(log.len(), "line", Duration::from_millis(10)),
+            LineWait::TimedOut
+        );
+    }
+
+    #[test]
+    fn a_predicate_picks_the_line() {
+        let log = ConsoleLog::new();
+        log.append(b"[ 1.0] web: berth: ready\r\n[ 1.1] berth: ready\r\n");
+        assert!(matches!(
+            log.wait_for_line_where(0, |l| l.ends_with("] berth: ready"), Duration::from_millis(10)),
+            LineWait::Found { line, .. } if line == "[ 1.1] berth: ready"
+        ));
+        assert_eq!(
+            log.wait_for_line_where(0, |l| l.is_empty(), Duration::from_millis(10)),
             LineWait::TimedOut
         );
     }

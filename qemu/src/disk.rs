@@ -33,6 +33,13 @@ pub enum DiskError {
         "invalid size {input:?}: expected a number of bytes with an optional K, M, G or T suffix"
     )]
     ParseSize { input: String },
+    #[error("invalid data disk {input:?}: no file name before the size")]
+    EmptyPath { input: String },
+    #[error(
+        "invalid data disk {input:?}: empty size after ':' (write {path}:SIZE, or {path} for an existing disk or the default size)",
+        path = path.display()
+    )]
+    EmptySize { input: String, path: PathBuf },
     #[error(
         "invalid data disk size {size} for {path}: must be a multiple of 512 and at least {min} bytes"
     )]
@@ -86,36 +93,74 @@ pub fn parse_size(input: &str) -> Result<u64, DiskError> {
     let err = || DiskError::ParseSize {
         input: input.to_string(),
     };
-    let s = input.trim();
+    let (number, shift) = size_syntax(input.trim()).ok_or_else(err)?;
+    let number: u64 = number.parse().map_err(|_| err())?;
+    number.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+/// The digits and the suffix's shift of something written as a size, even
+/// one too large for a u64; `None` when it is not written as a size.
+fn size_syntax(s: &str) -> Option<(&str, u32)> {
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, suffix) = s.split_at(digits_end);
-    let number: u64 = number.parse().map_err(|_| err())?;
+    if number.is_empty() {
+        return None;
+    }
     let shift = match suffix.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(err()),
+        _ => return None,
     };
-    number.checked_mul(1u64 << shift).ok_or_else(err)
+    Some((number, shift))
+}
+
+/// Checks a size to create a disk with: a whole number of 512-byte sectors,
+/// enough for an ext4 journal.
+fn check_size(path: &Path, size: u64) -> Result<(), DiskError> {
+    if size < MIN_DATA_DISK_SIZE || !size.is_multiple_of(512) {
+        return Err(DiskError::BadSize {
+            path: path.to_path_buf(),
+            size,
+            min: MIN_DATA_DISK_SIZE,
+        });
+    }
+    Ok(())
 }
 
 impl FromStr for DataDisk {
     type Err = DiskError;
 
-    /// `FILE` or `FILE:SIZE` (the size after the last `:`).
+    /// `FILE` or `FILE:SIZE`. The argument is split at its last `:` only
+    /// when what follows is written as a size (digits and an optional
+    /// suffix); otherwise all of it is the file name, so `a:b.img` is a
+    /// file. `FILE:` (an empty size) and an empty FILE are refused, and so
+    /// is a size too small for a disk.
     fn from_str(s: &str) -> Result<Self, DiskError> {
-        match s.rsplit_once(':') {
-            Some((path, size)) if !path.is_empty() => Ok(DataDisk {
-                path: PathBuf::from(path),
-                size: Some(parse_size(size)?),
-            }),
-            _ => Ok(DataDisk {
-                path: PathBuf::from(s),
-                size: None,
-            }),
+        let (path, size) = match s.rsplit_once(':') {
+            Some((path, "")) => {
+                return Err(DiskError::EmptySize {
+                    input: s.to_string(),
+                    path: PathBuf::from(path),
+                });
+            }
+            Some((path, size)) if size_syntax(size.trim()).is_some() => {
+                (path, Some(parse_size(size)?))
+            }
+            _ => (s, None),
+        };
+        if path.is_empty() {
+            return Err(DiskError::EmptyPath {
+                input: s.to_string(),
+            });
         }
+        let path = PathBuf::from(path);
+        if let Some(size) = size {
+            check_size(&path, size)?;
+        }
+        Ok(DataDisk { path, size })
     }
 }
 
@@ -154,13 +199,7 @@ pub fn prepare_data_disk(disk: &DataDisk) -> Result<bool, DiskError> {
 }
 
 fn create_data_disk(path: &Path, size: u64) -> Result<(), DiskError> {
-    if size < MIN_DATA_DISK_SIZE || !size.is_multiple_of(512) {
-        return Err(DiskError::BadSize {
-            path: path.to_path_buf(),
-            size,
-            min: MIN_DATA_DISK_SIZE,
-        });
-    }
+    check_size(path, size)?;
     let mut partial = path.as_os_str().to_owned();
     partial.push(".berth-partial");
     let partial = PathBuf::from(partial);
@@ -254,7 +293,49 @@ mod tests {
                 size: None
             }
         );
-        assert!("data.img:lots".parse::<DataDisk>().is_err());
+        // A size follows the last ':' only when it is written as one.
+        for (arg, path, size) in [
+            ("a:b.img", "a:b.img", None),
+            ("a:b.img:64M", "a:b.img", Some(64 << 20)),
+            ("/x/2024:01.img", "/x/2024:01.img", None),
+            ("data.img:lots", "data.img:lots", None),
+            ("data.img:16777216", "data.img", Some(16 << 20)),
+            ("a::8M", "a:", Some(8 << 20)),
+        ] {
+            assert_eq!(
+                arg.parse::<DataDisk>().unwrap(),
+                DataDisk {
+                    path: path.into(),
+                    size
+                },
+                "{arg}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_zero_or_overflowing_data_disk_arguments_are_refused() {
+        let err = |arg: &str| arg.parse::<DataDisk>().unwrap_err();
+        assert!(matches!(err(":64M"), DiskError::EmptyPath { .. }));
+        assert!(matches!(err(""), DiskError::EmptyPath { .. }));
+        assert!(matches!(err("data.img:"), DiskError::EmptySize { .. }));
+        assert_eq!(
+            err(":64M").to_string(),
+            "invalid data disk \":64M\": no file name before the size"
+        );
+        for small in [
+            "data.img:0",
+            "data.img:0M",
+            "data.img:1M",
+            "data.img:16777217",
+        ] {
+            assert!(matches!(err(small), DiskError::BadSize { .. }), "{small}");
+        }
+        // Written as a size but too large for one: an error, not a file name.
+        assert!(matches!(
+            err("data.img:99999999999999999999T"),
+            DiskError::ParseSize { .. }
+        ));
     }
 
     fn scratch(name: &str) -> PathBuf {

@@ -25,7 +25,10 @@ pub use disk::{DataDisk, DiskError};
 pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};
 pub use net::{NetError, http_get};
 pub use qmp::QmpError;
-pub use vm::{Accel, Appliance, Outcome, Vm, VmConfig, VmError, free_port};
+pub use vm::{
+    Accel, Appliance, CPUS_RANGE, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError, free_port,
+    is_pid1_failure, pid1_message,
+};
 
 /// An error and its sources as one line (`a: b: c`), for messages at the edge.
 pub fn error_chain(err: &dyn std::error::Error) -> String {

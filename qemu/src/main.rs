@@ -10,23 +10,38 @@
 //! | 3 | the guest rebooted (QEMU runs with `-no-reboot`, so it stopped) |
 //! | 4 | QEMU failed on its own (non-zero exit) |
 //! | 5 | QEMU exited without a power-off, reboot or panic on the console |
+//! | 6 | PID 1 reported a fatal error (`berth: fatal: ...`) and powered off |
 //! | 130 | stopped from the host: a second Ctrl-C |
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use berth_qemu::{
-    Accel, Appliance, DataDisk, Outcome, Vm, VmConfig, error_chain, measure_boot,
-    measure_guest_boot, median, median_translated_blocks,
+    Accel, Appliance, CPUS_RANGE, DataDisk, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
+    error_chain, is_pid1_failure, measure_boot, measure_guest_boot, median,
+    median_translated_blocks,
 };
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// `eprintln!` that cannot panic: when the terminal went away (stderr
+/// closed or broken) berth-qemu must still handle Ctrl-C and stop QEMU;
+/// a panic in the signal thread would lose both.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(name = "berth-qemu", about = "Boot a berth appliance under QEMU")]
@@ -38,7 +53,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot OUTDIR (vmlinuz + initrd.img) with the serial console on the
-    /// terminal. Ctrl-C once: ACPI power button (QMP system_powerdown);
+    /// terminal. Ctrl-C once: ACPI power button (QMP system_powerdown,
+    /// repeated every 1.5 s until the guest reacts or QEMU exits);
     /// twice: stop QEMU. The exit code tells how the appliance ended.
     Run {
         /// Directory holding vmlinuz and initrd.img (berth-build's OUTDIR)
@@ -50,22 +66,22 @@ enum Cmd {
     /// and unpack it; prints the paths. Reuses a cached extraction.
     FetchKernel {
         /// Cache directory [default: $XDG_CACHE_HOME/berth/kernel or ~/.cache/berth/kernel]
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
     /// Boot OUTDIR several times and print the time from QEMU's start to the
-    /// first console line containing PATTERN (each VM is then stopped).
+    /// first console line containing TEXT (each VM is then stopped).
     BootTime {
         /// Directory holding vmlinuz and initrd.img
         outdir: PathBuf,
-        /// Console text that marks the end of the measured boot
-        #[arg(long)]
+        /// The measured boot ends at the first console line containing TEXT
+        #[arg(long, value_name = "TEXT")]
         until: String,
         /// Number of boots
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        runs: u16,
         /// Give up on one boot after this many seconds
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
         /// Measure guest time instead: QEMU counts one instruction as one
         /// nanosecond of the guest's clock (-icount shift=0,sleep=off), and
@@ -81,17 +97,18 @@ enum Cmd {
 #[derive(Args)]
 struct VmArgs {
     /// Raw ext4 data disk as a virtio-blk device; created and formatted when
-    /// missing (default size 256M; K/M/G/T suffixes)
+    /// missing (default size 256M, at least 4M; K/M/G/T suffixes). Split at
+    /// the last ':' only when a size follows, so a:b.img is a file name
     #[arg(long, value_name = "FILE[:SIZE]")]
     data_disk: Option<DataDisk>,
     /// Forward 127.0.0.1:HOST on this machine to GUEST in the appliance (repeatable)
     #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
     ports: Vec<(u16, u16)>,
-    /// Guest memory in MiB
-    #[arg(long, default_value_t = 512)]
+    /// Guest memory in MB (MiB: 1 MB = 1024 × 1024 bytes), 32 to 1048576
+    #[arg(long, value_name = "MB", default_value_t = 512, value_parser = parse_memory)]
     memory: u32,
-    /// Virtual CPUs
-    #[arg(long, default_value_t = 1)]
+    /// Virtual CPUs, 1 to 255
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     cpus: u32,
     /// Extra kernel command line (after console=ttyS0 panic=-1)
     #[arg(long, value_name = "ARGS", default_value = "")]
@@ -115,6 +132,30 @@ impl VmArgs {
     }
 }
 
+/// A number in `range`, said as `what` in the error.
+fn parse_in_range(
+    s: &str,
+    range: &std::ops::RangeInclusive<u32>,
+    what: &str,
+) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{what} must be a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+fn parse_memory(s: &str) -> Result<u32, String> {
+    parse_in_range(s, &MEMORY_MB_RANGE, "guest memory in MB")
+}
+
+fn parse_cpus(s: &str) -> Result<u32, String> {
+    parse_in_range(s, &CPUS_RANGE, "the number of cpus")
+}
+
 fn parse_port(s: &str) -> Result<(u16, u16), String> {
     let (host, guest) = s
         .split_once(':')
@@ -126,8 +167,45 @@ fn parse_port(s: &str) -> Result<(u16, u16), String> {
     Ok((port(host)?, port(guest)?))
 }
 
+/// Parses the arguments. Help and version go to stdout (exit 0); a usage
+/// error is one line on stderr and exit 1, like every other failure of
+/// berth-qemu itself (clap's own 2 would read as "the guest panicked").
+fn parse_args() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|err| match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        // No subcommand: the help, on stderr.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(1)
+        }
+        _ => {
+            note!("berth-qemu: {}", usage_error(&err));
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// A clap error without its `error: ` tag and `try '--help'` hint: a bad
+/// value is one line.
+fn usage_error(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("For more information"))
+        .collect();
+    let kept = kept.join("\n");
+    let kept = kept.trim();
+    kept.strip_prefix("error: ").unwrap_or(kept).to_string()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Cmd::Run { outdir, vm } => run(outdir, vm.config()),
         Cmd::FetchKernel { dir } => fetch_kernel(dir),
@@ -143,13 +221,13 @@ fn main() -> ExitCode {
             if icount {
                 config.accel = Accel::TcgIcount;
             }
-            boot_time(outdir, &until, runs, timeout, config)
+            boot_time(outdir, &until, usize::from(runs), timeout, config)
         }
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("berth-qemu: {err:#}");
+            note!("berth-qemu: {err:#}");
             ExitCode::from(1)
         }
     }
@@ -157,8 +235,9 @@ fn main() -> ExitCode {
 
 fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let appliance = Appliance::from_dir(&outdir).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    // Registered before QEMU starts, so a Ctrl-C during boot is not lost
-    // (QEMU runs in its own process group and does not see it).
+    // Registered before QEMU starts, so a Ctrl-C during boot reaches us
+    // (QEMU runs in its own process group and does not see it); the press
+    // is then repeated until the guest can hear it (see `press_until_heard`).
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
 
@@ -167,7 +246,7 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(h, g)| format!("127.0.0.1:{h} -> {g}"))
         .collect();
-    eprintln!(
+    note!(
         "berth-qemu: booting {} ({}, {} MiB{}{}); Ctrl-C powers it down, twice stops QEMU",
         outdir.display(),
         if config.accel == Accel::Kvm {
@@ -192,29 +271,7 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
 
     let signal_thread = {
         let vm = Arc::clone(&vm);
-        std::thread::spawn(move || {
-            let mut presses = 0;
-            for _signal in signals.forever() {
-                presses += 1;
-                if presses == 1 {
-                    eprintln!(
-                        "\r\nberth-qemu: asking the appliance to power down (QMP system_powerdown); Ctrl-C again stops QEMU"
-                    );
-                    if let Err(err) = vm.qmp_powerdown() {
-                        eprintln!(
-                            "berth-qemu: power-down request failed: {}",
-                            error_chain(&err)
-                        );
-                    }
-                } else {
-                    eprintln!("\r\nberth-qemu: stopping QEMU");
-                    if vm.qmp_quit().is_err() {
-                        let _ = vm.kill();
-                    }
-                    break;
-                }
-            }
-        })
+        std::thread::spawn(move || handle_signals(&vm, &mut signals))
     };
     spawn_console_input(Arc::downgrade(&vm));
 
@@ -230,38 +287,121 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let _ = std::io::stdout().flush();
     let code = match outcome {
         Outcome::PoweredOff => {
-            eprintln!("berth-qemu: the appliance powered off");
+            note!("berth-qemu: the appliance powered off");
             0
         }
+        Outcome::FailedPowerOff { line } => {
+            note!("berth-qemu: PID 1 reported a fatal error and powered off: {line}");
+            6
+        }
         Outcome::Panicked { line } => {
-            eprintln!("berth-qemu: the guest kernel panicked (PID 1 died or crashed): {line}");
+            note!("berth-qemu: the guest kernel panicked (PID 1 died or crashed): {line}");
             2
         }
         Outcome::Rebooted => {
-            eprintln!(
-                "berth-qemu: the appliance rebooted; QEMU runs with -no-reboot, so it stopped"
+            // berth-init's `on_fatal: reboot` ends here too: say why.
+            let log = vm.serial_log();
+            let fatal = log
+                .lines()
+                .find(|l| is_pid1_failure(l))
+                .map_or(String::new(), |l| {
+                    format!(" after PID 1 reported: {}", l.trim_end_matches('\r'))
+                });
+            note!(
+                "berth-qemu: the appliance rebooted{fatal}; QEMU runs with -no-reboot, so it stopped"
             );
             3
         }
         Outcome::QemuFailed { status } => {
-            eprintln!(
+            note!(
                 "berth-qemu: qemu failed ({status}): {}",
                 vm.qemu_stderr().trim()
             );
             4
         }
         Outcome::Unexplained { status } => {
-            eprintln!(
+            note!(
                 "berth-qemu: qemu exited ({status}) without a power-off, reboot or panic on the console"
             );
             5
         }
         Outcome::StoppedByHost => {
-            eprintln!("berth-qemu: qemu stopped ({status})");
+            note!("berth-qemu: qemu stopped ({status})");
             130
         }
     };
     Ok(ExitCode::from(code))
+}
+
+/// How often the power button is pressed again while the guest shows no
+/// reaction to it.
+const PRESS_INTERVAL: Duration = Duration::from_millis(1500);
+
+/// berth-init's line when the power button reached it (init/src/event_loop.rs
+/// logs `berth: power button pressed: shutting down`).
+const BUTTON_HEARD: &str = "power button pressed";
+
+/// Ctrl-C (or SIGTERM) once: press the power button until the guest hears
+/// it; twice: stop QEMU. Returns when QEMU was stopped or the signals were
+/// closed (QEMU exited), after the presser ended.
+fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
+    let stop_pressing = Arc::new(AtomicBool::new(false));
+    let mut presser: Option<JoinHandle<()>> = None;
+    for _signal in signals.forever() {
+        if presser.is_none() {
+            note!(
+                "\r\nberth-qemu: asking the appliance to power down (QMP system_powerdown); Ctrl-C again stops QEMU"
+            );
+            let vm = Arc::clone(vm);
+            let stop = Arc::clone(&stop_pressing);
+            presser = Some(std::thread::spawn(move || press_until_heard(&vm, &stop)));
+        } else {
+            stop_pressing.store(true, Ordering::SeqCst);
+            note!("\r\nberth-qemu: stopping QEMU");
+            if vm.qmp_quit().is_err() {
+                let _ = vm.kill();
+            }
+            break;
+        }
+    }
+    stop_pressing.store(true, Ordering::SeqCst);
+    if let Some(presser) = presser {
+        let _ = presser.join();
+    }
+}
+
+/// Presses the ACPI power button, and again every [`PRESS_INTERVAL`] until
+/// berth-init logs that it heard it, QEMU exits or `stop` is set. A press
+/// before the guest's button driver is loaded (berth-init loads it in the
+/// background during boot) is lost: the ACPI event has no listener yet.
+/// Presses after berth-init heard one are not needed, and harmless anyway:
+/// a press during its shutdown does not start another.
+fn press_until_heard(vm: &Vm, stop: &AtomicBool) {
+    let mark = vm.serial_mark();
+    let mut presses = 0u32;
+    while !stop.load(Ordering::SeqCst) && !matches!(vm.try_exit(), Ok(Some(_)) | Err(_)) {
+        presses += 1;
+        if presses == 2 {
+            note!(
+                "\r\nberth-qemu: no reaction to the power button yet (its driver may still be loading): pressing it every {:.1} s",
+                PRESS_INTERVAL.as_secs_f64()
+            );
+        }
+        if let Err(err) = vm.qmp_powerdown() {
+            if matches!(vm.try_exit(), Ok(Some(_))) {
+                return;
+            }
+            note!(
+                "\r\nberth-qemu: power-down request failed: {}",
+                error_chain(&err)
+            );
+        }
+        match vm.wait_for_pid1_line_after(mark, BUTTON_HEARD, PRESS_INTERVAL) {
+            Err(VmError::LineTimeout { .. }) => {}
+            // Heard, or the console closed (QEMU exited), or QEMU is gone.
+            _ => return,
+        }
+    }
 }
 
 /// Copies our stdin to the guest's serial console (line by line, as the
@@ -361,5 +501,138 @@ mod tests {
         for bad in ["8080", "0:80", "80:0", "x:80", "70000:80", ":80"] {
             assert!(parse_port(bad).is_err(), "{bad}");
         }
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(["berth-qemu"].iter().chain(args)).map_err(|e| usage_error(&e))
+    }
+
+    fn run_config(args: &[&str]) -> Result<VmConfig, String> {
+        let mut full = vec!["run", "out"];
+        full.extend_from_slice(args);
+        match parse(&full)?.command {
+            Cmd::Run { vm, .. } => Ok(vm.config()),
+            _ => unreachable!("parsed run"),
+        }
+    }
+
+    #[test]
+    fn zero_and_absurd_vm_sizes_are_refused_in_one_line() {
+        for (args, message) in [
+            (
+                ["--memory", "0"],
+                "invalid value '0' for '--memory <MB>': guest memory in MB must be a whole number from 32 to 1048576",
+            ),
+            (
+                ["--memory", "4294967296"],
+                "invalid value '4294967296' for '--memory <MB>': guest memory in MB must be a whole number from 32 to 1048576",
+            ),
+            (
+                ["--memory", "2G"],
+                "invalid value '2G' for '--memory <MB>': guest memory in MB must be a whole number from 32 to 1048576",
+            ),
+            (
+                ["--cpus", "0"],
+                "invalid value '0' for '--cpus <N>': the number of cpus must be a whole number from 1 to 255",
+            ),
+            (
+                ["--cpus", "1000"],
+                "invalid value '1000' for '--cpus <N>': the number of cpus must be a whole number from 1 to 255",
+            ),
+            (
+                ["--data-disk", ":64M"],
+                "invalid value ':64M' for '--data-disk <FILE[:SIZE]>': invalid data disk \":64M\": no file name before the size",
+            ),
+        ] {
+            let err = run_config(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert_eq!(err, message, "{args:?}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        for zero in ["data.img:0", "data.img:"] {
+            assert!(run_config(&["--data-disk", zero]).is_err(), "{zero}");
+        }
+    }
+
+    #[test]
+    fn vm_options_are_parsed() {
+        let config = run_config(&[
+            "--memory",
+            "384",
+            "--cpus",
+            "2",
+            "--data-disk",
+            "a:b.img",
+            "--port",
+            "8080:80",
+        ])
+        .unwrap();
+        assert_eq!(config.memory_mb, 384);
+        assert_eq!(config.cpus, 2);
+        assert_eq!(
+            config.data_disk,
+            Some(DataDisk {
+                path: "a:b.img".into(),
+                size: None
+            })
+        );
+        assert_eq!(config.ports, [(8080, 80)]);
+        let defaults = run_config(&[]).unwrap();
+        assert_eq!((defaults.memory_mb, defaults.cpus), (512, 1));
+        let disk = run_config(&["--data-disk", "a:b.img:64M"])
+            .unwrap()
+            .data_disk;
+        assert_eq!(
+            disk,
+            Some(DataDisk {
+                path: "a:b.img".into(),
+                size: Some(64 << 20)
+            })
+        );
+    }
+
+    #[test]
+    fn boot_time_refuses_zero_runs_and_timeout() {
+        for args in [["--runs", "0"], ["--timeout", "0"]] {
+            let mut full = vec!["boot-time", "out", "--until", "x"];
+            full.extend_from_slice(&args);
+            assert!(parse(&full).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_names_the_values_the_readme_names() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let run = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_help()
+            .to_string();
+        for value in [
+            "--memory <MB>",
+            "--cpus <N>",
+            "--data-disk <FILE[:SIZE]>",
+            "--port <HOST:GUEST>",
+            "--append <ARGS>",
+        ] {
+            assert!(run.contains(value), "{value} not in\n{run}");
+        }
+        let boot_time = cmd
+            .find_subcommand_mut("boot-time")
+            .unwrap()
+            .render_help()
+            .to_string();
+        for value in ["--until <TEXT>", "--runs <N>", "--timeout <SECS>", "TEXT"] {
+            assert!(boot_time.contains(value), "{value} not in\n{boot_time}");
+        }
+        assert!(!boot_time.contains("PATTERN"), "{boot_time}");
+        let fetch = cmd
+            .find_subcommand_mut("fetch-kernel")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(fetch.contains("--dir <DIR>"), "{fetch}");
     }
 }

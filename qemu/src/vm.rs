@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
+use std::ops::RangeInclusive;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -26,6 +27,49 @@ pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 pub const POWER_OFF_MARKER: &str = "reboot: Power down";
 /// `kernel_restart()` prints this; with `-no-reboot` QEMU then exits.
 pub const RESTART_MARKER: &str = "reboot: Restarting system";
+/// What berth-init (init/src/main.rs, supervisor.rs) logs when it fails and
+/// gives up, before powering off or rebooting as its `on_fatal` says:
+/// `[     1.694] berth: fatal: mount data disk ...`.
+pub const FATAL_MARKER: &str = "berth: fatal: ";
+/// What berth-init's panic hook writes straight to the console (no
+/// timestamp) before it powers off or reboots.
+pub const PID1_PANIC_MARKER: &str = "berth: panic: ";
+
+/// The text of one of berth-init's own console lines, after its timestamp
+/// and `berth: `: `[     1.694] berth: fatal: x` gives `fatal: x`. The
+/// timestamp is berth-init's `[seconds.millis] ` or, when it logs through
+/// /dev/kmsg, printk's `[seconds.micros] `. A service's line is
+/// `[stamp] NAME: text` and `berth` is a reserved unit name, so no service
+/// output can look like this; `None` for any other line.
+pub fn pid1_message(line: &str) -> Option<&str> {
+    let line = line.trim_end_matches('\r');
+    let rest = line.strip_prefix('[')?;
+    let (stamp, rest) = rest.split_once("] ")?;
+    let (secs, frac) = stamp.trim_start_matches(' ').split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || !digits(frac) {
+        return None;
+    }
+    rest.strip_prefix("berth: ")
+}
+
+/// Whether a console line is PID 1 reporting that it failed: berth-init's
+/// own `berth: fatal: ` line, or its panic hook's `berth: panic: ` line
+/// (which starts the line: everything else on the console, the kernel's
+/// and the services' lines, starts with a `[timestamp]`).
+pub fn is_pid1_failure(line: &str) -> bool {
+    let line = line.trim_end_matches('\r');
+    line.starts_with(PID1_PANIC_MARKER)
+        || pid1_message(line).is_some_and(|m| m.starts_with("fatal: "))
+}
+
+/// Guest memory a VM may have, in MiB. Below 32 the kernel cannot unpack an
+/// initramfs (and 0 made QEMU silently use its default, 128); above 1 TiB is
+/// beyond the 40 physical address bits of TCG's default CPU.
+pub const MEMORY_MB_RANGE: RangeInclusive<u32> = 32..=1_048_576;
+/// Virtual CPUs a VM may have: above 255 x86 needs x2APIC and interrupt
+/// remapping (an IOMMU), which the machine we build does not have.
+pub const CPUS_RANGE: RangeInclusive<u32> = 1..=255;
 
 /// How long QEMU gets to create its QMP socket before boot gives up.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,6 +151,11 @@ impl Default for VmConfig {
 pub enum Outcome {
     /// The guest powered off (QEMU exits 0).
     PoweredOff,
+    /// PID 1 (berth-init) reported a fatal error (`berth: fatal: ...` or
+    /// `berth: panic: ...`, see [`is_pid1_failure`]) and then powered the
+    /// guest off, as its default `on_fatal: poweroff` says; the first such
+    /// line. A power-off, but not a clean one: the appliance failed.
+    FailedPowerOff { line: String },
     /// The kernel panicked, e.g. because PID 1 died; the panic line.
     Panicked { line: String },
     /// The guest asked for a reboot (or ctrl-alt-del hit a kernel that
@@ -129,6 +178,11 @@ impl Outcome {
             };
         }
         if text.contains(POWER_OFF_MARKER) && status.success() {
+            if let Some(line) = text.lines().find(|l| is_pid1_failure(l)) {
+                return Outcome::FailedPowerOff {
+                    line: line.trim_end_matches('\r').to_string(),
+                };
+            }
             return Outcome::PoweredOff;
         }
         if text.contains(RESTART_MARKER) && status.success() {
@@ -152,6 +206,10 @@ pub enum VmError {
     MissingFile { path: PathBuf },
     #[error("invalid port forward {host}:{guest}: ports must be non-zero")]
     BadPort { host: u16, guest: u16 },
+    #[error("invalid guest memory {memory_mb} MiB: must be {} to {} MiB", MEMORY_MB_RANGE.start(), MEMORY_MB_RANGE.end())]
+    BadMemory { memory_mb: u32 },
+    #[error("invalid number of cpus {cpus}: must be {} to {}", CPUS_RANGE.start(), CPUS_RANGE.end())]
+    BadCpus { cpus: u32 },
     #[error("kvm was requested but /dev/kvm cannot be opened read-write")]
     KvmUnavailable {
         #[source]
@@ -286,6 +344,14 @@ pub fn qemu_args(
         Accel::Tcg => push(&["-accel", "tcg"]),
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::TcgIcount => push(&["-accel", "tcg", "-icount", "shift=0,sleep=off"]),
+    }
+    if !MEMORY_MB_RANGE.contains(&config.memory_mb) {
+        return Err(VmError::BadMemory {
+            memory_mb: config.memory_mb,
+        });
+    }
+    if !CPUS_RANGE.contains(&config.cpus) {
+        return Err(VmError::BadCpus { cpus: config.cpus });
     }
     let memory = config.memory_mb.to_string();
     let cpus = config.cpus.to_string();
@@ -543,7 +609,17 @@ impl Vm {
         pattern: &str,
         timeout: Duration,
     ) -> Result<String, VmError> {
-        match self.console.wait_for_line(mark, pattern, timeout) {
+        let found = self.console.wait_for_line(mark, pattern, timeout);
+        self.line_wait_result(found, pattern, timeout)
+    }
+
+    fn line_wait_result(
+        &self,
+        found: LineWait,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
+        match found {
             LineWait::Found { line, .. } => Ok(line),
             LineWait::TimedOut => Err(VmError::LineTimeout {
                 pattern: pattern.to_string(),
@@ -560,6 +636,24 @@ impl Vm {
                 })
             }
         }
+    }
+
+    /// Waits for one of berth-init's own console lines (see [`pid1_message`])
+    /// whose text after `berth: ` starts with `prefix`, from `mark` on (a
+    /// value of [`Vm::serial_mark`]); returns the line. A service printing
+    /// the same words does not count.
+    pub fn wait_for_pid1_line_after(
+        &self,
+        mark: usize,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
+        let found = self.console.wait_for_line_where(
+            mark,
+            |line| pid1_message(line).is_some_and(|m| m.starts_with(prefix)),
+            timeout,
+        );
+        self.line_wait_result(found, &format!("berth: {prefix}"), timeout)
     }
 
     /// Writes bytes to the guest's serial console input.
@@ -912,6 +1006,43 @@ mod tests {
     }
 
     #[test]
+    fn zero_or_absurd_memory_and_cpus_are_refused() {
+        let args = |memory_mb, cpus| {
+            qemu_args(
+                &appliance(),
+                &VmConfig {
+                    memory_mb,
+                    cpus,
+                    ..VmConfig::default()
+                },
+                Path::new("/q"),
+            )
+        };
+        for memory_mb in [0, 31, 1_048_577, u32::MAX] {
+            let err = args(memory_mb, 1).unwrap_err();
+            assert!(
+                matches!(err, VmError::BadMemory { memory_mb: m } if m == memory_mb),
+                "{err}"
+            );
+        }
+        for cpus in [0, 256, u32::MAX] {
+            let err = args(512, cpus).unwrap_err();
+            assert!(
+                matches!(err, VmError::BadCpus { cpus: c } if c == cpus),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            args(0, 1).unwrap_err().to_string(),
+            "invalid guest memory 0 MiB: must be 32 to 1048576 MiB"
+        );
+        let ok = args(32, 255).unwrap();
+        let ok: Vec<String> = ok.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(value_of(&ok, "-m"), ["32"]);
+        assert_eq!(value_of(&ok, "-smp"), ["255"]);
+    }
+
+    #[test]
     fn missing_appliance_files_are_reported() {
         let err = Appliance::from_dir(Path::new("/nonexistent/berth-out")).unwrap_err();
         assert!(
@@ -966,6 +1097,77 @@ mod tests {
         assert_eq!(
             Outcome::classify(&log("booting\r\n"), status(0), false),
             Outcome::Unexplained { status: status(0) }
+        );
+    }
+
+    #[test]
+    fn pid1_lines_are_told_from_service_and_kernel_lines() {
+        assert_eq!(
+            pid1_message("[     1.694] berth: fatal: mount /data: ENOENT\r"),
+            Some("fatal: mount /data: ENOENT")
+        );
+        // Through /dev/kmsg, printk's stamp; a long uptime widens berth's.
+        assert_eq!(pid1_message("[    1.616105] berth: ready"), Some("ready"));
+        assert_eq!(pid1_message("[123456.000] berth: x"), Some("x"));
+        for other in [
+            "[     1.694] web: berth: fatal: fake",
+            "[     1.694] berthx: fatal: x",
+            "berth: fatal: no stamp",
+            "x[     1.694] berth: fatal: x",
+            "[     1.694]berth: fatal: x",
+            "[      .694] berth: fatal: x",
+            "[     1.] berth: fatal: x",
+            "[   1a.694] berth: fatal: x",
+            "[     1.694 berth: fatal: x",
+            "",
+        ] {
+            assert_eq!(pid1_message(other), None, "{other:?}");
+        }
+        assert!(is_pid1_failure(
+            "[     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT"
+        ));
+        assert!(is_pid1_failure(
+            "berth: panic: panicked at init/src/main.rs:1:1:\r"
+        ));
+        for not in [
+            "[     1.694] berth: powering off",
+            "[     1.694] web: berth: fatal: fake",
+            "[     1.694] web: berth: panic: fake",
+            "[     1.694] berth: service web: fatal: no",
+            "  berth: panic: indented",
+        ] {
+            assert!(!is_pid1_failure(not), "{not:?}");
+        }
+    }
+
+    #[test]
+    fn a_power_off_after_a_fatal_error_is_a_failure() {
+        let fatal = "[     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT";
+        let console = format!(
+            "[ 1.0] Run /init\r\n{fatal}\r\n[     1.700] berth: powering off\r\n[ 1.8] reboot: Power down\r\n"
+        );
+        assert_eq!(
+            Outcome::classify(&log(&console), status(0), false),
+            Outcome::FailedPowerOff { line: fatal.into() }
+        );
+        // A service cannot fake it: its lines carry its name.
+        let faked = "[     1.0] web: berth: fatal: not really\r\n[     1.1] web: [     1.694] berth: fatal: x\r\n[ 2.0] reboot: Power down\r\n";
+        assert_eq!(
+            Outcome::classify(&log(faked), status(0), false),
+            Outcome::PoweredOff
+        );
+        // on_fatal: reboot stays a reboot; a host stop stays one.
+        assert_eq!(
+            Outcome::classify(
+                &log(&format!("{fatal}\r\n[ 2.0] reboot: Restarting system\r\n")),
+                status(0),
+                false
+            ),
+            Outcome::Rebooted
+        );
+        assert_eq!(
+            Outcome::classify(&log(&format!("{fatal}\r\n")), status(0), true),
+            Outcome::StoppedByHost
         );
     }
 

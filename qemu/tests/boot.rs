@@ -41,6 +41,34 @@ fn floor_initramfs_boots_and_powers_off() {
 }
 
 #[test]
+fn power_off_after_pid1_fatal_error_is_a_failed_power_off() {
+    // berth-init's lines when its boot fails with `on_fatal: poweroff`; a
+    // service's line with the same words comes first and does not count.
+    let init = r#"#!/bin/busybox sh
+echo '[     1.600] web: [     1.600] berth: fatal: a service says so'
+echo '[     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT'
+echo '[     1.695] berth: powering off'
+/bin/busybox poweroff -f
+"#;
+    let appliance = floor_appliance("fatal-poweroff", init, &[]);
+    let vm = Vm::boot(&appliance, &VmConfig::default()).expect("boot");
+    let fatal = ok(&vm, vm.wait_for_pid1_line_after(0, "fatal: ", TIMEOUT));
+    assert!(
+        fatal.starts_with("[     1.694] berth: fatal: mount data disk"),
+        "{fatal}"
+    );
+    let status = ok(&vm, vm.wait_exit(TIMEOUT));
+    assert!(status.success(), "qemu exited with {status}");
+    assert_eq!(
+        ended(&vm),
+        Outcome::FailedPowerOff {
+            line: "[     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT"
+                .into()
+        }
+    );
+}
+
+#[test]
 fn dead_pid1_is_reported_as_a_panic() {
     let init = "#!/bin/busybox sh\necho 'berth-floor: exiting on purpose'\nexit 3\n";
     let appliance = floor_appliance("dead-pid1", init, &[]);

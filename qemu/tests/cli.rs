@@ -60,6 +60,27 @@ impl Cli {
         }
     }
 
+    /// Like `run`, with stderr a pipe whose reading end is closed: every
+    /// write berth-qemu makes to it fails (EPIPE), as when its terminal
+    /// went away.
+    fn run_with_stderr_gone(outdir: &std::path::Path) -> Cli {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(outdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        drop(child.stderr.take());
+        Cli {
+            child,
+            stdout,
+            stderr: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
     fn dump(&self) -> String {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -109,9 +130,25 @@ impl Cli {
     }
 }
 
+/// A test that fails half-way must not leave its berth-qemu (and with it,
+/// through the parent-death signal, its QEMU) running.
+impl Drop for Cli {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // Its run directory (the QMP socket's), which it had no chance to remove.
+            let run_dir = std::env::temp_dir().join(format!("berth-qemu-{}-0", self.child.id()));
+            let _ = std::fs::remove_dir_all(run_dir);
+        }
+    }
+}
+
 #[test]
 fn run_exits_0_after_a_clean_power_off() {
-    let init = "#!/bin/busybox sh\necho 'berth-floor: bye'\n/bin/busybox poweroff -f\n";
+    // A service's output, prefixed with its unit name, cannot pass for
+    // PID 1's fatal error.
+    let init = "#!/bin/busybox sh\necho '[     1.100] web: berth: fatal: only words'\necho 'berth-floor: bye'\n/bin/busybox poweroff -f\n";
     let appliance = floor_appliance("cli-poweroff", init, &[]);
     let cli = Cli::run(appliance.initrd.parent().unwrap());
     let (code, out) = cli.finish();
@@ -119,6 +156,45 @@ fn run_exits_0_after_a_clean_power_off() {
     assert!(out.contains("berth-floor: bye"), "{out}");
     assert!(
         out.contains("berth-qemu: the appliance powered off"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_exits_6_when_pid1_reports_a_fatal_error_and_powers_off() {
+    // What berth-init does with its default `on_fatal: poweroff` when the
+    // boot fails (e.g. the demo without its data disk): a `berth: fatal:`
+    // line, then an orderly power-off.
+    let init = r#"#!/bin/busybox sh
+echo '[     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT'
+echo '[     1.695] berth: powering off'
+/bin/busybox poweroff -f
+"#;
+    let appliance = floor_appliance("cli-fatal", init, &[]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    let (code, out) = cli.finish();
+    assert_eq!(code, 6, "{out}");
+    assert!(
+        out.contains("berth-qemu: PID 1 reported a fatal error and powered off: [     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT"),
+        "{out}"
+    );
+    assert!(!out.contains("the appliance powered off"), "{out}");
+}
+
+#[test]
+fn run_exits_3_and_names_the_fatal_error_when_pid1_reboots() {
+    // berth-init with `on_fatal: reboot`; -no-reboot makes QEMU exit.
+    let init = r#"#!/bin/busybox sh
+echo '[     1.694] berth: fatal: boot task t1 failed: exit status 1'
+echo '[     1.695] berth: rebooting'
+/bin/busybox reboot -f
+"#;
+    let appliance = floor_appliance("cli-fatal-reboot", init, &[]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    let (code, out) = cli.finish();
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("berth-qemu: the appliance rebooted after PID 1 reported: [     1.694] berth: fatal: boot task t1 failed: exit status 1; QEMU runs with -no-reboot"),
         "{out}"
     );
 }
@@ -151,6 +227,83 @@ fn first_ctrl_c_presses_the_power_button() {
 }
 
 #[test]
+fn ctrl_c_during_boot_is_repeated_until_the_guest_hears_it() {
+    // The button's driver comes late, as with berth-init, which loads it in
+    // the background: a press before that has no listener and is lost.
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox sleep 2\n{INIT_PROLOGUE}{POWER_BUTTON_THEN_POWEROFF}"
+    );
+    let appliance = floor_appliance("cli-ctrl-c-early", &init, &["button", "evdev"]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("Run /init");
+    cli.interrupt();
+    assert!(
+        !cli.stdout
+            .lock()
+            .unwrap()
+            .contains("berth-floor: waiting for the power button"),
+        "pressed too late to test anything\n{}",
+        cli.dump()
+    );
+    cli.wait_stdout("berth-floor: power button pressed");
+    let (code, out) = cli.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("berth-qemu: the appliance powered off"),
+        "{out}"
+    );
+    assert!(out.contains("no reaction to the power button yet"), "{out}");
+}
+
+#[test]
+fn run_refuses_nonsense_values_before_starting_qemu() {
+    // A stand-in OUTDIR: were QEMU started, it would fail on these files.
+    let dir = common::scratch("cli-nonsense");
+    std::fs::write(dir.join("vmlinuz"), b"").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    for (option, value, message) in [
+        (
+            "--memory",
+            "0",
+            "guest memory in MB must be a whole number from 32 to 1048576",
+        ),
+        (
+            "--cpus",
+            "0",
+            "the number of cpus must be a whole number from 1 to 255",
+        ),
+        ("--data-disk", ":64M", "no file name before the size"),
+        (
+            "--data-disk",
+            "data.img:0",
+            "invalid data disk size 0 for data.img",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("run")
+            .arg(&dir)
+            .args([option, value])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{option} {value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{option} {value}: {stderr}");
+        assert!(
+            stderr.starts_with("berth-qemu: invalid value") && stderr.contains(message),
+            "{option} {value}: {stderr}"
+        );
+        assert!(!stderr.contains("booting"), "{stderr}");
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["initrd.img", "vmlinuz"], "no disk was created");
+}
+
+#[test]
 fn second_ctrl_c_stops_qemu() {
     // This init ignores the power button: only the second Ctrl-C ends it.
     let init =
@@ -177,6 +330,25 @@ fn second_ctrl_c_stops_qemu() {
     let (code, out) = cli.finish();
     assert_eq!(code, 130, "{out}");
     assert!(out.contains("berth-qemu: stopping QEMU"), "{out}");
+}
+
+/// Its messages cannot be written (the terminal went away): Ctrl-C still
+/// works, twice stops QEMU (writing them used to panic the signal thread,
+/// and Ctrl-C did nothing any more).
+#[test]
+fn ctrl_c_works_when_stderr_is_gone() {
+    let init =
+        "#!/bin/busybox sh\necho 'berth-floor: idle'\nwhile true; do /bin/busybox sleep 1; done\n";
+    let appliance = floor_appliance("cli-no-stderr", init, &[]);
+    let cli = Cli::run_with_stderr_gone(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: idle");
+    cli.interrupt();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    cli.interrupt();
+    let marker = appliance.initrd.display().to_string();
+    let (code, out) = cli.finish();
+    assert_eq!(code, 130, "{out}");
+    assert!(qemu_processes(&marker).is_empty(), "QEMU left running");
 }
 
 /// Pids of the QEMU processes whose command line names `marker`.

@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use berth_init::modules::module_name;
 
@@ -27,23 +28,18 @@ pub enum KernelError {
         source: std::io::Error,
     },
     #[error("unpack kernel package {path}: dpkg -x failed: {stderr}")]
+    /// `stderr` is dpkg's message on one line.
     DpkgFailed { path: PathBuf, stderr: String },
-    #[error(
-        "kernel {path}: no lib/modules/<release> directory (expected an unpacked linux-image package)"
-    )]
-    NoModulesDir { path: PathBuf },
-    #[error("{count} releases under {path}/lib/modules ({releases}); give a tree with one")]
-    ManyReleases {
-        path: PathBuf,
-        count: usize,
-        releases: String,
-    },
-    #[error("missing {what} in {path}")]
-    Missing { path: PathBuf, what: String },
-    #[error(
-        "kernel {path}: CONFIG_RD_ZSTD is not y in {config}: it cannot unpack a zstd initramfs"
-    )]
-    NoZstd { path: PathBuf, config: PathBuf },
+    // The tree's own problems name paths inside it: the caller names the
+    // tree (or the package it was unpacked from into a temporary place).
+    #[error("no lib/modules/<release> directory (not a linux-image package or its unpacked tree)")]
+    NoModulesDir,
+    #[error("{count} releases under lib/modules ({releases}); give a tree with one")]
+    ManyReleases { count: usize, releases: String },
+    #[error("missing {what}")]
+    Missing { what: String },
+    #[error("CONFIG_RD_ZSTD is not y in {config}: it cannot unpack a zstd initramfs")]
+    NoZstd { config: String },
     #[error("read {path}")]
     Read {
         path: PathBuf,
@@ -77,21 +73,38 @@ pub struct KernelTree {
     pub builtin_text: String,
 }
 
-/// Unpacks `deb` into `dest` with `dpkg -x`.
+/// Unpacks `deb` into `dest` with `dpkg -x`, in a process group of its
+/// own that an interrupted build kills (dpkg runs dpkg-deb and tar, which
+/// would go on writing into the temporary directory being removed).
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), KernelError> {
-    let out = Command::new("dpkg")
+    let dpkg_err = |source| KernelError::Dpkg {
+        path: deb.to_owned(),
+        source,
+    };
+    let child = Command::new("dpkg")
         .arg("-x")
         .arg(deb)
         .arg(dest)
-        .output()
-        .map_err(|source| KernelError::Dpkg {
-            path: deb.to_owned(),
-            source,
-        })?;
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(dpkg_err)?;
+    let group = child.id();
+    crate::interrupt::register_group(group);
+    let out = child.wait_with_output();
+    crate::interrupt::unregister_group(group);
+    let out = out.map_err(dpkg_err)?;
     if !out.status.success() {
         return Err(KernelError::DpkgFailed {
             path: deb.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     Ok(())
@@ -105,9 +118,7 @@ impl KernelTree {
             .iter()
             .map(|p| root.join(p))
             .find(|p| p.is_dir())
-            .ok_or_else(|| KernelError::NoModulesDir {
-                path: root.to_owned(),
-            })?;
+            .ok_or(KernelError::NoModulesDir)?;
         let mut releases: Vec<String> = fs::read_dir(&lib)
             .map_err(|source| KernelError::Read {
                 path: lib.clone(),
@@ -120,23 +131,15 @@ impl KernelTree {
         releases.sort();
         let release = match releases.as_slice() {
             [one] => one.clone(),
-            [] => {
-                return Err(KernelError::NoModulesDir {
-                    path: root.to_owned(),
-                });
-            }
+            [] => return Err(KernelError::NoModulesDir),
             many => {
                 return Err(KernelError::ManyReleases {
-                    path: root.to_owned(),
                     count: many.len(),
                     releases: many.join(", "),
                 });
             }
         };
-        let missing = |what: String| KernelError::Missing {
-            path: root.to_owned(),
-            what,
-        };
+        let missing = |what: String| KernelError::Missing { what };
         let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
         if !vmlinuz.is_file() {
             return Err(missing(format!("boot/vmlinuz-{release}")));
@@ -148,8 +151,7 @@ impl KernelTree {
         // (it would panic at boot with "no working init found").
         if !config_text.lines().any(|l| l.trim() == "CONFIG_RD_ZSTD=y") {
             return Err(KernelError::NoZstd {
-                path: root.to_owned(),
-                config,
+                config: format!("boot/config-{release}"),
             });
         }
         let modules_dir = lib.join(&release);

@@ -74,7 +74,7 @@ use serde_json::Value;
 
 use berth_init::manifest::{Program, Source};
 
-use crate::args::Args;
+use crate::args::{Args, ArgsError};
 use cpio::{CpioError, Entry, Kind, Tree};
 use kernel::{KernelError, KernelTree};
 use layout::{ImageSummary, LayoutError, LayoutWriter};
@@ -198,6 +198,9 @@ pub fn default_init() -> PathBuf {
 
 pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
     // `-o` is the one short option; the shared parser knows long ones only.
+    if argv.last().is_some_and(|a| a == "-o") {
+        return Err(ArgsError::MissingValue("-o".into()).into());
+    }
     let argv: Vec<String> = argv
         .iter()
         .map(|a| {
@@ -320,6 +323,13 @@ pub fn prepare(
         }
     }
     images.sort();
+    // Field names and types, checked on the file as written (the full
+    // check below runs on the manifest as it goes into the appliance,
+    // whose line and column would not be the user's).
+    berth_init::manifest::check_shape(bytes).map_err(|source| BuildError::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut bundles = Vec::new();
     for kind in ["tasks", "services"] {
         let Some(list) = obj.get_mut(kind).and_then(Value::as_array_mut) else {
@@ -439,18 +449,47 @@ fn append_modules(list: &mut Vec<Value>, extra: Vec<String>, has_module: &dyn Fn
     }
 }
 
-/// Removes the temporary directory unless the build got to the end.
+/// Removes the temporary directory unless the build got to the end, and
+/// the directories above it that the build made (`-o a/b/out` with no
+/// `a`), so a failed build leaves nothing.
 struct TempDir {
     path: PathBuf,
     keep: bool,
+    /// The highest directory that did not exist before the build.
+    made: Option<PathBuf>,
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         if !self.keep {
             let _ = fs::remove_dir_all(&self.path);
+            if let Some(top) = &self.made {
+                // Deepest first; one that is not empty stays.
+                let mut dir = self.path.parent();
+                while let Some(d) = dir {
+                    if fs::remove_dir(d).is_err() || d == top {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
         }
+        crate::interrupt::unregister(&self.path);
     }
+}
+
+/// The highest ancestor of `dir` (or `dir` itself) that does not exist.
+fn first_missing(dir: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing = Some(d.to_owned());
+        cur = d.parent();
+    }
+    missing
 }
 
 /// Runs a whole build.
@@ -485,10 +524,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    crate::interrupt::remove_stale(&parent, &out_name);
     let tmp = TempDir {
         path: parent.join(format!(".{out_name}.berth-build-{}", std::process::id())),
         keep: false,
+        made: first_missing(&parent),
     };
+    crate::interrupt::register(&tmp.path);
     let _ = fs::remove_dir_all(&tmp.path);
     fs::create_dir_all(&tmp.path).map_err(out_err(&tmp.path))?;
     let work = tmp.path.join("work");
@@ -699,6 +741,13 @@ fn check_replaceable(out: &Path) -> Result<(), BuildError> {
             });
         }
     };
+    if meta.is_symlink() {
+        // The output is moved into place with rename(2), which would
+        // replace the link, not what it points to.
+        return Err(refuse(
+            "is a symbolic link: give the directory it points to".into(),
+        ));
+    }
     if !meta.is_dir() {
         return Err(refuse("exists and is not a directory".into()));
     }
@@ -740,8 +789,11 @@ fn read_static_init(path: &Path) -> Result<Vec<u8>, BuildError> {
     }
 }
 
-/// Adds the tree at `host` under `archive`: sorted, types, modes, and
-/// (when `keep_owner`) owners kept; hardlinks become copies.
+/// Adds the tree at `host` under `archive`, sorted, types kept; hardlinks
+/// become copies. With `keep_owner` (a bundle's root filesystem) modes and
+/// owners are kept; without (what the build wrote itself, the image
+/// layout) entries are root's with 0755 for directories and 0644 for
+/// files, so the bytes do not depend on the umask the build ran under.
 fn add_host_tree(
     tree: &mut Tree,
     host: &Path,
@@ -810,9 +862,14 @@ fn host_entry(path: &Path, meta: &fs::Metadata, keep_owner: bool) -> std::io::Re
     } else {
         (0, 0)
     };
+    let perm = match (keep_owner, &kind) {
+        (true, _) => meta.mode() & 0o7777,
+        (false, Kind::Dir) => 0o755,
+        (false, _) => 0o644,
+    };
     Ok(Entry {
         kind,
-        perm: meta.mode() & 0o7777,
+        perm,
         uid,
         gid,
     })

@@ -63,6 +63,15 @@ fn invalid_manifests_are_refused_at_build_time() {
                 "restart": {"backoff": {"initial": "soon"}}}]}"#,
             "services.a.restart.backoff.initial",
         ),
+        // Line and column are those of the file as written.
+        (
+            "{\n  \"version\": 1,\n  \"images\": {},\n\n  \"servics\": []\n}",
+            "unknown field `servics`, expected one of `version`, `images`, ",
+        ),
+        (
+            "{\n  \"version\": 1,\n  \"images\": {},\n\n  \"servics\": []\n}",
+            "at line 5 column 11",
+        ),
     ] {
         let err = prep(json).unwrap_err();
         let text = crate::report(&err);
@@ -190,5 +199,78 @@ fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
     let text = crate::report(&err);
     assert!(text.contains("bundle") && text.contains("of web"), "{text}");
     assert!(text.contains("\"myroot\" is not a directory"), "{text}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The image layout the build writes goes in as root's 0755/0644 whatever
+/// the umask made of it on disk (`umask 077` gave 0700/0600 and other
+/// bytes); a bundle's root keeps its modes.
+#[test]
+fn written_trees_do_not_depend_on_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("berth-build-umask-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    fs::write(dir.join("blobs/sha256/abc"), b"blob").unwrap();
+    fs::write(dir.join("tool"), b"tool").unwrap();
+    for (path, mode) in [("", 0o700), ("blobs", 0o700), ("blobs/sha256", 0o700)] {
+        fs::set_permissions(dir.join(path), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::set_permissions(
+        dir.join("blobs/sha256/abc"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(dir.join("tool"), fs::Permissions::from_mode(0o4750)).unwrap();
+    let mut written = Tree::default();
+    add_host_tree(&mut written, &dir, "layout", false).unwrap();
+    let perm = |t: &Tree, p: &str| t.get(p).unwrap().perm;
+    assert_eq!(perm(&written, "layout"), 0o755);
+    assert_eq!(perm(&written, "layout/blobs/sha256"), 0o755);
+    assert_eq!(perm(&written, "layout/blobs/sha256/abc"), 0o644);
+    let mut copied = Tree::default();
+    add_host_tree(&mut copied, &dir, "rootfs", true).unwrap();
+    assert_eq!(perm(&copied, "rootfs/blobs"), 0o700);
+    assert_eq!(perm(&copied, "rootfs/tool"), 0o4750);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A failed build removes the directories it made above OUTDIR and keeps
+/// the ones that were there.
+#[test]
+fn a_failed_build_removes_the_parents_it_made() {
+    let dir = std::env::temp_dir().join(format!("berth-build-parents-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("kept")).unwrap();
+    let parent = dir.join("kept/a/b");
+    assert_eq!(first_missing(&parent), Some(dir.join("kept/a")));
+    assert_eq!(first_missing(&dir), None);
+    let tmp = TempDir {
+        path: parent.join(".out.berth-build-1"),
+        keep: false,
+        made: first_missing(&parent),
+    };
+    fs::create_dir_all(tmp.path.join("work")).unwrap();
+    drop(tmp);
+    assert!(!dir.join("kept/a").exists());
+    assert!(dir.join("kept").is_dir());
+    // A directory that holds something else meanwhile stays.
+    fs::create_dir_all(dir.join("kept/a/other")).unwrap();
+    let tmp = TempDir {
+        path: dir.join("kept/a/b/.out.berth-build-1"),
+        keep: false,
+        made: Some(dir.join("kept/a")),
+    };
+    fs::create_dir_all(&tmp.path).unwrap();
+    drop(tmp);
+    assert!(!dir.join("kept/a/b").exists());
+    assert!(dir.join("kept/a/other").is_dir());
+    // -o naming a link to a previous output is refused, not replaced.
+    std::os::unix::fs::symlink(dir.join("kept"), dir.join("link")).unwrap();
+    let text = crate::report(&check_replaceable(&dir.join("link")).unwrap_err());
+    assert!(
+        text.ends_with("is a symbolic link: give the directory it points to"),
+        "{text}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }

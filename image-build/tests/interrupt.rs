@@ -1,0 +1,72 @@
+//! An interrupted `berth-build build` leaves nothing behind: Ctrl-C
+//! (SIGINT) while dpkg unpacks the kernel package kills dpkg and removes
+//! the build's temporary directory; a build removes the temporary
+//! directories that dead builds left next to its OUTDIR.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kernel, require_root, scratch, static_init};
+
+#[test]
+fn an_interrupted_build_removes_its_temporary_directory() {
+    require_root();
+    let dir = scratch("interrupt");
+    let manifest = dir.join("manifest.json");
+    fs::write(&manifest, r#"{"version": 1}"#).unwrap();
+    // Left by builds that were killed outright: PIDs that cannot exist
+    // (above the kernel's pid_max of 2^22). One of a live process stays.
+    let stale = dir.join(".out.berth-build-4294967295");
+    let stale_old = dir.join(".out.berth-build-old-4294967294");
+    let live = dir.join(format!(".out.berth-build-{}", std::process::id()));
+    for d in [&stale, &stale_old, &live] {
+        fs::create_dir_all(d.join("work")).unwrap();
+    }
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_berth-build"))
+        .arg("build")
+        .arg(&manifest)
+        .arg("-o")
+        .arg(&out)
+        .arg("--kernel")
+        .arg(&kernel().deb)
+        .arg("--init")
+        .arg(static_init())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp = dir.join(format!(".out.berth-build-{}", child.id()));
+    // Wait until dpkg is writing the kernel package into it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !temp.join("work/kernel/boot").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the build never unpacked the kernel into {}",
+            temp.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !stale.exists() && !stale_old.exists(),
+        "stale directories kept"
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let result = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(130), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("berth-build: interrupted; removed {}", temp.display())
+    );
+    // dpkg and its tar were killed too: nothing brings the directory back.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!temp.exists(), "{} left behind", temp.display());
+    assert!(!out.exists());
+    assert!(live.exists(), "the directory of a live process was removed");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -867,7 +867,21 @@ pub fn read_entry<R: Read>(
     let uid = rfs::Uid::from_raw(id_of(&path, "uid", uid)?);
     let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
 
-    let (mut times, xattrs) = times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
+    let pax = times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
+    if pax.sparse {
+        // GNU tar's PAX sparse formats (0.0, 0.1, 1.0) keep the real name
+        // and size in `GNU.sparse.*` records and a map of holes in the
+        // data: unpacked as a plain file this gives
+        // `GNUSparseFile.PID/NAME` holding the map, not the file. Refused,
+        // as the GNU sparse entry type is.
+        return Err(ApplyError::UnsupportedType {
+            path: show(&path),
+            kind: "sparse file (PAX GNU.sparse.*)".into(),
+        });
+    }
+    let PaxFacts {
+        mut times, xattrs, ..
+    } = pax;
     if times.last_modification.tv_sec < 0 {
         times.last_modification = Timespec {
             tv_sec: 0,
@@ -1063,23 +1077,31 @@ fn skip_xattrs(st: &mut LayerState, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) 
     }
 }
 
-/// The entry's times (PAX `mtime` with its fraction if present) and xattrs
-/// (PAX `SCHILY.xattr.*`).
-#[allow(clippy::type_complexity)]
-fn times_and_xattrs<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    mtime: u64,
-) -> io::Result<(Timestamps, Vec<(Vec<u8>, Vec<u8>)>)> {
+/// What an entry's PAX records say.
+struct PaxFacts {
+    times: Timestamps,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A `GNU.sparse.*` record: the entry is a sparse file in one of GNU
+    /// tar's PAX sparse formats.
+    sparse: bool,
+}
+
+/// The entry's times (PAX `mtime` with its fraction if present), xattrs
+/// (PAX `SCHILY.xattr.*`) and whether it is a PAX sparse file.
+fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::Result<PaxFacts> {
     let mut ts = Timespec {
         tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
     let mut xattrs = Vec::new();
+    let mut sparse = false;
     if let Some(exts) = entry.pax_extensions()? {
         for ext in exts {
             let ext = ext?;
             let key = ext.key_bytes();
-            if key == b"mtime" {
+            if key.starts_with(b"GNU.sparse.") {
+                sparse = true;
+            } else if key == b"mtime" {
                 if let Some(t) = parse_pax_time(ext.value_bytes()) {
                     ts = t;
                 }
@@ -1088,13 +1110,14 @@ fn times_and_xattrs<R: Read>(
             }
         }
     }
-    Ok((
-        Timestamps {
+    Ok(PaxFacts {
+        times: Timestamps {
             last_access: ts,
             last_modification: ts,
         },
         xattrs,
-    ))
+        sparse,
+    })
 }
 
 /// Parses a PAX time: decimal seconds with an optional fraction.

@@ -639,6 +639,21 @@ fn refused_entries() {
     ] {
         assert!(w.apply(&[entries]).is_err(), "{name} accepted");
     }
+    // A sparse file as GNU tar writes it in PAX format 1.0: a plain file
+    // named GNUSparseFile.PID/NAME that starts with the map of its data.
+    // Taken for what it claims to be, it would unpack as the map under
+    // that name; it is refused like the GNU sparse type.
+    let pax_sparse = E::file("GNUSparseFile.0/sp", b"1\n0\n512\n")
+        .pax("GNU.sparse.major", "1")
+        .pax("GNU.sparse.minor", "0")
+        .pax("GNU.sparse.name", "sp")
+        .pax("GNU.sparse.realsize", "10485760");
+    let err = w.apply(&[vec![pax_sparse]]).unwrap_err().to_string();
+    assert!(
+        err.contains("unsupported entry type sparse file (PAX GNU.sparse.*)"),
+        "{err}"
+    );
+    assert!(!w.root().join("GNUSparseFile.0").exists());
     // Truncated archive: the tar is cut in the middle of a file.
     let mut bytes = tar(&[truncated]);
     bytes.truncate(1024);

@@ -12,7 +12,7 @@ pub enum ArgsError {
     MissingValue(String),
     #[error("option {0} takes no value")]
     UnexpectedValue(String),
-    #[error("expected {expected} arguments ({usage}), got {got}")]
+    #[error("expected {expected} argument{} ({usage}), got {got}", if *.expected == 1 { "" } else { "s" })]
     Count {
         expected: usize,
         got: usize,

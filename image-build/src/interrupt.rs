@@ -8,9 +8,20 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// Set once a signal is being handled: the build's own errors from then
+/// on (dpkg killed under it, files removed under it) are not reported.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the build is being interrupted (the process is about to exit
+/// with 128 + the signal).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// Temporary directories to remove on a signal.
 static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -25,6 +36,7 @@ pub fn install() -> std::io::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 kill_groups();
                 let removed = remove_registered();
                 let what = match sig {

@@ -108,6 +108,14 @@ fn main() -> ExitCode {
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if interrupt::interrupted() => {
+            // The failure is the interruption's doing (dpkg killed, the
+            // temporary directory removed): the signal thread reports it
+            // and ends the process.
+            loop {
+                std::thread::park();
+            }
+        }
         Err(e) => {
             let hint = if cmd != "build" && wrong_platform(e.as_ref()) {
                 " (choose with --platform)"

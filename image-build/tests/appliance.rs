@@ -812,8 +812,19 @@ fn host_unit_programs_must_be_in_the_initramfs() {
         err.contains("task mk: host units run programs from PID 1's own root, the initramfs"),
         "{err}"
     );
-    assert!(err.contains("/bin/busybox"), "{err}");
+    assert!(err.contains("where /bin/busybox is not found"), "{err}");
     assert!(err.contains("image unit"), "{err}");
+    // There, but not a program: the manifest, a directory.
+    for path in ["/etc/berth/manifest.json", "/berth"] {
+        write(&format!(
+            r#"{{"name": "mk", "host": true, "command": ["{path}"]}}"#
+        ));
+        let err = one_line_err(&manifest, &out);
+        assert!(
+            err.contains(&format!("where {path} is not an executable file")),
+            "{err}"
+        );
+    }
     // A bare name is looked up in PATH, as posix_spawnp does.
     write(r#"{"name": "mk", "host": true, "command": ["mkdir", "-p", "/data/db"]}"#);
     let err = one_line_err(&manifest, &out);

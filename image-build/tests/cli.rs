@@ -276,7 +276,10 @@ fn errors_are_one_line_and_nonzero() {
             ],
             "image is for linux/amd64, not linux/arm64 (choose with --platform)",
         ),
-        (vec!["inspect".into()], "expected 1 arguments"),
+        (
+            vec!["inspect".into()],
+            "expected 1 argument (IMAGE_REF), got 0",
+        ),
         (
             vec!["inspect".into(), image.clone(), "--bogus".into()],
             "unknown option --bogus",

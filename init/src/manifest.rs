@@ -647,6 +647,12 @@ pub fn parse(bytes: &[u8], images: &[String]) -> Result<Manifest, ManifestError>
     validate(parse_raw(bytes)?, images)
 }
 
+/// The text after a UTF-8 byte order mark, which some editors write and
+/// JSON parsers refuse ("expected value at line 1 column 1").
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 /// Checks the JSON's shape only (syntax, field names, types), as `parse`
 /// does first: berth-build runs it on the file as written, so a problem's
 /// line and column are the user's.
@@ -655,7 +661,7 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), ManifestError> {
 }
 
 fn parse_raw(bytes: &[u8]) -> Result<raw::Manifest, ManifestError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let de = &mut serde_json::Deserializer::from_slice(without_bom(bytes));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let location = e.path().to_string();
         let inner = e.into_inner();
@@ -1671,6 +1677,12 @@ mod tests {
         ] {
             assert!(text.contains(missing), "{missing} not in {text}");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let m = parse(b"\xEF\xBB\xBF{\"version\":1,\"hostname\":\"bom\"}", &[]).unwrap();
+        assert_eq!(m.hostname.as_deref(), Some("bom"));
     }
 
     #[test]

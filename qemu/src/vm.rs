@@ -627,9 +627,17 @@ impl Vm {
             }),
             LineWait::Closed => {
                 // The console closes when QEMU exits; give the status a moment.
-                let status = self
+                let mut status = self
                     .wait_exit(Duration::from_secs(5))
                     .map_or_else(|_| "status unknown".to_string(), |s| s.to_string());
+                // Why the guest ended, when its console says (a fatal
+                // error of PID 1, a kernel panic).
+                if let Ok(Some(Outcome::FailedPowerOff { line } | Outcome::Panicked { line })) =
+                    self.outcome()
+                {
+                    status.push_str(": ");
+                    status.push_str(line.trim());
+                }
                 Err(VmError::LineNeverCame {
                     pattern: pattern.to_string(),
                     status,

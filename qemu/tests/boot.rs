@@ -66,6 +66,17 @@ echo '[     1.695] berth: powering off'
                 .into()
         }
     );
+    // A wait for a line that never came says why the guest ended.
+    let err = vm
+        .wait_for_line("service web started", TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with(
+            "exit status: 0: [     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT) before the console printed a line containing \"service web started\""
+        ),
+        "{err}"
+    );
 }
 
 #[test]

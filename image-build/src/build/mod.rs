@@ -152,13 +152,15 @@ pub enum BuildError {
     },
     #[error(
         "{kind} {unit}: host units run programs from PID 1's own root, the initramfs, \
-         which has no {program} (it holds /init, berth-init, and what the manifest brings): \
+         where {program} {found} (it holds berth-init as /init and what the manifest brings): \
          run it from an image unit (\"image\": NAME) whose image has it"
     )]
     HostProgram {
         kind: &'static str,
         unit: String,
         program: String,
+        /// `is not an executable file` or `is not found`.
+        found: &'static str,
     },
     #[error("initramfs entry")]
     Cpio(#[source] CpioError),
@@ -300,8 +302,8 @@ pub fn prepare(
         message,
     };
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut value: Value =
-        serde_json::from_slice(bytes).map_err(|source| BuildError::ParseManifest {
+    let mut value: Value = serde_json::from_slice(berth_init::manifest::without_bom(bytes))
+        .map_err(|source| BuildError::ParseManifest {
             path: path.to_owned(),
             source,
         })?;
@@ -744,9 +746,11 @@ fn check_replaceable(out: &Path) -> Result<(), BuildError> {
     if meta.is_symlink() {
         // The output is moved into place with rename(2), which would
         // replace the link, not what it points to.
-        return Err(refuse(
-            "is a symbolic link: give the directory it points to".into(),
-        ));
+        return Err(refuse(if out.exists() {
+            "is a symbolic link: give the directory it points to".into()
+        } else {
+            "is a symbolic link to nothing: give a directory path".into()
+        }));
     }
     if !meta.is_dir() {
         return Err(refuse("exists and is not a directory".into()));
@@ -1045,15 +1049,21 @@ fn check_host_units(m: &berth_init::manifest::Manifest, tree: &Tree) -> Result<(
                 .map(|d| format!("{}/{exe}", d.trim_end_matches('/')))
                 .collect()
         };
-        let found = candidates.iter().any(|c| {
-            resolve_in_tree(tree, c)
-                .is_some_and(|e| matches!(e.kind, Kind::File(_)) && e.perm & 0o111 != 0)
-        });
-        if !found {
+        let entries: Vec<&Entry> = candidates
+            .iter()
+            .filter_map(|c| resolve_in_tree(tree, c))
+            .collect();
+        let runnable = |e: &&Entry| matches!(e.kind, Kind::File(_)) && e.perm & 0o111 != 0;
+        if !entries.iter().any(runnable) {
             return Err(BuildError::HostProgram {
                 kind,
                 unit: name.to_owned(),
                 program: exe.clone(),
+                found: if entries.is_empty() {
+                    "is not found"
+                } else {
+                    "is not an executable file"
+                },
             });
         }
     }

@@ -272,5 +272,11 @@ fn a_failed_build_removes_the_parents_it_made() {
         text.ends_with("is a symbolic link: give the directory it points to"),
         "{text}"
     );
+    std::os::unix::fs::symlink(dir.join("nothing"), dir.join("dangling")).unwrap();
+    let text = crate::report(&check_replaceable(&dir.join("dangling")).unwrap_err());
+    assert!(
+        text.ends_with("is a symbolic link to nothing: give a directory path"),
+        "{text}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }

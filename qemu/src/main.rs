@@ -30,7 +30,7 @@ use berth_qemu::{
 };
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// `eprintln!` that cannot panic: when the terminal went away (stderr
@@ -238,7 +238,8 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     // Registered before QEMU starts, so a Ctrl-C during boot reaches us
     // (QEMU runs in its own process group and does not see it); the press
     // is then repeated until the guest can hear it (see `press_until_heard`).
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
 
     let forwards: Vec<String> = config
@@ -344,17 +345,34 @@ const BUTTON_HEARD: &str = "power button pressed";
 /// Ctrl-C (or SIGTERM) once: press the power button until the guest hears
 /// it; twice: stop QEMU. Returns when QEMU was stopped or the signals were
 /// closed (QEMU exited), after the presser ended.
+///
+/// SIGHUP (the terminal went away, an SSH session dropped) powers down as
+/// the first Ctrl-C does, so the data disk is unmounted cleanly instead of
+/// QEMU being killed with berth-qemu; as nobody is left to press Ctrl-C
+/// again, QEMU is stopped if the guest is still up [`HANGUP_GRACE`] later.
+/// A SIGHUP after the first signal changes nothing.
 fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
     let stop_pressing = Arc::new(AtomicBool::new(false));
     let mut presser: Option<JoinHandle<()>> = None;
-    for _signal in signals.forever() {
+    for signal in signals.forever() {
         if presser.is_none() {
-            note!(
-                "\r\nberth-qemu: asking the appliance to power down (QMP system_powerdown); Ctrl-C again stops QEMU"
-            );
+            if signal == SIGHUP {
+                note!(
+                    "\r\nberth-qemu: hung up: asking the appliance to power down (QMP system_powerdown); QEMU is stopped if it still runs in {} s",
+                    HANGUP_GRACE.as_secs()
+                );
+                let vm = Arc::clone(vm);
+                std::thread::spawn(move || stop_after(&vm, HANGUP_GRACE));
+            } else {
+                note!(
+                    "\r\nberth-qemu: asking the appliance to power down (QMP system_powerdown); Ctrl-C again stops QEMU"
+                );
+            }
             let vm = Arc::clone(vm);
             let stop = Arc::clone(&stop_pressing);
             presser = Some(std::thread::spawn(move || press_until_heard(&vm, &stop)));
+        } else if signal == SIGHUP {
+            continue;
         } else {
             stop_pressing.store(true, Ordering::SeqCst);
             note!("\r\nberth-qemu: stopping QEMU");
@@ -367,6 +385,31 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
     stop_pressing.store(true, Ordering::SeqCst);
     if let Some(presser) = presser {
         let _ = presser.join();
+    }
+}
+
+/// How long a guest gets to power down after berth-qemu was hung up on:
+/// berth-init stops the services in order, each within its stop timeout
+/// (10 s by default).
+const HANGUP_GRACE: Duration = Duration::from_secs(60);
+
+/// Stops QEMU unless it exited within `grace`.
+fn stop_after(vm: &Vm, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if matches!(vm.try_exit(), Ok(Some(_)) | Err(_)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if matches!(vm.try_exit(), Ok(None)) {
+        note!(
+            "\r\nberth-qemu: the appliance did not power down within {} s: stopping QEMU",
+            grace.as_secs()
+        );
+        if vm.qmp_quit().is_err() {
+            let _ = vm.kill();
+        }
     }
 }
 

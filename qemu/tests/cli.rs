@@ -102,8 +102,12 @@ impl Cli {
     }
 
     fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -224,6 +228,48 @@ fn first_ctrl_c_presses_the_power_button() {
         out.contains("asking the appliance to power down (QMP system_powerdown)"),
         "{out}"
     );
+}
+
+/// The terminal went away (SIGHUP): the appliance is powered down, not
+/// killed with berth-qemu, so its data disk is unmounted cleanly.
+#[test]
+fn hang_up_powers_the_appliance_down() {
+    let init = format!("{INIT_PROLOGUE}{POWER_BUTTON_THEN_POWEROFF}");
+    let appliance = floor_appliance("cli-hup", &init, &["button", "evdev"]);
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: waiting for the power button");
+    cli.signal("HUP");
+    cli.wait_stdout("berth-floor: power button pressed");
+    let (code, out) = cli.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("hung up: asking the appliance to power down"),
+        "{out}"
+    );
+}
+
+/// After a SIGHUP nobody can press Ctrl-C again: a guest that does not
+/// power down is stopped after the grace period (60 s).
+#[test]
+fn hang_up_stops_a_guest_that_does_not_power_down() {
+    let init =
+        "#!/bin/busybox sh\necho 'berth-floor: idle'\nwhile true; do /bin/busybox sleep 1; done\n";
+    let appliance = floor_appliance("cli-hup-deaf", init, &[]);
+    let marker = appliance.initrd.display().to_string();
+    let cli = Cli::run(appliance.initrd.parent().unwrap());
+    cli.wait_stdout("berth-floor: idle");
+    cli.signal("HUP");
+    // A second hang-up is not a second Ctrl-C.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    cli.signal("HUP");
+    let (code, out) = cli.finish();
+    assert_eq!(code, 130, "{out}");
+    assert!(
+        out.contains("did not power down within 60 s: stopping QEMU"),
+        "{out}"
+    );
+    assert!(!out.contains("berth-qemu: stopping QEMU"), "{out}");
+    assert!(qemu_processes(&marker).is_empty(), "QEMU left running");
 }
 
 #[test]

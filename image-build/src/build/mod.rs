@@ -688,7 +688,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     w.flush().map_err(out_err(&initrd))?;
     drop(w);
     let vmlinuz = tmp.path.join("vmlinuz");
-    fs::copy(&kt.vmlinuz, &vmlinuz).map_err(out_err(&vmlinuz))?;
+    // Created like initrd.img (its mode from the umask), not with the
+    // package file's mode as fs::copy would.
+    fs::File::open(&kt.vmlinuz)
+        .and_then(|mut from| {
+            let mut to = fs::File::create(&vmlinuz)?;
+            std::io::copy(&mut from, &mut to).map(drop)
+        })
+        .map_err(out_err(&vmlinuz))?;
     let initrd_size = fs::metadata(&initrd).map_err(out_err(&initrd))?.len();
     fs::remove_dir_all(&work).map_err(out_err(&work))?;
 

@@ -132,6 +132,27 @@ fn same_inputs_give_a_byte_identical_verifiable_initrd() {
     // A rebuild over an existing OUTDIR replaces it.
     build_ok(&manifest, &dir.join("out1"));
     assert_eq!(fs::read(dir.join("out1/initrd.img")).unwrap(), a);
+    // Another umask: the same bytes (the modes inside are the build's),
+    // and both output files get the umask's mode.
+    let out3 = dir.join("out3");
+    sh(&format!(
+        "umask 077 && {} build {} -o {} --kernel {} --init {} >/dev/null",
+        env!("CARGO_BIN_EXE_berth-build"),
+        manifest.display(),
+        out3.display(),
+        kernel().deb.display(),
+        static_init().display()
+    ));
+    assert!(
+        fs::read(out3.join("initrd.img")).unwrap() == a,
+        "initrd.img differs under umask 077"
+    );
+    for file in ["initrd.img", "vmlinuz"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(out3.join(file)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{file} under umask 077");
+    }
 
     // What is inside: the layout verifies with berth-bundles (digests of
     // zstd blobs, configs and manifests right, diff_ids unchanged).

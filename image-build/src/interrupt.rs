@@ -44,11 +44,18 @@ pub fn install() -> std::io::Result<()> {
                     SIGTERM => "terminated",
                     _ => "hung up",
                 };
-                if removed.is_empty() {
-                    eprintln!("berth-build: {what}");
+                // Not eprintln!: after a hang-up stderr is often gone, and
+                // a panic here would end this thread before the exit.
+                use std::io::Write as _;
+                let _ = if removed.is_empty() {
+                    writeln!(std::io::stderr(), "berth-build: {what}")
                 } else {
-                    eprintln!("berth-build: {what}; removed {}", removed.join(", "));
-                }
+                    writeln!(
+                        std::io::stderr(),
+                        "berth-build: {what}; removed {}",
+                        removed.join(", ")
+                    )
+                };
                 std::process::exit(128 + sig);
             }
         })?;

@@ -70,3 +70,57 @@ fn an_interrupted_build_removes_its_temporary_directory() {
     assert!(live.exists(), "the directory of a live process was removed");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A hang-up (the terminal went away) while dpkg runs, with stderr gone
+/// too: the build still removes its directory and exits 129 (a panic
+/// writing the message used to be possible, leaving the build hanging).
+#[test]
+fn a_hung_up_build_without_stderr_still_cleans_up_and_exits() {
+    require_root();
+    let dir = scratch("hangup");
+    let manifest = dir.join("manifest.json");
+    fs::write(&manifest, r#"{"version": 1}"#).unwrap();
+    let out = dir.join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-build"))
+        .arg("build")
+        .arg(&manifest)
+        .arg("-o")
+        .arg(&out)
+        .arg("--kernel")
+        .arg(&kernel().deb)
+        .arg("--init")
+        .arg(static_init())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every write to stderr now fails (EPIPE).
+    drop(child.stderr.take());
+    let temp = dir.join(format!(".out.berth-build-{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !temp.join("work/kernel/boot").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the build never unpacked the kernel"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the hung-up build did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(129));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!temp.exists(), "{} left behind", temp.display());
+    assert!(!out.exists());
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -361,7 +361,7 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
                     "\r\nberth-qemu: hung up: asking the appliance to power down (QMP system_powerdown); QEMU is stopped if it still runs in {} s",
                     HANGUP_GRACE.as_secs()
                 );
-                let vm = Arc::clone(vm);
+                let vm = Arc::downgrade(vm);
                 std::thread::spawn(move || stop_after(&vm, HANGUP_GRACE));
             } else {
                 note!(
@@ -393,15 +393,21 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
 /// (10 s by default).
 const HANGUP_GRACE: Duration = Duration::from_secs(60);
 
-/// Stops QEMU unless it exited within `grace`.
-fn stop_after(vm: &Vm, grace: Duration) {
+/// Stops QEMU unless it exited within `grace`. Holds only a weak
+/// reference: the VM (and its run directory) goes when `run` is done with
+/// it, not when this thread next wakes up.
+fn stop_after(vm: &Weak<Vm>, grace: Duration) {
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline {
-        if matches!(vm.try_exit(), Ok(Some(_)) | Err(_)) {
-            return;
+        match vm.upgrade() {
+            Some(vm) if matches!(vm.try_exit(), Ok(None)) => {}
+            _ => return,
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let Some(vm) = vm.upgrade() else {
+        return;
+    };
     if matches!(vm.try_exit(), Ok(None)) {
         note!(
             "\r\nberth-qemu: the appliance did not power down within {} s: stopping QEMU",

@@ -240,12 +240,15 @@ fn hang_up_powers_the_appliance_down() {
     cli.wait_stdout("berth-floor: waiting for the power button");
     cli.signal("HUP");
     cli.wait_stdout("berth-floor: power button pressed");
+    let run_dir = std::env::temp_dir().join(format!("berth-qemu-{}-0", cli.child.id()));
     let (code, out) = cli.finish();
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("hung up: asking the appliance to power down"),
         "{out}"
     );
+    // The grace timer does not keep the VM (and its run directory) alive.
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
 }
 
 /// After a SIGHUP nobody can press Ctrl-C again: a guest that does not

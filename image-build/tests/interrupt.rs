@@ -6,41 +6,32 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{kernel, require_root, scratch, static_init};
 
-#[test]
-fn an_interrupted_build_removes_its_temporary_directory() {
-    require_root();
-    let dir = scratch("interrupt");
+/// Starts `berth-build build` of an empty appliance into `dir/out` from
+/// the kernel package, and returns once dpkg is writing the package into
+/// its temporary directory (returned too).
+fn build_until_dpkg_runs(dir: &Path, stderr: Stdio) -> (Child, PathBuf) {
     let manifest = dir.join("manifest.json");
     fs::write(&manifest, r#"{"version": 1}"#).unwrap();
-    // Left by builds that were killed outright: PIDs that cannot exist
-    // (above the kernel's pid_max of 2^22). One of a live process stays.
-    let stale = dir.join(".out.berth-build-4294967295");
-    let stale_old = dir.join(".out.berth-build-old-4294967294");
-    let live = dir.join(format!(".out.berth-build-{}", std::process::id()));
-    for d in [&stale, &stale_old, &live] {
-        fs::create_dir_all(d.join("work")).unwrap();
-    }
-    let out = dir.join("out");
     let child = Command::new(env!("CARGO_BIN_EXE_berth-build"))
         .arg("build")
         .arg(&manifest)
         .arg("-o")
-        .arg(&out)
+        .arg(dir.join("out"))
         .arg("--kernel")
         .arg(&kernel().deb)
         .arg("--init")
         .arg(static_init())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let temp = dir.join(format!(".out.berth-build-{}", child.id()));
-    // Wait until dpkg is writing the kernel package into it.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !temp.join("work/kernel/boot").exists() {
         assert!(
@@ -50,12 +41,33 @@ fn an_interrupted_build_removes_its_temporary_directory() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    (child, temp)
+}
+
+fn send(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[test]
+fn an_interrupted_build_removes_its_temporary_directory() {
+    require_root();
+    let dir = scratch("interrupt");
+    // Left by builds that were killed outright: PIDs that cannot exist
+    // (above the kernel's pid_max of 2^22). One of a live process stays.
+    let stale = dir.join(".out.berth-build-4294967295");
+    let stale_old = dir.join(".out.berth-build-old-4294967294");
+    let live = dir.join(format!(".out.berth-build-{}", std::process::id()));
+    for d in [&stale, &stale_old, &live] {
+        fs::create_dir_all(d.join("work")).unwrap();
+    }
+    let out = dir.join("out");
+    let (child, temp) = build_until_dpkg_runs(&dir, Stdio::piped());
     assert!(
         !stale.exists() && !stale_old.exists(),
         "stale directories kept"
     );
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    send(&child, rustix::process::Signal::INT);
     let result = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(130), "{err}");
@@ -78,35 +90,11 @@ fn an_interrupted_build_removes_its_temporary_directory() {
 fn a_hung_up_build_without_stderr_still_cleans_up_and_exits() {
     require_root();
     let dir = scratch("hangup");
-    let manifest = dir.join("manifest.json");
-    fs::write(&manifest, r#"{"version": 1}"#).unwrap();
     let out = dir.join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-build"))
-        .arg("build")
-        .arg(&manifest)
-        .arg("-o")
-        .arg(&out)
-        .arg("--kernel")
-        .arg(&kernel().deb)
-        .arg("--init")
-        .arg(static_init())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, temp) = build_until_dpkg_runs(&dir, Stdio::piped());
     // Every write to stderr now fails (EPIPE).
     drop(child.stderr.take());
-    let temp = dir.join(format!(".out.berth-build-{}", child.id()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !temp.join("work/kernel/boot").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the build never unpacked the kernel"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    send(&child, rustix::process::Signal::HUP);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth_qemu::{
     Accel, Appliance, CPUS_RANGE, DataDisk, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
-    error_chain, is_pid1_failure, measure_boot, measure_guest_boot, median,
+    check_host_kvm, error_chain, is_pid1_failure, measure_boot, measure_guest_boot, median,
     median_translated_blocks,
 };
 use clap::error::ErrorKind;
@@ -113,7 +113,7 @@ struct VmArgs {
     /// Extra kernel command line (after console=ttyS0 panic=-1)
     #[arg(long, value_name = "ARGS", default_value = "")]
     append: String,
-    /// Use KVM instead of TCG software emulation; fails if /dev/kvm is unusable
+    /// Use KVM instead of TCG software emulation; fails if /dev/kvm is unusable or is PVM's (kvm_pvm)
     #[arg(long)]
     kvm: bool,
 }
@@ -235,6 +235,10 @@ fn main() -> ExitCode {
 
 fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let appliance = Appliance::from_dir(&outdir).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    if config.accel == Accel::Kvm {
+        // Before the "booting" line: a refusal is the only line printed.
+        check_host_kvm().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    }
     // Registered before QEMU starts, so a Ctrl-C during boot reaches us
     // (QEMU runs in its own process group and does not see it); the press
     // is then repeated until the guest can hear it (see `press_until_heard`).

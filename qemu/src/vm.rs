@@ -105,7 +105,8 @@ impl Appliance {
 /// How the guest CPU is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Accel {
-    /// Software emulation: slower, works everywhere (KVM hangs on some hosts).
+    /// Software emulation: slower, works everywhere (where /dev/kvm is
+    /// PVM's, KVM hangs a stock kernel: see [`check_kvm`]).
     #[default]
     Tcg,
     /// Hardware virtualisation; only when asked for and `/dev/kvm` opens.
@@ -215,6 +216,10 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "kvm was requested but this host's /dev/kvm is kvm_pvm (nested paravirtual KVM), which runs only kernels built as PVM guests; Debian's kernels are not, and hang there: run without --kvm (TCG)"
+    )]
+    KvmPvm,
     #[error("could not prepare data disk {path}")]
     DataDisk {
         path: PathBuf,
@@ -284,6 +289,28 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
+}
+
+/// [`check_kvm`] for this host's `/sys/module` and `/dev/kvm`.
+pub fn check_host_kvm() -> Result<(), VmError> {
+    check_kvm(Path::new("/sys/module"), Path::new("/dev/kvm"))
+}
+
+/// Whether KVM can boot an appliance here: `kvm_dev` opens read-write, and
+/// it is not PVM's (`kvm_pvm` among the loaded modules under `sys_module`).
+/// PVM runs nested guests without hardware virtualisation, but only
+/// kernels built for it; a stock kernel hangs right after its real-mode
+/// setup, without a word on the console, so it is refused up front.
+pub fn check_kvm(sys_module: &Path, kvm_dev: &Path) -> Result<(), VmError> {
+    if sys_module.join("kvm_pvm").exists() {
+        return Err(VmError::KvmPvm);
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(kvm_dev)
+        .map(drop)
+        .map_err(|source| VmError::KvmUnavailable { source })
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released: another process may
@@ -464,11 +491,7 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         appliance.check()?;
         if config.accel == Accel::Kvm {
-            fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .map_err(|source| VmError::KvmUnavailable { source })?;
+            check_host_kvm()?;
         }
         if let Some(disk) = &config.data_disk {
             prepare_data_disk(disk).map_err(|source| VmError::DataDisk {
@@ -1011,6 +1034,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, VmError::BadPort { host: 0, guest: 80 }));
+    }
+
+    #[test]
+    fn kvm_is_refused_on_pvm_and_when_dev_kvm_does_not_open() {
+        let dir = std::env::temp_dir().join(format!("berth-kvm-check-{}", std::process::id()));
+        let modules = dir.join("module");
+        fs::create_dir_all(modules.join("kvm")).unwrap();
+        let dev = dir.join("kvm");
+        fs::write(&dev, b"").unwrap();
+        // Plain KVM whose device opens: accepted.
+        check_kvm(&modules, &dev).unwrap();
+        // No device: the open error, with its cause.
+        let err = check_kvm(&modules, &dir.join("missing")).unwrap_err();
+        assert!(matches!(err, VmError::KvmUnavailable { .. }), "{err:?}");
+        // PVM's module loaded: refused before the device is even tried.
+        fs::create_dir_all(modules.join("kvm_pvm")).unwrap();
+        let err = check_kvm(&modules, &dev).unwrap_err();
+        assert!(matches!(err, VmError::KvmPvm), "{err:?}");
+        assert!(err.to_string().contains("run without --kvm"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -352,6 +352,43 @@ fn run_refuses_nonsense_values_before_starting_qemu() {
     assert_eq!(left, ["initrd.img", "vmlinuz"], "no disk was created");
 }
 
+/// `--kvm` where KVM cannot boot the appliance is one clear line, exit 1,
+/// before anything starts. This host's /dev/kvm is PVM's, which hangs a
+/// stock kernel without a word on the console; elsewhere the check passes
+/// and QEMU itself refuses the stand-in files.
+#[test]
+fn run_with_kvm_says_why_kvm_cannot_boot_here() {
+    let dir = common::scratch("cli-kvm");
+    std::fs::write(dir.join("vmlinuz"), b"").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&dir)
+        .arg("--kvm")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let expected = if pvm {
+        "berth-qemu: kvm was requested but this host's /dev/kvm is kvm_pvm"
+    } else if !opens {
+        "berth-qemu: kvm was requested but /dev/kvm cannot be opened read-write"
+    } else {
+        "berth-qemu: qemu exited at start"
+    };
+    assert!(stderr.contains(expected), "expected {expected:?}: {stderr}");
+    if pvm || !opens {
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("run without --kvm") || !pvm, "{stderr}");
+    }
+}
+
 #[test]
 fn second_ctrl_c_stops_qemu() {
     // This init ignores the power button: only the second Ctrl-C ends it.

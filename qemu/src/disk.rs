@@ -2,7 +2,7 @@
 //! virtio-blk device, created and formatted ext4 on the host when missing.
 
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
@@ -77,6 +77,16 @@ pub enum DiskError {
         path: PathBuf,
         status: std::process::ExitStatus,
         stderr: String,
+    },
+    #[error(
+        "data disk {path} holds no filesystem (its first MiB is all zeros): delete it and berth-qemu creates and formats one, or format it with mkfs.ext4 -L {DATA_DISK_LABEL} {path}"
+    )]
+    Unformatted { path: PathBuf },
+    #[error("could not read data disk {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("could not move the new data disk {from} to {to}")]
     Rename {
@@ -185,6 +195,7 @@ pub fn prepare_data_disk(disk: &DataDisk) -> Result<bool, DiskError> {
                     requested,
                 });
             }
+            check_formatted(path)?;
             Ok(false)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -196,6 +207,30 @@ pub fn prepare_data_disk(disk: &DataDisk) -> Result<bool, DiskError> {
             source,
         }),
     }
+}
+
+/// Refuses an existing disk that was never formatted (`truncate -s 1G
+/// data.img`, say), which the guest could only fail to mount: every
+/// filesystem writes its superblock within the first MiB (ext4 at 1 KiB,
+/// XFS at 0, btrfs at 64 KiB), so all zeros there means none. Whether it
+/// is the filesystem the manifest names is the guest's to find out.
+fn check_formatted(path: &Path) -> Result<(), DiskError> {
+    let read = |source| DiskError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::with_capacity(1 << 20);
+    fs::File::open(path)
+        .map_err(read)?
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .map_err(read)?;
+    if head.iter().all(|&b| b == 0) {
+        return Err(DiskError::Unformatted {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn create_data_disk(path: &Path, size: u64) -> Result<(), DiskError> {
@@ -370,6 +405,36 @@ mod tests {
             .unwrap()
         );
         assert_eq!(fs::read(&disk.path).unwrap(), bytes);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_existing_disk_that_was_never_formatted_is_refused_untouched() {
+        let dir = scratch("unformatted");
+        let path = dir.join("data.img");
+        // `truncate -s 16M`: a sparse file of zeros.
+        fs::File::create(&path).unwrap().set_len(16 << 20).unwrap();
+        let disk = DataDisk {
+            path: path.clone(),
+            size: None,
+        };
+        let err = prepare_data_disk(&disk).unwrap_err();
+        assert!(matches!(err, DiskError::Unformatted { .. }), "{err}");
+        assert!(err.to_string().contains("mkfs.ext4 -L berth-data"), "{err}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 16 << 20);
+        assert!(fs::read(&path).unwrap().iter().all(|&b| b == 0));
+        // A byte past the first MiB does not count; one within it does
+        // (btrfs, say, starts at 64 KiB).
+        let mut bytes = vec![0u8; 16 << 20];
+        bytes[(1 << 20) + 5] = 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            prepare_data_disk(&disk).unwrap_err(),
+            DiskError::Unformatted { .. }
+        ));
+        bytes[64 << 10] = 0x5f;
+        fs::write(&path, &bytes).unwrap();
+        assert!(!prepare_data_disk(&disk).unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,7 +21,7 @@ pub use bench::{
     BenchError, BootSample, guest_timestamp, measure_boot, measure_guest_boot, median,
     median_translated_blocks, tb_count,
 };
-pub use disk::{DataDisk, DiskError};
+pub use disk::{DataDisk, DiskError, prepare_data_disk};
 pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};
 pub use net::{NetError, http_get};
 pub use qmp::QmpError;

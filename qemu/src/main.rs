@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use berth_qemu::{
     Accel, Appliance, CPUS_RANGE, DataDisk, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
     check_host_kvm, error_chain, is_pid1_failure, measure_boot, measure_guest_boot, median,
-    median_translated_blocks,
+    median_translated_blocks, prepare_data_disk,
 };
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
@@ -235,9 +235,13 @@ fn main() -> ExitCode {
 
 fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let appliance = Appliance::from_dir(&outdir).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    // Before the "booting" line, so that a refusal is the only line printed
+    // (Vm::boot checks both again; an existing disk is then left as it is).
     if config.accel == Accel::Kvm {
-        // Before the "booting" line: a refusal is the only line printed.
         check_host_kvm().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    }
+    if let Some(disk) = &config.data_disk {
+        prepare_data_disk(disk).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     }
     // Registered before QEMU starts, so a Ctrl-C during boot reaches us
     // (QEMU runs in its own process group and does not see it); the press

@@ -220,7 +220,8 @@ pub enum VmError {
         "kvm was requested but this host's /dev/kvm is kvm_pvm (nested paravirtual KVM), which runs only kernels built as PVM guests; Debian's kernels are not, and hang there: run without --kvm (TCG)"
     )]
     KvmPvm,
-    #[error("could not prepare data disk {path}")]
+    // Every DiskError names the disk's path already.
+    #[error("could not prepare the data disk")]
     DataDisk {
         path: PathBuf,
         #[source]

@@ -344,6 +344,27 @@ fn run_refuses_nonsense_values_before_starting_qemu() {
         );
         assert!(!stderr.contains("booting"), "{stderr}");
     }
+    // An existing disk that was never formatted: refused before QEMU starts.
+    let blank = dir.join("blank.img");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&dir)
+        .arg("--data-disk")
+        .arg(&blank)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("holds no filesystem (its first MiB is all zeros)"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&blank).unwrap();
     let mut left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -3,7 +3,8 @@
 //! verified it), cgroup v2 limits on a real cgroup2 hierarchy with
 //! controllers (memory → OOM kill and restart; pids → fork fails), and a
 //! graceful power-off right after a service wrote records to the data disk
-//! without syncing them (they must survive it and a reboot).
+//! without syncing them (they must survive it and a reboot), and a data
+//! disk without its filesystem (a clear fatal line, then a power-off).
 //!
 //! Root and QEMU; a missing tool fails with an install hint, never a skip.
 
@@ -359,5 +360,61 @@ fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
     );
     let log = power_off(&vm);
     assert!(!log.contains("writer: wrote"), "{log}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A data disk that holds no ext4 filesystem (here: a file of text, which
+/// berth-qemu's own blank-disk check lets through): PID 1 cannot mount
+/// it, says so in one fatal line with what it most likely means, and
+/// powers the machine off; berth-qemu's outcome names that line.
+#[test]
+fn a_data_disk_without_its_filesystem_is_a_clear_fatal_error() {
+    require_root();
+    let dir = scratch("e2e-bad-disk");
+    two_image_layout(&dir);
+    let manifest = dir.join("manifest.json");
+    fs::write(
+        &manifest,
+        serde_json::json!({
+            "version": 1,
+            "images": {"bb": "oci:layout:bb"},
+            "data_disk": {"device": "/dev/vda", "fstype": "ext4"},
+            "services": [{"name": "svc", "image": "bb", "command": ["/bin/sleep", "1000"]}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    build_ok(&manifest, &out);
+    let disk = dir.join("data.img");
+    let mut bytes = vec![0u8; 16 << 20];
+    bytes[..24].copy_from_slice(b"not a filesystem at all\n");
+    fs::write(&disk, &bytes).unwrap();
+    let vm = boot_with(
+        &out,
+        VmConfig {
+            data_disk: Some(DataDisk {
+                path: disk.clone(),
+                size: None,
+            }),
+            ..VmConfig::default()
+        },
+    );
+    let status = ok(&vm, vm.wait_exit(TIMEOUT));
+    let log = vm.serial_log();
+    assert!(status.success(), "qemu exited with {status}\n{log}");
+    let Some(Outcome::FailedPowerOff { line }) = vm.outcome().unwrap() else {
+        panic!("expected PID 1's fatal line and a power-off\n{log}");
+    };
+    assert!(
+        line.ends_with(
+            "berth: fatal: mount data disk /dev/vda (ext4) on /data: EINVAL: Invalid argument (no ext4 filesystem on it, or an option it refuses)"
+        ),
+        "{line}\n{log}"
+    );
+    assert!(!log.contains("service svc started"), "{log}");
+    // The disk is as it was: nothing formats it behind the user's back.
+    assert_eq!(fs::read(&disk).unwrap(), bytes);
+    drop(vm);
     let _ = fs::remove_dir_all(&dir);
 }

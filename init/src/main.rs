@@ -656,13 +656,41 @@ fn configure_machine(m: &Manifest) -> Result<Vec<(String, String)>, String> {
         )
         .map_err(|e| {
             format!(
-                "mount data disk {} ({}) on {DATA_DIR}: {e}",
+                "mount data disk {} ({}) on {DATA_DIR}: {e}{}",
                 disk.device.display(),
-                disk.fstype
+                disk.fstype,
+                data_disk_hint(e, &disk.device, &disk.fstype)
             )
         })?;
     }
     Ok(late)
+}
+
+/// What a failed data-disk mount most likely means, for the fatal line
+/// (the kernel's own reason is a log line above it, if any).
+fn data_disk_hint(errno: nix::errno::Errno, device: &Path, fstype: &str) -> String {
+    use nix::errno::Errno;
+    use std::io::Read;
+    match errno {
+        Errno::ENOENT | Errno::ENXIO => {
+            " (no such device: is the disk attached? berth-qemu: --data-disk FILE)".to_string()
+        }
+        Errno::ENODEV => {
+            format!(" (the kernel has no {fstype} driver: add its module to `modules`)")
+        }
+        Errno::EINVAL => {
+            let mut head = Vec::new();
+            let blank = std::fs::File::open(device)
+                .and_then(|f| f.take(1 << 20).read_to_end(&mut head))
+                .is_ok_and(|n| n > 0 && head.iter().all(|&b| b == 0));
+            if blank {
+                " (the device holds no filesystem: its first MiB is all zeros)".to_string()
+            } else {
+                format!(" (no {fstype} filesystem on it, or an option it refuses)")
+            }
+        }
+        _ => String::new(),
+    }
 }
 
 /// A `net.*` sysctl that does not exist yet (an interface's, which comes
@@ -910,4 +938,37 @@ fn power_down(action: FatalAction) -> ! {
 #[allow(clippy::exit)]
 fn exit_with(code: i32) -> ! {
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    #[test]
+    fn a_failed_data_disk_mount_says_what_it_most_likely_means() {
+        let dir = std::env::temp_dir().join(format!("berth-init-disk-hint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blank = dir.join("blank");
+        std::fs::File::create(&blank)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let hint = data_disk_hint(Errno::EINVAL, &blank, "ext4");
+        assert_eq!(
+            hint,
+            " (the device holds no filesystem: its first MiB is all zeros)"
+        );
+        let other = dir.join("other");
+        std::fs::write(&other, b"XFSB").unwrap();
+        let hint = data_disk_hint(Errno::EINVAL, &other, "ext4");
+        assert_eq!(hint, " (no ext4 filesystem on it, or an option it refuses)");
+        // An empty or unreadable device is not called blank.
+        let hint = data_disk_hint(Errno::EINVAL, &dir.join("missing"), "ext4");
+        assert!(hint.contains("no ext4 filesystem on it"), "{hint}");
+        assert!(data_disk_hint(Errno::ENOENT, &blank, "ext4").contains("is the disk attached"));
+        assert!(data_disk_hint(Errno::ENODEV, &blank, "btrfs").contains("no btrfs driver"));
+        assert_eq!(data_disk_hint(Errno::EBUSY, &blank, "ext4"), "");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -292,6 +292,17 @@ pub enum VmError {
     },
 }
 
+/// QEMU's complaint as one line: its lines joined with "; " (a locked
+/// data disk, say, is "Failed to get "write" lock" and then "Is another
+/// process using the image [FILE]?").
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// [`check_kvm`] for this host's `/sys/module` and `/dev/kvm`.
 pub fn check_host_kvm() -> Result<(), VmError> {
     check_kvm(Path::new("/sys/module"), Path::new("/dev/kvm"))
@@ -574,7 +585,7 @@ impl Vm {
                     // Reader threads are joined: stderr is complete.
                     VmError::QemuStart { status, .. } => VmError::QemuStart {
                         status,
-                        stderr: stderr_log.text().trim().to_string(),
+                        stderr: one_line(&stderr_log.text()),
                     },
                     other => other,
                 });
@@ -1035,6 +1046,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, VmError::BadPort { host: 0, guest: 80 }));
+    }
+
+    #[test]
+    fn qemu_complaints_become_one_line() {
+        assert_eq!(
+            one_line(
+                "qemu-system-x86_64: -device virtio-blk-pci,drive=data: Failed to get \"write\" lock\nIs another process using the image [/d.img]?\n"
+            ),
+            "qemu-system-x86_64: -device virtio-blk-pci,drive=data: Failed to get \"write\" lock; Is another process using the image [/d.img]?"
+        );
+        assert_eq!(one_line("  \n"), "");
     }
 
     #[test]

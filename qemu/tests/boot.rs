@@ -229,6 +229,40 @@ fn data_disk_is_created_formatted_and_written_by_the_guest() {
     );
 }
 
+/// Two VMs on one data disk would both write its ext4 and corrupt it:
+/// QEMU's image lock refuses the second, and its reason comes back whole,
+/// as one line.
+#[test]
+fn a_data_disk_in_use_by_another_vm_is_refused() {
+    let appliance = floor_appliance(
+        "disk-lock",
+        "#!/bin/busybox sh\n/bin/busybox sleep 1000\n",
+        &[],
+    );
+    let disk = scratch("disk-lock-image").join("data.img");
+    let config = VmConfig {
+        data_disk: Some(DataDisk {
+            path: disk.clone(),
+            size: Some(8 << 20),
+        }),
+        ..VmConfig::default()
+    };
+    let first = Vm::boot(&appliance, &config).expect("boot");
+    let err = Vm::boot(&appliance, &config).unwrap_err();
+    match &err {
+        berth_qemu::VmError::QemuStart { stderr, .. } => {
+            assert!(
+                stderr.contains("Failed to get \"write\" lock; Is another process using the image"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains('\n'), "{stderr}");
+        }
+        other => panic!("expected QemuStart, got {other:?}"),
+    }
+    ok(&first, first.qmp_quit());
+    ok(&first, first.wait_exit(TIMEOUT));
+}
+
 #[test]
 fn qemu_start_failure_is_reported_with_its_stderr() {
     let dir = scratch("bad-kernel");

@@ -78,6 +78,11 @@ echo "boot to the first service ($runs runs each, interleaved, TCG):"
 echo "  berth demo: median $mb ms (${berth[*]})"
 echo "  floor:      median $mf ms (${base[*]})"
 awk -v b="$mb" -v f="$mf" 'BEGIN {printf "  ratio berth/floor: %.3f (target <= 1.15)\n", b/f}'
+# A boot is CPU-bound work that the host's load can only slow down, so the
+# fastest boot of each is the one least disturbed: on a busy host the ratio
+# of the minima moves less than the ratio of the medians.
+nb=$(printf '%s\n' "${berth[@]}" | sort -n | head -1) nf=$(printf '%s\n' "${base[@]}" | sort -n | head -1)
+awk -v b="$nb" -v f="$nf" 'BEGIN {printf "  fastest boots: demo %d ms, floor %d ms, ratio %.3f\n", b, f, b/f}'
 # Under TCG a boot pays for each block of guest code the first time it runs
 # (QEMU translates it): the count says how much new code each one ran.
 tb=$(median "${berth_tb[@]}") tf=$(median "${base_tb[@]}")

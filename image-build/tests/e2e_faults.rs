@@ -44,6 +44,18 @@ fn two_image_layout(dir: &Path) -> PathBuf {
     layout
 }
 
+/// Builds an appliance of `manifest` over [`two_image_layout`] in a new
+/// scratch directory; returns the directory and the build's OUTDIR.
+fn build_appliance(tag: &str, manifest: serde_json::Value) -> (PathBuf, PathBuf) {
+    let dir = scratch(tag);
+    two_image_layout(&dir);
+    let path = dir.join("manifest.json");
+    fs::write(&path, manifest.to_string()).unwrap();
+    let out = dir.join("out");
+    build_ok(&path, &out);
+    (dir, out)
+}
+
 fn boot(out: &Path) -> Vm {
     boot_with(out, VmConfig::default())
 }
@@ -103,11 +115,8 @@ const TICKER: &str =
 #[test]
 fn a_blob_corrupted_inside_the_initrd_fails_its_service_only() {
     require_root();
-    let dir = scratch("baddigest");
-    two_image_layout(&dir);
-    let manifest = dir.join("manifest.json");
-    fs::write(
-        &manifest,
+    let (dir, out) = build_appliance(
+        "baddigest",
         serde_json::json!({
             "version": 1,
             "images": {"bb": "oci:layout:bb", "other": "oci:layout:other"},
@@ -115,12 +124,8 @@ fn a_blob_corrupted_inside_the_initrd_fails_its_service_only() {
                 {"name": "good", "image": "bb", "command": ["/bin/sh", "-c", TICKER], "stop_timeout": "5s"},
                 {"name": "broken", "image": "other", "command": ["/bin/sh", "-c", TICKER], "stop_timeout": "5s"}
             ]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let out = dir.join("out");
-    build_ok(&manifest, &out);
+        }),
+    );
 
     // Corrupt `other`'s layer blob inside the built initrd (same size, one
     // byte flipped), then repack it as berth-build would: newc, zstd.
@@ -164,11 +169,8 @@ fn a_blob_corrupted_inside_the_initrd_fails_its_service_only() {
 /// Builds and boots an appliance with one service `svc` running `script`
 /// under `resources`.
 fn boot_with_limits(tag: &str, script: &str, resources: serde_json::Value) -> (PathBuf, Vm) {
-    let dir = scratch(tag);
-    two_image_layout(&dir);
-    let manifest = dir.join("manifest.json");
-    fs::write(
-        &manifest,
+    let (dir, out) = build_appliance(
+        tag,
         serde_json::json!({
             "version": 1,
             "images": {"bb": "oci:layout:bb"},
@@ -179,12 +181,8 @@ fn boot_with_limits(tag: &str, script: &str, resources: serde_json::Value) -> (P
                              "backoff": {"initial": "500ms", "factor": 2, "max": "4s", "reset_after": "5m"},
                              "start_limit": {"count": 100, "interval": "1m"}}}
             ]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let out = dir.join("out");
-    build_ok(&manifest, &out);
+        }),
+    );
     let vm = boot(&out);
     (dir, vm)
 }
@@ -268,11 +266,8 @@ trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"#
 fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
     require_root();
     require_tool("debugfs", "apt-get install e2fsprogs");
-    let dir = scratch("records");
-    two_image_layout(&dir);
-    let manifest = dir.join("manifest.json");
-    fs::write(
-        &manifest,
+    let (dir, out) = build_appliance(
+        "records",
         serde_json::json!({
             "version": 1,
             "images": {"bb": "oci:layout:bb"},
@@ -284,12 +279,8 @@ fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
                  "mounts": [{"type": "persistent", "source": "state", "target": "/state"}],
                  "stop_timeout": "5s"}
             ]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let out = dir.join("out");
-    build_ok(&manifest, &out);
+        }),
+    );
     let disk = dir.join("data.img");
     let config = |size| VmConfig {
         data_disk: Some(DataDisk {
@@ -370,22 +361,15 @@ fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
 #[test]
 fn a_data_disk_without_its_filesystem_is_a_clear_fatal_error() {
     require_root();
-    let dir = scratch("e2e-bad-disk");
-    two_image_layout(&dir);
-    let manifest = dir.join("manifest.json");
-    fs::write(
-        &manifest,
+    let (dir, out) = build_appliance(
+        "e2e-bad-disk",
         serde_json::json!({
             "version": 1,
             "images": {"bb": "oci:layout:bb"},
             "data_disk": {"device": "/dev/vda", "fstype": "ext4"},
             "services": [{"name": "svc", "image": "bb", "command": ["/bin/sleep", "1000"]}]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let out = dir.join("out");
-    build_ok(&manifest, &out);
+        }),
+    );
     let disk = dir.join("data.img");
     let mut bytes = vec![0u8; 16 << 20];
     bytes[..24].copy_from_slice(b"not a filesystem at all\n");

@@ -6,6 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Size of a data disk created without an explicit size.
 pub const DEFAULT_DATA_DISK_SIZE: u64 = 256 * 1024 * 1024;
@@ -46,6 +47,10 @@ pub enum DiskError {
     BadSize { path: PathBuf, size: u64, min: u64 },
     #[error("data disk {path} is not a regular file")]
     NotAFile { path: PathBuf },
+    #[error(
+        "data disk {path} is a symlink to {target}, which does not exist: give that path to have the disk created there, or remove the link"
+    )]
+    DanglingLink { path: PathBuf, target: PathBuf },
     #[error(
         "data disk {path} exists with {actual} bytes but {requested} were requested: remove it or omit the size"
     )]
@@ -177,36 +182,55 @@ impl FromStr for DataDisk {
 /// Makes sure the disk exists: an existing file is checked, a missing one is
 /// created at the requested size and formatted ext4 (label `berth-data`).
 /// Returns whether it was created. Creation happens under a temporary name
-/// that is renamed into place after mkfs succeeded, so a failure never leaves
-/// an unformatted disk behind.
+/// that is linked into place after mkfs succeeded, so a failure never leaves
+/// an unformatted disk behind (see [`create_data_disk`]).
 pub fn prepare_data_disk(disk: &DataDisk) -> Result<bool, DiskError> {
     let path = &disk.path;
     match fs::metadata(path) {
-        Ok(meta) => {
-            if !meta.is_file() {
-                return Err(DiskError::NotAFile { path: path.clone() });
-            }
-            if let Some(requested) = disk.size
-                && requested != meta.len()
-            {
-                return Err(DiskError::SizeMismatch {
+        Ok(meta) => check_existing(disk, &meta).map(|()| false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A link to a disk that is not there yet: creating one would
+            // replace the user's link with a file (or the disk would land
+            // where the link was not meant to point): refused.
+            if let Ok(target) = fs::read_link(path) {
+                return Err(DiskError::DanglingLink {
                     path: path.clone(),
-                    actual: meta.len(),
-                    requested,
+                    target,
                 });
             }
-            check_formatted(path)?;
-            Ok(false)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_data_disk(path, disk.size.unwrap_or(DEFAULT_DATA_DISK_SIZE))?;
-            Ok(true)
+            if create_data_disk(path, disk.size.unwrap_or(DEFAULT_DATA_DISK_SIZE))? {
+                return Ok(true);
+            }
+            // Another berth-qemu created it in the meantime: use theirs
+            // (QEMU's image lock then decides who may open it).
+            let meta = fs::metadata(path).map_err(|source| DiskError::Stat {
+                path: path.clone(),
+                source,
+            })?;
+            check_existing(disk, &meta).map(|()| false)
         }
         Err(source) => Err(DiskError::Stat {
             path: path.clone(),
             source,
         }),
     }
+}
+
+fn check_existing(disk: &DataDisk, meta: &fs::Metadata) -> Result<(), DiskError> {
+    let path = &disk.path;
+    if !meta.is_file() {
+        return Err(DiskError::NotAFile { path: path.clone() });
+    }
+    if let Some(requested) = disk.size
+        && requested != meta.len()
+    {
+        return Err(DiskError::SizeMismatch {
+            path: path.clone(),
+            actual: meta.len(),
+            requested,
+        });
+    }
+    check_formatted(path)
 }
 
 /// Refuses an existing disk that was never formatted (`truncate -s 1G
@@ -233,29 +257,49 @@ fn check_formatted(path: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-fn create_data_disk(path: &Path, size: u64) -> Result<(), DiskError> {
+/// Creates and formats the disk under a name of this process's own, then
+/// links it into place only if `path` is still free, so two berth-qemu
+/// runs creating one disk at once neither write one file together nor
+/// replace a disk the other already uses. Returns whether this run made
+/// it (false: another one did first).
+fn create_data_disk(path: &Path, size: u64) -> Result<bool, DiskError> {
     check_size(path, size)?;
     let mut partial = path.as_os_str().to_owned();
-    partial.push(".berth-partial");
+    partial.push(format!(
+        ".berth-partial-{}-{}",
+        std::process::id(),
+        PARTIAL_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let partial = PathBuf::from(partial);
-    let result = format_new(&partial, size);
-    if let Err(err) = result {
-        let _ = fs::remove_file(&partial);
-        return Err(err);
-    }
-    fs::rename(&partial, path).map_err(|source| {
-        let _ = fs::remove_file(&partial);
-        DiskError::Rename {
-            from: partial.clone(),
-            to: path.to_path_buf(),
-            source,
+    let result = format_new(path, &partial, size).and_then(|()| {
+        match fs::hard_link(&partial, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            // A filesystem without hard links: a rename, which cannot tell
+            // that another run got there first.
+            Err(_) => {
+                fs::rename(&partial, path)
+                    .map(|()| true)
+                    .map_err(|source| DiskError::Rename {
+                        from: partial.clone(),
+                        to: path.to_path_buf(),
+                        source,
+                    })
+            }
         }
-    })
+    });
+    let _ = fs::remove_file(&partial);
+    result
 }
 
-fn format_new(partial: &Path, size: u64) -> Result<(), DiskError> {
+/// Distinguishes the temporary names of disks one process creates.
+static PARTIAL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Formats a new disk at `partial`; errors name the disk the user asked
+/// for, `path`.
+fn format_new(path: &Path, partial: &Path, size: u64) -> Result<(), DiskError> {
     let create = |source| DiskError::Create {
-        path: partial.to_path_buf(),
+        path: path.to_path_buf(),
         source,
     };
     // A sparse file: only what mkfs writes takes space.
@@ -275,12 +319,12 @@ fn format_new(partial: &Path, size: u64) -> Result<(), DiskError> {
         .env("LC_ALL", "C")
         .output()
         .map_err(|source| DiskError::SpawnMkfs {
-            path: partial.to_path_buf(),
+            path: path.to_path_buf(),
             source,
         })?;
     if !out.status.success() {
         return Err(DiskError::Mkfs {
-            path: partial.to_path_buf(),
+            path: path.to_path_buf(),
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
@@ -393,7 +437,11 @@ mod tests {
         // ext4 superblock at 1024: magic 0xEF53 at offset 0x38, label at 0x78.
         assert_eq!(&bytes[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
         assert_eq!(&bytes[1024 + 0x78..1024 + 0x78 + 10], b"berth-data");
-        assert!(!dir.join("data.img.berth-partial").exists());
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "only the disk, no temporary file"
+        );
         // Existing: reused, untouched, with or without the same size.
         fs::write(dir.join("marker"), b"").unwrap();
         assert!(!prepare_data_disk(&disk).unwrap());
@@ -435,6 +483,69 @@ mod tests {
         bytes[64 << 10] = 0x5f;
         fs::write(&path, &bytes).unwrap();
         assert!(!prepare_data_disk(&disk).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runs_creating_one_disk_at_once_share_one_whole_disk() {
+        let dir = scratch("race");
+        let disk = DataDisk {
+            path: dir.join("data.img"),
+            size: Some(16 << 20),
+        };
+        let created: Vec<bool> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| prepare_data_disk(&disk).unwrap()))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+        let out = Command::new("e2fsck")
+            .args(["-fn"])
+            .arg(&disk.path)
+            .output()
+            .expect("e2fsck missing: apt-get install e2fsprogs");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["data.img"], "no temporary disk is left");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_link_to_a_missing_disk_is_refused_and_kept() {
+        let dir = scratch("dangling");
+        let link = dir.join("data.img");
+        std::os::unix::fs::symlink(dir.join("disks/data.img"), &link).unwrap();
+        let err = prepare_data_disk(&DataDisk {
+            path: link.clone(),
+            size: Some(16 << 20),
+        })
+        .unwrap_err();
+        assert!(matches!(err, DiskError::DanglingLink { .. }), "{err}");
+        assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+        // A link to an existing disk is followed.
+        fs::create_dir(dir.join("disks")).unwrap();
+        let target = DataDisk {
+            path: dir.join("disks/data.img"),
+            size: Some(16 << 20),
+        };
+        assert!(prepare_data_disk(&target).unwrap());
+        assert!(
+            !prepare_data_disk(&DataDisk {
+                path: link.clone(),
+                size: None
+            })
+            .unwrap()
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
@@ -313,10 +314,13 @@ fn format_new(path: &Path, partial: &Path, size: u64) -> Result<(), DiskError> {
     drop(file);
     // -F: the target is a regular file, not a block device; mkfs asks for
     // confirmation otherwise. Works without root.
+    // Its own process group: a Ctrl-C on the terminal is berth-qemu's to
+    // act on (after the disk is whole), not a kill of mkfs half-way.
     let out = Command::new("mkfs.ext4")
         .args(["-F", "-q", "-L", DATA_DISK_LABEL])
         .arg(partial)
         .env("LC_ALL", "C")
+        .process_group(0)
         .output()
         .map_err(|source| DiskError::SpawnMkfs {
             path: path.to_path_buf(),

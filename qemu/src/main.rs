@@ -235,6 +235,13 @@ fn main() -> ExitCode {
 
 fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let appliance = Appliance::from_dir(&outdir).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    // Registered before anything is made, so a Ctrl-C during the disk's
+    // creation (mkfs runs in its own process group) or the boot reaches
+    // us; during the boot the press is then repeated until the guest can
+    // hear it (see `press_until_heard`).
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    let signal_handle = signals.handle();
     // Before the "booting" line, so that a refusal is the only line printed
     // (Vm::boot checks both again; an existing disk is then left as it is).
     if config.accel == Accel::Kvm {
@@ -243,12 +250,13 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     if let Some(disk) = &config.data_disk {
         prepare_data_disk(disk).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     }
-    // Registered before QEMU starts, so a Ctrl-C during boot reaches us
-    // (QEMU runs in its own process group and does not see it); the press
-    // is then repeated until the guest can hear it (see `press_until_heard`).
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
-    let signal_handle = signals.handle();
+    if let Some(signal) = signals.pending().next() {
+        note!(
+            "berth-qemu: {} before QEMU started: not booting",
+            signal_name(signal)
+        );
+        return Ok(ExitCode::from(130));
+    }
 
     let forwards: Vec<String> = config
         .ports
@@ -359,6 +367,15 @@ const BUTTON_HEARD: &str = "power button pressed";
 /// QEMU being killed with berth-qemu; as nobody is left to press Ctrl-C
 /// again, QEMU is stopped if the guest is still up [`HANGUP_GRACE`] later.
 /// A SIGHUP after the first signal changes nothing.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "interrupted (SIGINT)",
+        SIGTERM => "terminated (SIGTERM)",
+        SIGHUP => "hung up (SIGHUP)",
+        _ => "signalled",
+    }
+}
+
 fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
     let stop_pressing = Arc::new(AtomicBool::new(false));
     let mut presser: Option<JoinHandle<()>> = None;

@@ -450,6 +450,9 @@ pub fn qemu_args(
 fn make_run_dir() -> Result<PathBuf, VmError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    if n == 0 {
+        remove_stale_run_dirs(&std::env::temp_dir());
+    }
     let dir = std::env::temp_dir().join(format!("berth-qemu-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir(&dir).map_err(|source| VmError::RunDir {
@@ -457,6 +460,33 @@ fn make_run_dir() -> Result<PathBuf, VmError> {
         source,
     })?;
     Ok(dir)
+}
+
+/// Removes the run directories (`berth-qemu-PID-N`) under `tmp` of
+/// processes that no longer run: a berth-qemu killed before it could
+/// clean up (SIGKILL, or a signal during `boot-time`) leaves its QMP
+/// socket's directory behind. A live PID's are kept, whoever it is now.
+fn remove_stale_run_dirs(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("berth-qemu-")) else {
+            continue;
+        };
+        let Some((pid, n)) = rest.split_once('-') else {
+            continue;
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if digits(pid)
+            && digits(n)
+            && !Path::new("/proc").join(pid).exists()
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A running (or ended) QEMU. All methods take `&self`, so a `Vm` can be
@@ -1046,6 +1076,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, VmError::BadPort { host: 0, guest: 80 }));
+    }
+
+    #[test]
+    fn run_directories_of_dead_processes_are_removed() {
+        let tmp = std::env::temp_dir().join(format!("berth-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        // Above the kernel's largest pid (2^22): never a live process.
+        let dead = tmp.join("berth-qemu-999999999-0");
+        let live = tmp.join(format!("berth-qemu-{}-7", std::process::id()));
+        let other = tmp.join("berth-qemu-notes");
+        for dir in [&dead, &live, &other] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("qmp.sock"), b"").unwrap();
+        }
+        let file = tmp.join("berth-qemu-999999998-0");
+        fs::write(&file, b"a file, not ours").unwrap();
+        remove_stale_run_dirs(&tmp);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists() && file.exists());
+        fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

@@ -410,6 +410,89 @@ fn run_with_kvm_says_why_kvm_cannot_boot_here() {
     }
 }
 
+/// A Ctrl-C (or SIGTERM) while the data disk is being created: the disk
+/// is finished whole (mkfs runs in its own process group), nothing
+/// temporary is left, QEMU is not started, and the exit is 130.
+#[test]
+fn a_signal_while_the_disk_is_made_stops_before_the_boot() {
+    let dir = common::scratch("cli-disk-signal");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("vmlinuz"), b"not started").unwrap();
+    std::fs::write(out.join("initrd.img"), b"not started").unwrap();
+    // A slow mkfs.ext4 first on PATH, which says when it runs.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let started = dir.join("mkfs-started");
+    let mkfs = bin.join("mkfs.ext4");
+    std::fs::write(
+        &mkfs,
+        format!(
+            "#!/bin/sh\ntouch {}\nsleep 2\nexec /sbin/mkfs.ext4 \"$@\"\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&mkfs, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let disk = dir.join("data.img");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for signal in ["INT", "TERM"] {
+        let _ = std::fs::remove_file(&disk);
+        let _ = std::fs::remove_file(&started);
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(&out)
+            .arg("--data-disk")
+            .arg(format!("{}:16M", disk.display()))
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = collect(child.stderr.take().unwrap());
+        let deadline = Instant::now() + TIMEOUT;
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "mkfs never ran");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = child.wait().unwrap().code();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let err = stderr.lock().unwrap().clone();
+        assert_eq!(code, Some(130), "SIG{signal}: {err}");
+        assert!(
+            err.contains("before QEMU started: not booting"),
+            "SIG{signal}: {err}"
+        );
+        assert!(!err.contains("booting /"), "SIG{signal}: {err}");
+        let bytes = std::fs::read(&disk).unwrap();
+        assert_eq!(
+            &bytes[1024 + 0x38..1024 + 0x3a],
+            &[0x53, 0xef],
+            "a whole ext4 disk"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["bin", "data.img", "mkfs-started", "out"],
+            "SIG{signal}"
+        );
+    }
+}
+
 #[test]
 fn second_ctrl_c_stops_qemu() {
     // This init ignores the power button: only the second Ctrl-C ends it.

@@ -188,17 +188,23 @@ fn parse_args() -> Result<Cli, ExitCode> {
     })
 }
 
-/// A clap error without its `error: ` tag and `try '--help'` hint: a bad
-/// value is one line.
+/// A clap error as one line: its message without the `error: ` tag, the
+/// usage block and the `try '--help'` hint; a message clap spreads over
+/// lines ("the following required arguments were not provided:" and the
+/// arguments) is joined.
 fn usage_error(err: &clap::Error) -> String {
     let text = err.to_string();
-    let kept: Vec<&str> = text
+    let message: Vec<&str> = text
         .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
         .filter(|l| !l.starts_with("For more information"))
+        .map(str::trim)
         .collect();
-    let kept = kept.join("\n");
-    let kept = kept.trim();
-    kept.strip_prefix("error: ").unwrap_or(kept).to_string()
+    let message = message.join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_string()
 }
 
 fn main() -> ExitCode {
@@ -243,7 +249,10 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
     // Before the "booting" line, so that a refusal is the only line printed
-    // (Vm::boot checks both again; an existing disk is then left as it is).
+    // (Vm::boot checks these again; an existing disk is then left as it is).
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     if config.accel == Accel::Kvm {
         check_host_kvm().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     }
@@ -664,6 +673,26 @@ mod tests {
                 size: Some(64 << 20)
             })
         );
+    }
+
+    #[test]
+    fn missing_and_conflicting_arguments_are_one_line() {
+        for (args, message) in [
+            (
+                &["boot-time", "out"][..],
+                "the following required arguments were not provided: --until <TEXT>",
+            ),
+            (
+                &["run"][..],
+                "the following required arguments were not provided: <OUTDIR>",
+            ),
+            (
+                &["boot-time", "out", "--until", "x", "--kvm", "--icount"][..],
+                "the argument '--kvm' cannot be used with '--icount'",
+            ),
+        ] {
+            assert_eq!(parse(args).err().as_deref(), Some(message), "{args:?}");
+        }
     }
 
     #[test]

@@ -200,6 +200,30 @@ impl Outcome {
     }
 }
 
+impl VmConfig {
+    /// Refuses what QEMU would fail on, or do something silly with: memory
+    /// or CPUs out of range, a zero port, one host port forwarded twice.
+    pub fn validate(&self) -> Result<(), VmError> {
+        if !MEMORY_MB_RANGE.contains(&self.memory_mb) {
+            return Err(VmError::BadMemory {
+                memory_mb: self.memory_mb,
+            });
+        }
+        if !CPUS_RANGE.contains(&self.cpus) {
+            return Err(VmError::BadCpus { cpus: self.cpus });
+        }
+        for (i, &(host, guest)) in self.ports.iter().enumerate() {
+            if host == 0 || guest == 0 {
+                return Err(VmError::BadPort { host, guest });
+            }
+            if self.ports[..i].iter().any(|&(h, _)| h == host) {
+                return Err(VmError::DuplicatePort { host });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Errors of booting and driving a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -207,6 +231,8 @@ pub enum VmError {
     MissingFile { path: PathBuf },
     #[error("invalid port forward {host}:{guest}: ports must be non-zero")]
     BadPort { host: u16, guest: u16 },
+    #[error("host port 127.0.0.1:{host} is forwarded twice: one --port per host port")]
+    DuplicatePort { host: u16 },
     #[error("invalid guest memory {memory_mb} MiB: must be {} to {} MiB", MEMORY_MB_RANGE.start(), MEMORY_MB_RANGE.end())]
     BadMemory { memory_mb: u32 },
     #[error("invalid number of cpus {cpus}: must be {} to {}", CPUS_RANGE.start(), CPUS_RANGE.end())]
@@ -384,14 +410,7 @@ pub fn qemu_args(
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::TcgIcount => push(&["-accel", "tcg", "-icount", "shift=0,sleep=off"]),
     }
-    if !MEMORY_MB_RANGE.contains(&config.memory_mb) {
-        return Err(VmError::BadMemory {
-            memory_mb: config.memory_mb,
-        });
-    }
-    if !CPUS_RANGE.contains(&config.cpus) {
-        return Err(VmError::BadCpus { cpus: config.cpus });
-    }
+    config.validate()?;
     let memory = config.memory_mb.to_string();
     let cpus = config.cpus.to_string();
     push(&["-m", &memory, "-smp", &cpus]);
@@ -415,9 +434,6 @@ pub fn qemu_args(
     // outside; only the explicit forwards below, bound to 127.0.0.1, get in.
     let mut netdev = String::from("user,id=net0,restrict=on");
     for &(host, guest) in &config.ports {
-        if host == 0 || guest == 0 {
-            return Err(VmError::BadPort { host, guest });
-        }
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
     args.push("-netdev".into());
@@ -1076,6 +1092,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, VmError::BadPort { host: 0, guest: 80 }));
+        let err = VmConfig {
+            ports: vec![(18093, 80), (18094, 80), (18093, 8080)],
+            ..VmConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            matches!(err, VmError::DuplicatePort { host: 18093 }),
+            "{err}"
+        );
+        // One guest port behind two host ports is fine.
+        VmConfig {
+            ports: vec![(18093, 80), (18094, 80)],
+            ..VmConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

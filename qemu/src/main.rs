@@ -104,7 +104,7 @@ struct VmArgs {
     /// Forward 127.0.0.1:HOST on this machine to GUEST in the appliance (repeatable)
     #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
     ports: Vec<(u16, u16)>,
-    /// Guest memory in MB (MiB: 1 MB = 1024 × 1024 bytes), 32 to 1048576
+    /// Guest memory in MB (MiB: 1 MB = 1024 × 1024 bytes), 128 to 1048576
     #[arg(long, value_name = "MB", default_value_t = 512, value_parser = parse_memory)]
     memory: u32,
     /// Virtual CPUs, 1 to 255
@@ -346,9 +346,7 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
             4
         }
         Outcome::Unexplained { status } => {
-            note!(
-                "berth-qemu: qemu exited ({status}) without a power-off, reboot or panic on the console"
-            );
+            note!("berth-qemu: {}", unexplained(&status, &vm.serial_log()));
             5
         }
         Outcome::StoppedByHost => {
@@ -376,6 +374,18 @@ const BUTTON_HEARD: &str = "power button pressed";
 /// QEMU being killed with berth-qemu; as nobody is left to press Ctrl-C
 /// again, QEMU is stopped if the guest is still up [`HANGUP_GRACE`] later.
 /// A SIGHUP after the first signal changes nothing.
+/// The message of exit code 5. Nothing at all on the console means the
+/// kernel never got as far as its first line, which is what too little
+/// memory for the kernel and the initramfs looks like.
+fn unexplained(status: &std::process::ExitStatus, console: &str) -> String {
+    let silent = if console.trim().is_empty() {
+        "; the console stayed empty: the kernel never started (too little --memory for this kernel and initramfs?)"
+    } else {
+        ""
+    };
+    format!("qemu exited ({status}) without a power-off, reboot or panic on the console{silent}")
+}
+
 fn signal_name(signal: i32) -> &'static str {
     match signal {
         SIGINT => "interrupted (SIGINT)",
@@ -604,15 +614,15 @@ mod tests {
         for (args, message) in [
             (
                 ["--memory", "0"],
-                "invalid value '0' for '--memory <MB>': guest memory in MB must be a whole number from 32 to 1048576",
+                "invalid value '0' for '--memory <MB>': guest memory in MB must be a whole number from 128 to 1048576",
             ),
             (
                 ["--memory", "4294967296"],
-                "invalid value '4294967296' for '--memory <MB>': guest memory in MB must be a whole number from 32 to 1048576",
+                "invalid value '4294967296' for '--memory <MB>': guest memory in MB must be a whole number from 128 to 1048576",
             ),
             (
                 ["--memory", "2G"],
-                "invalid value '2G' for '--memory <MB>': guest memory in MB must be a whole number from 32 to 1048576",
+                "invalid value '2G' for '--memory <MB>': guest memory in MB must be a whole number from 128 to 1048576",
             ),
             (
                 ["--cpus", "0"],
@@ -672,6 +682,20 @@ mod tests {
                 path: "a:b.img".into(),
                 size: Some(64 << 20)
             })
+        );
+    }
+
+    #[test]
+    fn an_empty_console_suggests_too_little_memory() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(0);
+        assert_eq!(
+            unexplained(&status, " \r\n"),
+            "qemu exited (exit status: 0) without a power-off, reboot or panic on the console; the console stayed empty: the kernel never started (too little --memory for this kernel and initramfs?)"
+        );
+        assert_eq!(
+            unexplained(&status, "[    0.000000] Linux version 6.1\n"),
+            "qemu exited (exit status: 0) without a power-off, reboot or panic on the console"
         );
     }
 

@@ -314,7 +314,7 @@ fn run_refuses_nonsense_values_before_starting_qemu() {
         (
             "--memory",
             "0",
-            "guest memory in MB must be a whole number from 32 to 1048576",
+            "guest memory in MB must be a whole number from 128 to 1048576",
         ),
         (
             "--cpus",

@@ -96,9 +96,19 @@ impl Appliance {
 
     fn check(&self) -> Result<(), VmError> {
         for path in [&self.kernel, &self.initrd] {
-            if !path.is_file() {
-                return Err(VmError::MissingFile { path: path.clone() });
-            }
+            let problem = match fs::metadata(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(VmError::MissingFile { path: path.clone() });
+                }
+                Err(e) => e.to_string(),
+                Ok(meta) if !meta.is_file() => "not a regular file".to_string(),
+                Ok(meta) if meta.len() == 0 => "empty".to_string(),
+                Ok(_) => continue,
+            };
+            return Err(VmError::BadFile {
+                path: path.clone(),
+                problem,
+            });
         }
         Ok(())
     }
@@ -231,6 +241,8 @@ impl VmConfig {
 pub enum VmError {
     #[error("appliance file {path} is missing")]
     MissingFile { path: PathBuf },
+    #[error("appliance file {path} is unusable: {problem}")]
+    BadFile { path: PathBuf, problem: String },
     #[error("invalid port forward {host}:{guest}: ports must be non-zero")]
     BadPort { host: u16, guest: u16 },
     #[error("host port 127.0.0.1:{host} is forwarded twice: one --port per host port")]
@@ -1208,6 +1220,26 @@ mod tests {
             matches!(&err, VmError::MissingFile { path } if path.ends_with("vmlinuz")),
             "{err}"
         );
+        let dir = std::env::temp_dir().join(format!("berth-appliance-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("vmlinuz")).unwrap();
+        fs::write(dir.join("initrd.img"), b"").unwrap();
+        let err = Appliance::from_dir(&dir).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("vmlinuz is unusable: not a regular file"),
+            "{err}"
+        );
+        fs::remove_dir(dir.join("vmlinuz")).unwrap();
+        fs::write(dir.join("vmlinuz"), b"k").unwrap();
+        let err = Appliance::from_dir(&dir).unwrap_err();
+        assert!(
+            err.to_string().ends_with("initrd.img is unusable: empty"),
+            "{err}"
+        );
+        fs::write(dir.join("initrd.img"), b"i").unwrap();
+        Appliance::from_dir(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     fn status(code: i32) -> ExitStatus {

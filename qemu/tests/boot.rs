@@ -267,7 +267,7 @@ fn a_data_disk_in_use_by_another_vm_is_refused() {
 fn qemu_start_failure_is_reported_with_its_stderr() {
     let dir = scratch("bad-kernel");
     std::fs::write(dir.join("vmlinuz"), b"not a kernel").unwrap();
-    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"not an initramfs").unwrap();
     common::kernel(); // the install hint for a missing qemu comes first
     let appliance = berth_qemu::Appliance::from_dir(&dir).unwrap();
     let err = Vm::boot(&appliance, &VmConfig::default()).unwrap_err();

@@ -308,8 +308,8 @@ fn ctrl_c_during_boot_is_repeated_until_the_guest_hears_it() {
 fn run_refuses_nonsense_values_before_starting_qemu() {
     // A stand-in OUTDIR: were QEMU started, it would fail on these files.
     let dir = common::scratch("cli-nonsense");
-    std::fs::write(dir.join("vmlinuz"), b"").unwrap();
-    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    std::fs::write(dir.join("vmlinuz"), b"stand-in").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"stand-in").unwrap();
     for (option, value, message) in [
         (
             "--memory",
@@ -380,8 +380,8 @@ fn run_refuses_nonsense_values_before_starting_qemu() {
 #[test]
 fn run_with_kvm_says_why_kvm_cannot_boot_here() {
     let dir = common::scratch("cli-kvm");
-    std::fs::write(dir.join("vmlinuz"), b"").unwrap();
-    std::fs::write(dir.join("initrd.img"), b"").unwrap();
+    std::fs::write(dir.join("vmlinuz"), b"stand-in").unwrap();
+    std::fs::write(dir.join("initrd.img"), b"stand-in").unwrap();
     let out = Command::new(BIN)
         .arg("run")
         .arg(&dir)

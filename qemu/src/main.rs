@@ -75,7 +75,7 @@ enum Cmd {
         /// Directory holding vmlinuz and initrd.img
         outdir: PathBuf,
         /// The measured boot ends at the first console line containing TEXT
-        #[arg(long, value_name = "TEXT")]
+        #[arg(long, value_name = "TEXT", value_parser = parse_until)]
         until: String,
         /// Number of boots
         #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
@@ -384,6 +384,15 @@ fn unexplained(status: &std::process::ExitStatus, console: &str) -> String {
         ""
     };
     format!("qemu exited ({status}) without a power-off, reboot or panic on the console{silent}")
+}
+
+/// `--until`: every line contains the empty text, so it would time the
+/// first line of all (SeaBIOS's), not a boot.
+fn parse_until(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the text to wait for must not be empty".to_string());
+    }
+    Ok(s.to_string())
 }
 
 fn signal_name(signal: i32) -> &'static str {
@@ -716,6 +725,22 @@ mod tests {
             ),
         ] {
             assert_eq!(parse(args).err().as_deref(), Some(message), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn boot_time_refuses_an_empty_until() {
+        for until in ["", "  "] {
+            let err = parse(&["boot-time", "out", "--until", until]).err();
+            assert_eq!(
+                err.as_deref(),
+                Some(
+                    format!(
+                        "invalid value '{until}' for '--until <TEXT>': the text to wait for must not be empty"
+                    )
+                    .as_str()
+                )
+            );
         }
     }
 

@@ -306,8 +306,14 @@ pub enum VmError {
     },
     #[error("no console line containing {pattern:?} within {timeout:?}")]
     LineTimeout { pattern: String, timeout: Duration },
-    #[error("qemu exited ({status}) before the console printed a line containing {pattern:?}")]
-    LineNeverCame { pattern: String, status: String },
+    /// `why`: empty, or " after " and the line that tells why the guest
+    /// ended (PID 1's fatal error, the kernel's panic).
+    #[error("qemu exited ({status}){why} before the console printed a line containing {pattern:?}")]
+    LineNeverCame {
+        pattern: String,
+        status: String,
+        why: String,
+    },
     #[error("qemu still running after {timeout:?}")]
     ExitTimeout { timeout: Duration },
     #[error("could not wait for qemu")]
@@ -722,20 +728,21 @@ impl Vm {
             }),
             LineWait::Closed => {
                 // The console closes when QEMU exits; give the status a moment.
-                let mut status = self
+                let status = self
                     .wait_exit(Duration::from_secs(5))
                     .map_or_else(|_| "status unknown".to_string(), |s| s.to_string());
                 // Why the guest ended, when its console says (a fatal
                 // error of PID 1, a kernel panic).
-                if let Ok(Some(Outcome::FailedPowerOff { line } | Outcome::Panicked { line })) =
-                    self.outcome()
-                {
-                    status.push_str(": ");
-                    status.push_str(line.trim());
-                }
+                let why = match self.outcome() {
+                    Ok(Some(Outcome::FailedPowerOff { line } | Outcome::Panicked { line })) => {
+                        format!(" after {}", line.trim())
+                    }
+                    _ => String::new(),
+                };
                 Err(VmError::LineNeverCame {
                     pattern: pattern.to_string(),
                     status,
+                    why,
                 })
             }
         }

@@ -73,7 +73,7 @@ echo '[     1.695] berth: powering off'
         .to_string();
     assert!(
         err.ends_with(
-            "exit status: 0: [     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT) before the console printed a line containing \"service web started\""
+            "qemu exited (exit status: 0) after [     1.694] berth: fatal: mount data disk /dev/vda (ext4) on /data: ENOENT before the console printed a line containing \"service web started\""
         ),
         "{err}"
     );

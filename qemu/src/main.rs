@@ -365,15 +365,6 @@ const PRESS_INTERVAL: Duration = Duration::from_millis(1500);
 /// logs `berth: power button pressed: shutting down`).
 const BUTTON_HEARD: &str = "power button pressed";
 
-/// Ctrl-C (or SIGTERM) once: press the power button until the guest hears
-/// it; twice: stop QEMU. Returns when QEMU was stopped or the signals were
-/// closed (QEMU exited), after the presser ended.
-///
-/// SIGHUP (the terminal went away, an SSH session dropped) powers down as
-/// the first Ctrl-C does, so the data disk is unmounted cleanly instead of
-/// QEMU being killed with berth-qemu; as nobody is left to press Ctrl-C
-/// again, QEMU is stopped if the guest is still up [`HANGUP_GRACE`] later.
-/// A SIGHUP after the first signal changes nothing.
 /// The message of exit code 5. Nothing at all on the console means the
 /// kernel never got as far as its first line, which is what too little
 /// memory for the kernel and the initramfs looks like.
@@ -404,6 +395,15 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// Ctrl-C (or SIGTERM) once: press the power button until the guest hears
+/// it; twice: stop QEMU. Returns when QEMU was stopped or the signals were
+/// closed (QEMU exited), after the presser ended.
+///
+/// SIGHUP (the terminal went away, an SSH session dropped) powers down as
+/// the first Ctrl-C does, so the data disk is unmounted cleanly instead of
+/// QEMU being killed with berth-qemu; as nobody is left to press Ctrl-C
+/// again, QEMU is stopped if the guest is still up [`HANGUP_GRACE`] later.
+/// A SIGHUP after the first signal changes nothing.
 fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
     let stop_pressing = Arc::new(AtomicBool::new(false));
     let mut presser: Option<JoinHandle<()>> = None;

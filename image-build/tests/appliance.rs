@@ -798,6 +798,29 @@ fn image_units_get_their_runtime_spec_at_build_time() {
         err.contains("task t: image nocmd") && err.contains("unable to find user \"nobody\""),
         "{err}"
     );
+    // A command the image does not have, by path or by name.
+    write(r#"{"name": "t", "image": "nocmd", "command": ["/no/such/binary"]}"#);
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("task t: image nocmd: its command /no/such/binary is not an executable file in the image"),
+        "{err}"
+    );
+    write(r#"{"name": "t", "image": "nocmd", "command": ["nosuch"]}"#);
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("its command nosuch is not an executable file in the image (looked for /usr/local/sbin/nosuch,"),
+        "{err}"
+    );
+    // Found on PATH; and a program below a mount is only known at boot.
+    write(r#"{"name": "t", "image": "nocmd", "command": ["true"]}"#);
+    build_succeeds(&manifest, &out);
+    fs::remove_dir_all(&out).unwrap();
+    write(
+        r#"{"name": "t", "image": "nocmd", "command": ["/scratch/run"],
+            "mounts": [{"type": "tmpfs", "target": "/scratch"}]}"#,
+    );
+    build_succeeds(&manifest, &out);
+    fs::remove_dir_all(&out).unwrap();
     // A command and a user the image has: it builds.
     write(r#"{"name": "t", "image": "nocmd", "command": ["/bin/true"], "user": "web"}"#);
     build_succeeds(&manifest, &out);

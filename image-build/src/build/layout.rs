@@ -33,6 +33,8 @@ use berth_bundles::digest::{Hasher, Sha256Digest};
 use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
 use serde_json::json;
 
+use super::tree::{ImageTree, Node};
+
 /// Why an image could not be packed.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -139,6 +141,8 @@ pub struct ImageFacts {
     /// `/etc/passwd` and `/etc/group`.
     pub passwd: ImageFile,
     pub group: ImageFile,
+    /// Every path, as the layers leave it (for the units' programs).
+    pub tree: ImageTree,
 }
 
 /// The files of [`ImageFacts`], by their path in a layer.
@@ -589,6 +593,7 @@ fn check_entry(
     let kind = match read {
         ReadEntry::Skip => return Ok(None),
         ReadEntry::Opaque => {
+            facts.tree.opaque(parent, index);
             // Hides what lower layers put in the directory.
             for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
                 if under(file, parent) && slot.layer().is_some_and(|l| l < index) {
@@ -603,6 +608,7 @@ fn check_entry(
                 removed.push(b'/');
             }
             removed.extend_from_slice(base.get(b".wh.".len()..).unwrap_or_default());
+            facts.tree.whiteout(&removed, index);
             for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
                 if *file == removed.as_slice() || under(file, &removed) {
                     **slot = ImageFile::Absent;
@@ -612,6 +618,34 @@ fn check_entry(
         }
         ReadEntry::Create { kind, .. } => kind,
     };
+    let node = match kind {
+        tar::EntryType::Directory => Node::Dir,
+        tar::EntryType::Regular | tar::EntryType::Continuous => Node::File {
+            mode: entry.header().mode().unwrap_or(0),
+        },
+        tar::EntryType::Symlink => {
+            Node::Symlink(entry.link_name_bytes().unwrap_or_default().into_owned())
+        }
+        // A hardlink is its target (read_entry checked it names one).
+        tar::EntryType::Link => {
+            let target = entry.link_name_bytes().unwrap_or_default();
+            let target: Vec<&[u8]> = target
+                .split(|b| *b == b'/')
+                .filter(|c| !c.is_empty() && *c != b".")
+                .collect();
+            match facts
+                .tree
+                .resolve(&[b"/".as_slice(), &target.join(&b'/')].concat())
+            {
+                super::tree::Found::Node(node @ Node::File { .. }) => node,
+                _ => Node::File {
+                    mode: entry.header().mode().unwrap_or(0),
+                },
+            }
+        }
+        _ => Node::Other,
+    };
+    facts.tree.create(&path, node, index);
     for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
         if *file == path.as_slice() {
             **slot = if kind == tar::EntryType::Regular {

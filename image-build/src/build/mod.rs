@@ -63,6 +63,7 @@ pub mod cpio;
 pub mod elf;
 pub mod kernel;
 pub mod layout;
+pub mod tree;
 
 use std::error::Error;
 use std::fs;
@@ -894,13 +895,70 @@ const CGROUP_PARENT: &str = "berth";
 /// `id`, before it touches anything: the plan of the container's first
 /// process and of its cgroup. Bind sources are on the machine, not here:
 /// each is taken for a directory.
-fn runtime_check(id: &str, spec: &oci_spec::runtime::Spec, bundle: &Path) -> Result<(), String> {
+fn runtime_check(
+    id: &str,
+    spec: &oci_spec::runtime::Spec,
+    bundle: &Path,
+) -> Result<berth_runtime::spec::Plan, String> {
     let chain = |e: &dyn Error| berth_init::logging::error_chain(e);
-    berth_runtime::spec::plan(spec, &bundle.join("rootfs"), bundle, &|_| true)
+    let plan = berth_runtime::spec::plan(spec, &bundle.join("rootfs"), bundle, &|_| true)
         .map_err(|e| chain(&e))?;
     let linux = spec.linux().clone().unwrap_or_default();
     berth_runtime::cgroup::plan(&linux, id).map_err(|e| chain(&e))?;
-    Ok(())
+    Ok(plan)
+}
+
+/// Whether the image has the program the unit runs: the runtime's own
+/// candidates (`args[0]`, or each PATH directory joined with it, as
+/// `execvp`) resolved in the image's tree; one must be a file with an
+/// execute bit. A candidate below one of the spec's mounts (a persistent
+/// directory, a tmpfs, /proc) is only known at boot, so it passes.
+fn check_program(
+    spec: &oci_spec::runtime::Spec,
+    plan: &berth_runtime::spec::Plan,
+    tree: &tree::ImageTree,
+) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mounts: Vec<PathBuf> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .map(|m| m.destination().clone())
+        .collect();
+    // `args[0]` with a `/` but not absolute is relative to the cwd.
+    let cwd = spec
+        .process()
+        .as_ref()
+        .map_or_else(|| PathBuf::from("/"), |p| p.cwd().clone());
+    let mut looked = Vec::new();
+    for candidate in &plan.exec_candidates {
+        let path = cwd.join(Path::new(std::ffi::OsStr::from_bytes(candidate.to_bytes())));
+        if mounts.iter().any(|m| path.starts_with(m)) {
+            return Ok(());
+        }
+        if let tree::Found::Node(tree::Node::File { mode }) =
+            tree.resolve(path.as_os_str().as_bytes())
+            && mode & 0o111 != 0
+        {
+            return Ok(());
+        }
+        looked.push(path.display().to_string());
+    }
+    let arg0 = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().as_ref())
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_default();
+    Err(if looked.len() == 1 && looked[0] == arg0 {
+        format!("its command {arg0} is not an executable file in the image")
+    } else {
+        format!(
+            "its command {arg0} is not an executable file in the image (looked for {})",
+            looked.join(", ")
+        )
+    })
 }
 
 /// Reads a bundle's `config.json` as berth-init will when the unit starts
@@ -935,6 +993,7 @@ fn check_bundle(b: &BundleCopy) -> Result<PathBuf, BuildError> {
     };
     let archive = Path::new("/").join(&b.archive);
     runtime_check(&b.unit, &spec, &archive)
+        .map(drop)
         .map_err(|e| unit_err(format!("bundle {}: {e}", b.host.display())))?;
     Ok(real)
 }
@@ -1017,12 +1076,14 @@ fn check_image_units(
             Some(CGROUP_PARENT),
         )
         .map_err(|e| unit_err(berth_init::logging::error_chain(&e)))?;
-        runtime_check(
+        let plan = runtime_check(
             name,
             &spec,
             Path::new("/run/berth/rootfs").join(name).as_path(),
         )
         .map_err(|e| unit_err(format!("image {image}: {e}")))?;
+        check_program(&spec, &plan, &facts.tree)
+            .map_err(|e| unit_err(format!("image {image}: {e}")))?;
     }
     Ok(())
 }

@@ -1,0 +1,333 @@
+//! An image's file tree as its layers leave it, without unpacking: what
+//! each path is (directory, file and its mode, symlink and its target),
+//! after whiteouts and opaque directories. The build resolves an image
+//! unit's program in it as the runtime's `execve` will in the unpacked
+//! root, so a command the image does not have fails the build instead of
+//! every start of the unit.
+
+use std::collections::BTreeMap;
+
+/// One path of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    File {
+        mode: u32,
+    },
+    Symlink(Vec<u8>),
+    /// A device, FIFO or socket: never an executable.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    node: Node,
+    layer: usize,
+}
+
+/// Paths are relative to the root, without a leading or trailing `/`
+/// (the root itself is the empty path and always a directory), as
+/// `berth_bundles::apply::read_entry` cleans them.
+#[derive(Debug, Clone, Default)]
+pub struct ImageTree {
+    entries: BTreeMap<Vec<u8>, Entry>,
+}
+
+/// What resolving a path found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The path names this node (symlinks followed).
+    Node(Node),
+    /// A component is missing, or is not a directory where one must be.
+    Missing,
+    /// More than [`MAX_LINKS`] symlinks, or a loop.
+    TooManyLinks,
+}
+
+/// The kernel's limit on symlinks followed in one lookup (`MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+fn under(path: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
+}
+
+impl ImageTree {
+    /// Removes `path` and everything below it.
+    fn remove_tree(&mut self, path: &[u8]) {
+        let doomed: Vec<Vec<u8>> = self
+            .entries
+            .range(path.to_vec()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .filter(|(p, _)| p.as_slice() == path || under(p, path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in doomed {
+            self.entries.remove(&p);
+        }
+    }
+
+    /// An entry of layer `layer` creates `node` at `path`. Its parent is
+    /// resolved in the tree as the unpacker resolves it in the root
+    /// (symlinks followed, missing directories made); a directory over a
+    /// directory keeps what is below it, anything else replaces the old
+    /// path and its subtree. An entry whose parent is not a directory is
+    /// left out (the unpacker refuses it at boot).
+    pub fn create(&mut self, path: &[u8], node: Node, layer: usize) {
+        let Some((parent, name)) = split_last(path) else {
+            return;
+        };
+        let Some(full) = self
+            .parent_path(parent, layer, true)
+            .map(|p| join(&p, name))
+        else {
+            return;
+        };
+        let keep_below = node == Node::Dir
+            && matches!(
+                self.entries.get(&full),
+                Some(Entry {
+                    node: Node::Dir,
+                    ..
+                })
+            );
+        if !keep_below {
+            self.remove_tree(&full);
+        }
+        self.entries.insert(full, Entry { node, layer });
+    }
+
+    /// `.wh.NAME`: `path` (the parent joined with NAME) goes, with its subtree.
+    pub fn whiteout(&mut self, path: &[u8], layer: usize) {
+        if let Some((parent, name)) = split_last(path)
+            && let Some(dir) = self.parent_path(parent, layer, false)
+        {
+            self.remove_tree(&join(&dir, name));
+        }
+    }
+
+    /// `.wh..wh..opq` in `dir`: what lower layers put below `dir` goes.
+    pub fn opaque(&mut self, dir: &[u8], layer: usize) {
+        let Some(dir) = self.parent_path(dir, layer, false) else {
+            return;
+        };
+        let doomed: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(p, e)| under(p, &dir) && e.layer < layer)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in doomed {
+            self.entries.remove(&p);
+        }
+    }
+
+    /// The path of the directory `dir` names, symlinks followed; with
+    /// `make`, missing components become directories of `layer`. `None`
+    /// when a component is a file, a dangling link (without `make`: any
+    /// missing one) or a loop.
+    fn parent_path(&mut self, dir: &[u8], layer: usize, make: bool) -> Option<Vec<u8>> {
+        let mut links = 0;
+        let mut todo: Vec<Vec<u8>> = split(dir).into_iter().rev().collect();
+        let mut at: Vec<Vec<u8>> = Vec::new();
+        while let Some(name) = todo.pop() {
+            match name.as_slice() {
+                b"." => continue,
+                b".." => {
+                    at.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            at.push(name);
+            let joined = at.join(&b'/');
+            match self.entries.get(&joined).map(|e| e.node.clone()) {
+                None if make => {
+                    self.entries.insert(
+                        joined,
+                        Entry {
+                            node: Node::Dir,
+                            layer,
+                        },
+                    );
+                }
+                None => return None,
+                Some(Node::Dir) => {}
+                Some(Node::Symlink(target)) => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return None;
+                    }
+                    at.pop();
+                    if target.starts_with(b"/") {
+                        at.clear();
+                    }
+                    todo.extend(split(&target).into_iter().rev());
+                }
+                Some(_) => return None,
+            }
+        }
+        Some(at.join(&b'/'))
+    }
+
+    /// Resolves an absolute path as the kernel does in the unpacked root:
+    /// `.` and `..` (never above the root), symlinks in every component,
+    /// absolute targets from the root, relative ones from the link's
+    /// directory.
+    pub fn resolve(&self, path: &[u8]) -> Found {
+        let mut links = 0;
+        // The components still to walk, last one first.
+        let mut todo: Vec<Vec<u8>> = split(path).into_iter().rev().collect();
+        let mut at: Vec<Vec<u8>> = Vec::new();
+        while let Some(name) = todo.pop() {
+            match name.as_slice() {
+                b"." => continue,
+                b".." => {
+                    at.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            at.push(name);
+            let joined = at.join(&b'/');
+            match self.entries.get(&joined).map(|e| &e.node) {
+                None => return Found::Missing,
+                Some(Node::Symlink(target)) => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Found::TooManyLinks;
+                    }
+                    at.pop();
+                    if target.starts_with(b"/") {
+                        at.clear();
+                    }
+                    todo.extend(split(target).into_iter().rev());
+                }
+                Some(node) => {
+                    if !todo.is_empty() && *node != Node::Dir {
+                        return Found::Missing;
+                    }
+                    if todo.is_empty() {
+                        return Found::Node(node.clone());
+                    }
+                }
+            }
+        }
+        Found::Node(Node::Dir)
+    }
+}
+
+/// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`); `None` for the root.
+fn split_last(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[][..], path),
+    })
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    [dir, b"/", name].concat()
+}
+
+fn split(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(mode: u32) -> Node {
+        Node::File { mode }
+    }
+
+    fn link(target: &str) -> Node {
+        Node::Symlink(target.as_bytes().to_vec())
+    }
+
+    /// A merged-/usr busybox image: /bin -> usr/bin, applets linking to
+    /// busybox.
+    fn busybox() -> ImageTree {
+        let mut t = ImageTree::default();
+        t.create(b"usr/bin/busybox", file(0o755), 0);
+        t.create(b"usr/bin/sh", link("busybox"), 0);
+        t.create(b"usr/bin/abs", link("/usr/bin/busybox"), 0);
+        t.create(b"bin", link("usr/bin"), 0);
+        t.create(b"etc/passwd", file(0o644), 0);
+        t.create(b"loop", link("loop"), 0);
+        t
+    }
+
+    #[test]
+    fn paths_resolve_through_links_as_the_kernel_resolves_them() {
+        let t = busybox();
+        for path in [
+            "/usr/bin/busybox",
+            "/bin/sh",
+            "/bin/abs",
+            "/bin/../bin/./sh",
+            "/../../bin/sh",
+            "//usr//bin/sh/",
+        ] {
+            assert_eq!(
+                t.resolve(path.as_bytes()),
+                Found::Node(file(0o755)),
+                "{path}"
+            );
+        }
+        assert_eq!(t.resolve(b"/bin"), Found::Node(Node::Dir));
+        assert_eq!(t.resolve(b"/"), Found::Node(Node::Dir));
+        assert_eq!(t.resolve(b"/bin/nope"), Found::Missing);
+        assert_eq!(t.resolve(b"/etc/passwd/x"), Found::Missing);
+        assert_eq!(t.resolve(b"/loop"), Found::TooManyLinks);
+        // Implicit parents are directories.
+        assert_eq!(t.resolve(b"/usr"), Found::Node(Node::Dir));
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_directories_remove_lower_layers_paths() {
+        let mut t = busybox();
+        t.whiteout(b"usr/bin/sh", 1);
+        assert_eq!(t.resolve(b"/bin/sh"), Found::Missing);
+        assert_eq!(t.resolve(b"/bin/busybox"), Found::Node(file(0o755)));
+        t.create(b"usr/bin/new", file(0o700), 1);
+        t.opaque(b"usr/bin", 1);
+        assert_eq!(t.resolve(b"/bin/busybox"), Found::Missing);
+        assert_eq!(t.resolve(b"/bin/new"), Found::Node(file(0o700)));
+        // A file over a directory takes its subtree with it.
+        t.create(b"usr", file(0o644), 2);
+        assert_eq!(t.resolve(b"/bin/new"), Found::Missing);
+        // A directory over a directory keeps it.
+        let mut t = busybox();
+        t.create(b"usr/bin", Node::Dir, 1);
+        assert_eq!(t.resolve(b"/bin/sh"), Found::Node(file(0o755)));
+        // An entry below a file is left out, as the unpacker refuses it.
+        t.create(b"etc/passwd/x", file(0o755), 2);
+        assert_eq!(t.resolve(b"/etc/passwd/x"), Found::Missing);
+    }
+
+    #[test]
+    fn entries_below_a_symlinked_directory_land_where_it_points() {
+        let mut t = busybox();
+        // A later layer's bin/tool, bin being a link to usr/bin.
+        t.create(b"bin/tool", file(0o755), 1);
+        assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Node(file(0o755)));
+        assert_eq!(t.resolve(b"/bin"), Found::Node(Node::Dir));
+        // Whiteouts and opaque markers follow it too.
+        t.whiteout(b"bin/tool", 2);
+        assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Missing);
+        t.opaque(b"bin", 3);
+        assert_eq!(t.resolve(b"/usr/bin/busybox"), Found::Missing);
+        // Missing parents are made.
+        t.create(b"opt/app/run", file(0o755), 4);
+        assert_eq!(t.resolve(b"/opt/app/run"), Found::Node(file(0o755)));
+    }
+}

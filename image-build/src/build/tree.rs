@@ -126,47 +126,22 @@ impl ImageTree {
     /// when a component is a file, a dangling link (without `make`: any
     /// missing one) or a loop.
     fn parent_path(&mut self, dir: &[u8], layer: usize, make: bool) -> Option<Vec<u8>> {
-        let mut links = 0;
-        let mut todo: Vec<Vec<u8>> = split(dir).into_iter().rev().collect();
-        let mut at: Vec<Vec<u8>> = Vec::new();
-        while let Some(name) = todo.pop() {
-            match name.as_slice() {
-                b"." => continue,
-                b".." => {
-                    at.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            at.push(name);
-            let joined = at.join(&b'/');
-            match self.entries.get(&joined).map(|e| e.node.clone()) {
-                None if make => {
+        loop {
+            match self.walk(dir) {
+                Walk::Found(path, Node::Dir) => return Some(path),
+                // One missing component per round, made a directory.
+                Walk::Missing(path) if make => {
                     self.entries.insert(
-                        joined,
+                        path,
                         Entry {
                             node: Node::Dir,
                             layer,
                         },
                     );
                 }
-                None => return None,
-                Some(Node::Dir) => {}
-                Some(Node::Symlink(target)) => {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return None;
-                    }
-                    at.pop();
-                    if target.starts_with(b"/") {
-                        at.clear();
-                    }
-                    todo.extend(split(&target).into_iter().rev());
-                }
-                Some(_) => return None,
+                _ => return None,
             }
         }
-        Some(at.join(&b'/'))
     }
 
     /// Resolves an absolute path as the kernel does in the unpacked root:
@@ -174,6 +149,16 @@ impl ImageTree {
     /// absolute targets from the root, relative ones from the link's
     /// directory.
     pub fn resolve(&self, path: &[u8]) -> Found {
+        match self.walk(path) {
+            Walk::Found(_, node) => Found::Node(node),
+            Walk::Missing(_) | Walk::NotDir => Found::Missing,
+            Walk::TooManyLinks => Found::TooManyLinks,
+        }
+    }
+
+    /// The walk behind [`ImageTree::resolve`] and the parent lookups,
+    /// with the path it ends at.
+    fn walk(&self, path: &[u8]) -> Walk {
         let mut links = 0;
         // The components still to walk, last one first.
         let mut todo: Vec<Vec<u8>> = split(path).into_iter().rev().collect();
@@ -190,11 +175,11 @@ impl ImageTree {
             at.push(name);
             let joined = at.join(&b'/');
             match self.entries.get(&joined).map(|e| &e.node) {
-                None => return Found::Missing,
+                None => return Walk::Missing(joined),
                 Some(Node::Symlink(target)) => {
                     links += 1;
                     if links > MAX_LINKS {
-                        return Found::TooManyLinks;
+                        return Walk::TooManyLinks;
                     }
                     at.pop();
                     if target.starts_with(b"/") {
@@ -202,18 +187,23 @@ impl ImageTree {
                     }
                     todo.extend(split(target).into_iter().rev());
                 }
-                Some(node) => {
-                    if !todo.is_empty() && *node != Node::Dir {
-                        return Found::Missing;
-                    }
-                    if todo.is_empty() {
-                        return Found::Node(node.clone());
-                    }
-                }
+                Some(Node::Dir) => {}
+                Some(node) if todo.is_empty() => return Walk::Found(joined, node.clone()),
+                Some(_) => return Walk::NotDir,
             }
         }
-        Found::Node(Node::Dir)
+        Walk::Found(at.join(&b'/'), Node::Dir)
     }
+}
+
+/// Where a walk ended: the path it names (symlinks followed) and what is
+/// there, the first missing component, a non-directory in the middle,
+/// or too many links.
+enum Walk {
+    Found(Vec<u8>, Node),
+    Missing(Vec<u8>),
+    NotDir,
+    TooManyLinks,
 }
 
 /// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`); `None` for the root.

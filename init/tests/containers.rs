@@ -712,7 +712,7 @@ fn manifest_overrides_reach_the_container() {
             ctr("rw", probe, r#","stop_signal":"SIGKILL""#),
             format!(
                 r#"{{"name":"tuned","image":"busybox","command":["/bin/sh","-c"],"args":[{}],
-                "env":{{"FOO":"bar"}},"cwd":"/tmp","user":"1000:1001","read_only":true,
+                "env":{{"FOO":"bar"}},"cwd":"/srv/work","user":"1000:1001","read_only":true,
                 "mounts":[{{"type":"tmpfs","target":"/scratch","mode":"1777"}}],
                 "capabilities":["CAP_NET_BIND_SERVICE"],"stop_signal":"SIGKILL"}}"#,
                 serde_json::to_string(script).unwrap()
@@ -720,7 +720,9 @@ fn manifest_overrides_reach_the_container() {
         ],
     );
     let mut p = w.start(&m);
-    p.wait_for("tuned: user=1000:1001 cwd=/tmp foo=bar path=/bin");
+    // The cwd, missing from the image, is made in the shared tree before
+    // it is bound read-only (as runc and crun make a missing cwd).
+    p.wait_for("tuned: user=1000:1001 cwd=/srv/work foo=bar path=/bin");
     p.wait_for("ro: root=ro");
     p.wait_for("rw: root=rw");
     p.wait_for("tuned: scratch=rw");

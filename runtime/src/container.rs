@@ -1109,7 +1109,9 @@ fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
             .sysctls
             .get(i)
             .map(|(k, _)| k.to_string_lossy().replace('/', ".")),
-        Some(Step::Chdir | Step::CwdUnreachable) => Some(plan.cwd.to_string_lossy().into_owned()),
+        Some(Step::MakeCwd | Step::Chdir | Step::CwdUnreachable) => {
+            Some(plan.cwd.to_string_lossy().into_owned())
+        }
         Some(Step::FindExecutable | Step::Exec) => {
             plan.args.first().map(|a| a.to_string_lossy().into_owned())
         }

@@ -46,6 +46,7 @@ pub enum Step {
     Domainname,
     Sysctl,
     Rlimit,
+    MakeCwd,
     Chdir,
     CwdUnreachable,
     Seccomp,
@@ -67,7 +68,7 @@ pub enum Step {
     Exec,
 }
 
-const ALL_STEPS: [Step; 46] = [
+const ALL_STEPS: [Step; 47] = [
     Step::Signals,
     Step::Dumpable,
     Step::Setsid,
@@ -95,6 +96,7 @@ const ALL_STEPS: [Step; 46] = [
     Step::Domainname,
     Step::Sysctl,
     Step::Rlimit,
+    Step::MakeCwd,
     Step::Chdir,
     Step::CwdUnreachable,
     Step::Seccomp,
@@ -151,6 +153,7 @@ impl Step {
             Step::Domainname => "set domainname",
             Step::Sysctl => "write sysctl",
             Step::Rlimit => "set rlimit",
+            Step::MakeCwd => "create cwd",
             Step::Chdir => "change to cwd",
             Step::CwdUnreachable => "check cwd is inside the container",
             Step::Seccomp => "install seccomp filter",
@@ -404,6 +407,7 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
     let root = rootfs::prepare_root(plan, cx.rootfs)?;
     rootfs::mount_all(plan, root.as_fd())?;
     rootfs::create_devices(plan, root.as_fd(), userns)?;
+    rootfs::create_cwd(plan, root.as_fd())?;
     if cx.want_hooks {
         cx.send(MSG_HOOKS, None);
         cx.wait_parent(Step::Hooks)?;

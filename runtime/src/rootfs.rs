@@ -114,6 +114,16 @@ fn at(step: Step, index: usize) -> impl Fn(io::Error) -> ChildError {
     move |e| ChildError::new(step, index, &e)
 }
 
+/// Makes a missing cwd, as runc and crun do (an image's WorkingDir need
+/// not exist in its layers): after the mounts, so a cwd beneath one is
+/// made inside it, and before the root goes read-only. In-root, like a
+/// mount destination; owned by root, mode 0755.
+pub fn create_cwd(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
+    ensure_path(root, &plan.cwd_dest, false)
+        .map(drop)
+        .map_err(at(Step::MakeCwd, 0))
+}
+
 /// Makes the rootfs a mount point in the new mount namespace and returns
 /// an fd on it. `/` goes rslave (or as rootfsPropagation says) first, so
 /// nothing done here propagates to the host.
@@ -398,11 +408,13 @@ pub fn create_symlink_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Resu
     let root_path = std::ffi::CString::new(rootfs.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let root = sys::openat(None, &root_path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    for m in &plan.mounts {
-        if open_in_root(root.as_fd(), &m.dest.full).is_ok() {
+    let cwd = (&plan.cwd_dest, false);
+    let mounts = plan.mounts.iter().map(|m| (&m.dest, m.file));
+    for (dest, file) in mounts.chain([cwd]) {
+        if open_in_root(root.as_fd(), &dest.full).is_ok() {
             continue;
         }
-        follow_dangling(root.as_fd(), m.dest.as_str(), m.file, 0)?;
+        follow_dangling(root.as_fd(), dest.as_str(), file, 0)?;
     }
     Ok(())
 }
@@ -411,7 +423,8 @@ pub fn create_symlink_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Resu
 /// read-only (a read-only bind of a tree several containers share, where
 /// the child could create nothing): creates every mount destination that
 /// is not beneath an earlier mount's destination (those are made inside
-/// that mount by the child), dangling symlinks on the way followed as
+/// that mount by the child), then the cwd unless it is at or beneath a
+/// mount's destination; dangling symlinks on the way followed as
 /// [`create_symlink_targets`] does. Resolved and created exactly as the
 /// child would, inside the rootfs.
 pub fn create_mount_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Result<()> {
@@ -429,6 +442,14 @@ pub fn create_mount_targets(plan: &Plan, rootfs: &std::path::Path) -> io::Result
             continue;
         }
         drop(ensure_path(root.as_fd(), &m.dest, m.file)?);
+    }
+    let cwd = &plan.cwd_dest;
+    if !plan
+        .mounts
+        .iter()
+        .any(|m| cwd.prefixes.contains(&m.dest.full))
+    {
+        drop(ensure_path(root.as_fd(), cwd, false)?);
     }
     Ok(())
 }

@@ -208,6 +208,9 @@ pub struct Plan {
     pub args: Vec<CString>,
     pub env: Vec<CString>,
     pub cwd: CString,
+    /// The cwd cleaned and split for in-root creation: a missing one is
+    /// made inside the root before pivot_root, as runc and crun do.
+    pub cwd_dest: InRootPath,
     /// Where `args[0]` may be: itself when it has a `/`, else each `$PATH` entry.
     pub exec_candidates: Vec<CString>,
 }
@@ -901,6 +904,7 @@ pub fn plan(
         ));
     }
     let cwd = cstring("process.cwd", cwd_path.as_os_str().as_bytes())?;
+    let cwd_dest = InRootPath::new("process.cwd", cwd_path)?;
     let arg0 = args[0].to_bytes();
     let exec_candidates = if arg0.contains(&b'/') {
         vec![args[0].clone()]
@@ -952,6 +956,7 @@ pub fn plan(
         args,
         env,
         cwd,
+        cwd_dest,
         exec_candidates,
     })
 }

@@ -42,12 +42,58 @@ fn env_cwd_and_args_are_the_specs() {
 }
 
 #[test]
-fn a_missing_cwd_fails_clearly() {
+fn a_missing_cwd_is_made_inside_the_root() {
+    // As runc and crun: an image's WorkingDir need not be in its layers.
     let mut b = Bundle::new();
     b.config["process"]["cwd"] = json!("/does/not/exist");
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    assert_eq!(
+        run_ok(&mut b, "pwd; stat -c '%a %u' ."),
+        "/does/not/exist\n755 0\n"
+    );
+
+    // Through a symlink that points above the root: made inside it.
+    let mut b = Bundle::new();
+    std::os::unix::fs::symlink("../../../../escape", b.rootfs().join("app")).unwrap();
+    b.config["process"]["cwd"] = json!("/app/sub");
+    assert_eq!(run_ok(&mut b, "pwd"), "/escape/sub\n");
+    assert!(b.rootfs().join("escape/sub").is_dir());
+    assert!(!b.dir().join("escape").exists(), "nothing outside the root");
+
+    // On a read-only root: made before the root goes read-only.
+    let mut b = Bundle::new();
+    b.config["root"]["readonly"] = json!(true);
+    b.config["process"]["cwd"] = json!("/work");
+    assert_eq!(
+        run_ok(&mut b, "pwd; touch x 2>/dev/null || echo ro"),
+        "/work\nro\n"
+    );
+
+    // Beneath a mount: made inside that mount, not in the root below it.
+    let mut b = Bundle::new();
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs"}));
+    b.config["process"]["cwd"] = json!("/scratch/build");
+    assert_eq!(run_ok(&mut b, "pwd"), "/scratch/build\n");
+    assert!(!b.rootfs().join("scratch/build").exists());
+}
+
+#[test]
+fn a_cwd_that_cannot_be_a_directory_fails_clearly() {
+    let mut b = Bundle::new();
+    b.config["process"]["cwd"] = json!("/bin/busybox");
     let e = create_error(&b);
-    assert!(e.contains("change to cwd /does/not/exist"), "{e}");
-    assert!(e.contains("No such file"), "{e}");
+    assert!(e.contains("change to cwd /bin/busybox"), "{e}");
+    assert!(e.contains("Not a directory"), "{e}");
+
+    // Beneath a read-only mount it cannot be made.
+    let mut b = Bundle::new();
+    b.config["process"]["cwd"] = json!("/sys/berth-nothing");
+    let e = create_error(&b);
+    assert!(e.contains("create cwd /sys/berth-nothing"), "{e}");
+    assert!(e.contains("Read-only file system"), "{e}");
 }
 
 #[test]
@@ -653,9 +699,10 @@ fn a_read_only_shared_root_gets_its_mount_targets_beforehand() {
     mounts.push(json!({"destination": "/etc/data", "type": "tmpfs", "source": "tmpfs"}));
     mounts.push(json!({"destination": "/etc/data/nested", "type": "tmpfs", "source": "tmpfs"}));
     b.config["root"]["readonly"] = json!(true);
+    b.config["process"]["cwd"] = json!("/work/dir");
     b.script(
         "cat /srv/in/f /etc/hostfile; test -c /dev/null && test -d /dev/pts && echo dev; \
-         test -d /etc/data/nested && echo nested; touch /x 2>/dev/null || echo root=ro",
+         test -d /etc/data/nested && echo nested; touch /x 2>/dev/null || echo root=ro; pwd",
     );
     let tree = b.rootfs();
     let ro = b.dir().join("ro");
@@ -685,7 +732,7 @@ fn a_read_only_shared_root_gets_its_mount_targets_beforehand() {
         .create_mount_targets("shared", &spec, std::path::Path::new("/"))
         .unwrap_err();
     assert!(chain(&err).contains("rootfs"), "{}", chain(&err));
-    for d in ["proc", "dev", "sys", "srv/in", "var/lib/data"] {
+    for d in ["proc", "dev", "sys", "srv/in", "var/lib/data", "work/dir"] {
         assert!(tree.join(d).is_dir(), "{d}");
     }
     assert!(tree.join("etc/hostfile").is_file());
@@ -696,7 +743,17 @@ fn a_read_only_shared_root_gets_its_mount_targets_beforehand() {
 
     let out = run_on_root(&b, &ro).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status, ExitStatus::Exited(0), "{out:?}");
-    assert_eq!(out.stdout, "data\ndata\ndev\nnested\nroot=ro\n");
+    assert_eq!(out.stdout, "data\ndata\ndev\nnested\nroot=ro\n/work/dir\n");
+
+    // A cwd beneath a mount is the child's to make, inside that mount.
+    let mut b2 = b.config.clone();
+    b2["process"]["cwd"] = json!("/etc/data/cwd");
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(b2).unwrap();
+    common::runtime()
+        .rt
+        .create_mount_targets("shared", &spec, &tree)
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert!(!tree.join("var/lib/data/cwd").exists());
 }
 
 #[test]

@@ -180,12 +180,12 @@ fn a_failed_create_still_runs_the_poststop_hooks() {
     let state: Value = serde_json::from_str(state).unwrap();
     assert_eq!(state["status"], "stopped");
 
-    // A failure in the container process (a missing cwd) too.
+    // A failure in the container process (a cwd that is a file) too.
     fs::remove_file(&log).unwrap();
     let mut b = Bundle::new();
-    b.config["process"]["cwd"] = json!("/nonexistent");
+    b.config["process"]["cwd"] = json!("/bin/busybox");
     b.config["hooks"] = json!({"poststop": [hook(&log, "poststop")]});
     let e = create_error(&b);
-    assert!(e.contains("/nonexistent"), "{e}");
+    assert!(e.contains("change to cwd /bin/busybox"), "{e}");
     assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
 }

@@ -118,6 +118,11 @@ fn same_inputs_give_a_byte_identical_verifiable_initrd() {
     let summary = build_ok(&manifest, &dir.join("out1"));
     assert!(summary.contains("image bb"), "{summary}");
     assert!(summary.contains("shared with earlier images"), "{summary}");
+    let init = format!(
+        "init: {}, ",
+        berth_init::IDENTITY.split(" (").next().unwrap()
+    );
+    assert!(summary.contains(&init), "{summary}");
     build_ok(&manifest, &dir.join("out2"));
     let a = fs::read(dir.join("out1/initrd.img")).unwrap();
     let b = fs::read(dir.join("out2/initrd.img")).unwrap();
@@ -275,6 +280,28 @@ fn bad_inputs_fail_with_a_clear_error_and_no_output() {
     fs::write(&manifest, manifest_json(r#"{"bb": "oci:layout:bb"}"#, None)).unwrap();
     let err = build_err(&manifest, &out, Path::new("/usr/bin/dash"));
     assert!(err.contains("dynamically linked"), "{err}");
+    // A static program that is not berth-init (busybox's init would boot
+    // and ignore the manifest).
+    let err = build_err(&manifest, &out, Path::new("/bin/busybox"));
+    assert!(
+        err.contains("init binary /bin/busybox is not berth-init"),
+        "{err}"
+    );
+    // A berth-init that reads another manifest version.
+    let mut other = fs::read(init).unwrap();
+    let id = berth_init::IDENTITY.as_bytes();
+    let at = other
+        .windows(id.len())
+        .position(|w| w == id)
+        .expect("identity in berth-init");
+    other[at + id.len() - 2] = b'7';
+    let other_init = dir.join("init-v7");
+    fs::write(&other_init, &other).unwrap();
+    let err = build_err(&manifest, &out, &other_init);
+    assert!(
+        err.contains("which reads manifest version 7, but this berth-build writes version 1"),
+        "{err}"
+    );
 
     // An OUTDIR that is not a previous output is not replaced.
     let precious = dir.join("precious");

@@ -24,6 +24,7 @@ pub mod cmdline;
 pub mod container;
 pub mod event_loop;
 pub mod fuzz;
+pub mod identity;
 pub mod launcher;
 pub mod logging;
 pub mod machine;
@@ -36,3 +37,5 @@ pub mod rootfs;
 pub mod service;
 pub mod supervisor;
 pub mod units;
+
+pub use identity::IDENTITY;

@@ -181,7 +181,8 @@ fn main() {
         exit_with(0);
     }
     if argv.iter().any(|a| a == "--version") {
-        println!("berth-init {}", env!("CARGO_PKG_VERSION"));
+        // As one piece: berth-build finds it in the binary.
+        println!("{}", berth_init::IDENTITY);
         exit_with(0);
     }
     let role = detect_role();

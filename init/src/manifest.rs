@@ -1092,16 +1092,19 @@ fn validate_restart(c: &mut Checker<'_>, path: &str, r: Option<raw::Restart>) ->
     policy
 }
 
+/// The manifest format version this berth-init reads (`"version"`).
+pub const VERSION: u32 = 1;
+
 /// Checks a parsed manifest and turns it into domain types.
 pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, ManifestError> {
     let mut c = Checker {
         problems: Vec::new(),
         images,
     };
-    if raw.version != 1 {
+    if raw.version != VERSION {
         c.problem(
             "version",
-            format!("unsupported version {} (expected 1)", raw.version),
+            format!("unsupported version {} (expected {VERSION})", raw.version),
         );
     }
     if let Some(h) = &raw.hostname

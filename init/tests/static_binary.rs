@@ -70,6 +70,13 @@ fn release_binary_is_static_and_within_budget() {
         "{} asks for a dynamic loader",
         bin.display()
     );
+    // berth-build tells berth-init from other static programs by this.
+    assert_eq!(
+        berth_init::identity::find_identity(&elf),
+        Some(berth_init::identity::own()),
+        "{} lacks its identity",
+        bin.display()
+    );
     let size = elf.len() as u64;
     println!(
         "berth-init static binary: {size} bytes ({:.2} MiB), budget {} MiB",

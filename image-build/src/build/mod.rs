@@ -129,6 +129,22 @@ pub enum BuildError {
          PID 1 of the initramfs must be static: cargo build --release --target x86_64-unknown-linux-musl -p berth-init"
     )]
     InitDynamic { path: PathBuf },
+    #[error(
+        "init binary {path} is not berth-init: it lacks the identity every berth-init holds \
+         (what `berth-init --version` prints), so it would boot and ignore the manifest; \
+         build berth-init with `cargo build --release --target x86_64-unknown-linux-musl -p berth-init`"
+    )]
+    NotBerthInit { path: PathBuf },
+    #[error(
+        "init binary {path} is berth-init {version}, which reads manifest version {reads}, \
+         but this berth-build writes version {writes}: build both from the same source"
+    )]
+    InitManifestVersion {
+        path: PathBuf,
+        version: String,
+        reads: u32,
+        writes: u32,
+    },
     #[error("--kernel {path}")]
     Kernel { path: PathBuf, source: KernelError },
     #[error("pack images")]
@@ -191,6 +207,9 @@ pub struct BuildReport {
     pub release: String,
     pub initrd_size: u64,
     pub entries: usize,
+    /// The init's version and size in bytes.
+    pub init_version: String,
+    pub init_size: u64,
 }
 
 /// The static init a workspace build makes.
@@ -261,6 +280,11 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
         } else {
             r.modules.join(" ")
         }
+    );
+    println!(
+        "  init: berth-init {}, {:.2} MiB",
+        r.init_version,
+        mib(r.init_size)
     );
     println!(
         "  initrd.img: {:.2} MiB ({} entries)",
@@ -511,7 +535,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     for b in &early.bundles {
         check_bundle(b)?;
     }
-    let init = read_static_init(&opts.init)?;
+    let (init, init_version) = read_static_init(&opts.init)?;
+    let init_size = init.len() as u64;
     check_replaceable(&opts.out)?;
 
     let out_name = opts
@@ -730,6 +755,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         release: kt.release.clone(),
         initrd_size,
         entries: tree.len(),
+        init_version,
+        init_size,
     })
 }
 
@@ -784,21 +811,42 @@ fn check_replaceable(out: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn read_static_init(path: &Path) -> Result<Vec<u8>, BuildError> {
+/// The init binary's bytes and its identity (berth-init's version),
+/// once it is known to be a static berth-init reading the manifest
+/// version this build writes.
+fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
     let bytes = fs::read(path).map_err(|source| BuildError::ReadInit {
         path: path.to_owned(),
         source,
     })?;
     match elf::is_static(&bytes) {
-        Ok(true) => Ok(bytes),
-        Ok(false) => Err(BuildError::InitDynamic {
-            path: path.to_owned(),
-        }),
-        Err(source) => Err(BuildError::InitElf {
-            path: path.to_owned(),
-            source,
-        }),
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(BuildError::InitDynamic {
+                path: path.to_owned(),
+            });
+        }
+        Err(source) => {
+            return Err(BuildError::InitElf {
+                path: path.to_owned(),
+                source,
+            });
+        }
     }
+    let id =
+        berth_init::identity::find_identity(&bytes).ok_or_else(|| BuildError::NotBerthInit {
+            path: path.to_owned(),
+        })?;
+    let writes = berth_init::manifest::VERSION;
+    if id.manifest_version != writes {
+        return Err(BuildError::InitManifestVersion {
+            path: path.to_owned(),
+            version: id.version,
+            reads: id.manifest_version,
+            writes,
+        });
+    }
+    Ok((bytes, id.version))
 }
 
 /// Adds the tree at `host` under `archive`, sorted, types kept; hardlinks

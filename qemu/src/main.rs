@@ -256,6 +256,9 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     if config.accel == Accel::Kvm {
         check_host_kvm().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     }
+    config
+        .check_host_ports()
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     if let Some(disk) = &config.data_disk {
         prepare_data_disk(disk).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     }

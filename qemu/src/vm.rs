@@ -234,6 +234,24 @@ impl VmConfig {
         }
         Ok(())
     }
+
+    /// Whether QEMU will be able to listen on each forwarded host port:
+    /// each is bound once, then let go (QEMU binds it a moment later; a
+    /// program taking it in between still gets QEMU's own refusal). Says
+    /// which port is taken instead of QEMU's "Could not set up host
+    /// forwarding rule".
+    pub fn check_host_ports(&self) -> Result<(), VmError> {
+        for &(host, guest) in &self.ports {
+            match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, host)) {
+                Ok(listener) => drop(listener),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    return Err(VmError::PortInUse { host, guest });
+                }
+                Err(source) => return Err(VmError::PortUnusable { host, source }),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Errors of booting and driving a VM.
@@ -247,6 +265,16 @@ pub enum VmError {
     BadPort { host: u16, guest: u16 },
     #[error("host port 127.0.0.1:{host} is forwarded twice: one --port per host port")]
     DuplicatePort { host: u16 },
+    #[error(
+        "host port 127.0.0.1:{host} (--port {host}:{guest}) is in use by another program or vm: choose a free host port"
+    )]
+    PortInUse { host: u16, guest: u16 },
+    #[error("host port 127.0.0.1:{host} cannot be listened on")]
+    PortUnusable {
+        host: u16,
+        #[source]
+        source: io::Error,
+    },
     #[error("invalid guest memory {memory_mb} MiB: must be {} to {} MiB", MEMORY_MB_RANGE.start(), MEMORY_MB_RANGE.end())]
     BadMemory { memory_mb: u32 },
     #[error("invalid number of cpus {cpus}: must be {} to {}", CPUS_RANGE.start(), CPUS_RANGE.end())]
@@ -571,6 +599,7 @@ impl Vm {
         if config.accel == Accel::Kvm {
             check_host_kvm()?;
         }
+        config.check_host_ports()?;
         if let Some(disk) = &config.data_disk {
             prepare_data_disk(disk).map_err(|source| VmError::DataDisk {
                 path: disk.path.clone(),

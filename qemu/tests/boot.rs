@@ -295,7 +295,7 @@ fn missing_qemu_binary_names_the_package() {
 }
 
 #[test]
-fn busy_host_port_fails_the_boot_with_qemus_reason() {
+fn busy_host_port_fails_the_boot_naming_the_port() {
     let appliance = floor_appliance("busy-port", FLOOR_INIT, &[]);
     let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -304,12 +304,15 @@ fn busy_host_port_fails_the_boot_with_qemus_reason() {
         ..VmConfig::default()
     };
     let err = Vm::boot(&appliance, &config).unwrap_err();
-    match &err {
-        berth_qemu::VmError::QemuStart { stderr, .. } => {
-            assert!(stderr.contains("host forwarding"), "{stderr}")
-        }
-        other => panic!("expected QemuStart, got {other:?}"),
-    }
+    assert!(
+        matches!(err, berth_qemu::VmError::PortInUse { host, guest: 8080 } if host == port),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{port} (--port {port}:8080) is in use")),
+        "{err}"
+    );
 }
 
 /// Guest time under `-icount` is the guest's instruction count: the same

@@ -365,6 +365,26 @@ fn run_refuses_nonsense_values_before_starting_qemu() {
         "{stderr}"
     );
     std::fs::remove_file(&blank).unwrap();
+    // A host port another program listens on: named, before the data disk
+    // is made and before QEMU starts.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&dir)
+        .args(["--port", &format!("{port}:80"), "--data-disk", "new.img"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "berth-qemu: host port 127.0.0.1:{port} (--port {port}:80) is in use by another program or vm: choose a free host port\n"
+        )
+    );
+    drop(taken);
     let mut left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -101,7 +101,8 @@ impl ImageTree {
         if let Some((parent, name)) = split_last(path)
             && let Some(dir) = self.parent_path(parent, layer, false)
         {
-            self.remove_tree(&join(&dir, name));
+            let path = join(&dir, name);
+            self.remove_lower(&path, |p| p == path.as_slice() || under(p, &path), layer);
         }
     }
 
@@ -110,14 +111,31 @@ impl ImageTree {
         let Some(dir) = self.parent_path(dir, layer, false) else {
             return;
         };
-        let doomed: Vec<Vec<u8>> = self
+        self.remove_lower(&dir, |p| under(p, &dir), layer);
+    }
+
+    /// Removes the paths at or below `top` that `doomed` selects, but for
+    /// what layer `layer` itself created and their ancestors: the
+    /// unpacker's whiteouts and opaque markers remove only what lower
+    /// layers left (its per-layer set `U`), in whatever order the layer's
+    /// entries come.
+    fn remove_lower(&mut self, top: &[u8], doomed: impl Fn(&[u8]) -> bool, layer: usize) {
+        let selected: Vec<(Vec<u8>, bool)> = self
             .entries
-            .iter()
-            .filter(|(p, e)| under(p, &dir) && e.layer < layer)
-            .map(|(p, _)| p.clone())
+            .range(top.to_vec()..)
+            .take_while(|(p, _)| p.starts_with(top))
+            .filter(|(p, _)| doomed(p))
+            .map(|(p, e)| (p.clone(), e.layer == layer))
             .collect();
-        for p in doomed {
-            self.entries.remove(&p);
+        let keep: Vec<&[u8]> = selected
+            .iter()
+            .filter(|(_, own)| *own)
+            .map(|(p, _)| p.as_slice())
+            .collect();
+        for (p, _) in &selected {
+            if !keep.iter().any(|k| *k == p.as_slice() || under(k, p)) {
+                self.entries.remove(p);
+            }
         }
     }
 
@@ -302,6 +320,29 @@ mod tests {
         // An entry below a file is left out, as the unpacker refuses it.
         t.create(b"etc/passwd/x", file(0o755), 2);
         assert_eq!(t.resolve(b"/etc/passwd/x"), Found::Missing);
+    }
+
+    #[test]
+    fn a_layers_markers_spare_what_the_layer_itself_made() {
+        // Entries come in any order within a layer; its whiteouts and
+        // opaque markers remove only lower layers' paths, keeping this
+        // layer's and their ancestors, as the unpacker does.
+        let mut t = busybox();
+        t.create(b"usr/bin/tool", file(0o755), 1);
+        t.create(b"etc/app/conf", file(0o644), 1);
+        t.whiteout(b"usr/bin/tool", 1);
+        t.whiteout(b"etc", 1);
+        t.opaque(b"usr", 1);
+        assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Node(file(0o755)));
+        assert_eq!(t.resolve(b"/etc/app/conf"), Found::Node(file(0o644)));
+        // Lower layers' paths beside them are gone.
+        assert_eq!(t.resolve(b"/etc/passwd"), Found::Missing);
+        assert_eq!(t.resolve(b"/usr/bin/busybox"), Found::Missing);
+        assert_eq!(t.resolve(b"/usr/bin"), Found::Node(Node::Dir));
+        // The next layer's whiteout removes them.
+        t.whiteout(b"usr/bin", 2);
+        assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Missing);
+        assert_eq!(t.resolve(b"/usr"), Found::Node(Node::Dir));
     }
 
     #[test]

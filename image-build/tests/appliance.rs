@@ -851,6 +851,51 @@ fn image_units_get_their_runtime_spec_at_build_time() {
     // A command and a user the image has: it builds.
     write(r#"{"name": "t", "image": "nocmd", "command": ["/bin/true"], "user": "web"}"#);
     build_succeeds(&manifest, &out);
+    fs::remove_dir_all(&out).unwrap();
+
+    // /etc/passwd a symlink into the image (as Nix-built images have it):
+    // the users are read where it points.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("bin/true", &b"#!/bin/sh\n"[..]),
+        ("nix/store/x-nss/passwd", passwd),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, name, data).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    tar.append_link(&mut h, "etc/passwd", "/nix/store/x-nss/passwd")
+        .unwrap();
+    one_layer_layout(
+        &dir,
+        "nix",
+        &tar.into_inner().unwrap(),
+        serde_json::json!({}),
+    );
+    let write = |user: &str| {
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "images": {{"nix": "oci:nix:nix"}},
+                    "tasks": [{{"name": "t", "image": "nix", "command": ["/bin/true"], "user": "{user}"}}]}}"#
+            ),
+        )
+        .unwrap()
+    };
+    write("nobody");
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains("unable to find user \"nobody\""), "{err}");
+    write("web");
+    build_succeeds(&manifest, &out);
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -33,7 +33,7 @@ use berth_bundles::digest::{Hasher, Sha256Digest};
 use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
 use serde_json::json;
 
-use super::tree::{ImageTree, Node};
+use super::tree::{Found, ImageTree, Node};
 
 /// Why an image could not be packed.
 #[derive(Debug, thiserror::Error)]
@@ -118,35 +118,48 @@ pub enum ImageFile {
     /// No layer makes it, or a later one removes it.
     #[default]
     Absent,
-    /// A regular file with these bytes (set by layer `.0`).
-    File(usize, Vec<u8>),
-    /// Something the build cannot read without unpacking (a symlink, a
-    /// hardlink, a non-directory `/etc`).
-    Other(usize),
-}
-
-impl ImageFile {
-    fn layer(&self) -> Option<usize> {
-        match self {
-            ImageFile::Absent => None,
-            ImageFile::File(i, _) | ImageFile::Other(i) => Some(*i),
-        }
-    }
+    /// A regular file (symlinks to it followed) with these bytes.
+    File(Vec<u8>),
+    /// Something the build cannot read without unpacking: not a regular
+    /// file, or one reached through a link whose target's name is not
+    /// `passwd` or `group` (the only names whose bytes are kept).
+    Other,
 }
 
 /// What the build knows of a packed image, for the checks of its units.
 #[derive(Debug, Clone, Default)]
 pub struct ImageFacts {
     pub config: ImageConfig,
-    /// `/etc/passwd` and `/etc/group`.
+    /// `/etc/passwd` and `/etc/group`, set when the last layer is read.
     pub passwd: ImageFile,
     pub group: ImageFile,
     /// Every path, as the layers leave it (for the units' programs).
     pub tree: ImageTree,
+    /// The bytes of every regular file named `passwd` or `group`, by the
+    /// path it landed at: `/etc/passwd` may be a link to one (Nix-built
+    /// images link it into the store).
+    fact_bytes: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-/// The files of [`ImageFacts`], by their path in a layer.
-const FACT_FILES: [&[u8]; 2] = [b"etc/passwd", b"etc/group"];
+impl ImageFacts {
+    /// Sets `passwd` and `group` from the tree the layers left.
+    fn settle(&mut self) {
+        let file = |facts: &ImageFacts, path: &[u8]| match facts.tree.resolve(path) {
+            Found::Missing => ImageFile::Absent,
+            _ => facts
+                .tree
+                .locate_file(path)
+                .and_then(|(at, _)| facts.fact_bytes.get(&at))
+                .map_or(ImageFile::Other, |bytes| ImageFile::File(bytes.clone())),
+        };
+        self.passwd = file(self, b"/etc/passwd");
+        self.group = file(self, b"/etc/group");
+        self.fact_bytes.clear();
+    }
+}
+
+/// The names whose bytes [`ImageFacts`] keeps.
+const FACT_NAMES: [&[u8]; 2] = [b"passwd", b"group"];
 
 /// Bytes read of `/etc/passwd` or `/etc/group` at most, as berth-bundles'
 /// user lookup reads them.
@@ -284,6 +297,7 @@ impl LayoutWriter {
             "layers": descriptors,
         });
         let (manifest_digest, manifest_size) = self.put_json(&manifest)?;
+        facts.settle();
         self.facts.insert(name.into(), facts);
         summary.stored += config_size + manifest_size;
         let mut platform = json!({
@@ -588,18 +602,10 @@ fn check_entry(
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[][..], &path[..]),
     };
-    let under = |file: &[u8], dir: &[u8]| dir.is_empty() || file.starts_with(&[dir, b"/"].concat());
-    let mut slots = [&mut facts.passwd, &mut facts.group];
     let kind = match read {
         ReadEntry::Skip => return Ok(None),
         ReadEntry::Opaque => {
             facts.tree.opaque(parent, index);
-            // Hides what lower layers put in the directory.
-            for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
-                if under(file, parent) && slot.layer().is_some_and(|l| l < index) {
-                    **slot = ImageFile::Absent;
-                }
-            }
             return Ok(None);
         }
         ReadEntry::Whiteout => {
@@ -609,62 +615,57 @@ fn check_entry(
             }
             removed.extend_from_slice(base.get(b".wh.".len()..).unwrap_or_default());
             facts.tree.whiteout(&removed, index);
-            for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
-                if *file == removed.as_slice() || under(file, &removed) {
-                    **slot = ImageFile::Absent;
-                }
-            }
             return Ok(None);
         }
         ReadEntry::Create { kind, .. } => kind,
     };
-    let node = match kind {
-        tar::EntryType::Directory => Node::Dir,
-        tar::EntryType::Regular | tar::EntryType::Continuous => Node::File {
-            mode: entry.header().mode().unwrap_or(0),
-        },
-        tar::EntryType::Symlink => {
+    // A hardlink is its target (read_entry checked it names one).
+    let link_target = if kind == tar::EntryType::Link {
+        let target = entry.link_name_bytes().unwrap_or_default();
+        let target: Vec<&[u8]> = target
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .collect();
+        facts
+            .tree
+            .locate_file(&[b"/".as_slice(), &target.join(&b'/')].concat())
+    } else {
+        None
+    };
+    let node = match (kind, &link_target) {
+        (tar::EntryType::Directory, _) => Node::Dir,
+        (tar::EntryType::Symlink, _) => {
             Node::Symlink(entry.link_name_bytes().unwrap_or_default().into_owned())
         }
-        // A hardlink is its target (read_entry checked it names one).
-        tar::EntryType::Link => {
-            let target = entry.link_name_bytes().unwrap_or_default();
-            let target: Vec<&[u8]> = target
-                .split(|b| *b == b'/')
-                .filter(|c| !c.is_empty() && *c != b".")
-                .collect();
-            match facts
-                .tree
-                .resolve(&[b"/".as_slice(), &target.join(&b'/')].concat())
-            {
-                super::tree::Found::Node(node @ Node::File { .. }) => node,
-                _ => Node::File {
-                    mode: entry.header().mode().unwrap_or(0),
-                },
+        (tar::EntryType::Link, Some((_, node))) => node.clone(),
+        (tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link, _) => {
+            Node::File {
+                mode: entry.header().mode().unwrap_or(0),
             }
         }
         _ => Node::Other,
     };
-    facts.tree.create(&path, node, index);
-    for (file, slot) in FACT_FILES.iter().zip(slots.iter_mut()) {
-        if *file == path.as_slice() {
-            **slot = if kind == tar::EntryType::Regular {
-                let mut bytes = Vec::new();
-                entry
-                    .take(FACT_FILE_MAX)
-                    .read_to_end(&mut bytes)
-                    .map_err(|source| ApplyError::ReadData {
-                        path: String::from_utf8_lossy(&path).into_owned(),
-                        source,
-                    })?;
-                ImageFile::File(index, bytes)
-            } else {
-                ImageFile::Other(index)
-            };
-        } else if !path.is_empty() && under(file, &path) && kind != tar::EntryType::Directory {
-            // A parent replaced by a non-directory (`/etc` as a symlink).
-            **slot = ImageFile::Other(index);
+    let bytes = match (kind, link_target) {
+        (tar::EntryType::Regular, _) if FACT_NAMES.contains(&base) => {
+            let mut bytes = Vec::new();
+            entry
+                .take(FACT_FILE_MAX)
+                .read_to_end(&mut bytes)
+                .map_err(|source| ApplyError::ReadData {
+                    path: String::from_utf8_lossy(&path).into_owned(),
+                    source,
+                })?;
+            Some(bytes)
         }
+        (tar::EntryType::Link, Some((target, _))) => facts.fact_bytes.get(&target).cloned(),
+        _ => None,
+    };
+    if let Some(at) = facts.tree.create(&path, node, index) {
+        // Whatever was at `at` before is replaced, its bytes with it.
+        match bytes {
+            Some(bytes) => facts.fact_bytes.insert(at, bytes),
+            None => facts.fact_bytes.remove(&at),
+        };
     }
     Ok((kind == tar::EntryType::Regular).then(|| FileData {
         path: String::from_utf8_lossy(&path).into_owned(),
@@ -697,5 +698,128 @@ fn sniff(head: &[u8]) -> Compression {
         Compression::Zstd
     } else {
         Compression::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum E<'a> {
+        File(&'a str, &'a [u8]),
+        Link(&'a str, &'a str),
+        Hard(&'a str, &'a str),
+        Dir(&'a str),
+    }
+
+    fn layer(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            let (name, data, link): (&str, &[u8], Option<&str>) = match e {
+                E::File(n, d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    (n, d, None)
+                }
+                E::Link(n, t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    (n, b"", Some(t))
+                }
+                E::Hard(n, t) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    (n, b"", Some(t))
+                }
+                E::Dir(n) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    (n, b"", None)
+                }
+            };
+            h.set_size(data.len() as u64);
+            match link {
+                Some(t) => b.append_link(&mut h, name, t).unwrap(),
+                None => b.append_data(&mut h, name, data).unwrap(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn facts_of(layers: &[Vec<u8>]) -> ImageFacts {
+        let mut facts = ImageFacts::default();
+        for (i, l) in layers.iter().enumerate() {
+            check_entries(&mut l.as_slice(), i, &mut facts).unwrap();
+        }
+        facts.settle();
+        facts
+    }
+
+    const USERS: &[u8] = b"root:x:0:0::/root:/bin/sh\n";
+
+    #[test]
+    fn user_files_are_read_through_links_as_the_boot_reads_them() {
+        // A Nix-built image: /etc/passwd links into the store.
+        let f = facts_of(&[layer(&[
+            E::File("nix/store/abc-fake-nss/etc/passwd", USERS),
+            E::File("nix/store/abc-fake-nss/etc/group", b"root:x:0:\n"),
+            E::Link("etc/passwd", "/nix/store/abc-fake-nss/etc/passwd"),
+            E::Link("etc/group", "../nix/store/abc-fake-nss/etc/group"),
+        ])]);
+        assert_eq!(f.passwd, ImageFile::File(USERS.to_vec()));
+        assert_eq!(f.group, ImageFile::File(b"root:x:0:\n".to_vec()));
+        // /etc itself a link; /etc/passwd a hardlink.
+        let f = facts_of(&[layer(&[
+            E::File("usr/share/base/passwd", USERS),
+            E::Link("etc", "private/etc"),
+            E::Dir("private/etc"),
+            E::Hard("private/etc/passwd", "usr/share/base/passwd"),
+        ])]);
+        assert_eq!(f.passwd, ImageFile::File(USERS.to_vec()));
+        assert_eq!(f.group, ImageFile::Absent);
+        // A link to a file of another name: its bytes were not kept, the
+        // user is looked up at boot only.
+        let f = facts_of(&[layer(&[
+            E::File("usr/share/users.txt", USERS),
+            E::Link("etc/passwd", "../usr/share/users.txt"),
+            E::Dir("etc/group"),
+        ])]);
+        assert_eq!(f.passwd, ImageFile::Other);
+        assert_eq!(f.group, ImageFile::Other);
+    }
+
+    #[test]
+    fn user_files_follow_later_layers() {
+        let base = layer(&[E::File("etc/passwd", USERS), E::File("etc/group", b"g\n")]);
+        // Whited out, or its link's target whited out: absent.
+        let gone = layer(&[E::File("etc/.wh.passwd", b"")]);
+        let f = facts_of(&[base.clone(), gone]);
+        assert_eq!(
+            (f.passwd, f.group),
+            (ImageFile::Absent, ImageFile::File(b"g\n".to_vec()))
+        );
+        let f = facts_of(&[
+            layer(&[
+                E::File("srv/passwd", USERS),
+                E::Link("etc/passwd", "/srv/passwd"),
+            ]),
+            layer(&[E::File("srv/.wh.passwd", b"")]),
+        ]);
+        assert_eq!(f.passwd, ImageFile::Absent);
+        // Replaced: by new bytes, by a directory, by a hardlink to a file
+        // whose bytes were not kept (the old bytes must not stay).
+        let f = facts_of(&[base.clone(), layer(&[E::File("etc/passwd", b"new\n")])]);
+        assert_eq!(f.passwd, ImageFile::File(b"new\n".to_vec()));
+        let f = facts_of(&[
+            base.clone(),
+            layer(&[E::File("etc/.wh.passwd", b""), E::Dir("etc/passwd")]),
+        ]);
+        assert_eq!(f.passwd, ImageFile::Other);
+        let f = facts_of(&[
+            base,
+            layer(&[E::File("usr/x", b"x\n"), E::Hard("etc/passwd", "usr/x")]),
+        ]);
+        assert_eq!(f.passwd, ImageFile::Other);
     }
 }

@@ -1099,11 +1099,11 @@ fn check_image_units(
         })?;
         for (file, fact) in [("etc/passwd", &facts.passwd), ("etc/group", &facts.group)] {
             match fact {
-                layout::ImageFile::File(_, bytes) => write(&root.join(file), bytes)?,
+                layout::ImageFile::File(bytes) => write(&root.join(file), bytes)?,
                 layout::ImageFile::Absent => {}
-                // A link the build cannot follow without unpacking: the
-                // user is looked up at boot only.
-                layout::ImageFile::Other(_) => readable = false,
+                // Not a file the build read: the user is looked up at
+                // boot only.
+                layout::ImageFile::Other => readable = false,
             }
         }
         if !readable {

@@ -72,16 +72,12 @@ impl ImageTree {
     /// directory keeps what is below it, anything else replaces the old
     /// path and its subtree. An entry whose parent is not a directory is
     /// left out (the unpacker refuses it at boot).
-    pub fn create(&mut self, path: &[u8], node: Node, layer: usize) {
-        let Some((parent, name)) = split_last(path) else {
-            return;
-        };
-        let Some(full) = self
+    /// Returns the path the entry landed at (its parent resolved).
+    pub fn create(&mut self, path: &[u8], node: Node, layer: usize) -> Option<Vec<u8>> {
+        let (parent, name) = split_last(path)?;
+        let full = self
             .parent_path(parent, layer, true)
-            .map(|p| join(&p, name))
-        else {
-            return;
-        };
+            .map(|p| join(&p, name))?;
         let keep_below = node == Node::Dir
             && matches!(
                 self.entries.get(&full),
@@ -93,7 +89,8 @@ impl ImageTree {
         if !keep_below {
             self.remove_tree(&full);
         }
-        self.entries.insert(full, Entry { node, layer });
+        self.entries.insert(full.clone(), Entry { node, layer });
+        Some(full)
     }
 
     /// `.wh.NAME`: `path` (the parent joined with NAME) goes, with its subtree.
@@ -171,6 +168,16 @@ impl ImageTree {
             Walk::Found(_, node) => Found::Node(node),
             Walk::Missing(_) | Walk::NotDir => Found::Missing,
             Walk::TooManyLinks => Found::TooManyLinks,
+        }
+    }
+
+    /// Where an absolute path leads when it names a regular file: the
+    /// file's own path (symlinks followed as [`ImageTree::resolve`]
+    /// follows them) and its node.
+    pub fn locate_file(&self, path: &[u8]) -> Option<(Vec<u8>, Node)> {
+        match self.walk(path) {
+            Walk::Found(at, node @ Node::File { .. }) => Some((at, node)),
+            _ => None,
         }
     }
 

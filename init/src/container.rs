@@ -48,7 +48,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -153,6 +153,19 @@ pub enum PrepareError {
     },
     #[error("overlay option {path:?} holds one of ',' ':' '\\' (overlayfs cannot take it)")]
     OverlayPath { path: PathBuf },
+    #[error("persistent mount source {source_dir} on the data disk")]
+    Persistent {
+        source_dir: PathBuf,
+        #[source]
+        source: crate::beneath::BeneathError,
+    },
+    #[error("bind the persistent mount source {source_dir} to {path}")]
+    PersistentBind {
+        source_dir: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("bind {path} read-only")]
     Bind {
         path: PathBuf,
@@ -465,10 +478,11 @@ impl ContainerLauncher {
         image: &str,
         program: &Program,
     ) -> Result<(Plan, Option<u64>, bool), PrepareError> {
+        let persistent = self.stage_persistent(name, program)?;
         if !self.shares_image(program) {
             let img = open_image(&self.opts.images, image)?;
             let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
-            let result = self.fill_rootfs(name, image, &img, &dir, program);
+            let result = self.fill_rootfs(name, image, &img, &dir, program, &persistent);
             if result.is_err() {
                 // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
                 let _ = fs::remove_dir_all(&dir);
@@ -507,7 +521,14 @@ impl ContainerLauncher {
                 });
             }
         };
-        let spec = self.unit_spec(name, image, &shared.image, &shared.rootfs, program)?;
+        let spec = self.unit_spec(
+            name,
+            image,
+            &shared.image,
+            &shared.rootfs,
+            program,
+            &persistent,
+        )?;
         let bind = binds_root(program) && !shared.overlaid;
         if bind {
             self.runtime
@@ -575,6 +596,7 @@ impl ContainerLauncher {
         img: &Image,
         dir: &Path,
         program: &Program,
+        persistent: &[PathBuf],
     ) -> Result<(Plan, u64), PrepareError> {
         let rootfs = Rootfs::open(dir).map_err(|source| PrepareError::OpenRootfs {
             image: image.to_owned(),
@@ -592,7 +614,7 @@ impl ContainerLauncher {
             }
         })?;
         let bytes = stats.iter().map(|s| s.bytes).sum();
-        let spec = self.unit_spec(name, image, img, &rootfs, program)?;
+        let spec = self.unit_spec(name, image, img, &rootfs, program, persistent)?;
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
@@ -603,7 +625,8 @@ impl ContainerLauncher {
     }
 
     /// The unit's runtime spec: the image config (user names resolved in
-    /// `rootfs`), the manifest's overrides and PID 1's defaults.
+    /// `rootfs`), the manifest's overrides (`persistent`: the staged
+    /// sources of its persistent mounts) and PID 1's defaults.
     fn unit_spec(
         &self,
         name: &str,
@@ -611,22 +634,8 @@ impl ContainerLauncher {
         img: &Image,
         rootfs: &Rootfs,
         program: &Program,
+        persistent: &[PathBuf],
     ) -> Result<Spec, PrepareError> {
-        // Persistent mount sources are created on the data disk first.
-        for m in &program.mounts {
-            if let Mount::Persistent { source, .. } = m {
-                let host = self.opts.data_dir.join(source);
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(&host)
-                    .map_err(|source| PrepareError::Io {
-                        op: "create persistent directory",
-                        path: host.clone(),
-                        source,
-                    })?;
-            }
-        }
         let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
         image_unit_spec(
             name,
@@ -634,9 +643,85 @@ impl ContainerLauncher {
             &img.config,
             rootfs,
             program,
-            &self.opts.data_dir,
+            persistent,
             parent,
         )
+    }
+
+    /// The sources of the unit's persistent mounts, staged: each directory
+    /// of the data disk is opened (made when missing) below the data
+    /// directory without following a symlink ([`crate::beneath`]: a
+    /// container may have left one there), then bound by its fd onto
+    /// `run/persistent/UNIT/N` in PID 1's own tree, which no container can
+    /// touch. The container's bind then takes that mount: what the path on
+    /// the data disk becomes later changes nothing.
+    fn stage_persistent(
+        &mut self,
+        name: &str,
+        program: &Program,
+    ) -> Result<Vec<PathBuf>, PrepareError> {
+        let sources: Vec<&Path> = program
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                Mount::Persistent { source, .. } => Some(source.as_path()),
+                Mount::Tmpfs { .. } => None,
+            })
+            .collect();
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data_dir = &self.opts.data_dir;
+        // The data directory itself is PID 1's (a mount point it made, or
+        // the host's --data-dir): only what is below it is untrusted.
+        let data = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(data_dir)
+            .and_then(|()| fs::File::open(data_dir))
+            .map_err(|source| PrepareError::Io {
+                op: "open the data directory",
+                path: data_dir.clone(),
+                source,
+            })?;
+        let unit_dir = self.opts.run_dir.join("persistent").join(name);
+        clear_staging(&unit_dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&unit_dir)
+            .map_err(|source| PrepareError::Io {
+                op: "create",
+                path: unit_dir.clone(),
+                source,
+            })?;
+        let mut staged = Vec::with_capacity(sources.len());
+        for (i, source) in sources.into_iter().enumerate() {
+            let source_dir = data_dir.join(source);
+            let fd = crate::beneath::open_dir(data.as_fd(), data_dir, source, true).map_err(
+                |source| PrepareError::Persistent {
+                    source_dir: source_dir.clone(),
+                    source,
+                },
+            )?;
+            let at = unit_dir.join(i.to_string());
+            create_dir(&at)?;
+            nix::mount::mount(
+                Some(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str()),
+                &at,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|source| PrepareError::PersistentBind {
+                source_dir,
+                path: at.clone(),
+                source,
+            })?;
+            self.mounted.push(at.clone());
+            staged.push(at);
+        }
+        Ok(staged)
     }
 
     fn create_and_start(
@@ -795,6 +880,26 @@ fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
     }
     create_dir(&dir)?;
     Ok(dir)
+}
+
+/// Empties a unit's staging directory of persistent mount sources that
+/// an earlier run in this mount namespace left (the process role): each
+/// entry unmounted, then removed only if empty, never descended into (a
+/// stale bind would be the data disk itself).
+fn clear_staging(unit_dir: &Path) -> Result<(), PrepareError> {
+    let Ok(entries) = fs::read_dir(unit_dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        fs::remove_dir(&path).map_err(|source| PrepareError::Io {
+            op: "remove stale staging directory",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Creates the directory `path` (mode 0755; its parent must exist).
@@ -1038,20 +1143,20 @@ pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
 }
 
 /// An image unit's runtime spec: the image config (user names resolved in
-/// `rootfs`), the manifest's overrides (persistent mounts from
-/// `data_dir`, which this does not create) and PID 1's defaults. What a
-/// unit start uses; public so that `berth-build` runs the same conversion
-/// at build time.
+/// `rootfs`), the manifest's overrides (`persistent`: the host source of
+/// each persistent mount, in order) and PID 1's defaults. What a unit
+/// start uses; public so that `berth-build` runs the same conversion at
+/// build time.
 pub fn image_unit_spec(
     name: &str,
     image: &str,
     config: &berth_bundles::image::ImageConfig,
     rootfs: &Rootfs,
     program: &Program,
-    data_dir: &Path,
+    persistent: &[PathBuf],
     cgroup_parent: Option<&str>,
 ) -> Result<Spec, PrepareError> {
-    let overrides = program_overrides(program, data_dir);
+    let overrides = program_overrides(program, persistent);
     let mut spec =
         runtime_spec(config, rootfs, &overrides).map_err(|source| PrepareError::Spec {
             image: image.to_owned(),
@@ -1062,19 +1167,33 @@ pub fn image_unit_spec(
     Ok(spec)
 }
 
-/// The manifest's overrides in `berth-bundles` terms; persistent mount
-/// sources are directories of `data_dir`.
-fn program_overrides(program: &Program, data_dir: &Path) -> Overrides {
+/// The host sources of a program's persistent mounts as paths below
+/// `data_dir`, unstaged: what `berth-build` checks a spec with.
+pub fn persistent_sources(program: &Program, data_dir: &Path) -> Vec<PathBuf> {
+    program
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            Mount::Persistent { source, .. } => Some(data_dir.join(source)),
+            Mount::Tmpfs { .. } => None,
+        })
+        .collect()
+}
+
+/// The manifest's overrides in `berth-bundles` terms; `persistent` holds
+/// the host source of each persistent mount, in order.
+fn program_overrides(program: &Program, persistent: &[PathBuf]) -> Overrides {
+    let mut sources = persistent.iter();
     let mounts = program
         .mounts
         .iter()
-        .map(|m| match m {
+        .filter_map(|m| match m {
             Mount::Persistent {
-                source,
-                target,
-                read_only,
-            } => persistent_mount(&data_dir.join(source), target, *read_only),
-            Mount::Tmpfs { target, size, mode } => tmpfs_mount(target, *size, *mode),
+                target, read_only, ..
+            } => sources
+                .next()
+                .map(|host| persistent_mount(host, target, *read_only)),
+            Mount::Tmpfs { target, size, mode } => Some(tmpfs_mount(target, *size, *mode)),
         })
         .collect();
     Overrides {

@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod beneath;
 pub mod bootplan;
 pub mod clock;
 pub mod cmdline;

@@ -647,6 +647,10 @@ fn configure_machine(m: &Manifest) -> Result<Vec<(String, String)>, String> {
     }
     if let Some(disk) = &m.data_disk {
         let (flags, data) = mount_options(&disk.options);
+        // Containers write the disk: a device node or a setuid file they
+        // leave there must mean nothing to PID 1 either (their own binds
+        // of it are nosuid,nodev too).
+        let flags = flags | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         let _ = std::fs::create_dir_all(DATA_DIR);
         nix::mount::mount(
             Some(&disk.device),

@@ -564,6 +564,82 @@ fn persistent_mount_writes_reach_the_data_dir() {
 }
 
 #[test]
+fn persistent_sources_never_follow_links_on_the_data_disk() {
+    // What a container left on the data disk in an earlier boot: links
+    // out of the data directory where other units' sources are.
+    let w = World::new("persist-links");
+    let shared = w.dir.join("data/shared");
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+    std::fs::write(shared.join("sub/marker"), "original\n").unwrap();
+    std::os::unix::fs::symlink("/", shared.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../..", shared.join("rel")).unwrap();
+    let outside = w.dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, shared.join("made")).unwrap();
+    // A log file planted as a link to another file.
+    let logs = w.dir.join("data/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let precious = w.dir.join("precious");
+    std::fs::write(&precious, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&precious, logs.join("sub.log")).unwrap();
+    let mount = |source: &str| {
+        format!(r#","mounts":[{{"type":"persistent","source":"{source}","target":"/m"}}]"#)
+    };
+    let forever = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
+    let m = format!(
+        r#"{{"version":1,"data_disk":{{"device":"/dev/null","fstype":"none"}},"log":{{"files":{{"dir":"{}"}}}},"tasks":[{}],"services":[{},{},{},{}]}}"#,
+        logs.display(),
+        // Swaps its source's `sub` for a link to / once every unit is
+        // prepared: the service that mounts `shared/sub` still gets the
+        // directory it was prepared with.
+        ctr(
+            "swap",
+            "mv /m/sub /m/old && ln -s / /m/sub && echo swapped",
+            &mount("shared")
+        ),
+        ctr("abs", &format!("ls /m; {forever}"), &mount("shared/abs")),
+        ctr("rel", &format!("ls /m; {forever}"), &mount("shared/rel/x")),
+        ctr(
+            "made",
+            &format!("ls /m; {forever}"),
+            &mount("shared/made/new")
+        ),
+        ctr(
+            "sub",
+            &format!("cat /m/marker; ls /m/etc 2>/dev/null || echo no-etc; {forever}"),
+            &mount("shared/sub")
+        ),
+    );
+    let mut p = w.start(&m);
+    p.wait_for("swap: swapped");
+    p.wait_for("sub: original");
+    p.wait_for("sub: no-etc");
+    for unit in ["abs", "rel"] {
+        let line = p.wait_for(&format!("service {unit} failed: "));
+        assert!(
+            line.contains("is a symbolic link") && line.contains("refusing to follow it"),
+            "{line}"
+        );
+    }
+    p.wait_for("service made failed: ");
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "PID 1 made a directory through a link"
+    );
+    let line = p.wait_for("sub.log is a symbolic link: refusing to follow it");
+    assert!(line.contains("log file"), "{line}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep\n");
+    // The other units' files are written.
+    assert!(
+        std::fs::read_to_string(logs.join("swap.log"))
+            .unwrap()
+            .contains("swapped")
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
 fn network_none_sees_only_loopback() {
     let w = World::new("netnone");
     // flags 0x9 = IFF_UP | IFF_LOOPBACK: lo is up.

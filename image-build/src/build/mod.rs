@@ -1120,7 +1120,10 @@ fn check_image_units(
             &facts.config,
             &rootfs,
             program,
-            Path::new(berth_init::manifest::DATA_DIR),
+            &berth_init::container::persistent_sources(
+                program,
+                Path::new(berth_init::manifest::DATA_DIR),
+            ),
             Some(CGROUP_PARENT),
         )
         .map_err(|e| unit_err(berth_init::logging::error_chain(&e)))?;

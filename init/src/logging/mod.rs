@@ -57,10 +57,10 @@ const CONSOLE_QUEUE: usize = 32 * 1024;
 pub enum LoggingError {
     #[error("install the logger")]
     Install { source: log::SetLoggerError },
-    #[error("create log directory {dir}")]
+    #[error("log directory {dir}")]
     LogDir {
         dir: std::path::PathBuf,
-        source: std::io::Error,
+        source: crate::beneath::BeneathError,
     },
 }
 
@@ -137,6 +137,8 @@ struct Hub {
     console_dropped: u64,
     /// The unit that keeps PID 1's own lines (ring and file): "berth".
     own: Option<usize>,
+    /// `config.files.dir`, opened.
+    log_dir: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 static HUB: Mutex<Option<Hub>> = Mutex::new(None);
@@ -194,6 +196,7 @@ pub fn init(
         syslog: None,
         console_dropped: 0,
         own: None,
+        log_dir: None,
     });
     log::set_logger(&LOGGER).map_err(|source| LoggingError::Install { source })?;
     log::set_max_level(level);
@@ -202,12 +205,17 @@ pub fn init(
 
 /// Applies the manifest's `log` settings (units registered later use them).
 pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
-    if let Some(files) = &config.files {
-        std::fs::create_dir_all(&files.dir).map_err(|source| LoggingError::LogDir {
-            dir: files.dir.clone(),
-            source,
-        })?;
-    }
+    let log_dir = match &config.files {
+        Some(files) => {
+            Some(
+                sinks::open_log_dir(&files.dir).map_err(|source| LoggingError::LogDir {
+                    dir: files.dir.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
     let syslog = match &config.syslog {
         None => None,
         Some(SyslogTarget::Tcp(addr)) => {
@@ -254,6 +262,7 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
     log::set_max_level(config.level);
     if let Some(hub) = hub().as_mut() {
         hub.config = config.clone();
+        hub.log_dir = log_dir;
         hub.syslog = syslog;
         // PID 1's own lines get a ring and a file like a service's.
         hub.own = Some(hub.register(OWN_UNIT));
@@ -401,15 +410,20 @@ impl Hub {
         if let Some(i) = self.units.iter().position(|u| u.name == name) {
             return i;
         }
-        let file = self.config.files.clone().and_then(|f| {
-            match RotatingFile::open(&f.dir, name, f.max_size, f.keep) {
-                Ok(file) => Some(file),
-                Err(e) => {
-                    self.own_line(log::Level::Error, &format_args!("{}", error_chain(&e)));
-                    None
+        let file = self
+            .config
+            .files
+            .clone()
+            .zip(self.log_dir.clone())
+            .and_then(|(f, dir)| {
+                match RotatingFile::open(&dir, &f.dir, name, f.max_size, f.keep) {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        self.own_line(log::Level::Error, &format_args!("{}", error_chain(&e)));
+                        None
+                    }
                 }
-            }
-        });
+            });
         self.units.push(UnitLog {
             name: name.to_owned(),
             ring: Ring::new(self.config.ring_size),
@@ -653,13 +667,14 @@ mod tests {
 
     #[test]
     fn chains() {
-        let e = sinks::LogFileError::Open {
+        let e = sinks::LogFileError::Open(crate::beneath::BeneathError::Io {
+            op: "open",
             path: "/x".into(),
             source: std::io::Error::from_raw_os_error(nix::libc::EACCES),
-        };
+        });
         assert_eq!(
             error_chain(&e),
-            "open log file /x: Permission denied (os error 13)"
+            "log file: open /x: Permission denied (os error 13)"
         );
     }
 
@@ -683,14 +698,16 @@ mod tests {
             syslog: None,
             console_dropped: 0,
             own: None,
+            log_dir: None,
         };
+        let dir_fd = sinks::open_log_dir(&dir).unwrap();
         hub.units.push(UnitLog {
             name: "spam".into(),
             ring: Ring::new(1 << 16),
             budget: LineBudget::new(10, 5, 0),
             dropped: 0,
             last_notice: 0,
-            file: Some(RotatingFile::open(&dir, "spam", 1 << 20, 1).unwrap()),
+            file: Some(RotatingFile::open(&dir_fd, &dir, "spam", 1 << 20, 1).unwrap()),
         });
         for i in 0..100 {
             hub.unit_line(

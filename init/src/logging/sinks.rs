@@ -2,10 +2,11 @@
 //! size-rotated files.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A bounded queue in front of a non-blocking writer (the console). A slow
 /// serial line must not stall the event loop: what does not fit is dropped
@@ -90,8 +91,8 @@ impl<W: Write> Outbox<W> {
 /// Why a log file could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum LogFileError {
-    #[error("open log file {path}")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("log file")]
+    Open(#[source] crate::beneath::BeneathError),
     #[error("write log file {path}")]
     Write { path: PathBuf, source: io::Error },
     #[error("rotate log file {from} to {to}")]
@@ -103,36 +104,41 @@ pub enum LogFileError {
 }
 
 /// `dir/name.log`, rotated to `name.log.1` … `name.log.<keep>` when the next
-/// line would take it past `max_size`.
+/// line would take it past `max_size`. Every name is taken in the directory
+/// by its fd, and no symlink is followed ([`crate::beneath`]): the log
+/// directory may be on the data disk, where containers leave what they
+/// like (a link named `web.log` must not make PID 1 append to its target).
 #[derive(Debug)]
 pub struct RotatingFile {
+    dir: Arc<OwnedFd>,
+    /// `dir/name.log`, for messages.
     path: PathBuf,
+    name: String,
     file: File,
     size: u64,
     max_size: u64,
     keep: u32,
 }
 
-fn open_append(path: &Path) -> Result<File, LogFileError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .custom_flags(nix::fcntl::OFlag::O_CLOEXEC.bits())
-        .open(path)
-        .map_err(|source| LogFileError::Open {
-            path: path.to_owned(),
-            source,
-        })
-}
-
 impl RotatingFile {
-    pub fn open(dir: &Path, name: &str, max_size: u64, keep: u32) -> Result<Self, LogFileError> {
-        let path = dir.join(format!("{name}.log"));
-        let file = open_append(&path)?;
+    /// `dir` is the directory `dir_path`, opened (see [`open_log_dir`]).
+    pub fn open(
+        dir: &Arc<OwnedFd>,
+        dir_path: &Path,
+        name: &str,
+        max_size: u64,
+        keep: u32,
+    ) -> Result<Self, LogFileError> {
+        let name = format!("{name}.log");
+        let file = File::from(
+            crate::beneath::open_append(dir.as_fd(), dir_path, &name)
+                .map_err(LogFileError::Open)?,
+        );
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
-            path,
+            dir: Arc::clone(dir),
+            path: dir_path.join(&name),
+            name,
             file,
             size,
             max_size,
@@ -144,10 +150,8 @@ impl RotatingFile {
         &self.path
     }
 
-    fn rotated(&self, n: u32) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(format!(".{n}"));
-        PathBuf::from(p)
+    fn rotated(&self, n: u32) -> String {
+        format!("{}.{n}", self.name)
     }
 
     /// Appends one line made of `parts`.
@@ -168,6 +172,19 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Renames within the directory: a rename moves a symlink itself,
+    /// never what it points to (rename(2)).
+    fn rename(&self, from: &str, to: &str) -> Result<(), LogFileError> {
+        match nix::fcntl::renameat(self.dir.as_fd(), from, self.dir.as_fd(), to) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(LogFileError::Rotate {
+                from: self.path.with_file_name(from),
+                to: self.path.with_file_name(to),
+                source: e.into(),
+            }),
+        }
+    }
+
     fn rotate(&mut self) -> Result<(), LogFileError> {
         if self.keep == 0 {
             // Nothing kept: start the file over.
@@ -179,26 +196,35 @@ impl RotatingFile {
             return Ok(());
         }
         for n in (1..self.keep).rev() {
-            let from = self.rotated(n);
-            if from.exists() {
-                let to = self.rotated(n + 1);
-                std::fs::rename(&from, &to).map_err(|source| LogFileError::Rotate {
-                    from,
-                    to,
-                    source,
-                })?;
-            }
+            self.rename(&self.rotated(n), &self.rotated(n + 1))?;
         }
-        let to = self.rotated(1);
-        std::fs::rename(&self.path, &to).map_err(|source| LogFileError::Rotate {
-            from: self.path.clone(),
-            to,
-            source,
-        })?;
-        self.file = open_append(&self.path)?;
+        self.rename(&self.name, &self.rotated(1))?;
+        self.file = File::from(
+            crate::beneath::open_append(
+                self.dir.as_fd(),
+                self.path.parent().unwrap_or(Path::new("/")),
+                &self.name,
+            )
+            .map_err(LogFileError::Open)?,
+        );
         self.size = 0;
         Ok(())
     }
+}
+
+/// Opens the log directory `dir` (made when missing), following no
+/// symlink on the way: it may be on the data disk.
+pub fn open_log_dir(dir: &Path) -> Result<Arc<OwnedFd>, crate::beneath::BeneathError> {
+    let (base, rel) = match dir.strip_prefix("/") {
+        Ok(rel) => (Path::new("/"), rel),
+        Err(_) => (Path::new("."), dir),
+    };
+    let base_fd = File::open(base).map_err(|source| crate::beneath::BeneathError::Io {
+        op: "open",
+        path: base.to_owned(),
+        source,
+    })?;
+    crate::beneath::open_dir(base_fd.as_fd(), base, rel, true).map(Arc::new)
 }
 
 #[cfg(test)]
@@ -274,8 +300,8 @@ mod tests {
     fn files_rotate_by_size() {
         let dir = std::env::temp_dir().join(format!("berth-rotate-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut f = RotatingFile::open(&dir, "web", 10, 2).unwrap();
+        let fd = open_log_dir(&dir).unwrap();
+        let mut f = RotatingFile::open(&fd, &dir, "web", 10, 2).unwrap();
         for i in 0..7 {
             f.write_line(&[format!("line{i}").as_bytes(), b"\n"])
                 .unwrap();
@@ -288,19 +314,47 @@ mod tests {
         assert!(!dir.join("web.log.3").exists());
         // Reopening continues the size count.
         drop(f);
-        let mut f = RotatingFile::open(&dir, "web", 10, 2).unwrap();
+        let mut f = RotatingFile::open(&fd, &dir, "web", 10, 2).unwrap();
         f.write_line(&[b"ab\n"]).unwrap();
         assert_eq!(read("web.log"), "line6\nab\n");
         f.write_line(&[b"cd\n"]).unwrap();
         assert_eq!(read("web.log"), "cd\n");
         assert_eq!(read("web.log.1"), "line6\nab\n");
 
-        let mut f = RotatingFile::open(&dir, "nokeep", 10, 0).unwrap();
+        let mut f = RotatingFile::open(&fd, &dir, "nokeep", 10, 0).unwrap();
         for _ in 0..5 {
             f.write_line(&[b"12345\n"]).unwrap();
         }
         assert_eq!(read("nokeep.log"), "12345\n");
         assert!(!dir.join("nokeep.log.1").exists());
+
+        // Names a container left in the directory: a link is refused (its
+        // target untouched); a link in the rotation's way is moved like
+        // any name, never written through.
+        let precious = dir.join("precious");
+        std::fs::write(&precious, "keep").unwrap();
+        std::os::unix::fs::symlink(&precious, dir.join("victim.log")).unwrap();
+        let e = RotatingFile::open(&fd, &dir, "victim", 10, 2).unwrap_err();
+        assert!(
+            crate::logging::error_chain(&e).contains("is a symbolic link"),
+            "{}",
+            crate::logging::error_chain(&e)
+        );
+        std::fs::remove_file(dir.join("web.log.1")).unwrap();
+        std::os::unix::fs::symlink(&precious, dir.join("web.log.1")).unwrap();
+        let mut f = RotatingFile::open(&fd, &dir, "web", 10, 2).unwrap();
+        for _ in 0..3 {
+            f.write_line(&[b"0123456789\n"]).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep");
         std::fs::remove_dir_all(&dir).unwrap();
+        // The directory itself through a link: refused.
+        let real = dir.with_extension("real");
+        std::fs::create_dir_all(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &dir).unwrap();
+        assert!(open_log_dir(&dir.join("sub")).is_err());
+        assert!(!real.join("sub").exists());
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::remove_dir_all(&real).unwrap();
     }
 }

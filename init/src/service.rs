@@ -134,6 +134,10 @@ pub enum Note {
         error: String,
         delay: Duration,
     },
+    /// A failed start under `restart: no` (or at shutdown).
+    SpawnFailedNotRestarting {
+        error: String,
+    },
     NotRestarting {
         status: ExitStatus,
     },
@@ -180,6 +184,9 @@ impl fmt::Display for ServiceNote<'_> {
                     HumanDuration(*delay)
                 )
             }
+            Note::SpawnFailedNotRestarting { error } => {
+                write!(f, "service {name} failed to start: {error}, not restarting")
+            }
             Note::NotRestarting { status } => write!(f, "service {name} {status}, not restarting"),
             Note::LaunchRefused { error } => {
                 write!(f, "service {name} failed: {error} (not restarting)")
@@ -218,7 +225,9 @@ impl Note {
         match self {
             Self::Started { .. } | Self::StopSent { .. } | Self::Stopped { .. } => log::Level::Info,
             Self::NotRestarting { status } if status.success() => log::Level::Info,
-            Self::StartLimit { .. } | Self::LaunchRefused { .. } => log::Level::Error,
+            Self::StartLimit { .. }
+            | Self::LaunchRefused { .. }
+            | Self::SpawnFailedNotRestarting { .. } => log::Level::Error,
             _ => log::Level::Warn,
         }
     }
@@ -327,9 +336,14 @@ impl ServiceMachine {
     }
 
     /// Starting → Backoff (or Failed at the start limit). A launch error is a
-    /// failed start: it counts toward the limit and grows the backoff.
+    /// failed start: it counts toward the limit and grows the backoff; under
+    /// `restart: no` (or once PID 1 is shutting down) it is final.
     pub fn spawn_failed(&mut self, error: String, now: Millis) -> Note {
         self.record_start(now);
+        if self.policy.mode == RestartMode::No || !self.restarts_allowed {
+            self.state = State::Failed;
+            return Note::SpawnFailedNotRestarting { error };
+        }
         if self.limit_reached(now) {
             self.state = State::Failed;
             return self.limit_note(None);
@@ -687,6 +701,23 @@ mod tests {
         );
         assert_eq!(notes.len(), 5);
         assert_eq!(m.state(), State::Failed);
+
+        // Under `restart: no` a failed start is final, and so it is once
+        // PID 1 shuts down.
+        let mut m = machine(RestartMode::No);
+        assert_eq!(m.start(), Action::Spawn);
+        let note = m.spawn_failed("no such file".into(), 0);
+        assert_eq!(
+            ServiceNote("db", &note).to_string(),
+            "service db failed to start: no such file, not restarting"
+        );
+        assert_eq!(note.level(), log::Level::Error);
+        assert_eq!((m.state(), m.deadline()), (State::Failed, None));
+        let mut m = machine(RestartMode::Always);
+        assert_eq!(m.start(), Action::Spawn);
+        m.forbid_restarts();
+        m.spawn_failed("no such file".into(), 0);
+        assert_eq!((m.state(), m.deadline()), (State::Failed, None));
     }
 
     #[test]

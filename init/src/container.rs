@@ -222,6 +222,11 @@ pub struct ContainerOptions {
     /// uncompressed tar costs PID 1 more than the first in a VM without
     /// SHA-NI. Layouts given with `--images` are verified in full.
     pub diff_id: DiffIdCheck,
+    /// The machine's resolv.conf (`/run/resolv.conf`, when the manifest
+    /// names DNS servers or search domains): image units on the host
+    /// network get it bound read-only at `/etc/resolv.conf`, as Docker
+    /// gives a container the host's.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// What [`ContainerLauncher::prepare`] did for a unit, for the timeline.
@@ -637,7 +642,7 @@ impl ContainerLauncher {
         persistent: &[PathBuf],
     ) -> Result<Spec, PrepareError> {
         let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
-        image_unit_spec(
+        let mut spec = image_unit_spec(
             name,
             image,
             &img.config,
@@ -645,7 +650,24 @@ impl ContainerLauncher {
             program,
             persistent,
             parent,
-        )
+        )?;
+        if let Some(resolv) = &self.opts.resolv_conf
+            && program.network == NetworkMode::Host
+        {
+            let mut m = OciMount::default();
+            m.set_destination(PathBuf::from("/etc/resolv.conf"));
+            m.set_typ(Some("bind".to_owned()));
+            m.set_source(Some(resolv.clone()));
+            m.set_options(Some(
+                ["bind", "ro", "nosuid", "nodev", "noexec"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ));
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            mounts.push(m);
+            spec.set_mounts(Some(mounts));
+        }
+        Ok(spec)
     }
 
     /// The sources of the unit's persistent mounts, staged: each directory
@@ -1599,6 +1621,7 @@ mod tests {
             data_dir: "/nonexistent".into(),
             cgroup_parent: "berth".into(),
             diff_id: DiffIdCheck::Verify,
+            resolv_conf: None,
         });
         let mut p = program(r#"{"name":"b","bundle":"/b"}"#);
         l.check("b", &p).unwrap();

@@ -342,6 +342,10 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         } else {
             berth_bundles::DiffIdCheck::Verify
         },
+        // Written by the network set-up (configure_network) on a machine.
+        resolv_conf: (role == Role::Machine
+            && (!manifest.network.nameservers.is_empty() || !manifest.network.search.is_empty()))
+        .then(|| PathBuf::from(RESOLV_CONF)),
     };
     let mut launcher = ContainerLauncher::new(container_opts.clone());
     let units: Vec<(UnitKind, &String, &manifest::Program)> = manifest
@@ -749,6 +753,9 @@ fn start_machine_setup(
     setup.map_err(|e| error_chain(&e))
 }
 
+/// Where the machine's DNS settings are written.
+const RESOLV_CONF: &str = "/run/resolv.conf";
+
 /// The network's modules and sysctls; loopback always; the manifest's
 /// interfaces, routes and DNS.
 fn configure_network(n: &manifest::Network, sysctls: &[(String, String)]) -> Result<(), String> {
@@ -759,13 +766,14 @@ fn configure_network(n: &manifest::Network, sysctls: &[(String, String)]) -> Res
     for (key, value) in sysctls {
         set_sysctl(key, value)?;
     }
-    net::configure_network(n, Path::new("/run/resolv.conf")).map_err(|e| error_chain(&e))?;
+    net::configure_network(n, Path::new(RESOLV_CONF)).map_err(|e| error_chain(&e))?;
     if (!n.nameservers.is_empty() || !n.search.is_empty())
         && std::fs::symlink_metadata("/etc/resolv.conf").is_err()
     {
-        // Host programs read /etc/resolv.conf; containers mount /run/resolv.conf.
+        // Host programs read /etc/resolv.conf; image units on the host
+        // network get RESOLV_CONF bound there (ContainerOptions).
         let _ = std::fs::create_dir_all("/etc");
-        let _ = std::os::unix::fs::symlink("/run/resolv.conf", "/etc/resolv.conf");
+        let _ = std::os::unix::fs::symlink(RESOLV_CONF, "/etc/resolv.conf");
     }
     Ok(())
 }

@@ -1005,6 +1005,7 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
         data_dir: w.dir.join("data"),
         cgroup_parent: w.cgroup_parent.clone(),
         diff_id: berth_bundles::DiffIdCheck::Verify,
+        resolv_conf: None,
     });
     for s in &services {
         l.prepare(&s.name, &s.program).unwrap();
@@ -1071,4 +1072,69 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
     let pid = spawn(&mut l, "own", &own).unwrap();
     run_to_exit(&mut l, "own", pid);
     l.cleanup();
+}
+
+/// The manifest's DNS reaches image units on the machine's network: the
+/// machine's resolv.conf bound read-only at /etc/resolv.conf (the image
+/// has none), in a shared read-only root and in an overlay alike; a unit
+/// with a network of its own gets no DNS.
+#[test]
+fn host_network_units_get_the_machines_resolv_conf() {
+    use berth_init::container::{ContainerLauncher, ContainerOptions};
+    use berth_init::launcher::{Launcher, UnitKind};
+    use berth_init::service::ExitStatus;
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use std::io::Read;
+
+    let w = World::new("dns");
+    let resolv = w.dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.0.2.3\nsearch qa.internal\n").unwrap();
+    let probe = "cat /etc/resolv.conf 2>/dev/null || echo no-resolv; echo x >> /etc/resolv.conf 2>/dev/null || echo ro";
+    let m = manifest(
+        &[],
+        &[
+            ctr("shared", probe, r#","read_only":true"#),
+            ctr("overlay", probe, ""),
+            ctr("own", probe, r#","read_only":true,"network":"none""#),
+        ],
+    );
+    let services = berth_init::manifest::parse(m.as_bytes(), &["busybox".to_owned()])
+        .unwrap()
+        .services;
+    let mut l = ContainerLauncher::new(ContainerOptions {
+        images: w.layout.clone(),
+        run_dir: w.dir.join("run"),
+        data_dir: w.dir.join("data"),
+        cgroup_parent: w.cgroup_parent.clone(),
+        diff_id: berth_bundles::DiffIdCheck::Verify,
+        resolv_conf: Some(resolv.clone()),
+    });
+    let mut out = Vec::new();
+    for s in &services {
+        l.prepare(&s.name, &s.program).unwrap();
+        let (mut r, wr) = std::io::pipe().unwrap();
+        let (_, err) = nix::unistd::pipe().unwrap();
+        let pid = l
+            .spawn(UnitKind::Service, &s.name, &s.program, wr.into(), err)
+            .unwrap();
+        assert_eq!(
+            waitpid(pid, None).unwrap(),
+            WaitStatus::Exited(pid, 0),
+            "{}",
+            s.name
+        );
+        l.reaped(&s.name, pid, ExitStatus::Code(0));
+        let mut text = String::new();
+        r.read_to_string(&mut text).unwrap();
+        out.push(text);
+    }
+    l.cleanup();
+    let dns = "nameserver 10.0.2.3\nsearch qa.internal\nro\n";
+    // `own` shares the tree in which `shared`'s mount target was made:
+    // an empty file, no DNS.
+    assert_eq!(out, [dns, dns, "ro\n"]);
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        "nameserver 10.0.2.3\nsearch qa.internal\n"
+    );
 }

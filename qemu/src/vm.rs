@@ -53,6 +53,27 @@ pub fn pid1_message(line: &str) -> Option<&str> {
     rest.strip_prefix("berth: ")
 }
 
+/// Whether a console line is the kernel's own and starts with `marker`:
+/// right after printk's `[seconds.micros] ` timestamp, or at the line's
+/// start when printk prints no time. A service's output never is (its
+/// lines read `[stamp] NAME: text`), so a service that prints "Kernel
+/// panic - not syncing" or "reboot: Power down" cannot fake the end of
+/// the machine.
+pub fn is_kernel_line(line: &str, marker: &str) -> bool {
+    let line = line.trim_end_matches('\r');
+    if line.starts_with(marker) {
+        return true;
+    }
+    let Some((stamp, rest)) = line.strip_prefix('[').and_then(|r| r.split_once("] ")) else {
+        return false;
+    };
+    let Some((secs, micros)) = stamp.trim_start_matches(' ').split_once('.') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(secs) && digits(micros) && rest.starts_with(marker)
+}
+
 /// Whether a console line is PID 1 reporting that it failed: berth-init's
 /// own `berth: fatal: ` line, or its panic hook's `berth: panic: ` line
 /// (which starts the line: everything else on the console, the kernel's
@@ -185,12 +206,13 @@ pub enum Outcome {
 impl Outcome {
     fn classify(console: &ConsoleLog, status: ExitStatus, host_stopped: bool) -> Outcome {
         let text = console.text();
-        if let Some(line) = text.lines().find(|l| l.contains(PANIC_MARKER)) {
+        let kernel_said = |marker| text.lines().any(|l| is_kernel_line(l, marker));
+        if let Some(line) = text.lines().find(|l| is_kernel_line(l, PANIC_MARKER)) {
             return Outcome::Panicked {
                 line: line.trim_end_matches('\r').to_string(),
             };
         }
-        if text.contains(POWER_OFF_MARKER) && status.success() {
+        if kernel_said(POWER_OFF_MARKER) && status.success() {
             if let Some(line) = text.lines().find(|l| is_pid1_failure(l)) {
                 return Outcome::FailedPowerOff {
                     line: line.trim_end_matches('\r').to_string(),
@@ -198,7 +220,7 @@ impl Outcome {
             }
             return Outcome::PoweredOff;
         }
-        if text.contains(RESTART_MARKER) && status.success() {
+        if kernel_said(RESTART_MARKER) && status.success() {
             return Outcome::Rebooted;
         }
         if host_stopped {
@@ -1315,6 +1337,24 @@ mod tests {
         );
         assert_eq!(
             Outcome::classify(&log("booting\r\n"), status(0), true),
+            Outcome::StoppedByHost
+        );
+        // Printk without timestamps; a service's lines never count, even
+        // with a printk-like stamp inside them.
+        assert!(matches!(
+            Outcome::classify(&log("Kernel panic - not syncing: x\r\n"), status(0), false),
+            Outcome::Panicked { .. }
+        ));
+        let spoof = "[     4.085] logger: Kernel panic - not syncing: (forwarded)\r\n\
+                     [     4.090] logger: [    1.000000] Kernel panic - not syncing: x\r\n\
+                     [     4.100] berth: powering off\r\n[    4.2] reboot: Power down\r\n";
+        assert_eq!(
+            Outcome::classify(&log(spoof), status(0), false),
+            Outcome::PoweredOff
+        );
+        let spoof = "[     4.085] svc: reboot: Restarting system\r\n";
+        assert_eq!(
+            Outcome::classify(&log(spoof), status(0), true),
             Outcome::StoppedByHost
         );
         assert_eq!(

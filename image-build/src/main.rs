@@ -73,6 +73,9 @@ fn raise_open_files_limit() {
 }
 
 fn main() -> ExitCode {
+    // Output into a pipe that closes early (`| head`) ends the command
+    // quietly, as with any Unix tool, instead of a panic on EPIPE.
+    berth_runtime::sys::restore_default_sigpipe();
     raise_open_files_limit();
     let mut argv = std::env::args().skip(1);
     let Some(cmd) = argv.next() else {

@@ -176,6 +176,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
 fn main() {
     let start = now_ms();
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // The one-shot commands write to stdout and end: a closed pipe ends
+    // them too (PID 1 keeps SIGPIPE ignored).
+    if argv
+        .iter()
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "--version" | "--check"))
+    {
+        berth_runtime::sys::restore_default_sigpipe();
+    }
     if argv.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         exit_with(0);

@@ -521,3 +521,23 @@ fn service_output_goes_to_rotated_files_and_syslog() {
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The one-shot commands (`--version`, `--help`, `--check`) end by SIGPIPE
+/// when their stdout pipe has no reader, as any Unix tool: no panic.
+#[test]
+fn one_shot_commands_end_quietly_on_a_closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    for arg in ["--version", "--help"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN).arg(arg).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{arg}: {:?}: {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "{arg}: {stderr}");
+    }
+}

@@ -43,6 +43,15 @@ macro_rules! note {
     }};
 }
 
+/// `println!` that cannot panic: output into a pipe that closed early
+/// (`| head`) is dropped.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "berth-qemu", about = "Boot a berth appliance under QEMU")]
 struct Cli {
@@ -537,12 +546,12 @@ fn fetch_kernel(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     let kernel = berth_qemu::fetch_kernel(&dir)
         .with_context(|| format!("fetching the cloud kernel into {}", dir.display()))?;
-    println!("release:     {}", kernel.release);
-    println!("package:     {}={}", kernel.package, kernel.package_version);
-    println!("deb:         {}", kernel.deb.display());
-    println!("vmlinuz:     {}", kernel.vmlinuz.display());
-    println!("modules_dir: {}", kernel.modules_dir.display());
-    println!("config:      {}", kernel.config.display());
+    out!("release:     {}", kernel.release);
+    out!("package:     {}={}", kernel.package, kernel.package_version);
+    out!("deb:         {}", kernel.deb.display());
+    out!("vmlinuz:     {}", kernel.vmlinuz.display());
+    out!("modules_dir: {}", kernel.modules_dir.display());
+    out!("config:      {}", kernel.config.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -572,7 +581,7 @@ fn boot_time(
         .iter()
         .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
         .collect();
-    println!(
+    out!(
         "boot to {until:?}: median {:.0} ms{} over {runs} runs (samples ms: {})",
         median(&times).as_secs_f64() * 1000.0,
         if guest {
@@ -588,7 +597,7 @@ fn boot_time(
             .filter_map(|s| s.translated_blocks)
             .map(|n| n.to_string())
             .collect();
-        println!(
+        out!(
             "code translated by TCG up to the line: median {mid} blocks (samples: {})",
             list.join(" ")
         );

@@ -32,3 +32,19 @@ fn cloud_kernel_is_fetched_and_reused() {
         mtime
     );
 }
+
+/// `berth-qemu fetch-kernel | head -1`: output into a pipe whose reader is
+/// gone is dropped; the command still ends well (no panic, no abort).
+#[test]
+fn fetch_kernel_into_a_closed_pipe_ends_well() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-qemu"))
+        .arg("fetch-kernel")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -369,3 +369,20 @@ fn delete_force_clears_what_an_aborted_create_left() {
     ok(&root.0, &["create", "-b", bundle, "aborted"]);
     ok(&root.0, &["delete", "--force", "aborted"]);
 }
+
+/// Output into a pipe whose reader is gone ends berth-runc by SIGPIPE, as
+/// it ends runc: no panic, no abort (exit 134).
+#[test]
+fn a_closed_stdout_pipe_ends_berth_runc_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
+        .arg("--help")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

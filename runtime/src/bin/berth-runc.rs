@@ -126,6 +126,10 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // Output into a pipe that closes early (`list | head`) ends the
+    // command quietly instead of a panic on EPIPE (runc, in Go, dies of
+    // SIGPIPE on its stdout and stderr too).
+    berth_runtime::sys::restore_default_sigpipe();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut g = Global {
         root: PathBuf::from("/run/berth-runc"),

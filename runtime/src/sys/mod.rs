@@ -522,6 +522,15 @@ pub fn reset_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Gives SIGPIPE back its default action (end the process), for a CLI
+/// whose output may go to a pipe that closes early (`| head`): Rust
+/// starts with it ignored, so every write after that fails with EPIPE
+/// and `println!` panics. Never for PID 1, which must not die of it.
+pub fn restore_default_sigpipe() {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// `setns(2)`.
 pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: setns has no memory effects.

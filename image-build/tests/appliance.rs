@@ -431,7 +431,17 @@ fn appliance_boots_serves_and_powers_off() {
     );
     let cfg_path = bundle.join("config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["process"]["args"] = serde_json::json!(["/bin/busybox", "echo", "bundle-task-marker: ran"]);
+    // Its process reads a file bound from a directory of the bundle (a
+    // source relative to the bundle, which goes into the appliance too).
+    fs::create_dir_all(bundle.join("extra")).unwrap();
+    fs::write(bundle.join("extra/marker"), "bundle-task-marker: ran\n").unwrap();
+    cfg["process"]["args"] = serde_json::json!(["/bin/busybox", "cat", "/extra/marker"]);
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+            {"destination": "/extra", "type": "bind", "source": "extra", "options": ["rbind", "ro"]}
+        ));
     fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
 
     let manifest = dir.join("manifest.json");
@@ -672,6 +682,31 @@ fn bundle_config_json_is_refused_at_build_time_as_the_boot_would() {
         err.contains(&where_) && err.contains("missing process.args"),
         "{err}"
     );
+
+    // Bind sources relative to the bundle: missing, or out of it.
+    let bind = |source: &str| {
+        let source = source.to_owned();
+        move |c: &mut serde_json::Value| {
+            c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+                {"destination": "/x", "type": "bind", "source": source, "options": ["rbind"]}
+            ))
+        }
+    };
+    with(&bind("missing/dir"));
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("bind source \"missing/dir\" (relative to the bundle) does not exist"),
+        "{err}"
+    );
+    for (source, says) in [
+        ("../outside", "leaves the bundle directory"),
+        ("./", "is the bundle's own directory"),
+        ("config.json", "is the bundle's own config.json"),
+    ] {
+        with(&bind(source));
+        let err = one_line_err(&manifest, &out);
+        assert!(err.contains(says), "{source}: {err}");
+    }
 
     // The bundle as unpacked builds.
     with(&|_| {});

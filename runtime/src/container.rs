@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::Cgroup;
 use crate::hooks::HookKind;
 use crate::process::{self, ChildContext, Step};
-use crate::spec::{self, Plan, SpecError};
+use crate::spec::{self, MountKind, Plan, SpecError};
 use crate::state::{State, Status};
 use crate::sys::{self, WaitStatus};
 
@@ -1090,12 +1090,15 @@ fn write_proc(path: &Path, value: &[u8]) -> io::Result<()> {
 fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
     let i = index as usize;
     let path = match step {
+        // A bind names its source too: a missing one is the usual cause.
+        Some(Step::Mount) => plan.mounts.get(i).map(|m| match &m.kind {
+            MountKind::Bind { source, .. } => {
+                format!("{} (bind of {})", m.dest.as_str(), source.to_string_lossy())
+            }
+            MountKind::Fs { .. } => m.dest.as_str().to_string(),
+        }),
         Some(
-            Step::MountTarget
-            | Step::MountOnProc
-            | Step::Mount
-            | Step::Remount
-            | Step::MountPropagation,
+            Step::MountTarget | Step::MountOnProc | Step::Remount | Step::MountPropagation,
         ) => plan.mounts.get(i).map(|m| m.dest.as_str().to_string()),
         Some(Step::Device) => plan.devices.get(i).map(|d| d.path.as_str().to_string()),
         Some(Step::Mask) => plan.masked.get(i).map(|p| p.as_str().to_string()),

@@ -819,11 +819,20 @@ fn malformed_config_and_missing_rootfs_are_clear_errors() {
 }
 
 #[test]
-fn a_failing_mount_names_the_step_and_the_destination() {
+fn a_failing_mount_names_the_step_the_destination_and_a_binds_source() {
     let mut b = Bundle::new();
     b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt/x", "type": "bind", "source": "/nonexistent-source", "options": ["bind"]}));
     let e = create_error(&b);
-    assert!(e.contains("mount /mnt/x: No such file or directory"), "{e}");
+    assert!(
+        e.contains("mount /mnt/x (bind of /nonexistent-source): No such file or directory"),
+        "{e}"
+    );
+    // A source relative to the bundle is named as resolved.
+    let mut b = Bundle::new();
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt/x", "type": "bind", "source": "extra", "options": ["bind"]}));
+    let e = create_error(&b);
+    let want = format!("(bind of {}): No such file", b.dir().join("extra").display());
+    assert!(e.contains(&want), "{e}");
 }
 
 #[test]

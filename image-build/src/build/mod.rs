@@ -1266,7 +1266,82 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
     };
     tree.bytes(&format!("{}/config.json", b.archive), 0o644, config_bytes)
         .map_err(BuildError::Cpio)?;
-    add_host_tree(tree, &rootfs, &format!("{}/rootfs", b.archive), true).map_err(io_err(&rootfs))
+    add_host_tree(tree, &rootfs, &format!("{}/rootfs", b.archive), true)
+        .map_err(io_err(&rootfs))?;
+    // Bind sources relative to the bundle (runtime-spec: "relative to the
+    // bundle") go with it, to the same place in its copy.
+    let mut copied: Vec<String> = vec!["rootfs".into()];
+    for source in relative_bind_sources(&config).map_err(bad)? {
+        if copied
+            .iter()
+            .any(|c| source == *c || source.starts_with(&format!("{c}/")))
+        {
+            continue;
+        }
+        let host = b.host.join(&source);
+        if fs::symlink_metadata(&host).is_err() {
+            return Err(bad(format!(
+                "bind source {source:?} (relative to the bundle) does not exist: {}",
+                host.display()
+            )));
+        }
+        add_host_tree(tree, &host, &format!("{}/{source}", b.archive), true)
+            .map_err(io_err(&host))?;
+        copied.push(source);
+    }
+    Ok(())
+}
+
+/// The bind mount sources of a bundle's `config.json` that are relative
+/// paths (to the bundle directory), cleaned, shortest first; one that
+/// climbs out of the bundle, names the bundle itself or its config.json
+/// is refused.
+fn relative_bind_sources(config: &Value) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for m in config
+        .get("mounts")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+    {
+        let bind = m.get("type").and_then(Value::as_str) == Some("bind")
+            || m.get("options").and_then(Value::as_array).is_some_and(|o| {
+                o.iter()
+                    .any(|o| matches!(o.as_str(), Some("bind" | "rbind")))
+            });
+        let Some(source) = m.get("source").and_then(Value::as_str) else {
+            continue;
+        };
+        if !bind || source.is_empty() || source.starts_with('/') {
+            continue;
+        }
+        let mut parts = Vec::new();
+        for comp in source.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => {
+                    return Err(format!(
+                        "bind source {source:?} leaves the bundle directory"
+                    ));
+                }
+                c => parts.push(c),
+            }
+        }
+        let clean = parts.join("/");
+        if clean.is_empty() || clean == "config.json" {
+            return Err(format!(
+                "bind source {source:?} is the bundle's own {}",
+                if clean.is_empty() {
+                    "directory"
+                } else {
+                    "config.json"
+                }
+            ));
+        }
+        out.push(clean);
+    }
+    out.sort_by_key(|s| (s.len(), s.clone()));
+    out.dedup();
+    Ok(out)
 }
 
 #[cfg(test)]

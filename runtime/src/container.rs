@@ -1097,9 +1097,9 @@ fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
             }
             MountKind::Fs { .. } => m.dest.as_str().to_string(),
         }),
-        Some(
-            Step::MountTarget | Step::MountOnProc | Step::Remount | Step::MountPropagation,
-        ) => plan.mounts.get(i).map(|m| m.dest.as_str().to_string()),
+        Some(Step::MountTarget | Step::MountOnProc | Step::Remount | Step::MountPropagation) => {
+            plan.mounts.get(i).map(|m| m.dest.as_str().to_string())
+        }
         Some(Step::Device) => plan.devices.get(i).map(|d| d.path.as_str().to_string()),
         Some(Step::Mask) => plan.masked.get(i).map(|p| p.as_str().to_string()),
         Some(Step::Readonly) => plan.readonly.get(i).map(|p| p.as_str().to_string()),

@@ -365,7 +365,6 @@ pub fn child_main(cx: &ChildContext<'_>) -> ! {
             | Step::StartContainerHookStatus
             | Step::Seccomp
             | Step::CloseFds
-            | Step::Exec
     ) {
         sys::write_stderr(b"berth-runtime: container process failed: ");
         sys::write_stderr(err.step.describe().as_bytes());
@@ -499,7 +498,58 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
     // stays usable until then so an exec failure still reaches the parent.
     sys::cloexec_from(3).map_err(at(Step::CloseFds, 0))?;
     let e = sys::execve(exe, &cx.argv, &cx.envp);
-    Err(ChildError::new(Step::Exec, 0, &e))
+    let err = ChildError::new(Step::Exec, 0, &e);
+    // The container's stderr is where its own output goes: the program
+    // and the reason, as runc prints them (the creating process may be
+    // gone, or may already count the container as started).
+    exec_failure(exe, err.errno, &mut |part| sys::write_stderr(part));
+    Err(err)
+}
+
+/// Says `berth-runtime: container process failed: exec PROGRAM: REASON`
+/// through `out`, in pieces (the child does not allocate). The program
+/// was found and is executable ([`find_executable`]), so ENOENT from
+/// execve means what it loads is missing: a script's `#!` interpreter or
+/// a binary's loader.
+fn exec_failure(exe: &CStr, errno: i32, out: &mut dyn FnMut(&[u8])) {
+    let (reason, hint): (&[u8], &[u8]) = match errno {
+        libc::ENOENT => (
+            b"No such file or directory",
+            b" (its #! interpreter or its dynamic loader is missing)",
+        ),
+        libc::EACCES => (b"Permission denied", b""),
+        libc::ENOEXEC => (b"Exec format error", b" (not a program for this machine)"),
+        libc::ENOTDIR => (b"Not a directory", b""),
+        libc::ELOOP => (b"Too many levels of symbolic links", b""),
+        libc::E2BIG => (b"Argument list too long", b""),
+        libc::ETXTBSY => (b"Text file busy", b""),
+        libc::ENOMEM => (b"Cannot allocate memory", b""),
+        libc::EPERM => (b"Operation not permitted", b""),
+        libc::EISDIR => (b"Is a directory", b""),
+        libc::ELIBBAD => (b"Accessing a corrupted shared library", b""),
+        libc::EINVAL => (b"Invalid argument", b""),
+        _ => (b"errno ", b""),
+    };
+    out(b"berth-runtime: container process failed: exec ");
+    out(exe.to_bytes());
+    out(b": ");
+    out(reason);
+    if reason == b"errno " {
+        let mut digits = [0u8; 10];
+        let mut n = errno.unsigned_abs();
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 || at == 0 {
+                break;
+            }
+        }
+        out(&digits[at..]);
+    }
+    out(hint);
+    out(b"\n");
 }
 
 /// Opens `/proc/sys/<key>` beneath the verified `/proc/sys` fd without
@@ -587,6 +637,27 @@ pub fn pointer_array(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_failures_name_the_program_and_the_reason() {
+        let said = |errno| {
+            let mut v = Vec::new();
+            exec_failure(c"/app/run.sh", errno, &mut |p| v.extend_from_slice(p));
+            String::from_utf8(v).unwrap()
+        };
+        assert_eq!(
+            said(libc::ENOENT),
+            "berth-runtime: container process failed: exec /app/run.sh: No such file or directory (its #! interpreter or its dynamic loader is missing)\n"
+        );
+        assert_eq!(
+            said(libc::EACCES),
+            "berth-runtime: container process failed: exec /app/run.sh: Permission denied\n"
+        );
+        assert_eq!(
+            said(4095),
+            "berth-runtime: container process failed: exec /app/run.sh: errno 4095\n"
+        );
+    }
 
     #[test]
     fn records_round_trip() {

@@ -105,6 +105,34 @@ fn a_missing_executable_fails_at_create() {
 }
 
 #[test]
+fn a_script_whose_interpreter_is_missing_says_so_on_its_stderr() {
+    // Found and executable, so create succeeds; execve then fails for
+    // what the program loads, after start.
+    let mut b = Bundle::new();
+    std::fs::write(
+        b.rootfs().join("bin/bad.sh"),
+        "#!/nonexistent/interp\necho hi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        b.rootfs().join("bin/bad.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    b.config["process"]["args"] = json!(["/bin/bad.sh"]);
+    let out = match common::try_run(&b) {
+        Ok(out) => out,
+        Err(e) => panic!("{}", chain(&e)),
+    };
+    assert_eq!(out.status, ExitStatus::Exited(127), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "berth-runtime: container process failed: exec /bin/bad.sh: No such file or directory \
+         (its #! interpreter or its dynamic loader is missing)\n"
+    );
+}
+
+#[test]
 fn user_groups_and_umask() {
     let mut b = Bundle::new();
     b.config["process"]["user"] =
@@ -829,9 +857,14 @@ fn a_failing_mount_names_the_step_the_destination_and_a_binds_source() {
     );
     // A source relative to the bundle is named as resolved.
     let mut b = Bundle::new();
-    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": "/mnt/x", "type": "bind", "source": "extra", "options": ["bind"]}));
+    b.config["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/mnt/x", "type": "bind", "source": "extra", "options": ["bind"]}),
+    );
     let e = create_error(&b);
-    let want = format!("(bind of {}): No such file", b.dir().join("extra").display());
+    let want = format!(
+        "(bind of {}): No such file",
+        b.dir().join("extra").display()
+    );
     assert!(e.contains(&want), "{e}");
 }
 

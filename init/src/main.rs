@@ -241,7 +241,9 @@ fn main() {
     let outcome = match boot_and_supervise(role, &args, start) {
         Ok(outcome) => outcome,
         Err(e) => {
-            log::error!("fatal: {e}");
+            // One line: what reads the console (berth-qemu) takes the
+            // fatal line as the reason the appliance ended.
+            log::error!("fatal: {}", one_line(&e));
             Outcome::Fatal(e)
         }
     };
@@ -683,6 +685,23 @@ fn configure_machine(m: &Manifest) -> Result<Vec<(String, String)>, String> {
     Ok(late)
 }
 
+/// A message of several lines as one: `invalid manifest:` and its
+/// `  - problem` lines become `invalid manifest: problem; problem`.
+fn one_line(text: &str) -> String {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix("- ").unwrap_or(l));
+    let first = lines.next().unwrap_or_default().to_owned();
+    let rest: Vec<&str> = lines.collect();
+    match (rest.is_empty(), first.ends_with(':')) {
+        (true, _) => first,
+        (false, true) => format!("{first} {}", rest.join("; ")),
+        (false, false) => format!("{first}; {}", rest.join("; ")),
+    }
+}
+
 /// What a failed data-disk mount most likely means, for the fatal line
 /// (the kernel's own reason is a log line above it, if any).
 fn data_disk_hint(errno: nix::errno::Errno, device: &Path, fstype: &str) -> String {
@@ -965,6 +984,19 @@ fn exit_with(code: i32) -> ! {
 mod tests {
     use super::*;
     use nix::errno::Errno;
+
+    #[test]
+    fn fatal_messages_are_one_line() {
+        assert_eq!(
+            one_line("invalid manifest:\n  - services.a: x\n  - tasks.b: y"),
+            "invalid manifest: services.a: x; tasks.b: y"
+        );
+        assert_eq!(
+            one_line("mount data disk: EINVAL"),
+            "mount data disk: EINVAL"
+        );
+        assert_eq!(one_line("a\nb\n"), "a; b");
+    }
 
     #[test]
     fn a_failed_data_disk_mount_says_what_it_most_likely_means() {

@@ -441,6 +441,14 @@ impl Hub {
 
     fn own_line_at(&mut self, level: log::Level, args: &std::fmt::Arguments<'_>, now: Millis) {
         let text = args.to_string();
+        // Every console line of PID 1's carries its stamp and `berth: `,
+        // the lines after a message's first included.
+        for line in text.trim_end_matches('\n').split('\n') {
+            self.own_one_line(level, line, now);
+        }
+    }
+
+    fn own_one_line(&mut self, level: log::Level, text: &str, now: Millis) {
         let tag: &[u8] = match level {
             log::Level::Debug => b"berth: debug: ",
             log::Level::Trace => b"berth: trace: ",
@@ -735,6 +743,23 @@ mod tests {
         assert_eq!(hub.units[0].ring.len(), 101, "the ring keeps everything");
         let file = std::fs::read_to_string(dir.join("spam.log")).unwrap();
         assert_eq!(file.lines().count(), 6, "{file}");
+
+        // PID 1's own message of several lines: each line is its own.
+        hub.own_line_at(
+            log::Level::Error,
+            &format_args!("fatal: invalid manifest:\n  - a: x\n  - b: y"),
+            3000,
+        );
+        let console = std::fs::read_to_string(dir.join("console")).unwrap();
+        let tail: Vec<&str> = console.lines().skip(8).collect();
+        assert_eq!(
+            tail,
+            [
+                "[     3.000] berth: fatal: invalid manifest:",
+                "[     3.000] berth:   - a: x",
+                "[     3.000] berth:   - b: y"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -542,7 +542,27 @@ fn check_manifest(path: &Path, images: &Path) -> ! {
             exit_with(0);
         }
         Err(e) => {
-            eprintln!("berth-init: {}", error_chain(&e));
+            // What was checked against: the layout (the boot says the
+            // same), and whether this is a build manifest, whose image
+            // map and relative bundle paths only berth-build resolves.
+            let layout = if images.join("index.json").is_file() {
+                format!("images from the layout {}", images.display())
+            } else {
+                format!(
+                    "no image layout at {}: --images DIR names one",
+                    images.display()
+                )
+            };
+            let build = std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v.get("images").is_some());
+            let build = if build {
+                "; it has `images`: a build manifest, which `berth-build build` checks with its images and relative bundle paths resolved"
+            } else {
+                ""
+            };
+            eprintln!("berth-init: {} ({layout}{build})", error_chain(&e));
             exit_with(1);
         }
     }

@@ -716,14 +716,19 @@ impl Checker<'_> {
     }
 
     fn size(&mut self, path: &str, size: Option<&raw::Size>, default: u64) -> u64 {
+        size.and_then(|s| self.parsed_size(path, s))
+            .unwrap_or(default)
+    }
+
+    /// The size in bytes; `None` (the problem noted) when it does not parse.
+    fn parsed_size(&mut self, path: &str, size: &raw::Size) -> Option<u64> {
         match size {
-            None => default,
-            Some(raw::Size::Bytes(b)) => *b,
-            Some(raw::Size::Text(t)) => match parse_size(t) {
-                Ok(b) => b,
+            raw::Size::Bytes(b) => Some(*b),
+            raw::Size::Text(t) => match parse_size(t) {
+                Ok(b) => Some(b),
                 Err(e) => {
                     self.problem(path, format!("invalid size {t:?}: {e}"));
-                    default
+                    None
                 }
             },
         }
@@ -819,6 +824,9 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
                     format!("{path}.command"),
                     "must not be empty (leave it out to use the image's)",
                 );
+            }
+            if field == "command" && list.first().is_some_and(String::is_empty) {
+                c.problem(format!("{path}.command[0]"), "the program must not be \"\"");
             }
             if list.iter().any(|a| a.contains('\0')) {
                 c.problem(format!("{path}.{field}"), "must not contain NUL bytes");
@@ -931,7 +939,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         resources.memory = r
             .memory
             .as_ref()
-            .map(|m| c.size(&format!("{path}.resources.memory"), Some(m), 0));
+            .and_then(|m| c.parsed_size(&format!("{path}.resources.memory"), m));
         if let Some(m) = resources.memory {
             // Below a few pages the kernel OOM-kills the process before exec.
             if m < 1 << 20 {
@@ -1205,10 +1213,24 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
         }
     }
 
-    let data_disk = raw.data_disk.map(|d| DataDisk {
-        device: c.absolute_path("data_disk.device", &d.device),
-        fstype: d.fstype,
-        options: d.options,
+    let data_disk = raw.data_disk.map(|d| {
+        let device = c.absolute_path("data_disk.device", &d.device);
+        // devtmpfs makes /dev/vda; the /dev/disk/by-* links are udev's,
+        // which an appliance does not run.
+        if device.starts_with("/dev/disk") {
+            c.problem(
+                "data_disk.device",
+                format!(
+                    "{}: the appliance has no udev to make /dev/disk links; name the device (/dev/vda)",
+                    device.display()
+                ),
+            );
+        }
+        DataDisk {
+            device,
+            fstype: d.fstype,
+            options: d.options,
+        }
     });
 
     let mut log_cfg = LogConfig::default();
@@ -1218,7 +1240,7 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
                 Ok(f) => log_cfg.level = f,
                 Err(_) => c.problem(
                     "log.level",
-                    format!("unknown level {level:?} (error, warn, info, debug, trace)"),
+                    format!("unknown level {level:?} (off, error, warn, info, debug, trace)"),
                 ),
             }
         }
@@ -1246,12 +1268,21 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
             }
             log_cfg.lines_per_sec = lines_per_sec;
             log_cfg.burst = rate.burst.unwrap_or(lines_per_sec.saturating_mul(2));
-            if log_cfg.burst == 0 {
+            if rate.burst == Some(0) {
                 c.problem("log.rate.burst", "must be at least 1");
             }
         }
         if let Some(f) = l.files {
             let dir = c.absolute_path("log.files.dir", &f.dir);
+            if dir.starts_with(DATA_DIR) && data_disk.is_none() {
+                c.problem(
+                    "log.files.dir",
+                    format!(
+                        "{} is on the data disk ({DATA_DIR}), but there is no data_disk (the files would only be in memory)",
+                        dir.display()
+                    ),
+                );
+            }
             let max_size = c.size("log.files.max_size", f.max_size.as_ref(), 1 << 20);
             if max_size < 4096 {
                 c.problem("log.files.max_size", "must be at least 4KiB");
@@ -1618,6 +1649,42 @@ mod tests {
                 got.iter().any(|p| p.starts_with(want)),
                 "{json}\n got: {got:?}\nwant: {want}"
             );
+        }
+    }
+
+    #[test]
+    fn one_mistake_is_one_problem() {
+        let img = |extra: &str| {
+            format!(r#"{{"version":1,"services":[{{"name":"a","image":"web"{extra}}}]}}"#)
+        };
+        for (json, want) in [
+            (
+                img(r#","resources":{"memory":"64X"}"#),
+                "services.a.resources.memory: invalid size \"64X\": unknown unit \"X\"",
+            ),
+            (
+                r#"{"version":1,"log":{"rate":{"lines_per_sec":0}}}"#.into(),
+                "log.rate.lines_per_sec: must be at least 1",
+            ),
+            (
+                r#"{"version":1,"log":{"level":"verbose"}}"#.into(),
+                "log.level: unknown level \"verbose\" (off, error, warn, info, debug, trace)",
+            ),
+            (
+                img(r#","command":[""]"#),
+                "services.a.command[0]: the program must not be \"\"",
+            ),
+            (
+                r#"{"version":1,"log":{"files":{"dir":"/data/log"}}}"#.into(),
+                "log.files.dir: /data/log is on the data disk (/data), but there is no data_disk (the files would only be in memory)",
+            ),
+            (
+                r#"{"version":1,"data_disk":{"device":"/dev/disk/by-label/x","fstype":"ext4"}}"#
+                    .into(),
+                "data_disk.device: /dev/disk/by-label/x: the appliance has no udev to make /dev/disk links; name the device (/dev/vda)",
+            ),
+        ] {
+            assert_eq!(problems(&json), [want], "{json}");
         }
     }
 

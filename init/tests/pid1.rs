@@ -320,6 +320,30 @@ fn invalid_manifest_is_refused_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dependency cycle: a -> b -> a"), "{err}");
+    // What it checked against is named: here no layout at all. A build
+    // manifest (with `images`, relative bundle paths) is named as one.
+    let missing = dir.join("no-layout");
+    std::fs::write(
+        dir.join("build.json"),
+        r#"{"version":1,"images":{"bb":"oci:layout:bb"},"services":[{"name":"a","image":"bb"},{"name":"b","bundle":"bun"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--images")
+        .arg(&missing)
+        .arg("--check")
+        .arg(dir.join("build.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "(no image layout at {}: --images DIR names one; it has `images`: a build manifest, which `berth-build build` checks",
+            missing.display()
+        )),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -227,6 +227,9 @@ pub struct ContainerOptions {
     /// network get it bound read-only at `/etc/resolv.conf`, as Docker
     /// gives a container the host's.
     pub resolv_conf: Option<PathBuf>,
+    /// The manifest's `hostname`: every image unit's (each has a UTS
+    /// namespace of its own); without one, `berth`.
+    pub hostname: Option<String>,
 }
 
 /// What [`ContainerLauncher::prepare`] did for a unit, for the timeline.
@@ -651,6 +654,9 @@ impl ContainerLauncher {
             persistent,
             parent,
         )?;
+        if let Some(hostname) = &self.opts.hostname {
+            spec.set_hostname(Some(hostname.clone()));
+        }
         if let Some(resolv) = &self.opts.resolv_conf
             && program.network == NetworkMode::Host
         {
@@ -1622,6 +1628,7 @@ mod tests {
             cgroup_parent: "berth".into(),
             diff_id: DiffIdCheck::Verify,
             resolv_conf: None,
+            hostname: None,
         });
         let mut p = program(r#"{"name":"b","bundle":"/b"}"#);
         l.check("b", &p).unwrap();

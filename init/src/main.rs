@@ -356,6 +356,7 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
         resolv_conf: (role == Role::Machine
             && (!manifest.network.nameservers.is_empty() || !manifest.network.search.is_empty()))
         .then(|| PathBuf::from(RESOLV_CONF)),
+        hostname: manifest.hostname.clone(),
     };
     let mut launcher = ContainerLauncher::new(container_opts.clone());
     let units: Vec<(UnitKind, &String, &manifest::Program)> = manifest

@@ -12,11 +12,11 @@
 //! | field | type | default | meaning |
 //! | --- | --- | --- | --- |
 //! | `version` | `1` | required | format version |
-//! | `hostname` | string | unset | hostname of the VM (RFC 1123 label) |
+//! | `hostname` | string | unset | hostname of the VM (RFC 1123 label) and of every image unit (`berth` when unset) |
 //! | `modules` | [string] | `[]` | kernel modules to load, dependencies resolved from `modules.dep` |
 //! | `sysctls` | {key: string} | `{}` | written to `/proc/sys/<key with . as />` before any unit starts; a `net.*` key that appears with the NIC's driver, with the network |
 //! | `network` | object | none | `interfaces`: [{`name`, `address`, `prefix`, `gateway`?}], `dns`: {`nameservers`, `search`}, `modules`: [string] (the NIC's drivers) |
-//! | `data_disk` | object | none | `device`, `fstype`, `options`? — mounted at `/data` (always `nosuid,nodev`), source of `persistent` mounts |
+//! | `data_disk` | object | none | `device` (a kernel name such as `/dev/vda`: no udev, so no `/dev/disk/*` links), `fstype`, `options`? — mounted at `/data` (always `nosuid,nodev`), source of `persistent` mounts |
 //! | `log` | object | see below | PID 1's own level and the service log routing |
 //! | `on_fatal` | `"poweroff"` \| `"reboot"` | `"poweroff"` | what PID 1 does when boot fails or it hits an internal bug |
 //! | `tasks` | [task] | `[]` | one-shot boot tasks, run in order before services |

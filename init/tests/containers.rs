@@ -1006,6 +1006,7 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
         cgroup_parent: w.cgroup_parent.clone(),
         diff_id: berth_bundles::DiffIdCheck::Verify,
         resolv_conf: None,
+        hostname: None,
     });
     for s in &services {
         l.prepare(&s.name, &s.program).unwrap();
@@ -1074,12 +1075,13 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
     l.cleanup();
 }
 
-/// The manifest's DNS reaches image units on the machine's network: the
+/// The manifest's hostname is every image unit's, and its DNS reaches
+/// image units on the machine's network: the
 /// machine's resolv.conf bound read-only at /etc/resolv.conf (the image
 /// has none), in a shared read-only root and in an overlay alike; a unit
 /// with a network of its own gets no DNS.
 #[test]
-fn host_network_units_get_the_machines_resolv_conf() {
+fn image_units_get_the_machines_hostname_and_resolv_conf() {
     use berth_init::container::{ContainerLauncher, ContainerOptions};
     use berth_init::launcher::{Launcher, UnitKind};
     use berth_init::service::ExitStatus;
@@ -1089,7 +1091,7 @@ fn host_network_units_get_the_machines_resolv_conf() {
     let w = World::new("dns");
     let resolv = w.dir.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.0.2.3\nsearch qa.internal\n").unwrap();
-    let probe = "cat /etc/resolv.conf 2>/dev/null || echo no-resolv; echo x >> /etc/resolv.conf 2>/dev/null || echo ro";
+    let probe = "hostname; cat /etc/resolv.conf 2>/dev/null || echo no-resolv; echo x >> /etc/resolv.conf 2>/dev/null || echo ro";
     let m = manifest(
         &[],
         &[
@@ -1108,6 +1110,7 @@ fn host_network_units_get_the_machines_resolv_conf() {
         cgroup_parent: w.cgroup_parent.clone(),
         diff_id: berth_bundles::DiffIdCheck::Verify,
         resolv_conf: Some(resolv.clone()),
+        hostname: Some("edge-1".into()),
     });
     let mut out = Vec::new();
     for s in &services {
@@ -1129,10 +1132,10 @@ fn host_network_units_get_the_machines_resolv_conf() {
         out.push(text);
     }
     l.cleanup();
-    let dns = "nameserver 10.0.2.3\nsearch qa.internal\nro\n";
+    let dns = "edge-1\nnameserver 10.0.2.3\nsearch qa.internal\nro\n";
     // `own` shares the tree in which `shared`'s mount target was made:
-    // an empty file, no DNS.
-    assert_eq!(out, [dns, dns, "ro\n"]);
+    // an empty file, no DNS; the machine's hostname all the same.
+    assert_eq!(out, [dns, dns, "edge-1\nro\n"]);
     assert_eq!(
         std::fs::read_to_string(&resolv).unwrap(),
         "nameserver 10.0.2.3\nsearch qa.internal\n"

@@ -450,7 +450,11 @@ fn appliance_boots_serves_and_powers_off() {
         manifest_json(r#"{"bb": "oci:layout:bb"}"#, Some("bundle")),
     )
     .unwrap();
-    build_ok(&manifest, &dir.join("out"));
+    let summary = build_ok(&manifest, &dir.join("out"));
+    assert!(
+        summary.contains("  bundle for task from-bundle ") && summary.contains(" MiB  ("),
+        "{summary}"
+    );
 
     let port = free_port().unwrap();
     let appliance = berth_qemu::Appliance::from_dir(&dir.join("out")).unwrap();

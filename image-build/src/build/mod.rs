@@ -210,6 +210,17 @@ pub struct BuildReport {
     /// The init's version and size in bytes.
     pub init_version: String,
     pub init_size: u64,
+    pub bundles: Vec<BundleSummary>,
+}
+
+/// A bundle as copied for one unit (each unit gets its own copy).
+#[derive(Debug, Clone)]
+pub struct BundleSummary {
+    pub kind: &'static str,
+    pub unit: String,
+    pub path: PathBuf,
+    /// Bytes of the files copied.
+    pub bytes: u64,
 }
 
 /// The static init a workspace build makes.
@@ -271,6 +282,15 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
             mib(i.unpacked),
             mib(i.stored),
             i.reference
+        );
+    }
+    for b in &r.bundles {
+        println!(
+            "  bundle for {} {:<10} {:.2} MiB  ({})",
+            b.kind,
+            b.unit,
+            mib(b.bytes),
+            b.path.display()
         );
     }
     println!(
@@ -698,8 +718,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     }
 
     // Bundles.
+    let mut bundles = Vec::with_capacity(prepared.bundles.len());
     for b in &prepared.bundles {
-        bundle_entries(&mut tree, b)?;
+        let bytes = bundle_entries(&mut tree, b)?;
+        bundles.push(BundleSummary {
+            kind: b.kind,
+            unit: b.unit.clone(),
+            path: b.host.clone(),
+            bytes,
+        });
     }
     check_host_units(&prepared.parsed, &tree)?;
 
@@ -757,6 +784,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         entries: tree.len(),
         init_version,
         init_size,
+        bundles,
     })
 }
 
@@ -854,15 +882,17 @@ fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
 /// owners are kept; without (what the build wrote itself, the image
 /// layout) entries are root's with 0755 for directories and 0644 for
 /// files, so the bytes do not depend on the umask the build ran under.
+/// Returns the bytes of the files added.
 fn add_host_tree(
     tree: &mut Tree,
     host: &Path,
     archive: &str,
     keep_owner: bool,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let meta = fs::symlink_metadata(host)?;
     let entry = host_entry(host, &meta, keep_owner)?;
     let is_dir = entry.kind == Kind::Dir;
+    let mut bytes = if meta.is_file() { meta.len() } else { 0 };
     tree.add(archive, entry).map_err(std::io::Error::other)?;
     if is_dir {
         let mut names: Vec<_> = fs::read_dir(host)?
@@ -876,7 +906,7 @@ fn add_host_tree(
                     host.join(&name).display()
                 ))
             })?;
-            add_host_tree(
+            bytes += add_host_tree(
                 tree,
                 &host.join(&name),
                 &format!("{archive}/{name_str}"),
@@ -884,7 +914,7 @@ fn add_host_tree(
             )?;
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 fn host_entry(path: &Path, meta: &fs::Metadata, keep_owner: bool) -> std::io::Result<Entry> {
@@ -1235,8 +1265,8 @@ fn resolve_in_tree<'t>(tree: &'t Tree, path: &str) -> Option<&'t Entry> {
 }
 
 /// Copies a runtime bundle: `config.json` (with `root.path` = `rootfs`)
-/// and the root filesystem it names.
-fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
+/// and the root filesystem it names. Returns the bytes of its files.
+fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
     let config_path = b.host.join("config.json");
     let io_err = |path: &Path| {
         let unit = b.unit.clone();
@@ -1264,9 +1294,10 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
         config["root"]["path"] = Value::String("rootfs".into());
         serde_json::to_vec_pretty(&config).unwrap_or_default()
     };
+    let mut bytes = config_bytes.len() as u64;
     tree.bytes(&format!("{}/config.json", b.archive), 0o644, config_bytes)
         .map_err(BuildError::Cpio)?;
-    add_host_tree(tree, &rootfs, &format!("{}/rootfs", b.archive), true)
+    bytes += add_host_tree(tree, &rootfs, &format!("{}/rootfs", b.archive), true)
         .map_err(io_err(&rootfs))?;
     // Bind sources relative to the bundle (runtime-spec: "relative to the
     // bundle") go with it, to the same place in its copy.
@@ -1285,11 +1316,11 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<(), BuildError> {
                 host.display()
             )));
         }
-        add_host_tree(tree, &host, &format!("{}/{source}", b.archive), true)
+        bytes += add_host_tree(tree, &host, &format!("{}/{source}", b.archive), true)
             .map_err(io_err(&host))?;
         copied.push(source);
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// The bind mount sources of a bundle's `config.json` that are relative

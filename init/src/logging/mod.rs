@@ -139,6 +139,8 @@ struct Hub {
     own: Option<usize>,
     /// `config.files.dir`, opened.
     log_dir: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The syslog receiver is unreachable (said once on the console).
+    syslog_down: bool,
 }
 
 static HUB: Mutex<Option<Hub>> = Mutex::new(None);
@@ -197,6 +199,7 @@ pub fn init(
         console_dropped: 0,
         own: None,
         log_dir: None,
+        syslog_down: false,
     });
     log::set_logger(&LOGGER).map_err(|source| LoggingError::Install { source })?;
     log::set_max_level(level);
@@ -488,6 +491,14 @@ impl Hub {
         self.send_syslog("berth", syslog_severity(level), text.as_bytes(), now);
     }
 
+    /// A line of PID 1's about the syslog sink itself: everywhere but to
+    /// syslog (which would report on itself).
+    fn syslog_note(&mut self, level: log::Level, text: &str, now: Millis) {
+        let sink = self.syslog.take();
+        self.own_one_line(level, text, now);
+        self.syslog = sink;
+    }
+
     fn unit_line(&mut self, unit: usize, stream: Stream, line: &[u8], cut: bool, now: Millis) {
         let Some(u) = self.units.get_mut(unit) else {
             return;
@@ -565,6 +576,59 @@ impl Hub {
         let Some(sink) = self.syslog.as_mut() else {
             return;
         };
+        let target = sink.target();
+        match sink.send(tag, severity, text, now) {
+            Delivery::Failed(reason) if !self.syslog_down => {
+                self.syslog_down = true;
+                self.syslog_note(
+                    log::Level::Warn,
+                    &format!(
+                        "syslog {target}: {reason}; messages are {} until it is back",
+                        match self.syslog {
+                            Some(SyslogSink::Tcp { .. }) =>
+                                "held (64KiB), then dropped and counted,",
+                            _ => "dropped",
+                        }
+                    ),
+                    now,
+                );
+            }
+            Delivery::Sent if self.syslog_down => {
+                self.syslog_down = false;
+                self.syslog_note(
+                    log::Level::Info,
+                    &format!("syslog {target}: forwarding again"),
+                    now,
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What became of one syslog message.
+enum Delivery {
+    /// Handed to the receiver (or to the kernel for it).
+    Sent,
+    /// Held for a receiver that is still connecting or slow.
+    Held,
+    /// Not deliverable now, and why.
+    Failed(String),
+}
+
+impl SyslogSink {
+    fn target(&self) -> String {
+        match self {
+            SyslogSink::Unix { path, .. } => path.display().to_string(),
+            SyslogSink::Udp { socket } => socket
+                .peer_addr()
+                .map_or_else(|_| "udp".to_owned(), |a| a.to_string()),
+            SyslogSink::Tcp { addr, .. } => addr.to_string(),
+        }
+    }
+
+    fn send(&mut self, tag: &str, severity: u8, text: &[u8], now: Millis) -> Delivery {
+        let sink = self;
         // RFC 3164 framing without timestamp or host (the receiver adds
         // them): "<PRI>TAG: MSG", facility daemon (3).
         let pri = 3 * 8 + u32::from(severity);
@@ -572,8 +636,10 @@ impl Hub {
         let _ = write!(msg, "<{pri}>{tag}: ");
         msg.extend_from_slice(text);
         match sink {
+            // Connectionless: what the receiver does is not known here.
             SyslogSink::Udp { socket } => {
                 let _ = socket.send(&msg);
+                Delivery::Sent
             }
             SyslogSink::Tcp {
                 addr,
@@ -583,6 +649,7 @@ impl Hub {
                 mid,
                 dropped,
             } => {
+                let mut delivery = Delivery::Held;
                 if pending.len() + msg.len() < TCP_PENDING_MAX {
                     pending.extend_from_slice(&msg);
                     pending.push(b'\n');
@@ -591,7 +658,10 @@ impl Hub {
                 }
                 if stream.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
                     *last_try = Some(now);
-                    *stream = tcp_connect_nonblocking(*addr).ok();
+                    match tcp_connect_nonblocking(*addr) {
+                        Ok(s) => *stream = Some(s),
+                        Err(e) => delivery = Delivery::Failed(format!("cannot connect: {e}")),
+                    }
                 }
                 if let Some(s) = stream {
                     while !pending.is_empty() {
@@ -601,6 +671,7 @@ impl Hub {
                                 break;
                             }
                             Ok(n) => {
+                                delivery = Delivery::Sent;
                                 *mid = pending.get(n - 1) != Some(&b'\n');
                                 pending.drain(..n);
                             }
@@ -611,7 +682,8 @@ impl Hub {
                             // rest of a partly sent message is dropped (the
                             // new connection must start on a message), whole
                             // ones wait.
-                            Err(_) => {
+                            Err(e) => {
+                                delivery = Delivery::Failed(e.to_string());
                                 *stream = None;
                                 if std::mem::take(mid)
                                     && let Some(end) = pending.iter().position(|b| *b == b'\n')
@@ -628,25 +700,34 @@ impl Hub {
                     let note = format!("<{}>berth: syslog: {n} messages dropped\n", 3 * 8 + 4);
                     pending.extend_from_slice(note.as_bytes());
                 }
+                delivery
             }
             SyslogSink::Unix {
                 path,
                 socket,
                 last_try,
             } => {
+                let mut failure = None;
                 if socket.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
                     *last_try = Some(now);
-                    *socket = UnixDatagram::unbound()
+                    match UnixDatagram::unbound()
                         .and_then(|s| s.connect(&*path).map(|()| s))
                         .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                        .ok();
+                    {
+                        Ok(s) => *socket = Some(s),
+                        Err(e) => failure = Some(format!("cannot connect: {e}")),
+                    }
                 }
-                if let Some(s) = socket
-                    && let Err(e) = s.send(&msg)
-                    && e.kind() != std::io::ErrorKind::WouldBlock
-                {
-                    // The syslog daemon restarted: reconnect on a later line.
-                    *socket = None;
+                match socket.as_ref().map(|s| s.send(&msg)) {
+                    Some(Ok(_)) => Delivery::Sent,
+                    // A full receive queue: this one is lost, the daemon lives.
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Delivery::Held,
+                    Some(Err(e)) => {
+                        // The syslog daemon restarted: reconnect on a later line.
+                        *socket = None;
+                        Delivery::Failed(e.to_string())
+                    }
+                    None => failure.map_or(Delivery::Held, Delivery::Failed),
                 }
             }
         }
@@ -686,6 +767,54 @@ mod tests {
         );
     }
 
+    /// An unreachable syslog receiver is said once on the console (not to
+    /// syslog), and so is its return.
+    #[test]
+    fn an_unreachable_syslog_is_said_once_and_its_return_too() {
+        let dir = std::env::temp_dir().join(format!("berth-syslog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let console = File::create(dir.join("console")).unwrap();
+        let mut hub = Hub {
+            console: Some(Outbox::new(console, 1 << 20)),
+            kmsg: None,
+            config: LogConfig::default(),
+            units: Vec::new(),
+            syslog: Some(SyslogSink::Unix {
+                path: path.clone(),
+                socket: None,
+                last_try: None,
+            }),
+            console_dropped: 0,
+            own: None,
+            log_dir: None,
+            syslog_down: false,
+        };
+        hub.own_line_at(log::Level::Info, &format_args!("one"), 0);
+        hub.own_line_at(log::Level::Info, &format_args!("two"), 100);
+        hub.own_line_at(log::Level::Info, &format_args!("three"), 1200);
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        hub.own_line_at(log::Level::Info, &format_args!("four"), 1300);
+        hub.own_line_at(log::Level::Info, &format_args!("five"), 2300);
+        let console = std::fs::read_to_string(dir.join("console")).unwrap();
+        let want = format!(
+            "[     0.000] berth: one\n\
+             [     0.000] berth: syslog {0}: cannot connect: No such file or directory (os error 2); messages are dropped until it is back\n\
+             [     0.100] berth: two\n\
+             [     1.200] berth: three\n\
+             [     1.300] berth: four\n\
+             [     2.300] berth: five\n\
+             [     2.300] berth: syslog {0}: forwarding again\n",
+            path.display()
+        );
+        assert_eq!(console, want);
+        let mut buf = [0u8; 256];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<30>berth: five");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// The hub's routing, without the global logger: a unit over its budget
     /// keeps its ring but stays off the console, and says so.
     #[test]
@@ -707,6 +836,7 @@ mod tests {
             console_dropped: 0,
             own: None,
             log_dir: None,
+            syslog_down: false,
         };
         let dir_fd = sinks::open_log_dir(&dir).unwrap();
         hub.units.push(UnitLog {

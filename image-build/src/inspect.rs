@@ -18,9 +18,9 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
     };
     let image = Image::open(&reference, &platform)?;
     if args.flag("--json") {
-        println!("{}", serde_json::to_string_pretty(&to_json(&image))?);
+        out!("{}", serde_json::to_string_pretty(&to_json(&image))?);
     } else {
-        print!("{}", to_text(&image));
+        out_nonl!("{}", to_text(&image));
     }
     Ok(())
 }

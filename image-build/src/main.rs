@@ -4,6 +4,28 @@
 //! and parses its own arguments with [`args::Args`].
 #![forbid(unsafe_code)]
 
+// Output that cannot panic: into a pipe whose reader is gone (`| head`)
+// or a closed terminal it is dropped. SIGPIPE stays ignored, so a build
+// always gets to clean up, whatever happened to its terminal.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! out_nonl {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod build;
 mod inspect;
@@ -73,13 +95,10 @@ fn raise_open_files_limit() {
 }
 
 fn main() -> ExitCode {
-    // Output into a pipe that closes early (`| head`) ends the command
-    // quietly, as with any Unix tool, instead of a panic on EPIPE.
-    berth_runtime::sys::restore_default_sigpipe();
     raise_open_files_limit();
     let mut argv = std::env::args().skip(1);
     let Some(cmd) = argv.next() else {
-        eprintln!("{USAGE}");
+        note!("{USAGE}");
         return ExitCode::from(2);
     };
     let rest: Vec<String> = argv.collect();
@@ -90,7 +109,7 @@ fn main() -> ExitCode {
         .any(|a| a == "-h" || a == "--help")
         && ["build", "unpack", "inspect"].contains(&cmd.as_str())
     {
-        println!("{USAGE}");
+        out!("{USAGE}");
         return ExitCode::SUCCESS;
     }
     let res: Result<(), Box<dyn Error>> = match cmd.as_str() {
@@ -101,11 +120,11 @@ fn main() -> ExitCode {
         "unpack" => unpack::run(&rest),
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+            out!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         other => {
-            eprintln!("berth-build: unknown command {other:?}\n\n{USAGE}");
+            note!("berth-build: unknown command {other:?}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -125,7 +144,7 @@ fn main() -> ExitCode {
             } else {
                 ""
             };
-            eprintln!("berth-build {cmd}: {}{hint}", report(e.as_ref()));
+            note!("berth-build {cmd}: {}{hint}", report(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -73,14 +73,14 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
         .as_ref()
         .is_none_or(|c| c.entrypoint.is_empty() && c.cmd.is_empty());
     if no_command {
-        eprintln!(
+        note!(
             "berth-build unpack: warning: {} has no Entrypoint or Cmd; {}/config.json runs `sh` (set process.args to change it)",
             report.image.name,
             dest.display()
         );
     }
     if tty {
-        eprintln!(
+        note!(
             "unpacked {} ({}) into {}",
             report.image.name,
             report.image.platform,

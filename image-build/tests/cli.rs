@@ -446,11 +446,11 @@ fn docker_archive_written_by_skopeo() {
     assert_eq!(spec["process"]["user"]["uid"], 1234);
 }
 
-/// Output into a pipe whose reader is gone ends the command by SIGPIPE,
-/// as with any Unix tool: no panic, no abort (exit 134).
+/// Output into a pipe whose reader is gone (`| head`) is dropped: no
+/// panic, no abort (exit 134). SIGPIPE stays ignored (a build must always
+/// get to clean up), so the command ends as it would have.
 #[test]
 fn a_closed_stdout_pipe_ends_the_command_quietly() {
-    use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-build"))
@@ -459,6 +459,6 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+    assert_eq!(out.status.code(), Some(0), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "{stderr}");
 }

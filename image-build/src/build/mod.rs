@@ -268,14 +268,14 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
 
 fn print_summary(opts: &BuildOptions, r: &BuildReport) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("built {} (kernel {})", opts.out.display(), r.release);
+    out!("built {} (kernel {})", opts.out.display(), r.release);
     for i in &r.images {
         let shared = if i.shared > 0 {
             format!(", {:.2} MiB shared with earlier images", mib(i.shared))
         } else {
             String::new()
         };
-        println!(
+        out!(
             "  image {:<16} {} layer(s), {:.2} MiB unpacked, {:.2} MiB zstd{shared}  ({})",
             i.name,
             i.layers,
@@ -285,7 +285,7 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
         );
     }
     for b in &r.bundles {
-        println!(
+        out!(
             "  bundle for {} {:<10} {:.2} MiB  ({})",
             b.kind,
             b.unit,
@@ -293,7 +293,7 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
             b.path.display()
         );
     }
-    println!(
+    out!(
         "  modules: {}",
         if r.modules.is_empty() {
             "none".into()
@@ -301,12 +301,12 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
             r.modules.join(" ")
         }
     );
-    println!(
+    out!(
         "  init: berth-init {}, {:.2} MiB",
         r.init_version,
         mib(r.init_size)
     );
-    println!(
+    out!(
         "  initrd.img: {:.2} MiB ({} entries)",
         mib(r.initrd_size),
         r.entries
@@ -705,7 +705,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             );
         }
         if show {
-            eprintln!("\rimages packed                              ");
+            note!("\rimages packed                              ");
         }
         check_image_units(&prepared.parsed, &lw, &work.join("users"))?;
         lw.finish().map_err(BuildError::Layout)?;

@@ -24,6 +24,7 @@ pub enum Step {
     Setsid,
     WaitUserMap,
     Setns,
+    Loopback,
     Stdio,
     RootPropagation,
     BindRootfs,
@@ -68,12 +69,13 @@ pub enum Step {
     Exec,
 }
 
-const ALL_STEPS: [Step; 47] = [
+const ALL_STEPS: [Step; 48] = [
     Step::Signals,
     Step::Dumpable,
     Step::Setsid,
     Step::WaitUserMap,
     Step::Setns,
+    Step::Loopback,
     Step::Stdio,
     Step::RootPropagation,
     Step::BindRootfs,
@@ -131,6 +133,7 @@ impl Step {
             Step::Setsid => "start a new session",
             Step::WaitUserMap => "wait for the user namespace mappings",
             Step::Setns => "join namespace",
+            Step::Loopback => "bring up lo in the new network namespace",
             Step::Stdio => "set up stdio",
             Step::RootPropagation => "set mount propagation of /",
             Step::BindRootfs => "bind mount the rootfs onto itself",
@@ -395,6 +398,11 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
     }
     for (i, (fd, nstype)) in cx.join.iter().enumerate() {
         sys::setns(fd.as_fd(), *nstype).map_err(at(Step::Setns, i))?;
+    }
+    // A network namespace made for the container starts with `lo` down;
+    // one joined by path is left as its owner set it up.
+    if plan.namespaces.new_net() {
+        sys::loopback_up().map_err(at(Step::Loopback, 0))?;
     }
     for (target, fd) in cx.stdio.iter().enumerate() {
         if let Some(fd) = fd {

@@ -173,6 +173,10 @@ impl NamespacePlan {
     pub fn new_user(&self) -> bool {
         self.clone_flags & libc::CLONE_NEWUSER as u64 != 0
     }
+
+    pub fn new_net(&self) -> bool {
+        self.clone_flags & libc::CLONE_NEWNET as u64 != 0
+    }
 }
 
 /// Everything the child needs to become the container process.
@@ -878,8 +882,10 @@ pub fn plan(
         rlimits.push((rlimit_resource(r.typ()), r.soft(), r.hard()));
     }
 
+    // No `capabilities` object is no capability at all, as in runc and
+    // crun: never the caller's (root's full) sets.
     let caps = match process.capabilities() {
-        None => None,
+        None => Some(CapSets::default()),
         Some(c) => Some(CapSets::from_spec(c).map_err(SpecError::Caps)?),
     };
 

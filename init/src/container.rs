@@ -1466,8 +1466,12 @@ impl Launcher for ContainerLauncher {
         // Its network namespace goes with it: ours was the last reference.
         self.netns.remove(name);
         container.set_exited(runtime_status(status));
+        let before = container.warnings().len();
         if let Err(e) = container.delete(false) {
             log::warn!("delete container {name}: {}", error_chain(&e));
+        }
+        for w in container.warnings().iter().skip(before) {
+            log::warn!("container {name}: {w}");
         }
     }
 

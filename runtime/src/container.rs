@@ -1414,6 +1414,14 @@ impl Container {
                 e => Err(e),
             })?;
             self.await_exit()?;
+            if !scoped && status == Status::Running {
+                // Only the init can be found: what it started is not in a
+                // pid namespace or cgroup of the container's.
+                self.warnings.push(format!(
+                    "container {id} has neither a pid namespace nor a cgroup of its own: \
+                     only its first process was killed, processes it started may still run"
+                ));
+            }
         }
         if let Some(list) = self
             .record
@@ -1422,11 +1430,18 @@ impl Container {
             .and_then(|h| h.poststop().clone())
         {
             let state = record_state(&self.record, Status::Stopped);
-            // Poststop failures are logged by runc and deletion goes on;
-            // here the state is removed first, then the failure reported.
-            let r = run_hook_list(&id, HookKind::Poststop, &list, &state);
-            self.remove_state()?;
-            return r;
+            // runtime-spec: a failing poststop hook is a warning, the
+            // remaining hooks and the lifecycle go on (runc logs it).
+            if let Err(e) = run_hook_list(&id, HookKind::Poststop, &list, &state) {
+                let mut text = e.to_string();
+                let mut cur = std::error::Error::source(&e);
+                while let Some(s) = cur {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    cur = s.source();
+                }
+                self.warnings.push(text);
+            }
         }
         self.remove_state()
     }

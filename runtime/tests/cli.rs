@@ -179,6 +179,41 @@ fn run_exits_with_the_containers_status() {
         runc(&root.0, &["run", "-b", &bundle, "r2"]).status.code(),
         Some(137)
     );
+    // A failing poststop hook is a warning: the status stays the
+    // container's.
+    b.script("exit 5");
+    b.config["hooks"] = json!({"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 7"]}]});
+    b.write();
+    let o = runc(&root.0, &["run", "-b", &bundle, "r3"]);
+    assert_eq!(o.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("berth-runc: warning: ") && err.contains("exit status 7"),
+        "{err}"
+    );
+    assert_eq!(ok(&root.0, &["list", "-q"]), "");
+}
+
+#[test]
+fn delete_force_says_what_it_cannot_reach() {
+    // No pid namespace and no cgroup: only the first process can be
+    // found and killed; delete says so.
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    let bundle = b.dir().to_str().unwrap().to_string();
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("sleep 1000");
+    b.write();
+    ok(&root.0, &["run", "-d", "-b", &bundle, "nopid"]);
+    let o = runc(&root.0, &["delete", "-f", "nopid"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("has neither a pid namespace nor a cgroup of its own"),
+        "{err}"
+    );
+    assert_eq!(ok(&root.0, &["list", "-q"]), "");
 }
 
 #[test]

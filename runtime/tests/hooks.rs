@@ -189,3 +189,33 @@ fn a_failed_create_still_runs_the_poststop_hooks() {
     assert!(e.contains("change to cwd /bin/busybox"), "{e}");
     assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
 }
+
+/// runtime-spec: a failing poststop hook is a warning; the remaining
+/// hooks run and the container is deleted all the same.
+#[test]
+fn a_failing_poststop_hook_is_a_warning_and_delete_goes_on() {
+    let tmp = TempDir::new("poststop-fail");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    b.script("exit 5");
+    b.config["hooks"] = json!({"poststop": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "echo hookerr >&2; exit 7"]},
+        hook(&log, "poststop2")
+    ]});
+    b.write();
+    let t = common::runtime();
+    let mut c =
+        t.rt.create("poststop-fail", b.dir(), Default::default())
+            .unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(5));
+    c.delete(false).unwrap();
+    assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+    assert!(
+        c.warnings()[0].contains("exit status 7") && c.warnings()[0].contains("hookerr"),
+        "{:?}",
+        c.warnings()
+    );
+    assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
+    assert!(t.rt.load("poststop-fail").is_err(), "deleted");
+}

@@ -212,7 +212,7 @@ fn main() -> ExitCode {
         "run" => cmd_run(&g, &rt, rest),
         "state" => cmd_state(&rt, rest),
         "kill" => cmd_kill(&rt, rest),
-        "delete" => cmd_delete(&rt, rest),
+        "delete" => cmd_delete(&g, &rt, rest),
         "list" => cmd_list(&rt, rest),
         "spec" => cmd_spec(rest),
         "help" => {
@@ -236,6 +236,16 @@ fn report(g: &Global, f: Failure) -> ExitCode {
 }
 
 /// Appends one entry to the `--log` file, if any (text or json, as runc).
+/// A warning a user must see: to the `--log` file when there is one, else
+/// on stderr (as runc logs to stderr by default).
+fn warn(g: &Global, msg: &str) {
+    if g.log.is_some() {
+        log(g, "warning", msg);
+    } else {
+        let _ = writeln!(std::io::stderr(), "berth-runc: warning: {msg}");
+    }
+}
+
 fn log(g: &Global, level: &str, msg: &str) {
     if let Some(path) = &g.log
         && let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(path)
@@ -334,7 +344,12 @@ fn cmd_run(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
         }
     });
     let status = c.wait();
+    // Only what delete adds (create's warnings were logged at create).
+    let before = c.warnings().len();
     let deleted = c.delete(true);
+    for w in c.warnings().iter().skip(before) {
+        warn(g, w);
+    }
     let status = status?;
     deleted?;
     Ok(status.code().clamp(0, 255) as u8)
@@ -358,12 +373,17 @@ fn cmd_kill(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn cmd_delete(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
+fn cmd_delete(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     let a = Args::parse(rest, &[], &["force", "f"])?;
     let id = a.id("delete")?;
     let force = a.flag(&["force", "f"]);
     match rt.load(id) {
-        Ok(mut c) => c.delete(force)?,
+        Ok(mut c) => {
+            c.delete(force)?;
+            for w in c.warnings() {
+                warn(g, w);
+            }
+        }
         // runc: deleting a missing container with --force is not an error.
         // As runc: a directory an aborted create left goes too.
         Err(berth_runtime::ContainerError::NotFound { .. }) if force => rt.remove_leftover(id)?,

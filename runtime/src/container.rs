@@ -908,6 +908,22 @@ impl Runtime {
 }
 
 /// Runs one list of hooks with the state on their stdin.
+/// Whether a signal's default action ends the process (signal(7):
+/// Term and Core), which a process that never installed handlers obeys.
+fn ends_by_default(signal: i32) -> bool {
+    !matches!(
+        signal,
+        0 | libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGWINCH
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+    )
+}
+
 fn run_hook_list(
     id: &str,
     kind: HookKind,
@@ -1313,6 +1329,16 @@ impl Container {
                 wanted: "created or running",
             });
         }
+        // A created container's process waits for start, before the
+        // program: as pid 1 of its own pid namespace it ignores every
+        // signal it has no handler for (pid_namespaces(7)), so a TERM
+        // would be lost and the container stay startable. A signal whose
+        // default action ends a process ends it: SIGKILL does that.
+        let signal = if status == Status::Created && ends_by_default(signal) {
+            libc::SIGKILL
+        } else {
+            signal
+        };
         let err = |source| ContainerError::Kill {
             id: self.record.id.clone(),
             signal,

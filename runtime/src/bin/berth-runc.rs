@@ -365,11 +365,13 @@ fn cmd_state(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
 fn cmd_kill(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     let a = Args::parse(rest, &[], &["all", "a"])?;
     let id = a.id("kill")?;
-    let sig = match a.positional.get(1) {
-        Some(s) => parse_signal(s)?,
-        None => berth_runtime::signal::Signal::TERM,
+    let sig = match a.positional.get(1).map(String::as_str) {
+        // As runc: signal 0 checks that the container's process exists.
+        Some("0") => 0,
+        Some(s) => parse_signal(s)?.as_raw(),
+        None => berth_runtime::signal::Signal::TERM.as_raw(),
     };
-    rt.load(id)?.kill(sig.as_raw(), a.flag(&["all", "a"]))?;
+    rt.load(id)?.kill(sig, a.flag(&["all", "a"]))?;
     Ok(0)
 }
 

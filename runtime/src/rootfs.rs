@@ -316,13 +316,15 @@ pub fn mask_paths(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
         let st = sys::fstat(fd.as_fd()).map_err(at(Step::Mask, i))?;
         let target = FdPath::new(fd.as_raw_fd());
         let r = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            // An empty, read-only directory, listable as with runc and crun
+            // (mode 000 made `ls`/`find` fail without CAP_DAC_OVERRIDE).
             let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
             sys::mount(
                 Some(c"tmpfs"),
                 target.as_cstr(),
                 Some(c"tmpfs"),
                 flags,
-                Some(c"size=0,mode=000"),
+                Some(c"size=0,mode=555"),
             )
         } else {
             sys::mount(

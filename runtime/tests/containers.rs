@@ -102,6 +102,14 @@ fn a_missing_executable_fails_at_create() {
     b.config["process"]["args"] = json!(["no-such-program"]);
     let e = create_error(&b);
     assert!(e.contains("find executable no-such-program"), "{e}");
+    // A directory is searchable, never executable: refused at create too.
+    let mut b = Bundle::new();
+    b.config["process"]["args"] = json!(["/etc"]);
+    let e = create_error(&b);
+    assert!(
+        e.contains("find executable /etc") && e.contains("Permission denied"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -533,9 +541,12 @@ fn masked_and_readonly_paths() {
         &mut b,
         "wc -c < /proc/keys; ls -A /secret/dir | wc -l; wc -c < /secret/file; \
          echo x > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro; touch /tmp/x 2>/dev/null || echo tmp-ro; \
-         touch /secret/dir/n 2>/dev/null || echo masked-ro; stat -c %t,%T /secret/file",
+         touch /secret/dir/n 2>/dev/null || echo masked-ro; stat -c %t,%T /secret/file; \
+         ls /secret/dir && echo listed",
     );
-    assert_eq!(out, "0\n0\n0\nsys-ro\ntmp-ro\nmasked-ro\n1,3\n");
+    // A masked directory is empty and listable (no capability here, so no
+    // CAP_DAC_OVERRIDE), as with runc.
+    assert_eq!(out, "0\n0\n0\nsys-ro\ntmp-ro\nmasked-ro\n1,3\nlisted\n");
 }
 
 #[test]

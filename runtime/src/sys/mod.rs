@@ -449,7 +449,17 @@ pub fn fexecve(
 /// `access(path, X_OK)`.
 pub fn can_execute(path: &CStr) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated.
-    cvt(unsafe { libc::access(path.as_ptr(), libc::X_OK) }).map(drop)
+    cvt(unsafe { libc::access(path.as_ptr(), libc::X_OK) })?;
+    // access(X_OK) passes a directory (search permission); execve then
+    // fails with EACCES, which is what it gets here, before start.
+    // SAFETY: an all-zero stat is valid; stat(2) fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated, `st` valid for writes.
+    cvt(unsafe { libc::stat(path.as_ptr(), &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::from_raw_os_error(libc::EACCES));
+    }
+    Ok(())
 }
 
 /// How a child ended.

@@ -66,9 +66,14 @@ pub fn running_sealed() -> Result<bool, ExeSealError> {
 }
 
 /// Re-executes the process from a sealed memfd copy of its binary, with
-/// the same arguments and environment; returns at once when it already
-/// runs from one. Never returns `Ok` after copying: on success the process
-/// image is replaced.
+/// the same arguments and an environment of `RUST_BACKTRACE` alone;
+/// returns at once when it already runs from one. Never returns `Ok`
+/// after copying: on success the process image is replaced.
+///
+/// The runtime reads no variable, and until start a created container's
+/// process is this process: a neighbour container sharing its pid
+/// namespace with CAP_SYS_PTRACE could read `/proc/PID/environ`, so the
+/// caller's environment (tokens, credentials) must not be there.
 pub fn reexec_from_sealed_copy() -> Result<(), ExeSealError> {
     if running_sealed()? {
         return Ok(());
@@ -94,6 +99,7 @@ pub fn reexec_from_sealed_copy() -> Result<(), ExeSealError> {
         .map(cstring)
         .collect::<Result<Vec<_>, _>>()?;
     let env = std::env::vars_os()
+        .filter(|(k, _)| k == "RUST_BACKTRACE")
         .map(|(k, v)| {
             let mut e = k;
             e.push("=");

@@ -143,6 +143,35 @@ fn create_start_kill_delete_as_separate_invocations() {
 }
 
 #[test]
+fn the_created_process_does_not_carry_the_callers_environment() {
+    // Until start it is berth-runc itself; what the caller had in its
+    // environment (a token) is not in /proc/PID/environ.
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.script("exit 0");
+    b.write();
+    let st = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
+        .arg("--root")
+        .arg(root.0.join("state"))
+        .args(["create", "--bundle", b.dir().to_str().unwrap(), "env1"])
+        .env("BERTH_TEST_SECRET", "s3cr3t")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pid = state(&root.0, "env1")["pid"].as_i64().unwrap();
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("BERTH_TEST_SECRET"),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
+    ok(&root.0, &["delete", "env1"]);
+}
+
+#[test]
 fn kill_takes_names_numbers_and_all_and_delete_force_stops() {
     let root = TempDir::new("cli-root");
     let mut b = Bundle::new();

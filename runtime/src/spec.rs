@@ -866,7 +866,12 @@ pub fn plan(
         .filter(|h| !h.is_empty())
         .map(|h| h.as_bytes().to_vec());
     if (hostname.is_some() || domainname.is_some()) && !uts {
-        return Err(invalid("hostname", "setting it needs a new uts namespace"));
+        let field = if hostname.is_some() {
+            "hostname"
+        } else {
+            "domainname"
+        };
+        return Err(invalid(field, "setting it needs a new uts namespace"));
     }
 
     let sysctls = plan_sysctls(&linux.sysctl().clone().unwrap_or_default(), own_ns)?;
@@ -900,7 +905,13 @@ pub fn plan(
     let env_list = process.env().clone().unwrap_or_default();
     let env = env_list
         .iter()
-        .map(|e| cstring("process.env", e.as_bytes()))
+        .map(|e| {
+            // As runc: an entry is NAME=VALUE (execve would pass anything).
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(invalid("process.env", format!("{e:?} is not NAME=VALUE")));
+            }
+            cstring("process.env", e.as_bytes())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let cwd_path = process.cwd();
     if !cwd_path.is_absolute() {
@@ -994,6 +1005,25 @@ mod tests {
             Path::new("/b"),
             &|_| true,
         )
+    }
+
+    #[test]
+    fn env_entries_are_name_value_and_uts_fields_name_themselves() {
+        for bad in ["NOEQUALS", "=x"] {
+            let json = BASE.replace(r#""PATH=/bin:/usr/bin""#, &format!("{bad:?}"));
+            let e = plan_of(&json).unwrap_err().to_string();
+            assert!(
+                e.contains("process.env") && e.contains("is not NAME=VALUE"),
+                "{e}"
+            );
+        }
+        let no_uts = BASE.replace(r#", {"type": "uts"}"#, "");
+        let json = no_uts.replacen('{', r#"{"domainname": "example.org","#, 1);
+        let e = plan_of(&json).unwrap_err().to_string();
+        assert!(e.contains("domainname"), "{e}");
+        let json = no_uts.replacen('{', r#"{"hostname": "h","#, 1);
+        let e = plan_of(&json).unwrap_err().to_string();
+        assert!(e.contains("hostname"), "{e}");
     }
 
     #[test]

@@ -723,6 +723,36 @@ fn default_devices() -> Vec<(&'static str, u64, u64)> {
 }
 
 /// Builds the plan of a validated spec. `rootfs` is absolute.
+/// The home directory of `uid` in `rootfs/etc/passwd`, the file resolved
+/// inside the root (`RESOLVE_IN_ROOT`: a symlink there cannot send the
+/// read outside it) and read only if it is a regular file (a FIFO would
+/// block, a device reach a driver); at most 1 MiB.
+fn passwd_home(rootfs: &Path, uid: u32) -> Option<String> {
+    use std::io::Read;
+    use std::os::fd::{AsFd, AsRawFd};
+    let root = std::fs::File::open(rootfs).ok()?;
+    // O_PATH first: looking opens nothing (no FIFO wait, no driver).
+    let path = crate::sys::openat2(
+        root.as_fd(),
+        c"etc/passwd",
+        libc::O_PATH as u64,
+        0,
+        0x10 | 0x02, // RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+    )
+    .ok()?;
+    if crate::sys::fstat(path.as_fd()).ok()?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let file = std::fs::File::open(format!("/proc/self/fd/{}", path.as_raw_fd())).ok()?;
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok()? == uid && !f[5].is_empty())
+            .then(|| f[5].to_owned())
+    })
+}
+
 pub fn plan(
     spec: &Spec,
     rootfs: &Path,
@@ -902,7 +932,13 @@ pub fn plan(
         .iter()
         .map(|a| cstring("process.args", a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    let env_list = process.env().clone().unwrap_or_default();
+    let mut env_list = process.env().clone().unwrap_or_default();
+    if !env_list.iter().any(|e| e.starts_with("HOME=")) {
+        // As runc and crun: HOME from the root's /etc/passwd for the
+        // user, else `/`.
+        let home = passwd_home(rootfs, process.user().uid()).unwrap_or_else(|| "/".into());
+        env_list.push(format!("HOME={home}"));
+    }
     let env = env_list
         .iter()
         .map(|e| {

@@ -141,6 +141,22 @@ fn a_script_whose_interpreter_is_missing_says_so_on_its_stderr() {
 }
 
 #[test]
+fn home_comes_from_the_roots_passwd_when_the_spec_has_none() {
+    // As runc and crun: the user's home in the rootfs's /etc/passwd
+    // (root:/root, user:/tmp in the test rootfs), else /.
+    let mut b = Bundle::new();
+    b.config["process"]["env"] = json!(["PATH=/bin"]);
+    assert_eq!(run_ok(&mut b, "echo $HOME"), "/root\n");
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    assert_eq!(run_ok(&mut b, "echo $HOME"), "/tmp\n");
+    b.config["process"]["user"] = json!({"uid": 4242, "gid": 4242});
+    assert_eq!(run_ok(&mut b, "echo $HOME"), "/\n");
+    // The spec's own HOME wins.
+    b.config["process"]["env"] = json!(["PATH=/bin", "HOME=/srv"]);
+    assert_eq!(run_ok(&mut b, "echo $HOME"), "/srv\n");
+}
+
+#[test]
 fn user_groups_and_umask() {
     let mut b = Bundle::new();
     b.config["process"]["user"] =

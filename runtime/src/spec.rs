@@ -788,7 +788,21 @@ pub fn plan(
 
     let mut mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        mounts.push(plan_mount(m, bundle, source_is_dir)?);
+        let planned = plan_mount(m, bundle, source_is_dir)?;
+        // The kernel refuses cgroup2 in a user namespace that has no
+        // cgroup namespace of its own (EPERM at mount; runc binds the
+        // host's tree instead, berth says what to add).
+        if let MountKind::Fs { fstype, .. } = &planned.kind
+            && fstype.as_bytes() == b"cgroup2"
+            && namespaces.new_user()
+            && namespaces.clone_flags & libc::CLONE_NEWCGROUP as u64 == 0
+        {
+            return Err(invalid(
+                format!("mounts[{}]", planned.dest.as_str()),
+                "a cgroup mount in a user namespace needs a cgroup namespace: add {\"type\": \"cgroup\"} to linux.namespaces",
+            ));
+        }
+        mounts.push(planned);
     }
     let dev_is_bind = mounts
         .iter()
@@ -1041,6 +1055,23 @@ mod tests {
             Path::new("/b"),
             &|_| true,
         )
+    }
+
+    #[test]
+    fn a_cgroup_mount_in_a_user_namespace_needs_a_cgroup_namespace() {
+        let with = |ns: &str| {
+            BASE.replace(
+                r#"{"type": "uts"}]"#,
+                &format!(r#"{{"type": "uts"}}, {{"type": "user"}}{ns}], "uidMappings": [{{"containerID": 0, "hostID": 100000, "size": 65536}}], "gidMappings": [{{"containerID": 0, "hostID": 100000, "size": 65536}}]"#),
+            )
+            .replace(
+                r#"{"destination": "/proc", "type": "proc", "source": "proc"},"#,
+                r#"{"destination": "/proc", "type": "proc", "source": "proc"}, {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},"#,
+            )
+        };
+        let e = plan_of(&with("")).unwrap_err().to_string();
+        assert!(e.contains("needs a cgroup namespace"), "{e}");
+        plan_of(&with(r#", {"type": "cgroup"}"#)).unwrap();
     }
 
     #[test]

@@ -176,6 +176,27 @@ impl World {
         Pid1::start_in(self.dir.clone(), manifest, &self.args())
     }
 
+    /// The launcher's options for driving it in this process, as `args`
+    /// gives them to PID 1.
+    fn options(&self) -> berth_init::container::ContainerOptions {
+        berth_init::container::ContainerOptions {
+            images: self.layout.clone(),
+            run_dir: self.dir.join("run"),
+            data_dir: self.dir.join("data"),
+            cgroup_parent: self.cgroup_parent.clone(),
+            diff_id: berth_bundles::DiffIdCheck::Verify,
+            resolv_conf: None,
+            hostname: None,
+        }
+    }
+
+    /// The services of `manifest`, validated against this world's layout.
+    fn services(&self, manifest: &str) -> Vec<berth_init::manifest::Service> {
+        berth_init::manifest::parse(manifest.as_bytes(), &["busybox".to_owned()])
+            .unwrap()
+            .services
+    }
+
     /// The cgroup2 directory above every container of this test.
     fn cgroup_dir(&self) -> PathBuf {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -981,7 +1002,7 @@ fn units_of_one_image_share_one_unpack_but_not_their_writes() {
 /// wait; a failed network fails the first kind for good.
 #[test]
 fn units_sharing_the_network_wait_for_the_machine_setup() {
-    use berth_init::container::{ContainerLauncher, ContainerOptions};
+    use berth_init::container::ContainerLauncher;
     use berth_init::launcher::{LaunchError, Launcher, UnitKind};
     use berth_init::machine::MachineSetup;
     use berth_init::service::ExitStatus;
@@ -996,18 +1017,8 @@ fn units_sharing_the_network_wait_for_the_machine_setup() {
             ctr("shared", "exit 0", r#","read_only":true"#),
         ],
     );
-    let services = berth_init::manifest::parse(m.as_bytes(), &["busybox".to_owned()])
-        .unwrap()
-        .services;
-    let mut l = ContainerLauncher::new(ContainerOptions {
-        images: w.layout.clone(),
-        run_dir: w.dir.join("run"),
-        data_dir: w.dir.join("data"),
-        cgroup_parent: w.cgroup_parent.clone(),
-        diff_id: berth_bundles::DiffIdCheck::Verify,
-        resolv_conf: None,
-        hostname: None,
-    });
+    let services = w.services(&m);
+    let mut l = ContainerLauncher::new(w.options());
     for s in &services {
         l.prepare(&s.name, &s.program).unwrap();
     }
@@ -1100,17 +1111,11 @@ fn image_units_get_the_machines_hostname_and_resolv_conf() {
             ctr("own", probe, r#","read_only":true,"network":"none""#),
         ],
     );
-    let services = berth_init::manifest::parse(m.as_bytes(), &["busybox".to_owned()])
-        .unwrap()
-        .services;
+    let services = w.services(&m);
     let mut l = ContainerLauncher::new(ContainerOptions {
-        images: w.layout.clone(),
-        run_dir: w.dir.join("run"),
-        data_dir: w.dir.join("data"),
-        cgroup_parent: w.cgroup_parent.clone(),
-        diff_id: berth_bundles::DiffIdCheck::Verify,
         resolv_conf: Some(resolv.clone()),
         hostname: Some("edge-1".into()),
+        ..w.options()
     });
     let mut out = Vec::new();
     for s in &services {

@@ -576,9 +576,16 @@ impl Hub {
         let Some(sink) = self.syslog.as_mut() else {
             return;
         };
-        let target = sink.target();
-        match sink.send(tag, severity, text, now) {
+        let delivery = sink.send(tag, severity, text, now);
+        // Named only on a change (not per message: this is every line's path).
+        let target = || {
+            self.syslog
+                .as_ref()
+                .map_or_else(String::new, SyslogSink::target)
+        };
+        match delivery {
             Delivery::Failed(reason) if !self.syslog_down => {
+                let target = target();
                 self.syslog_down = true;
                 self.syslog_note(
                     log::Level::Warn,
@@ -594,6 +601,7 @@ impl Hub {
                 );
             }
             Delivery::Sent if self.syslog_down => {
+                let target = target();
                 self.syslog_down = false;
                 self.syslog_note(
                     log::Level::Info,

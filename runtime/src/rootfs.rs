@@ -27,7 +27,7 @@ fn errno(e: &io::Error) -> Option<i32> {
 }
 
 /// Opens a path inside the root with `O_PATH`.
-fn open_in_root(root: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd> {
+pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd> {
     sys::openat2(
         root,
         path,

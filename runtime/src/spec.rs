@@ -732,14 +732,7 @@ fn passwd_home(rootfs: &Path, uid: u32) -> Option<String> {
     use std::os::fd::{AsFd, AsRawFd};
     let root = std::fs::File::open(rootfs).ok()?;
     // O_PATH first: looking opens nothing (no FIFO wait, no driver).
-    let path = crate::sys::openat2(
-        root.as_fd(),
-        c"etc/passwd",
-        libc::O_PATH as u64,
-        0,
-        0x10 | 0x02, // RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
-    )
-    .ok()?;
+    let path = crate::rootfs::open_in_root(root.as_fd(), c"etc/passwd").ok()?;
     if crate::sys::fstat(path.as_fd()).ok()?.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }

@@ -96,12 +96,111 @@ fn child(case: &str) -> ExitCode {
             let r = fs::create_dir(dir.join("d"));
             println!("survived mkdir: {r:?}");
         }
+        // i386 calls (`int 0x80`) under SCMP_ARCH_X86 follow the rules by
+        // their i386 numbers; without it they are killed.
+        "i386" => {
+            let calls = [
+                ("getuid", I386_GETUID, 0),
+                ("getgid", I386_GETGID, 0),
+                ("umask_777", I386_UMASK, 0o777),
+                ("umask_022", I386_UMASK, 0o022),
+            ];
+            let progs: Vec<(&str, PathBuf)> = calls
+                .iter()
+                .map(|(name, nr, arg)| (*name, write_int80_program(&dir, name, *nr, *arg)))
+                .collect();
+            install_or_exit(&program(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"],"syscalls":[
+                {"names":["getuid"],"action":"SCMP_ACT_ERRNO","errnoRet":33},
+                {"names":["umask"],"action":"SCMP_ACT_ERRNO","errnoRet":34,
+                 "args":[{"index":0,"value":511,"op":"SCMP_CMP_EQ"}]}]}"#,
+            ));
+            let results: Vec<String> = progs
+                .iter()
+                .map(|(name, prog)| format!("{name}={}", int80_result(prog)))
+                .collect();
+            println!("{}", results.join(" "));
+        }
+        "i386_unlisted" => {
+            let prog = write_int80_program(&dir, "getgid", I386_GETGID, 0);
+            install_or_exit(&program(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],"syscalls":[
+                {"names":["getuid"],"action":"SCMP_ACT_ERRNO","errnoRet":33}]}"#,
+            ));
+            println!("getgid={}", int80_result(&prog));
+        }
         other => {
             eprintln!("unknown {CHILD_ENV} case {other:?}");
             return ExitCode::from(4);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// i386 system call numbers (asm/unistd_32.h).
+const I386_GETUID: u32 = 24;
+const I386_GETGID: u32 = 47;
+const I386_UMASK: u32 = 60;
+
+/// Writes a static x86_64 ELF executable that makes one i386 system call
+/// through `int 0x80` (as a 32-bit program would; the kernel reports it as
+/// AUDIT_ARCH_I386) and exits with the low byte of the result. Hand-made so
+/// that the test needs neither a 32-bit toolchain nor unsafe code.
+fn write_int80_program(dir: &std::path::Path, name: &str, nr: u32, arg0: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mut code = vec![0xb8]; // mov eax, nr
+    code.extend(nr.to_le_bytes());
+    code.push(0xbb); // mov ebx, arg0
+    code.extend(arg0.to_le_bytes());
+    code.extend([0xcd, 0x80]); // int 0x80
+    code.extend([0x89, 0xc7]); // mov edi, eax
+    code.extend([0xb8, 60, 0, 0, 0]); // mov eax, 60 (x86_64 exit)
+    code.extend([0x0f, 0x05]); // syscall
+    let base: u64 = 0x40_0000;
+    let (ehdr, phdr) = (64u16, 56u16);
+    let size = u64::from(ehdr + phdr) + code.len() as u64;
+    let mut elf = Vec::new();
+    elf.extend(b"\x7fELF");
+    elf.extend([2, 1, 1, 0]); // 64-bit, little-endian, version 1, System V
+    elf.extend([0; 8]);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(62u16.to_le_bytes()); // EM_X86_64
+    elf.extend(1u32.to_le_bytes());
+    elf.extend((base + u64::from(ehdr + phdr)).to_le_bytes()); // entry
+    elf.extend(u64::from(ehdr).to_le_bytes()); // program headers
+    elf.extend(0u64.to_le_bytes()); // no section headers
+    elf.extend(0u32.to_le_bytes());
+    elf.extend(ehdr.to_le_bytes());
+    elf.extend(phdr.to_le_bytes());
+    elf.extend(1u16.to_le_bytes());
+    elf.extend([0; 6]);
+    elf.extend(1u32.to_le_bytes()); // PT_LOAD
+    elf.extend(5u32.to_le_bytes()); // R + X
+    elf.extend(0u64.to_le_bytes());
+    elf.extend(base.to_le_bytes());
+    elf.extend(base.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(0x1000u64.to_le_bytes());
+    elf.extend(code);
+    let path = dir.join(name);
+    fs::write(&path, elf).expect("write the int 0x80 program");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// What the program's call returned (its exit status as a negative errno,
+/// or the value), or the signal that ended it.
+fn int80_result(prog: &std::path::Path) -> String {
+    match Command::new(prog).status() {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) if code > 128 => format!("-{}", 256 - code),
+            (Some(code), _) => code.to_string(),
+            (None, Some(sig)) => format!("signal {sig}"),
+            (None, None) => format!("{status:?}"),
+        },
+        Err(e) => format!("exec failed: {e}"),
+    }
 }
 
 struct Run {
@@ -181,9 +280,30 @@ fn parent() -> ExitCode {
         &mut failures,
     );
 
+    let r = run_child("i386");
+    check(
+        "i386_calls_follow_the_rules_under_scmp_arch_x86",
+        &r,
+        // umask_022 returns the previous mask: whatever it was, not -34.
+        r.status.success()
+            && r.stdout
+                .starts_with("getuid=-33 getgid=0 umask_777=-34 umask_022=")
+            && !r.stdout.contains("umask_022=-")
+            && !r.stdout.contains("signal"),
+        &mut failures,
+    );
+
+    let r = run_child("i386_unlisted");
+    check(
+        "i386_calls_are_killed_without_scmp_arch_x86",
+        &r,
+        r.status.success() && r.stdout.trim() == format!("getgid=signal {}", libc::SIGSYS),
+        &mut failures,
+    );
+
     cleanup();
     if failures.is_empty() {
-        println!("test result: ok. 3 passed");
+        println!("test result: ok. 5 passed");
         ExitCode::SUCCESS
     } else {
         for f in &failures {

@@ -9,7 +9,6 @@ const KILL_PROCESS: u32 = libc::SECCOMP_RET_KILL_PROCESS;
 const KILL_THREAD: u32 = libc::SECCOMP_RET_KILL_THREAD;
 const TRAP: u32 = libc::SECCOMP_RET_TRAP;
 const LOG: u32 = libc::SECCOMP_RET_LOG;
-const AUDIT_ARCH_I386: u32 = 3 | 0x4000_0000;
 
 fn errno(n: u32) -> u32 {
     libc::SECCOMP_RET_ERRNO | n
@@ -96,23 +95,58 @@ fn table_is_sorted_and_unique() {
 }
 
 #[test]
-fn table_matches_installed_header_and_libc() {
-    let path = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+fn i386_table_is_sorted_and_unique() {
+    let t = i386_syscalls::I386_SYSCALLS;
+    assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name");
+    let mut numbers: Vec<u32> = t.iter().map(|e| e.1).collect();
+    numbers.sort_unstable();
+    assert!(numbers.windows(2).all(|w| w[0] != w[1]), "unique numbers");
+}
+
+/// `(name, number)` of every `#define __NR_name number` in a uapi header.
+fn header_numbers(path: &str) -> Vec<(String, u32)> {
     let header = std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!("read {path}: {e}; linux-libc-dev missing: apt-get install linux-libc-dev")
     });
-    let mut seen = 0;
-    for line in header.lines() {
-        let mut w = line.split_whitespace();
-        let (Some("#define"), Some(name), Some(value)) = (w.next(), w.next(), w.next()) else {
-            continue;
-        };
-        if let (Some(name), Ok(n)) = (name.strip_prefix("__NR_"), value.parse::<u32>()) {
-            assert_eq!(syscall_number(name), Some(n), "{name}");
-            seen += 1;
+    let numbers: Vec<(String, u32)> = header
+        .lines()
+        .filter_map(|line| {
+            let mut w = line.split_whitespace();
+            let (Some("#define"), Some(name), Some(value)) = (w.next(), w.next(), w.next()) else {
+                return None;
+            };
+            Some((name.strip_prefix("__NR_")?.to_string(), value.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        numbers.len() > 300,
+        "only {} syscalls in {path}",
+        numbers.len()
+    );
+    numbers
+}
+
+#[test]
+fn i386_table_matches_installed_header() {
+    for (name, n) in header_numbers("/usr/include/x86_64-linux-gnu/asm/unistd_32.h") {
+        assert_eq!(i386_syscall_number(&name), Some(n), "{name}");
+    }
+    // Since Linux 5.1 new calls have one number on every architecture.
+    for (name, n) in x86_64_syscalls::X86_64_SYSCALLS {
+        if *n >= 424 {
+            assert_eq!(i386_syscall_number(name), Some(*n), "{name}");
         }
     }
-    assert!(seen > 300, "only {seen} syscalls in {path}");
+    assert_eq!(i386_syscall_number("uretprobe"), None);
+    assert_eq!(i386_syscall_number("arch_prctl"), Some(384));
+    assert_eq!(syscall_number("arch_prctl"), Some(158));
+}
+
+#[test]
+fn table_matches_installed_header_and_libc() {
+    for (name, n) in header_numbers("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") {
+        assert_eq!(syscall_number(&name), Some(n), "{name}");
+    }
     for (name, n) in [
         ("read", libc::SYS_read),
         ("mkdir", libc::SYS_mkdir),
@@ -326,28 +360,153 @@ fn rule_with_the_default_action_is_skipped() {
     assert_eq!(call(&q, "read"), errno(1));
 }
 
+/// Runs `prog` on the i386 call `name` (as `int 0x80` makes it).
+fn run_i386(prog: &SeccompProgram, name: &str, args: [u64; 6]) -> u32 {
+    let nr = i386_syscall_number(name).unwrap_or_else(|| panic!("no i386 syscall {name}"));
+    run_on(prog.instructions(), AUDIT_ARCH_I386, nr, args)
+}
+
+const X86_AND_X86_64: &str = r#""architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"]"#;
+
 #[test]
-fn i386_and_x32_calls_are_killed() {
-    for p in [
-        ok(
-            r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"],
-            "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
-        ),
-        ok(
-            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ALLOW"}]}"#,
-        ),
+fn i386_calls_are_killed_unless_scmp_arch_x86_is_listed() {
+    for archs in [
+        "",
+        r#""architectures":[],"#,
+        r#""architectures":["SCMP_ARCH_X86_64"],"#,
+        r#""architectures":["SCMP_ARCH_NATIVE","SCMP_ARCH_X32"],"#,
     ] {
-        // i386 mkdir is 39.
-        assert_eq!(
-            run_on(p.instructions(), AUDIT_ARCH_I386, 39, [0; 6]),
-            KILL_PROCESS
-        );
-        let x32_mkdir = X32_SYSCALL_BIT | syscall_number("mkdir").unwrap();
-        assert_eq!(
-            run_on(p.instructions(), AUDIT_ARCH_X86_64, x32_mkdir, [0; 6]),
-            KILL_PROCESS
-        );
+        for rules in [
+            r#""defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]"#,
+            r#""defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["mkdir","read"],"action":"SCMP_ACT_ALLOW"}]"#,
+        ] {
+            let p = ok(&format!("{{{archs}{rules}}}"));
+            assert_eq!(
+                run_i386(&p, "mkdir", [0; 6]),
+                KILL_PROCESS,
+                "{archs}{rules}"
+            );
+            assert_eq!(run_i386(&p, "read", [0; 6]), KILL_PROCESS, "{archs}{rules}");
+            // The x86_64 rules still hold.
+            assert_eq!(call(&p, "read"), ALLOW);
+            assert_ne!(call(&p, "mkdir"), KILL_PROCESS);
+        }
     }
+}
+
+#[test]
+fn x32_calls_are_killed_even_when_listed() {
+    for archs in [
+        r#"["SCMP_ARCH_X86_64"]"#,
+        r#"["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"]"#,
+    ] {
+        let p = ok(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ALLOW","architectures":{archs},
+            "syscalls":[{{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}}]}}"#
+        ));
+        let x32_read = X32_SYSCALL_BIT | syscall_number("read").unwrap();
+        assert_eq!(
+            run_on(p.instructions(), AUDIT_ARCH_X86_64, x32_read, [0; 6]),
+            KILL_PROCESS,
+            "{archs}"
+        );
+        assert_eq!(call(&p, "read"), ALLOW);
+    }
+}
+
+#[test]
+fn other_audit_arches_are_killed() {
+    let p = ok(&format!(
+        r#"{{"defaultAction":"SCMP_ACT_ALLOW",{X86_AND_X86_64},
+        "syscalls":[{{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}}]}}"#
+    ));
+    // AUDIT_ARCH_AARCH64, AUDIT_ARCH_ARM, 0.
+    for arch in [183 | 0xc000_0000, 40 | 0x4000_0000, 0] {
+        assert_eq!(run_on(p.instructions(), arch, 39, [0; 6]), KILL_PROCESS);
+    }
+}
+
+#[test]
+fn i386_calls_follow_the_rules_by_their_i386_numbers() {
+    let p = ok(&format!(
+        r#"{{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,{X86_AND_X86_64},"syscalls":[
+        {{"names":["read","write","mkdir","socketcall","_llseek","uretprobe"],"action":"SCMP_ACT_ALLOW"}},
+        {{"names":["mkdir"],"action":"SCMP_ACT_KILL_PROCESS","args":[{{"index":1,"value":448,"op":"SCMP_CMP_EQ"}}]}},
+        {{"names":["getuid","getuid32"],"action":"SCMP_ACT_ERRNO","errnoRet":33}}]}}"#
+    ));
+    // i386 numbers differ from x86_64's: read 3/0, write 4/1, mkdir 39/83.
+    assert_eq!(i386_syscall_number("mkdir"), Some(39));
+    assert_eq!(run_i386(&p, "read", [0; 6]), ALLOW);
+    assert_eq!(run_i386(&p, "write", [0; 6]), ALLOW);
+    assert_eq!(run_i386(&p, "mkdir", [0, 0o755, 0, 0, 0, 0]), ALLOW);
+    assert_eq!(run_i386(&p, "mkdir", [0, 0o700, 0, 0, 0, 0]), KILL_PROCESS);
+    // Names only i386 has apply to i386 calls.
+    assert_eq!(run_i386(&p, "socketcall", [0; 6]), ALLOW);
+    assert_eq!(run_i386(&p, "_llseek", [0; 6]), ALLOW);
+    assert_eq!(run_i386(&p, "getuid32", [0; 6]), errno(33));
+    assert_eq!(run_i386(&p, "getuid", [0; 6]), errno(33));
+    // The default action for i386 calls nobody listed.
+    assert_eq!(run_i386(&p, "chdir", [0; 6]), errno(38));
+    // An i386 number that means something else on x86_64 is not confused:
+    // 3 is i386 read and x86_64 close.
+    assert_eq!(run_on(p.instructions(), AUDIT_ARCH_I386, 3, [0; 6]), ALLOW);
+    assert_eq!(call(&p, "close"), errno(38));
+    // x86_64 keeps its own numbers, and its name uretprobe.
+    assert_eq!(call(&p, "read"), ALLOW);
+    assert_eq!(call(&p, "uretprobe"), ALLOW);
+    assert_eq!(arg0(&p, "mkdir", 0), ALLOW);
+    assert_eq!(run(&p, "mkdir", [0, 0o700, 0, 0, 0, 0]), KILL_PROCESS);
+    assert_eq!(call(&p, "getuid"), errno(33));
+    assert!(
+        p.skipped_syscalls().is_empty(),
+        "{:?}",
+        p.skipped_syscalls()
+    );
+}
+
+#[test]
+fn i386_arguments_are_compared_on_their_low_32_bits() {
+    let p = ok(&format!(
+        r#"{{"defaultAction":"SCMP_ACT_ALLOW",{X86_AND_X86_64},"syscalls":[
+        {{"names":["personality"],"action":"SCMP_ACT_ERRNO","errnoRet":1,"args":[{{"index":0,"value":18446744073709551615,"op":"SCMP_CMP_EQ"}}]}},
+        {{"names":["clone"],"action":"SCMP_ACT_ERRNO","errnoRet":2,"args":[{{"index":0,"value":18446744071562067968,"valueTwo":6442450944,"op":"SCMP_CMP_MASKED_EQ"}}]}},
+        {{"names":["umask"],"action":"SCMP_ACT_ERRNO","errnoRet":3,"args":[{{"index":0,"value":4294967296,"op":"SCMP_CMP_GT"}}]}}]}}"#
+    ));
+    // -1 as a 64-bit value is 0xffffffff for a 32-bit argument.
+    assert_eq!(
+        run_i386(&p, "personality", [0xffff_ffff, 0, 0, 0, 0, 0]),
+        errno(1)
+    );
+    assert_eq!(arg0(&p, "personality", 0xffff_ffff), ALLOW);
+    assert_eq!(arg0(&p, "personality", u64::MAX), errno(1));
+    // The low halves of the mask and of valueTwo are both 0x80000000; in
+    // 64 bits valueTwo has bit 32 set, which the mask can never give.
+    assert_eq!(
+        run_i386(&p, "clone", [0x8000_0011, 0, 0, 0, 0, 0]),
+        errno(2)
+    );
+    assert_eq!(run_i386(&p, "clone", [0x11, 0, 0, 0, 0, 0]), ALLOW);
+    assert_eq!(arg0(&p, "clone", 0x8000_0011), ALLOW);
+    // 2^32 has a zero low half: every 32-bit value is greater.
+    assert_eq!(run_i386(&p, "umask", [0o22, 0, 0, 0, 0, 0]), errno(3));
+    assert_eq!(arg0(&p, "umask", 0o22), ALLOW);
+}
+
+#[test]
+fn names_are_skipped_only_when_no_covered_table_has_them() {
+    let json = |archs: &str| {
+        format!(
+            r#"{{"defaultAction":"SCMP_ACT_ERRNO",{archs}"syscalls":[
+            {{"names":["read","_llseek","socketcall","arm_fadvise64_64","uretprobe"],"action":"SCMP_ACT_ALLOW"}}]}}"#
+        )
+    };
+    let x86_64 = ok(&json(""));
+    assert_eq!(
+        x86_64.skipped_syscalls(),
+        ["_llseek", "arm_fadvise64_64", "socketcall"]
+    );
+    let both = ok(&json(&format!("{X86_AND_X86_64},")));
+    assert_eq!(both.skipped_syscalls(), ["arm_fadvise64_64"]);
 }
 
 #[test]
@@ -456,6 +615,10 @@ fn unsupported_features_are_refused() {
             r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86"]}"#,
             "unsupported: linux.seccomp.architectures",
         ),
+        (
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86","SCMP_ARCH_X32"]}"#,
+            "unsupported: linux.seccomp.architectures",
+        ),
     ];
     for (json, want) in cases {
         let got = err(json);
@@ -518,6 +681,52 @@ fn large_allowlist_fits_and_works() {
         assert_eq!(call(&p, name), want, "{name}");
     }
     assert_eq!(arg0(&p, "clone", 0x7c02_0000), errno(38));
+}
+
+/// Docker's default profile lists both tables' names and SCMP_ARCH_X86: an
+/// allowlist of every name either table has, with argument rules, still
+/// fits, and each call lands in its own chain.
+#[test]
+fn large_allowlist_for_both_tables_fits_and_works() {
+    let denied = ["mkdir", "ptrace", "reboot"];
+    let mut names: Vec<&str> = x86_64_syscalls::X86_64_SYSCALLS
+        .iter()
+        .chain(i386_syscalls::I386_SYSCALLS)
+        .map(|e| e.0)
+        .filter(|n| !denied.contains(n))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let json = format!(
+        r#"{{"defaultAction":"SCMP_ACT_ERRNO",{X86_AND_X86_64},"syscalls":[
+            {{"names":{},"action":"SCMP_ACT_ALLOW"}},
+            {{"names":["clone"],"action":"SCMP_ACT_ERRNO","errnoRet":38,"args":[{{"index":0,"value":2080505856,"valueTwo":2080505856,"op":"SCMP_CMP_MASKED_EQ"}}]}},
+            {{"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{{"index":0,"value":8,"op":"SCMP_CMP_EQ"}}]}}]}}"#,
+        serde_json::to_string(&names).unwrap()
+    );
+    let p = ok(&json);
+    assert!(p.instructions().len() <= MAX_INSTRUCTIONS);
+    for (name, _) in x86_64_syscalls::X86_64_SYSCALLS {
+        let want = if denied.contains(name) {
+            errno(1)
+        } else {
+            ALLOW
+        };
+        assert_eq!(call(&p, name), want, "x86_64 {name}");
+    }
+    for (name, _) in i386_syscalls::I386_SYSCALLS {
+        let want = if denied.contains(name) {
+            errno(1)
+        } else {
+            ALLOW
+        };
+        assert_eq!(run_i386(&p, name, [0; 6]), want, "i386 {name}");
+    }
+    assert_eq!(arg0(&p, "clone", 0x7c02_0000), errno(38));
+    assert_eq!(
+        run_i386(&p, "clone", [0x7c02_0000, 0, 0, 0, 0, 0]),
+        errno(38)
+    );
 }
 
 #[test]

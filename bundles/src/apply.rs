@@ -62,6 +62,14 @@ pub enum ApplyError {
     BadName { name: String, reason: &'static str },
     #[error("tar entry {path:?}: unsupported entry type {kind}")]
     UnsupportedType { path: String, kind: String },
+    #[error(
+        "tar entry {path:?}: a {kind} entry with {size} bytes of data (tar readers disagree on where the next entry starts)"
+    )]
+    DataOnHeaderOnly {
+        path: String,
+        kind: String,
+        size: u64,
+    },
     #[error("tar entry {path:?}: invalid whiteout {name:?}")]
     InvalidWhiteout { path: String, name: String },
     #[error("tar entry {path:?}: invalid header field {field}")]
@@ -819,6 +827,21 @@ pub fn read_entry<R: Read>(
         return Ok((Vec::new(), ReadEntry::Skip));
     }
     let raw = entry.path_bytes().into_owned();
+    if header_only(kind) {
+        // Only files carry data. For the other types readers part ways on
+        // the size field: the tar crate skips that many bytes, Go's
+        // archive/tar (containerd, Docker, umoci) and GNU tar skip none,
+        // so bytes that one of them reads as data the others read as
+        // entries — files only berth would create, or only they.
+        let size = entry.header().entry_size().unwrap_or(u64::MAX);
+        if size != 0 || entry.size() != 0 {
+            return Err(ApplyError::DataOnHeaderOnly {
+                path: show(&raw),
+                kind: format!("{kind:?}").to_lowercase(),
+                size: size.max(entry.size()),
+            });
+        }
+    }
     let path = clean_name(&raw).map_err(|reason| ApplyError::BadName {
         name: show(&raw),
         reason,
@@ -923,6 +946,20 @@ pub fn read_entry<R: Read>(
         xattrs,
     };
     Ok((path, ReadEntry::Create { kind, meta }))
+}
+
+/// Entry types whose header is the whole entry: a size other than zero is
+/// not data but a disagreement between readers.
+pub fn header_only(kind: EntryType) -> bool {
+    matches!(
+        kind,
+        EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link
+            | EntryType::Char
+            | EntryType::Block
+            | EntryType::Fifo
+    )
 }
 
 /// A hardlink's target, cleaned; refused when it escapes the root, is the

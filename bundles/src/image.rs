@@ -531,10 +531,28 @@ fn normalise_member(name: &str) -> String {
 fn index_archive(path: &Path) -> io::Result<HashMap<String, Member>> {
     let mut archive = tar::Archive::new(File::open(path)?);
     let mut members = HashMap::new();
+    let refuse = |name: &str, what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("member {name:?}: {what}"),
+        )
+    };
     for entry in archive.entries_with_seek()? {
         let entry = entry?;
         let name = normalise_member(&String::from_utf8_lossy(&entry.path_bytes()));
         let kind = entry.header().entry_type();
+        // As for layers (`apply::header_only`): Docker and skopeo read the
+        // archive with Go's archive/tar, which skips no data after these;
+        // the tar crate skips their size. Either could then see members the
+        // other does not, another manifest.json among them.
+        if crate::apply::header_only(kind) && entry.size() != 0 {
+            let kind = format!("{kind:?}").to_lowercase();
+            let what = format!(
+                "a {kind} entry with {} bytes of data (tar readers disagree on where the next entry starts)",
+                entry.size()
+            );
+            return Err(refuse(&name, what));
+        }
         let member = match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => Member::File {
                 offset: entry.raw_file_position(),
@@ -558,7 +576,12 @@ fn index_archive(path: &Path) -> io::Result<HashMap<String, Member>> {
             }
             _ => continue,
         };
-        members.insert(name, member);
+        // Which of two members of one name a reader takes is its own
+        // choice (the first, the last): one image for berth, another for
+        // the tool that checked the archive.
+        if members.insert(name.clone(), member).is_some() {
+            return Err(refuse(&name, "appears twice in the archive".into()));
+        }
     }
     Ok(members)
 }

@@ -661,6 +661,47 @@ fn refused_entries() {
     assert!(rootfs.apply_layer(&bytes[..]).is_err());
 }
 
+/// Only files carry data: a directory, link, device or fifo header with a
+/// size would make berth and Go's archive/tar (Docker, containerd, umoci)
+/// see different entries after it, so it is refused, whichever way it
+/// cuts.
+#[test]
+fn data_on_header_only_entries_is_refused() {
+    let w = World::new("header-only");
+    // What follows the directory is, for Go, the end of the archive (two
+    // zero blocks); for a reader that skips the size, a setuid file.
+    let mut hiding = E::dir("d");
+    hiding.data = vec![0; 1024];
+    let hidden = E::file("hidden", b"payload").mode(0o4755);
+    // Here the data is an entry that Go would create and a size-honouring
+    // reader would skip.
+    let smuggled = tar(&[E::file("evil", b"x")]);
+    let smuggled = smuggled[..smuggled.len() - 1024].to_vec();
+    let mut cases: Vec<(&str, E)> = vec![("directory", hiding)];
+    for (kind, mut e) in [
+        ("symlink", E::symlink("s", "target")),
+        ("link", E::hardlink("h", "hidden")),
+        ("fifo", E::node("f", b'6', 0, 0)),
+        ("char", E::node("c", b'3', 1, 3)),
+    ] {
+        e.data = smuggled.clone();
+        cases.push((kind, e));
+    }
+    for (kind, e) in cases {
+        let err = w
+            .apply(&[vec![e, hidden.clone()]])
+            .expect_err(kind)
+            .to_string();
+        assert!(
+            err.contains(&format!("a {kind} entry with"))
+                && err.contains("bytes of data (tar readers disagree"),
+            "{kind}: {err}"
+        );
+        assert!(!w.root().join("hidden").exists(), "{kind}");
+        assert!(!w.root().join("evil").exists(), "{kind}");
+    }
+}
+
 #[test]
 fn owner_and_mode_under_setgid_dir() {
     // A file created in a setgid directory inherits the directory's group;

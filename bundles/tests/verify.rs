@@ -547,6 +547,50 @@ fn docker_archive_hostile_manifest() {
         .unwrap_err();
         assert!(err.contains(want), "{layer}: {err}");
     }
+    // Members hidden from Go's archive/tar (Docker, skopeo) behind a
+    // directory entry with a size, and a second manifest.json: berth would
+    // load another image than the tool that checked the archive.
+    let good = [
+        (format!("{cfg_hex}.json"), cfg_bytes.clone()),
+        ("l.tar".into(), tars[0].clone()),
+        (
+            "manifest.json".into(),
+            serde_json::to_vec(
+                &json!([{"Config": format!("{cfg_hex}.json"), "Layers": ["l.tar"]}]),
+            )
+            .unwrap(),
+        ),
+    ];
+    let mut pad = E::dir("pad");
+    pad.data = vec![0; 1024];
+    let mut entries: Vec<E> = good.iter().map(|(n, d)| E::file(n, d)).collect();
+    entries.push(pad);
+    entries.push(E::file("manifest.json", b"[]"));
+    let hiding = s.path().join("hiding.tar");
+    fs::write(&hiding, tar(&entries)).unwrap();
+    let mut entries: Vec<E> = good.iter().map(|(n, d)| E::file(n, d)).collect();
+    entries.push(E::file("./manifest.json", b"[]"));
+    let twice = s.path().join("twice.tar");
+    fs::write(&twice, tar(&entries)).unwrap();
+    for (path, want) in [
+        (
+            &hiding,
+            r#"member "pad": a directory entry with 1024 bytes of data"#,
+        ),
+        (
+            &twice,
+            r#"member "manifest.json": appears twice in the archive"#,
+        ),
+    ] {
+        let err = unpack(
+            &format!("docker-archive:{}", path.display()),
+            &s.path().join("d"),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains(want), "{err}");
+        assert!(!s.path().join("d").exists());
+    }
     // A config whose name carries a digest is verified against it.
     let path = s.path().join("c.tar");
     let manifest = json!([{"Config": format!("{}.json", "0".repeat(64)), "Layers": ["l.tar"]}]);

@@ -71,7 +71,7 @@ use oci_spec::runtime::{
 use crate::launcher::{LaunchError, Launcher, ProcessLauncher, UnitKind};
 use crate::logging::error_chain;
 use crate::machine::MachineSetup;
-use crate::manifest::{Mount, NetworkMode, Program, Resources, Source};
+use crate::manifest::{Mount, NetworkMode, Program, Resources, SeccompMode, Source};
 use crate::net::Rtnetlink;
 use crate::service::ExitStatus;
 
@@ -142,6 +142,11 @@ pub enum PrepareError {
     },
     #[error("capability {name:?} is unknown to the runtime")]
     Capability { name: String },
+    #[error("seccomp profile")]
+    Seccomp {
+        #[source]
+        source: berth_runtime::seccomp::SeccompError,
+    },
     /// The shared unpack of the unit's image failed for an earlier unit.
     #[error("{message}")]
     Earlier { message: String },
@@ -1286,7 +1291,8 @@ fn tmpfs_mount(target: &Path, size: Option<u64>, mode: Option<u32>) -> OciMount 
 }
 
 /// The manifest's container fields on top of a spec derived from an image:
-/// network mode, resources and cgroup, capabilities, read-only root.
+/// network mode, resources and cgroup, capabilities, read-only root, and
+/// the default seccomp profile unless the unit is `unconfined`.
 pub fn apply_program(
     spec: &mut Spec,
     name: &str,
@@ -1338,6 +1344,18 @@ pub fn apply_program(
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_readonly(Some(true));
         spec.set_root(Some(root));
+    }
+    if program.seccomp == SeccompMode::Default {
+        // What the process can use: its permitted set, fixed by now.
+        let permitted = (spec.process().as_ref())
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.permitted().clone())
+            .unwrap_or_default();
+        let profile = berth_runtime::seccomp::default_profile(&permitted)
+            .map_err(|source| PrepareError::Seccomp { source })?;
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_seccomp(Some(profile));
+        spec.set_linux(Some(linux));
     }
     Ok(())
 }
@@ -1584,6 +1602,50 @@ mod tests {
         assert_eq!(caps.permitted().as_ref(), Some(&want));
         assert!(caps.ambient().as_ref().is_none_or(|a| a.is_empty()));
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+    }
+
+    /// The profile's verdict on an x86_64 `unshare(CLONE_NEWUSER)`, or
+    /// `None` without a filter.
+    fn unshare_newuser(spec: &Spec) -> Option<bool> {
+        let profile = spec.linux().as_ref()?.seccomp().as_ref()?;
+        let rules = profile.syscalls().clone().unwrap_or_default();
+        Some(
+            rules
+                .iter()
+                .any(|r| r.names().iter().any(|n| n == "unshare")),
+        )
+    }
+
+    #[test]
+    fn image_units_get_the_default_seccomp_profile_for_their_capabilities() {
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "a",
+            &program(r#"{"name":"a","image":"busybox"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(unshare_newuser(&spec), Some(true));
+        // The profile follows the capabilities the manifest gives.
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "a",
+            &program(r#"{"name":"a","image":"busybox","capabilities":["CAP_SYS_ADMIN"]}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(unshare_newuser(&spec), Some(false));
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "a",
+            &program(r#"{"name":"a","image":"busybox","seccomp":"unconfined"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(unshare_newuser(&spec), None);
     }
 
     #[test]

@@ -44,7 +44,9 @@
 //! network, default; `none`: a namespace of its own with only loopback),
 //! `resources` {`memory` (size), `cpus` (number, e.g. 0.5), `pids`},
 //! `capabilities` ([`CAP_…`], replaces the default set), `read_only` (root
-//! filesystem read-only).
+//! filesystem read-only), `seccomp` (`default`: berth's profile, which denies
+//! new user namespaces, keyrings, io_uring, and bpf, perf_event_open and
+//! userfaultfd unless a capability allows them; `unconfined`: no filter).
 //!
 //! A task adds `optional` (a failure is logged, the boot goes on) and
 //! `timeout` (killed after it; default none). A service adds `restart`
@@ -230,6 +232,18 @@ pub struct Program {
     pub resources: Resources,
     pub capabilities: Option<Vec<String>>,
     pub read_only: bool,
+    pub seccomp: SeccompMode,
+}
+
+/// The seccomp filter of an image unit (a bundle's config.json brings its
+/// own, a host program has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompMode {
+    /// berth's default profile (`berth_runtime::seccomp::default_profile`).
+    #[default]
+    Default,
+    /// No filter.
+    Unconfined,
 }
 
 impl Program {
@@ -502,6 +516,7 @@ pub mod raw {
         pub capabilities: Option<Vec<String>>,
         #[serde(default)]
         pub read_only: bool,
+        pub seccomp: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -552,6 +567,7 @@ pub mod raw {
         pub capabilities: Option<Vec<String>>,
         #[serde(default)]
         pub read_only: bool,
+        pub seccomp: Option<String>,
         #[serde(default)]
         pub optional: bool,
         pub timeout: Option<String>,
@@ -578,6 +594,7 @@ pub mod raw {
         pub capabilities: Option<Vec<String>>,
         #[serde(default)]
         pub read_only: bool,
+        pub seccomp: Option<String>,
         pub restart: Option<Restart>,
         #[serde(default)]
         pub depends_on: Vec<String>,
@@ -629,6 +646,7 @@ pub mod raw {
                         resources: self.resources.take(),
                         capabilities: self.capabilities.take(),
                         read_only: self.read_only,
+                        seccomp: self.seccomp.take(),
                     }
                 }
             }
@@ -934,6 +952,18 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         }
     };
 
+    let seccomp = match p.seccomp.as_deref() {
+        None | Some("default") => SeccompMode::Default,
+        Some("unconfined") => SeccompMode::Unconfined,
+        Some(other) => {
+            c.problem(
+                format!("{path}.seccomp"),
+                format!("unknown profile {other:?} (expected default or unconfined)"),
+            );
+            SeccompMode::Default
+        }
+    };
+
     let mut resources = Resources::default();
     if let Some(r) = p.resources {
         resources.memory = r
@@ -984,6 +1014,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         ("resources", !resources.is_empty()),
         ("capabilities", p.capabilities.is_some()),
         ("read_only", p.read_only),
+        ("seccomp", p.seccomp.is_some()),
     ];
     if source == Source::Host {
         // A host program runs in PID 1's own root: nothing to isolate it with.
@@ -1016,6 +1047,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         resources,
         capabilities: p.capabilities,
         read_only: p.read_only,
+        seccomp,
     }
 }
 
@@ -1610,6 +1642,9 @@ mod tests {
             (img(r#","cwd":"srv""#), "services.a.cwd: \"srv\" must be an absolute path"),
             (img(r#","user":"1000:x""#), "services.a.user: \"1000:x\" is not a name, uid or uid:gid"),
             (img(r#","network":"bridge""#), "services.a.network: unknown mode \"bridge\""),
+            (img(r#","seccomp":"runtime/default""#), "services.a.seccomp: unknown profile \"runtime/default\" (expected default or unconfined)"),
+            (svc(r#","seccomp":"unconfined""#), "services.a.seccomp: not supported for host programs"),
+            (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","seccomp":"default"}]}"#.into(), "tasks.a.seccomp: not supported for bundles"),
             (img(r#","resources":{"memory":"1KiB"}"#), "services.a.resources.memory: must be at least 1MiB"),
             (img(r#","resources":{"cpus":0}"#), "services.a.resources.cpus: 0 is not between 0.01 and 1024"),
             (img(r#","resources":{"pids":0}"#), "services.a.resources.pids: must be at least 1"),

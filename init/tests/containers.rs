@@ -831,6 +831,54 @@ fn manifest_overrides_reach_the_container() {
 }
 
 #[test]
+fn image_units_run_under_the_default_seccomp_profile_unless_unconfined() {
+    let w = World::new("seccomp");
+    // Root without CAP_SYS_ADMIN may still make a user namespace (and hold
+    // every capability inside it): the default profile says no.
+    let probe =
+        "grep Seccomp: /proc/self/status; unshare -U true 2>&1; echo userns=$?; exec sleep 1000";
+    let m = manifest(
+        &[],
+        &[
+            ctr("confined", probe, r#","stop_signal":"SIGKILL""#),
+            ctr(
+                "free",
+                probe,
+                r#","seccomp":"unconfined","stop_signal":"SIGKILL""#,
+            ),
+            ctr(
+                "admin",
+                probe,
+                r#","capabilities":["CAP_SYS_ADMIN"],"stop_signal":"SIGKILL""#,
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    // Mode 2: a filter is installed.
+    assert!(
+        p.wait_for("confined: Seccomp:").ends_with("\t2"),
+        "{}",
+        p.dump()
+    );
+    p.wait_for("confined: unshare: unshare(0x10000000): Operation not permitted");
+    p.wait_for("confined: userns=1");
+    assert!(
+        p.wait_for("free: Seccomp:").ends_with("\t0"),
+        "{}",
+        p.dump()
+    );
+    p.wait_for("free: userns=0");
+    assert!(
+        p.wait_for("admin: Seccomp:").ends_with("\t2"),
+        "{}",
+        p.dump()
+    );
+    p.wait_for("admin: userns=0");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
 fn restarts_reuse_the_unpacked_rootfs() {
     let w = World::new("reuse");
     // Each run appends to a file in the container's root and crashes: the

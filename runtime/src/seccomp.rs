@@ -78,8 +78,11 @@ use seccompiler::{
 
 use crate::sys;
 
+mod default_profile;
 mod i386_syscalls;
 mod x86_64_syscalls;
+
+pub use default_profile::default_profile;
 
 /// BPF_MAXINSNS: the most instructions the kernel takes in one filter.
 pub const MAX_INSTRUCTIONS: usize = 4096;
@@ -143,6 +146,11 @@ pub enum SeccompError {
     Prologue { what: String },
     #[error("seccomp filter has {len} instructions, the kernel takes at most {MAX_INSTRUCTIONS}")]
     TooLarge { len: usize },
+    #[error("build the default seccomp profile")]
+    DefaultProfile {
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
     #[error("install seccomp filter")]
     Install {
         #[source]

@@ -3,6 +3,7 @@
 //! what the kernel would decide, not about instruction layout.
 
 use super::*;
+use oci_spec::runtime::Capability;
 
 const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 const KILL_PROCESS: u32 = libc::SECCOMP_RET_KILL_PROCESS;
@@ -750,4 +751,85 @@ fn too_many_rules_is_an_error_not_a_truncated_filter() {
         ),
         "{got}"
     );
+}
+
+fn default_for(caps: &[Capability]) -> SeccompProgram {
+    let profile = default_profile(&caps.iter().copied().collect()).unwrap();
+    compile(&profile).unwrap()
+}
+
+#[test]
+fn default_profile_denies_what_needs_no_capability_and_allows_the_rest() {
+    use Capability::*;
+    let p = default_for(&[AuditWrite, Kill, NetBindService]);
+    let eperm = errno(libc::EPERM as u32);
+    for name in [
+        "keyctl",
+        "add_key",
+        "request_key",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+    ] {
+        assert_eq!(call(&p, name), eperm, "x86_64 {name}");
+        assert_eq!(run_i386(&p, name, [0; 6]), eperm, "i386 {name}");
+    }
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let newns = libc::CLONE_NEWNS as u64;
+    let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+    for name in ["unshare", "clone"] {
+        assert_eq!(arg0(&p, name, newuser), eperm, "{name}");
+        assert_eq!(arg0(&p, name, newuser | newns), eperm, "{name}");
+        assert_eq!(
+            run_i386(&p, name, [newuser, 0, 0, 0, 0, 0]),
+            eperm,
+            "{name}"
+        );
+        // Other namespaces need CAP_SYS_ADMIN: left to the kernel.
+        assert_eq!(arg0(&p, name, newns), ALLOW, "{name}");
+    }
+    assert_eq!(arg0(&p, "clone", thread), ALLOW);
+    assert_eq!(arg0(&p, "clone", libc::SIGCHLD as u64), ALLOW);
+    // clone3's flags are out of the filter's reach: libcs fall back.
+    assert_eq!(call(&p, "clone3"), errno(libc::ENOSYS as u32));
+    for name in [
+        "read", "write", "openat", "execve", "mount", "ptrace", "socket",
+    ] {
+        assert_eq!(call(&p, name), ALLOW, "{name}");
+    }
+    assert_eq!(run_i386(&p, "socketcall", [0; 6]), ALLOW);
+    let x32_read = X32_SYSCALL_BIT | syscall_number("read").unwrap();
+    assert_eq!(
+        run_on(p.instructions(), AUDIT_ARCH_X86_64, x32_read, [0; 6]),
+        KILL_PROCESS
+    );
+    assert!(
+        p.skipped_syscalls().is_empty(),
+        "{:?}",
+        p.skipped_syscalls()
+    );
+}
+
+#[test]
+fn default_profile_allows_what_the_containers_capabilities_stand_for() {
+    use Capability::*;
+    let eperm = errno(libc::EPERM as u32);
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let admin = default_for(&[SysAdmin]);
+    assert_eq!(call(&admin, "bpf"), ALLOW);
+    assert_eq!(call(&admin, "perf_event_open"), ALLOW);
+    assert_eq!(arg0(&admin, "unshare", newuser), ALLOW);
+    assert_eq!(call(&admin, "clone3"), ALLOW);
+    assert_eq!(call(&admin, "userfaultfd"), eperm);
+    assert_eq!(call(&admin, "keyctl"), eperm);
+    assert_eq!(call(&admin, "io_uring_setup"), eperm);
+    let bpf = default_for(&[Bpf, Perfmon, SysPtrace]);
+    assert_eq!(call(&bpf, "bpf"), ALLOW);
+    assert_eq!(call(&bpf, "perf_event_open"), ALLOW);
+    assert_eq!(call(&bpf, "userfaultfd"), ALLOW);
+    assert_eq!(arg0(&bpf, "unshare", newuser), eperm);
+    assert_eq!(call(&default_for(&[]), "bpf"), eperm);
 }

@@ -6,6 +6,7 @@ pub mod digest;
 pub mod fuzz;
 pub mod image;
 pub mod layer;
+pub mod small_file;
 pub mod spec;
 pub mod unpack;
 

@@ -257,6 +257,9 @@ fn bad_inputs_fail_with_a_clear_error_and_no_output() {
     .unwrap();
     let err = build_err(&manifest, &out, init);
     assert!(err.contains("services"), "{err}");
+    // A manifest that never ends.
+    let err = build_err(Path::new("/dev/zero"), &out, init);
+    assert!(err.contains("larger than 16777216 bytes"), "{err}");
 
     // Overrides on a bundle unit: its config.json runs as it is.
     let bundle = dir.join("bundle");
@@ -711,6 +714,29 @@ fn bundle_config_json_is_refused_at_build_time_as_the_boot_would() {
         let err = one_line_err(&manifest, &out);
         assert!(err.contains(says), "{source}: {err}");
     }
+    // Through a symlink in the bundle to a directory of the build host:
+    // its files must not go into the appliance.
+    let secret = dir.join("host-secret");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("key"), "build host's key").unwrap();
+    std::os::unix::fs::symlink(&secret, bundle.join("data")).unwrap();
+    with(&bind("data/key"));
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains(&format!(
+            "bind source \"data/key\" goes through the symlink {}",
+            bundle.join("data").display()
+        )),
+        "{err}"
+    );
+    assert!(!out.exists());
+    fs::remove_file(bundle.join("data")).unwrap();
+    // A config.json that never ends.
+    fs::remove_file(bundle.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", bundle.join("config.json")).unwrap();
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains("not a regular file"), "{err}");
+    fs::remove_file(bundle.join("config.json")).unwrap();
 
     // The bundle as unpacked builds.
     with(&|_| {});

@@ -54,7 +54,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use berth_bundles::apply::Rootfs;
-use berth_bundles::image::{Image, ImageRef, Platform};
+use berth_bundles::image::{Image, ImageRef, MAX_JSON, Platform};
+use berth_bundles::small_file::{Accept, read_small_file};
 use berth_bundles::spec::{Overrides, runtime_spec};
 use berth_bundles::unpack::unpack_rootfs_with;
 use berth_bundles::{DiffIdCheck, LayerOptions};
@@ -190,7 +191,7 @@ pub enum PrepareError {
 /// error.
 pub fn list_images(layout: &Path) -> Result<Vec<String>, PrepareError> {
     let path = layout.join("index.json");
-    let bytes = match fs::read(&path) {
+    let bytes = match read_small_file(&path, MAX_JSON, Accept::Regular) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(PrepareError::ReadIndex { path, source }),
@@ -1155,11 +1156,12 @@ fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
 /// `berth-build` reads a bundle at build time exactly as a boot will.
 pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
     let path = dir.join("config.json");
-    let bytes = fs::read(&path).map_err(|source| PrepareError::Io {
-        op: "read",
-        path: path.clone(),
-        source,
-    })?;
+    let bytes =
+        read_small_file(&path, MAX_JSON, Accept::Regular).map_err(|source| PrepareError::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })?;
     let mut spec: Spec =
         serde_json::from_slice(&bytes).map_err(|source| PrepareError::BundleConfig {
             path: dir.to_owned(),
@@ -1759,6 +1761,20 @@ mod tests {
         assert_eq!(list_images(&dir).unwrap(), ["a", "b"]);
         fs::write(dir.join("index.json"), "{").unwrap();
         assert!(list_images(&dir).is_err());
+        // PID 1 reads it at every boot: an endless device or a FIFO is an
+        // error at once, not a hang or the whole memory.
+        fs::remove_file(dir.join("index.json")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("index.json")).unwrap();
+        let err = error_chain(&list_images(&dir).unwrap_err());
+        assert!(err.ends_with("not a regular file"), "{err}");
+        fs::remove_file(dir.join("index.json")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.join("index.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = error_chain(&list_images(&dir).unwrap_err());
+        assert!(err.ends_with("not a regular file"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -554,7 +554,7 @@ fn check_manifest(path: &Path, images: &Path) -> ! {
                     images.display()
                 )
             };
-            let build = std::fs::read(path)
+            let build = berth_init::manifest::read_manifest(path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .is_some_and(|v| v.get("images").is_some());

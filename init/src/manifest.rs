@@ -696,9 +696,16 @@ fn parse_raw(bytes: &[u8]) -> Result<raw::Manifest, ManifestError> {
     })
 }
 
+/// The bytes of a manifest file, which may be a pipe (`<(command)`), up to
+/// 16 MiB.
+pub fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
+    use berth_bundles::small_file::{Accept, read_small_file};
+    read_small_file(path, berth_bundles::image::MAX_JSON, Accept::Any)
+}
+
 /// Reads, parses and validates the manifest file at `path`.
 pub fn load(path: &Path, images: &[String]) -> Result<Manifest, ManifestError> {
-    let bytes = std::fs::read(path).map_err(|source| ManifestError::Read {
+    let bytes = read_manifest(path).map_err(|source| ManifestError::Read {
         path: path.to_owned(),
         source,
     })?;

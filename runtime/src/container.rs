@@ -341,7 +341,7 @@ impl Runtime {
     ) -> Result<Container, ContainerError> {
         let bundle = std::path::absolute(bundle).unwrap_or_else(|_| bundle.to_path_buf());
         let config = bundle.join("config.json");
-        let bytes = fs::read(&config).map_err(|source| ContainerError::ReadConfig {
+        let bytes = read_config(&config).map_err(|source| ContainerError::ReadConfig {
             path: config.clone(),
             source,
         })?;
@@ -1539,6 +1539,23 @@ impl Container {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// A bundle's config.json, up to 16 MiB: a path that is `/dev/zero` or a
+/// runaway file ends in an error, not in all of the memory.
+fn read_config(path: &Path) -> io::Result<Vec<u8>> {
+    const MAX: u64 = 16 << 20;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(MAX + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

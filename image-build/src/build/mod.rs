@@ -71,6 +71,8 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use berth_bundles::image::MAX_JSON;
+use berth_bundles::small_file::{Accept, read_small_file};
 use serde_json::Value;
 
 use berth_init::manifest::{Program, Source};
@@ -545,9 +547,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         let path = path.to_owned();
         move |source| BuildError::Output { path, source }
     };
-    let bytes = fs::read(&opts.manifest).map_err(|source| BuildError::ReadManifest {
-        path: opts.manifest.clone(),
-        source,
+    let bytes = berth_init::manifest::read_manifest(&opts.manifest).map_err(|source| {
+        BuildError::ReadManifest {
+            path: opts.manifest.clone(),
+            source,
+        }
     })?;
     // Check the manifest before anything slow (without the kernel: the
     // machine modules are checked again once it is known).
@@ -843,10 +847,12 @@ fn check_replaceable(out: &Path) -> Result<(), BuildError> {
 /// once it is known to be a static berth-init reading the manifest
 /// version this build writes.
 fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
-    let bytes = fs::read(path).map_err(|source| BuildError::ReadInit {
-        path: path.to_owned(),
-        source,
-    })?;
+    // berth-init's budget is 3 MiB; far more is not a berth-init.
+    let bytes =
+        read_small_file(path, 256 << 20, Accept::Any).map_err(|source| BuildError::ReadInit {
+            path: path.to_owned(),
+            source,
+        })?;
     match elf::is_static(&bytes) {
         Ok(true) => {}
         Ok(false) => {
@@ -1279,7 +1285,8 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
         message,
     };
     let rootfs = check_bundle(b)?;
-    let bytes = fs::read(&config_path).map_err(io_err(&config_path))?;
+    let bytes =
+        read_small_file(&config_path, MAX_JSON, Accept::Regular).map_err(io_err(&config_path))?;
     let mut config: Value = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("config.json is not valid JSON: {e}")))?;
     let root = config
@@ -1315,6 +1322,20 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
                 "bind source {source:?} (relative to the bundle) does not exist: {}",
                 host.display()
             )));
+        }
+        // The copy is what the bundle holds: a symlink on the way would
+        // make it whatever the link reaches on the build host (`data ->
+        // /root/.ssh` would put the host's keys into the appliance). A
+        // link as the source itself is copied as a link.
+        let mut on_the_way = b.host.clone();
+        for part in source.split('/').take(source.split('/').count() - 1) {
+            on_the_way.push(part);
+            if fs::symlink_metadata(&on_the_way).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(bad(format!(
+                    "bind source {source:?} goes through the symlink {}: only what is in the bundle is copied (name the real path)",
+                    on_the_way.display()
+                )));
+            }
         }
         bytes += add_host_tree(tree, &host, &format!("{}/{source}", b.archive), true)
             .map_err(io_err(&host))?;

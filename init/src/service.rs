@@ -233,6 +233,83 @@ impl Note {
     }
 }
 
+/// Starts a start limit keeps when its count is larger than this are
+/// counted per window instead.
+const TRACKED_STARTS: u32 = 1024;
+
+/// The starts a start limit counts, in memory that does not grow with the
+/// manifest's `count` nor with months of restarts: with a `count` up to
+/// [`TRACKED_STARTS`], the times of the starts within the last `interval`
+/// (a sliding window, exact); above it, when the current window began and
+/// how many starts it has seen (fixed windows, as systemd's start limit).
+/// A huge `count` is how a manifest says "restart forever", and keeping
+/// every start time of such a service would grow PID 1 by 8 bytes a start.
+#[derive(Debug, Clone)]
+enum StartLog {
+    Sliding(VecDeque<Millis>),
+    Windowed { since: Millis, starts: u32 },
+}
+
+impl StartLog {
+    fn new(count: u32) -> Self {
+        if count <= TRACKED_STARTS {
+            StartLog::Sliding(VecDeque::with_capacity(count as usize))
+        } else {
+            StartLog::Windowed {
+                since: 0,
+                starts: 0,
+            }
+        }
+    }
+
+    fn record(&mut self, now: Millis, count: u32, interval: Millis) {
+        match self {
+            StartLog::Sliding(times) => {
+                while times
+                    .front()
+                    .is_some_and(|&t| now.saturating_sub(t) >= interval)
+                {
+                    times.pop_front();
+                }
+                while times.len() >= count.max(1) as usize {
+                    times.pop_front();
+                }
+                times.push_back(now);
+            }
+            StartLog::Windowed { since, starts } => {
+                if *starts == 0 || now.saturating_sub(*since) >= interval {
+                    *since = now;
+                    *starts = 0;
+                }
+                *starts = starts.saturating_add(1);
+            }
+        }
+    }
+
+    fn reached(&self, now: Millis, count: u32, interval: Millis) -> bool {
+        match self {
+            StartLog::Sliding(times) => {
+                times.len() >= count as usize
+                    && times
+                        .front()
+                        .is_some_and(|&first| now.saturating_sub(first) < interval)
+            }
+            StartLog::Windowed { since, starts } => {
+                *starts >= count && now.saturating_sub(*since) < interval
+            }
+        }
+    }
+
+    /// Start times held, for tests.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        match self {
+            StartLog::Sliding(times) => times.len(),
+            StartLog::Windowed { .. } => 1,
+        }
+    }
+}
+
 /// The restart policy and the service's history.
 #[derive(Debug, Clone)]
 pub struct ServiceMachine {
@@ -240,8 +317,8 @@ pub struct ServiceMachine {
     stop_signal: Signal,
     stop_timeout: Duration,
     state: State,
-    /// Start times, at most `start_limit.count` of them.
-    starts: VecDeque<Millis>,
+    /// The starts the start limit counts.
+    starts: StartLog,
     /// Failures since the last healthy run; the backoff exponent.
     consecutive: u32,
     restarts: u32,
@@ -252,15 +329,12 @@ pub struct ServiceMachine {
 
 impl ServiceMachine {
     pub fn new(policy: RestartPolicy, stop_signal: Signal, stop_timeout: Duration) -> Self {
-        let cap = usize::try_from(policy.start_limit.count)
-            .unwrap_or(usize::MAX)
-            .min(1024);
         Self {
+            starts: StartLog::new(policy.start_limit.count),
             policy,
             stop_signal,
             stop_timeout,
             state: State::Pending,
-            starts: VecDeque::with_capacity(cap),
             consecutive: 0,
             restarts: 0,
             last_exit: None,
@@ -456,23 +530,15 @@ impl ServiceMachine {
     }
 
     fn record_start(&mut self, now: Millis) {
-        let cap = usize::try_from(self.policy.start_limit.count)
-            .unwrap_or(usize::MAX)
-            .max(1);
-        while self.starts.len() >= cap {
-            self.starts.pop_front();
-        }
-        self.starts.push_back(now);
+        let limit = &self.policy.start_limit;
+        self.starts.record(now, limit.count, ms(limit.interval));
     }
 
     /// `count` starts happened within the last `interval`: another start
     /// would exceed the limit.
     fn limit_reached(&self, now: Millis) -> bool {
-        let count = usize::try_from(self.policy.start_limit.count).unwrap_or(usize::MAX);
-        self.starts.len() >= count
-            && self.starts.front().is_some_and(|&first| {
-                now.saturating_sub(first) < ms(self.policy.start_limit.interval)
-            })
+        let limit = &self.policy.start_limit;
+        self.starts.reached(now, limit.count, ms(limit.interval))
     }
 
     fn limit_note(&self, status: Option<ExitStatus>) -> Note {
@@ -636,6 +702,39 @@ mod tests {
             m.spawned(Pid::from_raw(2 + i), now);
         }
         assert_eq!(m.restarts(), 20);
+    }
+
+    /// Months of restarts, whatever the count: what the limit keeps stays
+    /// small, and the limit still holds.
+    #[test]
+    fn start_log_memory_does_not_grow_with_starts_or_count() {
+        // A count it can keep: exact, only starts within the interval.
+        let mut log = StartLog::new(1000);
+        for i in 0..100_000u64 {
+            log.record(i * 10, 1000, 60_000);
+        }
+        assert_eq!(log.held(), 1000);
+        let mut log = StartLog::new(1000);
+        for i in 0..100_000u64 {
+            log.record(i * 1000, 1000, 60_000);
+        }
+        assert_eq!(log.held(), 60, "only the last minute");
+        assert!(!log.reached(100_000_000, 1000, 60_000));
+        // "Restart forever": a count too large to keep, counted per window.
+        let mut log = StartLog::new(4_000_000_000);
+        for i in 0..1_000_000u64 {
+            log.record(i, 4_000_000_000, 1);
+            assert!(!log.reached(i, 4_000_000_000, 1));
+        }
+        assert_eq!(log.held(), 1);
+        let (count, interval) = (2000, 10_000);
+        let mut log = StartLog::new(count);
+        for i in 0..count {
+            assert!(!log.reached(u64::from(i), count, interval));
+            log.record(u64::from(i), count, interval);
+        }
+        assert!(log.reached(u64::from(count), count, interval));
+        assert!(!log.reached(interval, count, interval));
     }
 
     #[test]

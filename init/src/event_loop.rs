@@ -238,6 +238,10 @@ impl<L: Launcher> Runner for LoopRunner<'_, L> {
         log::log!(level, "{line}");
     }
 
+    fn status(&mut self, line: fmt::Arguments<'_>) {
+        logging::always(line);
+    }
+
     fn can_start(&mut self, _kind: UnitKind, name: &str, program: &Program) -> bool {
         self.launcher.can_start(name, program)
     }

@@ -57,6 +57,11 @@ pub trait Runner {
     fn running(&mut self, pid: Pid) -> bool;
     /// A marker line, without the `berth: ` prefix.
     fn report(&mut self, level: log::Level, line: fmt::Arguments<'_>);
+    /// A line of the status report someone asked for (SIGUSR1): printed
+    /// whatever the log level, which is for what PID 1 says on its own.
+    fn status(&mut self, line: fmt::Arguments<'_>) {
+        self.report(log::Level::Info, line);
+    }
     /// Whether the unit can start now: false while it waits for the
     /// machine's background set-up (see [`crate::machine`]: the network of
     /// a unit that shares it), whose progress wakes the event loop.
@@ -378,31 +383,22 @@ impl Supervisor {
             let state = s.machine.state();
             let pid = state.pid().map(|p| p.as_raw()).unwrap_or(0);
             match s.machine.last_exit() {
-                Some(last) => r.report(
-                    log::Level::Info,
-                    format_args!(
-                        "status service {} state={} pid={pid} restarts={} last={last} code={}",
-                        s.service.name,
-                        state.name(),
-                        s.machine.restarts(),
-                        last.code()
-                    ),
-                ),
-                None => r.report(
-                    log::Level::Info,
-                    format_args!(
-                        "status service {} state={} pid={pid} restarts={}",
-                        s.service.name,
-                        state.name(),
-                        s.machine.restarts()
-                    ),
-                ),
+                Some(last) => r.status(format_args!(
+                    "status service {} state={} pid={pid} restarts={} last={last} code={}",
+                    s.service.name,
+                    state.name(),
+                    s.machine.restarts(),
+                    last.code()
+                )),
+                None => r.status(format_args!(
+                    "status service {} state={} pid={pid} restarts={}",
+                    s.service.name,
+                    state.name(),
+                    s.machine.restarts()
+                )),
             }
         }
-        r.report(
-            log::Level::Info,
-            format_args!("status orphans reaped={}", self.orphans),
-        );
+        r.status(format_args!("status orphans reaped={}", self.orphans));
     }
 
     /// State of a service by name (for tests and the control channel).

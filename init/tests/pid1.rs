@@ -220,6 +220,30 @@ fn exit_codes_and_signals_are_recorded() {
 }
 
 #[test]
+fn the_status_report_is_printed_whatever_the_log_level() {
+    // `error` hides PID 1's own chatter (started, exited), not the report
+    // an operator asks for.
+    let m = format!(
+        r#"{{"version":1,"log":{{"level":"error"}},"services":[{}]}}"#,
+        sh("quiet", "echo ready; exec sleep 100", "")
+    );
+    let mut p = Pid1::start("status-level", &m);
+    p.wait_for("quiet: ready");
+    p.signal(nix::sys::signal::Signal::SIGUSR1);
+    p.wait_for("berth: status service quiet state=running");
+    p.wait_for("berth: status orphans reaped=0");
+    assert!(
+        !p.lines()
+            .iter()
+            .any(|l| l.contains("service quiet started")),
+        "{}",
+        p.dump()
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
 fn flooding_service_does_not_delay_another() {
     let m = format!(
         r#"{{"version":1,"log":{{"rate":{{"lines_per_sec":200,"burst":200}}}},"services":[{},{}]}}"#,

@@ -40,7 +40,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Mutex, MutexGuard};
 
 use buffers::{LineBudget, Ring, Stream};
-use sinks::{Outbox, RotatingFile};
+use sinks::{Offer, Outbox, RotatingFile};
 
 use crate::clock::now_ms;
 use crate::manifest::{LogConfig, SyslogTarget};
@@ -328,6 +328,11 @@ pub fn flush_console() -> bool {
     let Some(hub) = guard.as_mut() else {
         return false;
     };
+    // A flood that stopped still has its last count to tell.
+    let now = now_ms();
+    for unit in 0..hub.units.len() {
+        hub.report_drops(unit, now);
+    }
     hub.note_console_drops();
     hub.console.as_mut().is_some_and(|c| {
         c.flush();
@@ -343,6 +348,25 @@ pub fn with_console_fd<T>(f: impl FnOnce(Option<BorrowedFd<'_>>) -> T) -> T {
         .and_then(|h| h.console.as_ref())
         .map(|c| c.writer().as_fd());
     f(fd)
+}
+
+fn file_paused(e: &sinks::LogFileError) -> String {
+    format!(
+        "log file paused, next try in {} s: {}",
+        sinks::RETRY_MS / 1000,
+        error_chain(e)
+    )
+}
+
+fn file_resumed(missed: u64) -> String {
+    format!("log file written again, {missed} lines missed")
+}
+
+/// One of PID 1's lines whatever the level: what an operator asked for.
+pub fn always(line: std::fmt::Arguments<'_>) {
+    if let Some(hub) = hub().as_mut() {
+        hub.own_line(log::Level::Info, &line);
+    }
 }
 
 /// Prints every unit's ring to the console (SIGUSR2).
@@ -477,15 +501,20 @@ impl Hub {
         }
         if let Some(own) = self.own.and_then(|i| self.units.get_mut(i)) {
             own.ring.push(now, Stream::Stderr, text.as_bytes());
-            if let Some(file) = own.file.as_mut()
-                && let Err(e) = file.write_line(&[stamp.as_bytes(), tag, text.as_bytes(), b"\n"])
+            let note = match own
+                .file
+                .as_mut()
+                .map(|f| f.offer(&[stamp.as_bytes(), tag, text.as_bytes(), b"\n"], now))
             {
-                // Said on the console only: logging it would write the file again.
-                own.file = None;
-                let msg = format!("berth: log file disabled: {}\n", error_chain(&e));
-                if let Some(c) = self.console.as_mut() {
-                    c.push(&[stamp.as_bytes(), msg.as_bytes()]);
-                }
+                Some(Offer::Failed(e)) => Some(file_paused(&e)),
+                Some(Offer::Resumed { missed }) => Some(file_resumed(missed)),
+                _ => None,
+            };
+            // Said on the console only: logging it would write the file again.
+            if let Some(msg) = note
+                && let Some(c) = self.console.as_mut()
+            {
+                c.push(&[stamp.as_bytes(), b"berth: ", msg.as_bytes(), b"\n"]);
             }
         }
         self.send_syslog("berth", syslog_severity(level), text.as_bytes(), now);
@@ -506,42 +535,24 @@ impl Hub {
         u.ring.push(now, stream, line);
         if !u.budget.take(now) {
             u.dropped = u.dropped.saturating_add(1);
-            if now.saturating_sub(u.last_notice) >= 1000 {
-                u.last_notice = now;
-                let (name, dropped) = (u.name.clone(), std::mem::take(&mut u.dropped));
-                self.own_line_at(
-                    log::Level::Warn,
-                    &format_args!("service {name}: {dropped} lines dropped (rate limit)"),
-                    now,
-                );
-            }
+            self.report_drops(unit, now);
             return;
         }
-        if u.dropped > 0 {
-            let (name, dropped) = (u.name.clone(), std::mem::take(&mut u.dropped));
-            u.last_notice = now;
-            self.own_line_at(
-                log::Level::Warn,
-                &format_args!("service {name}: {dropped} lines dropped (rate limit)"),
-                now,
-            );
-        }
+        // Under a steady flood every refilled token lets one line through:
+        // the count waits for its second like the drops themselves.
+        self.report_drops(unit, now);
         let Some(u) = self.units.get_mut(unit) else {
             return;
         };
         let stamp = Stamp::new(now);
         let suffix: &[u8] = if cut { b" [cut]\n" } else { b"\n" };
         let parts: [&[u8]; 5] = [stamp.as_bytes(), u.name.as_bytes(), b": ", line, suffix];
-        let mut file_error = None;
-        if let Some(file) = u.file.as_mut()
-            && let Err(e) = file.write_line(&parts)
-        {
-            file_error = Some(format!(
-                "service {}: log file disabled: {}",
-                u.name,
-                error_chain(&e)
-            ));
+        let file_note = match u.file.as_mut().map(|f| f.offer(&parts, now)) {
+            Some(Offer::Failed(e)) => Some((log::Level::Error, file_paused(&e))),
+            Some(Offer::Resumed { missed }) => Some((log::Level::Warn, file_resumed(missed))),
+            _ => None,
         }
+        .map(|(level, msg)| (level, format!("service {}: {msg}", u.name)));
         if let Some(c) = self.console.as_mut() {
             c.push(&parts);
         }
@@ -549,12 +560,27 @@ impl Hub {
             let name = u.name.clone();
             self.send_syslog(&name, 6, line, now);
         }
-        if let Some(msg) = file_error {
-            if let Some(u) = self.units.get_mut(unit) {
-                u.file = None;
-            }
-            self.own_line(log::Level::Error, &format_args!("{msg}"));
+        if let Some((level, msg)) = file_note {
+            self.own_line_at(level, &format_args!("{msg}"), now);
         }
+    }
+
+    /// Says how many lines of `unit` the budget dropped, if any and if the
+    /// last such notice is a second old.
+    fn report_drops(&mut self, unit: usize, now: Millis) {
+        let Some(u) = self.units.get_mut(unit) else {
+            return;
+        };
+        if u.dropped == 0 || now.saturating_sub(u.last_notice) < 1000 {
+            return;
+        }
+        u.last_notice = now;
+        let (name, dropped) = (u.name.clone(), std::mem::take(&mut u.dropped));
+        self.own_line_at(
+            log::Level::Warn,
+            &format_args!("service {name}: {dropped} lines dropped (rate limit)"),
+            now,
+        );
     }
 
     fn note_console_drops(&mut self) {
@@ -820,6 +846,69 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"<30>berth: five");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A flood that never stops: each refilled token lets a line through,
+    /// and the count of what was dropped in between still comes once a
+    /// second, not before every line let through.
+    #[test]
+    fn a_steady_flood_is_counted_once_a_second() {
+        let dir = std::env::temp_dir().join(format!("berth-hub-steady-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = File::create(dir.join("console")).unwrap();
+        let mut hub = Hub {
+            console: Some(Outbox::new(console, 1 << 20)),
+            kmsg: None,
+            config: LogConfig::default(),
+            units: Vec::new(),
+            syslog: None,
+            console_dropped: 0,
+            own: None,
+            log_dir: None,
+            syslog_down: false,
+        };
+        hub.units.push(UnitLog {
+            name: "yes".into(),
+            ring: Ring::new(1 << 16),
+            budget: LineBudget::new(100, 10, 0),
+            dropped: 0,
+            last_notice: 0,
+            file: None,
+        });
+        // Ten lines a millisecond for 3.5 s.
+        for ms in 0..3500u64 {
+            for _ in 0..10 {
+                hub.unit_line(0, Stream::Stdout, b"y", false, 1000 + ms);
+            }
+        }
+        let console = || std::fs::read_to_string(dir.join("console")).unwrap();
+        let counts = |console: &str| -> Vec<u64> {
+            console
+                .lines()
+                .filter_map(|l| l.split_once("] berth: service yes: "))
+                .filter_map(|(_, rest)| rest.strip_suffix(" lines dropped (rate limit)"))
+                .map(|n| n.parse().unwrap())
+                .collect()
+        };
+        let text = console();
+        assert_eq!(counts(&text).len(), 4, "one a second:\n{}", &text[..2000]);
+        // 100 a second after a burst of 10.
+        let passed = text.lines().filter(|l| l.ends_with("] yes: y")).count() as u64;
+        assert!((355..=365).contains(&passed), "{passed} lines let through");
+        // After the flood the last count is told when the event loop
+        // flushes the console, a second after the previous one.
+        assert!(hub.units[0].dropped > 0);
+        hub.report_drops(0, 4400);
+        assert_eq!(counts(&console()).len(), 4, "not within the second");
+        hub.report_drops(0, 5600);
+        let counted: u64 = counts(&console()).iter().sum();
+        assert_eq!(
+            counted + passed,
+            35_000,
+            "every line let through or counted"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -118,6 +118,29 @@ pub struct RotatingFile {
     size: u64,
     max_size: u64,
     keep: u32,
+    /// After a failed write ([`RotatingFile::offer`]): no write is tried
+    /// before this time.
+    paused_until: Option<u64>,
+    /// Lines not written since the failure.
+    missed: u64,
+}
+
+/// How long a log file rests after a failed write (a full disk, mostly)
+/// before the next line tries again.
+pub const RETRY_MS: u64 = 60_000;
+
+/// What became of a line offered to a log file.
+#[derive(Debug)]
+pub enum Offer {
+    Written,
+    /// Not tried: the file rests after a failure.
+    Skipped,
+    /// The first failure of an outage: the file rests for [`RETRY_MS`].
+    Failed(LogFileError),
+    /// Written again after an outage that cost `missed` lines.
+    Resumed {
+        missed: u64,
+    },
 }
 
 impl RotatingFile {
@@ -143,7 +166,39 @@ impl RotatingFile {
             size,
             max_size,
             keep,
+            paused_until: None,
+            missed: 0,
         })
+    }
+
+    /// Writes a line unless the file rests after a failure; a failure
+    /// makes it rest for [`RETRY_MS`] (said once, by `Failed`), and the
+    /// first line written after it says how many were missed. A full disk
+    /// on a device that runs for months fills up and empties again: the
+    /// file is not given up for good.
+    pub fn offer(&mut self, parts: &[&[u8]], now: u64) -> Offer {
+        if self.paused_until.is_some_and(|t| now < t) {
+            self.missed = self.missed.saturating_add(1);
+            return Offer::Skipped;
+        }
+        match self.write_line(parts) {
+            Ok(()) => match self.paused_until.take() {
+                Some(_) => Offer::Resumed {
+                    missed: std::mem::take(&mut self.missed),
+                },
+                None => Offer::Written,
+            },
+            Err(e) => {
+                let first = self.paused_until.is_none();
+                self.paused_until = Some(now.saturating_add(RETRY_MS));
+                self.missed = self.missed.saturating_add(1);
+                if first {
+                    Offer::Failed(e)
+                } else {
+                    Offer::Skipped
+                }
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -160,13 +215,15 @@ impl RotatingFile {
         if self.size > 0 && self.size + total > self.max_size {
             self.rotate()?;
         }
-        for p in parts {
-            self.file
-                .write_all(p)
-                .map_err(|source| LogFileError::Write {
-                    path: self.path.clone(),
-                    source,
-                })?;
+        let line = parts.concat();
+        if let Err(source) = self.file.write_all(&line) {
+            // No half line left behind (ENOSPC mid-write): the file ends
+            // where the last whole line did.
+            let _ = self.file.set_len(self.size);
+            return Err(LogFileError::Write {
+                path: self.path.clone(),
+                source,
+            });
         }
         self.size += total;
         Ok(())
@@ -356,5 +413,66 @@ mod tests {
         assert!(!real.join("sub").exists());
         std::fs::remove_file(&dir).unwrap();
         std::fs::remove_dir_all(&real).unwrap();
+    }
+
+    /// A small tmpfs, unmounted when dropped.
+    struct SmallFs(PathBuf);
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_pauses_the_file_and_it_is_written_again_later() {
+        let dir = std::env::temp_dir().join(format!("berth-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .expect("mount a tmpfs (the tests run as root)");
+        let fs = SmallFs(dir.clone());
+        // Room for the log but a few lines.
+        std::fs::write(fs.0.join("filler"), vec![1u8; 60 * 1024]).unwrap();
+        let fd = open_log_dir(&fs.0).unwrap();
+        let mut f = RotatingFile::open(&fd, &fs.0, "web", 1 << 20, 1).unwrap();
+        let text = vec![b'x'; 1000];
+        let line: [&[u8]; 2] = [&text, b"\n"];
+        let mut now = 0;
+        let failed = loop {
+            now += 1;
+            match f.offer(&line, now) {
+                Offer::Written => {}
+                Offer::Failed(e) => break e,
+                other => panic!("{other:?}"),
+            }
+            assert!(now < 100, "the tmpfs never filled");
+        };
+        assert!(
+            crate::logging::error_chain(&failed).contains("No space left on device"),
+            "{failed:?}"
+        );
+        // Only whole lines: no half line from the write that failed.
+        let written = std::fs::read(fs.0.join("web.log")).unwrap();
+        assert_eq!(written.len() % 1001, 0);
+        assert_eq!(written.len() as u64, (now - 1) * 1001);
+        // Resting: no write, no second message.
+        for _ in 0..3 {
+            now += 1000;
+            assert!(matches!(f.offer(&line, now), Offer::Skipped));
+        }
+        // Space again, and the rest is over: written, and the gap said.
+        std::fs::remove_file(fs.0.join("filler")).unwrap();
+        now += RETRY_MS;
+        assert!(matches!(f.offer(&line, now), Offer::Resumed { missed: 4 }));
+        assert!(matches!(f.offer(&line, now), Offer::Written));
+        drop(f);
+        drop(fd);
     }
 }

@@ -130,8 +130,15 @@ impl ApplyError {
     }
 }
 
+/// An entry name for messages: a name may be a mebibyte long.
 fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    const MAX: usize = 256;
+    match path.get(..MAX) {
+        Some(head) if path.len() > MAX => {
+            format!("{}… ({} bytes)", String::from_utf8_lossy(head), path.len())
+        }
+        _ => String::from_utf8_lossy(path).into_owned(),
+    }
 }
 
 /// What applying one layer did.
@@ -343,7 +350,7 @@ impl Rootfs {
         real_end: Option<Rc<Cell<Option<u64>>>>,
         direct: Option<DirectSink>,
     ) -> Result<LayerStats, ApplyError> {
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = tar::Archive::new(crate::tar_guard::TarGuard::new(reader));
         archive.set_ignore_zeros(false);
         let mut state = LayerState {
             upper: HashSet::new(),
@@ -1266,6 +1273,14 @@ fn copy_data<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_in_messages_are_cut() {
+        assert_eq!(show(b"etc/passwd"), "etc/passwd");
+        let long = vec![b'a'; 1 << 20];
+        let shown = show(&long);
+        assert_eq!(shown, format!("{}… (1048576 bytes)", "a".repeat(256)));
+    }
 
     #[test]
     #[allow(clippy::type_complexity)]

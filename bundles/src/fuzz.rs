@@ -16,7 +16,7 @@ use crate::spec::{
 /// xattrs), name cleaning and whiteout classification, and the data.
 /// Returns the number of entries, or the first error.
 pub fn fuzz_tar_headers(data: &[u8]) -> io::Result<u64> {
-    let mut archive = tar::Archive::new(data);
+    let mut archive = tar::Archive::new(crate::tar_guard::TarGuard::new(data));
     archive.set_ignore_zeros(false);
     let mut count = 0;
     for entry in archive.entries()? {

@@ -8,6 +8,7 @@ pub mod image;
 pub mod layer;
 pub mod small_file;
 pub mod spec;
+pub mod tar_guard;
 pub mod unpack;
 
 pub use image::{Image, ImageRef, Platform};

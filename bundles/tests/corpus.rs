@@ -661,6 +661,27 @@ fn refused_entries() {
     assert!(rootfs.apply_layer(&bytes[..]).is_err());
 }
 
+/// A compressed layer can declare a long name of a gibibyte in a few
+/// kilobytes: refused at its header, as Go's archive/tar refuses past
+/// 1 MiB, before the tar crate would read it whole into memory.
+#[test]
+fn a_huge_long_name_or_pax_header_is_refused_at_its_header() {
+    let w = World::new("ext-bomb");
+    for (kind, what) in [(b'L', "long name"), (b'x', "pax extension")] {
+        let mut bomb = E::file("././@LongLink", vec![0u8; 4096]);
+        bomb.kind = kind;
+        bomb.size_override = Some(1 << 30);
+        let err = w.apply(&[vec![bomb, E::file("f", b"x")]]).unwrap_err();
+        let text = berth_bundles::apply::ApplyError::to_string(&err);
+        let chain = format!("{text}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains(&format!("tar {what} header of 1073741824 bytes")),
+            "{chain}"
+        );
+        assert!(!w.root().join("f").exists());
+    }
+}
+
 /// Only files carry data: a directory, link, device or fifo header with a
 /// size would make berth and Go's archive/tar (Docker, containerd, umoci)
 /// see different entries after it, so it is refused, whichever way it

@@ -31,6 +31,7 @@ use berth_bundles::Platform;
 use berth_bundles::apply::{ApplyError, ReadEntry, read_entry};
 use berth_bundles::digest::{Hasher, Sha256Digest};
 use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
+use berth_bundles::tar_guard::TarGuard;
 use serde_json::json;
 
 use super::tree::{Found, ImageTree, Node};
@@ -570,7 +571,7 @@ fn check_entries(
     index: usize,
     facts: &mut ImageFacts,
 ) -> Result<Option<FileData>, ApplyError> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(TarGuard::new(reader));
     archive.set_ignore_zeros(false);
     let entries = archive
         .entries()
@@ -593,7 +594,7 @@ struct FileData {
 }
 
 fn check_entry(
-    entry: &mut tar::Entry<'_, &mut dyn Read>,
+    entry: &mut tar::Entry<'_, TarGuard<&mut dyn Read>>,
     index: usize,
     facts: &mut ImageFacts,
 ) -> Result<Option<FileData>, ApplyError> {

@@ -96,7 +96,18 @@ fn raise_open_files_limit() {
 
 fn main() -> ExitCode {
     raise_open_files_limit();
-    let mut argv = std::env::args().skip(1);
+    let mut argv = Vec::new();
+    for a in std::env::args_os().skip(1) {
+        match a.into_string() {
+            Ok(a) => argv.push(a),
+            Err(a) => {
+                // A path changed into another (U+FFFD) would be written to.
+                note!("berth-build: argument {a:?} is not UTF-8");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut argv = argv.into_iter();
     let Some(cmd) = argv.next() else {
         note!("{USAGE}");
         return ExitCode::from(2);

@@ -293,6 +293,20 @@ fn errors_are_one_line_and_nonzero() {
         assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
         assert!(err.contains(want), "{args:?}: {want:?} not in {err}");
     }
+    // A path that is not UTF-8 is refused, not changed into another one
+    // (nor a panic).
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(BIN)
+        .args(["unpack", &image])
+        .arg(std::ffi::OsStr::from_bytes(b"/tmp/berth-\xff\xfe"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        r#"berth-build: argument "/tmp/berth-\xFF\xFE" is not UTF-8"#
+    );
     // A corrupted layer: the message names the image and the blob.
     let blobs = s.0.join("img/blobs/sha256");
     let biggest = fs::read_dir(&blobs)

@@ -175,7 +175,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
 
 fn main() {
     let start = now_ms();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let argv = utf8_args();
     // The one-shot commands write to stdout and end: a closed pipe ends
     // them too (PID 1 keeps SIGPIPE ignored).
     if argv
@@ -570,6 +570,26 @@ fn check_manifest(path: &Path, images: &Path) -> ! {
 }
 
 /// Machine or not: see the module documentation.
+/// The arguments as text. The kernel hands PID 1 the command-line words
+/// it does not know, in whatever bytes they were typed: as PID 1 a word
+/// that is not UTF-8 is taken lossily (one such word must not end the
+/// machine; unknown words are ignored there anyway). Elsewhere it is a
+/// usage error.
+fn utf8_args() -> Vec<String> {
+    let pid1 = std::process::id() == 1;
+    std::env::args_os()
+        .skip(1)
+        .map(|a| match a.into_string() {
+            Ok(s) => s,
+            Err(a) if pid1 => a.to_string_lossy().into_owned(),
+            Err(a) => {
+                eprintln!("berth-init: argument {a:?} is not UTF-8");
+                exit_with(2);
+            }
+        })
+        .collect()
+}
+
 fn detect_role() -> Role {
     if std::process::id() != 1 {
         return Role::Process;

@@ -368,6 +368,40 @@ fn invalid_manifest_is_refused_with_a_clear_error() {
         )),
         "{err}"
     );
+    // Arguments that are not UTF-8: a usage error for a command; for PID 1
+    // (which the kernel gives the command-line words it does not know, as
+    // typed) a word like any other, never a panic.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"qa\xff");
+    let out = Command::new(BIN).arg("--check").arg(odd).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "berth-init: argument \"qa\\xFF\" is not UTF-8\n"
+    );
+    std::fs::write(dir.join("ok.json"), r#"{"version":1}"#).unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            BIN,
+            "--manifest",
+        ])
+        .arg(dir.join("ok.json"))
+        .arg(odd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // In a pid namespace an unknown word is refused; on a machine it is
+    // ignored (`cmdline`).
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("berth-init: unknown arguments [\"qa\u{fffd}\"]"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

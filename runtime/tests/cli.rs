@@ -361,6 +361,18 @@ fn errors_are_one_line_and_go_to_the_log_too() {
     assert_eq!(entry["level"], "error");
     assert!(entry["msg"].as_str().unwrap().contains("parse config"));
     assert!(err(&root.0, &["frobnicate"]).contains("unknown command"));
+    // An id that is not UTF-8: a usage error, not a panic.
+    use std::os::unix::ffi::OsStrExt;
+    let o = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
+        .args(["--root", root.0.to_str().unwrap(), "state"])
+        .arg(std::ffi::OsStr::from_bytes(b"a\xff"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "berth-runc: argument \"a\\xFF\" is not UTF-8\n"
+    );
     assert!(err(&root.0, &["start"]).contains("missing container id"));
     assert!(
         err(&root.0, &["create", "-b", "/nonexistent", "e2"])

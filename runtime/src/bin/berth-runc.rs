@@ -130,7 +130,16 @@ fn main() -> ExitCode {
     // command quietly instead of a panic on EPIPE (runc, in Go, dies of
     // SIGPIPE on its stdout and stderr too).
     berth_runtime::sys::restore_default_sigpipe();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut argv = Vec::new();
+    for a in std::env::args_os().skip(1) {
+        match a.into_string() {
+            Ok(a) => argv.push(a),
+            Err(a) => {
+                eprintln!("berth-runc: argument {a:?} is not UTF-8");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let mut g = Global {
         root: PathBuf::from("/run/berth-runc"),
         log: None,

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::apply::{ApplyError, LayerStats, Rootfs};
@@ -22,6 +22,12 @@ pub enum UnpackError {
     DestNotEmpty { path: PathBuf },
     #[error("create {path}")]
     Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("make {path} private (mode 0700)")]
+    Private {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -127,6 +133,14 @@ pub fn unpack_bundle(
             if entries.next().is_some() || !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
                 return Err(UnpackError::DestNotEmpty { path: dest.into() });
             }
+            // As for a DEST made here (and as umoci does): the image's
+            // setuid programs and device nodes are for root alone.
+            fs::set_permissions(dest, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                UnpackError::Private {
+                    path: dest.into(),
+                    source,
+                }
+            })?;
             false
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -248,10 +248,17 @@ fn dest_must_be_empty() {
     let err = unpack(&format!("oci:{}", l.dir.display()), &dest, None).unwrap_err();
     assert!(err.contains("not an empty directory"), "{err}");
     assert!(dest.join("x").exists());
-    // An existing empty directory is fine.
+    // An existing empty directory is fine, and made private as a new one
+    // is (the image's setuid programs are not for every host user).
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let empty = s.path().join("empty");
-    fs::create_dir(&empty).unwrap();
+    fs::DirBuilder::new().mode(0o755).create(&empty).unwrap();
     unpack(&format!("oci:{}", l.dir.display()), &empty, None).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&empty), 0o700);
+    let new = s.path().join("new");
+    unpack(&format!("oci:{}", l.dir.display()), &new, None).unwrap();
+    assert_eq!(mode(&new), 0o700);
 }
 
 #[test]

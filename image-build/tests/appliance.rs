@@ -306,27 +306,33 @@ fn bad_inputs_fail_with_a_clear_error_and_no_output() {
         "{err}"
     );
 
-    // An OUTDIR that is not a previous output is not replaced.
+    // An OUTDIR that is not a previous output is not replaced: other
+    // files, or directories with an output's names.
     let precious = dir.join("precious");
     fs::create_dir_all(&precious).unwrap();
     fs::write(precious.join("notes.txt"), "keep me").unwrap();
-    let o = berth_build(&[
-        "build",
-        manifest.to_str().unwrap(),
-        "-o",
-        precious.to_str().unwrap(),
-        "--kernel",
-        kernel().root.to_str().unwrap(),
-        "--init",
-        init.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("refusing to replace it"), "{err}");
-    assert_eq!(
-        fs::read_to_string(precious.join("notes.txt")).unwrap(),
-        "keep me"
-    );
+    let odd = dir.join("odd");
+    fs::create_dir_all(odd.join("vmlinuz/important")).unwrap();
+    fs::write(odd.join("vmlinuz/important/data"), "keep me").unwrap();
+    for (out, kept) in [
+        (&precious, precious.join("notes.txt")),
+        (&odd, odd.join("vmlinuz/important/data")),
+    ] {
+        let o = berth_build(&[
+            "build",
+            manifest.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--kernel",
+            kernel().root.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("refusing to replace it"), "{err}");
+        assert_eq!(fs::read_to_string(kept).unwrap(), "keep me");
+    }
 
     // A missing image.
     fs::write(

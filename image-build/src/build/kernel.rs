@@ -38,6 +38,12 @@ pub enum KernelError {
     ManyReleases { count: usize, releases: String },
     #[error("missing {what}")]
     Missing { what: String },
+    /// A link could name any file of the build host, which would go into
+    /// the appliance.
+    #[error(
+        "{what} is a symlink, not a file of the tree (the appliance takes files, not what links reach)"
+    )]
+    Symlink { what: String },
     #[error("CONFIG_RD_ZSTD is not y in {config}: it cannot unpack a zstd initramfs")]
     NoZstd { config: String },
     #[error("read {path}")]
@@ -141,8 +147,14 @@ impl KernelTree {
         };
         let missing = |what: String| KernelError::Missing { what };
         let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
-        if !vmlinuz.is_file() {
-            return Err(missing(format!("boot/vmlinuz-{release}")));
+        match fs::symlink_metadata(&vmlinuz) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(KernelError::Symlink {
+                    what: format!("boot/vmlinuz-{release}"),
+                });
+            }
+            _ => return Err(missing(format!("boot/vmlinuz-{release}"))),
         }
         let config = root.join(format!("boot/config-{release}"));
         let config_text =
@@ -297,16 +309,27 @@ fn index_modules(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => return Err(KernelError::Read { path: dir, source }),
     };
-    let mut names: Vec<(String, bool)> = entries
+    let mut names: Vec<(String, bool, bool)> = entries
         .filter_map(|e| e.ok())
         .map(|e| {
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            (e.file_name().to_string_lossy().into_owned(), is_dir)
+            let kind = e.file_type().ok();
+            let is_dir = kind.is_some_and(|t| t.is_dir());
+            let is_link = kind.is_some_and(|t| t.is_symlink());
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                is_dir,
+                is_link,
+            )
         })
         .collect();
     names.sort();
-    for (name, is_dir) in names {
+    for (name, is_dir, is_link) in names {
         let path = format!("{rel}/{name}");
+        if is_link && name.contains(".ko") {
+            return Err(KernelError::Symlink {
+                what: format!("module {path}"),
+            });
+        }
         if is_dir {
             index_modules(base, &path, out)?;
         } else if name.ends_with(".ko") {
@@ -342,6 +365,38 @@ mod tests {
             path: path.into(),
             deps: deps.iter().map(|d| d.to_string()).collect(),
         }
+    }
+
+    /// A link in the tree could name any file of the build host: the
+    /// kernel image and the modules must be files of the tree.
+    #[test]
+    fn symlinks_to_the_kernel_or_a_module_are_refused() {
+        let root = std::env::temp_dir().join(format!("berth-ktree-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let r = "6.1.0-0-cloud-amd64";
+        let modules = root.join(format!("lib/modules/{r}/kernel"));
+        fs::create_dir_all(&modules).unwrap();
+        fs::create_dir_all(root.join("boot")).unwrap();
+        fs::write(root.join(format!("boot/config-{r}")), "CONFIG_RD_ZSTD=y\n").unwrap();
+        fs::write(root.join("secret"), "the build host's").unwrap();
+        std::os::unix::fs::symlink(root.join("secret"), root.join(format!("boot/vmlinuz-{r}")))
+            .unwrap();
+        let err = KernelTree::open(&root).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "boot/vmlinuz-{r} is a symlink, not a file of the tree (the appliance takes files, not what links reach)"
+            )
+        );
+        fs::remove_file(root.join(format!("boot/vmlinuz-{r}"))).unwrap();
+        fs::write(root.join(format!("boot/vmlinuz-{r}")), "bzImage").unwrap();
+        std::os::unix::fs::symlink(root.join("secret"), modules.join("evil.ko")).unwrap();
+        let err = KernelTree::open(&root).unwrap_err().to_string();
+        assert!(
+            err.starts_with("module kernel/evil.ko is a symlink"),
+            "{err}"
+        );
+        fs::remove_dir_all(&root).unwrap();
     }
 
     /// What we write is what berth-init reads: load order deps first.

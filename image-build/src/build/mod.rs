@@ -827,15 +827,17 @@ fn check_replaceable(out: &Path) -> Result<(), BuildError> {
         source,
     })?;
     for e in entries {
-        let name = e
-            .map_err(|source| BuildError::Output {
-                path: out.to_owned(),
-                source,
-            })?
-            .file_name();
-        if name != "initrd.img" && name != "vmlinuz" {
+        let e = e.map_err(|source| BuildError::Output {
+            path: out.to_owned(),
+            source,
+        })?;
+        let name = e.file_name();
+        // A build writes files: a directory of that name holds something
+        // else, which the replacement would delete.
+        let file = e.file_type().is_ok_and(|t| t.is_file());
+        if !file || (name != "initrd.img" && name != "vmlinuz") {
             return Err(refuse(format!(
-                "exists and holds {name:?}, not only a previous build's initrd.img and vmlinuz: \
+                "exists and holds {name:?}, not only a previous build's initrd.img and vmlinuz files: \
                  refusing to replace it"
             )));
         }

@@ -289,11 +289,39 @@ fn check_env(entry: &str) -> Result<(&str, &str), SpecError> {
     }
 }
 
-fn set_env(env: &mut Vec<String>, name: &str, entry: String) {
-    let prefix = format!("{name}=");
-    match env.iter_mut().find(|e| e.starts_with(&prefix)) {
-        Some(slot) => *slot = entry,
-        None => env.push(entry),
+/// An environment being built: entries in the order their names first
+/// appeared, found by name in constant time (an image may list hundreds of
+/// thousands; a search per entry made that quadratic).
+#[derive(Default)]
+struct Env {
+    slots: Vec<Option<String>>,
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+impl Env {
+    fn set(&mut self, name: &str, entry: String) {
+        match self.by_name.get(name) {
+            Some(&i) => self.slots[i] = Some(entry),
+            None => {
+                self.by_name.insert(name.to_owned(), self.slots.len());
+                self.slots.push(Some(entry));
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        let i = *self.by_name.get(name)?;
+        self.slots[i].as_deref()
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(i) = self.by_name.remove(name) {
+            self.slots[i] = None;
+        }
+    }
+
+    fn into_vec(self) -> Vec<String> {
+        self.slots.into_iter().flatten().collect()
     }
 }
 
@@ -304,33 +332,33 @@ pub fn build_env(
     overrides: &[String],
     home: Option<&str>,
 ) -> Result<Vec<String>, SpecError> {
-    let mut env: Vec<String> = Vec::new();
+    let mut env = Env::default();
     for e in image {
         let (name, _) = check_env(e)?;
-        set_env(&mut env, name, e.clone());
+        env.set(name, e.clone());
     }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push(DEFAULT_PATH.to_string());
+    if env.get("PATH").is_none() {
+        env.set("PATH", DEFAULT_PATH.to_string());
     }
     for o in overrides {
         if o.contains('=') {
             let (name, _) = check_env(o)?;
-            set_env(&mut env, name, o.clone());
+            env.set(name, o.clone());
         } else if o.is_empty() || o.contains('\0') {
             return Err(SpecError::BadEnv { entry: o.clone() });
         } else {
-            let prefix = format!("{o}=");
-            env.retain(|e| !e.starts_with(&prefix));
+            env.remove(o);
         }
     }
-    if !env.iter().any(|e| e.len() > 5 && e.starts_with("HOME=")) {
-        env.retain(|e| e != "HOME=");
-        env.push(format!(
-            "HOME={}",
-            home.filter(|h| !h.is_empty()).unwrap_or("/")
-        ));
+    if env.get("HOME").is_none_or(|h| h == "HOME=") {
+        // An empty HOME goes, and HOME comes last.
+        env.remove("HOME");
+        env.set(
+            "HOME",
+            format!("HOME={}", home.filter(|h| !h.is_empty()).unwrap_or("/")),
+        );
     }
-    Ok(env)
+    Ok(env.into_vec())
 }
 
 /// `args = E ++ C` with Docker's override rule.
@@ -565,6 +593,16 @@ mod tests {
         for bad in ["=x", "NOEQUALS", "A=\0"] {
             assert!(build_env(&s(&[bad]), &[], None).is_err(), "{bad}");
         }
+        // A config of 200,000 entries (2 MB, well under the 16 MiB cap):
+        // each name twice, the second one wins, in first-seen order.
+        let image: Vec<String> = (0..2)
+            .flat_map(|round| (0..100_000).map(move |i| format!("V{i}={round}")))
+            .collect();
+        let env = build_env(&image, &s(&["V7", "V8=x"]), None).unwrap();
+        assert_eq!(env.len(), 100_000 - 1 + 2);
+        assert_eq!(env[0], "V0=1");
+        assert_eq!(env[7], "V8=x");
+        assert_eq!(env[99_998], "V99999=1");
     }
 
     fn config(entry: &[&str], cmd: &[&str]) -> ImageConfig {

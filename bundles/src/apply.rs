@@ -44,6 +44,15 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
+/// A tar reading error whose text is safe to print: the tar crate puts the
+/// raw bytes of a bad header (a name, a field) into its messages, and those
+/// may hold a newline (a forged second line) or a terminal escape.
+pub fn tar_read_error(e: io::Error) -> ApplyError {
+    ApplyError::ReadEntry {
+        source: crate::printable_io(e),
+    }
+}
+
 /// Errors of applying a layer to a root directory.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -362,11 +371,9 @@ impl Rootfs {
             stats: LayerStats::default(),
             buf: vec![0; COPY_BUF],
         };
-        let entries = archive
-            .entries()
-            .map_err(|source| ApplyError::ReadEntry { source })?;
+        let entries = archive.entries().map_err(tar_read_error)?;
         for entry in entries {
-            let mut entry = entry.map_err(|source| ApplyError::ReadEntry { source })?;
+            let mut entry = entry.map_err(tar_read_error)?;
             state.stats.entries += 1;
             self.apply_entry(&mut state, &mut entry)?;
         }
@@ -571,7 +578,7 @@ impl Rootfs {
             other => {
                 return Err(ApplyError::UnsupportedType {
                     path: show(&path),
-                    kind: format!("{other:?}"),
+                    kind: type_name(other),
                 });
             }
         }
@@ -827,7 +834,13 @@ pub enum ReadEntry {
 pub fn read_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
 ) -> Result<(Vec<u8>, ReadEntry), ApplyError> {
-    let kind = entry.header().entry_type();
+    let mut kind = entry.header().entry_type();
+    // An old-style entry (type NUL, before ustar had a directory type)
+    // whose name ends in `/` is a directory, for Go's archive/tar, GNU tar
+    // and Python's tarfile alike.
+    if entry.header().as_bytes()[156] == 0 && entry.path_bytes().ends_with(b"/") {
+        kind = EntryType::Directory;
+    }
     if kind == EntryType::XGlobalHeader {
         // Archive-wide PAX defaults (comments, mostly); containerd and
         // moby ignore them too.
@@ -940,7 +953,7 @@ pub fn read_entry<R: Read>(
         other => {
             return Err(ApplyError::UnsupportedType {
                 path: show(&path),
-                kind: format!("{other:?}"),
+                kind: type_name(other),
             });
         }
     }
@@ -953,6 +966,18 @@ pub fn read_entry<R: Read>(
         xattrs,
     };
     Ok((path, ReadEntry::Create { kind, meta }))
+}
+
+/// An entry type for messages: what it is, and its typeflag as written.
+fn type_name(kind: EntryType) -> String {
+    let what = match kind {
+        EntryType::Continuous => "contiguous file",
+        EntryType::GNUSparse => "GNU sparse file",
+        EntryType::GNULongName | EntryType::GNULongLink => "GNU long name",
+        EntryType::XHeader => "pax extension",
+        _ => "unknown",
+    };
+    format!("{what} (typeflag {:?})", char::from(kind.as_byte()))
 }
 
 /// Entry types whose header is the whole entry: a size other than zero is
@@ -1143,11 +1168,27 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
         for ext in exts {
             let ext = ext?;
             let key = ext.key_bytes();
+            let bad = |what: &str| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "pax record {what}={:?} is not a valid value",
+                        String::from_utf8_lossy(ext.value_bytes())
+                    ),
+                )
+            };
             if key.starts_with(b"GNU.sparse.") {
                 sparse = true;
             } else if key == b"mtime" {
-                if let Some(t) = parse_pax_time(ext.value_bytes()) {
-                    ts = t;
+                // Not the header's time instead: a bad record is refused.
+                ts = parse_pax_time(ext.value_bytes()).ok_or_else(|| bad("mtime"))?;
+            } else if matches!(key, b"uid" | b"gid" | b"size") {
+                // The tar crate keeps the header's value when it cannot
+                // parse these: uid=-1 would make a setuid file root's, and
+                // a size it ignored decides where the next entry starts.
+                let value = std::str::from_utf8(ext.value_bytes()).ok();
+                if value.and_then(|v| v.parse::<u64>().ok()).is_none() {
+                    return Err(bad(&String::from_utf8_lossy(key)));
                 }
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));

@@ -740,7 +740,7 @@ impl Image {
             ImageRef::DockerArchive { path, reference } => {
                 let members = index_archive(path).map_err(|source| ImageError::ArchiveIndex {
                     image: name.clone(),
-                    source,
+                    source: crate::printable_io(source),
                 })?;
                 let store = Store::Archive {
                     path: path.clone(),

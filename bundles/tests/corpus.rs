@@ -371,6 +371,42 @@ fn regular_files_modes_owners_times() {
     assert_eq!(fs::metadata(r.join("empty")).unwrap().len(), 0);
 }
 
+/// The tar crate quotes a bad header's raw name in its error: a newline in
+/// it must not forge a second line of the one-line error, nor an escape
+/// sequence reach the terminal.
+#[test]
+fn tar_errors_print_no_control_characters() {
+    let w = World::new("tar-error-text");
+    let mut bytes = tar(&[E::file("x\u{1b}]0;PWNED\u{7}\nforged line", b"")]);
+    bytes[148..156].copy_from_slice(b"zzzzzzzz");
+    let rootfs = Rootfs::open(&w.root()).unwrap();
+    let err = rootfs.apply_layer(&bytes[..]).unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("cksum"), "{chain}");
+    assert!(
+        !chain.contains('\n') && !chain.contains('\u{1b}'),
+        "{chain:?}"
+    );
+    assert!(chain.contains("\\nforged line"), "{chain}");
+}
+
+/// Before ustar, a directory was a NUL-typed entry whose name ends in `/`:
+/// Go's archive/tar, GNU tar and Python's tarfile read it so.
+#[test]
+fn old_style_entries_ending_in_a_slash_are_directories() {
+    let w = World::new("v7-dir");
+    let mut dir = E::file("vd/", b"");
+    dir.kind = 0;
+    let mut file = E::file("vd/x", b"abc");
+    file.kind = 0;
+    let mut plain = E::file("f", b"z");
+    plain.kind = 0;
+    w.apply(&[vec![dir, file, plain]]).unwrap();
+    assert!(w.root().join("vd").is_dir());
+    assert_eq!(fs::read(w.root().join("vd/x")).unwrap(), b"abc");
+    assert!(w.root().join("f").is_file());
+}
+
 #[test]
 fn symlinks_hardlinks_devices_fifos() {
     let w = World::new("types");
@@ -635,10 +671,44 @@ fn refused_entries() {
             "uid -1",
             vec![E::file("u", b"").owner(0, 0).pax("uid", "4294967295")],
         ),
+        // Records the tar crate cannot parse and would replace with the
+        // header's value (root, for a setuid file meant for uid -1).
+        (
+            "pax uid=-1",
+            vec![E::file("u", b"").mode(0o4755).pax("uid", "-1")],
+        ),
+        (
+            "pax gid",
+            vec![E::file("u", b"").pax("gid", "99999999999999999999999")],
+        ),
+        ("pax mtime", vec![E::file("u", b"").pax("mtime", "abc")]),
+        ("pax size", vec![E::file("u", b"").pax("size", "-1")]),
         ("root as file", vec![E::file(".", b"")]),
     ] {
         assert!(w.apply(&[entries]).is_err(), "{name} accepted");
     }
+    // Types are named by what they are and their typeflag.
+    for (kind, says) in [
+        (b'Z', "unsupported entry type unknown (typeflag 'Z')"),
+        (
+            b'7',
+            "unsupported entry type contiguous file (typeflag '7')",
+        ),
+    ] {
+        let mut e = E::file("t", b"");
+        e.kind = kind;
+        let err = w.apply(&[vec![e]]).unwrap_err().to_string();
+        assert!(err.ends_with(says), "{err}");
+    }
+    let err = w
+        .apply(&[vec![E::file("u", b"").pax("uid", "-1")]])
+        .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        chain.contains("pax record uid=\"-1\" is not a valid value"),
+        "{chain}"
+    );
+    assert!(!w.root().join("u").exists());
     // A sparse file as GNU tar writes it in PAX format 1.0: a plain file
     // named GNUSparseFile.PID/NAME that starts with the map of its data.
     // Taken for what it claims to be, it would unpack as the map under

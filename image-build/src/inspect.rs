@@ -68,8 +68,10 @@ pub fn to_text(image: &Image) -> String {
     let _ = writeln!(s, "user:       {:?}", cfg.user);
     let _ = writeln!(s, "workdir:    {:?}", cfg.working_dir);
     let _ = writeln!(s, "env:");
+    // From the image: a newline would forge a line of this output, an
+    // escape sequence would reach the terminal.
     for e in &cfg.env {
-        let _ = writeln!(s, "  {e}");
+        let _ = writeln!(s, "  {}", berth_bundles::printable(e));
     }
     let _ = writeln!(s, "layers:");
     for l in &image.layers {

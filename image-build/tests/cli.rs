@@ -244,6 +244,19 @@ fn inspect_text_and_json() {
     assert!(layer["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(layer["compression"], "gzip");
     assert!(layer["size"].as_u64().unwrap() > 100_000);
+    // An Env entry with a newline and an escape sequence: no forged line,
+    // nothing for the terminal.
+    let d = s.0.display();
+    sh(&format!(
+        "umoci config --image {d}/img:v1 --tag evil --config.env \"EVIL=a$(printf '\\nlayer sha256:fake\\033[31m')\""
+    ));
+    let out = berth(&["inspect", &format!("oci:{d}/img:evil")]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("  EVIL=a\\nlayer sha256:fake\\u{1b}[31m\n"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "{text:?}");
 }
 
 #[test]

@@ -95,7 +95,13 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        // The path holds names the manifest gave (units, keys).
+        write!(
+            f,
+            "{}: {}",
+            berth_bundles::printable(&self.path),
+            self.message
+        )
     }
 }
 
@@ -1649,6 +1655,10 @@ mod tests {
             (img(r#","cwd":"srv""#), "services.a.cwd: \"srv\" must be an absolute path"),
             (img(r#","user":"1000:x""#), "services.a.user: \"1000:x\" is not a name, uid or uid:gid"),
             (img(r#","network":"bridge""#), "services.a.network: unknown mode \"bridge\""),
+            (
+                r#"{"version":1,"services":[{"name":"a\nb\u001b[31m","host":true,"command":["x"]}]}"#.into(),
+                "services.a\\nb\\u{1b}[31m.name: ",
+            ),
             (img(r#","seccomp":"runtime/default""#), "services.a.seccomp: unknown profile \"runtime/default\" (expected default or unconfined)"),
             (svc(r#","seccomp":"unconfined""#), "services.a.seccomp: not supported for host programs"),
             (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","seccomp":"default"}]}"#.into(), "tasks.a.seccomp: not supported for bundles"),

@@ -28,7 +28,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use berth_bundles::Platform;
-use berth_bundles::apply::{ApplyError, ReadEntry, read_entry};
+use berth_bundles::apply::{ApplyError, ReadEntry, read_entry, tar_read_error};
 use berth_bundles::digest::{Hasher, Sha256Digest};
 use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
 use berth_bundles::tar_guard::TarGuard;
@@ -573,12 +573,10 @@ fn check_entries(
 ) -> Result<Option<FileData>, ApplyError> {
     let mut archive = tar::Archive::new(TarGuard::new(reader));
     archive.set_ignore_zeros(false);
-    let entries = archive
-        .entries()
-        .map_err(|source| ApplyError::ReadEntry { source })?;
+    let entries = archive.entries().map_err(tar_read_error)?;
     let mut last = None;
     for entry in entries {
-        let mut entry = entry.map_err(|source| ApplyError::ReadEntry { source })?;
+        let mut entry = entry.map_err(tar_read_error)?;
         if let Some(data) = check_entry(&mut entry, index, facts)? {
             last = Some(data);
         }

@@ -273,6 +273,9 @@ fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
             "images": {"bb": "oci:layout:bb"},
             "sysctls": {"vm.dirty_writeback_centisecs": "0", "vm.dirty_expire_centisecs": "60000"},
             "data_disk": {"device": "/dev/vda", "fstype": "ext4", "options": ["commit=600"]},
+            // Log files on the data disk, open until the shutdown: PID 1
+            // closes them before it unmounts the disk.
+            "log": {"files": {"dir": "/data/log"}},
             "services": [
                 {"name": "writer", "image": "bb", "command": ["/bin/sh", "-c", writer_script()],
                  "network": "none",
@@ -339,6 +342,25 @@ fn records_written_by_a_service_survive_a_power_off_and_a_reboot() {
     );
     for (i, line) in lines.iter().enumerate() {
         assert!(line.starts_with(&format!("record {} ", i + 1)), "{line}");
+    }
+    // The log files were on that disk, up to the shutdown.
+    for (file, line) in [
+        (
+            "/log/writer.log",
+            format!("writer: wrote {RECORDS} records"),
+        ),
+        (
+            "/log/berth.log",
+            "berth: service writer stopped".to_string(),
+        ),
+    ] {
+        let cat = std::process::Command::new("debugfs")
+            .args(["-R", &format!("cat {file}")])
+            .arg(&disk)
+            .output()
+            .expect("debugfs missing: apt-get install e2fsprogs");
+        let text = String::from_utf8_lossy(&cat.stdout);
+        assert!(text.contains(&line), "{file} lacks {line:?}:\n{text}");
     }
 
     // Second boot, same disk: the service reads them back.

@@ -987,15 +987,47 @@ fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
         Outcome::Fatal(_) => load_on_fatal(),
     };
     nix::unistd::sync();
+    // The log files may be on the data disk.
+    logging::close_files();
+    unmount_data_disk();
     // Reverse order of the boot mounts; lazily, as a busy mount must not
     // keep the machine up.
-    let mut targets: Vec<&str> = bootplan::boot_mounts().iter().map(|s| s.target).collect();
-    targets.push(DATA_DIR);
-    for target in targets.iter().rev() {
-        let _ = nix::mount::umount2(*target, MntFlags::MNT_DETACH);
+    for m in bootplan::boot_mounts().iter().rev() {
+        let _ = nix::mount::umount2(m.target, MntFlags::MNT_DETACH);
     }
     timeline(start, "shutdown complete");
     power_down(action);
+}
+
+/// Unmounts the data disk for real, which closes its journal and marks it
+/// clean. A lazy detach of a busy mount would only hide it: the
+/// filesystem would stay live until the power-off and need recovery at
+/// the next mount. When something still holds it, a read-only remount
+/// does what matters (ext4 then writes a clean superblock), and the mount
+/// is then detached.
+fn unmount_data_disk() {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(DATA_DIR)));
+    if !mounted {
+        return;
+    }
+    let Err(busy) = nix::mount::umount2(DATA_DIR, MntFlags::empty()) else {
+        return;
+    };
+    let remount = nix::mount::mount(
+        None::<&str>,
+        DATA_DIR,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    match remount {
+        Ok(()) => log::warn!("unmount {DATA_DIR}: {busy}; remounted read-only instead"),
+        Err(e) => log::error!(
+            "unmount {DATA_DIR}: {busy}; read-only remount: {e}: the data disk will need recovery at the next boot"
+        ),
+    }
+    let _ = nix::mount::umount2(DATA_DIR, MntFlags::MNT_DETACH);
 }
 
 fn power_down(action: FatalAction) -> ! {

@@ -322,6 +322,18 @@ pub fn unit_line(unit: usize, stream: Stream, line: &[u8], cut: bool) {
     }
 }
 
+/// Closes every log file and the log directory, for the shutdown: an open
+/// file keeps the data disk busy, and a busy disk is not cleanly
+/// unmounted. Lines after this go to the console (and syslog) only.
+pub fn close_files() {
+    if let Some(hub) = hub().as_mut() {
+        for u in &mut hub.units {
+            u.file = None;
+        }
+        hub.log_dir = None;
+    }
+}
+
 /// Writes what the console takes now; true if bytes are still waiting.
 pub fn flush_console() -> bool {
     let mut guard = hub();

@@ -448,8 +448,11 @@ impl ContainerLauncher {
             Source::Image(image) => self
                 .prepare_image(name, image, program)
                 .map(|(plan, bytes, read_only)| (plan, format!("image {image}"), bytes, read_only)),
-            Source::Bundle(dir) => prepare_bundle(dir)
-                .map(|plan| (plan, format!("bundle {}", dir.display()), Some(0), false)),
+            Source::Bundle(dir) => {
+                let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+                prepare_bundle(dir, name, parent)
+                    .map(|plan| (plan, format!("bundle {}", dir.display()), Some(0), false))
+            }
         };
         match result {
             Ok((plan, what, bytes, read_only)) => {
@@ -1143,8 +1146,26 @@ fn is_permanent(e: &ContainerError) -> bool {
     }
 }
 
-fn prepare_bundle(dir: &Path) -> Result<Plan, PrepareError> {
-    let (spec, rootfs) = bundle_spec(dir)?;
+/// A bundle unit's plan. A config.json without `linux.cgroupsPath` gets the
+/// unit's cgroup, as runc and crun give every container one: deleting the
+/// container then ends what it left behind, which a bundle without a pid
+/// namespace of its own would otherwise leave under PID 1 at every restart.
+fn prepare_bundle(
+    dir: &Path,
+    name: &str,
+    cgroup_parent: Option<&str>,
+) -> Result<Plan, PrepareError> {
+    let (mut spec, rootfs) = bundle_spec(dir)?;
+    if let Some(parent) = cgroup_parent
+        && spec
+            .linux()
+            .as_ref()
+            .is_none_or(|l| l.cgroups_path().is_none())
+    {
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/{parent}/{name}"))));
+        spec.set_linux(Some(linux));
+    }
     Ok(Plan::Ready {
         spec: Box::new(spec),
         rootfs,
@@ -1476,6 +1497,8 @@ impl Launcher for ContainerLauncher {
 
     fn reaped(&mut self, name: &str, pid: Pid, status: ExitStatus) {
         let Some(mut container) = self.live.remove(name) else {
+            // A host unit.
+            self.host.reaped(name, pid, status);
             return;
         };
         if container.pid() != pid.as_raw() {

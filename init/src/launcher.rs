@@ -278,7 +278,19 @@ impl Launcher for ProcessLauncher {
         })
     }
 
-    fn reaped(&mut self, _name: &str, _pid: Pid, _status: ExitStatus) {
-        // A host process leaves nothing behind once reaped.
+    /// What the unit's first process left in its process group goes with
+    /// it (tini's `-g`, systemd's default KillMode): a daemon a unit forked
+    /// and forgot would otherwise pile up under PID 1 at every restart,
+    /// each holding the unit's output pipe, until PID 1 runs out of fds.
+    /// The group's id stays taken while a member lives, so it cannot name
+    /// a newer process.
+    fn reaped(&mut self, name: &str, pid: Pid, _status: ExitStatus) {
+        match nix::sys::signal::killpg(pid, Signal::SIGKILL) {
+            Ok(()) => log::warn!(
+                "unit {name}: killed the processes its first process left behind (process group {pid})"
+            ),
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => log::warn!("unit {name}: kill process group {pid}: {e}"),
+        }
     }
 }

@@ -794,6 +794,67 @@ fn bundle_unit_runs_its_config_as_is() {
     assert!(!p.dump().contains("bundled: "), "{}", p.dump());
 }
 
+/// A unit whose first process exits leaves nothing behind: a host unit's
+/// process group is killed, and a bundle without a pid namespace of its
+/// own gets the unit's cgroup, whose removal kills what is in it. Without
+/// that, every restart added a process (and two pipe fds of PID 1's).
+#[test]
+fn what_a_unit_leaves_behind_ends_with_it() {
+    let w = World::new("leftovers");
+    let script = "sleep 1000 & echo left $!; sleep 0.1; exit 1";
+    let bundle = w.dir.join("bundle");
+    busybox_root(&bundle.join("rootfs"), None);
+    let mut spec = berth_bundles::spec::default_spec();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec!["/bin/sh".into(), "-c".into(), script.into()]));
+    process.set_env(Some(vec!["PATH=/bin".into()]));
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("rootfs".into());
+    spec.set_root(Some(root));
+    // In PID 1's pid namespace, like a host agent.
+    let mut linux = spec.linux().clone().unwrap();
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    linux.set_namespaces(Some(
+        namespaces
+            .into_iter()
+            .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid)
+            .collect(),
+    ));
+    spec.set_linux(Some(linux));
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let restart =
+        r#""restart":{"backoff":{"initial":"100ms"},"start_limit":{"count":3,"interval":"1m"}}"#;
+    let m = format!(
+        r#"{{"version":1,"services":[
+            {{"name":"host","host":true,"command":["{BUSYBOX}","sh","-c",{script}],{restart}}},
+            {{"name":"bundled","bundle":{bundle},{restart}}}]}}"#,
+        script = serde_json::to_string(&format!("PATH=/bin:/usr/bin; {script}")).unwrap(),
+        bundle = serde_json::to_string(&bundle).unwrap(),
+    );
+    let mut p = w.start(&m);
+    for name in ["host", "bundled"] {
+        p.wait_for(&format!(
+            "berth: service {name} failed: start limit reached"
+        ));
+        p.wait_for_nth(&format!("{name}: left "), 3);
+    }
+    p.wait_for_nth(
+        "berth: unit host: killed the processes its first process left behind",
+        3,
+    );
+    // Only PID 1 is left in its namespace.
+    eventually(&p, "the leftovers to be gone", || {
+        p.namespace_pids().len() == 1
+    });
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
 #[test]
 fn manifest_overrides_reach_the_container() {
     let w = World::new("overrides");

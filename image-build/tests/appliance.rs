@@ -806,6 +806,64 @@ fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
         "{err}"
     );
 
+    // Entries the unpacker cannot place: a hardlink to nothing, a file
+    // below a dangling symlink. Each unit would fail at every start.
+    let entry = |name: &str, kind: tar::EntryType, link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        if let Some(link) = link {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h.set_cksum();
+        h
+    };
+    for (name, entries, says) in [
+        (
+            "hardlink",
+            vec![entry("h", tar::EntryType::Link, Some("missing/target"))],
+            r#"tar entry "h": hardlink target "missing/target" does not exist"#,
+        ),
+        (
+            "dangling",
+            vec![
+                entry("a", tar::EntryType::Symlink, Some("/nowhere")),
+                entry("a/x", tar::EntryType::Regular, None),
+            ],
+            r#"tar entry "a/x": parent "a" is a dangling symlink"#,
+        ),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&entry("bin/true", tar::EntryType::Regular, None), &[][..])
+            .unwrap();
+        for h in entries {
+            b.append(&h, &[][..]).unwrap();
+        }
+        one_layer_layout(&dir, name, &b.into_inner().unwrap(), cmd.clone());
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "images": {{"{name}": "oci:{name}:{name}"}}, "services": [{{"name": "s", "image": "{name}"}}]}}"#
+            ),
+        )
+        .unwrap();
+        let err = one_line_err(&manifest, &out);
+        assert!(err.contains(says), "{name}: {err}");
+        // The unpacker says the same.
+        let o = berth_build(&[
+            "unpack",
+            &format!("oci:{}:{name}", dir.join(name).display()),
+            dir.join(format!("unpacked-{name}")).to_str().unwrap(),
+        ]);
+        let unpack_err = String::from_utf8_lossy(&o.stderr);
+        assert!(unpack_err.contains(says), "{name}: {unpack_err}");
+    }
+
     // A header the unpacker cannot read (no uid).
     let mut h = tar::Header::new_ustar();
     h.as_old_mut().name[..8].copy_from_slice(b"bin/true");

@@ -34,7 +34,7 @@ use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef
 use berth_bundles::tar_guard::TarGuard;
 use serde_json::json;
 
-use super::tree::{Found, ImageTree, Node};
+use super::tree::{Found, ImageTree, LinkTarget, Node, Refusal};
 
 /// Why an image could not be packed.
 #[derive(Debug, thiserror::Error)]
@@ -618,16 +618,35 @@ fn check_entry(
         }
         ReadEntry::Create { kind, .. } => kind,
     };
-    // A hardlink is its target (read_entry checked it names one).
+    let shown = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    // A hardlink is its target (read_entry checked it names one), which
+    // must exist when the unpacker links it.
     let link_target = if kind == tar::EntryType::Link {
-        let target = entry.link_name_bytes().unwrap_or_default();
-        let target: Vec<&[u8]> = target
+        let raw = entry.link_name_bytes().unwrap_or_default().into_owned();
+        let target: Vec<&[u8]> = raw
             .split(|b| *b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
             .collect();
-        facts
-            .tree
-            .locate_file(&[b"/".as_slice(), &target.join(&b'/')].concat())
+        match facts.tree.link_target(&target.join(&b'/')) {
+            Ok(found) => Some(found),
+            Err(LinkTarget::TooManyLinks) => {
+                return Err(ApplyError::Fs {
+                    op: "resolve hardlink target",
+                    path: shown(&raw),
+                    source: rustix::io::Errno::LOOP.into(),
+                });
+            }
+            Err(missing_or_dir) => {
+                return Err(ApplyError::Hardlink {
+                    path: shown(&path),
+                    target: shown(&raw),
+                    reason: match missing_or_dir {
+                        LinkTarget::Directory => "is a directory",
+                        _ => "does not exist",
+                    },
+                });
+            }
+        }
     } else {
         None
     };
@@ -656,10 +675,26 @@ fn check_entry(
                 })?;
             Some(bytes)
         }
-        (tar::EntryType::Link, Some((target, _))) => facts.fact_bytes.get(&target).cloned(),
+        (tar::EntryType::Link, Some((target, Node::File { .. }))) => {
+            facts.fact_bytes.get(&target).cloned()
+        }
         _ => None,
     };
-    if let Some(at) = facts.tree.create(&path, node, index) {
+    // Where the unpacker would find no directory to create it in, it
+    // refuses the entry: so does the build.
+    let at = facts.tree.create(&path, node, index).map_err(|refusal| {
+        let (path, parent) = (shown(&path), shown(parent));
+        match refusal {
+            Refusal::ParentNotDir => ApplyError::ParentNotDirectory { path, parent },
+            Refusal::DanglingParent => ApplyError::DanglingParent { path, parent },
+            Refusal::TooManyLinks => ApplyError::Fs {
+                op: "resolve parent",
+                path,
+                source: rustix::io::Errno::LOOP.into(),
+            },
+        }
+    })?;
+    if let Some(at) = at {
         // Whatever was at `at` before is replaced, its bytes with it.
         match bytes {
             Some(bytes) => facts.fact_bytes.insert(at, bytes),

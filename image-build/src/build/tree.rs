@@ -44,6 +44,27 @@ pub enum Found {
     TooManyLinks,
 }
 
+/// Why the unpacker would refuse to create an entry where the tree says it
+/// goes (`berth_bundles::apply`): the build refuses the image for it,
+/// rather than every start of its units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The parent, or a component on the way, is not a directory.
+    ParentNotDir,
+    /// The parent is, or goes through, a symlink to nothing.
+    DanglingParent,
+    /// More than [`MAX_LINKS`] symlinks on the way, or a loop.
+    TooManyLinks,
+}
+
+/// Why a hardlink's target cannot be linked (the unpacker's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkTarget {
+    Missing,
+    Directory,
+    TooManyLinks,
+}
+
 /// The kernel's limit on symlinks followed in one lookup (`MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
 
@@ -73,11 +94,17 @@ impl ImageTree {
     /// path and its subtree. An entry whose parent is not a directory is
     /// left out (the unpacker refuses it at boot).
     /// Returns the path the entry landed at (its parent resolved).
-    pub fn create(&mut self, path: &[u8], node: Node, layer: usize) -> Option<Vec<u8>> {
-        let (parent, name) = split_last(path)?;
-        let full = self
-            .parent_path(parent, layer, true)
-            .map(|p| join(&p, name))?;
+    pub fn create(
+        &mut self,
+        path: &[u8],
+        node: Node,
+        layer: usize,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some((parent, name)) = split_last(path) else {
+            // The root: always a directory.
+            return Ok(None);
+        };
+        let full = join(&self.make_parent(parent, layer)?, name);
         let keep_below = node == Node::Dir
             && matches!(
                 self.entries.get(&full),
@@ -90,13 +117,31 @@ impl ImageTree {
             self.remove_tree(&full);
         }
         self.entries.insert(full.clone(), Entry { node, layer });
-        Some(full)
+        Ok(Some(full))
+    }
+
+    /// The node a hardlink to `path` links, as the unpacker finds it: the
+    /// parent resolved through symlinks, the last component not followed
+    /// (a link to a symlink links the symlink).
+    pub fn link_target(&self, path: &[u8]) -> Result<(Vec<u8>, Node), LinkTarget> {
+        let (parent, name) = split_last(path).ok_or(LinkTarget::Directory)?;
+        let dir = match self.walk(parent) {
+            Walk::Found(dir, Node::Dir) => dir,
+            Walk::TooManyLinks => return Err(LinkTarget::TooManyLinks),
+            _ => return Err(LinkTarget::Missing),
+        };
+        let at = join(&dir, name);
+        match self.entries.get(&at).map(|e| &e.node) {
+            None => Err(LinkTarget::Missing),
+            Some(Node::Dir) => Err(LinkTarget::Directory),
+            Some(node) => Ok((at, node.clone())),
+        }
     }
 
     /// `.wh.NAME`: `path` (the parent joined with NAME) goes, with its subtree.
     pub fn whiteout(&mut self, path: &[u8], layer: usize) {
         if let Some((parent, name)) = split_last(path)
-            && let Some(dir) = self.parent_path(parent, layer, false)
+            && let Some(dir) = self.parent_path(parent)
         {
             let path = join(&dir, name);
             self.remove_lower(&path, |p| p == path.as_slice() || under(p, &path), layer);
@@ -105,7 +150,7 @@ impl ImageTree {
 
     /// `.wh..wh..opq` in `dir`: what lower layers put below `dir` goes.
     pub fn opaque(&mut self, dir: &[u8], layer: usize) {
-        let Some(dir) = self.parent_path(dir, layer, false) else {
+        let Some(dir) = self.parent_path(dir) else {
             return;
         };
         self.remove_lower(&dir, |p| under(p, &dir), layer);
@@ -136,16 +181,25 @@ impl ImageTree {
         }
     }
 
-    /// The path of the directory `dir` names, symlinks followed; with
-    /// `make`, missing components become directories of `layer`. `None`
-    /// when a component is a file, a dangling link (without `make`: any
-    /// missing one) or a loop.
-    fn parent_path(&mut self, dir: &[u8], layer: usize, make: bool) -> Option<Vec<u8>> {
+    /// The path of the existing directory `dir` names, symlinks followed;
+    /// `None` when a component is missing, a file or a loop.
+    fn parent_path(&self, dir: &[u8]) -> Option<Vec<u8>> {
+        match self.walk(dir) {
+            Walk::Found(path, Node::Dir) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The directory `dir` names, symlinks followed, its missing
+    /// components made directories of `layer` as the unpacker makes them;
+    /// what the unpacker refuses is refused.
+    fn make_parent(&mut self, dir: &[u8], layer: usize) -> Result<Vec<u8>, Refusal> {
         loop {
             match self.walk(dir) {
-                Walk::Found(path, Node::Dir) => return Some(path),
-                // One missing component per round, made a directory.
-                Walk::Missing(path) if make => {
+                Walk::Found(path, Node::Dir) => return Ok(path),
+                Walk::Found(..) | Walk::NotDir => return Err(Refusal::ParentNotDir),
+                // A name of the entry's own path: made, one per round.
+                Walk::Missing(path, false) => {
                     self.entries.insert(
                         path,
                         Entry {
@@ -154,7 +208,9 @@ impl ImageTree {
                         },
                     );
                 }
-                _ => return None,
+                // What a symlink on the way points to is not there.
+                Walk::Missing(_, true) => return Err(Refusal::DanglingParent),
+                Walk::TooManyLinks => return Err(Refusal::TooManyLinks),
             }
         }
     }
@@ -166,7 +222,7 @@ impl ImageTree {
     pub fn resolve(&self, path: &[u8]) -> Found {
         match self.walk(path) {
             Walk::Found(_, node) => Found::Node(node),
-            Walk::Missing(_) | Walk::NotDir => Found::Missing,
+            Walk::Missing(..) | Walk::NotDir => Found::Missing,
             Walk::TooManyLinks => Found::TooManyLinks,
         }
     }
@@ -185,10 +241,12 @@ impl ImageTree {
     /// with the path it ends at.
     fn walk(&self, path: &[u8]) -> Walk {
         let mut links = 0;
-        // The components still to walk, last one first.
-        let mut todo: Vec<Vec<u8>> = split(path).into_iter().rev().collect();
+        // The components still to walk, last one first, each with whether
+        // it came from a symlink's target.
+        let mut todo: Vec<(Vec<u8>, bool)> =
+            split(path).into_iter().rev().map(|c| (c, false)).collect();
         let mut at: Vec<Vec<u8>> = Vec::new();
-        while let Some(name) = todo.pop() {
+        while let Some((name, from_link)) = todo.pop() {
             match name.as_slice() {
                 b"." => continue,
                 b".." => {
@@ -200,7 +258,7 @@ impl ImageTree {
             at.push(name);
             let joined = at.join(&b'/');
             match self.entries.get(&joined).map(|e| &e.node) {
-                None => return Walk::Missing(joined),
+                None => return Walk::Missing(joined, from_link),
                 Some(Node::Symlink(target)) => {
                     links += 1;
                     if links > MAX_LINKS {
@@ -210,7 +268,7 @@ impl ImageTree {
                     if target.starts_with(b"/") {
                         at.clear();
                     }
-                    todo.extend(split(target).into_iter().rev());
+                    todo.extend(split(target).into_iter().rev().map(|c| (c, true)));
                 }
                 Some(Node::Dir) => {}
                 Some(node) if todo.is_empty() => return Walk::Found(joined, node.clone()),
@@ -222,11 +280,11 @@ impl ImageTree {
 }
 
 /// Where a walk ended: the path it names (symlinks followed) and what is
-/// there, the first missing component, a non-directory in the middle,
-/// or too many links.
+/// there, the first missing component (and whether a symlink's target
+/// named it), a non-directory in the middle, or too many links.
 enum Walk {
     Found(Vec<u8>, Node),
-    Missing(Vec<u8>),
+    Missing(Vec<u8>, bool),
     NotDir,
     TooManyLinks,
 }
@@ -272,12 +330,13 @@ mod tests {
     /// busybox.
     fn busybox() -> ImageTree {
         let mut t = ImageTree::default();
-        t.create(b"usr/bin/busybox", file(0o755), 0);
-        t.create(b"usr/bin/sh", link("busybox"), 0);
-        t.create(b"usr/bin/abs", link("/usr/bin/busybox"), 0);
-        t.create(b"bin", link("usr/bin"), 0);
-        t.create(b"etc/passwd", file(0o644), 0);
-        t.create(b"loop", link("loop"), 0);
+        t.create(b"usr/bin/busybox", file(0o755), 0).unwrap();
+        t.create(b"usr/bin/sh", link("busybox"), 0).unwrap();
+        t.create(b"usr/bin/abs", link("/usr/bin/busybox"), 0)
+            .unwrap();
+        t.create(b"bin", link("usr/bin"), 0).unwrap();
+        t.create(b"etc/passwd", file(0o644), 0).unwrap();
+        t.create(b"loop", link("loop"), 0).unwrap();
         t
     }
 
@@ -307,25 +366,73 @@ mod tests {
         assert_eq!(t.resolve(b"/usr"), Found::Node(Node::Dir));
     }
 
+    /// What the unpacker refuses to create, the tree refuses too, so the
+    /// build fails instead of every start of the unit.
+    #[test]
+    fn parents_and_hardlink_targets_are_judged_as_the_unpacker_judges_them() {
+        let mut t = busybox();
+        // Missing parents of the entry's own path are made, through a
+        // symlink on the way too.
+        t.create(b"opt/app/bin/tool", file(0o755), 1).unwrap();
+        t.create(b"bin/sub/tool", file(0o755), 1).unwrap();
+        assert_eq!(t.resolve(b"/usr/bin/sub/tool"), Found::Node(file(0o755)));
+        // A parent that is, or goes through, a symlink to nothing.
+        t.create(b"gone", link("/nowhere"), 1).unwrap();
+        assert_eq!(
+            t.create(b"gone/x", file(0o644), 1),
+            Err(Refusal::DanglingParent)
+        );
+        t.create(b"half", link("usr/nothing/here"), 1).unwrap();
+        assert_eq!(
+            t.create(b"half/x", file(0o644), 1),
+            Err(Refusal::DanglingParent)
+        );
+        assert_eq!(t.resolve(b"/nowhere"), Found::Missing);
+        assert_eq!(
+            t.create(b"loop/x", file(0o644), 1),
+            Err(Refusal::TooManyLinks)
+        );
+        // Hardlink targets: the parent followed, the last name not.
+        assert_eq!(
+            t.link_target(b"bin/busybox"),
+            Ok((b"usr/bin/busybox".to_vec(), file(0o755)))
+        );
+        assert_eq!(
+            t.link_target(b"usr/bin/sh"),
+            Ok((b"usr/bin/sh".to_vec(), link("busybox")))
+        );
+        assert_eq!(
+            t.link_target(b"gone"),
+            Ok((b"gone".to_vec(), link("/nowhere")))
+        );
+        assert_eq!(t.link_target(b"missing/target"), Err(LinkTarget::Missing));
+        assert_eq!(t.link_target(b"usr/bin/nope"), Err(LinkTarget::Missing));
+        assert_eq!(t.link_target(b"usr/bin"), Err(LinkTarget::Directory));
+        assert_eq!(t.link_target(b"loop/x"), Err(LinkTarget::TooManyLinks));
+    }
+
     #[test]
     fn whiteouts_and_opaque_directories_remove_lower_layers_paths() {
         let mut t = busybox();
         t.whiteout(b"usr/bin/sh", 1);
         assert_eq!(t.resolve(b"/bin/sh"), Found::Missing);
         assert_eq!(t.resolve(b"/bin/busybox"), Found::Node(file(0o755)));
-        t.create(b"usr/bin/new", file(0o700), 1);
+        t.create(b"usr/bin/new", file(0o700), 1).unwrap();
         t.opaque(b"usr/bin", 1);
         assert_eq!(t.resolve(b"/bin/busybox"), Found::Missing);
         assert_eq!(t.resolve(b"/bin/new"), Found::Node(file(0o700)));
         // A file over a directory takes its subtree with it.
-        t.create(b"usr", file(0o644), 2);
+        t.create(b"usr", file(0o644), 2).unwrap();
         assert_eq!(t.resolve(b"/bin/new"), Found::Missing);
         // A directory over a directory keeps it.
         let mut t = busybox();
-        t.create(b"usr/bin", Node::Dir, 1);
+        t.create(b"usr/bin", Node::Dir, 1).unwrap();
         assert_eq!(t.resolve(b"/bin/sh"), Found::Node(file(0o755)));
-        // An entry below a file is left out, as the unpacker refuses it.
-        t.create(b"etc/passwd/x", file(0o755), 2);
+        // An entry below a file is refused, as the unpacker refuses it.
+        assert_eq!(
+            t.create(b"etc/passwd/x", file(0o755), 2),
+            Err(Refusal::ParentNotDir)
+        );
         assert_eq!(t.resolve(b"/etc/passwd/x"), Found::Missing);
     }
 
@@ -335,8 +442,8 @@ mod tests {
         // opaque markers remove only lower layers' paths, keeping this
         // layer's and their ancestors, as the unpacker does.
         let mut t = busybox();
-        t.create(b"usr/bin/tool", file(0o755), 1);
-        t.create(b"etc/app/conf", file(0o644), 1);
+        t.create(b"usr/bin/tool", file(0o755), 1).unwrap();
+        t.create(b"etc/app/conf", file(0o644), 1).unwrap();
         t.whiteout(b"usr/bin/tool", 1);
         t.whiteout(b"etc", 1);
         t.opaque(b"usr", 1);
@@ -356,7 +463,7 @@ mod tests {
     fn entries_below_a_symlinked_directory_land_where_it_points() {
         let mut t = busybox();
         // A later layer's bin/tool, bin being a link to usr/bin.
-        t.create(b"bin/tool", file(0o755), 1);
+        t.create(b"bin/tool", file(0o755), 1).unwrap();
         assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Node(file(0o755)));
         assert_eq!(t.resolve(b"/bin"), Found::Node(Node::Dir));
         // Whiteouts and opaque markers follow it too.
@@ -365,7 +472,7 @@ mod tests {
         t.opaque(b"bin", 3);
         assert_eq!(t.resolve(b"/usr/bin/busybox"), Found::Missing);
         // Missing parents are made.
-        t.create(b"opt/app/run", file(0o755), 4);
+        t.create(b"opt/app/run", file(0o755), 4).unwrap();
         assert_eq!(t.resolve(b"/opt/app/run"), Found::Node(file(0o755)));
     }
 }

@@ -79,6 +79,8 @@ enum SyslogSink {
         path: std::path::PathBuf,
         socket: Option<UnixDatagram>,
         last_try: Option<Millis>,
+        /// Messages a full receive queue refused since the last one sent.
+        dropped: u64,
     },
     Udp {
         socket: UdpSocket,
@@ -247,6 +249,7 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
             path: path.clone(),
             socket: None,
             last_try: None,
+            dropped: 0,
         }),
         Some(SyslogTarget::Udp(addr)) => {
             // UDP: bind and connect now (no peer needed); sends never block.
@@ -362,6 +365,34 @@ pub fn with_console_fd<T>(f: impl FnOnce(Option<BorrowedFd<'_>>) -> T) -> T {
     f(fd)
 }
 
+/// A service's line as it may go to the console, the files and syslog:
+/// its control characters escaped (`\x0d`, `\x1b`, and C1 controls as
+/// `\u{9b}`). A carriage return would let a service write over a line
+/// and forge one of PID 1's; an escape sequence would reach the terminal
+/// of whoever reads the console (through `berth-qemu run`, the host's).
+/// Tabs stay; other bytes, UTF-8 or not, pass unchanged. The ring keeps
+/// the line as it was.
+fn escape_controls(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let control = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+    let c1 = |w: &[u8]| matches!(w, [0xc2, 0x80..=0x9f]);
+    if !line.iter().any(|&b| control(b)) && !line.windows(2).any(c1) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len() + 8);
+    let mut bytes = line.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        if control(b) {
+            let _ = write!(out, "\\x{b:02x}");
+        } else if let (0xc2, Some(&next @ 0x80..=0x9f)) = (b, bytes.peek()) {
+            let _ = write!(out, "\\u{{{next:x}}}");
+            bytes.next();
+        } else {
+            out.push(b);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn file_paused(e: &sinks::LogFileError) -> String {
     format!(
         "log file paused, next try in {} s: {}",
@@ -403,7 +434,7 @@ pub fn dump_rings() {
                     b"ring ",
                     name.as_bytes(),
                     b": ",
-                    &text,
+                    &escape_controls(&text),
                     b"\n",
                 ]);
             }
@@ -558,7 +589,8 @@ impl Hub {
         };
         let stamp = Stamp::new(now);
         let suffix: &[u8] = if cut { b" [cut]\n" } else { b"\n" };
-        let parts: [&[u8]; 5] = [stamp.as_bytes(), u.name.as_bytes(), b": ", line, suffix];
+        let line = escape_controls(line);
+        let parts: [&[u8]; 5] = [stamp.as_bytes(), u.name.as_bytes(), b": ", &line, suffix];
         let file_note = match u.file.as_mut().map(|f| f.offer(&parts, now)) {
             Some(Offer::Failed(e)) => Some((log::Level::Error, file_paused(&e))),
             Some(Offer::Resumed { missed }) => Some((log::Level::Warn, file_resumed(missed))),
@@ -570,7 +602,7 @@ impl Hub {
         }
         if self.syslog.is_some() {
             let name = u.name.clone();
-            self.send_syslog(&name, 6, line, now);
+            self.send_syslog(&name, 6, &line, now);
         }
         if let Some((level, msg)) = file_note {
             self.own_line_at(level, &format_args!("{msg}"), now);
@@ -752,6 +784,7 @@ impl SyslogSink {
                 path,
                 socket,
                 last_try,
+                dropped,
             } => {
                 let mut failure = None;
                 if socket.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
@@ -765,9 +798,28 @@ impl SyslogSink {
                     }
                 }
                 match socket.as_ref().map(|s| s.send(&msg)) {
-                    Some(Ok(_)) => Delivery::Sent,
-                    // A full receive queue: this one is lost, the daemon lives.
-                    Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Delivery::Held,
+                    Some(Ok(_)) => {
+                        // The receiver has room again: it learns what it
+                        // missed, as the TCP sink tells it.
+                        if *dropped > 0
+                            && let Some(s) = socket.as_ref()
+                        {
+                            let note = format!(
+                                "<{}>berth: syslog: {dropped} messages dropped (receiver too slow)",
+                                3 * 8 + 4
+                            );
+                            if s.send(note.as_bytes()).is_ok() {
+                                *dropped = 0;
+                            }
+                        }
+                        Delivery::Sent
+                    }
+                    // A full receive queue: this one is lost (and counted),
+                    // the daemon lives.
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        *dropped += 1;
+                        Delivery::Held
+                    }
                     Some(Err(e)) => {
                         // The syslog daemon restarted: reconnect on a later line.
                         *socket = None;
@@ -831,6 +883,7 @@ mod tests {
                 path: path.clone(),
                 socket: None,
                 last_try: None,
+                dropped: 0,
             }),
             console_dropped: 0,
             own: None,
@@ -924,6 +977,68 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn control_characters_of_service_lines_are_escaped() {
+        assert!(matches!(
+            escape_controls(b"plain\ttext \xff\xfe caf\xc3\xa9"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            &*escape_controls(b"ok\r[  1.000] berth: fake\x1b]0;title\x07\x00\x7f"),
+            b"ok\\x0d[  1.000] berth: fake\\x1b]0;title\\x07\\x00\\x7f"
+        );
+        // C1 CSI as UTF-8 (U+009B), which some terminals obey.
+        assert_eq!(&*escape_controls(b"a\xc2\x9b31mb"), b"a\\u{9b}31mb");
+        // A lone 0xc2 at the end is not a control.
+        assert_eq!(&*escape_controls(b"a\xc2"), b"a\xc2");
+    }
+
+    /// A receiver whose queue is full loses messages, counted; once it has
+    /// room it is told how many, as the TCP sink tells it.
+    #[test]
+    fn a_full_unix_syslog_queue_is_counted_and_told() {
+        let dir = std::env::temp_dir().join(format!("berth-syslog-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let mut sink = SyslogSink::Unix {
+            path: path.clone(),
+            socket: None,
+            last_try: None,
+            dropped: 0,
+        };
+        // The queue fills (max_dgram_qlen, 10 by default, or the buffer).
+        let mut held = 0;
+        for i in 0..5000 {
+            if let Delivery::Held = sink.send("web", 6, format!("line {i}").as_bytes(), 0) {
+                held += 1;
+            }
+        }
+        assert!(held > 0, "the queue never filled");
+        receiver.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let mut got = 0;
+        while receiver.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert!(matches!(sink.send("web", 6, b"after", 0), Delivery::Sent));
+        let mut last = Vec::new();
+        while let Ok(n) = receiver.recv(&mut buf) {
+            last.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(
+            last,
+            [
+                "<30>web: after".to_owned(),
+                format!("<28>berth: syslog: {held} messages dropped (receiver too slow)")
+            ],
+            "{got} received before"
+        );
+        assert_eq!(got + held, 5000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// The hub's routing, without the global logger: a unit over its budget
     /// keeps its ring but stays off the console, and says so.
     #[test]
@@ -982,6 +1097,20 @@ mod tests {
         assert_eq!(hub.units[0].ring.len(), 101, "the ring keeps everything");
         let file = std::fs::read_to_string(dir.join("spam.log")).unwrap();
         assert_eq!(file.lines().count(), 6, "{file}");
+        // What reaches the console and the file has its controls escaped;
+        // the ring keeps the line as written.
+        hub.unit_line(0, Stream::Stdout, b"x\r\x1b[2Kforged", false, 2500);
+        let console = std::fs::read_to_string(dir.join("console")).unwrap();
+        assert!(
+            console.ends_with("[     2.500] spam: x\\x0d\\x1b[2Kforged\n"),
+            "{console:?}"
+        );
+        let file = std::fs::read_to_string(dir.join("spam.log")).unwrap();
+        assert!(file.ends_with("spam: x\\x0d\\x1b[2Kforged\n"), "{file:?}");
+        assert_eq!(
+            hub.units[0].ring.lines().last().map(|l| l.2.clone()),
+            Some(b"x\r\x1b[2Kforged".to_vec())
+        );
 
         // PID 1's own message of several lines: each line is its own.
         hub.own_line_at(
@@ -990,7 +1119,7 @@ mod tests {
             3000,
         );
         let console = std::fs::read_to_string(dir.join("console")).unwrap();
-        let tail: Vec<&str> = console.lines().skip(8).collect();
+        let tail: Vec<&str> = console.lines().skip(9).collect();
         assert_eq!(
             tail,
             [

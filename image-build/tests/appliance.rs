@@ -248,6 +248,17 @@ fn bad_inputs_fail_with_a_clear_error_and_no_output() {
         err.contains("unknown image \"bb\" (available: other)"),
         "{err}"
     );
+    // Names that are no image name (they become the layout's ref.name).
+    for name in ["", "../x", "a\\nb", "-x"] {
+        fs::write(
+            &manifest,
+            manifest_json(&format!(r#"{{"{name}": "oci:layout:bb"}}"#), None),
+        )
+        .unwrap();
+        let err = build_err(&manifest, &out, init);
+        assert!(err.contains("is not an image name"), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 
     // An invalid manifest.
     fs::write(

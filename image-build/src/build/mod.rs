@@ -363,6 +363,20 @@ pub fn prepare(
             .as_object()
             .ok_or_else(|| bad("images: must be an object {NAME: IMAGE_REF}".into()))?;
         for (name, reference) in map {
+            // The name is the image's org.opencontainers.image.ref.name
+            // in the appliance's layout (the OCI grammar: alphanumeric
+            // components joined by - . _ : / @ +).
+            let mut chars = name.chars();
+            let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && name.len() <= 128
+                && chars.all(|c| c.is_ascii_alphanumeric() || "-._:/@+".contains(c))
+                && !name.contains("..");
+            if !well_formed {
+                return Err(bad(format!(
+                    "images: {:?} is not an image name (letters, digits and - . _ : / @ +, starting with a letter or digit)",
+                    berth_bundles::printable(name)
+                )));
+            }
             let reference = reference.as_str().ok_or_else(|| {
                 bad(format!(
                     "images.{name}: must be a string oci:PATH[:TAG] or docker-archive:PATH[:REF]"

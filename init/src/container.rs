@@ -1629,9 +1629,12 @@ mod tests {
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
     }
 
-    /// The profile's verdict on an x86_64 `unshare(CLONE_NEWUSER)`, or
-    /// `None` without a filter.
-    fn unshare_newuser(spec: &Spec) -> Option<bool> {
+    /// Whether the spec `apply_program` makes for the unit `json` has a
+    /// seccomp rule on `unshare` (the default profile's user-namespace
+    /// rule), or `None` without a filter.
+    fn denies_unshare(json: &str) -> Option<bool> {
+        let mut spec = base();
+        apply_program(&mut spec, "a", &program(json), None).unwrap();
         let profile = spec.linux().as_ref()?.seccomp().as_ref()?;
         let rules = profile.syscalls().clone().unwrap_or_default();
         Some(
@@ -1643,34 +1646,19 @@ mod tests {
 
     #[test]
     fn image_units_get_the_default_seccomp_profile_for_their_capabilities() {
-        let mut spec = base();
-        apply_program(
-            &mut spec,
-            "a",
-            &program(r#"{"name":"a","image":"busybox"}"#),
-            None,
-        )
-        .unwrap();
-        assert_eq!(unshare_newuser(&spec), Some(true));
+        assert_eq!(
+            denies_unshare(r#"{"name":"a","image":"busybox"}"#),
+            Some(true)
+        );
         // The profile follows the capabilities the manifest gives.
-        let mut spec = base();
-        apply_program(
-            &mut spec,
-            "a",
-            &program(r#"{"name":"a","image":"busybox","capabilities":["CAP_SYS_ADMIN"]}"#),
-            None,
-        )
-        .unwrap();
-        assert_eq!(unshare_newuser(&spec), Some(false));
-        let mut spec = base();
-        apply_program(
-            &mut spec,
-            "a",
-            &program(r#"{"name":"a","image":"busybox","seccomp":"unconfined"}"#),
-            None,
-        )
-        .unwrap();
-        assert_eq!(unshare_newuser(&spec), None);
+        assert_eq!(
+            denies_unshare(r#"{"name":"a","image":"busybox","capabilities":["CAP_SYS_ADMIN"]}"#),
+            Some(false)
+        );
+        assert_eq!(
+            denies_unshare(r#"{"name":"a","image":"busybox","seccomp":"unconfined"}"#),
+            None
+        );
     }
 
     #[test]

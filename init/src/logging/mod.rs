@@ -845,6 +845,21 @@ fn syslog_severity(level: log::Level) -> u8 {
 mod tests {
     use super::*;
 
+    /// A hub writing its console to `console`, without the global logger.
+    fn test_hub(console: File, config: LogConfig, syslog: Option<SyslogSink>) -> Hub {
+        Hub {
+            console: Some(Outbox::new(console, 1 << 20)),
+            kmsg: None,
+            config,
+            units: Vec::new(),
+            syslog,
+            console_dropped: 0,
+            own: None,
+            log_dir: None,
+            syslog_down: false,
+        }
+    }
+
     #[test]
     fn stamps() {
         assert_eq!(Stamp::new(0).as_bytes(), b"[     0.000] ");
@@ -874,22 +889,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log.sock");
         let console = File::create(dir.join("console")).unwrap();
-        let mut hub = Hub {
-            console: Some(Outbox::new(console, 1 << 20)),
-            kmsg: None,
-            config: LogConfig::default(),
-            units: Vec::new(),
-            syslog: Some(SyslogSink::Unix {
+        let mut hub = test_hub(
+            console,
+            LogConfig::default(),
+            Some(SyslogSink::Unix {
                 path: path.clone(),
                 socket: None,
                 last_try: None,
                 dropped: 0,
             }),
-            console_dropped: 0,
-            own: None,
-            log_dir: None,
-            syslog_down: false,
-        };
+        );
         hub.own_line_at(log::Level::Info, &format_args!("one"), 0);
         hub.own_line_at(log::Level::Info, &format_args!("two"), 100);
         hub.own_line_at(log::Level::Info, &format_args!("three"), 1200);
@@ -923,17 +932,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let console = File::create(dir.join("console")).unwrap();
-        let mut hub = Hub {
-            console: Some(Outbox::new(console, 1 << 20)),
-            kmsg: None,
-            config: LogConfig::default(),
-            units: Vec::new(),
-            syslog: None,
-            console_dropped: 0,
-            own: None,
-            log_dir: None,
-            syslog_down: false,
-        };
+        let mut hub = test_hub(console, LogConfig::default(), None);
         hub.units.push(UnitLog {
             name: "yes".into(),
             ring: Ring::new(1 << 16),
@@ -1047,21 +1046,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let console = File::create(dir.join("console")).unwrap();
-        let mut hub = Hub {
-            console: Some(Outbox::new(console, 1 << 20)),
-            kmsg: None,
-            config: LogConfig {
-                lines_per_sec: 10,
-                burst: 5,
-                ..LogConfig::default()
-            },
-            units: Vec::new(),
-            syslog: None,
-            console_dropped: 0,
-            own: None,
-            log_dir: None,
-            syslog_down: false,
+        let config = LogConfig {
+            lines_per_sec: 10,
+            burst: 5,
+            ..LogConfig::default()
         };
+        let mut hub = test_hub(console, config, None);
         let dir_fd = sinks::open_log_dir(&dir).unwrap();
         hub.units.push(UnitLog {
             name: "spam".into(),

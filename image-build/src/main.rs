@@ -128,7 +128,10 @@ fn main() -> ExitCode {
             Ok(()) => build::run(&rest),
             Err(e) => Err(format!("installing signal handlers: {e}").into()),
         },
-        "unpack" => unpack::run(&rest),
+        "unpack" => match interrupt::install() {
+            Ok(()) => unpack::run(&rest),
+            Err(e) => Err(format!("installing signal handlers: {e}").into()),
+        },
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {
             out!("{USAGE}");

@@ -113,6 +113,22 @@ struct ServiceRun {
     machine: ServiceMachine,
     /// Services that depend on this one.
     dependents: Vec<usize>,
+    /// The last note of the service and when: what the status report says
+    /// of a unit long after the line left the console and the ring.
+    last: Option<(Millis, String)>,
+}
+
+impl ServiceRun {
+    /// Reports `note` and keeps it as the service's last.
+    fn note(&mut self, r: &mut dyn Runner, note: &Note, now: Millis) {
+        report_note(r, &self.service.name, note);
+        let text = ServiceNote(&self.service.name, note).to_string();
+        let prefix = format!("service {} ", self.service.name);
+        let text = text
+            .strip_prefix(&prefix)
+            .map_or(text.clone(), str::to_owned);
+        self.last = Some((now, text));
+    }
 }
 
 pub struct Supervisor {
@@ -175,6 +191,7 @@ impl Supervisor {
                     service,
                     machine,
                     dependents: Vec::new(),
+                    last: None,
                 }
             })
             .collect();
@@ -284,7 +301,7 @@ impl Supervisor {
                 };
                 r.reaped(&run.service.name, pid, status);
                 let note = run.machine.exited(status, now);
-                report_note(r, &run.service.name, &note);
+                run.note(r, &note, now);
                 if self.phase == Phase::ShuttingDown {
                     self.advance_shutdown(now, r);
                 }
@@ -336,7 +353,7 @@ impl Supervisor {
             };
             let (action, note) = run.machine.tick(now);
             if let Some(note) = note {
-                report_note(r, &run.service.name, &note);
+                run.note(r, &note, now);
             }
             self.act(i, action, now, r);
         }
@@ -377,26 +394,29 @@ impl Supervisor {
         self.advance_shutdown(now, r);
     }
 
-    /// One `status` line per unit, for SIGUSR1.
+    /// One `status` line per unit, for SIGUSR1: its state, pid, restarts
+    /// and last exit, since when (PID 1's clock, as its log stamps), and for
+    /// a unit that is down, why (its last note).
     pub fn report_status(&self, r: &mut dyn Runner) {
         for s in &self.services {
             let state = s.machine.state();
             let pid = state.pid().map(|p| p.as_raw()).unwrap_or(0);
-            match s.machine.last_exit() {
-                Some(last) => r.status(format_args!(
-                    "status service {} state={} pid={pid} restarts={} last={last} code={}",
-                    s.service.name,
-                    state.name(),
-                    s.machine.restarts(),
-                    last.code()
-                )),
-                None => r.status(format_args!(
-                    "status service {} state={} pid={pid} restarts={}",
-                    s.service.name,
-                    state.name(),
-                    s.machine.restarts()
-                )),
+            let mut line = format!(
+                "status service {} state={} pid={pid} restarts={}",
+                s.service.name,
+                state.name(),
+                s.machine.restarts()
+            );
+            if let Some(last) = s.machine.last_exit() {
+                line.push_str(&format!(" last={last} code={}", last.code()));
             }
+            if let Some((at, why)) = &s.last {
+                line.push_str(&format!(" since={}.{:03}", at / 1000, at % 1000));
+                if matches!(state, State::Failed | State::Exited { .. } | State::Stopped) {
+                    line.push_str(&format!(" why={why:?}"));
+                }
+            }
+            r.status(format_args!("{line}"));
         }
         r.status(format_args!("status orphans reaped={}", self.orphans));
     }
@@ -604,7 +624,7 @@ impl Supervisor {
                     Err(e) if e.is_permanent() => run.machine.launch_refused(error_chain(&e)),
                     Err(e) => run.machine.spawn_failed(error_chain(&e), now),
                 };
-                report_note(r, &run.service.name, &note);
+                run.note(r, &note, now);
             }
             Action::Signal(pid, signal) => {
                 if let Err(e) = r.signal(&run.service.name, pid, signal) {
@@ -635,7 +655,7 @@ impl Supervisor {
             };
             let (action, note) = run.machine.stop(now);
             if let Some(note) = note {
-                report_note(r, &run.service.name, &note);
+                run.note(r, &note, now);
             }
             self.act(i, action, now, r);
         }
@@ -981,9 +1001,9 @@ mod tests {
         assert_eq!(
             r.take_lines(),
             [
-                "status service web state=running pid=104 restarts=0",
-                "status service db state=running pid=103 restarts=0",
-                "status service cron state=running pid=106 restarts=1 last=killed by signal 9 code=137",
+                "status service web state=running pid=104 restarts=0 since=0.000",
+                "status service db state=running pid=103 restarts=0 since=0.000",
+                "status service cron state=running pid=106 restarts=1 last=killed by signal 9 code=137 since=0.500",
                 "status orphans reaped=1",
             ]
         );
@@ -1009,6 +1029,12 @@ mod tests {
         );
         assert_eq!(s.next_deadline(), None);
         assert_eq!(s.service_state("x"), Some(State::Failed));
+        // Long after, the status report still says why, and since when.
+        s.report_status(&mut r);
+        assert_eq!(
+            r.take_lines()[0],
+            "status service x state=failed pid=0 restarts=0 last=exited status=2 code=2 since=0.010 why=\"failed: start limit reached (1 starts in 1m)\""
+        );
     }
 
     #[test]

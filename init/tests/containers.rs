@@ -383,7 +383,9 @@ fn container_exit_codes_and_kill_signal_are_recorded() {
     ] {
         let line = p.wait_for(&format!("berth: status service {name} "));
         assert!(
-            line.contains("state=exited") && line.ends_with(&format!(" code={code}")),
+            line.contains("state=exited")
+                && line.contains(&format!(" code={code} since="))
+                && line.contains(" why=\""),
             "{line}"
         );
     }

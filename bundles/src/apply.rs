@@ -725,6 +725,16 @@ impl Rootfs {
         name: &[u8],
         path: &[u8],
     ) -> Result<(), ApplyError> {
+        // A symlink may be a component of cached parent paths (`bin ->
+        // usr/bin`, `bin/a`, then `bin -> opt`, `bin/b`): once it is
+        // replaced they lead elsewhere, and `bin/b` would land in usr/bin
+        // where every other tar reader puts it in opt.
+        if rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink)
+        {
+            st.dirs.clear();
+            st.invalidated = true;
+        }
         match rfs::unlinkat(parent, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(Errno::ISDIR) => {
@@ -996,7 +1006,7 @@ pub fn header_only(kind: EntryType) -> bool {
 
 /// A hardlink's target, cleaned; refused when it escapes the root, is the
 /// root or is the entry itself.
-fn hardlink_target(path: &[u8], raw_target: &[u8]) -> Result<Vec<u8>, ApplyError> {
+pub fn hardlink_target(path: &[u8], raw_target: &[u8]) -> Result<Vec<u8>, ApplyError> {
     let err = |reason| ApplyError::Hardlink {
         path: show(path),
         target: show(raw_target),

@@ -390,6 +390,41 @@ fn tar_errors_print_no_control_characters() {
     assert!(chain.contains("\\nforged line"), "{chain}");
 }
 
+/// A symlink replaced within a layer: the entries after it go where the
+/// new link (or file) leads, as for every other tar reader, not where the
+/// old one led.
+#[test]
+fn a_replaced_symlink_is_not_followed_by_later_entries() {
+    let w = World::new("relink");
+    let base = vec![E::dir("usr"), E::dir("usr/bin"), E::dir("opt")];
+    let mut layer = base.clone();
+    layer.extend([
+        E::symlink("bin", "usr/bin"),
+        E::file("bin/a", b"a"),
+        E::symlink("bin", "opt"),
+        E::file("bin/b", b"b"),
+    ]);
+    w.apply(&[layer]).unwrap();
+    assert!(w.root().join("usr/bin/a").exists());
+    assert!(w.root().join("opt/b").exists());
+    assert!(!w.root().join("usr/bin/b").exists());
+    // A file in the link's place: what is below it has no parent.
+    let w = World::new("relink-file");
+    let mut layer = base;
+    layer.extend([
+        E::symlink("bin", "usr/bin"),
+        E::file("bin/a", b"a"),
+        E::file("bin", b"now a file"),
+        E::file("bin/c", b"c"),
+    ]);
+    let err = w.apply(&[layer]).unwrap_err().to_string();
+    assert!(
+        err.contains(r#"tar entry "bin/c": parent "bin" is not a directory"#),
+        "{err}"
+    );
+    assert!(!w.root().join("usr/bin/c").exists());
+}
+
 /// Before ustar, a directory was a NUL-typed entry whose name ends in `/`:
 /// Go's archive/tar, GNU tar and Python's tarfile read it so.
 #[test]

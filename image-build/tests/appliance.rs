@@ -799,6 +799,18 @@ fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
             ],
             r#"tar entry "a/x": parent "a" is a dangling symlink"#,
         ),
+        // `..` in a hardlink target is cleaned before any link is followed:
+        // sym/../f is f, not d/f.
+        (
+            "dotdot",
+            vec![
+                entry("d/e", tar::EntryType::Directory, None),
+                entry("sym", tar::EntryType::Symlink, Some("d/e")),
+                entry("d/f", tar::EntryType::Regular, None),
+                entry("h", tar::EntryType::Link, Some("sym/../f")),
+            ],
+            r#"tar entry "h": hardlink target "sym/../f" does not exist"#,
+        ),
     ] {
         let mut b = tar::Builder::new(Vec::new());
         b.append(&entry("bin/true", tar::EntryType::Regular, None), &[][..])
@@ -825,6 +837,22 @@ fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
         let unpack_err = String::from_utf8_lossy(&o.stderr);
         assert!(unpack_err.contains(says), "{name}: {unpack_err}");
     }
+
+    // And the other way: missing/../bin/true is bin/true, which exists.
+    let mut b = tar::Builder::new(Vec::new());
+    for h in [
+        entry("bin/true", tar::EntryType::Regular, None),
+        entry("h", tar::EntryType::Link, Some("missing/../bin/true")),
+    ] {
+        b.append(&h, &[][..]).unwrap();
+    }
+    one_layer_layout(&dir, "dotdot_ok", &b.into_inner().unwrap(), cmd.clone());
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"dotdot_ok": "oci:dotdot_ok:dotdot_ok"}, "services": [{"name": "s", "image": "dotdot_ok"}]}"#,
+    )
+    .unwrap();
+    build_ok(&manifest, &dir.join("out-ok"));
 
     // A header the unpacker cannot read (no uid).
     let mut h = tar::Header::new_ustar();

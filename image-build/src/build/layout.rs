@@ -28,7 +28,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use berth_bundles::Platform;
-use berth_bundles::apply::{ApplyError, ReadEntry, read_entry, tar_read_error};
+use berth_bundles::apply::{ApplyError, ReadEntry, hardlink_target, read_entry, tar_read_error};
 use berth_bundles::digest::{Hasher, Sha256Digest};
 use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
 use berth_bundles::tar_guard::TarGuard;
@@ -623,11 +623,10 @@ fn check_entry(
     // must exist when the unpacker links it.
     let link_target = if kind == tar::EntryType::Link {
         let raw = entry.link_name_bytes().unwrap_or_default().into_owned();
-        let target: Vec<&[u8]> = raw
-            .split(|b| *b == b'/')
-            .filter(|c| !c.is_empty() && *c != b".")
-            .collect();
-        match facts.tree.link_target(&target.join(&b'/')) {
+        // Cleaned as the unpacker cleans it (`..` lexically, before any
+        // symlink is followed).
+        let target = hardlink_target(&path, &raw)?;
+        match facts.tree.link_target(&target) {
             Ok(found) => Some(found),
             Err(LinkTarget::TooManyLinks) => {
                 return Err(ApplyError::Fs {

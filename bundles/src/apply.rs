@@ -1189,6 +1189,11 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
             };
             if key.starts_with(b"GNU.sparse.") {
                 sparse = true;
+            } else if ext.value_bytes().is_empty()
+                && matches!(key, b"mtime" | b"uid" | b"gid" | b"size")
+            {
+                // POSIX pax: an empty value deletes the record, and the
+                // header's field stands.
             } else if key == b"mtime" {
                 // Not the header's time instead: a bad record is refused.
                 ts = parse_pax_time(ext.value_bytes()).ok_or_else(|| bad("mtime"))?;

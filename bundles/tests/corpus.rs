@@ -744,6 +744,19 @@ fn refused_entries() {
         "{chain}"
     );
     assert!(!w.root().join("u").exists());
+    // An empty value deletes the record (POSIX pax): the header's stands.
+    w.apply(&[vec![
+        E::file("empty", b"")
+            .owner(7, 8)
+            .pax("uid", "")
+            .pax("mtime", ""),
+    ]])
+    .unwrap();
+    let meta = fs::symlink_metadata(w.root().join("empty")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mtime()),
+        (7, 8, 1_600_000_000)
+    );
     // A sparse file as GNU tar writes it in PAX format 1.0: a plain file
     // named GNUSparseFile.PID/NAME that starts with the map of its data.
     // Taken for what it claims to be, it would unpack as the map under

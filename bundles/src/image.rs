@@ -5,10 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{DigestError, Sha256Digest, VerifyingReader, digest_error};
@@ -482,21 +480,8 @@ impl Store {
         match self {
             // Without blocking: a FIFO in a layout must not wait for a
             // writer (nor a device be read as a blob).
-            Store::Dir(root) => match File::options()
-                .read(true)
-                .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
-                .open(root.join(name))
-            {
-                Ok(f) => {
-                    let meta = f.metadata()?;
-                    if !meta.is_file() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "not a regular file",
-                        ));
-                    }
-                    Ok(Some((Box::new(f), meta.len())))
-                }
+            Store::Dir(root) => match crate::small_file::open_regular(&root.join(name)) {
+                Ok((f, size)) => Ok(Some((Box::new(f), size))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             },

@@ -19,23 +19,35 @@ pub enum Accept {
     Any,
 }
 
-/// Reads the whole of `path`, refusing more than `max` bytes.
-pub fn read_small_file(path: &Path, max: u64, accept: Accept) -> io::Result<Vec<u8>> {
-    let mut options = File::options();
-    options.read(true);
-    if accept == Accept::Regular {
-        let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
-        options.custom_flags(flags.bits() as i32);
-    }
-    let file = options.open(path)?;
+/// Opens `path` for reading if it is a regular file, without blocking on
+/// the way (a FIFO never waits for a writer), and returns its size.
+pub fn open_regular(path: &Path) -> io::Result<(File, u64)> {
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    let file = File::options()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
     let meta = file.metadata()?;
-    if accept == Accept::Regular && !meta.is_file() {
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
+    Ok((file, meta.len()))
+}
+
+/// Reads the whole of `path`, refusing more than `max` bytes.
+pub fn read_small_file(path: &Path, max: u64, accept: Accept) -> io::Result<Vec<u8>> {
+    let (file, len) = match accept {
+        Accept::Regular => open_regular(path)?,
+        Accept::Any => {
+            let file = File::open(path)?;
+            let len = file.metadata()?.len();
+            (file, len)
+        }
+    };
+    let mut bytes = Vec::with_capacity(len.min(max) as usize);
     file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(io::Error::new(

@@ -121,12 +121,12 @@ struct ServiceRun {
 impl ServiceRun {
     /// Reports `note` and keeps it as the service's last.
     fn note(&mut self, r: &mut dyn Runner, note: &Note, now: Millis) {
-        report_note(r, &self.service.name, note);
-        let text = ServiceNote(&self.service.name, note).to_string();
-        let prefix = format!("service {} ", self.service.name);
-        let text = text
+        let name = &self.service.name;
+        let line = report_note(r, name, note);
+        let prefix = format!("service {name} ");
+        let text = line
             .strip_prefix(&prefix)
-            .map_or(text.clone(), str::to_owned);
+            .map_or(line.clone(), str::to_owned);
         self.last = Some((now, text));
     }
 }
@@ -158,9 +158,10 @@ pub struct Supervisor {
     orphans: u64,
 }
 
-/// A note as its marker line; a start limit hit by an exit gives two lines,
-/// the exit and then `service web failed: start limit reached (…)`.
-fn report_note(r: &mut dyn Runner, name: &str, note: &Note) {
+/// A note as its marker line, returned too; a start limit hit by an exit
+/// gives two lines, the exit and then `service web failed: start limit
+/// reached (…)`.
+fn report_note(r: &mut dyn Runner, name: &str, note: &Note) -> String {
     if let Note::StartLimit {
         status: Some(status),
         ..
@@ -168,7 +169,9 @@ fn report_note(r: &mut dyn Runner, name: &str, note: &Note) {
     {
         r.report(log::Level::Warn, format_args!("service {name} {status}"));
     }
-    r.report(note.level(), format_args!("{}", ServiceNote(name, note)));
+    let line = ServiceNote(name, note).to_string();
+    r.report(note.level(), format_args!("{line}"));
+    line
 }
 
 fn ms(d: Duration) -> Millis {

@@ -3,9 +3,7 @@
 //! ones that builds killed outright (SIGKILL, a crash) left next to its
 //! OUTDIR. Without this an interrupted build left `.OUT.berth-build-PID`
 //! behind, up to the size of an unpacked kernel package (~100 MB), that no
-//! later build would remove (each uses its own PID). An interrupted
-//! `berth-build unpack` removes what it made the same way, so DEST does
-//! not stay half-filled (a later unpack would refuse it as not empty).
+//! later build would remove (each uses its own PID).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,14 +79,8 @@ fn remove_registered() -> Vec<String> {
     let paths = TEMPORARY.lock().unwrap_or_else(|e| e.into_inner());
     let mut removed = Vec::new();
     for p in paths.iter() {
-        if fs::symlink_metadata(p).is_err() {
-            continue;
-        }
         for _ in 0..50 {
-            if fs::remove_dir_all(p).is_err() {
-                // A file (an unpack's config.json), or nothing yet.
-                let _ = fs::remove_file(p);
-            }
+            let _ = fs::remove_dir_all(p);
             std::thread::sleep(std::time::Duration::from_millis(20));
             if fs::symlink_metadata(p).is_err() {
                 break;

@@ -128,10 +128,7 @@ fn main() -> ExitCode {
             Ok(()) => build::run(&rest),
             Err(e) => Err(format!("installing signal handlers: {e}").into()),
         },
-        "unpack" => match interrupt::install() {
-            Ok(()) => unpack::run(&rest),
-            Err(e) => Err(format!("installing signal handlers: {e}").into()),
-        },
+        "unpack" => unpack::run(&rest),
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {
             out!("{USAGE}");

@@ -65,22 +65,7 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
         progress: if tty { Some(&mut show) } else { None },
         ..Default::default()
     };
-    // Interrupted (Ctrl-C, SIGTERM, SIGHUP), an unpack removes what it
-    // made, as a failed one does: DEST itself when it made DEST, else what
-    // it put into the empty DEST it was given.
-    let made: Vec<std::path::PathBuf> = if std::fs::symlink_metadata(dest).is_ok() {
-        vec![dest.join("rootfs"), dest.join("config.json")]
-    } else {
-        vec![dest.to_owned()]
-    };
-    for path in &made {
-        crate::interrupt::register(path);
-    }
-    let report = unpack_bundle(&reference, dest, opts);
-    for path in &made {
-        crate::interrupt::unregister(path);
-    }
-    let report = report?;
+    let report = unpack_bundle(&reference, dest, opts)?;
     let no_command = report
         .image
         .config

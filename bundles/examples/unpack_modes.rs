@@ -31,7 +31,11 @@ fn main() -> ExitCode {
         }
     };
     let opts = UnpackOptions {
-        layer: LayerOptions { execution, diff_id },
+        layer: LayerOptions {
+            execution,
+            diff_id,
+            cancel: None,
+        },
         ..Default::default()
     };
     match unpack_bundle(&reference, Path::new(&args[2]), opts) {

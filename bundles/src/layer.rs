@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Condvar, Mutex};
 use std::thread;
@@ -83,6 +83,8 @@ pub enum LayerError {
         #[source]
         source: ApplyError,
     },
+    #[error("{image}: unpack of layer {blob} cancelled")]
+    Cancelled { image: String, blob: String },
     #[error("{image}: layer {blob}: start reader thread")]
     Thread {
         image: String,
@@ -117,9 +119,13 @@ enum StreamError {
     Digest(DigestError),
     Decode(io::Error),
     Read(io::Error),
+    Cancelled,
 }
 
 fn classify(err: io::Error, decoding: bool) -> StreamError {
+    if err.get_ref().is_some_and(|e| e.is::<CancelledRead>()) {
+        return StreamError::Cancelled;
+    }
     match digest_error(&err) {
         Some(d) => StreamError::Digest(d),
         None if decoding => StreamError::Decode(err),
@@ -201,7 +207,38 @@ pub enum DiffIdCheck {
 pub struct LayerOptions {
     pub execution: Execution,
     pub diff_id: DiffIdCheck,
+    /// Stops the unpack when raised (by a signal handler, say).
+    pub cancel: Option<Cancel>,
 }
+
+/// A flag that stops an unpack from another thread: once it is set, the
+/// next read of the layer blob fails and the unpack ends with
+/// [`LayerError::Cancelled`]. The unpacking thread itself stops, so the
+/// caller can then remove what it made without racing a writer. Reads come
+/// every 256 KiB of blob, and before each layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Cancel(pub &'static AtomicBool);
+
+impl Cancel {
+    pub fn raised(self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Two cancels are the same when they watch the same flag.
+impl PartialEq for Cancel {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Cancel {}
+
+/// What a blob read fails with once the unpack is cancelled; the stages
+/// pass it on as they pass on digest errors.
+#[derive(Debug, thiserror::Error)]
+#[error("unpack cancelled")]
+struct CancelledRead;
 
 /// Where the blob's sha256 is computed.
 enum BlobHash {
@@ -224,6 +261,7 @@ const TAR: usize = 1;
 /// carries the [`DigestError`], so the decoder passes it on.
 struct RawInput {
     raw: BlobReader,
+    cancel: Option<Cancel>,
     /// The descriptor's digest and size, when the format has them.
     expect: Option<(Sha256Digest, u64)>,
     count: u64,
@@ -234,9 +272,15 @@ struct RawInput {
 }
 
 impl RawInput {
-    fn new(raw: BlobReader, expect: Option<(Sha256Digest, u64)>, hash: BlobHash) -> Self {
+    fn new(
+        raw: BlobReader,
+        expect: Option<(Sha256Digest, u64)>,
+        hash: BlobHash,
+        cancel: Option<Cancel>,
+    ) -> Self {
         Self {
             raw,
+            cancel,
             hash: if expect.is_some() {
                 hash
             } else {
@@ -256,6 +300,10 @@ impl RawInput {
 
     /// Reads the next chunk of the blob (empty at its end).
     fn refill(&mut self) -> io::Result<()> {
+        if self.cancel.is_some_and(Cancel::raised) {
+            // Every later read fails the same way, the draining ones too.
+            return Err(io::Error::other(CancelledRead));
+        }
         let mut buf = match Arc::get_mut(&mut self.cur) {
             Some(v) => std::mem::take(v),
             None => match &self.hash {
@@ -634,8 +682,9 @@ fn run_inline(
     compression: Compression,
     hash: bool,
     rootfs: &Rootfs,
+    cancel: Option<Cancel>,
 ) -> Outcome {
-    let input = RawInput::new(raw, expect, BlobHash::Inline(Hasher::default()));
+    let input = RawInput::new(raw, expect, BlobHash::Inline(Hasher::default()), cancel);
     let (decoder, end) = match Decoder::new(input, compression) {
         Ok(d) => (Some(d), None),
         Err(e) => (None, Some(Err(e))),
@@ -985,6 +1034,7 @@ fn run_threaded(
     compression: Compression,
     hash_tar: bool,
     rootfs: &Rootfs,
+    cancel: Option<Cancel>,
 ) -> io::Result<Outcome> {
     let (tar_back, tar_recycled) = sync_channel(2 * DEPTH + MAX_PENDING + 2);
     let (blob_back, blob_recycled) = sync_channel(MAX_PENDING + 2);
@@ -994,7 +1044,7 @@ fn run_threaded(
     let dec_expect = expect.clone();
     let decoder = spawn("layer-decode", move || {
         let hash = BlobHash::Shared(dec_share.clone(), blob_recycled);
-        let input = RawInput::new(raw, dec_expect, hash);
+        let input = RawInput::new(raw, dec_expect, hash, cancel);
         let res = decode_stage(input, compression, &dec_share, hash_tar, &tx, &tar_recycled);
         let _ = send_helping(&tx, Msg::End(res), &dec_share);
         // Nothing left to decode: help with the hashes until they are done.
@@ -1038,7 +1088,7 @@ fn run_threaded(
     // The same precedence as a blob verified while read (inline): size
     // and read errors, then the digest, then the decompressor's error.
     let verdict = match end {
-        Err(e @ (StreamError::Digest(_) | StreamError::Read(_))) => Err(e),
+        Err(e @ (StreamError::Digest(_) | StreamError::Read(_) | StreamError::Cancelled)) => Err(e),
         other => blob_check.and(other),
     };
     Ok((applied, verdict.and(diff_id)))
@@ -1072,9 +1122,9 @@ pub fn unpack_layer_with(
     let compression = layer.compression;
     let hash = opts.diff_id == DiffIdCheck::Verify || layer.digest.is_none();
     let (applied, stream) = if opts.execution.inline() {
-        run_inline(raw, expect, compression, hash, rootfs)
+        run_inline(raw, expect, compression, hash, rootfs, opts.cancel)
     } else {
-        run_threaded(raw, expect, compression, hash, rootfs).map_err(|source| {
+        run_threaded(raw, expect, compression, hash, rootfs, opts.cancel).map_err(|source| {
             LayerError::Thread {
                 image: image.name.clone(),
                 blob: blob.clone(),
@@ -1100,6 +1150,10 @@ pub fn unpack_layer_with(
             image: image.name.clone(),
             blob: blob.clone(),
             source,
+        },
+        StreamError::Cancelled => LayerError::Cancelled {
+            image: image.name.clone(),
+            blob: blob.clone(),
         },
     })?;
     let stats = applied.map_err(|source| LayerError::Apply {

@@ -42,7 +42,7 @@ pub fn printable_io(e: std::io::Error) -> std::io::Error {
         Cow::Owned(text) => std::io::Error::new(e.kind(), text),
     }
 }
-pub use layer::{DiffIdCheck, Execution, LayerOptions};
+pub use layer::{Cancel, DiffIdCheck, Execution, LayerOptions};
 pub use spec::Overrides;
 pub use unpack::{UnpackOptions, unpack_bundle};
 

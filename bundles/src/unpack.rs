@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::apply::{ApplyError, LayerStats, Rootfs};
 use crate::image::{Image, ImageError, ImageRef, Layer, Platform};
-use crate::layer::{LayerError, LayerOptions, unpack_layer_with};
+use crate::layer::{Cancel, LayerError, LayerOptions, unpack_layer_with};
 use crate::spec::{Overrides, SpecError, runtime_spec};
 
 /// Errors of unpacking an image into a bundle.
@@ -100,6 +100,9 @@ pub fn unpack_rootfs_with(
     let count = image.layers.len();
     let mut all = Vec::with_capacity(count);
     for (index, layer) in image.layers.iter().enumerate() {
+        if opts.cancel.is_some_and(Cancel::raised) {
+            return Err(cancelled(image, layer));
+        }
         if let Some(p) = progress.as_deref_mut() {
             p(Progress::LayerStart {
                 index,
@@ -208,5 +211,18 @@ fn fill_bundle(
         path: path.clone(),
         source,
     })?;
+    // The last moment to stop: a cancel from here on finds the bundle whole.
+    if let (Some(cancel), Some(last)) = (opts.layer.cancel, image.layers.last())
+        && cancel.raised()
+    {
+        return Err(cancelled(image, last).into());
+    }
     Ok(stats)
+}
+
+fn cancelled(image: &Image, layer: &Layer) -> LayerError {
+    LayerError::Cancelled {
+        image: image.name.clone(),
+        blob: (layer.digest.as_ref()).map_or_else(|| layer.diff_id.to_string(), |d| d.to_string()),
+    }
 }

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use berth_bundles::{DiffIdCheck, Execution, ImageRef, LayerOptions, UnpackOptions, unpack_bundle};
+use berth_bundles::unpack::Progress;
+use berth_bundles::{
+    Cancel, DiffIdCheck, Execution, ImageRef, LayerOptions, UnpackOptions, unpack_bundle,
+};
 use common::{Comp, E, Layout, Node, Scratch, chain, require_root, sha256_hex, snapshot, tar};
 use serde_json::json;
 
@@ -30,7 +33,11 @@ fn unpack(image: &str, dest: &Path, layer: LayerOptions) -> Result<(), String> {
 }
 
 fn opts(execution: Execution, diff_id: DiffIdCheck) -> LayerOptions {
-    LayerOptions { execution, diff_id }
+    LayerOptions {
+        execution,
+        diff_id,
+        cancel: None,
+    }
 }
 
 /// Bytes that compress poorly, so large files span many decoder reads.
@@ -125,6 +132,49 @@ fn inline_and_threaded_make_the_same_tree() {
         }
         assert_eq!(trees[0].len(), trees[1].len(), "{comp:?}");
         assert_eq!(trees[0][Path::new("d/hard")].1, PathBuf::from("d/big"));
+    }
+}
+
+/// A cancel raised as the first layer starts stops the unpack at its
+/// first read of the blob, in either mode, whatever the compression, and
+/// the unpack removes the bundle it made.
+#[test]
+fn a_cancelled_unpack_stops_at_the_next_read_and_removes_the_bundle() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    require_root();
+    let s = Scratch::new("modes-cancel");
+    for comp in [Comp::None, Comp::Gzip, Comp::Zstd] {
+        let l = Layout::new(&s.path().join(format!("img-{comp:?}")));
+        let (m, _) = l.image(&rich_layers(), comp, "amd64");
+        l.index(&[(m, None)]);
+        let r = ImageRef::parse(&format!("oci:{}", l.dir.display())).unwrap();
+        for mode in MODES {
+            FLAG.store(false, Ordering::SeqCst);
+            let mut done = 0;
+            let mut raise = |p: Progress<'_>| match p {
+                Progress::LayerStart { index: 0, .. } => FLAG.store(true, Ordering::SeqCst),
+                Progress::LayerDone { .. } => done += 1,
+                Progress::LayerStart { .. } => {}
+            };
+            let dest = s.path().join(format!("b-{comp:?}-{mode:?}"));
+            let opts = UnpackOptions {
+                layer: LayerOptions {
+                    cancel: Some(Cancel(&FLAG)),
+                    ..opts(mode, DiffIdCheck::Verify)
+                },
+                progress: Some(&mut raise),
+                ..Default::default()
+            };
+            let err = chain(&unpack_bundle(&r, &dest, opts).unwrap_err());
+            assert!(
+                err.contains(": unpack of layer sha256:"),
+                "{comp:?} {mode:?}: {err}"
+            );
+            assert!(err.ends_with(" cancelled"), "{comp:?} {mode:?}: {err}");
+            assert!(!dest.exists(), "{comp:?} {mode:?}: bundle left behind");
+            assert_eq!(done, 0, "{comp:?} {mode:?}: the first layer went on");
+        }
     }
 }
 

@@ -4,11 +4,17 @@
 //! OUTDIR. Without this an interrupted build left `.OUT.berth-build-PID`
 //! behind, up to the size of an unpacked kernel package (~100 MB), that no
 //! later build would remove (each uses its own PID).
+//!
+//! An unpack is stopped rather than ended: the first signal raises a flag
+//! that the unpacker checks at each read of a layer blob
+//! ([`berth_bundles::Cancel`]), so the unpacking thread stops and removes
+//! what it made itself (a signal thread removing files under a writer that
+//! goes on loses the race). A second signal ends the process at once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -16,6 +22,12 @@ use signal_hook::iterator::Signals;
 /// Set once a signal is being handled: the build's own errors from then
 /// on (dpkg killed under it, files removed under it) are not reported.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The first signal received (0 before one came).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Raised by the first signal in [`Mode::Cancel`].
+static CANCEL: AtomicBool = AtomicBool::new(false);
 
 /// Whether the build is being interrupted (the process is about to exit
 /// with 128 + the signal).
@@ -28,33 +40,76 @@ static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Process groups of helpers (dpkg) that write into them, killed first.
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-/// Takes over SIGINT, SIGTERM and SIGHUP: on one of them the registered
-/// directories are removed and the process exits with 128 + the signal.
-pub fn install() -> std::io::Result<()> {
+/// What a signal does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Remove the registered directories and exit with 128 + the signal.
+    Exit,
+    /// Raise [`cancel`]'s flag; the work stops and cleans up itself, and
+    /// the caller asks [`cancelled`] how to end. A second signal exits.
+    Cancel,
+}
+
+/// The flag [`Mode::Cancel`] raises, for the unpacker to watch.
+pub fn cancel() -> berth_bundles::Cancel {
+    berth_bundles::Cancel(&CANCEL)
+}
+
+/// After a signal in [`Mode::Cancel`]: the exit code (128 + the signal)
+/// and what the signal did (`interrupted`, `terminated`, `hung up`).
+pub fn cancelled() -> Option<(u8, &'static str)> {
+    let sig = SIGNAL.load(Ordering::SeqCst);
+    (CANCEL.load(Ordering::SeqCst) && sig != 0).then(|| (exit_code(sig), what(sig)))
+}
+
+fn what(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "interrupted",
+        SIGTERM => "terminated",
+        _ => "hung up",
+    }
+}
+
+fn exit_code(sig: i32) -> u8 {
+    u8::try_from(128 + sig).unwrap_or(u8::MAX)
+}
+
+/// Takes over SIGINT, SIGTERM and SIGHUP, to act on them as `mode` says.
+pub fn install(mode: Mode) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                let first = SIGNAL
+                    .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
                 INTERRUPTED.store(true, Ordering::SeqCst);
-                kill_groups();
-                let removed = remove_registered();
-                let what = match sig {
-                    SIGINT => "interrupted",
-                    SIGTERM => "terminated",
-                    _ => "hung up",
+                if mode == Mode::Cancel && first {
+                    CANCEL.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                let removed = if mode == Mode::Exit {
+                    kill_groups();
+                    remove_registered()
+                } else {
+                    Vec::new()
                 };
+                let what = what(sig);
                 // Not eprintln!: after a hang-up stderr is often gone, and
                 // a panic here would end this thread before the exit.
                 use std::io::Write as _;
-                let _ = if removed.is_empty() {
-                    writeln!(std::io::stderr(), "berth-build: {what}")
-                } else {
-                    writeln!(
+                let _ = match (mode, removed.is_empty()) {
+                    (Mode::Cancel, _) => writeln!(
+                        std::io::stderr(),
+                        "berth-build: {what} again; stopped without cleaning up"
+                    ),
+                    (Mode::Exit, true) => writeln!(std::io::stderr(), "berth-build: {what}"),
+                    (Mode::Exit, false) => writeln!(
                         std::io::stderr(),
                         "berth-build: {what}; removed {}",
                         removed.join(", ")
-                    )
+                    ),
                 };
                 std::process::exit(128 + sig);
             }

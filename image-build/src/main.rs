@@ -124,11 +124,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let res: Result<(), Box<dyn Error>> = match cmd.as_str() {
-        "build" => match interrupt::install() {
+        "build" => match interrupt::install(interrupt::Mode::Exit) {
             Ok(()) => build::run(&rest),
             Err(e) => Err(format!("installing signal handlers: {e}").into()),
         },
-        "unpack" => unpack::run(&rest),
+        "unpack" => match interrupt::install(interrupt::Mode::Cancel) {
+            Ok(()) => unpack::run(&rest),
+            Err(e) => Err(format!("installing signal handlers: {e}").into()),
+        },
         "inspect" => inspect::run(&rest),
         "-h" | "--help" | "help" => {
             out!("{USAGE}");
@@ -141,7 +144,7 @@ fn main() -> ExitCode {
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
-        Err(_) if interrupt::interrupted() => {
+        Err(_) if interrupt::interrupted() && interrupt::cancelled().is_none() => {
             // The failure is the interruption's doing (dpkg killed, the
             // temporary directory removed): the signal thread reports it
             // and ends the process.

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use berth_bundles::unpack::Progress;
-use berth_bundles::{ImageRef, Overrides, Platform, UnpackOptions, unpack_bundle};
+use berth_bundles::{ImageRef, LayerOptions, Overrides, Platform, UnpackOptions, unpack_bundle};
 
 use crate::args::Args;
 
@@ -63,9 +63,32 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
             ..Default::default()
         },
         progress: if tty { Some(&mut show) } else { None },
-        ..Default::default()
+        // Ctrl-C, SIGTERM or SIGHUP stop the unpack, which then removes
+        // what it made (crate::interrupt).
+        layer: LayerOptions {
+            cancel: Some(crate::interrupt::cancel()),
+            ..Default::default()
+        },
     };
-    let report = unpack_bundle(&reference, dest, opts)?;
+    let res = unpack_bundle(&reference, dest, opts);
+    if let Some((code, what)) = crate::interrupt::cancelled() {
+        if tty {
+            // Past the progress line.
+            note!("");
+        }
+        match res {
+            Ok(_) => note!(
+                "berth-build: {what} once the unpack had finished; {} is whole",
+                dest.display()
+            ),
+            Err(_) => note!(
+                "berth-build: {what}; {} is as it was before the unpack",
+                dest.display()
+            ),
+        }
+        std::process::exit(code.into());
+    }
+    let report = res?;
     let no_command = report
         .image
         .config

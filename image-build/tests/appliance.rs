@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use berth_qemu::{Outcome, Vm, VmConfig, free_port, http_get};
 use common::{
-    TIMEOUT, berth_build, build_ok, extract, kernel, require_root, require_tool, scratch, sh,
-    static_init,
+    TIMEOUT, berth_build, build_ok, extract, kernel, one_layer_layout, require_root, require_tool,
+    scratch, sh, static_init,
 };
 
 /// An OCI layout with image `bb`: busybox-static, /bin/sh, a web page.
@@ -584,55 +584,6 @@ fn busybox_bundle(dir: &Path, layout: &Path, name: &str) -> PathBuf {
         String::from_utf8_lossy(&o.stderr)
     );
     bundle
-}
-
-/// An OCI layout at `dir/NAME` holding image `NAME`: one uncompressed layer
-/// (`tar`), the container config `config` (the image config's `config`).
-fn one_layer_layout(dir: &Path, name: &str, tar: &[u8], config: serde_json::Value) -> PathBuf {
-    use berth_bundles::digest::Sha256Digest;
-    let layout = dir.join(name);
-    let blobs = layout.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| -> (String, usize) {
-        let d = Sha256Digest::of(bytes);
-        fs::write(blobs.join(d.hex()), bytes).unwrap();
-        (d.to_string(), bytes.len())
-    };
-    let (layer, layer_size) = put(tar);
-    let image_config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [layer]},
-    });
-    let (cfg, cfg_size) = put(&serde_json::to_vec(&image_config).unwrap());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
-    });
-    let (m, m_size) = put(&serde_json::to_vec(&manifest).unwrap());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": m,
-            "size": m_size,
-            "annotations": {"org.opencontainers.image.ref.name": name},
-        }],
-    });
-    fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
-    fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    layout
 }
 
 /// A layer tar: (raw name, content) regular files, names written as they

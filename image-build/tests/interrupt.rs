@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kernel, require_root, scratch, static_init};
+use common::{kernel, one_layer_layout, require_root, scratch, static_init};
 
 /// Starts `berth-build build` of an empty appliance into `dir/out` from
 /// the kernel package, and returns once dpkg is writing the package into
@@ -110,5 +110,76 @@ fn a_hung_up_build_without_stderr_still_cleans_up_and_exits() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!temp.exists(), "{} left behind", temp.display());
     assert!(!out.exists());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// `berth-build unpack` of an image of 60,000 files, stopped by SIGTERM
+/// once its rootfs has files: the unpacker stops at its next read and
+/// removes what it made. A DEST it made is gone, a DEST it was given is
+/// empty again and takes a whole unpack.
+#[test]
+fn an_interrupted_unpack_leaves_dest_as_it_was() {
+    require_root();
+    let dir = scratch("unpack-interrupt");
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..60_000 {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(format!("d{}/f{i}", i % 100)).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+    let layout = one_layer_layout(
+        &dir,
+        "many",
+        &b.into_inner().unwrap(),
+        serde_json::json!({"Cmd": ["/bin/true"]}),
+    );
+    let image = format!("oci:{}:many", layout.display());
+    let given = dir.join("given");
+    fs::create_dir(&given).unwrap();
+    for dest in [dir.join("made"), given.clone()] {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth-build"))
+            .args(["unpack", &image])
+            .arg(&dest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fs::read_dir(dest.join("rootfs")).map_or(true, |mut d| d.next().is_none()) {
+            assert!(Instant::now() < deadline, "the unpack never wrote a file");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        send(&child, rustix::process::Signal::TERM);
+        let result = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(143), "{err}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "berth-build: terminated; {} is as it was before the unpack",
+                dest.display()
+            )
+        );
+        if dest == given {
+            let left: Vec<_> = fs::read_dir(&dest).unwrap().collect();
+            assert!(left.is_empty(), "{left:?} left in {}", dest.display());
+        } else {
+            assert!(!dest.exists(), "{} left behind", dest.display());
+        }
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_berth-build"))
+        .args(["unpack", &image])
+        .arg(&given)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(given.join("rootfs/d99/f59999").is_file());
     let _ = fs::remove_dir_all(&dir);
 }

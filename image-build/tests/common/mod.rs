@@ -154,3 +154,52 @@ pub fn ok<T>(vm: &berth_qemu::Vm, r: Result<T, berth_qemu::VmError>) -> T {
     vm.or_dump(r)
         .unwrap_or_else(|e| panic!("{}", berth_qemu::error_chain(&e)))
 }
+
+/// An OCI layout at `dir/NAME` holding image `NAME`: one uncompressed layer
+/// (`tar`), the container config `config` (the image config's `config`).
+pub fn one_layer_layout(dir: &Path, name: &str, tar: &[u8], config: serde_json::Value) -> PathBuf {
+    use berth_bundles::digest::Sha256Digest;
+    let layout = dir.join(name);
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = Sha256Digest::of(bytes);
+        fs::write(blobs.join(d.hex()), bytes).unwrap();
+        (d.to_string(), bytes.len())
+    };
+    let (layer, layer_size) = put(tar);
+    let image_config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer]},
+    });
+    let (cfg, cfg_size) = put(&serde_json::to_vec(&image_config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+    });
+    let (m, m_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m,
+            "size": m_size,
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layout
+}

@@ -124,14 +124,18 @@ pub fn unpack_rootfs_with(
 }
 
 /// Unpacks `reference` into the bundle directory `dest`, which must not
-/// exist or be empty. On failure, whatever this call created is removed.
+/// exist or be empty (its missing parents are created). On failure,
+/// whatever this call created is removed, parents included.
 pub fn unpack_bundle(
     reference: &ImageRef,
     dest: &Path,
     opts: UnpackOptions<'_>,
 ) -> Result<UnpackReport, UnpackError> {
     let image = Image::open(reference, &opts.platform)?;
-    let created = match fs::read_dir(dest) {
+    // What the unpack made and a failure removes: DEST and its missing
+    // parents, from the topmost one (as `berth-build build` does for
+    // OUTDIR, and as umoci creates a bundle's parents).
+    let made: Option<PathBuf> = match fs::read_dir(dest) {
         Ok(mut entries) => {
             if entries.next().is_some() || !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
                 return Err(UnpackError::DestNotEmpty { path: dest.into() });
@@ -144,17 +148,30 @@ pub fn unpack_bundle(
                     source,
                 }
             })?;
-            false
+            None
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let top = topmost_missing(dest);
+            if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(|source| {
+                    remove_made(dest, &top);
+                    UnpackError::Create {
+                        path: parent.into(),
+                        source,
+                    }
+                })?;
+            }
             fs::DirBuilder::new()
                 .mode(0o700)
                 .create(dest)
-                .map_err(|source| UnpackError::Create {
-                    path: dest.into(),
-                    source,
+                .map_err(|source| {
+                    remove_made(dest, &top);
+                    UnpackError::Create {
+                        path: dest.into(),
+                        source,
+                    }
                 })?;
-            true
+            Some(top)
         }
         Err(_) => return Err(UnpackError::DestNotEmpty { path: dest.into() }),
     };
@@ -165,10 +182,32 @@ pub fn unpack_bundle(
             // remove_dir_all never follows symlinks (CVE-2022-21658 fixed).
             let _ = fs::remove_dir_all(dest.join("rootfs"));
             let _ = fs::remove_file(dest.join("config.json"));
-            if created {
-                let _ = fs::remove_dir(dest);
+            if let Some(top) = made {
+                remove_made(dest, &top);
             }
             Err(e)
+        }
+    }
+}
+
+/// The topmost of `dest` and its ancestors that does not exist.
+fn topmost_missing(dest: &Path) -> PathBuf {
+    let mut top = dest.to_path_buf();
+    for a in dest.ancestors().skip(1) {
+        if a.as_os_str().is_empty() || fs::symlink_metadata(a).is_ok() {
+            break;
+        }
+        top = a.to_path_buf();
+    }
+    top
+}
+
+/// Removes the directories from `dest` up to `top`, each only if empty:
+/// what an unpack made for DEST and nothing another process put there.
+fn remove_made(dest: &Path, top: &Path) {
+    for a in dest.ancestors() {
+        if fs::remove_dir(a).is_err() || a == top {
+            break;
         }
     }
 }

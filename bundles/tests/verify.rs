@@ -261,6 +261,38 @@ fn dest_must_be_empty() {
     assert_eq!(mode(&new), 0o700);
 }
 
+/// A DEST whose parents are missing gets them (as with umoci); a failed
+/// unpack removes them again, and only them.
+#[test]
+fn missing_parents_of_dest_are_made_and_a_failure_removes_them() {
+    require_root();
+    let s = Scratch::new("dest-parents");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, layers) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    l.index(&[(m, None)]);
+    let image = format!("oci:{}", l.dir.display());
+    let deep = s.path().join("a/b/bundle");
+    unpack(&image, &deep, None).unwrap();
+    assert!(deep.join("rootfs").is_dir() && deep.join("config.json").is_file());
+    // The last layer's blob damaged: the unpack fails after it made
+    // x/y/bundle and filled part of it. An existing sibling stays.
+    let blob = l.blob_path(layers.last().unwrap());
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let err = unpack(&image, &s.path().join("x/y/bundle"), None).unwrap_err();
+    assert!(err.contains("layer sha256:"), "{err}");
+    assert!(
+        !s.path().join("x").exists(),
+        "made parents left after: {err}"
+    );
+    fs::create_dir_all(s.path().join("p/keep")).unwrap();
+    unpack(&image, &s.path().join("p/q/bundle"), None).unwrap_err();
+    assert!(!s.path().join("p/q").exists());
+    assert!(s.path().join("p/keep").is_dir());
+}
+
 #[test]
 fn platform_selection_in_nested_index() {
     require_root();

@@ -225,12 +225,55 @@ impl Platform {
         }
     }
 
-    /// Does an image for `other` run here? The variant must match only when
-    /// this platform names one.
+    /// Does an image for `other` run here? See [`Self::rank`].
     pub fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (self.variant.is_none() || self.variant == other.variant)
+        self.rank(other).is_some()
+    }
+
+    /// How well an image for `other` fits here: `None` when it does not
+    /// run here, and higher for a newer variant, the best of several
+    /// (containerd's order). Without a variant here, any variant fits and
+    /// all equally. With one, newer variants run older ones' code:
+    /// amd64/vN runs v1 (plain amd64) to vN, arm/vN runs v5 to vN, and
+    /// arm64/v8.N runs v8 to v8.N, arm64/v9.N v9 to v9.N and v8 to v8.(N+5).
+    /// Other variants must be equal.
+    pub fn rank(&self, other: &Platform) -> Option<u32> {
+        if self.os != other.os || self.architecture != other.architecture {
+            return None;
+        }
+        let Some(want) = self.variant.as_deref() else {
+            return Some(0);
+        };
+        let got = other.variant.as_deref();
+        let level = |v: &str, lo: u32, hi: u32| {
+            (v.strip_prefix('v')?.parse::<u32>().ok()).filter(|n| (lo..=hi).contains(n))
+        };
+        let arm64 = |v: Option<&str>| -> Option<(u32, u32)> {
+            let Some(v) = v else { return Some((8, 0)) };
+            let v = v.strip_prefix('v')?;
+            let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
+            let (major, minor) = (major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?);
+            (matches!(major, 8 | 9) && minor < 100).then_some((major, minor))
+        };
+        let fits = match self.architecture.as_str() {
+            "amd64" => {
+                let w = level(want, 1, 4)?;
+                let g = got.map_or(Some(1), |g| level(g, 1, 4))?;
+                (g <= w).then_some(g)
+            }
+            "arm" => {
+                let w = level(want, 5, 8)?;
+                let g = level(got?, 5, 8)?;
+                (g <= w).then_some(g)
+            }
+            "arm64" => {
+                let (w, g) = (arm64(Some(want))?, arm64(got)?);
+                let runs = (g.0 == w.0 && g.1 <= w.1) || (g.0 == 8 && w.0 == 9 && g.1 <= w.1 + 5);
+                runs.then_some(g.0 * 100 + g.1)
+            }
+            _ => None,
+        };
+        fits.or((got == Some(want)).then_some(u32::MAX))
     }
 }
 
@@ -809,11 +852,11 @@ impl Image {
             });
         }
         if candidates.len() > 1 {
-            candidates.retain(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| platform.matches(&descriptor_platform(p)))
-            });
+            let rank = |d: &Descriptor| {
+                (d.platform.as_ref()).and_then(|p| platform.rank(&descriptor_platform(p)))
+            };
+            let best = candidates.iter().filter_map(|d| rank(d)).max();
+            candidates.retain(|d| best.is_some() && rank(d) == best);
         }
         let Some(first) = candidates.first() else {
             return Err(ImageError::Platform {
@@ -1140,18 +1183,26 @@ fn resolve_descriptor(
         Some(&digest),
         Some(desc.size),
     )?;
-    // First matching entry wins (image-index.md); entries of unknown media
-    // type (attestations, artifacts) are skipped, never an error.
+    // The best fitting entry, the first of equals (image-index.md: first
+    // match wins); entries of unknown media type (attestations, artifacts)
+    // are skipped, never an error. An entry without a platform fits as a
+    // platform without variant does.
+    let mut best: Option<(u32, &Descriptor)> = None;
     for entry in &index.manifests {
         let known = MANIFEST_TYPES.contains(&entry.media_type.as_str())
             || INDEX_TYPES.contains(&entry.media_type.as_str());
-        let fits = entry
-            .platform
-            .as_ref()
-            .is_none_or(|p| platform.matches(&descriptor_platform(p)));
-        if known && fits {
-            return resolve_descriptor(rd, entry, platform, depth + 1);
+        let rank = match &entry.platform {
+            None => Some(0),
+            Some(p) => platform.rank(&descriptor_platform(p)),
+        };
+        if let Some(rank) = rank.filter(|_| known)
+            && best.is_none_or(|(b, _)| rank > b)
+        {
+            best = Some((rank, entry));
         }
+    }
+    if let Some((_, entry)) = best {
+        return resolve_descriptor(rd, entry, platform, depth + 1);
     }
     let available: Vec<String> = index
         .manifests
@@ -1213,7 +1264,26 @@ mod tests {
         assert_eq!(p("linux/armhf"), p("linux/arm/v7"));
         assert_eq!(p("linux/arm"), p("linux/arm/v7"));
         assert!(p("linux/amd64").matches(&p("linux/amd64/v3")));
-        assert!(!p("linux/amd64/v3").matches(&p("linux/amd64")));
+        assert_eq!(p("linux/amd64").rank(&p("linux/amd64/v3")), Some(0));
+        // Newer variants run older ones' code (containerd's order).
+        let rank = |want, got| p(want).rank(&p(got));
+        assert_eq!(rank("linux/amd64/v3", "linux/amd64"), Some(1));
+        assert_eq!(rank("linux/amd64/v3", "linux/amd64/v2"), Some(2));
+        assert_eq!(rank("linux/amd64/v3", "linux/amd64/v3"), Some(3));
+        assert_eq!(rank("linux/amd64/v2", "linux/amd64/v3"), None);
+        assert_eq!(rank("linux/amd64/v2", "linux/amd64/v9"), None);
+        assert_eq!(rank("linux/arm/v7", "linux/arm/v6"), Some(6));
+        assert_eq!(rank("linux/arm/v6", "linux/arm/v7"), None);
+        assert_eq!(rank("linux/arm64/v8.2", "linux/arm64"), Some(800));
+        assert_eq!(rank("linux/arm64/v8.2", "linux/arm64/v8.3"), None);
+        assert_eq!(rank("linux/arm64/v9.0", "linux/arm64/v8.5"), Some(805));
+        assert_eq!(rank("linux/arm64/v9.0", "linux/arm64/v8.6"), None);
+        assert_eq!(rank("linux/arm64/v8.5", "linux/arm64/v9.0"), None);
+        assert_eq!(
+            rank("linux/riscv64/rva23", "linux/riscv64/rva23"),
+            Some(u32::MAX)
+        );
+        assert_eq!(rank("linux/riscv64/rva23", "linux/riscv64"), None);
         assert!(!p("linux/amd64").matches(&p("linux/arm64")));
         assert!(!p("linux/amd64").matches(&p("windows/amd64")));
         for bad in ["linux", "linux/", "/amd64", "a/b/c/d"] {

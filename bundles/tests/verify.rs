@@ -306,10 +306,12 @@ fn platform_selection_in_nested_index() {
     amd["platform"] = json!({"os": "linux", "architecture": "amd64"});
     let mut arm = mk("arm64", "arm64");
     arm["platform"] = json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+    let mut v3 = mk("amd64", "amd64/v3");
+    v3["platform"] = json!({"os": "linux", "architecture": "amd64", "variant": "v3"});
     let att = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
         "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
         "platform": {"os": "unknown", "architecture": "unknown"}});
-    let idx = json!({"schemaVersion": 2, "manifests": [att, arm, amd]});
+    let idx = json!({"schemaVersion": 2, "manifests": [att, arm, amd, v3]});
     let idx_desc = l.blob(
         "application/vnd.oci.image.index.v1+json",
         &serde_json::to_vec(&idx).unwrap(),
@@ -320,6 +322,15 @@ fn platform_selection_in_nested_index() {
     assert_eq!(fs::read(s.path().join("a/rootfs/arch")).unwrap(), b"amd64");
     unpack(&img, &s.path().join("b"), Some("linux/aarch64")).unwrap();
     assert_eq!(fs::read(s.path().join("b/rootfs/arch")).unwrap(), b"arm64");
+    // A variant takes the newest image it can run (containerd's order):
+    // amd64/v2 runs plain amd64 but not v3; amd64/v4 prefers v3.
+    unpack(&img, &s.path().join("v2"), Some("linux/amd64/v2")).unwrap();
+    assert_eq!(fs::read(s.path().join("v2/rootfs/arch")).unwrap(), b"amd64");
+    unpack(&img, &s.path().join("v4"), Some("linux/amd64/v4")).unwrap();
+    assert_eq!(
+        fs::read(s.path().join("v4/rootfs/arch")).unwrap(),
+        b"amd64/v3"
+    );
     let err = unpack(&img, &s.path().join("c"), Some("linux/riscv64")).unwrap_err();
     assert!(
         err.contains("no image for linux/riscv64") && err.contains("linux/amd64"),

@@ -150,7 +150,13 @@ pub fn mount_all(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
         // procfs: it would hide the procfs, the masked and read-only /proc
         // paths would then not be found and skipped, and the unmasked
         // procfs would live on underneath (CVE-2019-16884, CVE-2023-28642).
-        if sys::is_procfs(target.as_fd()).map_err(at(Step::MountOnProc, i))? {
+        // The one exception: a file over one of LXCFS's files, which must
+        // then be that procfs file (a regular file on procfs).
+        let on_proc = sys::is_procfs(target.as_fd()).map_err(at(Step::MountOnProc, i))?;
+        let proc_file = || {
+            sys::fstat(target.as_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        };
+        if on_proc && !(m.over_proc_file && proc_file()) {
             return Err(ChildError::new(
                 Step::MountOnProc,
                 i,

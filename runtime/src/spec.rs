@@ -132,6 +132,9 @@ pub struct MountPlan {
     pub propagation: libc::c_ulong,
     /// The destination is a file (bind mount of a non-directory).
     pub file: bool,
+    /// A file bound over one of [`PROC_BIND_FILES`]: the only mount
+    /// allowed onto the container's procfs.
+    pub over_proc_file: bool,
 }
 
 /// A device node to create.
@@ -542,6 +545,23 @@ fn is_on_proc(dest: &InRootPath) -> bool {
     dest.names.first().is_some_and(|n| n.as_bytes() == b"proc")
 }
 
+/// The files of /proc that a bind mount of a file may cover, as runc
+/// allows: what LXCFS serves per container (its own view of memory, CPUs,
+/// disks, load and uptime). Each is a file at the top of procfs, not a
+/// symlink and not under /proc/self, so the name is the file covered.
+/// (runc also lists /proc/net/dev, a symlink into /proc/self, and
+/// /proc/sys/kernel/ns_last_pid, which CRIU writes: berth refuses both.)
+pub const PROC_BIND_FILES: [&str; 8] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/loadavg",
+    "/proc/meminfo",
+    "/proc/slabinfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+];
+
 /// Plans one `mounts` entry. `source_is_dir` tells whether a bind source
 /// is a directory (the caller stats it; a unit test passes a closure).
 pub fn plan_mount(
@@ -561,7 +581,8 @@ pub fn plan_mount(
     let typ = m.typ().as_deref().unwrap_or("");
     let opts = parse_mount_options(&dest_s, m.options().as_deref().unwrap_or(&[]))?;
     let bind = opts.bind || typ == "bind";
-    if is_on_proc(&dest) && (bind || typ != "proc") {
+    let over_proc_file = bind && PROC_BIND_FILES.contains(&dest_s.as_str());
+    if is_on_proc(&dest) && (bind || typ != "proc") && !over_proc_file {
         return Err(SpecError::MountOverProc { dest: dest_s });
     }
     let source = m.source().clone().unwrap_or_default();
@@ -625,12 +646,17 @@ pub fn plan_mount(
         }
         MountKind::Fs { .. } => false,
     };
+    if over_proc_file && !file {
+        // A directory over a procfs file: the mount would fail anyway.
+        return Err(SpecError::MountOverProc { dest: dest_s });
+    }
     Ok(MountPlan {
         dest,
         kind,
         flags: opts.flags,
         propagation: opts.propagation,
         file,
+        over_proc_file,
     })
 }
 
@@ -1169,6 +1195,40 @@ mod tests {
         .unwrap();
         assert!(matches!(
             plan_mount(&m, Path::new("/b"), &|_| true),
+            Err(SpecError::MountOverProc { .. })
+        ));
+        // LXCFS's files: a file bound over one of them is allowed (as in
+        // runc), nothing else is.
+        let bind = |dest: &str, typ: &str| -> Mount {
+            serde_json::from_str(&format!(
+                r#"{{"destination": "{dest}", "type": "{typ}", "source": "/var/lib/lxcfs/proc/meminfo", "options": ["bind"]}}"#
+            ))
+            .unwrap()
+        };
+        for dest in PROC_BIND_FILES {
+            let p = plan_mount(&bind(dest, "bind"), Path::new("/b"), &|_| false).unwrap();
+            assert!(p.over_proc_file && p.file, "{dest}");
+            // A directory over it is refused.
+            let err = plan_mount(&bind(dest, "bind"), Path::new("/b"), &|_| true).unwrap_err();
+            assert!(matches!(err, SpecError::MountOverProc { .. }), "{dest}");
+        }
+        let p = plan_mount(&bind("/proc/./meminfo", "none"), Path::new("/b"), &|_| {
+            false
+        });
+        assert!(p.unwrap().over_proc_file);
+        for dest in [
+            "/proc/kcore",
+            "/proc/self/meminfo",
+            "/proc/net/dev",
+            "/proc/meminfo/x",
+        ] {
+            let err = plan_mount(&bind(dest, "bind"), Path::new("/b"), &|_| false).unwrap_err();
+            assert!(matches!(err, SpecError::MountOverProc { .. }), "{dest}");
+        }
+        let m: Mount =
+            serde_json::from_str(r#"{"destination": "/proc/meminfo", "type": "tmpfs"}"#).unwrap();
+        assert!(matches!(
+            plan_mount(&m, Path::new("/b"), &|_| false),
             Err(SpecError::MountOverProc { .. })
         ));
     }

@@ -847,6 +847,41 @@ fn mounts_over_proc_are_refused() {
     );
 }
 
+/// LXCFS's way: a file bound over /proc/meminfo (and the other files of
+/// PROC_BIND_FILES) is what the container reads, as with runc; a file over
+/// another procfs file is still refused.
+#[test]
+fn a_file_can_be_bound_over_the_lxcfs_proc_files() {
+    let mut b = Bundle::new();
+    let fake = b.dir().join("meminfo");
+    fs::write(&fake, "MemTotal:         65536 kB\n").unwrap();
+    let uptime = b.dir().join("uptime");
+    fs::write(&uptime, "42.00 40.00\n").unwrap();
+    for (dest, source) in [("/proc/meminfo", &fake), ("/proc/uptime", &uptime)] {
+        b.config["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": dest, "type": "bind",
+            "source": source, "options": ["bind", "ro"]
+        }));
+    }
+    let out = run_ok(
+        &mut b,
+        "cat /proc/meminfo /proc/uptime; head -c 3 /proc/stat",
+    );
+    assert_eq!(out, "MemTotal:         65536 kB\n42.00 40.00\ncpu");
+
+    let mut b = Bundle::new();
+    let fake = b.dir().join("kcore");
+    fs::write(&fake, "x").unwrap();
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/proc/kcore", "type": "bind", "source": fake, "options": ["bind"]
+    }));
+    let e = create_error(&b);
+    assert!(
+        e.contains("/proc/kcore is on /proc and not of type proc"),
+        "{e}"
+    );
+}
+
 #[test]
 fn an_image_symlink_cannot_redirect_a_mount_onto_proc() {
     // The image makes /dev a symlink to /proc: the /dev tmpfs would land

@@ -811,6 +811,23 @@ fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
             ],
             r#"tar entry "h": hardlink target "sym/../f" does not exist"#,
         ),
+        // A whiteout or an opaque marker below a symlink loop.
+        (
+            "whiteout_loop",
+            vec![
+                entry("loop", tar::EntryType::Symlink, Some("loop")),
+                entry("loop/.wh.x", tar::EntryType::Regular, None),
+            ],
+            r#"resolve parent directory "loop": Too many levels of symbolic links"#,
+        ),
+        (
+            "opaque_loop",
+            vec![
+                entry("loop", tar::EntryType::Symlink, Some("loop")),
+                entry("loop/.wh..wh..opq", tar::EntryType::Regular, None),
+            ],
+            r#"open directory "loop": Too many levels of symbolic links"#,
+        ),
     ] {
         let mut b = tar::Builder::new(Vec::new());
         b.append(&entry("bin/true", tar::EntryType::Regular, None), &[][..])

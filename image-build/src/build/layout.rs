@@ -603,8 +603,16 @@ fn check_entry(
     };
     let kind = match read {
         ReadEntry::Skip => return Ok(None),
+        // A loop on the way: the unpacker's own error (apply.rs).
         ReadEntry::Opaque => {
-            facts.tree.opaque(parent, index);
+            facts
+                .tree
+                .opaque(parent, index)
+                .map_err(|_| ApplyError::Fs {
+                    op: "open directory",
+                    path: String::from_utf8_lossy(parent).into_owned(),
+                    source: rustix::io::Errno::LOOP.into(),
+                })?;
             return Ok(None);
         }
         ReadEntry::Whiteout => {
@@ -613,7 +621,14 @@ fn check_entry(
                 removed.push(b'/');
             }
             removed.extend_from_slice(base.get(b".wh.".len()..).unwrap_or_default());
-            facts.tree.whiteout(&removed, index);
+            facts
+                .tree
+                .whiteout(&removed, index)
+                .map_err(|_| ApplyError::Fs {
+                    op: "resolve parent directory",
+                    path: String::from_utf8_lossy(parent).into_owned(),
+                    source: rustix::io::Errno::LOOP.into(),
+                })?;
             return Ok(None);
         }
         ReadEntry::Create { kind, .. } => kind,

@@ -138,22 +138,36 @@ impl ImageTree {
         }
     }
 
-    /// `.wh.NAME`: `path` (the parent joined with NAME) goes, with its subtree.
-    pub fn whiteout(&mut self, path: &[u8], layer: usize) {
-        if let Some((parent, name)) = split_last(path)
-            && let Some(dir) = self.parent_path(parent)
-        {
+    /// `.wh.NAME`: `path` (the parent joined with NAME) goes, with its
+    /// subtree. A missing parent, or one that is a file, hides nothing; a
+    /// symlink loop on the way is refused, as the unpacker refuses it.
+    pub fn whiteout(&mut self, path: &[u8], layer: usize) -> Result<(), Refusal> {
+        let Some((parent, name)) = split_last(path) else {
+            return Ok(());
+        };
+        if let Some(dir) = self.marker_dir(parent)? {
             let path = join(&dir, name);
             self.remove_lower(&path, |p| p == path.as_slice() || under(p, &path), layer);
         }
+        Ok(())
     }
 
-    /// `.wh..wh..opq` in `dir`: what lower layers put below `dir` goes.
-    pub fn opaque(&mut self, dir: &[u8], layer: usize) {
-        let Some(dir) = self.parent_path(dir) else {
-            return;
-        };
-        self.remove_lower(&dir, |p| under(p, &dir), layer);
+    /// `.wh..wh..opq` in `dir`: what lower layers put below `dir` goes
+    /// (as for [`Self::whiteout`], a loop on the way is refused).
+    pub fn opaque(&mut self, dir: &[u8], layer: usize) -> Result<(), Refusal> {
+        if let Some(dir) = self.marker_dir(dir)? {
+            self.remove_lower(&dir, |p| under(p, &dir), layer);
+        }
+        Ok(())
+    }
+
+    /// The directory a whiteout or opaque marker acts in, if there is one.
+    fn marker_dir(&self, dir: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
+        match self.walk(dir) {
+            Walk::Found(path, Node::Dir) => Ok(Some(path)),
+            Walk::TooManyLinks => Err(Refusal::TooManyLinks),
+            _ => Ok(None),
+        }
     }
 
     /// Removes the paths at or below `top` that `doomed` selects, but for
@@ -178,15 +192,6 @@ impl ImageTree {
             if !keep.iter().any(|k| *k == p.as_slice() || under(k, p)) {
                 self.entries.remove(p);
             }
-        }
-    }
-
-    /// The path of the existing directory `dir` names, symlinks followed;
-    /// `None` when a component is missing, a file or a loop.
-    fn parent_path(&self, dir: &[u8]) -> Option<Vec<u8>> {
-        match self.walk(dir) {
-            Walk::Found(path, Node::Dir) => Some(path),
-            _ => None,
         }
     }
 
@@ -409,16 +414,27 @@ mod tests {
         assert_eq!(t.link_target(b"usr/bin/nope"), Err(LinkTarget::Missing));
         assert_eq!(t.link_target(b"usr/bin"), Err(LinkTarget::Directory));
         assert_eq!(t.link_target(b"loop/x"), Err(LinkTarget::TooManyLinks));
+        // Whiteouts and opaque markers: a loop on the way is refused (the
+        // unpacker's ELOOP); a missing, dangling or file parent hides
+        // nothing and is no error.
+        assert_eq!(t.whiteout(b"loop/x", 2), Err(Refusal::TooManyLinks));
+        assert_eq!(t.opaque(b"loop", 2), Err(Refusal::TooManyLinks));
+        for parent in [&b"missing"[..], b"gone", b"bin/busybox"] {
+            let mut path = parent.to_vec();
+            path.extend_from_slice(b"/x");
+            assert_eq!(t.whiteout(&path, 2), Ok(()));
+            assert_eq!(t.opaque(parent, 2), Ok(()));
+        }
     }
 
     #[test]
     fn whiteouts_and_opaque_directories_remove_lower_layers_paths() {
         let mut t = busybox();
-        t.whiteout(b"usr/bin/sh", 1);
+        t.whiteout(b"usr/bin/sh", 1).unwrap();
         assert_eq!(t.resolve(b"/bin/sh"), Found::Missing);
         assert_eq!(t.resolve(b"/bin/busybox"), Found::Node(file(0o755)));
         t.create(b"usr/bin/new", file(0o700), 1).unwrap();
-        t.opaque(b"usr/bin", 1);
+        t.opaque(b"usr/bin", 1).unwrap();
         assert_eq!(t.resolve(b"/bin/busybox"), Found::Missing);
         assert_eq!(t.resolve(b"/bin/new"), Found::Node(file(0o700)));
         // A file over a directory takes its subtree with it.
@@ -444,9 +460,9 @@ mod tests {
         let mut t = busybox();
         t.create(b"usr/bin/tool", file(0o755), 1).unwrap();
         t.create(b"etc/app/conf", file(0o644), 1).unwrap();
-        t.whiteout(b"usr/bin/tool", 1);
-        t.whiteout(b"etc", 1);
-        t.opaque(b"usr", 1);
+        t.whiteout(b"usr/bin/tool", 1).unwrap();
+        t.whiteout(b"etc", 1).unwrap();
+        t.opaque(b"usr", 1).unwrap();
         assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Node(file(0o755)));
         assert_eq!(t.resolve(b"/etc/app/conf"), Found::Node(file(0o644)));
         // Lower layers' paths beside them are gone.
@@ -454,7 +470,7 @@ mod tests {
         assert_eq!(t.resolve(b"/usr/bin/busybox"), Found::Missing);
         assert_eq!(t.resolve(b"/usr/bin"), Found::Node(Node::Dir));
         // The next layer's whiteout removes them.
-        t.whiteout(b"usr/bin", 2);
+        t.whiteout(b"usr/bin", 2).unwrap();
         assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Missing);
         assert_eq!(t.resolve(b"/usr"), Found::Node(Node::Dir));
     }
@@ -467,9 +483,9 @@ mod tests {
         assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Node(file(0o755)));
         assert_eq!(t.resolve(b"/bin"), Found::Node(Node::Dir));
         // Whiteouts and opaque markers follow it too.
-        t.whiteout(b"bin/tool", 2);
+        t.whiteout(b"bin/tool", 2).unwrap();
         assert_eq!(t.resolve(b"/usr/bin/tool"), Found::Missing);
-        t.opaque(b"bin", 3);
+        t.opaque(b"bin", 3).unwrap();
         assert_eq!(t.resolve(b"/usr/bin/busybox"), Found::Missing);
         // Missing parents are made.
         t.create(b"opt/app/run", file(0o755), 4).unwrap();

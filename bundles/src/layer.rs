@@ -83,6 +83,12 @@ pub enum LayerError {
         #[source]
         source: ApplyError,
     },
+    #[error("{image}: prepare the root directory")]
+    Root {
+        image: String,
+        #[source]
+        source: ApplyError,
+    },
     #[error("{image}: layer {blob}: start reader thread")]
     Thread {
         image: String,

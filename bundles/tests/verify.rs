@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use berth_bundles::{ImageRef, Platform, UnpackOptions, unpack_bundle};
@@ -63,6 +64,13 @@ fn good_images_all_compressions() {
             vec![b'h'; 100_000]
         );
         assert!(!dest.join("rootfs/gone").exists());
+        // The root starts at time 0 (umoci) and layers that add to it or
+        // remove from it without an entry for it leave it there: a bundle
+        // does not carry the time it was unpacked.
+        let root = fs::metadata(dest.join("rootfs")).unwrap();
+        assert_eq!((root.mtime(), root.atime()), (0, 0));
+        let etc = fs::metadata(dest.join("rootfs/etc")).unwrap();
+        assert_eq!(etc.mtime(), 1_600_000_000);
         let spec: serde_json::Value =
             serde_json::from_slice(&fs::read(dest.join("config.json")).unwrap()).unwrap();
         assert_eq!(spec["process"]["args"], json!(["/bin/sh"]));

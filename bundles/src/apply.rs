@@ -25,7 +25,8 @@
 //! - xattrs: `user.*` and `security.capability` are set on files and
 //!   directories; any other namespace (`security.selinux`, `trusted.*`,
 //!   `system.*`) and xattrs on other file types are skipped with a debug log
-//!   and counted in [`LayerStats::skipped_xattrs`];
+//!   and counted in [`LayerStats::skipped_xattrs`]; a directory declared
+//!   again ends with the new entry's xattrs only (umoci);
 //! - sparse files, unknown entry types and `.wh..wh.*` markers other than
 //!   the opaque one are refused.
 
@@ -518,6 +519,7 @@ impl Rootfs {
         };
 
         if path.is_empty() {
+            drop_old_xattrs(st.root.0.as_fd(), b"/", &meta.xattrs)?;
             self.set_fd_meta(&mut st.stats, st.root.0.as_fd(), b"/", &meta)?;
             st.dir_times.insert(st.root.1, meta.times);
             return Ok(());
@@ -601,19 +603,24 @@ impl Rootfs {
                     .map_err(|e| ApplyError::fs("set times of", &path, e))?;
             }
             EntryType::Directory => {
-                match rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700)) {
-                    Ok(()) => {}
+                // Dir over dir: the children stay, the metadata is the
+                // entry's (its xattrs replace the old ones, as umoci).
+                let existed = match rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) => false,
                     Err(Errno::EXIST) => {
                         let stat = rfs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)
                             .map_err(|e| ApplyError::fs("stat", &path, e))?;
-                        if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+                        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                            true
+                        } else {
                             self.remove_existing(st, pfd, name, &path)?;
                             rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700))
                                 .map_err(|e| ApplyError::fs("create directory", &path, e))?;
+                            false
                         }
                     }
                     Err(e) => return Err(ApplyError::fs("create directory", &path, e)),
-                }
+                };
                 let fd = rfs::openat(
                     pfd,
                     name,
@@ -621,6 +628,9 @@ impl Rootfs {
                     Mode::empty(),
                 )
                 .map_err(|e| ApplyError::fs("open directory", &path, e))?;
+                if existed {
+                    drop_old_xattrs(&fd, &path, xattrs)?;
+                }
                 let stat = self.set_fd_meta(&mut st.stats, &fd, &path, meta)?;
                 // The entry's times win over any recorded before (a
                 // directory declared again, or a child came first).
@@ -1321,6 +1331,46 @@ fn id_of(path: &[u8], field: &'static str, value: u64) -> Result<u32, ApplyError
 /// (SELinux labels, trusted.*) that an unpacker should not invent.
 fn xattr_allowed(key: &[u8]) -> bool {
     key.starts_with(b"user.") || key == b"security.capability"
+}
+
+/// Removes the xattrs of an existing directory that a new entry for it
+/// does not carry, so that it ends with the entry's xattrs only (umoci
+/// clears them before it sets the entry's). Only the names an image can
+/// set here ([`xattr_allowed`]: `user.*`, `security.capability`) are
+/// removed. The others were not set by any layer, since those are skipped:
+/// they come from the host (an LSM label such as `security.selinux` given
+/// at creation, a `system.posix_acl_*` default ACL inherited from above
+/// the root) and are left as they are; removing them is policy an
+/// unpacker should not decide, and the kernel may refuse it.
+fn drop_old_xattrs(
+    fd: impl AsFd,
+    path: &[u8],
+    keep: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), ApplyError> {
+    let fd = fd.as_fd();
+    let err = |e| ApplyError::fs("list xattrs of", path, e);
+    let mut names = vec![0u8; rfs::flistxattr_query(fd).map_err(err)?];
+    let len = match rfs::flistxattr(fd, &mut names[..]) {
+        Ok(len) => len,
+        // Grown since the query: nothing here adds xattrs concurrently,
+        // but a second try with the new size costs nothing.
+        Err(Errno::RANGE) => {
+            names = vec![0u8; rfs::flistxattr_query(fd).map_err(err)?];
+            rfs::flistxattr(fd, &mut names[..]).map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if xattr_allowed(name) && !keep.iter().any(|(k, _)| k == name) {
+            match rfs::fremovexattr(fd, name) {
+                // Gone already (nothing else writes here, but it is the
+                // state wanted).
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(ApplyError::fs("remove xattr of", path, e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn skip_xattrs(st: &mut LayerState, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) {

@@ -978,3 +978,51 @@ fn directory_times_survive_later_changes() {
     let dm = fs::metadata(d_w.root().join("d")).unwrap();
     assert_eq!((dm.mtime(), dm.atime()), (1000, 1000));
 }
+
+/// A directory declared again ends with the new entry's xattrs only (as
+/// umoci), like its owner and mode; xattrs no layer can set (here a
+/// `trusted.*` one, standing for a host label) are left alone.
+#[test]
+fn directory_declared_again_replaces_its_xattrs() {
+    let w = World::new("dirxattr");
+    let r = w.root();
+    w.apply(&[vec![
+        E::dir("./").pax("SCHILY.xattr.user.r", b"root"),
+        E::dir("d")
+            .mode(0o700)
+            .pax("SCHILY.xattr.user.x", b"old")
+            .pax("SCHILY.xattr.user.same", b"v1"),
+        E::file("d/a", b"a"),
+    ]])
+    .unwrap();
+    let set = rustix::fs::XattrFlags::empty();
+    rustix::fs::setxattr(r.join("d"), "trusted.host", b"label", set).unwrap();
+    w.apply(&[vec![
+        E::dir("./"),
+        E::dir("d")
+            .mode(0o2750)
+            .owner(3, 4)
+            .pax("SCHILY.xattr.user.y", b"new")
+            .pax("SCHILY.xattr.user.same", b"v2"),
+    ]])
+    .unwrap();
+    let names = |p: &Path| {
+        let mut buf = vec![0u8; 1024];
+        let n = rustix::fs::llistxattr(p, &mut buf).unwrap();
+        let mut v: Vec<String> = buf[..n]
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&r.join("d")), ["trusted.host", "user.same", "user.y"]);
+    let mut buf = vec![0u8; 64];
+    let n = rustix::fs::getxattr(r.join("d"), "user.same", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"v2");
+    let m = fs::metadata(r.join("d")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o2750, 3, 4));
+    assert_eq!(fs::read(r.join("d/a")).unwrap(), b"a");
+    assert!(names(&r).iter().all(|n| !n.starts_with("user.")));
+}

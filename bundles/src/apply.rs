@@ -1438,6 +1438,9 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
             }
         }
     }
+    if !xattrs.is_empty() {
+        xattrs = last_xattr_records(xattrs);
+    }
     Ok(PaxFacts {
         times: Timestamps {
             last_access: ts,
@@ -1446,6 +1449,23 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
         xattrs,
         sparse,
     })
+}
+
+/// The xattrs that `SCHILY.xattr.*` records (in header order) leave: the
+/// last record for a name wins, and one with an empty value deletes it
+/// (POSIX pax: an empty value deletes the keyword). Go's archive/tar reads
+/// them so (umoci, containerd and Docker set no xattr, not an empty one).
+/// Linear: a 1 MiB PAX header holds tens of thousands of records.
+fn last_xattr_records(records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<_> = records
+        .into_iter()
+        .rev()
+        .filter(|(name, _)| seen.insert(name.clone()))
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Parses a PAX time: decimal seconds with an optional fraction.
@@ -1646,6 +1666,23 @@ mod tests {
         assert_eq!(parse_pax_time(b"1.123456789123"), t(1, 123_456_789));
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    #[test]
+    fn xattr_records_last_wins_empty_deletes() {
+        let rec = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(
+            last_xattr_records(vec![
+                rec("user.a", "1"),
+                rec("user.e", ""),
+                rec("user.b", "1"),
+                rec("user.a", "2"),
+                rec("user.b", ""),
+                rec("user.c", ""),
+                rec("user.c", "3"),
+            ]),
+            vec![rec("user.a", "2"), rec("user.c", "3")]
+        );
     }
 
     #[test]

@@ -552,6 +552,12 @@ fn xattrs_kept_and_skipped() {
                 ),
             E::dir("d").pax("SCHILY.xattr.user.dir", b"yes"),
             E::symlink("l", "cap").pax("SCHILY.xattr.user.link", b"no"),
+            // An empty value deletes the record: no xattr at all (Go's
+            // archive/tar, so umoci), not an empty one.
+            E::file("empty", b"x")
+                .pax("SCHILY.xattr.user.e", b"")
+                .pax("SCHILY.xattr.user.k", b"v"),
+            E::dir("empty-dir").pax("SCHILY.xattr.user.e", b""),
         ]])
         .unwrap();
     let r = w.root();
@@ -565,6 +571,9 @@ fn xattrs_kept_and_skipped() {
     assert_eq!(get("cap", "security.capability").map(|v| v.len()), Some(20));
     assert_eq!(get("cap", "trusted.secret"), None);
     assert_eq!(get("d", "user.dir").as_deref(), Some(&b"yes"[..]));
+    assert_eq!(get("empty", "user.e"), None);
+    assert_eq!(get("empty-dir", "user.e"), None);
+    assert_eq!(get("empty", "user.k").as_deref(), Some(&b"v"[..]));
     assert_eq!(stats[0].skipped_xattrs, 3);
 }
 

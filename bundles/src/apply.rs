@@ -244,6 +244,13 @@ struct CachedDir {
     id: DirId,
 }
 
+/// An entry's parent directory, from the cache or resolved for it.
+struct ParentDir {
+    fd: Rc<OwnedFd>,
+    id: DirId,
+    cached: bool,
+}
+
 /// State kept while one layer is applied.
 struct LayerState {
     /// Paths this layer created or replaced, plus all of their ancestors.
@@ -533,15 +540,23 @@ impl Rootfs {
         };
         let pfd = parent_dir
             .as_ref()
-            .map_or(self.root.as_fd(), |(dir, _)| dir.fd.as_fd());
+            .map_or(self.root.as_fd(), |dir| dir.fd.as_fd());
         let res = self.create_entry(st, entry, kind, pfd, name, &path, &meta);
         let invalidated = std::mem::take(&mut st.invalidated);
         res?;
         match parent_dir {
             // The cache was cleared (and its directories' times set back)
             // while this entry changed its parent: set the parent back too.
-            Some((dir, _)) if invalidated => st.uncache(&dir),
-            Some((dir, false)) => st.cache_dir(dir),
+            Some(dir) if invalidated => st.restore_dir(dir.fd.as_fd(), dir.id, parent),
+            Some(ParentDir {
+                fd,
+                id,
+                cached: false,
+            }) => st.cache_dir(CachedDir {
+                path: parent.to_vec(),
+                fd,
+                id,
+            }),
             _ => Ok(()),
         }
     }
@@ -752,21 +767,21 @@ impl Rootfs {
         Ok(have)
     }
 
-    /// Resolves (creating missing directories) the parent of an entry; the
-    /// fd is taken out of the one-entry cache and put back by the caller.
+    /// Resolves (creating missing directories) the parent of an entry, from
+    /// the cache if it is there; a fresh one has its times recorded and is
+    /// cached by the caller once the entry is made.
     fn take_parent(
         &self,
         st: &mut LayerState,
         parent: &[u8],
         entry: &[u8],
-    ) -> Result<(CachedDir, bool), ApplyError> {
+    ) -> Result<ParentDir, ApplyError> {
         if let Some(d) = st.dirs.iter().rev().find(|d| d.path == parent) {
-            let dir = CachedDir {
-                path: d.path.clone(),
+            return Ok(ParentDir {
                 fd: d.fd.clone(),
                 id: d.id,
-            };
-            return Ok((dir, true));
+                cached: true,
+            });
         }
         // O_RDONLY rather than O_PATH: the directory's times are set back
         // through this fd (futimens needs a real open file).
@@ -782,12 +797,11 @@ impl Rootfs {
             Err(e) => return Err(ApplyError::fs("resolve parent directory", parent, e)),
         };
         let id = st.note_dir(fd.as_fd(), parent)?;
-        let dir = CachedDir {
-            path: parent.to_vec(),
+        Ok(ParentDir {
             fd: Rc::new(fd),
             id,
-        };
-        Ok((dir, false))
+            cached: false,
+        })
     }
 
     /// Creates the missing directories of `parent`, one component at a

@@ -25,12 +25,13 @@
 //! - xattrs: `user.*` and `security.capability` are set on files and
 //!   directories; any other namespace (`security.selinux`, `trusted.*`,
 //!   `system.*`) and xattrs on other file types are skipped with a debug log
-//!   and counted in [`LayerStats::skipped_xattrs`];
+//!   and counted in [`LayerStats::skipped_xattrs`]; a directory declared
+//!   again ends with the new entry's xattrs only (umoci);
 //! - sparse files, unknown entry types and `.wh..wh.*` markers other than
 //!   the opaque one are refused.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -230,13 +231,47 @@ pub struct Rootfs {
     path: PathBuf,
 }
 
+/// A directory by identity (`st_dev`, `st_ino`): the same directory may be
+/// reached under two names (through a symlink), and its times belong to
+/// it, not to a name.
+type DirId = (u64, u64);
+
+/// A directory fd kept for the entries that follow (see
+/// [`LayerState::dirs`]), opened `O_RDONLY` so its times can be set on it.
+struct CachedDir {
+    path: Vec<u8>,
+    fd: Rc<OwnedFd>,
+    id: DirId,
+}
+
+/// An entry's parent directory, from the cache or resolved for it.
+struct ParentDir {
+    fd: Rc<OwnedFd>,
+    id: DirId,
+    cached: bool,
+}
+
 /// State kept while one layer is applied.
 struct LayerState {
     /// Paths this layer created or replaced, plus all of their ancestors.
     upper: HashSet<Vec<u8>>,
-    /// Directories whose times are set once the layer is done, because
-    /// creating children changes a directory's mtime.
-    dir_times: Vec<(Vec<u8>, Timestamps)>,
+    /// The times each directory this layer changed must end the layer
+    /// with. Creating or removing a child sets a directory's mtime to the
+    /// current time; umoci restores the parent's times after every entry,
+    /// so a directory keeps the times it had (those of a lower layer) or
+    /// the ones this layer declared for it. Here a directory's times are
+    /// recorded before its first change in the layer (or taken from its
+    /// entry, or 0 for a parent created because an entry needed it) and set
+    /// back once, when its fd leaves the cache or the layer ends, through
+    /// that fd: no path is looked up again, so a symlinked parent or a
+    /// symlink replaced later in the layer cannot make them land elsewhere.
+    /// Invariant: a directory is in this map before anything here changes
+    /// it, and every fd it was changed through is restored after its last
+    /// change.
+    dir_times: HashMap<DirId, Timestamps>,
+    /// The root directory (`O_RDONLY`), whose times are recorded when the
+    /// layer starts and set back when it ends.
+    root: (OwnedFd, DirId),
     /// Directories resolved in-root or created by this layer, most recent
     /// last (tar entries come grouped by directory, so the parent of an
     /// entry is nearly always here). A cached fd is the directory that was
@@ -244,7 +279,7 @@ struct LayerState {
     /// (this code never renames, and a symlink or file can take a
     /// directory's place only after the directory was removed), so every
     /// removal of a directory clears the cache.
-    dirs: Vec<(Vec<u8>, Rc<OwnedFd>)>,
+    dirs: Vec<CachedDir>,
     /// Set when a directory was removed while an entry was applied.
     invalidated: bool,
     /// Where the real stream ended, once the reader knows.
@@ -276,14 +311,82 @@ pub(crate) type DirectSink = Rc<RefCell<DirectWrite>>;
 /// Directory fds kept in [`LayerState::dirs`], at most.
 const DIR_CACHE: usize = 32;
 
+/// Time zero: for the root before the first layer (as umoci) and for the
+/// parent directories the unpacker creates itself, so that an unpack does
+/// not depend on when it ran.
+const EPOCH: Timestamps = Timestamps {
+    last_access: Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    },
+    last_modification: Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    },
+};
+
+fn stat_times(stat: &rfs::Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: stat.st_atime,
+            tv_nsec: stat.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: stat.st_mtime,
+            tv_nsec: stat.st_mtime_nsec as _,
+        },
+    }
+}
+
+fn dir_id(stat: &rfs::Stat) -> DirId {
+    (stat.st_dev, stat.st_ino)
+}
+
 impl LayerState {
-    fn cache_dir(&mut self, path: &[u8], fd: Rc<OwnedFd>) {
-        if let Some(i) = self.dirs.iter().position(|(p, _)| p == path) {
-            self.dirs.remove(i);
-        } else if self.dirs.len() >= DIR_CACHE {
-            self.dirs.remove(0);
+    /// Records the times of the directory `fd` before this layer changes
+    /// it (unless they are recorded already) and returns its identity.
+    fn note_dir(&mut self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<DirId, ApplyError> {
+        let stat = rfs::fstat(fd).map_err(|e| ApplyError::fs("stat", path, e))?;
+        let id = dir_id(&stat);
+        self.dir_times
+            .entry(id)
+            .or_insert_with(|| stat_times(&stat));
+        Ok(id)
+    }
+
+    /// Sets the directory back to the times it must end the layer with.
+    fn restore_dir(&self, fd: BorrowedFd<'_>, id: DirId, path: &[u8]) -> Result<(), ApplyError> {
+        match self.dir_times.get(&id) {
+            Some(times) => {
+                rfs::futimens(fd, times).map_err(|e| ApplyError::fs("set times of", path, e))
+            }
+            None => Ok(()),
         }
-        self.dirs.push((path.to_vec(), fd));
+    }
+
+    fn uncache(&self, dir: &CachedDir) -> Result<(), ApplyError> {
+        self.restore_dir(dir.fd.as_fd(), dir.id, &dir.path)
+    }
+
+    fn cache_dir(&mut self, dir: CachedDir) -> Result<(), ApplyError> {
+        let gone = if let Some(i) = self.dirs.iter().position(|d| d.path == dir.path) {
+            Some(self.dirs.remove(i))
+        } else if self.dirs.len() >= DIR_CACHE {
+            Some(self.dirs.remove(0))
+        } else {
+            None
+        };
+        self.dirs.push(dir);
+        match gone {
+            Some(d) => self.uncache(&d),
+            None => Ok(()),
+        }
+    }
+
+    /// Empties the cache, setting each directory's times back first.
+    fn clear_dirs(&mut self) -> Result<(), ApplyError> {
+        let dirs = std::mem::take(&mut self.dirs);
+        dirs.iter().try_for_each(|d| self.uncache(d))
     }
 }
 
@@ -361,9 +464,15 @@ impl Rootfs {
     ) -> Result<LayerStats, ApplyError> {
         let mut archive = tar::Archive::new(crate::tar_guard::TarGuard::new(reader));
         archive.set_ignore_zeros(false);
+        let root = self
+            .open_in_root(b"", OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| ApplyError::fs("open", b"/", e))?;
+        let root_stat = rfs::fstat(&root).map_err(|e| ApplyError::fs("stat", b"/", e))?;
+        let root_id = dir_id(&root_stat);
         let mut state = LayerState {
             upper: HashSet::new(),
-            dir_times: Vec::new(),
+            dir_times: HashMap::from([(root_id, stat_times(&root_stat))]),
+            root: (root, root_id),
             dirs: Vec::new(),
             invalidated: false,
             real_end,
@@ -377,17 +486,22 @@ impl Rootfs {
             state.stats.entries += 1;
             self.apply_entry(&mut state, &mut entry)?;
         }
-        // Directory times last, deepest first, so later children do not
-        // bump them. A directory replaced later in the layer is skipped.
-        for (path, times) in state.dir_times.iter().rev() {
-            match self.open_in_root(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW) {
-                Ok(fd) => rfs::futimens(&fd, times)
-                    .map_err(|e| ApplyError::fs("set times of", path, e))?,
-                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
-                Err(e) => return Err(ApplyError::fs("open directory", path, e)),
-            }
-        }
+        // Directory times last: every directory still cached, then the
+        // root (the others were set back when they left the cache).
+        state.clear_dirs()?;
+        let (root, root_id) = &state.root;
+        state.restore_dir(root.as_fd(), *root_id, b"/")?;
         Ok(state.stats)
+    }
+
+    /// Sets the root directory's times to 0, as umoci does before the
+    /// first layer: images rarely carry an entry for the root, and its
+    /// times would otherwise be those of the moment of the unpack.
+    pub fn reset_root_times(&self) -> Result<(), ApplyError> {
+        let root = self
+            .open_in_root(b"", OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| ApplyError::fs("open", b"/", e))?;
+        rfs::futimens(&root, &EPOCH).map_err(|e| ApplyError::fs("set times of", b"/", e))
     }
 
     fn apply_entry<R: Read>(
@@ -412,31 +526,39 @@ impl Rootfs {
         };
 
         if path.is_empty() {
-            let fd = self
-                .open_in_root(b"", OFlags::RDONLY | OFlags::DIRECTORY)
-                .map_err(|e| ApplyError::fs("open", b"/", e))?;
-            self.set_fd_meta(st, &fd, b"/", meta.uid, meta.gid, meta.mode, &meta.xattrs)?;
-            st.dir_times.push((Vec::new(), meta.times));
+            drop_old_xattrs(st.root.0.as_fd(), b"/", &meta.xattrs)?;
+            self.set_fd_meta(&mut st.stats, st.root.0.as_fd(), b"/", &meta)?;
+            st.dir_times.insert(st.root.1, meta.times);
             return Ok(());
         }
 
         mark_upper(&mut st.upper, &path);
-        let parent_fd = if parent.is_empty() {
+        let parent_dir = if parent.is_empty() {
             None
         } else {
             Some(self.take_parent(st, parent, &path)?)
         };
-        let pfd = parent_fd
+        let pfd = parent_dir
             .as_ref()
-            .map_or(self.root.as_fd(), |(fd, _)| fd.as_fd());
+            .map_or(self.root.as_fd(), |dir| dir.fd.as_fd());
         let res = self.create_entry(st, entry, kind, pfd, name, &path, &meta);
-        if let Some((fd, false)) = parent_fd
-            && !st.invalidated
-        {
-            st.cache_dir(parent, fd);
+        let invalidated = std::mem::take(&mut st.invalidated);
+        res?;
+        match parent_dir {
+            // The cache was cleared (and its directories' times set back)
+            // while this entry changed its parent: set the parent back too.
+            Some(dir) if invalidated => st.restore_dir(dir.fd.as_fd(), dir.id, parent),
+            Some(ParentDir {
+                fd,
+                id,
+                cached: false,
+            }) => st.cache_dir(CachedDir {
+                path: parent.to_vec(),
+                fd,
+                id,
+            }),
+            _ => Ok(()),
         }
-        st.invalidated = false;
-        res
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -491,24 +613,29 @@ impl Rootfs {
                     });
                 }
                 st.stats.bytes += written;
-                self.set_fd_meta(st, file.as_fd(), &path, uid, gid, mode, xattrs)?;
+                self.set_fd_meta(&mut st.stats, file.as_fd(), &path, meta)?;
                 rfs::futimens(&file, times)
                     .map_err(|e| ApplyError::fs("set times of", &path, e))?;
             }
             EntryType::Directory => {
-                match rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700)) {
-                    Ok(()) => {}
+                // Dir over dir: the children stay, the metadata is the
+                // entry's (its xattrs replace the old ones, as umoci).
+                let existed = match rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) => false,
                     Err(Errno::EXIST) => {
                         let stat = rfs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW)
                             .map_err(|e| ApplyError::fs("stat", &path, e))?;
-                        if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+                        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                            true
+                        } else {
                             self.remove_existing(st, pfd, name, &path)?;
                             rfs::mkdirat(pfd, name, Mode::from_bits_truncate(0o700))
                                 .map_err(|e| ApplyError::fs("create directory", &path, e))?;
+                            false
                         }
                     }
                     Err(e) => return Err(ApplyError::fs("create directory", &path, e)),
-                }
+                };
                 let fd = rfs::openat(
                     pfd,
                     name,
@@ -516,11 +643,21 @@ impl Rootfs {
                     Mode::empty(),
                 )
                 .map_err(|e| ApplyError::fs("open directory", &path, e))?;
-                self.set_fd_meta(st, &fd, &path, uid, gid, mode, xattrs)?;
-                st.dir_times.push((path.clone(), times.clone()));
+                if existed {
+                    drop_old_xattrs(&fd, &path, xattrs)?;
+                }
+                let stat = self.set_fd_meta(&mut st.stats, &fd, &path, meta)?;
+                // The entry's times win over any recorded before (a
+                // directory declared again, or a child came first).
+                let id = dir_id(&stat);
+                st.dir_times.insert(id, times.clone());
                 // Opened without following, under the in-root parent: the
                 // directory now at `path`, for the entries inside it.
-                st.cache_dir(&path, Rc::new(fd));
+                st.cache_dir(CachedDir {
+                    path: path.clone(),
+                    fd: Rc::new(fd),
+                    id,
+                })?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -586,18 +723,23 @@ impl Rootfs {
     }
 
     /// Sets owner, then mode (chown clears setuid/setgid, chown(2)), then
-    /// xattrs on an open file or directory.
-    #[allow(clippy::too_many_arguments)]
+    /// xattrs on an open file or directory; returns its `fstat` from before
+    /// (the identity is what the caller needs).
     fn set_fd_meta(
         &self,
-        st: &mut LayerState,
+        stats: &mut LayerStats,
         fd: impl AsFd,
         path: &[u8],
-        uid: rfs::Uid,
-        gid: rfs::Gid,
-        mode: u32,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<(), ApplyError> {
+        meta: &EntryMeta,
+    ) -> Result<rfs::Stat, ApplyError> {
+        let EntryMeta {
+            uid,
+            gid,
+            mode,
+            xattrs,
+            ..
+        } = meta;
+        let (uid, gid, mode) = (*uid, *gid, *mode);
         let fd = fd.as_fd();
         // Most entries already have the owner and mode they were created
         // with (root:root, 0644 or 0755 after the umask); one fstat is
@@ -619,49 +761,73 @@ impl Rootfs {
                     .map_err(|e| ApplyError::fs("set xattr on", path, e))?;
             } else {
                 log::debug!("skipping xattr {} on {}", show(key), show(path));
-                st.stats.skipped_xattrs += 1;
+                stats.skipped_xattrs += 1;
             }
         }
-        Ok(())
+        Ok(have)
     }
 
-    /// Resolves (creating missing directories) the parent of an entry; the
-    /// fd is taken out of the one-entry cache and put back by the caller.
+    /// Resolves (creating missing directories) the parent of an entry, from
+    /// the cache if it is there; a fresh one has its times recorded and is
+    /// cached by the caller once the entry is made.
     fn take_parent(
         &self,
         st: &mut LayerState,
         parent: &[u8],
         entry: &[u8],
-    ) -> Result<(Rc<OwnedFd>, bool), ApplyError> {
-        if let Some((_, fd)) = st.dirs.iter().rev().find(|(p, _)| p == parent) {
-            return Ok((fd.clone(), true));
+    ) -> Result<ParentDir, ApplyError> {
+        if let Some(d) = st.dirs.iter().rev().find(|d| d.path == parent) {
+            return Ok(ParentDir {
+                fd: d.fd.clone(),
+                id: d.id,
+                cached: true,
+            });
         }
-        let fresh = |fd| Ok((Rc::new(fd), false));
-        match self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY) {
-            Ok(fd) => fresh(fd),
-            Err(Errno::NOENT) => fresh(self.make_parents(parent, entry)?),
-            Err(Errno::NOTDIR) => Err(ApplyError::ParentNotDirectory {
-                path: show(entry),
-                parent: show(parent),
-            }),
-            Err(e) => Err(ApplyError::fs("resolve parent directory", parent, e)),
-        }
+        // O_RDONLY rather than O_PATH: the directory's times are set back
+        // through this fd (futimens needs a real open file).
+        let fd = match self.open_in_root(parent, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => self.make_parents(st, parent, entry)?,
+            Err(Errno::NOTDIR) => {
+                return Err(ApplyError::ParentNotDirectory {
+                    path: show(entry),
+                    parent: show(parent),
+                });
+            }
+            Err(e) => return Err(ApplyError::fs("resolve parent directory", parent, e)),
+        };
+        let id = st.note_dir(fd.as_fd(), parent)?;
+        Ok(ParentDir {
+            fd: Rc::new(fd),
+            id,
+            cached: false,
+        })
     }
 
     /// Creates the missing directories of `parent`, one component at a
-    /// time, each resolved in-root.
-    fn make_parents(&self, parent: &[u8], entry: &[u8]) -> Result<OwnedFd, ApplyError> {
+    /// time, each resolved in-root. They get time 0 (umoci leaves them
+    /// with the time of the unpack); the existing directory that gets the
+    /// first of them keeps its times.
+    fn make_parents(
+        &self,
+        st: &mut LayerState,
+        parent: &[u8],
+        entry: &[u8],
+    ) -> Result<OwnedFd, ApplyError> {
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
         let mut cur = self
-            .open_in_root(b"", OFlags::PATH | OFlags::DIRECTORY)
+            .open_in_root(b"", dir_flags)
             .map_err(|e| ApplyError::fs("open", b"/", e))?;
         let mut end = 0;
         for comp in parent.split(|b| *b == b'/') {
             end += comp.len();
+            let cur_path = &parent[..end.saturating_sub(comp.len() + 1)];
             let prefix = &parent[..end];
             end += 1;
-            match self.open_in_root(prefix, OFlags::PATH | OFlags::DIRECTORY) {
+            match self.open_in_root(prefix, dir_flags) {
                 Ok(fd) => cur = fd,
                 Err(Errno::NOENT) => {
+                    let cur_id = st.note_dir(cur.as_fd(), cur_path)?;
                     match rfs::mkdirat(&cur, comp, Mode::from_bits_truncate(0o755)) {
                         Ok(()) => {}
                         Err(Errno::EXIST) => {
@@ -672,13 +838,18 @@ impl Rootfs {
                         }
                         Err(e) => return Err(ApplyError::fs("create directory", prefix, e)),
                     }
+                    st.restore_dir(cur.as_fd(), cur_id, cur_path)?;
                     cur = rfs::openat(
                         &cur,
                         comp,
-                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        dir_flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
                     )
                     .map_err(|e| ApplyError::fs("open directory", prefix, e))?;
+                    let stat = rfs::fstat(&cur).map_err(|e| ApplyError::fs("stat", prefix, e))?;
+                    st.dir_times.insert(dir_id(&stat), EPOCH);
+                    // Its own times are set when its child is made (or
+                    // when the caller's fd leaves the cache).
                 }
                 Err(Errno::NOTDIR) => {
                     return Err(ApplyError::ParentNotDirectory {
@@ -732,14 +903,14 @@ impl Rootfs {
         if rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink)
         {
-            st.dirs.clear();
+            st.clear_dirs()?;
             st.invalidated = true;
         }
         match rfs::unlinkat(parent, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(Errno::ISDIR) => {
                 // Removing a directory may orphan a cached parent fd.
-                st.dirs.clear();
+                st.clear_dirs()?;
                 st.invalidated = true;
                 remove_tree(parent, name, path, None)
             }
@@ -758,7 +929,7 @@ impl Rootfs {
             path.push(b'/');
         }
         path.extend_from_slice(target);
-        let dir = match self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY) {
+        let dir = match self.open_in_root(parent, OFlags::RDONLY | OFlags::DIRECTORY) {
             Ok(fd) => fd,
             // Nothing below a missing parent to hide.
             Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
@@ -769,8 +940,14 @@ impl Rootfs {
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(ApplyError::fs("stat", &path, e)),
         }
-        st.dirs.clear();
-        remove_tree(dir.as_fd(), target, &path, Some(&st.upper))
+        st.clear_dirs()?;
+        let id = st.note_dir(dir.as_fd(), parent)?;
+        let mut keep = Keep {
+            upper: &st.upper,
+            times: &mut st.dir_times,
+        };
+        remove_tree(dir.as_fd(), target, &path, Some(&mut keep))?;
+        st.restore_dir(dir.as_fd(), id, parent)
     }
 
     fn apply_opaque(&self, st: &mut LayerState, dir_path: &[u8]) -> Result<(), ApplyError> {
@@ -779,16 +956,21 @@ impl Rootfs {
             Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
             Err(e) => return Err(ApplyError::fs("open directory", dir_path, e)),
         };
-        st.dirs.clear();
+        st.clear_dirs()?;
+        let id = st.note_dir(dir.as_fd(), dir_path)?;
+        let mut keep = Keep {
+            upper: &st.upper,
+            times: &mut st.dir_times,
+        };
         for name in list_dir(&dir, dir_path)? {
             let mut path = dir_path.to_vec();
             if !path.is_empty() {
                 path.push(b'/');
             }
             path.extend_from_slice(&name);
-            remove_tree(dir.as_fd(), &name, &path, Some(&st.upper))?;
+            remove_tree(dir.as_fd(), &name, &path, Some(&mut keep))?;
         }
-        Ok(())
+        st.restore_dir(dir.as_fd(), id, dir_path)
     }
 
     fn apply_hardlink(
@@ -1070,16 +1252,24 @@ fn list_dir(dir: &OwnedFd, path: &[u8]) -> Result<Vec<Vec<u8>>, ApplyError> {
     Ok(names)
 }
 
+/// What a whiteout keeps: this layer's paths (and their ancestors), and
+/// the times of the kept directories it takes children from.
+struct Keep<'a> {
+    upper: &'a HashSet<Vec<u8>>,
+    times: &'a mut HashMap<DirId, Timestamps>,
+}
+
 /// Removes `parent/name` and everything below it, never following a
 /// symlink. Paths in `keep` (this layer's own entries and their ancestors)
-/// survive: of a kept directory only the children not in `keep` go.
+/// survive: of a kept directory only the children not in `keep` go, and
+/// its times are set back afterwards.
 fn remove_tree(
     parent: BorrowedFd<'_>,
     name: &[u8],
     path: &[u8],
-    keep: Option<&HashSet<Vec<u8>>>,
+    mut keep: Option<&mut Keep<'_>>,
 ) -> Result<(), ApplyError> {
-    let kept = keep.is_some_and(|k| k.contains(path));
+    let kept = keep.as_ref().is_some_and(|k| k.upper.contains(path));
     if !kept {
         match rfs::unlinkat(parent, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => return Ok(()),
@@ -1098,17 +1288,29 @@ fn remove_tree(
         Err(Errno::NOTDIR | Errno::LOOP) if kept => return Ok(()),
         Err(e) => return Err(ApplyError::fs("open directory", path, e)),
     };
+    // A kept directory loses children: record its times first (listing it
+    // also changes its atime).
+    let noted = match keep.as_deref_mut() {
+        Some(k) if kept => {
+            let stat = rfs::fstat(&dir).map_err(|e| ApplyError::fs("stat", path, e))?;
+            let times = k.times.entry(dir_id(&stat)).or_insert(stat_times(&stat));
+            Some(times.clone())
+        }
+        _ => None,
+    };
     for child in list_dir(&dir, path)? {
         let mut cpath = path.to_vec();
         cpath.push(b'/');
         cpath.extend_from_slice(&child);
-        remove_tree(dir.as_fd(), &child, &cpath, keep)?;
+        remove_tree(dir.as_fd(), &child, &cpath, keep.as_deref_mut())?;
     }
-    if !kept {
-        rfs::unlinkat(parent, name, AtFlags::REMOVEDIR)
-            .map_err(|e| ApplyError::fs("remove directory", path, e))?;
+    match noted {
+        Some(times) => {
+            rfs::futimens(&dir, &times).map_err(|e| ApplyError::fs("set times of", path, e))
+        }
+        None => rfs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+            .map_err(|e| ApplyError::fs("remove directory", path, e)),
     }
-    Ok(())
 }
 
 /// Adds `path` and all of its ancestors to the layer's set `U`.
@@ -1143,6 +1345,46 @@ fn id_of(path: &[u8], field: &'static str, value: u64) -> Result<u32, ApplyError
 /// (SELinux labels, trusted.*) that an unpacker should not invent.
 fn xattr_allowed(key: &[u8]) -> bool {
     key.starts_with(b"user.") || key == b"security.capability"
+}
+
+/// Removes the xattrs of an existing directory that a new entry for it
+/// does not carry, so that it ends with the entry's xattrs only (umoci
+/// clears them before it sets the entry's). Only the names an image can
+/// set here ([`xattr_allowed`]: `user.*`, `security.capability`) are
+/// removed. The others were not set by any layer, since those are skipped:
+/// they come from the host (an LSM label such as `security.selinux` given
+/// at creation, a `system.posix_acl_*` default ACL inherited from above
+/// the root) and are left as they are; removing them is policy an
+/// unpacker should not decide, and the kernel may refuse it.
+fn drop_old_xattrs(
+    fd: impl AsFd,
+    path: &[u8],
+    keep: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), ApplyError> {
+    let fd = fd.as_fd();
+    let err = |e| ApplyError::fs("list xattrs of", path, e);
+    let mut names = vec![0u8; rfs::flistxattr_query(fd).map_err(err)?];
+    let len = match rfs::flistxattr(fd, &mut names[..]) {
+        Ok(len) => len,
+        // Grown since the query: nothing here adds xattrs concurrently,
+        // but a second try with the new size costs nothing.
+        Err(Errno::RANGE) => {
+            names = vec![0u8; rfs::flistxattr_query(fd).map_err(err)?];
+            rfs::flistxattr(fd, &mut names[..]).map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if xattr_allowed(name) && !keep.iter().any(|(k, _)| k == name) {
+            match rfs::fremovexattr(fd, name) {
+                // Gone already (nothing else writes here, but it is the
+                // state wanted).
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(ApplyError::fs("remove xattr of", path, e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn skip_xattrs(st: &mut LayerState, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) {
@@ -1210,6 +1452,9 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
             }
         }
     }
+    if !xattrs.is_empty() {
+        xattrs = last_xattr_records(xattrs);
+    }
     Ok(PaxFacts {
         times: Timestamps {
             last_access: ts,
@@ -1218,6 +1463,23 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
         xattrs,
         sparse,
     })
+}
+
+/// The xattrs that `SCHILY.xattr.*` records (in header order) leave: the
+/// last record for a name wins, and one with an empty value deletes it
+/// (POSIX pax: an empty value deletes the keyword). Go's archive/tar reads
+/// them so (umoci, containerd and Docker set no xattr, not an empty one).
+/// Linear: a 1 MiB PAX header holds tens of thousands of records.
+fn last_xattr_records(records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<_> = records
+        .into_iter()
+        .rev()
+        .filter(|(name, _)| seen.insert(name.clone()))
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Parses a PAX time: decimal seconds with an optional fraction.
@@ -1418,6 +1680,23 @@ mod tests {
         assert_eq!(parse_pax_time(b"1.123456789123"), t(1, 123_456_789));
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    #[test]
+    fn xattr_records_last_wins_empty_deletes() {
+        let rec = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(
+            last_xattr_records(vec![
+                rec("user.a", "1"),
+                rec("user.e", ""),
+                rec("user.b", "1"),
+                rec("user.a", "2"),
+                rec("user.b", ""),
+                rec("user.c", ""),
+                rec("user.c", "3"),
+            ]),
+            vec![rec("user.a", "2"), rec("user.c", "3")]
+        );
     }
 
     #[test]

@@ -60,6 +60,20 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{image}: layer {blob}: {what} above the {limit} MiB the zstd decoder allows (berth-init unpacks into memory); recompress the layer without --long, or with --long={log} or less",
+        what = window_text(*.window),
+        limit = ZSTD_WINDOW_MAX >> 20,
+        log = ZSTD_WINDOW_LOG_MAX
+    )]
+    ZstdWindow {
+        image: String,
+        blob: String,
+        /// The window the frame asks for, when known (the first frame's
+        /// is read before decoding; a later frame's only shows as the
+        /// decoder's refusal).
+        window: Option<u64>,
+    },
     #[error("{image}: read layer {blob}")]
     Read {
         image: String,
@@ -85,6 +99,12 @@ pub enum LayerError {
     },
     #[error("{image}: unpack of layer {blob} cancelled")]
     Cancelled { image: String, blob: String },
+    #[error("{image}: prepare the root directory")]
+    Root {
+        image: String,
+        #[source]
+        source: ApplyError,
+    },
     #[error("{image}: layer {blob}: start reader thread")]
     Thread {
         image: String,
@@ -92,6 +112,68 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The largest zstd window (back-reference distance) accepted: 2^27 =
+/// 128 MiB, zstd's own default limit for decoding (`zstd -d` refuses more
+/// without `--long` or `--memory`), set explicitly so that it does not move
+/// with the library. The decoder allocates the window, and berth-init
+/// unpacks into RAM at boot; RFC 8878 only asks decoders to support 8 MiB.
+/// `zstd --long=N` with N above 27 on a stream of unknown size (a pipe)
+/// writes frames with larger windows.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+const ZSTD_WINDOW_MAX: u64 = 1 << ZSTD_WINDOW_LOG_MAX;
+
+fn window_text(window: Option<u64>) -> String {
+    match window {
+        Some(w) => format!("a zstd frame needs a {} MiB window,", w.div_ceil(1 << 20)),
+        None => "a zstd frame needs a window".to_string(),
+    }
+}
+
+/// The window size the first zstd frame in `buf` declares (RFC 8878
+/// §3.1.1.1), after any skippable frames; `None` when `buf` does not hold
+/// a whole frame header or is no zstd frame.
+fn zstd_first_window(mut buf: &[u8]) -> Option<u64> {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    loop {
+        let magic = buf.get(..4)?;
+        if magic[0] & 0xf0 == 0x50 && magic[1..] == [0x2a, 0x4d, 0x18] {
+            // Skippable frame: magic, 4-byte little-endian size, data.
+            let size = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
+            buf = buf.get(8 + usize::try_from(size).ok()?..)?;
+            continue;
+        }
+        if magic != MAGIC {
+            return None;
+        }
+        let fhd = *buf.get(4)?;
+        let single_segment = fhd & 0x20 != 0;
+        if !single_segment {
+            // Window_Descriptor: exponent and mantissa.
+            let wd = *buf.get(5)?;
+            let log = 10 + u32::from(wd >> 3);
+            let base = 1u64 << log;
+            return Some(base + (base / 8) * u64::from(wd & 7));
+        }
+        // Single segment: the window is the frame content size, which
+        // follows the dictionary id.
+        let dict_len = [0, 1, 2, 4][usize::from(fhd & 3)];
+        let fcs_len = [1, 2, 4, 8][usize::from(fhd >> 6)];
+        let at = 5 + dict_len;
+        let field = buf.get(at..at + fcs_len)?;
+        let mut le = [0u8; 8];
+        le[..fcs_len].copy_from_slice(field);
+        let fcs = u64::from_le_bytes(le);
+        return Some(if fcs_len == 2 { fcs + 256 } else { fcs });
+    }
+}
+
+/// Whether a zstd decoding error is its refusal of a frame's window (the
+/// zstd crate carries only zstd's error text; `ZSTD_error_frameParameter_
+/// windowTooLarge`).
+fn is_zstd_window_error(e: &io::Error) -> bool {
+    e.to_string() == "Frame requires too much memory for decoding"
 }
 
 /// The size of the tar chunks the decoding thread hands over, and of the
@@ -118,6 +200,8 @@ enum Msg<T> {
 enum StreamError {
     Digest(DigestError),
     Decode(io::Error),
+    /// A zstd frame's window is above [`ZSTD_WINDOW_MAX`].
+    Window(Option<u64>),
     Read(io::Error),
     Cancelled,
 }
@@ -450,9 +534,27 @@ impl Decoder {
             // Multi-member gzip is valid (RFC 1952); GzDecoder would stop
             // after the first member.
             Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(input)),
-            Compression::Zstd => Decoder::Zstd(
-                zstd::stream::read::Decoder::with_buffer(input).map_err(StreamError::Decode)?,
-            ),
+            Compression::Zstd => {
+                // Known before anything is decoded for the first frame
+                // (usually the only one), and then with its size.
+                let window = match input.fill_buf() {
+                    Ok(head) => zstd_first_window(head),
+                    Err(e) => {
+                        let err = classify(e, false);
+                        return Err(input.drain().err().unwrap_or(err));
+                    }
+                };
+                if let Some(w) = window.filter(|w| *w > ZSTD_WINDOW_MAX) {
+                    // The digest's verdict first, as for any decoding
+                    // error: a damaged blob may show a bogus window.
+                    return Err(input.drain().err().unwrap_or(StreamError::Window(Some(w))));
+                }
+                let mut d =
+                    zstd::stream::read::Decoder::with_buffer(input).map_err(StreamError::Decode)?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(StreamError::Decode)?;
+                Decoder::Zstd(d)
+            }
         })
     }
 
@@ -475,10 +577,18 @@ impl Decoder {
     /// surfaces as a decoder error; the digest error is the more precise.
     fn end(self, res: io::Result<()>) -> Result<(), StreamError> {
         let decoding = self.decoding();
+        let zstd = matches!(self, Decoder::Zstd(_));
         let drained = self.into_inner().drain();
         match res {
             Ok(()) => drained,
-            Err(e) => Err(drained.err().unwrap_or_else(|| classify(e, decoding))),
+            Err(e) => Err(drained.err().unwrap_or_else(|| {
+                if zstd && is_zstd_window_error(&e) {
+                    // A later frame's (the first was checked up front).
+                    StreamError::Window(None)
+                } else {
+                    classify(e, decoding)
+                }
+            })),
         }
     }
 }
@@ -1146,6 +1256,11 @@ pub fn unpack_layer_with(
             compression,
             source,
         },
+        StreamError::Window(window) => LayerError::ZstdWindow {
+            image: image.name.clone(),
+            blob: blob.clone(),
+            window,
+        },
         StreamError::Read(source) => LayerError::Read {
             image: image.name.clone(),
             blob: blob.clone(),
@@ -1215,6 +1330,36 @@ mod tests {
         assert_ne!(want, want_rev.finish());
         assert_eq!(share.finish(TAR), Some(want.clone()));
         assert_eq!(share.finish(BLOB), Some(want));
+    }
+
+    #[test]
+    fn zstd_frame_header_window() {
+        let magic = [0x28, 0xb5, 0x2f, 0xfd];
+        let frame = |rest: &[u8]| [&magic[..], rest].concat();
+        // Window_Descriptor 0x88: exponent 17 (2^27), mantissa 0.
+        assert_eq!(zstd_first_window(&frame(&[0x00, 0x88])), Some(1 << 27));
+        // Exponent 20 (2^30), mantissa 1: 2^30 + 2^27.
+        assert_eq!(
+            zstd_first_window(&frame(&[0x00, 0xa1])),
+            Some((1 << 30) + (1 << 27))
+        );
+        // Single segment with a 4-byte content size after a 1-byte dict id.
+        let fcs = 300_000_000u32.to_le_bytes();
+        let single = frame(&[0xa1, 7, fcs[0], fcs[1], fcs[2], fcs[3]]);
+        assert_eq!(zstd_first_window(&single), Some(300_000_000));
+        // Single segment, 2-byte content size (stored minus 256).
+        assert_eq!(zstd_first_window(&frame(&[0x60, 0x00, 0x01])), Some(512));
+        // A skippable frame first (zstd:chunked).
+        let skip = [
+            &[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3][..],
+            &frame(&[0x00, 0x88]),
+        ]
+        .concat();
+        assert_eq!(zstd_first_window(&skip), Some(1 << 27));
+        // Cut short, or not zstd.
+        assert_eq!(zstd_first_window(&frame(&[0x00])), None);
+        assert_eq!(zstd_first_window(&skip[..12]), None);
+        assert_eq!(zstd_first_window(b"ustar"), None);
     }
 
     #[test]

@@ -97,6 +97,14 @@ pub fn unpack_rootfs_with(
     opts: &LayerOptions,
     mut progress: Option<&mut dyn FnMut(Progress<'_>)>,
 ) -> Result<Vec<LayerStats>, LayerError> {
+    // The root starts at time 0 (as with umoci); layers that do not
+    // declare it keep it there.
+    rootfs
+        .reset_root_times()
+        .map_err(|source| LayerError::Root {
+            image: image.name.clone(),
+            source,
+        })?;
     let count = image.layers.len();
     let mut all = Vec::with_capacity(count);
     for (index, layer) in image.layers.iter().enumerate() {

@@ -552,6 +552,12 @@ fn xattrs_kept_and_skipped() {
                 ),
             E::dir("d").pax("SCHILY.xattr.user.dir", b"yes"),
             E::symlink("l", "cap").pax("SCHILY.xattr.user.link", b"no"),
+            // An empty value deletes the record: no xattr at all (Go's
+            // archive/tar, so umoci), not an empty one.
+            E::file("empty", b"x")
+                .pax("SCHILY.xattr.user.e", b"")
+                .pax("SCHILY.xattr.user.k", b"v"),
+            E::dir("empty-dir").pax("SCHILY.xattr.user.e", b""),
         ]])
         .unwrap();
     let r = w.root();
@@ -565,6 +571,9 @@ fn xattrs_kept_and_skipped() {
     assert_eq!(get("cap", "security.capability").map(|v| v.len()), Some(20));
     assert_eq!(get("cap", "trusted.secret"), None);
     assert_eq!(get("d", "user.dir").as_deref(), Some(&b"yes"[..]));
+    assert_eq!(get("empty", "user.e"), None);
+    assert_eq!(get("empty-dir", "user.e"), None);
+    assert_eq!(get("empty", "user.k").as_deref(), Some(&b"v"[..]));
     assert_eq!(stats[0].skipped_xattrs, 3);
 }
 
@@ -866,4 +875,163 @@ fn owner_and_mode_under_setgid_dir() {
     assert_eq!((m.gid(), m.mode() & 0o7777), (0, 0o755));
     let m = fs::metadata(r.join("sg")).unwrap();
     assert_eq!((m.gid(), m.mode() & 0o7777), (50, 0o2775));
+}
+
+/// Directory times follow umoci: a directory keeps the times it had (a
+/// lower layer's) or the ones its entry declared, whatever later entries
+/// add to it or remove from it; parents the unpacker makes itself get 0.
+/// So the result does not depend on when the unpack ran.
+#[test]
+fn directory_times_survive_later_changes() {
+    let w = World::new("dirtimes");
+    let r = w.root();
+    // The root's times are the caller's (unpack sets them to 0 first);
+    // adding top-level entries must not change them.
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &r,
+        &rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 4242,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 4242,
+                tv_nsec: 0,
+            },
+        },
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    let many: Vec<E> = (0..40)
+        .flat_map(|i| {
+            [
+                E::dir(format!("many/d{i}")).mtime(20_000 + i),
+                E::file(format!("many/d{i}/f"), b"x"),
+            ]
+        })
+        .collect();
+    let mut layer1 = vec![
+        E::dir("d").mtime(1000),
+        E::file("d/a", b"x").mtime(2000),
+        E::dir("e").mtime(5000),
+        E::dir("e/sub").mtime(6000),
+        E::file("e/sub/x", b"x"),
+        E::dir("k").mtime(7000),
+        E::file("k/f", b"x"),
+        E::symlink("ln", "/k"),
+        E::dir("kept").mtime(9000),
+        E::file("kept/old", b"x"),
+        E::dir("many").mtime(10_000),
+        E::dir("s").mtime(11_000),
+        E::symlink("sl", "s"),
+    ];
+    layer1.extend(many.clone());
+    let mut layer2 = vec![
+        // Children added and removed in lower directories.
+        E::file("d/b", b"y").mtime(3000),
+        E::whiteout("d/.wh.a"),
+        E::whiteout("e/.wh..wh..opq"),
+        // Through a symlinked parent.
+        E::file("ln/g", b"z"),
+        E::file("sl/new", b"z"),
+        // Parents nobody declared.
+        E::file("p/q/r", b"x").mtime(7),
+        // Declared in this layer, then given a child.
+        E::dir("m").mtime(8000),
+        E::file("m/c", b"x"),
+        // A whiteout of a directory this layer also wrote into: the
+        // directory stays (it holds `new`), `old` goes.
+        E::file("kept/new", b"x"),
+        E::whiteout(".wh.kept"),
+        // A directory declared again with other times.
+        E::dir("k").mtime(7500),
+        E::whiteout("k/.wh.f"),
+        E::whiteout(".wh.nothing-here"),
+    ];
+    // More directories than the unpacker keeps open, each changed again
+    // after it left its cache (and the first after the cache was
+    // cleared by a removal).
+    layer2.extend((0..40).map(|i| E::file(format!("many/d{i}/g"), b"y")));
+    layer2.push(E::file("d/late", b"x"));
+    layer2.push(E::file("d", b"now a file"));
+    layer2.extend((0..40).map(|i| E::whiteout(format!("many/d{i}/.wh.f"))));
+    w.apply(&[layer1, layer2]).unwrap();
+    let mtime = |p: &str| fs::symlink_metadata(r.join(p)).unwrap().mtime();
+    assert_eq!(mtime(""), 4242, "root");
+    let d = fs::symlink_metadata(r.join("d")).unwrap();
+    assert!(d.is_file() && d.mtime() == 1_600_000_000, "d is a file now");
+    assert_eq!(mtime("s"), 11_000);
+    assert!(r.join("s/new").exists());
+    assert_eq!(mtime("e"), 5000);
+    assert!(!r.join("e/sub").exists());
+    assert_eq!(mtime("k"), 7500);
+    assert!(r.join("k/g").exists() && !r.join("k/f").exists());
+    assert_eq!((mtime("p"), mtime("p/q"), mtime("p/q/r")), (0, 0, 7));
+    assert_eq!(mtime("m"), 8000);
+    assert_eq!(mtime("kept"), 9000);
+    assert!(r.join("kept/new").exists() && !r.join("kept/old").exists());
+    assert_eq!(mtime("many"), 10_000);
+    for i in 0..40 {
+        assert_eq!(mtime(&format!("many/d{i}")), 20_000 + i as i64, "many/d{i}");
+        assert!(!r.join(format!("many/d{i}/f")).exists());
+    }
+    // The times do not depend on the clock: the same layers give the
+    // same times again later (nothing here is "now").
+    let d_w = World::new("dirtimes-d");
+    d_w.apply(&[
+        vec![E::dir("d").mtime(1000), E::file("d/a", b"x").mtime(2000)],
+        vec![E::file("d/b", b"y").mtime(3000), E::whiteout("d/.wh.a")],
+    ])
+    .unwrap();
+    let dm = fs::metadata(d_w.root().join("d")).unwrap();
+    assert_eq!((dm.mtime(), dm.atime()), (1000, 1000));
+}
+
+/// A directory declared again ends with the new entry's xattrs only (as
+/// umoci), like its owner and mode; xattrs no layer can set (here a
+/// `trusted.*` one, standing for a host label) are left alone.
+#[test]
+fn directory_declared_again_replaces_its_xattrs() {
+    let w = World::new("dirxattr");
+    let r = w.root();
+    w.apply(&[vec![
+        E::dir("./").pax("SCHILY.xattr.user.r", b"root"),
+        E::dir("d")
+            .mode(0o700)
+            .pax("SCHILY.xattr.user.x", b"old")
+            .pax("SCHILY.xattr.user.same", b"v1"),
+        E::file("d/a", b"a"),
+    ]])
+    .unwrap();
+    let set = rustix::fs::XattrFlags::empty();
+    rustix::fs::setxattr(r.join("d"), "trusted.host", b"label", set).unwrap();
+    w.apply(&[vec![
+        E::dir("./"),
+        E::dir("d")
+            .mode(0o2750)
+            .owner(3, 4)
+            .pax("SCHILY.xattr.user.y", b"new")
+            .pax("SCHILY.xattr.user.same", b"v2"),
+    ]])
+    .unwrap();
+    let names = |p: &Path| {
+        let mut buf = vec![0u8; 1024];
+        let n = rustix::fs::llistxattr(p, &mut buf).unwrap();
+        let mut v: Vec<String> = buf[..n]
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&r.join("d")), ["trusted.host", "user.same", "user.y"]);
+    let mut buf = vec![0u8; 64];
+    let n = rustix::fs::getxattr(r.join("d"), "user.same", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"v2");
+    let m = fs::metadata(r.join("d")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o2750, 3, 4));
+    assert_eq!(fs::read(r.join("d/a")).unwrap(), b"a");
+    assert!(names(&r).iter().all(|n| !n.starts_with("user.")));
 }

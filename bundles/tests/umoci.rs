@@ -3,7 +3,7 @@
 //! opaque directory, file/dir replacement), and the same image recompressed
 //! to zstd by skopeo. The trees are compared entry by entry: paths, types,
 //! modes, owners, contents, symlink targets, hardlink groups, device
-//! numbers, xattrs and file mtimes.
+//! numbers, xattrs and mtimes (of directories too, the root included).
 //!
 //! `BERTH_EQUIV_ROOTFS=/path/to/rootfs cargo test -p berth-bundles --test
 //! umoci` runs the same comparison on another root filesystem, e.g. a
@@ -141,12 +141,6 @@ fn view(root: &Path) -> View {
                 .then(|| groups[&n.ino].clone())
                 .filter(|g| g.len() > 1);
             n.ino = 0;
-            if n.kind == "dir" || p.as_os_str().is_empty() {
-                // Directory mtimes differ by design: umoci re-applies the
-                // parent's metadata after each entry, and inserts made by
-                // umoci itself carry the time of the insert.
-                n.mtime = 0;
-            }
             if p.as_os_str().is_empty() {
                 // umoci chmods the root to its own choice; ours is 0755.
                 n.mode = 0;

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use berth_bundles::{ImageRef, Platform, UnpackOptions, unpack_bundle};
@@ -63,6 +64,13 @@ fn good_images_all_compressions() {
             vec![b'h'; 100_000]
         );
         assert!(!dest.join("rootfs/gone").exists());
+        // The root starts at time 0 (umoci) and layers that add to it or
+        // remove from it without an entry for it leave it there: a bundle
+        // does not carry the time it was unpacked.
+        let root = fs::metadata(dest.join("rootfs")).unwrap();
+        assert_eq!((root.mtime(), root.atime()), (0, 0));
+        let etc = fs::metadata(dest.join("rootfs/etc")).unwrap();
+        assert_eq!(etc.mtime(), 1_600_000_000);
         let spec: serde_json::Value =
             serde_json::from_slice(&fs::read(dest.join("config.json")).unwrap()).unwrap();
         assert_eq!(spec["process"]["args"], json!(["/bin/sh"]));
@@ -663,4 +671,67 @@ fn docker_archive_hostile_manifest() {
     )
     .unwrap_err();
     assert!(err.contains("does not match its digest"), "{err}");
+}
+
+/// zstd with a window above the decoder's 128 MiB limit (what `zstd
+/// --long=30` writes for a stream of unknown size): refused, and the
+/// message says why and how to recompress, not "corrupt". The first
+/// frame's window is read before decoding; a later frame's shows only as
+/// the decoder's refusal.
+#[test]
+fn zstd_window_above_the_limit_is_named() {
+    use std::io::Write;
+    require_root();
+    let frame = |data: &[u8], window_log: Option<u32>| {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        if let Some(log) = window_log {
+            enc.window_log(log).unwrap();
+        }
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let t = tar(&[E::file("f", vec![b'z'; 300_000])]);
+    let (head, rest) = t.split_at(100_000);
+    let cases = [
+        // One frame asking for 256 MiB.
+        (
+            frame(&t, Some(28)),
+            "a zstd frame needs a 256 MiB window, above the 128 MiB",
+        ),
+        // A good first frame, then one asking for 1 GiB.
+        (
+            [frame(head, None), frame(rest, Some(30))].concat(),
+            "a zstd frame needs a window above the 128 MiB",
+        ),
+    ];
+    for (blob, want) in cases {
+        for execution in [
+            berth_bundles::Execution::Inline,
+            berth_bundles::Execution::Threaded,
+        ] {
+            let s = Scratch::new("zwindow");
+            let l = Layout::new(&s.path().join("img"));
+            let layer = l.blob("application/vnd.oci.image.layer.v1.tar+zstd", &blob);
+            let cfg = l.config(std::slice::from_ref(&t), "amd64", json!({}));
+            let cfg = l.blob(
+                "application/vnd.oci.image.config.v1+json",
+                &serde_json::to_vec(&cfg).unwrap(),
+            );
+            let m = l.manifest(cfg, std::slice::from_ref(&layer));
+            l.index(&[(m, Some("v1"))]);
+            let r = ImageRef::parse(&format!("oci:{}:v1", l.dir.display())).unwrap();
+            let opts = UnpackOptions {
+                layer: berth_bundles::LayerOptions {
+                    execution,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let err = unpack_bundle(&r, &s.path().join("b"), opts).unwrap_err();
+            let msg = chain(&err);
+            assert!(msg.contains(want), "{execution:?}: {msg}");
+            assert!(msg.contains("recompress the layer without --long"), "{msg}");
+            assert!(!msg.contains("corrupt"), "{msg}");
+        }
+    }
 }

@@ -60,12 +60,7 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "{image}: layer {blob}: {what} above the {limit} MiB the zstd decoder allows (berth-init unpacks into memory); recompress the layer without --long, or with --long={log} or less",
-        what = window_text(*.window),
-        limit = ZSTD_WINDOW_MAX >> 20,
-        log = ZSTD_WINDOW_LOG_MAX
-    )]
+    #[error("{image}: layer {blob}: {}", zstd_window_refusal(*.window))]
     ZstdWindow {
         image: String,
         blob: String,
@@ -124,10 +119,25 @@ pub enum LayerError {
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 const ZSTD_WINDOW_MAX: u64 = 1 << ZSTD_WINDOW_LOG_MAX;
 
-fn window_text(window: Option<u64>) -> String {
-    match window {
+/// Why a zstd frame asking for `window` bytes (`None`: not known) is
+/// refused, and what to do about it.
+pub fn zstd_window_refusal(window: Option<u64>) -> String {
+    let what = match window {
         Some(w) => format!("a zstd frame needs a {} MiB window,", w.div_ceil(1 << 20)),
         None => "a zstd frame needs a window".to_string(),
+    };
+    format!(
+        "{what} above the {} MiB the zstd decoder allows (berth-init unpacks into memory); recompress the layer without --long, or with --long={ZSTD_WINDOW_LOG_MAX} or less",
+        ZSTD_WINDOW_MAX >> 20
+    )
+}
+
+/// The refusal of a zstd stream that starts with `head`, when its first
+/// frame asks for a window above the limit.
+pub fn zstd_window_check(head: &[u8]) -> Result<(), String> {
+    match zstd_first_window(head) {
+        Some(w) if w > ZSTD_WINDOW_MAX => Err(zstd_window_refusal(Some(w))),
+        _ => Ok(()),
     }
 }
 
@@ -172,7 +182,7 @@ fn zstd_first_window(mut buf: &[u8]) -> Option<u64> {
 /// Whether a zstd decoding error is its refusal of a frame's window (the
 /// zstd crate carries only zstd's error text; `ZSTD_error_frameParameter_
 /// windowTooLarge`).
-fn is_zstd_window_error(e: &io::Error) -> bool {
+pub fn is_zstd_window_error(e: &io::Error) -> bool {
     e.to_string() == "Frame requires too much memory for decoding"
 }
 

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use berth_qemu::{Outcome, Vm, VmConfig, free_port, http_get};
 use common::{
-    TIMEOUT, berth_build, build_ok, extract, kernel, one_layer_layout, require_root, require_tool,
-    scratch, sh, static_init,
+    TIMEOUT, berth_build, build_ok, extract, kernel, one_blob_layout, one_layer_layout,
+    require_root, require_tool, scratch, sh, static_init,
 };
 
 /// An OCI layout with image `bb`: busybox-static, /bin/sh, a web page.
@@ -854,6 +854,33 @@ fn layer_entries_the_unpacker_refuses_are_refused_at_build_time() {
         let unpack_err = String::from_utf8_lossy(&o.stderr);
         assert!(unpack_err.contains(says), "{name}: {unpack_err}");
     }
+
+    // A zstd layer whose window is above the unpacker's limit (`zstd
+    // --long=28` on a pipe): refused by the build in the unpacker's words.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&entry("bin/true", tar::EntryType::Regular, None), &[][..])
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.window_log(28).unwrap();
+    std::io::Write::write_all(&mut enc, &tar).unwrap();
+    let blob = enc.finish().unwrap();
+    one_blob_layout(&dir, "window", &tar, Some(&blob), cmd.clone());
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "images": {"window": "oci:window:window"}, "services": [{"name": "s", "image": "window"}]}"#,
+    )
+    .unwrap();
+    let says = "a zstd frame needs a 256 MiB window, above the 128 MiB the zstd decoder allows";
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains(says), "{err}");
+    let o = berth_build(&[
+        "unpack",
+        &format!("oci:{}:window", dir.join("window").display()),
+        dir.join("unpacked-window").to_str().unwrap(),
+    ]);
+    let unpack_err = String::from_utf8_lossy(&o.stderr);
+    assert!(unpack_err.contains(says), "{unpack_err}");
 
     // And the other way: missing/../bin/true is bin/true, which exists.
     let mut b = tar::Builder::new(Vec::new());

@@ -31,6 +31,9 @@ use berth_bundles::Platform;
 use berth_bundles::apply::{ApplyError, ReadEntry, hardlink_target, read_entry, tar_read_error};
 use berth_bundles::digest::{Hasher, Sha256Digest};
 use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef, Layer};
+use berth_bundles::layer::{
+    ZSTD_WINDOW_LOG_MAX, is_zstd_window_error, zstd_window_check, zstd_window_refusal,
+};
 use berth_bundles::tar_guard::TarGuard;
 use serde_json::json;
 
@@ -407,7 +410,16 @@ impl LayoutWriter {
         let plain: Box<dyn Read> = match compression {
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
             Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(layer_err("zstd"))?)
+                // The unpacker's window limit and words: the build recodes
+                // the layer, but `berth-build unpack` of the same image
+                // must not be the one to fail.
+                let head = io::BufRead::fill_buf(&mut raw).map_err(layer_err("read"))?;
+                zstd_window_check(head).map_err(|why| layer_err("zstd")(io::Error::other(why)))?;
+                let mut d =
+                    zstd::stream::read::Decoder::with_buffer(raw).map_err(layer_err("zstd"))?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(layer_err("zstd"))?;
+                Box::new(d)
             }
             Compression::None | Compression::Sniff => Box::new(raw),
         };
@@ -454,6 +466,12 @@ impl LayoutWriter {
         }
         if let Err(e) = drained {
             let _ = fs::remove_file(&tmp);
+            // A later frame's window (the first one's was checked above).
+            let e = if compression == Compression::Zstd && is_zstd_window_error(&e) {
+                io::Error::other(zstd_window_refusal(None))
+            } else {
+                e
+            };
             return Err(layer_err("read and verify")(e));
         }
         let unpacked = tee.diff.count();

@@ -158,6 +158,18 @@ pub fn ok<T>(vm: &berth_qemu::Vm, r: Result<T, berth_qemu::VmError>) -> T {
 /// An OCI layout at `dir/NAME` holding image `NAME`: one uncompressed layer
 /// (`tar`), the container config `config` (the image config's `config`).
 pub fn one_layer_layout(dir: &Path, name: &str, tar: &[u8], config: serde_json::Value) -> PathBuf {
+    one_blob_layout(dir, name, tar, None, config)
+}
+
+/// [`one_layer_layout`] with the layer stored as `zstd` (bytes of a zstd
+/// stream of `tar`) when given.
+pub fn one_blob_layout(
+    dir: &Path,
+    name: &str,
+    tar: &[u8],
+    zstd: Option<&[u8]>,
+    config: serde_json::Value,
+) -> PathBuf {
     use berth_bundles::digest::Sha256Digest;
     let layout = dir.join(name);
     let blobs = layout.join("blobs/sha256");
@@ -167,19 +179,24 @@ pub fn one_layer_layout(dir: &Path, name: &str, tar: &[u8], config: serde_json::
         fs::write(blobs.join(d.hex()), bytes).unwrap();
         (d.to_string(), bytes.len())
     };
-    let (layer, layer_size) = put(tar);
+    let diff_id = Sha256Digest::of(tar).to_string();
+    let (layer, layer_size) = put(zstd.unwrap_or(tar));
+    let media_type = match zstd {
+        Some(_) => "application/vnd.oci.image.layer.v1.tar+zstd",
+        None => "application/vnd.oci.image.layer.v1.tar",
+    };
     let image_config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [layer]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let (cfg, cfg_size) = put(&serde_json::to_vec(&image_config).unwrap());
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+        "layers": [{"mediaType": media_type, "digest": layer, "size": layer_size}],
     });
     let (m, m_size) = put(&serde_json::to_vec(&manifest).unwrap());
     let index = serde_json::json!({

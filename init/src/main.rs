@@ -23,7 +23,8 @@
 //!   which is `PROC_PID_INIT_INO` (0xEFFFFFFC, include/linux/proc_ns.h) only
 //!   in the initial namespace; PID 1 mounts /proc first to look. Only this
 //!   role mounts the early filesystems, reads `berth.*` from the kernel
-//!   command line, sets the hostname, sysctls and modules, and ends in
+//!   command line, sets the hostname, sysctls and modules, raises its own
+//!   open files limit (`berth_init::rlimits`), and ends in
 //!   sync + power-off or reboot (never a return from `main`: the kernel
 //!   panics when PID 1 exits).
 //! - **namespace**: `getpid() == 1` in a child pid namespace (tests under
@@ -76,6 +77,7 @@ use berth_init::manifest::{self, DATA_DIR, FatalAction, Manifest};
 use berth_init::modules::{self, ModuleIndex};
 use berth_init::net;
 use berth_init::power_button;
+use berth_init::rlimits;
 use berth_init::rootfs;
 use berth_init::service::Millis;
 use berth_init::supervisor::{self, Supervisor};
@@ -376,6 +378,13 @@ fn boot_and_supervise(role: Role, args: &Args, start: Millis) -> Result<Outcome,
 
     let machine = if role == Role::Machine {
         let late_sysctls = configure_machine(&manifest)?;
+        // After the sysctls (fs.nr_open), before any unit: their hard limit
+        // is PID 1's. Not fatal: PID 1 runs on the kernel's 1024 as well.
+        match rlimits::raise_pid1_nofile() {
+            Ok(Some(limit)) => log::debug!("open files limit raised to {limit}"),
+            Ok(None) => {}
+            Err(e) => log::warn!("{} (PID 1 keeps its open files limit)", error_chain(&e)),
+        }
         timeline(start, "machine configured");
         let machine = start_machine_setup(&manifest, late_sysctls, start)?;
         launcher.set_machine_setup(machine.clone());

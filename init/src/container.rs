@@ -66,7 +66,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpu, LinuxMemory, LinuxNamespaceType, LinuxPids,
-    LinuxResources, Mount as OciMount, Spec,
+    LinuxResources, Mount as OciMount, PosixRlimit, PosixRlimitType, Spec,
 };
 
 use crate::launcher::{LaunchError, Launcher, ProcessLauncher, UnitKind};
@@ -74,6 +74,7 @@ use crate::logging::error_chain;
 use crate::machine::MachineSetup;
 use crate::manifest::{Mount, NetworkMode, Program, Resources, SeccompMode, Source};
 use crate::net::Rtnetlink;
+use crate::rlimits::{self, Rlimit};
 use crate::service::ExitStatus;
 
 /// `org.opencontainers.image.ref.name`: how the manifest names an image.
@@ -143,6 +144,12 @@ pub enum PrepareError {
     },
     #[error("capability {name:?} is unknown to the runtime")]
     Capability { name: String },
+    #[error("resource limit {typ}")]
+    Rlimit {
+        typ: PosixRlimitType,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
     #[error("seccomp profile")]
     Seccomp {
         #[source]
@@ -1189,6 +1196,7 @@ pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
             source,
         })?;
     default_oom_score_adj(&mut spec);
+    default_nofile(&mut spec, rlimits::pid1_nofile_hard())?;
     let rootfs = berth_runtime::spec::rootfs_path(&spec, dir).map_err(|source| {
         PrepareError::BundleRootfs {
             path: dir.to_owned(),
@@ -1285,6 +1293,35 @@ fn default_oom_score_adj(spec: &mut Spec) {
     }
 }
 
+/// A bundle's config.json keeps its own limits; without an RLIMIT_NOFILE
+/// its process would inherit PID 1's raised soft limit (runc leaves a
+/// process its runtime's limits), so it gets a unit's default: soft 1024,
+/// hard `nofile_hard` (PID 1's).
+fn default_nofile(spec: &mut Spec, nofile_hard: u64) -> Result<(), PrepareError> {
+    if let Some(process) = spec.process_mut() {
+        let own: Vec<Rlimit> = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(Rlimit::from)
+            .collect();
+        let limits = rlimits::unit_rlimits(&own, &[], nofile_hard);
+        process.set_rlimits(Some(oci_rlimits(&limits)?));
+    }
+    Ok(())
+}
+
+/// `process.rlimits` of a spec.
+fn oci_rlimits(limits: &[Rlimit]) -> Result<Vec<PosixRlimit>, PrepareError> {
+    limits
+        .iter()
+        .map(|r| {
+            r.to_oci()
+                .map_err(|source| PrepareError::Rlimit { typ: r.typ, source })
+        })
+        .collect()
+}
+
 /// A bind mount of a directory of the data disk.
 fn persistent_mount(host: &Path, target: &Path, read_only: bool) -> OciMount {
     let mut m = OciMount::default();
@@ -1314,8 +1351,10 @@ fn tmpfs_mount(target: &Path, size: Option<u64>, mode: Option<u32>) -> OciMount 
 }
 
 /// The manifest's container fields on top of a spec derived from an image:
-/// network mode, resources and cgroup, capabilities, read-only root, and
-/// the default seccomp profile unless the unit is `unconfined`.
+/// network mode, resources and cgroup, capabilities, read-only root, a
+/// unit's resource limits (RLIMIT_NOFILE soft 1024, hard PID 1's: not the
+/// base spec's 1024/1024, which are berth's and not the image's), and the
+/// default seccomp profile unless the unit is `unconfined`.
 pub fn apply_program(
     spec: &mut Spec,
     name: &str,
@@ -1346,6 +1385,10 @@ pub fn apply_program(
     }
     spec.set_linux(Some(linux));
 
+    if let Some(process) = spec.process_mut() {
+        let limits = rlimits::unit_rlimits(&[], &[], rlimits::pid1_nofile_hard());
+        process.set_rlimits(Some(oci_rlimits(&limits)?));
+    }
     if let Some(names) = &program.capabilities {
         let mut caps = std::collections::HashSet::new();
         for n in names {
@@ -1716,6 +1759,53 @@ mod tests {
         p.read_only = true;
         let err = error_chain(&l.check("b", &p).unwrap_err());
         assert!(err.contains("args, read_only for bundle /b"), "{err}");
+    }
+
+    fn rlimits_of(spec: &Spec) -> Vec<Rlimit> {
+        let process = spec.process().as_ref().unwrap();
+        process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(Rlimit::from)
+            .collect()
+    }
+
+    fn limit(typ: PosixRlimitType, soft: u64, hard: u64) -> Rlimit {
+        Rlimit { typ, soft, hard }
+    }
+
+    #[test]
+    fn image_units_get_1024_open_files_and_pid1s_hard_limit() {
+        let nofile = |soft, hard| limit(PosixRlimitType::RlimitNofile, soft, hard);
+        let mut spec = base();
+        // The base spec's 1024/1024 (oci-spec's default) is replaced.
+        assert_eq!(rlimits_of(&spec), [nofile(1024, 1024)]);
+        apply_program(
+            &mut spec,
+            "a",
+            &program(r#"{"name":"a","image":"busybox"}"#),
+            None,
+        )
+        .unwrap();
+        let hard = rlimits::pid1_nofile_hard();
+        assert_eq!(rlimits_of(&spec), [nofile(hard.min(1024), hard)]);
+    }
+
+    #[test]
+    fn bundles_keep_their_limits_and_get_the_open_files_default() {
+        let nofile = |soft, hard| limit(PosixRlimitType::RlimitNofile, soft, hard);
+        let core = limit(PosixRlimitType::RlimitCore, 0, 0);
+        let with = |limits: Option<Vec<Rlimit>>| {
+            let mut spec = base();
+            let limits = limits.map(|l| oci_rlimits(&l).unwrap());
+            spec.process_mut().as_mut().unwrap().set_rlimits(limits);
+            default_nofile(&mut spec, 65536).unwrap();
+            rlimits_of(&spec)
+        };
+        assert_eq!(with(Some(vec![nofile(100, 200)])), [nofile(100, 200)]);
+        assert_eq!(with(Some(vec![core])), [core, nofile(1024, 65536)]);
+        assert_eq!(with(None), [nofile(1024, 65536)]);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - The child gets `stdout`/`stderr` as fds 1 and 2, `/dev/null` as stdin,
 //!   an empty signal mask and default dispositions, and no other fd of PID 1
 //!   (every fd PID 1 opens is close-on-exec; CVE-2024-21626).
+//! - The child starts with RLIMIT_NOFILE soft 1024 (at most), not PID 1's
+//!   raised soft limit (`crate::rlimits`).
 
 use std::ffi::CString;
 use std::fmt;
@@ -263,7 +265,10 @@ impl Launcher for ProcessLauncher {
         actions.add_dup2(stdout.as_raw_fd(), 1).map_err(nix_err)?;
         actions.add_dup2(stderr.as_raw_fd(), 2).map_err(nix_err)?;
 
-        let pid = posix_spawnp(path, &actions, &attr, &args, &envp).map_err(nix_err)?;
+        // Not PID 1's raised open files limit: a unit's (crate::rlimits).
+        let pid =
+            crate::rlimits::with_unit_nofile(|| posix_spawnp(path, &actions, &attr, &args, &envp))
+                .map_err(nix_err)?;
         // PID 1's copies of the write ends close here; the child holds its own.
         drop((stdout, stderr));
         Ok(pid)

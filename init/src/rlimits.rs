@@ -13,6 +13,7 @@
 //! raises itself, unless its manifest entry or its bundle says otherwise.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use oci_spec::runtime::{PosixRlimit, PosixRlimitBuilder, PosixRlimitType};
 
 /// Why PID 1 could not raise its own limit.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum RlimitError {
 /// is PID 1's) can have it through `sysctls` (`fs.nr_open`) and its
 /// `rlimits`.
 pub const PID1_NOFILE_MAX: u64 = 1 << 20;
+
+/// A unit's soft RLIMIT_NOFILE unless it says otherwise: `FD_SETSIZE`.
+pub const UNIT_NOFILE_SOFT: u64 = 1024;
 
 /// The RLIMIT_NOFILE (soft = hard) PID 1 gives itself, from its current
 /// `(soft, hard)` and `fs.nr_open` (`None`: unreadable, the kernel's
@@ -62,6 +66,91 @@ pub fn raise_pid1_nofile() -> Result<Option<u64>, RlimitError> {
     Ok(Some(limit))
 }
 
+/// PID 1's hard RLIMIT_NOFILE: the hard limit its units start with.
+pub fn pid1_nofile_hard() -> u64 {
+    // getrlimit(2) only fails for an unknown resource; 1024 keeps a unit
+    // at the soft default should it ever.
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(UNIT_NOFILE_SOFT, |(_, hard)| hard)
+}
+
+/// One resource limit of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    pub typ: PosixRlimitType,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl Rlimit {
+    /// The limit in a runtime spec (oci-spec only builds one).
+    pub fn to_oci(self) -> Result<PosixRlimit, oci_spec::OciSpecError> {
+        PosixRlimitBuilder::default()
+            .typ(self.typ)
+            .soft(self.soft)
+            .hard(self.hard)
+            .build()
+    }
+}
+
+impl From<&PosixRlimit> for Rlimit {
+    fn from(r: &PosixRlimit) -> Self {
+        Self {
+            typ: r.typ(),
+            soft: r.soft(),
+            hard: r.hard(),
+        }
+    }
+}
+
+/// A unit's `process.rlimits`: `own` (a bundle's config.json; nothing for
+/// an image unit, whose base spec's limits are berth's defaults, not the
+/// image's), RLIMIT_NOFILE soft 1024 and hard `nofile_hard` (PID 1's) when
+/// `own` sets none, then `overrides` (the manifest's) in place of the
+/// limits of the same type.
+pub fn unit_rlimits(own: &[Rlimit], overrides: &[Rlimit], nofile_hard: u64) -> Vec<Rlimit> {
+    let mut out = own.to_vec();
+    if !out.iter().any(|r| r.typ == PosixRlimitType::RlimitNofile) {
+        out.push(Rlimit {
+            typ: PosixRlimitType::RlimitNofile,
+            soft: UNIT_NOFILE_SOFT.min(nofile_hard),
+            hard: nofile_hard,
+        });
+    }
+    for o in overrides {
+        out.retain(|r| r.typ != o.typ);
+        out.push(*o);
+    }
+    out
+}
+
+/// Runs `spawn` with PID 1's soft RLIMIT_NOFILE lowered to 1024 (at
+/// most), then restores it: a host unit is started with posix_spawn(3),
+/// which has no attribute for limits, and inherits them at its clone.
+/// Lowering a soft limit is always allowed and raising it back up to the
+/// unchanged hard limit too (setrlimit(2)). While it is lowered, PID 1
+/// (its main thread spawning; the machine set-up thread at boot) cannot
+/// open an fd numbered 1024 or above, which happens only when more than
+/// ~1000 are already open, and the spawn then fails as a spawn does: the
+/// unit backs off and retries.
+pub fn with_unit_nofile<T>(spawn: impl FnOnce() -> T) -> T {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return spawn();
+    };
+    let unit = UNIT_NOFILE_SOFT.min(hard);
+    if soft <= unit {
+        return spawn();
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, unit, hard) {
+        log::warn!("lower RLIMIT_NOFILE to {unit} for a host unit: {e} (it inherits {soft})");
+        return spawn();
+    }
+    let out = spawn();
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, soft, hard) {
+        log::warn!("restore RLIMIT_NOFILE {soft}: {e} (PID 1 keeps {unit})");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +169,33 @@ mod tests {
         assert_eq!(pid1_nofile((1024, 1 << 21), Some(1 << 30)), Some(1 << 21));
         // Already there: nothing to do.
         assert_eq!(pid1_nofile((1 << 20, 1 << 20), Some(1 << 20)), None);
+    }
+
+    #[test]
+    fn units_get_1024_and_pid1s_hard_limit_unless_they_say_otherwise() {
+        let nofile = |soft, hard| Rlimit {
+            typ: PosixRlimitType::RlimitNofile,
+            soft,
+            hard,
+        };
+        let core = Rlimit {
+            typ: PosixRlimitType::RlimitCore,
+            soft: 0,
+            hard: 0,
+        };
+        assert_eq!(unit_rlimits(&[], &[], 1 << 20), [nofile(1024, 1 << 20)]);
+        // A hard limit below 1024 caps the soft one.
+        assert_eq!(unit_rlimits(&[], &[], 512), [nofile(512, 512)]);
+        // A bundle's own limits stay, NOFILE included.
+        assert_eq!(
+            unit_rlimits(&[core, nofile(10, 20)], &[], 1 << 20),
+            [core, nofile(10, 20)]
+        );
+        assert_eq!(unit_rlimits(&[core], &[], 4096), [core, nofile(1024, 4096)]);
+        // The manifest's replace the default.
+        assert_eq!(
+            unit_rlimits(&[], &[nofile(4096, 8192), core], 1 << 20),
+            [nofile(4096, 8192), core]
+        );
     }
 }

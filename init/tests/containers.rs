@@ -1257,3 +1257,87 @@ fn image_units_get_the_machines_hostname_and_resolv_conf() {
         "nameserver 10.0.2.3\nsearch qa.internal\n"
     );
 }
+
+/// A bundle in `dir` running `script` in a busybox root, with
+/// `process.rlimits` set to `rlimits` (left out when `None`).
+fn write_bundle(dir: &Path, script: &str, rlimits: Option<serde_json::Value>) {
+    busybox_root(&dir.join("rootfs"), None);
+    let spec = berth_bundles::spec::default_spec();
+    let mut v = serde_json::to_value(&spec).unwrap();
+    v["root"]["path"] = "rootfs".into();
+    v["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    v["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    match rlimits {
+        Some(r) => v["process"]["rlimits"] = r,
+        None => {
+            v["process"].as_object_mut().unwrap().remove("rlimits");
+        }
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+/// The soft and hard limits in a `/proc/self/limits` line a unit printed
+/// (`[  1.234] unit: Max open files  1024  4096  files`), after `what`.
+fn soft_hard(line: &str, what: &str) -> (String, String) {
+    let rest = line.split_once(what).unwrap_or_else(|| panic!("{line}")).1;
+    let mut words = rest.split_whitespace().map(str::to_owned);
+    (words.next().unwrap(), words.next().unwrap())
+}
+
+/// Every unit starts with RLIMIT_NOFILE soft 1024 and PID 1's hard limit,
+/// whatever PID 1's own soft limit (here raised to its hard one, as a
+/// machine's PID 1 raises it), unless a bundle's config.json says
+/// otherwise. No CAP_SYS_RESOURCE needed: only soft limits are raised,
+/// and only up to the hard one.
+#[test]
+fn units_start_with_1024_open_files_and_pid1s_hard_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // berth-init inherits this; the other tests of this binary get it too,
+    // which changes nothing for them.
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let w = World::new("nofile");
+    let probe = "grep 'open files' /proc/self/limits; exec sleep 1000";
+    let own = w.dir.join("own");
+    write_bundle(
+        &own,
+        probe,
+        Some(serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 600}])),
+    );
+    let bare = w.dir.join("bare");
+    write_bundle(&bare, probe, None);
+    let bundle = |name: &str, dir: &Path| {
+        format!(
+            r#"{{"name":"{name}","bundle":{},"stop_signal":"SIGKILL"}}"#,
+            serde_json::to_string(dir).unwrap()
+        )
+    };
+    let m = manifest(
+        &[],
+        &[
+            ctr("image", probe, r#","stop_signal":"SIGKILL""#),
+            sh("host", probe, r#","stop_signal":"SIGKILL""#),
+            bundle("own", &own),
+            bundle("bare", &bare),
+        ],
+    );
+    let mut p = w.start(&m);
+    let pid1 = std::fs::read_to_string(format!("/proc/{}/limits", p.init_pid())).unwrap();
+    let pid1 = pid1.lines().find(|l| l.contains("open files")).unwrap();
+    assert_eq!(
+        soft_hard(pid1, "open files"),
+        (hard.to_string(), hard.to_string())
+    );
+    let unit = (1024.min(hard).to_string(), hard.to_string());
+    for name in ["image", "host", "bare"] {
+        let line = p.wait_for(&format!("{name}: Max open files"));
+        assert_eq!(soft_hard(&line, "open files"), unit, "{name}: {line}");
+    }
+    let line = p.wait_for("own: Max open files");
+    assert_eq!(
+        soft_hard(&line, "open files"),
+        ("300".to_owned(), "600".to_owned())
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}

@@ -1351,10 +1351,11 @@ fn tmpfs_mount(target: &Path, size: Option<u64>, mode: Option<u32>) -> OciMount 
 }
 
 /// The manifest's container fields on top of a spec derived from an image:
-/// network mode, resources and cgroup, capabilities, read-only root, a
-/// unit's resource limits (RLIMIT_NOFILE soft 1024, hard PID 1's: not the
-/// base spec's 1024/1024, which are berth's and not the image's), and the
-/// default seccomp profile unless the unit is `unconfined`.
+/// network mode, resources and cgroup, capabilities, read-only root,
+/// resource limits (the manifest's over a unit's default, RLIMIT_NOFILE
+/// soft 1024, hard PID 1's: not the base spec's 1024/1024, which are
+/// berth's and not the image's), and the default seccomp profile unless
+/// the unit is `unconfined`.
 pub fn apply_program(
     spec: &mut Spec,
     name: &str,
@@ -1386,7 +1387,7 @@ pub fn apply_program(
     spec.set_linux(Some(linux));
 
     if let Some(process) = spec.process_mut() {
-        let limits = rlimits::unit_rlimits(&[], &[], rlimits::pid1_nofile_hard());
+        let limits = rlimits::unit_rlimits(&[], &program.rlimits, rlimits::pid1_nofile_hard());
         process.set_rlimits(Some(oci_rlimits(&limits)?));
     }
     if let Some(names) = &program.capabilities {
@@ -1471,6 +1472,7 @@ fn bundle_overrides(program: &Program) -> Vec<&'static str> {
         ("resources", !program.resources.is_empty()),
         ("capabilities", program.capabilities.is_some()),
         ("read_only", program.read_only),
+        ("rlimits", !program.rlimits.is_empty()),
     ]
     .into_iter()
     .filter_map(|(field, set)| set.then_some(field))
@@ -1790,6 +1792,34 @@ mod tests {
         .unwrap();
         let hard = rlimits::pid1_nofile_hard();
         assert_eq!(rlimits_of(&spec), [nofile(hard.min(1024), hard)]);
+        // The manifest's: in place of the default, or besides it.
+        let mut spec = base();
+        apply_program(
+            &mut spec,
+            "a",
+            &program(
+                r#"{"name":"a","image":"busybox","rlimits":{"nofile":"64:128","core":"unlimited"}}"#,
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            rlimits_of(&spec),
+            [
+                limit(PosixRlimitType::RlimitCore, u64::MAX, u64::MAX),
+                nofile(64, 128)
+            ]
+        );
+        let mut spec = base();
+        let p = program(r#"{"name":"a","image":"busybox","rlimits":{"nproc":100}}"#);
+        apply_program(&mut spec, "a", &p, None).unwrap();
+        assert_eq!(
+            rlimits_of(&spec),
+            [
+                nofile(hard.min(1024), hard),
+                limit(PosixRlimitType::RlimitNproc, 100, 100)
+            ]
+        );
     }
 
     #[test]

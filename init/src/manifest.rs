@@ -46,7 +46,18 @@
 //! `capabilities` ([`CAP_…`], replaces the default set), `read_only` (root
 //! filesystem read-only), `seccomp` (`default`: berth's profile, which denies
 //! new user namespaces, keyrings, io_uring, and bpf, perf_event_open and
-//! userfaultfd unless a capability allows them; `unconfined`: no filter).
+//! userfaultfd unless a capability allows them; `unconfined`: no filter),
+//! `rlimits` {name: limit} (image units, a bundle's are its config.json's
+//! `process.rlimits`; setrlimit(2) before exec; names as Docker's
+//! `--ulimit` writes them: `as`, `core`, `cpu`, `data`, `fsize`, `locks`,
+//! `memlock`, `msgqueue`, `nice`, `nofile`, `nproc`, `rss`, `rtprio`,
+//! `rttime`, `sigpending`, `stack`; a limit is one value for soft and hard
+//! or `"soft:hard"` as with `--ulimit`, each a number, `"unlimited"`, or a
+//! size for those in bytes (`as`, `core`, `data`, `fsize`, `memlock`,
+//! `msgqueue`, `rss`, `stack`); soft ≤ hard; `nofile` is never unlimited. Without one, a unit
+//! has `nofile` soft 1024 and PID 1's hard limit, and PID 1's other limits;
+//! a hard limit above PID 1's needs CAP_SYS_RESOURCE, which a machine's
+//! PID 1 has — `nofile` up to `fs.nr_open`, 1048576 unless `sysctls` raise it).
 //!
 //! A task adds `optional` (a failure is logged, the boot goes on) and
 //! `timeout` (killed after it; default none). A service adds `restart`
@@ -70,6 +81,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::order::{self, Node};
+use crate::rlimits::{RESOURCES, Rlimit, UNLIMITED};
 use crate::units::{parse_duration, parse_size};
 
 /// Why a manifest was refused.
@@ -239,6 +251,9 @@ pub struct Program {
     pub capabilities: Option<Vec<String>>,
     pub read_only: bool,
     pub seccomp: SeccompMode,
+    /// The manifest's `rlimits` (image units only), one per type; a unit's
+    /// defaults are [`crate::rlimits::unit_rlimits`]'s.
+    pub rlimits: Vec<Rlimit>,
 }
 
 /// The seccomp filter of an image unit (a bundle's config.json brings its
@@ -523,6 +538,8 @@ pub mod raw {
         #[serde(default)]
         pub read_only: bool,
         pub seccomp: Option<String>,
+        #[serde(default)]
+        pub rlimits: BTreeMap<String, Rlimit>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -547,6 +564,21 @@ pub mod raw {
         pub memory: Option<Size>,
         pub cpus: Option<f64>,
         pub pids: Option<u64>,
+    }
+
+    /// A resource limit as written: a number (soft and hard), or a
+    /// string: `"unlimited"`, a size for a limit in bytes, or
+    /// `"soft:hard"` of those (Docker's `--ulimit nofile=1024:65536`). A
+    /// plain number or string, not an object: each new shape costs the
+    /// static binary kilobytes of serde code.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(
+        untagged,
+        expecting = r#"expected a number or a string ("unlimited", "soft:hard")"#
+    )]
+    pub enum Rlimit {
+        Number(u64),
+        Text(String),
     }
 
     // serde's `flatten` and `deny_unknown_fields` do not combine, so the
@@ -575,6 +607,8 @@ pub mod raw {
         pub read_only: bool,
         pub seccomp: Option<String>,
         #[serde(default)]
+        pub rlimits: BTreeMap<String, Rlimit>,
+        #[serde(default)]
         pub optional: bool,
         pub timeout: Option<String>,
     }
@@ -601,6 +635,8 @@ pub mod raw {
         #[serde(default)]
         pub read_only: bool,
         pub seccomp: Option<String>,
+        #[serde(default)]
+        pub rlimits: BTreeMap<String, Rlimit>,
         pub restart: Option<Restart>,
         #[serde(default)]
         pub depends_on: Vec<String>,
@@ -653,6 +689,7 @@ pub mod raw {
                         capabilities: self.capabilities.take(),
                         read_only: self.read_only,
                         seccomp: self.seccomp.take(),
+                        rlimits: std::mem::take(&mut self.rlimits),
                     }
                 }
             }
@@ -763,6 +800,25 @@ impl Checker<'_> {
                 }
             },
         }
+    }
+
+    /// A limit: a number, `"unlimited"`, or for a limit in bytes a size;
+    /// `None` (the problem noted) otherwise.
+    fn rlimit_value(&mut self, path: &str, text: &str, bytes: bool) -> Option<u64> {
+        if text == "unlimited" {
+            return Some(UNLIMITED);
+        }
+        if let Ok(n) = text.parse() {
+            return Some(n);
+        }
+        if bytes {
+            return self.parsed_size(path, &raw::Size::Text(text.to_owned()));
+        }
+        self.problem(
+            path,
+            format!("{text:?} is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")"),
+        );
+        None
     }
 
     fn absolute_path(&mut self, path: &str, value: &str) -> PathBuf {
@@ -1004,6 +1060,9 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         resources.pids = r.pids;
     }
 
+    let rlimits_set = !p.rlimits.is_empty();
+    let rlimits = validate_rlimits(c, path, p.rlimits);
+
     if let Some(caps) = &p.capabilities {
         for cap in caps {
             if !CAPABILITIES.contains(&cap.as_str()) {
@@ -1028,6 +1087,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         ("capabilities", p.capabilities.is_some()),
         ("read_only", p.read_only),
         ("seccomp", p.seccomp.is_some()),
+        ("rlimits", rlimits_set),
     ];
     if source == Source::Host {
         // A host program runs in PID 1's own root: nothing to isolate it with.
@@ -1061,6 +1121,74 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         capabilities: p.capabilities,
         read_only: p.read_only,
         seccomp,
+        rlimits,
+    }
+}
+
+/// `rlimits`: known names, values that parse, soft not above hard. Host
+/// programs and bundles refuse the field (`validate_program`).
+fn validate_rlimits(
+    c: &mut Checker<'_>,
+    path: &str,
+    limits: BTreeMap<String, raw::Rlimit>,
+) -> Vec<Rlimit> {
+    let mut out = Vec::with_capacity(limits.len());
+    for (name, limit) in limits {
+        let rpath = format!("{path}.rlimits.{name}");
+        let Some(&(_, typ, bytes)) = RESOURCES.iter().find(|(n, ..)| *n == name) else {
+            let hint = match name.strip_prefix("RLIMIT_") {
+                Some(short) => format!("write {:?}", short.to_ascii_lowercase()),
+                None => {
+                    let names: Vec<&str> = RESOURCES.iter().map(|(n, ..)| *n).collect();
+                    format!("expected {}", names.join(", "))
+                }
+            };
+            c.problem(rpath, format!("unknown resource {name:?} ({hint})"));
+            continue;
+        };
+        let (soft, hard) = match &limit {
+            raw::Rlimit::Number(n) => (Some(*n), Some(*n)),
+            raw::Rlimit::Text(t) => match t.split_once(':') {
+                Some((soft, hard)) => (
+                    c.rlimit_value(&rpath, soft, bytes),
+                    c.rlimit_value(&rpath, hard, bytes),
+                ),
+                None => {
+                    let v = c.rlimit_value(&rpath, t, bytes);
+                    (v, v)
+                }
+            },
+        };
+        let (Some(soft), Some(hard)) = (soft, hard) else {
+            continue;
+        };
+        if soft > hard {
+            c.problem(
+                rpath,
+                format!(
+                    "the soft limit {} is above the hard limit {}",
+                    show_limit(soft),
+                    show_limit(hard)
+                ),
+            );
+        } else if name == "nofile" && hard == UNLIMITED {
+            // setrlimit(2): EPERM for any RLIMIT_NOFILE above fs.nr_open.
+            c.problem(
+                rpath,
+                "cannot be unlimited: the kernel caps open files at fs.nr_open (1048576 unless a sysctl raises it)",
+            );
+        } else {
+            out.push(Rlimit { typ, soft, hard });
+        }
+    }
+    out
+}
+
+fn show_limit(v: u64) -> String {
+    if v == UNLIMITED {
+        "unlimited".to_owned()
+    } else {
+        v.to_string()
     }
 }
 
@@ -1603,6 +1731,18 @@ mod tests {
                 "parse manifest at top level: EOF while parsing a value at line 1 column 13",
             ),
             (r#"{}"#, "missing field `version`"),
+            (
+                r#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{"nofile":[1,2]}}]}"#,
+                r#"parse manifest at services[0].rlimits.nofile: expected a number or a string ("unlimited", "soft:hard")"#,
+            ),
+            (
+                r#"{"version":1,"tasks":[{"name":"a","image":"web","rlimits":{"core":-1}}]}"#,
+                r#"parse manifest at tasks[0].rlimits.core: expected a number or a string"#,
+            ),
+            (
+                r#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{"nofile":{"soft":1,"hard":2}}}]}"#,
+                r#"parse manifest at services[0].rlimits.nofile: expected a number or a string"#,
+            ),
         ];
         for (json, want) in cases {
             let err = parse(json.as_bytes(), &images()).unwrap_err().to_string();
@@ -1662,6 +1802,18 @@ mod tests {
             (img(r#","seccomp":"runtime/default""#), "services.a.seccomp: unknown profile \"runtime/default\" (expected default or unconfined)"),
             (svc(r#","seccomp":"unconfined""#), "services.a.seccomp: not supported for host programs"),
             (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","seccomp":"default"}]}"#.into(), "tasks.a.seccomp: not supported for bundles"),
+            (img(r#","rlimits":{"nfile":10}"#), "services.a.rlimits.nfile: unknown resource \"nfile\" (expected as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"),
+            (img(r#","rlimits":{"RLIMIT_NOFILE":10}"#), "services.a.rlimits.RLIMIT_NOFILE: unknown resource \"RLIMIT_NOFILE\" (write \"nofile\")"),
+            (img(r#","rlimits":{"nofile":"4096:1024"}"#), "services.a.rlimits.nofile: the soft limit 4096 is above the hard limit 1024"),
+            (img(r#","rlimits":{"core":"unlimited:0"}"#), "services.a.rlimits.core: the soft limit unlimited is above the hard limit 0"),
+            (img(r#","rlimits":{"nofile":"unlimited"}"#), "services.a.rlimits.nofile: cannot be unlimited: the kernel caps open files at fs.nr_open"),
+            (img(r#","rlimits":{"nproc":"lots"}"#), "services.a.rlimits.nproc: \"lots\" is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")"),
+            (img(r#","rlimits":{"nofile":"64KiB"}"#), "services.a.rlimits.nofile: \"64KiB\" is not a number or \"unlimited\""),
+            (img(r#","rlimits":{"nofile":"1024:"}"#), "services.a.rlimits.nofile: \"\" is not a number or \"unlimited\""),
+            (img(r#","rlimits":{"nofile":"1:2:3"}"#), "services.a.rlimits.nofile: \"2:3\" is not a number or \"unlimited\""),
+            (img(r#","rlimits":{"memlock":"1XB:unlimited"}"#), "services.a.rlimits.memlock: invalid size \"1XB\": unknown unit \"XB\""),
+            (svc(r#","rlimits":{"nofile":4096}"#), "services.a.rlimits: not supported for host programs"),
+            (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","rlimits":{"core":0}}]}"#.into(), "tasks.a.rlimits: not supported for bundles (their config.json runs as it is"),
             (img(r#","resources":{"memory":"1KiB"}"#), "services.a.resources.memory: must be at least 1MiB"),
             (img(r#","resources":{"cpus":0}"#), "services.a.resources.cpus: 0 is not between 0.01 and 1024"),
             (img(r#","resources":{"pids":0}"#), "services.a.resources.pids: must be at least 1"),
@@ -1725,6 +1877,10 @@ mod tests {
             (
                 img(r#","command":[""]"#),
                 "services.a.command[0]: the program must not be \"\"",
+            ),
+            (
+                img(r#","rlimits":{"nproc":"many"}"#),
+                "services.a.rlimits.nproc: \"many\" is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")",
             ),
             (
                 r#"{"version":1,"log":{"files":{"dir":"/data/log"}}}"#.into(),
@@ -1799,6 +1955,31 @@ mod tests {
         ] {
             assert!(text.contains(missing), "{missing} not in {text}");
         }
+    }
+
+    #[test]
+    fn rlimits_take_one_value_or_soft_colon_hard() {
+        use oci_spec::runtime::PosixRlimitType as T;
+        let m = parse(
+            br#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{
+                "nofile":"1024:65536","core":"unlimited","memlock":"64MiB",
+                "nproc":"100:unlimited","stack":8388608,"locks":"4096"}}]}"#,
+            &images(),
+        )
+        .unwrap();
+        let limit = |typ, soft, hard| Rlimit { typ, soft, hard };
+        // In name order.
+        assert_eq!(
+            m.services[0].program.rlimits,
+            [
+                limit(T::RlimitCore, UNLIMITED, UNLIMITED),
+                limit(T::RlimitLocks, 4096, 4096),
+                limit(T::RlimitMemlock, 64 << 20, 64 << 20),
+                limit(T::RlimitNofile, 1024, 65536),
+                limit(T::RlimitNproc, 100, UNLIMITED),
+                limit(T::RlimitStack, 8 << 20, 8 << 20),
+            ]
+        );
     }
 
     #[test]

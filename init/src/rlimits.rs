@@ -35,6 +35,32 @@ pub const PID1_NOFILE_MAX: u64 = 1 << 20;
 /// A unit's soft RLIMIT_NOFILE unless it says otherwise: `FD_SETSIZE`.
 pub const UNIT_NOFILE_SOFT: u64 = 1024;
 
+/// `RLIM_INFINITY` ("unlimited") of the 64-bit interface (prlimit(2)).
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// The manifest's names of the limits (getrlimit(2) without `RLIMIT_`,
+/// lower case, as Docker's `--ulimit` and Compose's `ulimits` write them),
+/// each with its OCI type and whether it counts bytes (then a size string
+/// such as `"64MiB"` is accepted).
+pub const RESOURCES: [(&str, PosixRlimitType, bool); 16] = [
+    ("as", PosixRlimitType::RlimitAs, true),
+    ("core", PosixRlimitType::RlimitCore, true),
+    ("cpu", PosixRlimitType::RlimitCpu, false),
+    ("data", PosixRlimitType::RlimitData, true),
+    ("fsize", PosixRlimitType::RlimitFsize, true),
+    ("locks", PosixRlimitType::RlimitLocks, false),
+    ("memlock", PosixRlimitType::RlimitMemlock, true),
+    ("msgqueue", PosixRlimitType::RlimitMsgqueue, true),
+    ("nice", PosixRlimitType::RlimitNice, false),
+    ("nofile", PosixRlimitType::RlimitNofile, false),
+    ("nproc", PosixRlimitType::RlimitNproc, false),
+    ("rss", PosixRlimitType::RlimitRss, true),
+    ("rtprio", PosixRlimitType::RlimitRtprio, false),
+    ("rttime", PosixRlimitType::RlimitRttime, false),
+    ("sigpending", PosixRlimitType::RlimitSigpending, false),
+    ("stack", PosixRlimitType::RlimitStack, true),
+];
+
 /// The RLIMIT_NOFILE (soft = hard) PID 1 gives itself, from its current
 /// `(soft, hard)` and `fs.nr_open` (`None`: unreadable, the kernel's
 /// default assumed): `fs.nr_open` up to [`PID1_NOFILE_MAX`], never below
@@ -169,6 +195,11 @@ mod tests {
         assert_eq!(pid1_nofile((1024, 1 << 21), Some(1 << 30)), Some(1 << 21));
         // Already there: nothing to do.
         assert_eq!(pid1_nofile((1 << 20, 1 << 20), Some(1 << 20)), None);
+    }
+
+    #[test]
+    fn resource_names_are_sorted_and_unique() {
+        assert!(RESOURCES.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]

@@ -71,6 +71,10 @@ fn build_err(manifest: &Path, out: &Path, init: &Path) -> String {
 const WEB_SCRIPT: &str = "trap 'echo web-marker: stopping; kill $pid; exit 0' TERM; \
      echo web-marker: serving; /bin/busybox httpd -f -p 80 -h /www & pid=$!; wait";
 
+/// The boot task says it ran, and the open files limit it started with.
+const HELLO_SCRIPT: &str =
+    "echo boot-task-marker: ran; /bin/busybox grep 'open files' /proc/self/limits";
+
 fn manifest_json(images: &str, bundle_task: Option<&str>) -> String {
     let bundle = bundle_task
         .map(|b| format!(r#", {{"name": "from-bundle", "bundle": "{b}"}}"#))
@@ -82,7 +86,7 @@ fn manifest_json(images: &str, bundle_task: Option<&str>) -> String {
   "images": {images},
   "network": {{"interfaces": [{{"name": "eth0", "address": "10.0.2.15", "prefix": 24, "gateway": "10.0.2.2"}}]}},
   "tasks": [
-    {{"name": "hello", "image": "bb", "command": ["/bin/busybox", "echo", "boot-task-marker: ran"]}}{bundle}
+    {{"name": "hello", "image": "bb", "command": ["/bin/busybox", "sh", "-c", "{HELLO_SCRIPT}"]}}{bundle}
   ],
   "services": [
     {{"name": "web", "image": "bb", "command": ["/bin/busybox", "sh", "-c", "{WEB_SCRIPT}"],
@@ -488,6 +492,14 @@ fn appliance_boots_serves_and_powers_off() {
             .unwrap_or_else(|e| panic!("{}", berth_qemu::error_chain(&e)))
     };
     ok(vm.wait_for_line("hello: boot-task-marker: ran", TIMEOUT));
+    // PID 1 raised its open files limit to fs.nr_open (the kernel's
+    // default 1048576; it starts with 1024/4096), and a unit starts with
+    // soft 1024 under PID 1's hard limit (init/README.md, Resource limits).
+    let limits = ok(vm.wait_for_line("hello: Max open files", TIMEOUT));
+    let soft_hard: Vec<&str> = limits.split_once("open files").map_or(vec![], |(_, rest)| {
+        rest.split_whitespace().take(2).collect()
+    });
+    assert_eq!(soft_hard, ["1024", "1048576"], "{limits}");
     ok(vm.wait_for_line("from-bundle: bundle-task-marker: ran", TIMEOUT));
     ok(vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm.wait_for_line("web: web-marker: serving", TIMEOUT));

@@ -61,6 +61,10 @@ pub const RESOURCES: [(&str, PosixRlimitType, bool); 16] = [
     ("stack", PosixRlimitType::RlimitStack, true),
 ];
 
+/// [`RESOURCES`]' names, for a message.
+pub const RESOURCE_NAMES: &str = "expected as, core, cpu, data, fsize, locks, memlock, msgqueue, \
+     nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack";
+
 /// The RLIMIT_NOFILE (soft = hard) PID 1 gives itself, from its current
 /// `(soft, hard)` and `fs.nr_open` (`None`: unreadable, the kernel's
 /// default assumed): `fs.nr_open` up to [`PID1_NOFILE_MAX`], never below
@@ -171,9 +175,9 @@ pub fn with_unit_nofile<T>(spawn: impl FnOnce() -> T) -> T {
         return spawn();
     }
     let out = spawn();
-    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, soft, hard) {
-        log::warn!("restore RLIMIT_NOFILE {soft}: {e} (PID 1 keeps {unit})");
-    }
+    // Cannot fail: a soft limit may always go back up to the unchanged
+    // hard one (setrlimit(2)); should it, PID 1 runs on 1024, as booted.
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, soft, hard);
     out
 }
 
@@ -200,6 +204,8 @@ mod tests {
     #[test]
     fn resource_names_are_sorted_and_unique() {
         assert!(RESOURCES.windows(2).all(|w| w[0].0 < w[1].0));
+        let names: Vec<&str> = RESOURCES.iter().map(|(n, ..)| *n).collect();
+        assert_eq!(RESOURCE_NAMES, format!("expected {}", names.join(", ")));
     }
 
     #[test]

@@ -1798,7 +1798,7 @@ mod tests {
             &mut spec,
             "a",
             &program(
-                r#"{"name":"a","image":"busybox","rlimits":{"nofile":"64:128","core":"unlimited"}}"#,
+                r#"{"name":"a","image":"busybox","rlimits":["nofile=64:128","core=unlimited"]}"#,
             ),
             None,
         )
@@ -1806,12 +1806,12 @@ mod tests {
         assert_eq!(
             rlimits_of(&spec),
             [
-                limit(PosixRlimitType::RlimitCore, u64::MAX, u64::MAX),
-                nofile(64, 128)
+                nofile(64, 128),
+                limit(PosixRlimitType::RlimitCore, u64::MAX, u64::MAX)
             ]
         );
         let mut spec = base();
-        let p = program(r#"{"name":"a","image":"busybox","rlimits":{"nproc":100}}"#);
+        let p = program(r#"{"name":"a","image":"busybox","rlimits":["nproc=100"]}"#);
         apply_program(&mut spec, "a", &p, None).unwrap();
         assert_eq!(
             rlimits_of(&spec),

@@ -47,14 +47,15 @@
 //! filesystem read-only), `seccomp` (`default`: berth's profile, which denies
 //! new user namespaces, keyrings, io_uring, and bpf, perf_event_open and
 //! userfaultfd unless a capability allows them; `unconfined`: no filter),
-//! `rlimits` {name: limit} (image units, a bundle's are its config.json's
-//! `process.rlimits`; setrlimit(2) before exec; names as Docker's
-//! `--ulimit` writes them: `as`, `core`, `cpu`, `data`, `fsize`, `locks`,
-//! `memlock`, `msgqueue`, `nice`, `nofile`, `nproc`, `rss`, `rtprio`,
-//! `rttime`, `sigpending`, `stack`; a limit is one value for soft and hard
-//! or `"soft:hard"` as with `--ulimit`, each a number, `"unlimited"`, or a
-//! size for those in bytes (`as`, `core`, `data`, `fsize`, `memlock`,
-//! `msgqueue`, `rss`, `stack`); soft ≤ hard; `nofile` is never unlimited. Without one, a unit
+//! `rlimits` [`"name=limit"`] (image units, a bundle's are its config.json's
+//! `process.rlimits`; setrlimit(2) before exec; Docker's `--ulimit` and
+//! Podman's `default_ulimits` syntax: `["nofile=4096:65536", "core=0"]`;
+//! names `as`, `core`, `cpu`, `data`, `fsize`, `locks`, `memlock`,
+//! `msgqueue`, `nice`, `nofile`, `nproc`, `rss`, `rtprio`, `rttime`,
+//! `sigpending`, `stack`, each once; a limit is one value for soft and
+//! hard or `soft:hard`, each a number, `unlimited`, or a size for those in
+//! bytes (`as`, `core`, `data`, `fsize`, `memlock`, `msgqueue`, `rss`,
+//! `stack`); soft ≤ hard; `nofile` is never unlimited. Without one, a unit
 //! has `nofile` soft 1024 and PID 1's hard limit, and PID 1's other limits;
 //! a hard limit above PID 1's needs CAP_SYS_RESOURCE, which a machine's
 //! PID 1 has — `nofile` up to `fs.nr_open`, 1048576 unless `sysctls` raise it).
@@ -79,6 +80,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use oci_spec::runtime::PosixRlimitType;
 
 use crate::order::{self, Node};
 use crate::rlimits::{self, RESOURCES, Rlimit, UNLIMITED};
@@ -538,8 +540,11 @@ pub mod raw {
         #[serde(default)]
         pub read_only: bool,
         pub seccomp: Option<String>,
+        /// `name=limit` strings, as `docker run --ulimit` takes them: a list
+        /// of strings reuses serde code the static binary already holds (a
+        /// map measured 6 KiB more).
         #[serde(default)]
-        pub rlimits: BTreeMap<String, Rlimit>,
+        pub rlimits: Vec<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -564,21 +569,6 @@ pub mod raw {
         pub memory: Option<Size>,
         pub cpus: Option<f64>,
         pub pids: Option<u64>,
-    }
-
-    /// A resource limit as written: a number (soft and hard), or a
-    /// string: `"unlimited"`, a size for a limit in bytes, or
-    /// `"soft:hard"` of those (Docker's `--ulimit nofile=1024:65536`). A
-    /// plain number or string, not an object: each new shape costs the
-    /// static binary kilobytes of serde code.
-    #[derive(Debug, Clone, Deserialize)]
-    #[serde(
-        untagged,
-        expecting = r#"expected a number or a string ("unlimited", "soft:hard")"#
-    )]
-    pub enum Rlimit {
-        Number(u64),
-        Text(String),
     }
 
     // serde's `flatten` and `deny_unknown_fields` do not combine, so the
@@ -607,7 +597,7 @@ pub mod raw {
         pub read_only: bool,
         pub seccomp: Option<String>,
         #[serde(default)]
-        pub rlimits: BTreeMap<String, Rlimit>,
+        pub rlimits: Vec<String>,
         #[serde(default)]
         pub optional: bool,
         pub timeout: Option<String>,
@@ -636,7 +626,7 @@ pub mod raw {
         pub read_only: bool,
         pub seccomp: Option<String>,
         #[serde(default)]
-        pub rlimits: BTreeMap<String, Rlimit>,
+        pub rlimits: Vec<String>,
         pub restart: Option<Restart>,
         #[serde(default)]
         pub depends_on: Vec<String>,
@@ -1125,16 +1115,20 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
     }
 }
 
-/// `rlimits`: known names, values that parse, soft not above hard. Host
-/// programs and bundles refuse the field (`validate_program`).
-fn validate_rlimits(
-    c: &mut Checker<'_>,
-    path: &str,
-    limits: BTreeMap<String, raw::Rlimit>,
-) -> Vec<Rlimit> {
-    let mut out = Vec::with_capacity(limits.len());
-    for (name, limit) in limits {
-        let rpath = format!("{path}.rlimits.{name}");
+/// `rlimits`: `name=limit` entries (Docker's `--ulimit`), known names
+/// each set once, values that parse, soft not above hard. Host programs
+/// and bundles refuse the field (`validate_program`).
+fn validate_rlimits(c: &mut Checker<'_>, path: &str, limits: Vec<String>) -> Vec<Rlimit> {
+    let mut out: Vec<Rlimit> = Vec::with_capacity(limits.len());
+    for (i, entry) in limits.iter().enumerate() {
+        let rpath = format!("{path}.rlimits[{i}]");
+        let Some((name, value)) = entry.split_once('=') else {
+            c.problem(
+                rpath,
+                format!("{entry:?} is not name=limit (like \"nofile=1024:65536\")"),
+            );
+            continue;
+        };
         let Some(&(_, typ, bytes)) = RESOURCES.iter().find(|(n, ..)| *n == name) else {
             let hint = match name.strip_prefix("RLIMIT_") {
                 Some(short) => format!("write {:?}", short.to_ascii_lowercase()),
@@ -1143,29 +1137,31 @@ fn validate_rlimits(
             c.problem(rpath, format!("unknown resource {name:?} ({hint})"));
             continue;
         };
-        let (soft, hard) = match &limit {
-            raw::Rlimit::Number(n) => (Some(*n), Some(*n)),
-            raw::Rlimit::Text(t) => match t.split_once(':') {
-                Some((soft, hard)) => (
-                    c.rlimit_value(&rpath, soft, bytes),
-                    c.rlimit_value(&rpath, hard, bytes),
-                ),
-                None => {
-                    let v = c.rlimit_value(&rpath, t, bytes);
-                    (v, v)
-                }
-            },
+        let (soft, hard) = match value.split_once(':') {
+            Some((soft, hard)) => (
+                c.rlimit_value(&rpath, soft, bytes),
+                c.rlimit_value(&rpath, hard, bytes),
+            ),
+            None => {
+                let v = c.rlimit_value(&rpath, value, bytes);
+                (v, v)
+            }
         };
         let (Some(soft), Some(hard)) = (soft, hard) else {
             continue;
         };
-        if soft > hard {
-            c.problem(rpath, "the soft limit is above the hard limit");
-        } else if name == "nofile" && hard == UNLIMITED {
+        if out.iter().any(|r| r.typ == typ) {
+            c.problem(rpath, format!("{name} is set twice"));
+        } else if soft > hard {
+            c.problem(
+                rpath,
+                format!("{name}: the soft limit is above the hard limit"),
+            );
+        } else if typ == PosixRlimitType::RlimitNofile && hard == UNLIMITED {
             // setrlimit(2): EPERM for any RLIMIT_NOFILE above fs.nr_open.
             c.problem(
                 rpath,
-                "cannot be unlimited: the kernel caps open files at fs.nr_open (1048576 unless a sysctl raises it)",
+                "nofile cannot be unlimited: the kernel caps open files at fs.nr_open (1048576 unless a sysctl raises it)",
             );
         } else {
             out.push(Rlimit { typ, soft, hard });
@@ -1714,16 +1710,12 @@ mod tests {
             ),
             (r#"{}"#, "missing field `version`"),
             (
-                r#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{"nofile":[1,2]}}]}"#,
-                r#"parse manifest at services[0].rlimits.nofile: expected a number or a string ("unlimited", "soft:hard")"#,
+                r#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{"nofile":4096}}]}"#,
+                "parse manifest at services[0].rlimits: invalid type: map, expected a sequence",
             ),
             (
-                r#"{"version":1,"tasks":[{"name":"a","image":"web","rlimits":{"core":-1}}]}"#,
-                r#"parse manifest at tasks[0].rlimits.core: expected a number or a string"#,
-            ),
-            (
-                r#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{"nofile":{"soft":1,"hard":2}}}]}"#,
-                r#"parse manifest at services[0].rlimits.nofile: expected a number or a string"#,
+                r#"{"version":1,"tasks":[{"name":"a","image":"web","rlimits":["core=0",0]}]}"#,
+                "parse manifest at tasks[0].rlimits[1]: invalid type: integer `0`, expected a string",
             ),
         ];
         for (json, want) in cases {
@@ -1784,18 +1776,20 @@ mod tests {
             (img(r#","seccomp":"runtime/default""#), "services.a.seccomp: unknown profile \"runtime/default\" (expected default or unconfined)"),
             (svc(r#","seccomp":"unconfined""#), "services.a.seccomp: not supported for host programs"),
             (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","seccomp":"default"}]}"#.into(), "tasks.a.seccomp: not supported for bundles"),
-            (img(r#","rlimits":{"nfile":10}"#), "services.a.rlimits.nfile: unknown resource \"nfile\" (expected as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"),
-            (img(r#","rlimits":{"RLIMIT_NOFILE":10}"#), "services.a.rlimits.RLIMIT_NOFILE: unknown resource \"RLIMIT_NOFILE\" (write \"nofile\")"),
-            (img(r#","rlimits":{"nofile":"4096:1024"}"#), "services.a.rlimits.nofile: the soft limit is above the hard limit"),
-            (img(r#","rlimits":{"core":"unlimited:0"}"#), "services.a.rlimits.core: the soft limit is above the hard limit"),
-            (img(r#","rlimits":{"nofile":"unlimited"}"#), "services.a.rlimits.nofile: cannot be unlimited: the kernel caps open files at fs.nr_open"),
-            (img(r#","rlimits":{"nproc":"lots"}"#), "services.a.rlimits.nproc: \"lots\" is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")"),
-            (img(r#","rlimits":{"nofile":"64KiB"}"#), "services.a.rlimits.nofile: \"64KiB\" is not a number or \"unlimited\""),
-            (img(r#","rlimits":{"nofile":"1024:"}"#), "services.a.rlimits.nofile: \"\" is not a number or \"unlimited\""),
-            (img(r#","rlimits":{"nofile":"1:2:3"}"#), "services.a.rlimits.nofile: \"2:3\" is not a number or \"unlimited\""),
-            (img(r#","rlimits":{"memlock":"1XB:unlimited"}"#), "services.a.rlimits.memlock: invalid size \"1XB\": unknown unit \"XB\""),
-            (svc(r#","rlimits":{"nofile":4096}"#), "services.a.rlimits: not supported for host programs"),
-            (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","rlimits":{"core":0}}]}"#.into(), "tasks.a.rlimits: not supported for bundles (their config.json runs as it is"),
+            (img(r#","rlimits":["nofile"]"#), "services.a.rlimits[0]: \"nofile\" is not name=limit (like \"nofile=1024:65536\")"),
+            (img(r#","rlimits":["core=0","nfile=10"]"#), "services.a.rlimits[1]: unknown resource \"nfile\" (expected as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"),
+            (img(r#","rlimits":["RLIMIT_NOFILE=10"]"#), "services.a.rlimits[0]: unknown resource \"RLIMIT_NOFILE\" (write \"nofile\")"),
+            (img(r#","rlimits":["nofile=4096:1024"]"#), "services.a.rlimits[0]: nofile: the soft limit is above the hard limit"),
+            (img(r#","rlimits":["core=unlimited:0"]"#), "services.a.rlimits[0]: core: the soft limit is above the hard limit"),
+            (img(r#","rlimits":["nofile=unlimited"]"#), "services.a.rlimits[0]: nofile cannot be unlimited: the kernel caps open files at fs.nr_open"),
+            (img(r#","rlimits":["core=0","core=1"]"#), "services.a.rlimits[1]: core is set twice"),
+            (img(r#","rlimits":["nproc=lots"]"#), "services.a.rlimits[0]: \"lots\" is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")"),
+            (img(r#","rlimits":["nofile=64KiB"]"#), "services.a.rlimits[0]: \"64KiB\" is not a number or \"unlimited\""),
+            (img(r#","rlimits":["nofile=1024:"]"#), "services.a.rlimits[0]: \"\" is not a number or \"unlimited\""),
+            (img(r#","rlimits":["nofile=1:2:3"]"#), "services.a.rlimits[0]: \"2:3\" is not a number or \"unlimited\""),
+            (img(r#","rlimits":["memlock=1XB:unlimited"]"#), "services.a.rlimits[0]: invalid size \"1XB\": unknown unit \"XB\""),
+            (svc(r#","rlimits":["nofile=4096"]"#), "services.a.rlimits: not supported for host programs"),
+            (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","rlimits":["core=0"]}]}"#.into(), "tasks.a.rlimits: not supported for bundles (their config.json runs as it is"),
             (img(r#","resources":{"memory":"1KiB"}"#), "services.a.resources.memory: must be at least 1MiB"),
             (img(r#","resources":{"cpus":0}"#), "services.a.resources.cpus: 0 is not between 0.01 and 1024"),
             (img(r#","resources":{"pids":0}"#), "services.a.resources.pids: must be at least 1"),
@@ -1861,8 +1855,8 @@ mod tests {
                 "services.a.command[0]: the program must not be \"\"",
             ),
             (
-                img(r#","rlimits":{"nproc":"many"}"#),
-                "services.a.rlimits.nproc: \"many\" is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")",
+                img(r#","rlimits":["nproc=many"]"#),
+                "services.a.rlimits[0]: \"many\" is not a number or \"unlimited\" (a limit is N, \"unlimited\" or \"soft:hard\")",
             ),
             (
                 r#"{"version":1,"log":{"files":{"dir":"/data/log"}}}"#.into(),
@@ -1940,26 +1934,26 @@ mod tests {
     }
 
     #[test]
-    fn rlimits_take_one_value_or_soft_colon_hard() {
+    fn rlimits_are_name_equals_one_value_or_soft_colon_hard() {
         use oci_spec::runtime::PosixRlimitType as T;
         let m = parse(
-            br#"{"version":1,"services":[{"name":"a","image":"web","rlimits":{
-                "nofile":"1024:65536","core":"unlimited","memlock":"64MiB",
-                "nproc":"100:unlimited","stack":8388608,"locks":"4096"}}]}"#,
+            br#"{"version":1,"services":[{"name":"a","image":"web","rlimits":[
+                "nofile=1024:65536","core=unlimited","memlock=64MiB",
+                "nproc=100:unlimited","stack=8388608","locks=4096"]}]}"#,
             &images(),
         )
         .unwrap();
         let limit = |typ, soft, hard| Rlimit { typ, soft, hard };
-        // In name order.
+        // In the manifest's order.
         assert_eq!(
             m.services[0].program.rlimits,
             [
-                limit(T::RlimitCore, UNLIMITED, UNLIMITED),
-                limit(T::RlimitLocks, 4096, 4096),
-                limit(T::RlimitMemlock, 64 << 20, 64 << 20),
                 limit(T::RlimitNofile, 1024, 65536),
+                limit(T::RlimitCore, UNLIMITED, UNLIMITED),
+                limit(T::RlimitMemlock, 64 << 20, 64 << 20),
                 limit(T::RlimitNproc, 100, UNLIMITED),
                 limit(T::RlimitStack, 8 << 20, 8 << 20),
+                limit(T::RlimitLocks, 4096, 4096),
             ]
         );
     }

@@ -1355,7 +1355,7 @@ fn manifest_rlimits_reach_the_container() {
         &[ctr(
             "limited",
             probe,
-            r#","rlimits":{"nofile":"256:512","core":0,"memlock":"64KiB"},"stop_signal":"SIGKILL""#,
+            r#","rlimits":["nofile=256:512","core=0","memlock=64KiB"],"stop_signal":"SIGKILL""#,
         )],
     );
     let mut p = w.start(&m);

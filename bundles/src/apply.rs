@@ -1363,7 +1363,13 @@ fn drop_old_xattrs(
 ) -> Result<(), ApplyError> {
     let fd = fd.as_fd();
     let err = |e| ApplyError::fs("list xattrs of", path, e);
-    let mut names = vec![0u8; rfs::flistxattr_query(fd).map_err(err)?];
+    let size = match rfs::flistxattr_query(fd) {
+        Ok(size) => size,
+        // A filesystem without xattrs (some FUSE ones) holds none to drop.
+        Err(Errno::OPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(err(e)),
+    };
+    let mut names = vec![0u8; size];
     let len = match rfs::flistxattr(fd, &mut names[..]) {
         Ok(len) => len,
         // Grown since the query: nothing here adds xattrs concurrently,

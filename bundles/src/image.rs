@@ -232,8 +232,9 @@ impl Platform {
 
     /// How well an image for `other` fits here: `None` when it does not
     /// run here, and higher for a newer variant, the best of several
-    /// (containerd's order). Without a variant here, any variant fits and
-    /// all equally. With one, newer variants run older ones' code:
+    /// (containerd's order). Without a variant here, any variant fits, but
+    /// the plain image (no variant) first. With one, newer variants run
+    /// older ones' code:
     /// amd64/vN runs v1 (plain amd64) to vN, arm/vN runs v5 to vN, and
     /// arm64/v8.N runs v8 to v8.N, arm64/v9.N v9 to v9.N and v8 to v8.(N+5).
     /// Other variants must be equal.
@@ -241,10 +242,12 @@ impl Platform {
         if self.os != other.os || self.architecture != other.architecture {
             return None;
         }
-        let Some(want) = self.variant.as_deref() else {
-            return Some(0);
-        };
         let got = other.variant.as_deref();
+        let Some(want) = self.variant.as_deref() else {
+            // The plain image first: a variant's may need a newer CPU
+            // than this one (amd64/v3 on QEMU's default CPU).
+            return Some(u32::from(got.is_none()));
+        };
         let level = |v: &str, lo: u32, hi: u32| {
             (v.strip_prefix('v')?.parse::<u32>().ok()).filter(|n| (lo..=hi).contains(n))
         };
@@ -255,7 +258,7 @@ impl Platform {
             let (major, minor) = (major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?);
             (matches!(major, 8 | 9) && minor < 100).then_some((major, minor))
         };
-        let fits = match self.architecture.as_str() {
+        let fits = || match self.architecture.as_str() {
             "amd64" => {
                 let w = level(want, 1, 4)?;
                 let g = got.map_or(Some(1), |g| level(g, 1, 4))?;
@@ -273,7 +276,8 @@ impl Platform {
             }
             _ => None,
         };
-        fits.or((got == Some(want)).then_some(u32::MAX))
+        // A variant outside the known orders still takes its equal.
+        fits().or((got == Some(want)).then_some(u32::MAX))
     }
 }
 
@@ -1265,6 +1269,7 @@ mod tests {
         assert_eq!(p("linux/arm"), p("linux/arm/v7"));
         assert!(p("linux/amd64").matches(&p("linux/amd64/v3")));
         assert_eq!(p("linux/amd64").rank(&p("linux/amd64/v3")), Some(0));
+        assert_eq!(p("linux/amd64").rank(&p("linux/amd64")), Some(1));
         // Newer variants run older ones' code (containerd's order).
         let rank = |want, got| p(want).rank(&p(got));
         assert_eq!(rank("linux/amd64/v3", "linux/amd64"), Some(1));
@@ -1284,6 +1289,10 @@ mod tests {
             Some(u32::MAX)
         );
         assert_eq!(rank("linux/riscv64/rva23", "linux/riscv64"), None);
+        // Outside the known orders, equal variants still match.
+        assert_eq!(rank("linux/amd64/v5", "linux/amd64/v5"), Some(u32::MAX));
+        assert_eq!(rank("linux/arm/v4", "linux/arm/v4"), Some(u32::MAX));
+        assert_eq!(rank("linux/amd64/v5", "linux/amd64"), None);
         assert!(!p("linux/amd64").matches(&p("linux/arm64")));
         assert!(!p("linux/amd64").matches(&p("windows/amd64")));
         for bad in ["linux", "linux/", "/amd64", "a/b/c/d"] {

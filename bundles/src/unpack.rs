@@ -143,6 +143,8 @@ pub fn unpack_bundle(
     // What the unpack made and a failure removes: DEST and its missing
     // parents, from the topmost one (as `berth-build build` does for
     // OUTDIR, and as umoci creates a bundle's parents).
+    // The mode of a DEST that was there, put back if the unpack fails.
+    let mut old_mode = None;
     let made: Option<PathBuf> = match fs::read_dir(dest) {
         Ok(mut entries) => {
             if entries.next().is_some() || !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
@@ -150,12 +152,14 @@ pub fn unpack_bundle(
             }
             // As for a DEST made here (and as umoci does): the image's
             // setuid programs and device nodes are for root alone.
+            let mode = fs::symlink_metadata(dest).map(|m| m.permissions().mode() & 0o7777);
             fs::set_permissions(dest, fs::Permissions::from_mode(0o700)).map_err(|source| {
                 UnpackError::Private {
                     path: dest.into(),
                     source,
                 }
             })?;
+            old_mode = mode.ok();
             None
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -193,6 +197,9 @@ pub fn unpack_bundle(
             if let Some(top) = made {
                 remove_made(dest, &top);
             }
+            if let Some(mode) = old_mode {
+                let _ = fs::set_permissions(dest, fs::Permissions::from_mode(mode));
+            }
             Err(e)
         }
     }
@@ -212,9 +219,12 @@ fn topmost_missing(dest: &Path) -> PathBuf {
 
 /// Removes the directories from `dest` up to `top`, each only if empty:
 /// what an unpack made for DEST and nothing another process put there.
+/// One that is not there (making it failed) is passed over; one that is
+/// not empty stays, and so do its ancestors, which then are not either.
 fn remove_made(dest: &Path, top: &Path) {
     for a in dest.ancestors() {
-        if fs::remove_dir(a).is_err() || a == top {
+        let _ = fs::remove_dir(a);
+        if a == top {
             break;
         }
     }

@@ -299,6 +299,25 @@ fn missing_parents_of_dest_are_made_and_a_failure_removes_them() {
     unpack(&image, &s.path().join("p/q/bundle"), None).unwrap_err();
     assert!(!s.path().join("p/q").exists());
     assert!(s.path().join("p/keep").is_dir());
+    // A parent that could not be made (its name is too long): the ones
+    // made before it go all the same.
+    let long = s.path().join("nd").join("n".repeat(300)).join("bundle");
+    let err = unpack(&image, &long, None).unwrap_err();
+    assert!(err.contains("create"), "{err}");
+    assert!(
+        !s.path().join("nd").exists(),
+        "made parents left after: {err}"
+    );
+    // A DEST that was there empty is left so, with its mode.
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let given = s.path().join("given");
+    fs::DirBuilder::new().mode(0o750).create(&given).unwrap();
+    unpack(&image, &given, None).unwrap_err();
+    assert_eq!(
+        fs::metadata(&given).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(fs::read_dir(&given).unwrap().count(), 0);
 }
 
 #[test]
@@ -319,7 +338,9 @@ fn platform_selection_in_nested_index() {
     let att = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
         "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
         "platform": {"os": "unknown", "architecture": "unknown"}});
-    let idx = json!({"schemaVersion": 2, "manifests": [att, arm, amd, v3]});
+    // v3 listed first: without a variant asked for, the plain image wins
+    // all the same (v3 may not run on this CPU).
+    let idx = json!({"schemaVersion": 2, "manifests": [att, arm, v3, amd]});
     let idx_desc = l.blob(
         "application/vnd.oci.image.index.v1+json",
         &serde_json::to_vec(&idx).unwrap(),

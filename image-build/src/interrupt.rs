@@ -84,11 +84,14 @@ pub fn install(mode: Mode) -> std::io::Result<()> {
                 let first = SIGNAL
                     .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok();
-                INTERRUPTED.store(true, Ordering::SeqCst);
                 if mode == Mode::Cancel && first {
+                    // CANCEL before INTERRUPTED: whoever sees the second
+                    // sees a cancel (and does not wait for an exit).
                     CANCEL.store(true, Ordering::SeqCst);
+                    INTERRUPTED.store(true, Ordering::SeqCst);
                     continue;
                 }
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 let removed = if mode == Mode::Exit {
                     kill_groups();
                     remove_registered()

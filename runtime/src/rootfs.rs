@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::process::{ChildError, Step};
-use crate::spec::{InRootPath, MountKind, Plan};
+use crate::spec::{InRootPath, MountKind, MountPlan, Plan};
 use crate::sys::{self, FdPath};
 
 const RESOLVE_IN_ROOT: u64 = 0x10;
@@ -141,6 +141,42 @@ pub fn prepare_root(plan: &Plan, rootfs: &CStr) -> Result<OwnedFd, ChildError> {
     sys::openat(None, rootfs, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(at(Step::OpenRootfs, 0))
 }
 
+/// Whether `target`, on procfs, is the file of the top of the container's
+/// /proc that `m` names (one of `PROC_BIND_FILES`): a regular file in the
+/// root directory of a procfs (inode 1) mounted where /proc leads. An image
+/// that makes /proc a symlink into another procfs's `self` cannot aim the
+/// bind at a per-process file.
+fn lxcfs_file(root: BorrowedFd<'_>, target: BorrowedFd<'_>, m: &MountPlan) -> bool {
+    let (Some(dir), Some(name)) = (m.dest.prefixes.first(), m.dest.names.last()) else {
+        return false;
+    };
+    if m.dest.names.len() != 2 {
+        return false;
+    }
+    let Ok(proc_dir) = open_in_root(root, dir) else {
+        return false;
+    };
+    let (Ok(d), Ok(t)) = (sys::fstat(proc_dir.as_fd()), sys::fstat(target)) else {
+        return false;
+    };
+    let Ok(named) = sys::openat(
+        Some(proc_dir.as_fd()),
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return false;
+    };
+    let Ok(n) = sys::fstat(named.as_fd()) else {
+        return false;
+    };
+    d.st_ino == 1
+        && sys::is_procfs(proc_dir.as_fd()).unwrap_or(false)
+        && t.st_mode & libc::S_IFMT == libc::S_IFREG
+        && (t.st_dev, t.st_ino) == (d.st_dev, n.st_ino)
+        && n.st_dev == d.st_dev
+}
+
 /// Applies the spec's mounts in order.
 pub fn mount_all(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
     for (i, m) in plan.mounts.iter().enumerate() {
@@ -151,12 +187,9 @@ pub fn mount_all(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
         // paths would then not be found and skipped, and the unmasked
         // procfs would live on underneath (CVE-2019-16884, CVE-2023-28642).
         // The one exception: a file over one of LXCFS's files, which must
-        // then be that procfs file (a regular file on procfs).
+        // then be that file of the container's /proc (see `lxcfs_file`).
         let on_proc = sys::is_procfs(target.as_fd()).map_err(at(Step::MountOnProc, i))?;
-        let proc_file = || {
-            sys::fstat(target.as_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
-        };
-        if on_proc && !(m.over_proc_file && proc_file()) {
+        if on_proc && !(m.over_proc_file && lxcfs_file(root, target.as_fd(), m)) {
             return Err(ChildError::new(
                 Step::MountOnProc,
                 i,

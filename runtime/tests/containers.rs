@@ -880,6 +880,25 @@ fn a_file_can_be_bound_over_the_lxcfs_proc_files() {
         e.contains("/proc/kcore is on /proc and not of type proc"),
         "{e}"
     );
+
+    // An image whose /proc leads into another procfs's `self`: the bind
+    // would cover the container process's own /proc/PID/stat. Refused.
+    let mut b = Bundle::new();
+    let fake = b.dir().join("stat");
+    fs::write(&fake, "cpu 0\n").unwrap();
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.retain(|m| m["destination"] != "/proc");
+    mounts.push(json!({"destination": "/mnt", "type": "proc", "source": "proc"}));
+    mounts.push(json!({
+        "destination": "/proc/stat", "type": "bind", "source": fake, "options": ["bind"]
+    }));
+    b.config["linux"]["maskedPaths"] = json!([]);
+    b.config["linux"]["readonlyPaths"] = json!([]);
+    fs::remove_dir(b.rootfs().join("proc")).unwrap();
+    fs::create_dir_all(b.rootfs().join("mnt")).unwrap();
+    std::os::unix::fs::symlink("mnt/self", b.rootfs().join("proc")).unwrap();
+    let e = create_error(&b);
+    assert!(e.contains("/proc/stat") && e.contains("procfs"), "{e}");
 }
 
 #[test]

@@ -487,6 +487,14 @@ pub struct Layer {
     pub location: BlobLocation,
 }
 
+impl Layer {
+    /// The layer's name in messages: its blob digest, or its DiffID when
+    /// the format names no blob digest (legacy docker-archive layers).
+    pub fn name(&self) -> String {
+        (self.digest.as_ref()).map_or_else(|| self.diff_id.to_string(), |d| d.to_string())
+    }
+}
+
 fn display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }

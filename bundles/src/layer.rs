@@ -1232,10 +1232,7 @@ pub fn unpack_layer_with(
     rootfs: &Rootfs,
     opts: &LayerOptions,
 ) -> Result<LayerStats, LayerError> {
-    let blob = layer
-        .digest
-        .as_ref()
-        .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string());
+    let blob = layer.name();
     // Verified here, as it is read: size and sha256.
     let raw = image.open_layer_unverified(layer)?;
     let expect = layer.digest.clone().map(|d| (d, layer.size));

@@ -280,6 +280,6 @@ fn fill_bundle(
 fn cancelled(image: &Image, layer: &Layer) -> LayerError {
     LayerError::Cancelled {
         image: image.name.clone(),
-        blob: (layer.digest.as_ref()).map_or_else(|| layer.diff_id.to_string(), |d| d.to_string()),
+        blob: layer.name(),
     }
 }

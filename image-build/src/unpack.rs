@@ -31,10 +31,7 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
                     err,
                     "\rlayer {}/{count}: {} ({:.1} MB) ...",
                     index + 1,
-                    layer
-                        .digest
-                        .as_ref()
-                        .map_or_else(|| layer.diff_id.to_string(), |d| d.to_string()),
+                    layer.name(),
                     layer.size as f64 / 1e6
                 );
             }

@@ -42,6 +42,7 @@ pub mod cgroup;
 pub mod container;
 pub mod exeseal;
 pub mod hooks;
+pub mod host;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

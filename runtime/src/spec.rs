@@ -660,7 +660,7 @@ pub fn plan_mount(
     })
 }
 
-fn rlimit_resource(t: PosixRlimitType) -> libc::c_int {
+pub(crate) fn rlimit_resource(t: PosixRlimitType) -> libc::c_int {
     (match t {
         PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
         PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,

@@ -883,6 +883,25 @@ pub fn fork_hook(hook: &crate::process::ChildHook) -> io::Result<pid_t> {
     unsafe { clone3(&args, || crate::process::run_hook_child(hook)) }
 }
 
+/// Forks a plain child (clone3 without flags) that becomes a host process
+/// (`crate::host`). See [`clone3`].
+pub(crate) fn fork_host(child: &crate::host::Child<'_>) -> io::Result<pid_t> {
+    let args = CloneArgs {
+        flags: 0,
+        cgroup: None,
+    };
+    // SAFETY: host_child only calls allocation-free wrappers of this module
+    // (signal, setpgid, dup3, close_range, prlimit, chdir, execve, write,
+    // _exit) on data the parent prepared, and never returns.
+    unsafe { clone3(&args, || crate::host::host_child(child)) }
+}
+
+/// `setpgid(0, 0)`: the caller leads a new process group.
+pub fn setpgid_self() -> io::Result<()> {
+    // SAFETY: setpgid has no memory effects.
+    cvt(unsafe { libc::setpgid(0, 0) }).map(drop)
+}
+
 /// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec copy numbered `min` or above.
 pub fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl only manipulates the fd table.

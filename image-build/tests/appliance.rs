@@ -1133,9 +1133,35 @@ fn host_unit_programs_must_be_in_the_initramfs() {
         format!(
             r#"{{"name": "mk", "host": true, "command": ["busybox", "true"], "env": {{"PATH": "{bin}"}}}}"#
         ),
+        // From its cwd: a relative path, and a relative PATH entry.
+        format!(
+            r#"{{"name": "mk", "host": true, "command": ["bin/busybox", "true"], "cwd": "{}"}}"#,
+            bin.trim_end_matches("/bin")
+        ),
+        format!(
+            r#"{{"name": "mk", "host": true, "command": ["busybox", "true"], "cwd": "{bin}", "env": {{"PATH": ":/nowhere"}}}}"#
+        ),
     ] {
         write(&unit);
         build_succeeds(&manifest, &out);
+    }
+    fs::remove_dir_all(&out).unwrap();
+    // The same relative path from the default cwd, `/`, is not there.
+    write(r#"{"name": "mk", "host": true, "command": ["bin/busybox", "true"]}"#);
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains("where bin/busybox is not found"), "{err}");
+    // A cwd that the initramfs lacks, or that is not a directory.
+    for cwd in ["/srv", "/init"] {
+        write(&format!(
+            r#"{{"name": "mk", "host": true, "command": ["{bin}/busybox", "true"], "cwd": "{cwd}"}}"#
+        ));
+        let err = one_line_err(&manifest, &out);
+        assert!(
+            err.contains(&format!(
+                "task mk: cwd {cwd} is not a directory of the initramfs, PID 1's own root"
+            )),
+            "{err}"
+        );
     }
     let _ = fs::remove_dir_all(&dir);
 }

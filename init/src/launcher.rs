@@ -16,14 +16,11 @@
 //! - The child starts with RLIMIT_NOFILE soft 1024 (at most), not PID 1's
 //!   raised soft limit (`crate::rlimits`).
 
-use std::ffi::CString;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
-use nix::fcntl::OFlag;
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::stat::Mode;
+use berth_runtime::host::HostCommand;
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::manifest::{Program, Source};
@@ -43,6 +40,13 @@ pub enum LaunchError {
         unit: String,
         program: String,
         source: std::io::Error,
+    },
+    /// A host program could not be started (its lookup, or a step of its
+    /// child before exec).
+    #[error("{unit}")]
+    HostSpawn {
+        unit: String,
+        source: berth_runtime::host::HostSpawnError,
     },
     /// The unit's image or bundle could not be prepared at boot (failed
     /// verification, missing blob, bad config): permanent.
@@ -91,6 +95,7 @@ impl LaunchError {
             Self::Unsupported { .. } | Self::Prepare { .. } | Self::Network { .. } => true,
             Self::Create { permanent, .. } => *permanent,
             Self::Spawn { .. }
+            | Self::HostSpawn { .. }
             | Self::Start { .. }
             | Self::Signal { .. }
             | Self::SignalContainer { .. } => false,
@@ -172,12 +177,6 @@ impl ProcessLauncher {
 impl Launcher for ProcessLauncher {
     fn check(&self, name: &str, program: &Program) -> Result<(), LaunchError> {
         let what = match &program.source {
-            Source::Host if program.cwd.is_some() => {
-                // posix_spawn has no safe way to change directory (the
-                // _np addchdir action has no nix wrapper), and init has no
-                // unsafe code: refuse rather than run in the wrong place.
-                "cwd for a host program".to_owned()
-            }
             Source::Host => return Ok(()),
             Source::Image(image) => format!("image {image:?}"),
             Source::Bundle(dir) => format!("bundle {}", dir.display()),
@@ -199,79 +198,34 @@ impl Launcher for ProcessLauncher {
     ) -> Result<Pid, LaunchError> {
         self.check(name, program)?;
         let argv = program.host_argv();
-        let exe = argv.first().cloned().unwrap_or_default();
-        let spawn_error = |source: std::io::Error| LaunchError::Spawn {
-            unit: name.to_owned(),
-            program: exe.clone(),
-            source,
-        };
-        let invalid = |what: &str| {
-            spawn_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                what.to_owned(),
-            ))
-        };
-        let args: Vec<CString> = argv
-            .iter()
-            .map(|a| CString::new(a.as_str()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| invalid("NUL in argv"))?;
-        let Some(path) = args.first() else {
-            return Err(invalid("empty command"));
-        };
         // PID 1's environment, then the program's overrides.
         let mut env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| !program.env.iter().any(|(o, _)| o == k))
             .collect();
         env.extend(program.env.iter().cloned());
         if !env.iter().any(|(k, _)| k == "PATH") {
-            // The kernel starts init without PATH; give programs the usual one.
+            // The kernel starts init without PATH; give programs the usual
+            // one. The program is looked up in the PATH it gets.
             env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
         }
-        let envp: Vec<CString> = env
-            .iter()
-            .map(|(k, v)| CString::new(format!("{k}={v}")))
-            .collect::<Result<_, _>>()
-            .map_err(|_| invalid("NUL in env"))?;
-
-        let nix_err = |e: nix::Error| spawn_error(std::io::Error::from(e));
-        // The child starts with an empty signal mask and default
-        // dispositions: PID 1 blocks the signals its signalfd reads and the
-        // Rust runtime ignores SIGPIPE, and both would otherwise be
-        // inherited through exec (signal(7)).
-        let mut attr = PosixSpawnAttr::init().map_err(nix_err)?;
-        attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF
-                | PosixSpawnFlags::POSIX_SPAWN_SETPGROUP,
-        )
-        .map_err(nix_err)?;
-        attr.set_sigmask(&SigSet::empty()).map_err(nix_err)?;
-        let mut defaults = SigSet::empty();
-        for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
-            defaults.add(sig);
+        let mut command = HostCommand::new(argv, env, stdout.as_fd(), stderr.as_fd());
+        // Not PID 1's raised open files limit: a unit's, and the manifest's
+        // (crate::rlimits). The child sets them before exec.
+        let limits =
+            crate::rlimits::unit_rlimits(&[], &program.rlimits, crate::rlimits::pid1_nofile_hard());
+        for l in limits {
+            command = command.rlimit(l.typ, l.soft, l.hard);
         }
-        attr.set_sigdefault(&defaults).map_err(nix_err)?;
-        // A process group of its own: a signal a person sends to PID 1's
-        // group from a terminal must not reach services behind its back.
-        attr.set_pgroup(Pid::from_raw(0)).map_err(nix_err)?;
-
-        let mut actions = PosixSpawnFileActions::init().map_err(nix_err)?;
-        actions
-            .add_open(0, "/dev/null", OFlag::O_RDONLY, Mode::empty())
-            .map_err(nix_err)?;
-        // The pipe ends are close-on-exec; dup2 onto 1 and 2 makes copies
-        // without the flag, the originals vanish at exec.
-        actions.add_dup2(stdout.as_raw_fd(), 1).map_err(nix_err)?;
-        actions.add_dup2(stderr.as_raw_fd(), 2).map_err(nix_err)?;
-
-        // Not PID 1's raised open files limit: a unit's (crate::rlimits).
-        let pid =
-            crate::rlimits::with_unit_nofile(|| posix_spawnp(path, &actions, &attr, &args, &envp))
-                .map_err(nix_err)?;
+        if let Some(dir) = &program.cwd {
+            command = command.cwd(dir.clone());
+        }
+        let pid = command.spawn().map_err(|source| LaunchError::HostSpawn {
+            unit: name.to_owned(),
+            source,
+        })?;
         // PID 1's copies of the write ends close here; the child holds its own.
         drop((stdout, stderr));
-        Ok(pid)
+        Ok(Pid::from_raw(pid))
     }
 
     fn signal(&mut self, name: &str, pid: Pid, signal: Signal) -> Result<(), LaunchError> {

@@ -47,7 +47,7 @@
 //! filesystem read-only), `seccomp` (`default`: berth's profile, which denies
 //! new user namespaces, keyrings, io_uring, and bpf, perf_event_open and
 //! userfaultfd unless a capability allows them; `unconfined`: no filter),
-//! `rlimits` [`"name=limit"`] (image units, a bundle's are its config.json's
+//! `rlimits` [`"name=limit"`] (image and host units; a bundle's are its config.json's
 //! `process.rlimits`; setrlimit(2) before exec; Docker's `--ulimit` and
 //! Podman's `default_ulimits` syntax: `["nofile=4096:65536", "core=0"]`;
 //! names `as`, `core`, `cpu`, `data`, `fsize`, `locks`, `memlock`,
@@ -253,7 +253,7 @@ pub struct Program {
     pub capabilities: Option<Vec<String>>,
     pub read_only: bool,
     pub seccomp: SeccompMode,
-    /// The manifest's `rlimits` (image units only), one per type; a unit's
+    /// The manifest's `rlimits` (image and host units), one per type; a unit's
     /// defaults are [`crate::rlimits::unit_rlimits`]'s.
     pub rlimits: Vec<Rlimit>,
 }
@@ -1077,7 +1077,6 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         ("capabilities", p.capabilities.is_some()),
         ("read_only", p.read_only),
         ("seccomp", p.seccomp.is_some()),
-        ("rlimits", rlimits_set),
     ];
     if source == Source::Host {
         // A host program runs in PID 1's own root: nothing to isolate it with.
@@ -1092,6 +1091,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
             ("args", p.args.is_some()),
             ("env", !env.is_empty()),
             ("cwd", cwd.is_some()),
+            ("rlimits", rlimits_set),
         ];
         let why = "not supported for bundles (their config.json runs as it is: edit the bundle)";
         refuse_set_fields(c, path, &program_fields, why);
@@ -1788,7 +1788,9 @@ mod tests {
             (img(r#","rlimits":["nofile=1024:"]"#), "services.a.rlimits[0]: \"\" is not a number or \"unlimited\""),
             (img(r#","rlimits":["nofile=1:2:3"]"#), "services.a.rlimits[0]: \"2:3\" is not a number or \"unlimited\""),
             (img(r#","rlimits":["memlock=1XB:unlimited"]"#), "services.a.rlimits[0]: invalid size \"1XB\": unknown unit \"XB\""),
-            (svc(r#","rlimits":["nofile=4096"]"#), "services.a.rlimits: not supported for host programs"),
+            // Host units take them too (their child sets them before exec),
+            // with the same checks.
+            (svc(r#","rlimits":["core=2:1"]"#), "services.a.rlimits[0]: core: the soft limit is above the hard limit"),
             (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","rlimits":["core=0"]}]}"#.into(), "tasks.a.rlimits: not supported for bundles (their config.json runs as it is"),
             (img(r#","resources":{"memory":"1KiB"}"#), "services.a.resources.memory: must be at least 1MiB"),
             (img(r#","resources":{"cpus":0}"#), "services.a.resources.cpus: 0 is not between 0.01 and 1024"),

@@ -153,34 +153,6 @@ pub fn unit_rlimits(own: &[Rlimit], overrides: &[Rlimit], nofile_hard: u64) -> V
     out
 }
 
-/// Runs `spawn` with PID 1's soft RLIMIT_NOFILE lowered to 1024 (at
-/// most), then restores it: a host unit is started with posix_spawn(3),
-/// which has no attribute for limits, and inherits them at its clone.
-/// Lowering a soft limit is always allowed and raising it back up to the
-/// unchanged hard limit too (setrlimit(2)). While it is lowered, PID 1
-/// (its main thread spawning; the machine set-up thread at boot) cannot
-/// open an fd numbered 1024 or above, which happens only when more than
-/// ~1000 are already open, and the spawn then fails as a spawn does: the
-/// unit backs off and retries.
-pub fn with_unit_nofile<T>(spawn: impl FnOnce() -> T) -> T {
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return spawn();
-    };
-    let unit = UNIT_NOFILE_SOFT.min(hard);
-    if soft <= unit {
-        return spawn();
-    }
-    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, unit, hard) {
-        log::warn!("lower RLIMIT_NOFILE to {unit} for a host unit: {e} (it inherits {soft})");
-        return spawn();
-    }
-    let out = spawn();
-    // Cannot fail: a soft limit may always go back up to the unchanged
-    // hard one (setrlimit(2)); should it, PID 1 runs on 1024, as booted.
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, soft, hard);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1343,33 +1343,34 @@ fn units_start_with_1024_open_files_and_pid1s_hard_limit() {
 }
 
 /// A unit's manifest `rlimits` reach its process, each in place of the
-/// default. Hard limits are only lowered (to no more than a fresh
+/// default, for an image unit and for a host unit (whose child sets them
+/// before exec). Hard limits are only lowered (to no more than a fresh
 /// kernel's: nofile 4096, locked memory 64 KiB), which needs no
 /// CAP_SYS_RESOURCE.
 #[test]
 fn manifest_rlimits_reach_the_container() {
     let w = World::new("rlimits");
     let probe = "grep -E 'open files|core file|locked memory' /proc/self/limits; exec sleep 1000";
+    let limits =
+        r#","rlimits":["nofile=256:512","core=0","memlock=64KiB"],"stop_signal":"SIGKILL""#;
     let m = manifest(
         &[],
-        &[ctr(
-            "limited",
-            probe,
-            r#","rlimits":["nofile=256:512","core=0","memlock=64KiB"],"stop_signal":"SIGKILL""#,
-        )],
+        &[ctr("ctrlim", probe, limits), sh("hostlim", probe, limits)],
     );
     let mut p = w.start(&m);
     let pair = |soft: &str, hard: &str| (soft.to_owned(), hard.to_owned());
-    let line = p.wait_for("limited: Max open files");
-    assert_eq!(soft_hard(&line, "open files"), pair("256", "512"), "{line}");
-    let line = p.wait_for("limited: Max core file size");
-    assert_eq!(soft_hard(&line, "core file size"), pair("0", "0"), "{line}");
-    let line = p.wait_for("limited: Max locked memory");
-    assert_eq!(
-        soft_hard(&line, "locked memory"),
-        pair("65536", "65536"),
-        "{line}"
-    );
+    for unit in ["ctrlim", "hostlim"] {
+        let line = p.wait_for(&format!("{unit}: Max open files"));
+        assert_eq!(soft_hard(&line, "open files"), pair("256", "512"), "{line}");
+        let line = p.wait_for(&format!("{unit}: Max core file size"));
+        assert_eq!(soft_hard(&line, "core file size"), pair("0", "0"), "{line}");
+        let line = p.wait_for(&format!("{unit}: Max locked memory"));
+        assert_eq!(
+            soft_hard(&line, "locked memory"),
+            pair("65536", "65536"),
+            "{line}"
+        );
+    }
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }

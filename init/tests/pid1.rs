@@ -506,9 +506,38 @@ fn missing_program_backs_off_and_hits_the_start_limit() {
         "restart":{"start_limit":{"count":2,"interval":"1m"},"backoff":{"initial":"100ms"}}}]}"#;
     let mut p = Pid1::start("missing", m);
     p.wait_for(
-        "berth: service nope failed to start: nope: spawn /does/not/exist: No such file or directory (os error 2), restart in 100ms",
+        "berth: service nope failed to start: nope: exec /does/not/exist: No such file or directory (os error 2), restart in 100ms",
     );
     p.wait_for("berth: service nope failed: start limit reached (2 starts in 1m)");
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+/// A host unit runs in its `cwd`; one that is missing fails its start
+/// with the step and the directory, and the unit backs off.
+#[test]
+fn host_units_run_in_their_cwd() {
+    prerequisites();
+    let m = manifest(
+        &[],
+        &[
+            sh(
+                "here",
+                "echo cwd=$(pwd); exec sleep 1000",
+                r#","cwd":"/tmp""#,
+            ),
+            sh(
+                "gone",
+                "true",
+                r#","cwd":"/does/not/exist","restart":{"backoff":{"initial":"100ms"}}"#,
+            ),
+        ],
+    );
+    let mut p = Pid1::start("host-cwd", &m);
+    p.wait_for("here: cwd=/tmp");
+    p.wait_for(&format!(
+        "berth: service gone failed to start: gone: change directory to /does/not/exist for {BUSYBOX}: No such file or directory (os error 2), restart in 100ms"
+    ));
     p.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }

@@ -181,6 +181,15 @@ pub enum BuildError {
         /// `is not an executable file` or `is not found`.
         found: &'static str,
     },
+    #[error(
+        "{kind} {unit}: cwd {cwd} is not a directory of the initramfs, PID 1's own root \
+         where host units run (it holds berth-init as /init and what the manifest brings)"
+    )]
+    HostCwd {
+        kind: &'static str,
+        unit: String,
+        cwd: String,
+    },
     #[error("initramfs entry")]
     Cpio(#[source] CpioError),
     #[error("output {path}")]
@@ -1191,11 +1200,12 @@ fn check_image_units(
     Ok(())
 }
 
-/// A host unit runs its program in PID 1's own root, the initramfs:
-/// berth-init spawns it with `posix_spawnp`, so a name with a `/` is a
-/// path from `/` (PID 1's working directory) and a bare name is looked up
-/// in `PATH` (the unit's `env`, else berth-init's default: the kernel
-/// starts PID 1 without one). The program must be a file of the
+/// A host unit runs its program in PID 1's own root, the initramfs, from
+/// its `cwd` (default `/`, PID 1's working directory), which must be a
+/// directory there: a name with a `/` is a path from that directory and a
+/// bare name is looked up in `PATH` (the unit's `env`, else berth-init's
+/// default: the kernel starts PID 1 without one), as
+/// `berth_runtime::host` does at boot. The program must be a file of the
 /// initramfs being built, executable, symlinks followed inside it.
 fn check_host_units(m: &berth_init::manifest::Manifest, tree: &Tree) -> Result<(), BuildError> {
     for (kind, name, program) in units(m) {
@@ -1206,8 +1216,28 @@ fn check_host_units(m: &berth_init::manifest::Manifest, tree: &Tree) -> Result<(
         let Some(exe) = argv.first() else {
             continue;
         };
+        let cwd = program
+            .cwd
+            .as_deref()
+            .map_or("/".to_owned(), |d| d.to_string_lossy().into_owned());
+        let is_dir = cwd.split('/').all(|c| c.is_empty() || c == ".")
+            || matches!(resolve_in_tree(tree, &cwd), Some(e) if e.kind == Kind::Dir);
+        if !is_dir {
+            return Err(BuildError::HostCwd {
+                kind,
+                unit: name.to_owned(),
+                cwd,
+            });
+        }
+        let from_cwd = |p: &str| {
+            if p.starts_with('/') {
+                p.to_owned()
+            } else {
+                format!("{}/{p}", cwd.trim_end_matches('/'))
+            }
+        };
         let candidates: Vec<String> = if exe.contains('/') {
-            vec![exe.clone()]
+            vec![from_cwd(exe)]
         } else {
             let path = program
                 .env
@@ -1215,9 +1245,16 @@ fn check_host_units(m: &berth_init::manifest::Manifest, tree: &Tree) -> Result<(
                 .rev()
                 .find(|(k, _)| k == "PATH")
                 .map_or(berth_init::launcher::DEFAULT_PATH, |(_, v)| v.as_str());
+            // An empty entry is the current directory, as for execvp.
             path.split(':')
-                .filter(|d| d.starts_with('/'))
-                .map(|d| format!("{}/{exe}", d.trim_end_matches('/')))
+                .map(|d| {
+                    if d.is_empty() {
+                        "."
+                    } else {
+                        d.trim_end_matches('/')
+                    }
+                })
+                .map(|d| from_cwd(&format!("{d}/{exe}")))
                 .collect()
         };
         let entries: Vec<&Entry> = candidates

@@ -7,7 +7,7 @@
 //!
 //! Prints, for the berth-init binary (default: the static musl build in
 //! `target/static-check`): its size, the time from PID 1's first line to its
-//! first service's spawn (posix_spawn returns once the child has exec'd),
+//! first service's spawn (the spawn returns once the child has exec'd),
 //! read from PID 1's own millisecond stamps over RUNS boots (median and min),
 //! and PID 1's resident memory with 10 services running; once with host
 //! busybox services, once with container services from a one-layer busybox

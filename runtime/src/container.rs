@@ -45,10 +45,8 @@ pub enum ContainerError {
     ParseConfig {
         path: PathBuf,
         #[source]
-        source: serde_json::Error,
+        source: SpecError,
     },
-    #[error("parse config {path}: a runtime spec is a JSON object, this is not one")]
-    ConfigNotObject { path: PathBuf },
     #[error("container {id}: config")]
     Spec {
         id: String,
@@ -345,17 +343,10 @@ impl Runtime {
             path: config.clone(),
             source,
         })?;
-        // serde also reads a struct from a JSON array of its fields in
-        // order: `[]` would be a spec with every field absent ("missing
-        // root").
-        if !bytes.trim_ascii_start().starts_with(b"{") {
-            return Err(ContainerError::ConfigNotObject { path: config });
-        }
-        let spec: Spec =
-            serde_json::from_slice(&bytes).map_err(|source| ContainerError::ParseConfig {
-                path: config.clone(),
-                source,
-            })?;
+        let spec = spec::parse_config(&bytes).map_err(|source| ContainerError::ParseConfig {
+            path: config.clone(),
+            source,
+        })?;
         let rootfs = spec::rootfs_path(&spec, &bundle).map_err(|source| ContainerError::Spec {
             id: id.to_string(),
             source,

@@ -34,6 +34,12 @@ pub enum SpecError {
     Nul { field: String },
     #[error("capabilities")]
     Caps(#[source] CapsError),
+    #[error("not UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+    #[error("not a JSON object (a runtime spec is one)")]
+    NotObject,
+    #[error(transparent)]
+    Json(serde_json::Error),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
@@ -233,6 +239,45 @@ pub fn check_version(v: &str) -> Result<(), SpecError> {
         (Some("1"), Some(0..=2)) => Ok(()),
         _ => Err(SpecError::Version(v.to_string())),
     }
+}
+
+/// Reads a bundle's `config.json` into a spec. When the bytes are not one,
+/// the error says why in the config's own terms where serde's words would
+/// not: a file that is not UTF-8 or not a JSON object, a missing
+/// `ociVersion`.
+pub fn parse_config(bytes: &[u8]) -> Result<Spec, SpecError> {
+    // JSON text is UTF-8 (RFC 8259 8.1); serde_json checks only the strings
+    // it keeps, so a bad byte in an ignored field would pass unseen.
+    let text = std::str::from_utf8(bytes).map_err(|e| SpecError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    // serde also reads a struct from a JSON array of its fields in order:
+    // `[]` would be a spec with every field absent ("missing root").
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(explain_config(text).unwrap_or(SpecError::NotObject));
+    }
+    match serde_json::from_str::<Spec>(text) {
+        // oci-spec defaults an absent `ociVersion` to "".
+        Ok(spec) if spec.version().is_empty() => Err(SpecError::Missing("ociVersion")),
+        Ok(spec) => Ok(spec),
+        // Only a failed parse pays for the second look.
+        Err(e) => Err(explain_config(text).unwrap_or(SpecError::Json(e))),
+    }
+}
+
+/// A clearer reason than serde's why `text` is not a spec, if there is one.
+fn explain_config(text: &str) -> Option<SpecError> {
+    let value = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v,
+        Err(e) => return Some(SpecError::Json(e)),
+    };
+    if !value.is_object() {
+        return Some(SpecError::NotObject);
+    }
+    None
 }
 
 /// Resolves `root.path` against the bundle directory.
@@ -1074,6 +1119,42 @@ mod tests {
             Path::new("/b"),
             &|_| true,
         )
+    }
+
+    fn config_error(bytes: &[u8]) -> String {
+        parse_config(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_config_that_is_not_a_spec_says_why_in_one_line() {
+        assert!(parse_config(BASE.as_bytes()).is_ok());
+        for not_object in [&b"[]"[..], b" \n\"x\"", b"1", b"null", b"\t[{}]"] {
+            assert_eq!(
+                config_error(not_object),
+                "not a JSON object (a runtime spec is one)",
+                "{}",
+                String::from_utf8_lossy(not_object)
+            );
+        }
+        assert_eq!(config_error(b"{}"), "missing ociVersion");
+        assert_eq!(config_error(br#"{"ociVersion": ""}"#), "missing ociVersion");
+        assert_eq!(
+            config_error(b"\xff\xfe{}"),
+            "not UTF-8 (invalid byte at offset 0)"
+        );
+        // serde_json alone does not look at the bytes of an ignored field.
+        assert_eq!(
+            config_error(b"{\"ociVersion\": \"1.0.2\", \"x-note\": \"\xc3\"}"),
+            "not UTF-8 (invalid byte at offset 35)"
+        );
+        assert_eq!(
+            config_error(br#"{"ociVersion": "1.0.2""#),
+            "EOF while parsing an object at line 1 column 22"
+        );
+        assert_eq!(
+            config_error(br#"{"ociVersion": "1.0.2", "process": {"args": [1]}}"#),
+            "invalid type: integer `1`, expected a string at line 1 column 46"
+        );
     }
 
     #[test]

@@ -337,10 +337,7 @@ fn errors_are_one_line_and_go_to_the_log_too() {
     // serde alone would read an array as a struct with no fields.
     fs::write(b.dir().join("config.json"), " [] ").unwrap();
     let e = err(&root.0, &["create", "-b", bundle, "e1"]);
-    assert!(
-        e.contains("config.json: a runtime spec is a JSON object"),
-        "{e}"
-    );
+    assert!(e.contains("config.json: not a JSON object"), "{e}");
     fs::write(b.dir().join("config.json"), "{not json").unwrap();
     let log = root.0.join("log.json");
     err(

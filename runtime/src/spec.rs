@@ -38,6 +38,8 @@ pub enum SpecError {
     NotUtf8 { offset: usize },
     #[error("not a JSON object (a runtime spec is one)")]
     NotObject,
+    #[error("unknown capability {name:?} in process.capabilities.{set}")]
+    UnknownCapability { set: &'static str, name: String },
     #[error(transparent)]
     Json(serde_json::Error),
 }
@@ -244,7 +246,9 @@ pub fn check_version(v: &str) -> Result<(), SpecError> {
 /// Reads a bundle's `config.json` into a spec. When the bytes are not one,
 /// the error says why in the config's own terms where serde's words would
 /// not: a file that is not UTF-8 or not a JSON object, a missing
-/// `ociVersion`.
+/// `ociVersion`, a capability name no kernel has (oci-spec says "no variant
+/// for CAP_X (converted to X)"). runc 1.1.5 and crun 1.8.1 warn about or
+/// skip an unknown capability; berth refuses what it cannot apply.
 pub fn parse_config(bytes: &[u8]) -> Result<Spec, SpecError> {
     // JSON text is UTF-8 (RFC 8259 8.1); serde_json checks only the strings
     // it keeps, so a bad byte in an ignored field would pass unseen.
@@ -276,6 +280,27 @@ fn explain_config(text: &str) -> Option<SpecError> {
     };
     if !value.is_object() {
         return Some(SpecError::NotObject);
+    }
+    let caps = value.pointer("/process/capabilities")?;
+    for set in [
+        "bounding",
+        "effective",
+        "inheritable",
+        "permitted",
+        "ambient",
+    ] {
+        let Some(names) = caps.get(set).and_then(|v| v.as_array()) else {
+            continue;
+        };
+        // A name that is not a string is left to serde's "invalid type".
+        for name in names.iter().filter_map(|n| n.as_str()) {
+            if crate::caps::cap_from_name(name).is_none() {
+                return Some(SpecError::UnknownCapability {
+                    set,
+                    name: name.to_string(),
+                });
+            }
+        }
     }
     None
 }
@@ -1154,6 +1179,41 @@ mod tests {
         assert_eq!(
             config_error(br#"{"ociVersion": "1.0.2", "process": {"args": [1]}}"#),
             "invalid type: integer `1`, expected a string at line 1 column 46"
+        );
+    }
+
+    #[test]
+    fn an_unknown_capability_is_named_with_its_set() {
+        let with_caps = |caps: &str| {
+            BASE.replace(
+                r#""user": {"uid": 0, "gid": 0}}"#,
+                &format!(r#""user": {{"uid": 0, "gid": 0}}, "capabilities": {caps}}}"#),
+            )
+        };
+        let ok = with_caps(r#"{"bounding": ["CAP_KILL", "chown"], "ambient": []}"#);
+        let caps = parse_config(ok.as_bytes()).unwrap();
+        let caps = caps.process().as_ref().unwrap().capabilities().as_ref();
+        assert_eq!(caps.unwrap().bounding().as_ref().unwrap().len(), 2);
+        for (set, name) in [
+            ("bounding", "CAP_BOGUS"),
+            ("effective", "BOGUS"),
+            ("inheritable", "CAP_"),
+            ("permitted", "CAP_KILL\\u001b[2J"),
+            ("ambient", ""),
+        ] {
+            let json = with_caps(&format!(r#"{{"{set}": ["CAP_KILL", "{name}"]}}"#));
+            let shown = format!("{:?}", name.replace("\\u001b", "\u{1b}"));
+            assert_eq!(
+                config_error(json.as_bytes()),
+                format!("unknown capability {shown} in process.capabilities.{set}")
+            );
+        }
+        // Not a string: serde's own words, with the place.
+        let json = with_caps(r#"{"bounding": [5]}"#);
+        assert!(
+            config_error(json.as_bytes()).starts_with("invalid type: integer `5`"),
+            "{}",
+            config_error(json.as_bytes())
         );
     }
 

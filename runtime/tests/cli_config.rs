@@ -7,6 +7,7 @@ use std::fs;
 use std::process::Command;
 
 use common::{Bundle, TempDir};
+use serde_json::json;
 
 /// The stderr of `berth-runc create` on `b`, which must fail with status 1
 /// and one line.
@@ -24,6 +25,35 @@ fn create_error(root: &TempDir, b: &Bundle) -> String {
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert_eq!(e.lines().count(), 1, "one line: {e:?}");
     e
+}
+
+#[test]
+fn an_unknown_capability_is_named_with_its_set_and_the_file() {
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    b.config["process"]["capabilities"] = json!({
+        "bounding": ["CAP_KILL", "CAP_BOGUS"],
+        "permitted": ["CAP_KILL"],
+    });
+    b.write();
+    let config = b.dir().join("config.json");
+    assert_eq!(
+        create_error(&root, &b),
+        format!(
+            "berth-runc: parse config {}: unknown capability \"CAP_BOGUS\" in process.capabilities.bounding\n",
+            config.display()
+        )
+    );
+    // Escaped: a name can hold anything JSON can.
+    b.config["process"]["capabilities"] = json!({"ambient": ["CAP_\u{1b}[2J\n"]});
+    b.write();
+    assert!(
+        create_error(&root, &b).ends_with(
+            ": unknown capability \"CAP_\\u{1b}[2J\\n\" in process.capabilities.ambient\n"
+        ),
+        "{}",
+        create_error(&root, &b)
+    );
 }
 
 #[test]

@@ -25,8 +25,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth_qemu::{
     Accel, Appliance, CPUS_RANGE, DataDisk, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
-    check_host_kvm, error_chain, is_pid1_failure, measure_boot, measure_guest_boot, median,
-    median_translated_blocks, prepare_data_disk,
+    check_host_kvm, error_chain, escape_controls, is_pid1_failure, measure_boot,
+    measure_guest_boot, median, median_translated_blocks, prepare_data_disk,
 };
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
@@ -242,10 +242,17 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            note!("berth-qemu: {err:#}");
+            note!("berth-qemu: {}", failure_line(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// berth-qemu's own failure as the one line it prints. Escaped as a
+/// whole: a `.context()` may name a file, and not every message went
+/// through [`error_chain`].
+fn failure_line(err: &anyhow::Error) -> String {
+    escape_controls(&format!("{err:#}")).into_owned()
 }
 
 fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
@@ -608,6 +615,16 @@ fn boot_time(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_one_line_with_its_controls_escaped() {
+        let err =
+            anyhow::Error::new(std::io::Error::other("bad\x1b[2J\nline")).context("read /tmp/a\rb");
+        assert_eq!(
+            failure_line(&err),
+            "read /tmp/a\\x0db: bad\\x1b[2J\\x0aline"
+        );
+    }
 
     #[test]
     fn ports_are_parsed() {

@@ -26,8 +26,8 @@ pub use kernel::{Kernel, KernelError, default_cache_dir, fetch_kernel};
 pub use net::{NetError, http_get};
 pub use qmp::QmpError;
 pub use vm::{
-    Accel, Appliance, CPUS_RANGE, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError, check_host_kvm,
-    check_kvm, free_port, is_pid1_failure, pid1_message,
+    Accel, Appliance, CPUS_RANGE, HostChecked, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
+    check_host_kvm, check_kvm, free_port, is_pid1_failure, pid1_message,
 };
 
 /// An error and its sources as one line (`a: b: c`), for messages at the

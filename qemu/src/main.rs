@@ -25,8 +25,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth_qemu::{
     Accel, Appliance, CPUS_RANGE, DataDisk, MEMORY_MB_RANGE, Outcome, Vm, VmConfig, VmError,
-    check_host_kvm, error_chain, escape_controls, is_pid1_failure, measure_boot,
-    measure_guest_boot, median, median_translated_blocks, prepare_data_disk,
+    error_chain, escape_controls, is_pid1_failure, measure_boot, measure_guest_boot, median,
+    median_translated_blocks,
 };
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
@@ -264,20 +264,14 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let signal_handle = signals.handle();
-    // Before the "booting" line, so that a refusal is the only line printed
-    // (Vm::boot checks these again; an existing disk is then left as it is).
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    if config.accel == Accel::Kvm {
-        check_host_kvm().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    }
-    config
-        .check_host_ports()
-        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    if let Some(disk) = &config.data_disk {
-        prepare_data_disk(disk).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    }
+    // Before the "booting" line, so that a refusal is the only line
+    // printed; the boot then does not check again (an existing data disk's
+    // first MiB is read once).
+    let checked = Vm::check_host(&appliance, &config).map_err(|e| match &e {
+        // A DiskError names the disk already.
+        VmError::DataDisk { source, .. } => anyhow::anyhow!(error_chain(source)),
+        _ => anyhow::anyhow!(error_chain(&e)),
+    })?;
     if let Some(signal) = signals.pending().next() {
         note!(
             "berth-qemu: {} before QEMU started: not booting",
@@ -310,7 +304,8 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
             d.path.display()
         )),
     );
-    let vm = Vm::boot_with_echo(&appliance, &config, Some(Box::new(std::io::stdout())))
+    let vm = checked
+        .boot(Some(Box::new(std::io::stdout())))
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     let vm = Arc::new(vm);
 

@@ -600,6 +600,28 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// A boot whose host-side checks passed ([`Vm::check_host`]).
+#[derive(Debug)]
+pub struct HostChecked<'a> {
+    appliance: &'a Appliance,
+    config: &'a VmConfig,
+}
+
+impl HostChecked<'_> {
+    /// Starts QEMU; returns once it runs and QMP is connected. A port
+    /// taken since the check still gets QEMU's own refusal.
+    pub fn boot(self, echo: Option<Box<dyn Write + Send>>) -> Result<Vm, VmError> {
+        let run_dir = make_run_dir()?;
+        match Vm::spawn(self.appliance, self.config, echo, &run_dir) {
+            Ok(vm) => Ok(vm),
+            Err(err) => {
+                let _ = fs::remove_dir_all(&run_dir);
+                Err(err)
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -617,6 +639,20 @@ impl Vm {
         config: &VmConfig,
         echo: Option<Box<dyn Write + Send>>,
     ) -> Result<Vm, VmError> {
+        Self::check_host(appliance, config)?.boot(echo)
+    }
+
+    /// What a boot checks on the host before QEMU starts, in order: the
+    /// config's values, the appliance's files, KVM when asked for, the
+    /// forwarded host ports, and the data disk (an existing one's first
+    /// MiB read, a missing one created and formatted). A caller that must
+    /// refuse before it prints anything (the CLI) checks here, then boots
+    /// the result with [`HostChecked::boot`], which does not check again.
+    pub fn check_host<'a>(
+        appliance: &'a Appliance,
+        config: &'a VmConfig,
+    ) -> Result<HostChecked<'a>, VmError> {
+        config.validate()?;
         appliance.check()?;
         if config.accel == Accel::Kvm {
             check_host_kvm()?;
@@ -628,14 +664,7 @@ impl Vm {
                 source,
             })?;
         }
-        let run_dir = make_run_dir()?;
-        match Self::spawn(appliance, config, echo, &run_dir) {
-            Ok(vm) => Ok(vm),
-            Err(err) => {
-                let _ = fs::remove_dir_all(&run_dir);
-                Err(err)
-            }
-        }
+        Ok(HostChecked { appliance, config })
     }
 
     fn spawn(
@@ -1297,6 +1326,51 @@ mod tests {
         );
         fs::write(dir.join("initrd.img"), b"i").unwrap();
         Appliance::from_dir(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The CLI checks before its "booting" line, then boots: the data
+    /// disk's first MiB is read once, at the check.
+    #[test]
+    fn a_checked_boot_does_not_check_the_host_again() {
+        let dir = std::env::temp_dir().join(format!("berth-checked-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vmlinuz"), b"k").unwrap();
+        fs::write(dir.join("initrd.img"), b"i").unwrap();
+        let appliance = Appliance::from_dir(&dir).unwrap();
+        let disk = dir.join("data.img");
+        let config = VmConfig {
+            data_disk: Some(DataDisk {
+                path: disk.clone(),
+                size: None,
+            }),
+            // Stands for a QEMU that fails at once: what the boot reaches
+            // when nothing before it refuses.
+            qemu: "/bin/false".into(),
+            ..VmConfig::default()
+        };
+        let blank = vec![0u8; 4 << 20];
+        let mut formatted = blank.clone();
+        formatted[1080] = 0x53; // where ext4's magic is
+        fs::write(&disk, &blank).unwrap();
+        let err = Vm::check_host(&appliance, &config).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmError::DataDisk {
+                    source: DiskError::Unformatted { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        fs::write(&disk, &formatted).unwrap();
+        let checked = Vm::check_host(&appliance, &config).unwrap();
+        // Blanked after the check: a second look would refuse it.
+        fs::write(&disk, &blank).unwrap();
+        let err = checked.boot(None).unwrap_err();
+        assert!(matches!(err, VmError::QemuStart { .. }), "{err:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

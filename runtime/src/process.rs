@@ -373,8 +373,19 @@ pub fn child_main(cx: &ChildContext<'_>) -> ! {
         sys::write_stderr(err.step.describe().as_bytes());
         sys::write_stderr(b"\n");
     }
+    // After start the creator has usually closed the pipe's read end: the
+    // write must fail with EPIPE, not end us with SIGPIPE (the status
+    // would read as the program's death by a signal).
+    let _ = sys::block_signals(&[libc::SIGPIPE]);
     cx.send(MSG_ERROR, Some(err));
-    sys::exit_now(127)
+    // After start this is the container's exit status, and a caller that
+    // created it elsewhere sees nothing else: 127 (and 126) keep the
+    // shell's meaning, the program could not be run; any other failure
+    // (a startContainer hook, seccomp) is 1, as with runc and crun.
+    sys::exit_now(match err.step {
+        Step::Exec | Step::FindExecutable => 127,
+        _ => 1,
+    })
 }
 
 enum Never {}

@@ -238,6 +238,29 @@ fn run_exits_with_the_containers_status() {
         "{err}"
     );
     assert_eq!(ok(&root.0, &["list", "-q"]), "");
+    // A failing startContainer hook: the program never runs, the status
+    // is 1 (runc 1.1.5 and crun 1.8.1 give 1 too), and stderr says why.
+    b.script("echo ran");
+    b.config["hooks"] =
+        json!({"startContainer": [{"path": "/bin/busybox", "args": ["busybox", "false"]}]});
+    b.write();
+    let o = runc(&root.0, &["run", "-b", &bundle, "r4"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "");
+    assert!(err.contains("startContainer hook"), "{err}");
+    // A program the kernel cannot run (no ELF, no #!) fails at exec,
+    // after start: the shell's 127.
+    b.config.as_object_mut().unwrap().remove("hooks");
+    b.config["process"]["args"] = json!(["/not-a-program"]);
+    b.write();
+    let garbage = b.rootfs().join("not-a-program");
+    fs::write(&garbage, "neither ELF nor #!\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&garbage, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = runc(&root.0, &["run", "-b", &bundle, "r5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(127), "{err}");
 }
 
 #[test]

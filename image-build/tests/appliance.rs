@@ -646,6 +646,14 @@ fn bundle_config_json_is_refused_at_build_time_as_the_boot_would() {
     fs::write(bundle.join("config.json"), r#"{"root":{"path":"rootfs"}}"#).unwrap();
     let err = one_line_err(&manifest, &out);
     assert!(err.contains(&where_), "{err}");
+    assert!(err.contains("missing ociVersion"), "{err}");
+    // A capability no kernel has, named with its set (as berth-runc says).
+    with(&|c| c["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_BOGUS"]));
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains(r#"unknown capability "CAP_BOGUS" in process.capabilities.bounding"#),
+        "{err}"
+    );
     // process.args a string: berth-init's parse error, given at build time.
     with(&|c| c["process"]["args"] = serde_json::json!("notalist"));
     let err = one_line_err(&manifest, &out);

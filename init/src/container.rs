@@ -134,7 +134,7 @@ pub enum PrepareError {
     BundleConfig {
         path: PathBuf,
         #[source]
-        source: serde_json::Error,
+        source: berth_runtime::spec::SpecError,
     },
     #[error("bundle {path}")]
     BundleRootfs {
@@ -1190,8 +1190,8 @@ pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
             path: path.clone(),
             source,
         })?;
-    let mut spec: Spec =
-        serde_json::from_slice(&bytes).map_err(|source| PrepareError::BundleConfig {
+    let mut spec =
+        berth_runtime::spec::parse_config(&bytes).map_err(|source| PrepareError::BundleConfig {
             path: dir.to_owned(),
             source,
         })?;

@@ -60,7 +60,7 @@ use berth_bundles::spec::{Overrides, runtime_spec};
 use berth_bundles::unpack::unpack_rootfs_with;
 use berth_bundles::{DiffIdCheck, LayerOptions};
 use berth_runtime::cgroup::CgroupError;
-use berth_runtime::{Container, ContainerError, CreateOptions, Runtime, Stdio};
+use berth_runtime::{Container, ContainerError, CreateOptions, InitProgram, Runtime, Stdio};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -381,6 +381,9 @@ pub struct ContainerLauncher {
     /// The machine's background set-up: units that share the machine's
     /// network namespace start once it has configured the network.
     machine: Option<MachineSetup>,
+    /// Whether this binary can run as a container's init (`"init": true`):
+    /// `Some(None)` yes, `Some(Some(why))` no, `None` not asked yet.
+    unusable_as_init: Option<Option<String>>,
 }
 
 impl ContainerLauncher {
@@ -404,6 +407,7 @@ impl ContainerLauncher {
             keys: BTreeMap::new(),
             mounted: Vec::new(),
             machine: None,
+            unusable_as_init: None,
         }
     }
 
@@ -771,6 +775,7 @@ impl ContainerLauncher {
     fn create_and_start(
         &mut self,
         name: &str,
+        init: bool,
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<Pid, LaunchError> {
@@ -816,12 +821,37 @@ impl ContainerLauncher {
             program: "/dev/null for stdin".to_owned(),
             source,
         })?;
+        // `"init": true`: PID 1's own binary is the container's first
+        // process, as its reaper (crate::reaper).
+        let init = if init {
+            if let Some(why) = self
+                .unusable_as_init
+                .get_or_insert_with(crate::reaper::unusable_as_init)
+            {
+                return Err(LaunchError::Prepare {
+                    unit: name.to_owned(),
+                    message: why.clone(),
+                });
+            }
+            let exe = fs::File::open("/proc/self/exe").map_err(|source| LaunchError::Spawn {
+                unit: name.to_owned(),
+                program: "/proc/self/exe, the container's init".to_owned(),
+                source,
+            })?;
+            Some(InitProgram {
+                exe: OwnedFd::from(exe),
+                args: crate::reaper::reaper_args(),
+            })
+        } else {
+            None
+        };
         let opts = CreateOptions {
             stdio: Stdio {
                 stdin: Some(OwnedFd::from(stdin)),
                 stdout: Some(stdout),
                 stderr: Some(stderr),
             },
+            init,
         };
         let t0 = Instant::now();
         let mut container = self
@@ -1522,7 +1552,9 @@ impl Launcher for ContainerLauncher {
                 self.wait_for_network(name)?;
                 self.host.spawn(kind, name, program, stdout, stderr)
             }
-            Source::Image(_) | Source::Bundle(_) => self.create_and_start(name, stdout, stderr),
+            Source::Image(_) | Source::Bundle(_) => {
+                self.create_and_start(name, program.init, stdout, stderr)
+            }
         }
     }
 

@@ -34,6 +34,7 @@ pub mod modules;
 pub mod net;
 pub mod order;
 pub mod power_button;
+pub mod reaper;
 pub mod rlimits;
 pub mod rootfs;
 pub mod service;

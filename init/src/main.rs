@@ -177,6 +177,17 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
 
 fn main() {
     let start = now_ms();
+    // A unit's container init (`"init": true`), before anything PID 1 does.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| a == berth_init::reaper::REAPER_ARGV0)
+    {
+        let args: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        exit_with(berth_init::reaper::run(&args));
+    }
     let argv = utf8_args();
     // The one-shot commands write to stdout and end: a closed pipe ends
     // them too (PID 1 keeps SIGPIPE ignored).

@@ -47,7 +47,9 @@
 //! filesystem read-only), `seccomp` (`default`: berth's profile, which denies
 //! new user namespaces, keyrings, io_uring, and bpf, perf_event_open and
 //! userfaultfd unless a capability allows them; `unconfined`: no filter),
-//! `rlimits` [`"name=limit"`] (image and host units; a bundle's are its config.json's
+//! `init` (bool: berth-init's reaper runs as the container's first process
+//! in front of the program, reaping orphans and forwarding signals, as
+//! `docker run --init`; image units), `rlimits` [`"name=limit"`] (image and host units; a bundle's are its config.json's
 //! `process.rlimits`; setrlimit(2) before exec; Docker's `--ulimit` and
 //! Podman's `default_ulimits` syntax: `["nofile=4096:65536", "core=0"]`;
 //! names `as`, `core`, `cpu`, `data`, `fsize`, `locks`, `memlock`,
@@ -252,6 +254,9 @@ pub struct Program {
     pub resources: Resources,
     pub capabilities: Option<Vec<String>>,
     pub read_only: bool,
+    /// berth-init's reaper runs in front of the program as the container's
+    /// first process (`docker run --init`; [`crate::reaper`]).
+    pub init: bool,
     pub seccomp: SeccompMode,
     /// The manifest's `rlimits` (image and host units), one per type; a unit's
     /// defaults are [`crate::rlimits::unit_rlimits`]'s.
@@ -539,6 +544,8 @@ pub mod raw {
         pub capabilities: Option<Vec<String>>,
         #[serde(default)]
         pub read_only: bool,
+        #[serde(default)]
+        pub init: bool,
         pub seccomp: Option<String>,
         /// `name=limit` strings, as `docker run --ulimit` takes them: a list
         /// of strings reuses serde code the static binary already holds (a
@@ -595,6 +602,8 @@ pub mod raw {
         pub capabilities: Option<Vec<String>>,
         #[serde(default)]
         pub read_only: bool,
+        #[serde(default)]
+        pub init: bool,
         pub seccomp: Option<String>,
         #[serde(default)]
         pub rlimits: Vec<String>,
@@ -624,6 +633,8 @@ pub mod raw {
         pub capabilities: Option<Vec<String>>,
         #[serde(default)]
         pub read_only: bool,
+        #[serde(default)]
+        pub init: bool,
         pub seccomp: Option<String>,
         #[serde(default)]
         pub rlimits: Vec<String>,
@@ -678,6 +689,7 @@ pub mod raw {
                         resources: self.resources.take(),
                         capabilities: self.capabilities.take(),
                         read_only: self.read_only,
+                        init: self.init,
                         seccomp: self.seccomp.take(),
                         rlimits: std::mem::take(&mut self.rlimits),
                     }
@@ -1076,6 +1088,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         ("resources", !resources.is_empty()),
         ("capabilities", p.capabilities.is_some()),
         ("read_only", p.read_only),
+        ("init", p.init),
         ("seccomp", p.seccomp.is_some()),
     ];
     if source == Source::Host {
@@ -1110,6 +1123,7 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
         resources,
         capabilities: p.capabilities,
         read_only: p.read_only,
+        init: p.init,
         seccomp,
         rlimits,
     }
@@ -1764,6 +1778,8 @@ mod tests {
             (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","read_only":true}]}"#.into(), "tasks.a.read_only: not supported for bundles"),
             (svc(r#","capabilities":["CAP_NET_ADMIN"]"#), "services.a.capabilities: not supported for host programs"),
             (svc(r#","read_only":true"#), "services.a.read_only: not supported for host programs"),
+            (svc(r#","init":true"#), "services.a.init: not supported for host programs"),
+            (r#"{"version":1,"tasks":[{"name":"a","bundle":"/b","init":true}]}"#.into(), "tasks.a.init: not supported for bundles"),
             (img(r#","command":[]"#), "services.a.command: must not be empty"),
             (img(r#","capabilities":["NET_ADMIN"]"#), "services.a.capabilities: unknown capability \"NET_ADMIN\""),
             (img(r#","cwd":"srv""#), "services.a.cwd: \"srv\" must be an absolute path"),

@@ -172,6 +172,11 @@ impl World {
         ]
     }
 
+    /// PID 1 from the static build a machine runs (for what needs it).
+    fn start_static(&self, manifest: &str) -> Pid1 {
+        Pid1::start_binary_in(self.dir.clone(), manifest, &self.args(), &static_bin())
+    }
+
     fn start(&self, manifest: &str) -> Pid1 {
         Pid1::start_in(self.dir.clone(), manifest, &self.args())
     }
@@ -417,6 +422,68 @@ fn thousand_orphans_in_a_container_leave_no_zombies() {
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
     // Nothing of the container is left on the host.
     assert!(descendants(p.child.id() as i32).is_empty());
+}
+
+/// `"init": true`: berth-init's reaper runs in front of the program as the
+/// container's PID 1. A program that never waits (`exec sleep`) leaves its
+/// orphans as zombies without it, none with it; the stop signal reaches the
+/// program through it; the program's status is the unit's.
+#[test]
+fn init_true_reaps_orphans_forwards_signals_and_passes_the_status_on() {
+    let w = World::new("reaper");
+    let script = "for i in $(seq 20); do (sleep 0.1 &) ; done; echo spawned; exec sleep 1000";
+    let m = manifest(
+        &[ctr("three", "exit 3", r#","init":true,"optional":true"#)],
+        &[
+            ctr("bare", script, r#","stop_signal":"SIGKILL""#),
+            ctr("reaped", script, r#","init":true,"stop_timeout":"1m""#),
+        ],
+    );
+    // The test build of berth-init is dynamic: the container has no
+    // loader for it, and says so.
+    let dynamic = World::new("reaper-dynamic");
+    let mut p = dynamic.start(&manifest(&[], &[ctr("reaped", "true", r#","init":true"#)]));
+    p.wait_for("berth: service reaped failed: reaped: ");
+    p.wait_for("is dynamically linked, and the container has no loader for it: \"init\": true needs the static berth-init");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+    drop(p);
+
+    let mut p = w.start_static(&m);
+    p.wait_for("berth: task three exited status=3 (optional, boot goes on)");
+    let unit_pid = |name: &str| {
+        let line = p.wait_for(&format!("berth: service {name} started"));
+        p.host_pid_nested(ns_pid_of(&line))
+    };
+    let (bare, reaped) = (unit_pid("bare"), unit_pid("reaped"));
+    p.wait_for("bare: spawned");
+    p.wait_for("reaped: spawned");
+    let zombies = |pid: i32| {
+        descendants(pid)
+            .into_iter()
+            .filter(|d| is_zombie(*d))
+            .count()
+    };
+    // Without an init, `sleep` is PID 1 and never reaps.
+    eventually(&p, "20 zombies under the bare unit", || {
+        zombies(bare) + usize::from(is_zombie(bare)) >= 20
+    });
+    // With one: the orphans end and are reaped; only the program is left
+    // below the reaper.
+    eventually(&p, "the reaped unit's orphans to be gone", || {
+        descendants(reaped).len() == 1 && zombies(reaped) == 0
+    });
+    let status = std::fs::read_to_string(format!("/proc/{reaped}/cmdline")).unwrap();
+    assert!(
+        status.starts_with("berth-init-reaper\0--\0/bin/sh\0"),
+        "{status:?}"
+    );
+    // SIGTERM to the reaper reaches `sleep`, which dies of it at once (as
+    // its namespace's PID 1 it would ignore it): well before the 1m stop
+    // timeout, with the program's status.
+    p.signal(Signal::SIGTERM);
+    p.wait_for("berth: service reaped stopped (exited status=143)");
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }
 
 #[test]

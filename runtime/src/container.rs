@@ -55,6 +55,8 @@ pub enum ContainerError {
     },
     #[error("container {id}: rootfs {path} is missing or not a directory")]
     Rootfs { id: String, path: PathBuf },
+    #[error("container {id}: init argument {arg:?} holds a NUL byte")]
+    InitArg { id: String, arg: String },
     #[error("container {id}: {op} {path}")]
     Io {
         id: String,
@@ -195,6 +197,21 @@ pub struct Stdio {
 #[derive(Debug, Default)]
 pub struct CreateOptions {
     pub stdio: Stdio,
+    /// A program to run as the container's first process in front of
+    /// `process.args` (`docker run --init`).
+    pub init: Option<InitProgram>,
+}
+
+/// An init for the container (a reaper such as tini): executed from an
+/// fd the caller opened, so it need not be in the container's root, with
+/// `args` (its own argv, `args[0]` first) followed by `process.args`. It
+/// runs after every other step (credentials, capabilities, seccomp), as
+/// the program would; the program must still be found in the container's
+/// root at create.
+#[derive(Debug)]
+pub struct InitProgram {
+    pub exe: OwnedFd,
+    pub args: Vec<String>,
 }
 
 /// What is persisted per container (`<root>/<id>/state.json`).
@@ -603,6 +620,23 @@ impl Runtime {
                 .chain(&start_hooks)
                 .map(|h| h.stdin.as_raw_fd()),
         );
+        let init_args: Vec<CString> = match &opts.init {
+            Some(init) => {
+                let mut args = Vec::with_capacity(init.args.len() + plan.args.len());
+                for a in &init.args {
+                    args.push(
+                        CString::new(a.as_str()).map_err(|_| ContainerError::InitArg {
+                            id: id.to_string(),
+                            arg: a.clone(),
+                        })?,
+                    );
+                }
+                args.extend(plan.args.iter().cloned());
+                keep_fds.push(init.exe.as_raw_fd());
+                args
+            }
+            None => Vec::new(),
+        };
         keep_fds.sort_unstable();
         let cx = ChildContext {
             create_container_hooks: create_hooks,
@@ -621,6 +655,10 @@ impl Runtime {
             want_hooks,
             argv: process::pointer_array(&plan.args),
             envp: process::pointer_array(&plan.env),
+            init: opts
+                .init
+                .as_ref()
+                .map(|i| (i.exe.as_fd(), process::pointer_array(&init_args))),
         };
         // Straight into the cgroup when there is one: no window in which
         // the process runs outside its limits, no later migration.

@@ -117,8 +117,10 @@ impl Step {
 pub struct HostCommand<'a> {
     argv: Vec<String>,
     env: Vec<(String, String)>,
+    exe: Option<PathBuf>,
     cwd: Option<PathBuf>,
     rlimits: Vec<(PosixRlimitType, u64, u64)>,
+    stdin: Option<BorrowedFd<'a>>,
     stdout: BorrowedFd<'a>,
     stderr: BorrowedFd<'a>,
 }
@@ -139,11 +141,26 @@ impl<'a> HostCommand<'a> {
         HostCommand {
             argv,
             env,
+            exe: None,
             cwd: None,
             rlimits: Vec::new(),
+            stdin: None,
             stdout,
             stderr,
         }
+    }
+
+    /// The file to execute, found by the caller (default: `argv[0]`,
+    /// looked up in `PATH`); `argv[0]` stays what it is.
+    pub fn exe(mut self, path: PathBuf) -> Self {
+        self.exe = Some(path);
+        self
+    }
+
+    /// The child's stdin (default: `/dev/null`).
+    pub fn stdin(mut self, fd: BorrowedFd<'a>) -> Self {
+        self.stdin = Some(fd);
+        self
     }
 
     /// The child's working directory (default: the caller's).
@@ -177,7 +194,10 @@ impl<'a> HostCommand<'a> {
             .rev()
             .find(|(k, _)| k == "PATH")
             .map_or("", |(_, v)| v.as_str());
-        let program = find_program(name, path_var, self.cwd.as_deref())?;
+        let program = match &self.exe {
+            Some(path) => path.clone(),
+            None => find_program(name, path_var, self.cwd.as_deref())?,
+        };
         let nul = |what| move |_| HostSpawnError::Nul { what };
         let exe = CString::new(program.as_os_str().as_bytes()).map_err(nul("the program"))?;
         let args: Vec<CString> = self
@@ -204,8 +224,15 @@ impl<'a> HostCommand<'a> {
             .map(|&(r, soft, hard)| (rlimit_resource(r), soft, hard))
             .collect();
 
-        let devnull = std::fs::File::open("/dev/null")
-            .map_err(|source| HostSpawnError::DevNull { source })?;
+        let devnull;
+        let stdin_fd = match self.stdin {
+            Some(fd) => fd,
+            None => {
+                devnull = std::fs::File::open("/dev/null")
+                    .map_err(|source| HostSpawnError::DevNull { source })?;
+                devnull.as_fd()
+            }
+        };
         let stdio_error = |source| HostSpawnError::Stdio {
             program: program.clone(),
             source,
@@ -213,7 +240,7 @@ impl<'a> HostCommand<'a> {
         // The child copies these onto 0, 1 and 2 in turn: none may be one
         // of those numbers, or an earlier copy would overwrite a later
         // source (possible when PID 1 started with a standard fd closed).
-        let stdin = above_stdio(devnull.as_fd()).map_err(stdio_error)?;
+        let stdin = above_stdio(stdin_fd).map_err(stdio_error)?;
         let stdout = above_stdio(self.stdout).map_err(stdio_error)?;
         let stderr = above_stdio(self.stderr).map_err(stdio_error)?;
         let (report_r, report_w) = sys::pipe().map_err(|source| HostSpawnError::Pipe {
@@ -230,7 +257,7 @@ impl<'a> HostCommand<'a> {
             stdio: [
                 stdin
                     .as_ref()
-                    .map_or(devnull.as_raw_fd(), AsRawFd::as_raw_fd),
+                    .map_or(stdin_fd.as_raw_fd(), AsRawFd::as_raw_fd),
                 stdout
                     .as_ref()
                     .map_or(self.stdout.as_raw_fd(), AsRawFd::as_raw_fd),

@@ -52,5 +52,5 @@ pub mod state;
 pub mod sys;
 
 pub use container::{
-    Container, ContainerError, CreateOptions, ExitStatus, RuncState, Runtime, Stdio,
+    Container, ContainerError, CreateOptions, ExitStatus, InitProgram, RuncState, Runtime, Stdio,
 };

@@ -318,6 +318,9 @@ pub struct ChildContext<'a> {
     pub want_hooks: bool,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
+    /// The init to execute instead of the program, and its argv (its own
+    /// arguments, then the program's).
+    pub init: Option<(BorrowedFd<'a>, Vec<*const libc::c_char>)>,
     pub seccomp: Option<&'a crate::seccomp::SeccompProgram>,
     pub create_container_hooks: Vec<ChildHook>,
     pub start_container_hooks: Vec<ChildHook>,
@@ -516,12 +519,17 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
     // Every fd but stdio closes at exec (CVE-2024-21626); the report pipe
     // stays usable until then so an exec failure still reaches the parent.
     sys::cloexec_from(3).map_err(at(Step::CloseFds, 0))?;
-    let e = sys::execve(exe, &cx.argv, &cx.envp);
+    let (e, what) = match &cx.init {
+        // An ELF binary runs from a close-on-exec fd (only a script's
+        // interpreter would need it open).
+        Some((fd, argv)) => (sys::fexecve(*fd, argv, &cx.envp), c"the container's init"),
+        None => (sys::execve(exe, &cx.argv, &cx.envp), exe),
+    };
     let err = ChildError::new(Step::Exec, 0, &e);
     // The container's stderr is where its own output goes: the program
     // and the reason, as runc prints them (the creating process may be
     // gone, or may already count the container as started).
-    exec_failure(exe, err.errno, &mut |part| sys::write_stderr(part));
+    exec_failure(what, err.errno, &mut |part| sys::write_stderr(part));
     Err(err)
 }
 

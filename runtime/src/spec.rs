@@ -230,7 +230,9 @@ pub struct Plan {
     pub exec_candidates: Vec<CString>,
 }
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where a program named without a `/` is looked for when
+/// `process.env` has no `PATH` (only its absolute entries count).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Checks the `ociVersion`: 1.0.x to 1.2.x (pre-release suffixes allowed).
 pub fn check_version(v: &str) -> Result<(), SpecError> {

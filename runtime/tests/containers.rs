@@ -730,6 +730,7 @@ fn run_on_root(b: &Bundle, rootfs: &std::path::Path) -> Result<common::Outcome, 
             stdout: Some(out_w.into()),
             stderr: None,
         },
+        ..Default::default()
     };
     let id = common::unique_id("shared");
     let mut c =
@@ -1053,6 +1054,7 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
             stdout: Some(out_w.into()),
             ..Default::default()
         },
+        ..Default::default()
     };
     let mut c = t.rt.create(&id, b.dir(), opts).unwrap();
     c.start().unwrap();
@@ -1173,6 +1175,7 @@ fn root_path_dot_is_the_bundle_itself() {
             stdout: Some(out_w.into()),
             ..Default::default()
         },
+        ..Default::default()
     };
     let mut c = t.rt.create("dot", &b.rootfs(), opts).unwrap();
     c.start().unwrap();
@@ -1325,4 +1328,42 @@ fn churn_while_creating() {
     }
     stop.store(true, Ordering::Relaxed);
     churn.join().unwrap();
+}
+
+/// `CreateOptions::init`: the init runs from an fd opened outside the
+/// container's root, as the container's first process, with its own
+/// arguments in front of `process.args`.
+#[test]
+fn an_init_runs_from_an_fd_in_front_of_the_program() {
+    let mut b = Bundle::new();
+    b.script("echo program");
+    b.write();
+    // Not reachable in the rootfs under this name: only the fd brings it.
+    let host_busybox = fs::File::open("/bin/busybox").unwrap();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdout: Some(out_w.into()),
+            ..Default::default()
+        },
+        init: Some(berth_runtime::InitProgram {
+            exe: host_busybox.into(),
+            args: vec!["echo".into(), "init:".into()],
+        }),
+    };
+    let mut c = t.rt.create("withinit", b.dir(), opts).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    c.delete(false).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut out_r, &mut out).unwrap();
+    let args = b.config["process"]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(out, format!("init: {args}\n"));
 }

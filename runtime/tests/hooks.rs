@@ -114,6 +114,7 @@ fn create_container_and_start_container_hooks_run_inside_the_container() {
             stdout: Some(out_w.into()),
             ..Default::default()
         },
+        ..Default::default()
     };
     let mut c = t.rt.create("inhooks", b.dir(), opts).unwrap();
     let pid = c.pid();

@@ -13,6 +13,33 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_berth-init");
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The static musl berth-init, as a machine runs it, built once per test
+/// binary with the release profile into `target/static-check` (where the
+/// `static_binary` test builds it: the second build is a no-op).
+pub fn static_bin() -> PathBuf {
+    static STATIC: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STATIC
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            let target_dir = workspace.join("target/static-check");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .current_dir(workspace)
+                .args(["build", "--release", "--locked", "--target", "x86_64-unknown-linux-musl"])
+                .args(["-p", "berth-init", "--bin", "berth-init"])
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .output()
+                .expect("run cargo");
+            assert!(
+                out.status.success(),
+                "static build of berth-init failed (needs `rustup target add x86_64-unknown-linux-musl` and musl-tools):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            target_dir.join("x86_64-unknown-linux-musl/release/berth-init")
+        })
+        .clone()
+}
+
 pub fn prerequisites() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -58,25 +85,38 @@ impl Pid1 {
     /// `in_namespace`: PID 1 of a new pid namespace, or a plain process.
     pub fn start_with(tag: &str, manifest: &str, in_namespace: bool) -> Self {
         prerequisites();
-        Self::launch(temp_dir(tag), manifest, in_namespace, &[])
+        Self::launch(temp_dir(tag), manifest, in_namespace, &[], Path::new(BIN))
     }
 
     /// PID 1 of a new pid namespace with extra arguments, in `dir` (made
     /// by [`temp_dir`], removed on drop).
     pub fn start_in(dir: PathBuf, manifest: &str, args: &[String]) -> Self {
         prerequisites();
-        Self::launch(dir, manifest, true, args)
+        Self::launch(dir, manifest, true, args, Path::new(BIN))
     }
 
-    fn launch(dir: PathBuf, manifest: &str, in_namespace: bool, args: &[String]) -> Self {
+    /// [`Pid1::start_in`] with another berth-init binary.
+    pub fn start_binary_in(dir: PathBuf, manifest: &str, args: &[String], bin: &Path) -> Self {
+        prerequisites();
+        Self::launch(dir, manifest, true, args, bin)
+    }
+
+    fn launch(
+        dir: PathBuf,
+        manifest: &str,
+        in_namespace: bool,
+        args: &[String],
+        bin: &Path,
+    ) -> Self {
         let path = dir.join("manifest.json");
         std::fs::write(&path, manifest).unwrap();
         let mut cmd = if in_namespace {
             let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount", "--mount-proc", BIN]);
+            c.args(["--pid", "--fork", "--mount", "--mount-proc"])
+                .arg(bin);
             c
         } else {
-            Command::new(BIN)
+            Command::new(bin)
         };
         let mut child = cmd
             .arg("--manifest")

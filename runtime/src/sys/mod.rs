@@ -893,7 +893,24 @@ pub(crate) fn fork_host(child: &crate::host::Child<'_>) -> io::Result<pid_t> {
     // SAFETY: host_child only calls allocation-free wrappers of this module
     // (signal, setpgid, dup3, close_range, prlimit, chdir, execve, write,
     // _exit) on data the parent prepared, and never returns.
-    unsafe { clone3(&args, || crate::host::host_child(child)) }
+    match unsafe { clone3(&args, || crate::host::host_child(child)) } {
+        // Under a seccomp profile that hides clone3 (Docker's and berth's
+        // default ones answer ENOSYS so that C libraries fall back, as a
+        // container's init must): a plain fork-like clone.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            // SAFETY: clone without CLONE_VM or a new stack is fork(2)
+            // without libc's handlers: the child continues on a copy of
+            // this stack and only runs host_child, as above.
+            let ret = unsafe {
+                libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
+            };
+            match cvt_long(ret)? {
+                0 => crate::host::host_child(child),
+                pid => Ok(pid as pid_t),
+            }
+        }
+        r => r,
+    }
 }
 
 /// `setpgid(0, 0)`: the caller leads a new process group.

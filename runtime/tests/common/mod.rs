@@ -181,6 +181,7 @@ pub fn try_run(bundle: &Bundle) -> Result<Outcome, berth_runtime::ContainerError
             stdout: Some(out_w),
             stderr: Some(err_w),
         },
+        init: None,
     };
     let mut c = t.rt.create(&unique_id("run"), bundle.dir(), opts)?;
     c.start()?;

@@ -210,11 +210,13 @@ impl Platform {
         let (architecture, variant) = match (arch.as_str(), variant.as_deref()) {
             ("x86_64" | "x86-64" | "amd64", Some("v1")) => ("amd64".to_string(), None),
             ("x86_64" | "x86-64", v) => ("amd64".to_string(), v.map(str::to_string)),
-            ("aarch64" | "arm64", Some("8" | "v8" | "v8.0")) => ("arm64".to_string(), None),
-            ("aarch64", v) => ("arm64".to_string(), v.map(str::to_string)),
+            ("aarch64" | "arm64", v) => ("arm64".to_string(), v.and_then(arm64_variant)),
             ("armhf", _) => ("arm".to_string(), Some("v7".to_string())),
             ("armel", _) => ("arm".to_string(), Some("v6".to_string())),
             ("arm", None) => ("arm".to_string(), Some("v7".to_string())),
+            ("arm", Some(v @ ("5" | "6" | "7" | "8"))) => {
+                ("arm".to_string(), Some(format!("v{v}")))
+            }
             ("i386", v) => ("386".to_string(), v.map(str::to_string)),
             (a, v) => (a.to_string(), v.map(str::to_string)),
         };
@@ -278,6 +280,26 @@ impl Platform {
         };
         // A variant outside the known orders still takes its equal.
         fits().or((got == Some(want)).then_some(u32::MAX))
+    }
+}
+
+/// An arm64 variant in containerd's normal form: v8 (in any spelling:
+/// `8`, `v8`, `v8.0`) is plain arm64, v9 (`9`, `9.0`, `v9.0`) is `v9`, and
+/// a bare `8.N`/`9.N` takes its `v`, so `linux/arm64/9` selects an image
+/// declaring `v9`. A variant outside that grammar is kept as written.
+fn arm64_variant(v: &str) -> Option<String> {
+    let digits = v.strip_prefix('v').unwrap_or(v);
+    let (major, minor) = digits.split_once('.').unwrap_or((digits, "0"));
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    match (number(major), number(minor)) {
+        (Some(8), Some(0)) => None,
+        (Some(9), Some(0)) => Some("v9".to_string()),
+        (Some(major @ (8 | 9)), Some(minor)) => Some(format!("v{major}.{minor}")),
+        _ => Some(v.to_string()),
     }
 }
 
@@ -1273,6 +1295,27 @@ mod tests {
         assert_eq!(p("linux/amd64/v1"), p("linux/amd64"));
         assert_eq!(p("linux/aarch64"), p("linux/arm64"));
         assert_eq!(p("linux/arm64/v8"), p("linux/arm64"));
+        for plain in ["8", "v8", "v8.0", "8.0", "V8"] {
+            assert_eq!(
+                Platform::parse(&format!("linux/arm64/{plain}")).unwrap(),
+                p("linux/arm64"),
+                "{plain}"
+            );
+        }
+        for v9 in ["9", "9.0", "v9.0", "v9"] {
+            let got = Platform::parse(&format!("linux/aarch64/{v9}")).unwrap();
+            assert_eq!(got.to_string(), "linux/arm64/v9", "{v9}");
+        }
+        assert_eq!(p("linux/arm64/8.2").to_string(), "linux/arm64/v8.2");
+        assert_eq!(p("linux/arm64/9.1").to_string(), "linux/arm64/v9.1");
+        assert_eq!(p("linux/arm64/v8.2").to_string(), "linux/arm64/v8.2");
+        // Unknown spellings stay as written (and so match only their equal).
+        assert_eq!(p("linux/arm64/v10").to_string(), "linux/arm64/v10");
+        assert_eq!(p("linux/arm64/8.x").to_string(), "linux/arm64/8.x");
+        for n in ["5", "6", "7", "8"] {
+            let got = Platform::parse(&format!("linux/arm/{n}")).unwrap();
+            assert_eq!(got.to_string(), format!("linux/arm/v{n}"));
+        }
         assert_eq!(p("linux/armhf"), p("linux/arm/v7"));
         assert_eq!(p("linux/arm"), p("linux/arm/v7"));
         assert!(p("linux/amd64").matches(&p("linux/amd64/v3")));
@@ -1292,6 +1335,15 @@ mod tests {
         assert_eq!(rank("linux/arm64/v9.0", "linux/arm64/v8.5"), Some(805));
         assert_eq!(rank("linux/arm64/v9.0", "linux/arm64/v8.6"), None);
         assert_eq!(rank("linux/arm64/v8.5", "linux/arm64/v9.0"), None);
+        // The normalised forms rank as their canonical spellings.
+        assert_eq!(rank("linux/arm64/9", "linux/arm64/v9"), Some(900));
+        assert_eq!(rank("linux/arm64/v9", "linux/arm64/9.0"), Some(900));
+        assert_eq!(rank("linux/arm64/9", "linux/arm64/8.5"), Some(805));
+        assert_eq!(rank("linux/arm64/9", "linux/arm64/v8"), Some(800));
+        assert_eq!(rank("linux/arm64/8.2", "linux/arm64/v8.1"), Some(801));
+        assert_eq!(rank("linux/arm64/v8.1", "linux/arm64/8.2"), None);
+        assert_eq!(rank("linux/arm64/v8.5", "linux/arm64/9"), None);
+        assert_eq!(rank("linux/arm/7", "linux/arm/5"), Some(5));
         assert_eq!(
             rank("linux/riscv64/rva23", "linux/riscv64/rva23"),
             Some(u32::MAX)

@@ -27,8 +27,11 @@
 //!   `system.*`) and xattrs on other file types are skipped with a debug log
 //!   and counted in [`LayerStats::skipped_xattrs`]; a directory declared
 //!   again ends with the new entry's xattrs only (umoci);
-//! - sparse files, unknown entry types and `.wh..wh.*` markers other than
-//!   the opaque one are refused.
+//! - sparse files (GNU's old `S` type and PAX formats 0.0, 0.1, 1.0) are
+//!   regular files whose holes stay holes ([`crate::sparse`]); a malformed
+//!   map is refused;
+//! - unknown entry types and `.wh..wh.*` markers other than the opaque one
+//!   are refused.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -44,6 +47,9 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 use tar::EntryType;
+
+use crate::sparse::{PaxSparse, SparseFile, SparseFormat};
+use crate::tar_guard::SparseTarget;
 
 /// A tar reading error whose text is safe to print: the tar crate puts the
 /// raw bytes of a bad header (a name, a field) into its messages, and those
@@ -119,6 +125,14 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    #[error("tar entry {path:?}: bad sparse file")]
+    Sparse {
+        path: String,
+        #[source]
+        source: Box<crate::sparse::SparseError>,
+    },
+    #[error("tar entry {path:?}: sparse map not followed by the layer reader")]
+    SparseNotFollowed { path: String },
     #[error("tar entry {path:?}: refusing to replace the root directory with a non-directory")]
     RootType { path: String },
     #[error("{op} {path:?}")]
@@ -286,6 +300,10 @@ struct LayerState {
     real_end: Option<Rc<Cell<Option<u64>>>>,
     /// Set when the reader can write file data itself ([`DirectWrite`]).
     direct: Option<DirectSink>,
+    /// Where the layer reader writes a sparse file's chunks, and the file
+    /// whose data it is writing (finished once the reader is past it).
+    sparse: crate::tar_guard::SparseSink,
+    sparse_pending: Option<PendingSparse>,
     stats: LayerStats,
     buf: Vec<u8>,
 }
@@ -295,8 +313,9 @@ struct LayerState {
 /// its own buffer, and returns their count; the caller's buffer is left
 /// alone. That saves copying every byte of file data once more (tar's
 /// `Entry` reads through a caller buffer). Only for regular entries, whose
-/// data the tar crate passes through unchanged (sparse entries, where it
-/// makes up the holes itself, are refused here anyway); `written` lets
+/// data the tar crate passes through unchanged (a sparse entry is not read
+/// through the tar crate at all: the layer reader writes its chunks, see
+/// [`crate::tar_guard`]); `written` lets
 /// [`copy_direct`] check that every byte did come from the stream.
 #[derive(Default)]
 pub(crate) struct DirectWrite {
@@ -307,6 +326,14 @@ pub(crate) struct DirectWrite {
 }
 
 pub(crate) type DirectSink = Rc<RefCell<DirectWrite>>;
+
+/// A sparse file whose chunks the layer reader writes while it skips the
+/// entry's data (after [`Rootfs::create_entry`]): its metadata waits.
+struct PendingSparse {
+    path: Vec<u8>,
+    meta: EntryMeta,
+    real_size: u64,
+}
 
 /// Directory fds kept in [`LayerState::dirs`], at most.
 const DIR_CACHE: usize = 32;
@@ -462,7 +489,9 @@ impl Rootfs {
         real_end: Option<Rc<Cell<Option<u64>>>>,
         direct: Option<DirectSink>,
     ) -> Result<LayerStats, ApplyError> {
-        let mut archive = tar::Archive::new(crate::tar_guard::TarGuard::new(reader));
+        let guard = crate::tar_guard::TarGuard::new(reader);
+        let sparse = guard.sparse_sink();
+        let mut archive = tar::Archive::new(guard);
         archive.set_ignore_zeros(false);
         let root = self
             .open_in_root(b"", OFlags::RDONLY | OFlags::DIRECTORY)
@@ -477,11 +506,23 @@ impl Rootfs {
             invalidated: false,
             real_end,
             direct,
+            sparse,
+            sparse_pending: None,
             stats: LayerStats::default(),
             buf: vec![0; COPY_BUF],
         };
-        let entries = archive.entries().map_err(tar_read_error)?;
-        for entry in entries {
+        let mut entries = archive.entries().map_err(tar_read_error)?;
+        loop {
+            // The reader skips a sparse entry's data on its way to the
+            // next entry, writing the chunks: only then is that file done.
+            let next = entries.next();
+            if let Some(pending) = state.sparse_pending.take() {
+                if let Some(Err(e)) = next {
+                    return Err(tar_read_error(e));
+                }
+                self.finish_sparse(&mut state, pending)?;
+            }
+            let Some(entry) = next else { break };
             let mut entry = entry.map_err(tar_read_error)?;
             state.stats.entries += 1;
             self.apply_entry(&mut state, &mut entry)?;
@@ -579,10 +620,25 @@ impl Rootfs {
             dev,
             times,
             xattrs,
+            sparse,
         } = meta;
         let (uid, gid, mode, dev) = (*uid, *gid, *mode, *dev);
         let path = path.to_vec();
         match kind {
+            EntryType::Regular if let Some(sparse) = sparse => {
+                let real_size = sparse.real_size;
+                let fd = self.create_file(st, pfd, name, &path, mode)?;
+                let target = SparseTarget::File(File::from(fd));
+                let attached = st.sparse.borrow_mut().attach(target, real_size);
+                if attached.is_err() {
+                    return Err(ApplyError::SparseNotFollowed { path: show(&path) });
+                }
+                st.sparse_pending = Some(PendingSparse {
+                    path,
+                    meta: meta.clone(),
+                    real_size,
+                });
+            }
             EntryType::Regular => {
                 let fd = self.create_file(st, pfd, name, &path, mode)?;
                 let expected = entry.size();
@@ -720,6 +776,56 @@ impl Rootfs {
             }
         }
         Ok(())
+    }
+
+    /// Finishes a sparse file once the reader wrote its chunks: its size
+    /// (the holes at its end are in no chunk), then owner, mode, xattrs and
+    /// times as for any regular file.
+    fn finish_sparse(&self, st: &mut LayerState, pending: PendingSparse) -> Result<(), ApplyError> {
+        let PendingSparse {
+            path,
+            meta,
+            real_size,
+        } = pending;
+        let done = st.sparse.borrow_mut().finish();
+        let Some(done) = done else {
+            return Err(ApplyError::SparseNotFollowed { path: show(&path) });
+        };
+        if let Some(source) = done.error {
+            return Err(ApplyError::Fs {
+                op: "write",
+                path: show(&path),
+                source,
+            });
+        }
+        let stored = meta.sparse.as_ref().map_or(0, |s| s.stored_size);
+        let Some((start, end)) = done.data else {
+            return Err(ApplyError::Truncated {
+                path: show(&path),
+                expected: stored,
+                actual: done.written,
+            });
+        };
+        if let Some(real) = st.real_end.as_ref().and_then(|c| c.get())
+            && end > real
+        {
+            return Err(ApplyError::Truncated {
+                path: show(&path),
+                expected: end - start,
+                actual: real.saturating_sub(start),
+            });
+        }
+        st.stats.bytes += done.written;
+        let SparseTarget::File(file) = done.target else {
+            return Err(ApplyError::SparseNotFollowed { path: show(&path) });
+        };
+        file.set_len(real_size).map_err(|source| ApplyError::Fs {
+            op: "set size of",
+            path: show(&path),
+            source,
+        })?;
+        self.set_fd_meta(&mut st.stats, file.as_fd(), &path, &meta)?;
+        rfs::futimens(&file, &meta.times).map_err(|e| ApplyError::fs("set times of", &path, e))
     }
 
     /// Sets owner, then mode (chown clears setuid/setgid, chown(2)), then
@@ -1038,7 +1144,15 @@ pub fn read_entry<R: Read>(
         // moby ignore them too.
         return Ok((Vec::new(), ReadEntry::Skip));
     }
-    let raw = entry.path_bytes().into_owned();
+    // A PAX sparse file's name is GNU.sparse.name (the header has a
+    // `GNUSparseFile.PID/NAME` placeholder), as for Go's archive/tar.
+    let (pax_sparse, stored_size) = sparse_records(entry)?;
+    let raw = match &pax_sparse {
+        Some(PaxSparse {
+            name: Some(name), ..
+        }) => name.clone(),
+        _ => entry.path_bytes().into_owned(),
+    };
     if header_only(kind) {
         // Only files carry data. For the other types readers part ways on
         // the size field: the tar crate skips that many bytes, Go's
@@ -1103,20 +1217,39 @@ pub fn read_entry<R: Read>(
     let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
 
     let pax = times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
-    if pax.sparse {
-        // GNU tar's PAX sparse formats (0.0, 0.1, 1.0) keep the real name
-        // and size in `GNU.sparse.*` records and a map of holes in the
-        // data: unpacked as a plain file this gives
-        // `GNUSparseFile.PID/NAME` holding the map, not the file. Refused,
-        // as the GNU sparse entry type is.
-        return Err(ApplyError::UnsupportedType {
+    let PaxFacts { mut times, xattrs } = pax;
+    // A sparse file is a regular file whose data is a map of chunks (the
+    // layer reader, `tar_guard`, checked the map as it went by).
+    let sparse = if kind == EntryType::GNUSparse || pax_sparse.is_some() {
+        let refuse = |source| ApplyError::Sparse {
             path: show(&path),
-            kind: "sparse file (PAX GNU.sparse.*)".into(),
-        });
-    }
-    let PaxFacts {
-        mut times, xattrs, ..
-    } = pax;
+            source: Box::new(source),
+        };
+        if !matches!(kind, EntryType::Regular | EntryType::GNUSparse) {
+            let kind = format!("{kind:?}").to_lowercase();
+            return Err(refuse(crate::sparse::SparseError::NotAFile { kind }));
+        }
+        let file = match pax_sparse {
+            Some(_) if kind == EntryType::GNUSparse => {
+                return Err(refuse(crate::sparse::SparseError::TwoMaps));
+            }
+            Some(ps) => SparseFile {
+                real_size: ps.real_size,
+                stored_size: entry.size(),
+                format: SparseFormat::Pax(ps.format),
+            },
+            // The tar crate made the entry's size the real size.
+            None => SparseFile {
+                real_size: entry.size(),
+                stored_size,
+                format: SparseFormat::OldGnu,
+            },
+        };
+        kind = EntryType::Regular;
+        Some(file)
+    } else {
+        None
+    };
     if times.last_modification.tv_sec < 0 {
         times.last_modification = Timespec {
             tv_sec: 0,
@@ -1156,6 +1289,7 @@ pub fn read_entry<R: Read>(
         dev,
         times,
         xattrs,
+        sparse,
     };
     Ok((path, ReadEntry::Create { kind, meta }))
 }
@@ -1205,6 +1339,7 @@ pub fn hardlink_target(path: &[u8], raw_target: &[u8]) -> Result<Vec<u8>, ApplyE
 }
 
 /// Header fields of one entry, parsed before its data is read.
+#[derive(Clone)]
 pub struct EntryMeta {
     uid: rfs::Uid,
     gid: rfs::Gid,
@@ -1212,6 +1347,15 @@ pub struct EntryMeta {
     dev: rfs::Dev,
     times: Timestamps,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    sparse: Option<SparseFile>,
+}
+
+impl EntryMeta {
+    /// Set for a sparse file (a regular file whose data is a map of
+    /// chunks; see [`crate::sparse`]).
+    pub fn sparse(&self) -> Option<&SparseFile> {
+        self.sparse.as_ref()
+    }
 }
 
 /// Runs a create call; if the name exists, removes it and runs it again.
@@ -1408,20 +1552,55 @@ fn skip_xattrs(st: &mut LayerState, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) 
 struct PaxFacts {
     times: Timestamps,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// A `GNU.sparse.*` record: the entry is a sparse file in one of GNU
-    /// tar's PAX sparse formats.
-    sparse: bool,
 }
 
-/// The entry's times (PAX `mtime` with its fraction if present), xattrs
-/// (PAX `SCHILY.xattr.*`) and whether it is a PAX sparse file.
+/// An entry's `GNU.sparse.*` PAX records ([`crate::sparse::pax_sparse`]),
+/// and the bytes its data takes in the stream as the tar crate counts them
+/// before it makes an old GNU sparse entry's size its real size (the
+/// first PAX `size` record, else the header's).
+fn sparse_records<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<(Option<PaxSparse>, u64), ApplyError> {
+    let name = show(&entry.path_bytes());
+    let bad = |source| ApplyError::BadHeader {
+        path: name.clone(),
+        field: "pax extensions",
+        source,
+    };
+    let mut stored = entry.header().entry_size().map_err(&bad)?;
+    let mut records = Vec::new();
+    let mut size_seen = false;
+    if let Some(exts) = entry.pax_extensions().map_err(&bad)? {
+        for ext in exts {
+            let ext = ext.map_err(&bad)?;
+            let key = ext.key_bytes();
+            if key == b"size" && !size_seen {
+                size_seen = true;
+                let value = std::str::from_utf8(ext.value_bytes()).ok();
+                if let Some(n) = value.and_then(|v| v.parse::<u64>().ok()) {
+                    stored = n;
+                }
+            } else if key.starts_with(b"GNU.sparse.") {
+                records.push((key.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    let pairs = records.iter().map(|(k, v)| (&k[..], &v[..]));
+    let sparse = crate::sparse::pax_sparse(pairs).map_err(|source| ApplyError::Sparse {
+        path: name.clone(),
+        source: Box::new(source),
+    })?;
+    Ok((sparse, stored))
+}
+
+/// The entry's times (PAX `mtime` with its fraction if present) and
+/// xattrs (PAX `SCHILY.xattr.*`).
 fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::Result<PaxFacts> {
     let mut ts = Timespec {
         tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
     let mut xattrs = Vec::new();
-    let mut sparse = false;
     if let Some(exts) = entry.pax_extensions()? {
         for ext in exts {
             let ext = ext?;
@@ -1435,11 +1614,7 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
                     ),
                 )
             };
-            if key.starts_with(b"GNU.sparse.") {
-                sparse = true;
-            } else if ext.value_bytes().is_empty()
-                && matches!(key, b"mtime" | b"uid" | b"gid" | b"size")
-            {
+            if ext.value_bytes().is_empty() && matches!(key, b"mtime" | b"uid" | b"gid" | b"size") {
                 // POSIX pax: an empty value deletes the record, and the
                 // header's field stands.
             } else if key == b"mtime" {
@@ -1467,7 +1642,6 @@ fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::R
             last_modification: ts,
         },
         xattrs,
-        sparse,
     })
 }
 

@@ -41,6 +41,12 @@ pub fn fuzz_tar_headers(data: &[u8]) -> io::Result<u64> {
                 }
             }
         }
+        if entry.header().entry_type().is_gnu_sparse() {
+            // The tar crate makes up the holes when such an entry is read
+            // (a real size of 2^63 would be read for ever); the unpacker
+            // never reads it so, and the reader skips its stored data.
+            continue;
+        }
         let size = entry.size();
         let read = io::copy(&mut entry, &mut io::sink())?;
         if read != size {

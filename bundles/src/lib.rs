@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod image;
 pub mod layer;
 pub mod small_file;
+pub mod sparse;
 pub mod spec;
 pub mod tar_guard;
 pub mod unpack;

@@ -15,10 +15,23 @@
 //! the layer stream writes straight to its file (`apply::DirectWrite`)
 //! needs no copy here.
 //!
-//! At the end-of-archive block, or at a GNU sparse member (whose extra
-//! header blocks the unpacker refuses anyway), it stops looking.
+//! It also follows sparse members ([`crate::sparse`]): an old GNU one's
+//! extension blocks, a PAX one's `GNU.sparse.*` records and a PAX 1.0
+//! one's map at the start of its data. It checks each map as the member
+//! arrives (a bad one fails the read that brought it, naming the entry)
+//! and, when the unpacker hands it the file ([`SparseSink`]), writes each
+//! chunk of data at its offset in the file as the bytes go by: the tar
+//! crate would hand them out with every hole made up of zeros.
+//!
+//! At the end-of-archive block it stops looking.
 
+use std::cell::RefCell;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+
+use crate::sparse::{self, Chunk, MapCheck, MapText, PaxFormat, SparseError};
 
 /// The most an `L`, `K` or `x` member may hold: Go's archive/tar limit.
 pub const MAX_EXTENSION: u64 = 1 << 20;
@@ -29,6 +42,8 @@ const BLOCK: usize = 512;
 enum Phase {
     /// `have` bytes of a header block read so far.
     Header { have: usize },
+    /// `have` bytes of an old GNU sparse extension block read so far.
+    SparseExt { have: usize },
     /// A member's data and padding: `left` bytes, of which the first `keep`
     /// are kept (the data of a PAX `x` member, for its `size` record).
     Data { left: u64, keep: u64 },
@@ -45,6 +60,134 @@ pub struct TarGuard<R> {
     pax: Vec<u8>,
     /// PAX records waiting for the member they describe.
     pending_pax: Option<Vec<u8>>,
+    /// Bytes of the stream followed so far.
+    pos: u64,
+    /// Data and padding of the old GNU sparse member whose extension
+    /// blocks are being read.
+    data_left_after_ext: u64,
+    /// The sparse member being read.
+    sparse: Option<SparseRead>,
+    out: SparseSink,
+}
+
+/// Where the chunks of a sparse member go, shared between the unpacker
+/// and the [`TarGuard`] under its tar reader.
+pub type SparseSink = Rc<RefCell<SparseOut>>;
+
+/// See [`SparseSink`].
+#[derive(Default)]
+pub struct SparseOut {
+    /// The real size of the sparse member whose header was read last,
+    /// while none of its data has gone by: the file may be handed over;
+    /// and where its data is when it has none.
+    ready: Option<(u64, Option<(u64, u64)>)>,
+    /// Where the data of the sparse member whose header was read last
+    /// starts in the stream (after an old GNU map's extension blocks).
+    start: Option<u64>,
+    /// The file of the member being read.
+    current: Option<SparseDone>,
+    /// The file of a member the reader is past (it read the next header).
+    done: Option<SparseDone>,
+}
+
+/// Where a sparse member's chunks go.
+pub enum SparseTarget {
+    /// At their offsets in the file (the unpacker).
+    File(File),
+    /// Into the bytes, as far as they reach: the start of the file, zeros
+    /// for holes (`berth-build` reads a few small files of each image).
+    Memory(Vec<u8>),
+}
+
+impl SparseTarget {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            SparseTarget::File(file) => file.write_all_at(data, offset),
+            SparseTarget::Memory(bytes) => {
+                let len = bytes.len() as u64;
+                if offset < len {
+                    let n = (len - offset).min(data.len() as u64) as usize;
+                    let at = offset as usize;
+                    bytes[at..at + n].copy_from_slice(&data[..n]);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What became of a sparse member's data, for the unpacker.
+pub struct SparseDone {
+    pub target: SparseTarget,
+    /// Chunk bytes written to `target`.
+    pub written: u64,
+    /// Start and end of its data in the stream, once it all went by with
+    /// a valid map; `None` when it did not.
+    pub data: Option<(u64, u64)>,
+    /// The first write that failed (the stream goes on).
+    pub error: Option<io::Error>,
+}
+
+impl SparseOut {
+    /// Hands over where the chunks of the sparse member whose header was
+    /// just read go, of real size `real_size`; gives it back when that is
+    /// not the member being read (the tar crate and this reader disagree).
+    pub fn attach(&mut self, target: SparseTarget, real_size: u64) -> Result<(), SparseTarget> {
+        match self.ready {
+            Some((real, data)) if real == real_size && self.current.is_none() => {
+                self.current = Some(SparseDone {
+                    target,
+                    written: 0,
+                    data,
+                    error: None,
+                });
+                Ok(())
+            }
+            _ => Err(target),
+        }
+    }
+
+    /// Where the data of the sparse member whose header was just read
+    /// starts in the stream: after its extension blocks, for an old GNU
+    /// one, where the tar crate's `raw_file_position` is before them.
+    pub fn data_start(&self) -> Option<u64> {
+        self.start
+    }
+
+    /// Takes the target back once its member is behind the reader.
+    pub fn finish(&mut self) -> Option<SparseDone> {
+        self.done.take().or_else(|| self.current.take())
+    }
+
+    /// A new header: the member before is behind the reader.
+    fn next_member(&mut self) {
+        self.ready = None;
+        self.start = None;
+        if let Some(current) = self.current.take() {
+            self.done = Some(current);
+        }
+    }
+}
+
+/// A sparse member on its way through the stream.
+struct SparseRead {
+    /// For messages.
+    name: String,
+    real_size: u64,
+    /// Bytes of its data (not padding), and those not yet seen.
+    data_size: u64,
+    data_left: u64,
+    /// The map, once known; old GNU: the entries read so far.
+    map: Vec<Chunk>,
+    /// PAX 1.0 before its map is complete: the text, and a partial block.
+    text: Option<(MapText, Vec<u8>)>,
+    /// The chunk the next data bytes belong to, and how much of it is done.
+    chunk: usize,
+    within: u64,
+    /// Where its data starts in the stream.
+    start: u64,
+    /// Old GNU: the checks of the map so far.
+    check: Option<MapCheck>,
 }
 
 impl<R: Read> TarGuard<R> {
@@ -55,7 +198,22 @@ impl<R: Read> TarGuard<R> {
             header: [0; BLOCK],
             pax: Vec::new(),
             pending_pax: None,
+            pos: 0,
+            data_left_after_ext: 0,
+            sparse: None,
+            out: SparseSink::default(),
         }
+    }
+
+    /// Where the chunks of sparse members go: see [`SparseOut::attach`].
+    pub fn sparse_sink(&self) -> SparseSink {
+        self.out.clone()
+    }
+
+    /// A refusal of the sparse member being read.
+    fn refuse(&self, err: SparseError) -> io::Error {
+        let name = self.sparse.as_ref().map_or("", |s| &s.name);
+        refusal(name, err)
     }
 
     /// Follows `bytes`, the next bytes of the stream.
@@ -69,21 +227,31 @@ impl<R: Read> TarGuard<R> {
                     self.pax.extend_from_slice(&bytes[..kept as usize]);
                     *keep -= kept;
                     *left -= n;
+                    let done = *left == 0;
+                    if self.sparse.is_some() {
+                        self.sparse_data(&bytes[..n as usize])?;
+                    }
+                    self.pos += n;
                     bytes = &bytes[n as usize..];
-                    if *left == 0 {
+                    if done {
                         if !self.pax.is_empty() {
                             self.pending_pax = Some(std::mem::take(&mut self.pax));
                         }
                         self.phase = Phase::Header { have: 0 };
                     }
                 }
-                Phase::Header { have } => {
+                Phase::Header { have } | Phase::SparseExt { have } => {
                     let n = bytes.len().min(BLOCK - *have);
                     self.header[*have..*have + n].copy_from_slice(&bytes[..n]);
                     *have += n;
+                    let full = *have == BLOCK;
+                    self.pos += n as u64;
                     bytes = &bytes[n..];
-                    if *have == BLOCK {
-                        self.phase = self.next_phase()?;
+                    if full {
+                        self.phase = match self.phase {
+                            Phase::SparseExt { .. } => self.extension_block()?,
+                            _ => self.next_phase()?,
+                        };
                     }
                 }
             }
@@ -91,8 +259,97 @@ impl<R: Read> TarGuard<R> {
         Ok(())
     }
 
+    /// Bytes of a sparse member's data and padding.
+    fn sparse_data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(sp) = self.sparse.as_mut() else {
+            return Ok(());
+        };
+        let n = (bytes.len() as u64).min(sp.data_left) as usize;
+        let mut data = &bytes[..n];
+        sp.data_left -= n as u64;
+        if let Some((text, block)) = &mut sp.text {
+            while !data.is_empty() {
+                let take = data.len().min(BLOCK - block.len());
+                block.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if block.len() < BLOCK {
+                    break;
+                }
+                let map = text.push_block(block);
+                block.clear();
+                match map {
+                    Ok(None) => {}
+                    Ok(Some(map)) => {
+                        let prefix = text.len() as u64;
+                        let err = self.map_in_data(map, prefix);
+                        err.map_err(|e| self.refuse(e))?;
+                        return self.sparse_data_rest(data);
+                    }
+                    Err(e) => return Err(self.refuse(e)),
+                }
+            }
+            let sp = self.sparse.as_ref().expect("sparse member");
+            if sp.data_left == 0 {
+                let data = sp.data_size;
+                return Err(self.refuse(SparseError::MapPastData { data }));
+            }
+            return Ok(());
+        }
+        self.sparse_data_rest(data)
+    }
+
+    /// A PAX 1.0 map, complete after `prefix` bytes of data.
+    fn map_in_data(&mut self, map: Vec<Chunk>, prefix: u64) -> Result<(), SparseError> {
+        let sp = self.sparse.as_mut().expect("sparse member");
+        let mapped = sparse::validate(&map, sp.real_size)?;
+        let data = sp.data_size - prefix;
+        if mapped != data {
+            return Err(SparseError::DataSize { data, mapped });
+        }
+        sp.map = map;
+        sp.text = None;
+        Ok(())
+    }
+
+    /// Chunk data of a sparse member: to the file, if there is one.
+    fn sparse_data_rest(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let sp = self.sparse.as_mut().expect("sparse member");
+        let mut out = self.out.borrow_mut();
+        out.ready = None;
+        while !data.is_empty() {
+            let Some(chunk) = sp.map.get(sp.chunk) else {
+                // The map's chunks hold exactly the data (checked).
+                break;
+            };
+            let take = (chunk.length - sp.within).min(data.len() as u64) as usize;
+            if let Some(cur) = &mut out.current
+                && cur.error.is_none()
+            {
+                match cur.target.write_at(&data[..take], chunk.offset + sp.within) {
+                    Ok(()) => cur.written += take as u64,
+                    Err(e) => cur.error = Some(e),
+                }
+            }
+            sp.within += take as u64;
+            data = &data[take..];
+            while sp.map.get(sp.chunk).is_some_and(|c| sp.within == c.length) {
+                sp.chunk += 1;
+                sp.within = 0;
+            }
+        }
+        if sp.data_left == 0
+            && sp.text.is_none()
+            && let Some(cur) = &mut out.current
+        {
+            cur.data = Some((sp.start, sp.start + sp.data_size));
+        }
+        Ok(())
+    }
+
     /// What follows the header block just read.
     fn next_phase(&mut self) -> io::Result<Phase> {
+        self.sparse = None;
+        self.out.borrow_mut().next_member();
         if self.header.iter().all(|&b| b == 0) {
             return Ok(Phase::Done);
         }
@@ -100,6 +357,23 @@ impl<R: Read> TarGuard<R> {
         let Some(mut size) = header_size(&self.header[124..136]) else {
             // The tar crate fails on this header itself.
             return Ok(Phase::Done);
+        };
+        // The records of a member that is not an extension header.
+        let own_pax = match kind {
+            b'L' | b'K' | b'x' | b'g' => None,
+            _ => self.pending_pax.take(),
+        };
+        let name = || name_field(&self.header, own_pax.as_deref());
+        let pax_sparse = match own_pax.as_deref() {
+            Some(records) if contains(records, b"GNU.sparse.") => {
+                let parsed = pax_records(records)
+                    .ok_or(SparseError::BadRecords)
+                    .and_then(|r| sparse::pax_sparse(r.iter().copied()))
+                    // Some: the records hold a GNU.sparse key.
+                    .and_then(|p| p.ok_or(SparseError::BadRecords));
+                Some(parsed.map_err(|e| refusal(&name(), e))?)
+            }
+            _ => None,
         };
         match kind {
             b'L' | b'K' | b'x' => {
@@ -120,10 +394,9 @@ impl<R: Read> TarGuard<R> {
             // A global header takes the pending records and ignores their
             // size (tar crate: they describe it, an extension header).
             b'g' => self.pending_pax = None,
-            b'S' => return Ok(Phase::Done),
             _ => {
-                if let Some(pax) = self.pending_pax.take()
-                    && let Some(pax_size) = pax_size(&pax)
+                if let Some(pax) = &own_pax
+                    && let Some(pax_size) = pax_size(pax)
                 {
                     size = pax_size;
                 }
@@ -134,11 +407,127 @@ impl<R: Read> TarGuard<R> {
             // The tar crate fails on "size overflow".
             return Ok(Phase::Done);
         };
+        if kind == b'S' {
+            if pax_sparse.is_some() {
+                return Err(refusal(&name(), SparseError::TwoMaps));
+            }
+            if &self.header[257..265] != b"ustar  \0" {
+                return Err(refusal(&name(), SparseError::NotGnu));
+            }
+            let real_size = sparse::numeric("realsize", &self.header[483..495])
+                .map_err(|e| refusal(&name(), e))?;
+            self.sparse = Some(SparseRead {
+                name: name(),
+                real_size,
+                data_size: size,
+                data_left: size,
+                map: Vec::new(),
+                text: None,
+                chunk: 0,
+                within: 0,
+                start: 0,
+                check: Some(MapCheck::new(real_size)),
+            });
+            return self.old_gnu_block(386..482, 482, left);
+        }
+        if let Some(ps) = pax_sparse {
+            if !matches!(kind, b'0' | 0) {
+                let kind = format!("typeflag {:?}", char::from(kind));
+                return Err(refusal(&name(), SparseError::NotAFile { kind }));
+            }
+            let mut read = SparseRead {
+                name: ps
+                    .name
+                    .as_deref()
+                    .map_or_else(name, |n| String::from_utf8_lossy(n).into_owned()),
+                real_size: ps.real_size,
+                data_size: size,
+                data_left: size,
+                map: Vec::new(),
+                text: None,
+                chunk: 0,
+                within: 0,
+                start: self.pos,
+                check: None,
+            };
+            match ps.format {
+                PaxFormat::Records(map) => {
+                    let mapped = sparse::validate(&map, ps.real_size);
+                    read.map = map;
+                    self.sparse = Some(read);
+                    let mapped = mapped.map_err(|e| self.refuse(e))?;
+                    if mapped != size {
+                        let e = SparseError::DataSize { data: size, mapped };
+                        return Err(self.refuse(e));
+                    }
+                }
+                PaxFormat::InData => {
+                    read.text = Some((MapText::default(), Vec::new()));
+                    self.sparse = Some(read);
+                    if size == 0 {
+                        return Err(self.refuse(SparseError::MapPastData { data: 0 }));
+                    }
+                }
+            }
+            self.sparse_ready();
+        }
         Ok(if left == 0 {
             Phase::Header { have: 0 }
         } else {
             Phase::Data { left, keep }
         })
+    }
+
+    /// A sparse member's map is read (or, for PAX 1.0, its data is next):
+    /// the unpacker may hand over the file.
+    fn sparse_ready(&mut self) {
+        let Some(sp) = &self.sparse else { return };
+        let empty = sp.data_size == 0 && sp.text.is_none();
+        let data = empty.then_some((sp.start, sp.start));
+        let mut out = self.out.borrow_mut();
+        out.ready = Some((sp.real_size, data));
+        out.start = Some(sp.start);
+    }
+
+    /// The map entries of an old GNU header or extension block (`entries`
+    /// of the block, `isextended` at `extended`); then another extension
+    /// block, or the data (`left` bytes with padding).
+    fn old_gnu_block(
+        &mut self,
+        entries: std::ops::Range<usize>,
+        extended: usize,
+        left: u64,
+    ) -> io::Result<Phase> {
+        let extended = self.header[extended];
+        // Go reads on for any other value than 0, the tar crate only for 1.
+        if extended > 1 {
+            return Err(self.refuse(SparseError::OldGnu("isextended is neither 0 nor 1")));
+        }
+        let sp = self.sparse.as_mut().expect("sparse member");
+        let before = sp.map.len();
+        let mut res = sparse::old_gnu(&self.header[entries], &mut sp.map);
+        if res.is_ok() {
+            let check = sp.check.as_mut().expect("old GNU map check");
+            res = sparse::check_old_gnu(check, &sp.map[before..], sp.data_size, extended == 0);
+        }
+        res.map_err(|e| self.refuse(e))?;
+        if extended == 1 {
+            self.data_left_after_ext = left;
+            return Ok(Phase::SparseExt { have: 0 });
+        }
+        let sp = self.sparse.as_mut().expect("sparse member");
+        sp.start = self.pos;
+        self.sparse_ready();
+        Ok(if left == 0 {
+            Phase::Header { have: 0 }
+        } else {
+            Phase::Data { left, keep: 0 }
+        })
+    }
+
+    /// An old GNU sparse extension block just read.
+    fn extension_block(&mut self) -> io::Result<Phase> {
+        self.old_gnu_block(0..504, 504, self.data_left_after_ext)
     }
 }
 
@@ -162,6 +551,58 @@ fn header_size(field: &[u8]) -> Option<u64> {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     let text = std::str::from_utf8(&field[..end]).ok()?;
     u64::from_str_radix(text.trim(), 8).ok()
+}
+
+/// A sparse member refused, by name.
+fn refusal(name: &str, err: SparseError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("tar entry {name:?}: bad sparse file: {err}"),
+    )
+}
+
+/// PAX records as the tar crate splits them: `LEN key=value` lines up to
+/// the first empty one; `None` when one is malformed.
+fn pax_records(records: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut out = Vec::new();
+    for line in records.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            break;
+        }
+        let space = line.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
+        if line.len() + 1 != len {
+            return None;
+        }
+        let kv = &line[space + 1..];
+        let equals = kv.iter().position(|&b| b == b'=')?;
+        out.push((&kv[..equals], &kv[equals + 1..]));
+    }
+    Some(out)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A member's name for messages: its `GNU.sparse.name` or PAX `path`,
+/// else the header's name field.
+fn name_field(header: &[u8; BLOCK], pax: Option<&[u8]>) -> String {
+    let records = pax.and_then(pax_records).unwrap_or_default();
+    let last = |key: &[u8]| {
+        records
+            .iter()
+            .rev()
+            .find(|(k, v)| *k == key && !v.is_empty())
+            .map(|(_, v)| *v)
+    };
+    let from_pax = last(b"GNU.sparse.name").or_else(|| last(b"path"));
+    let name = from_pax.unwrap_or_else(|| {
+        let end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        &header[..end]
+    });
+    let name = &name[..name.len().min(256)];
+    String::from_utf8_lossy(name).into_owned()
 }
 
 /// The `size` of PAX records as the tar crate takes it: the first `size`

@@ -47,6 +47,26 @@ fn seed_tars() -> Vec<Vec<u8>> {
             E::whiteout("a/.wh..wh..opq"),
         ]),
         tar(&[E::node("n", b'3', 1, 3), E::node("f", b'6', 0, 0)]),
+        // Sparse files, PAX 0.1 and 1.0 (the map in the data).
+        tar(&[
+            E::file("GNUSparseFile.0/s", b"abcdefgh")
+                .pax("GNU.sparse.major", "0")
+                .pax("GNU.sparse.minor", "1")
+                .pax("GNU.sparse.name", "s")
+                .pax("GNU.sparse.size", "100")
+                .pax("GNU.sparse.numblocks", "2")
+                .pax("GNU.sparse.map", "0,4,96,4"),
+            E::file("GNUSparseFile.0/t", {
+                let mut d = b"2\n0\n4\n96\n4\n".to_vec();
+                d.resize(512, 0);
+                d.extend_from_slice(b"abcdefgh");
+                d
+            })
+            .pax("GNU.sparse.major", "1")
+            .pax("GNU.sparse.minor", "0")
+            .pax("GNU.sparse.name", "t")
+            .pax("GNU.sparse.realsize", "100"),
+        ]),
     ]
 }
 

@@ -1215,3 +1215,145 @@ fn a_bundle_rootfs_symlink_ships_the_tree_it_points_to() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Sparse files in a layer, as GNU tar writes them in each format, build
+/// as the unpacker takes them (a sparse /etc/passwd included); a malformed
+/// map is refused at build time in the unpacker's words.
+#[test]
+fn sparse_layers_build_and_bad_maps_are_refused_as_the_unpacker_refuses_them() {
+    require_root();
+    require_tool("tar", "apt-get install tar");
+    let dir = scratch("sparse");
+    let src = dir.join("src");
+    sh(&format!(
+        "mkdir -p {s}/bin {s}/etc
+         printf '#!/bin/sh\\n' > {s}/bin/true && chmod 755 {s}/bin/true
+         printf 'root:x:0:0::/root:/bin/sh\\napp:x:1234:1234::/:/bin/sh\\n' > {s}/etc/passwd
+         truncate -s 64K {s}/etc/passwd
+         truncate -s 4M {s}/big
+         printf data | dd of={s}/big bs=1 seek=3000000 conv=notrunc status=none",
+        s = src.display()
+    ));
+    let cmd = serde_json::json!({"Cmd": ["/bin/true"]});
+    let manifest = dir.join("manifest.json");
+    let out = dir.join("out");
+    let task = |image: &str, user: &str| {
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "images": {{"{image}": "oci:{image}:{image}"}},
+                    "tasks": [{{"name": "t", "image": "{image}", "command": ["/bin/true"], "user": "{user}"}}]}}"#
+            ),
+        )
+        .unwrap();
+    };
+    for (name, format) in [
+        ("gnu", "--format=gnu"),
+        ("pax00", "--sparse-version=0.0"),
+        ("pax01", "--sparse-version=0.1"),
+        ("pax10", "--sparse-version=1.0"),
+    ] {
+        let layer = dir.join(format!("{name}.tar"));
+        let mut args = vec!["--sparse", "--no-recursion", "--numeric-owner"];
+        if name != "gnu" {
+            args.push("--format=posix");
+        }
+        args.push(format);
+        let o = std::process::Command::new("tar")
+            .args(&args)
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&layer)
+            .args(["bin", "bin/true", "etc", "etc/passwd", "big"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let bytes = fs::read(&layer).unwrap();
+        let sparse_marker: &[u8] = if name == "gnu" {
+            b"ustar  \0"
+        } else {
+            b"GNU.sparse."
+        };
+        assert!(
+            bytes
+                .windows(sparse_marker.len())
+                .any(|w| w == sparse_marker)
+        );
+        one_layer_layout(&dir, name, &bytes, cmd.clone());
+        // The user comes from the sparse /etc/passwd.
+        task(name, "app");
+        build_succeeds(&manifest, &out);
+        fs::remove_dir_all(&out).unwrap();
+        task(name, "nobody");
+        let err = one_line_err(&manifest, &out);
+        assert!(
+            err.contains("unable to find user \"nobody\""),
+            "{name}: {err}"
+        );
+        // And the unpack gives the file back.
+        let bundle = dir.join(format!("unpacked-{name}"));
+        let o = berth_build(&[
+            "unpack",
+            &format!("oci:{}:{name}", dir.join(name).display()),
+            bundle.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            fs::read(bundle.join("rootfs/big")).unwrap() == fs::read(src.join("big")).unwrap(),
+            "{name}: big differs"
+        );
+    }
+
+    // A PAX 0.1 sparse bin/true whose chunks overlap.
+    let mut records = Vec::new();
+    for (k, v) in [
+        ("GNU.sparse.major", "0"),
+        ("GNU.sparse.minor", "1"),
+        ("GNU.sparse.name", "bin/true"),
+        ("GNU.sparse.size", "20"),
+        ("GNU.sparse.numblocks", "2"),
+        ("GNU.sparse.map", "0,10,5,5"),
+    ] {
+        let body = format!(" {k}={v}\n");
+        let mut len = body.len() + 1;
+        while len != body.len() + len.to_string().len() {
+            len = body.len() + len.to_string().len();
+        }
+        records.extend_from_slice(format!("{len}{body}").as_bytes());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(records.len() as u64);
+    b.append_data(&mut h, "PaxHeaders/true", &records[..])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(15);
+    b.append_data(&mut h, "GNUSparseFile.0/true", &[b'x'; 15][..])
+        .unwrap();
+    one_layer_layout(&dir, "overlap", &b.into_inner().unwrap(), cmd);
+    task("overlap", "root");
+    let says =
+        "tar entry \"bin/true\": bad sparse file: sparse map chunk 1 at 5 starts before the end 10";
+    let err = one_line_err(&manifest, &out);
+    assert!(
+        err.contains("image overlap: layer 0") && err.contains(says),
+        "{err}"
+    );
+    let o = berth_build(&[
+        "unpack",
+        &format!("oci:{}:overlap", dir.join("overlap").display()),
+        dir.join("unpacked-overlap").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let unpack_err = String::from_utf8_lossy(&o.stderr);
+    assert!(unpack_err.contains(says), "{unpack_err}");
+    let _ = fs::remove_dir_all(&dir);
+}

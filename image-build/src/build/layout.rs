@@ -34,7 +34,8 @@ use berth_bundles::image::{Compression, Image, ImageConfig, ImageError, ImageRef
 use berth_bundles::layer::{
     ZSTD_WINDOW_LOG_MAX, is_zstd_window_error, zstd_window_check, zstd_window_refusal,
 };
-use berth_bundles::tar_guard::TarGuard;
+use berth_bundles::sparse::SparseFile;
+use berth_bundles::tar_guard::{SparseDone, SparseTarget, TarGuard};
 use serde_json::json;
 
 use super::tree::{Found, ImageTree, LinkTarget, Node, Refusal};
@@ -589,17 +590,63 @@ fn check_entries(
     index: usize,
     facts: &mut ImageFacts,
 ) -> Result<Option<FileData>, ApplyError> {
-    let mut archive = tar::Archive::new(TarGuard::new(reader));
+    let guard = TarGuard::new(reader);
+    let sparse = guard.sparse_sink();
+    let mut archive = tar::Archive::new(guard);
     archive.set_ignore_zeros(false);
-    let entries = archive.entries().map_err(tar_read_error)?;
+    let mut entries = archive.entries().map_err(tar_read_error)?;
     let mut last = None;
-    for entry in entries {
+    let mut pending: Option<SparseFact> = None;
+    loop {
+        // The reader skips a sparse entry's data on its way to the next
+        // entry, filling in the bytes of a sparse passwd or group file.
+        let next = entries.next();
+        if let Some(SparseFact { at, path }) = pending.take() {
+            if let Some(Err(e)) = next {
+                return Err(tar_read_error(e));
+            }
+            match sparse.borrow_mut().finish() {
+                Some(SparseDone {
+                    target: SparseTarget::Memory(bytes),
+                    data: Some(_),
+                    ..
+                }) => facts.fact_bytes.insert(at, bytes),
+                _ => return Err(ApplyError::SparseNotFollowed { path }),
+            };
+        }
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(tar_read_error)?;
-        if let Some(data) = check_entry(&mut entry, index, facts)? {
+        // A sparse file's data starts after its map (an old GNU one's
+        // extension blocks), where the tar crate does not count it.
+        let data_start = sparse.borrow().data_start();
+        let (data, fact) = check_entry(&mut entry, index, facts, data_start)?;
+        if let Some(data) = data {
             last = Some(data);
+        }
+        if let Some((at, file)) = fact {
+            let bytes = vec![0; file.real_size.min(FACT_FILE_MAX) as usize];
+            let path = String::from_utf8_lossy(&at).into_owned();
+            if sparse
+                .borrow_mut()
+                .attach(SparseTarget::Memory(bytes), file.real_size)
+                .is_err()
+            {
+                return Err(ApplyError::SparseNotFollowed { path });
+            }
+            pending = Some(SparseFact { at, path });
         }
     }
     Ok(last)
+}
+
+/// Where a sparse `passwd` or `group` file is in the tree, and what it is.
+type SparseFactAt = (Vec<u8>, SparseFile);
+
+/// A sparse `passwd` or `group` file whose bytes come once the reader
+/// is past it.
+struct SparseFact {
+    at: Vec<u8>,
+    path: String,
 }
 
 /// Where a regular file's data is in the uncompressed layer.
@@ -613,14 +660,15 @@ fn check_entry(
     entry: &mut tar::Entry<'_, TarGuard<&mut dyn Read>>,
     index: usize,
     facts: &mut ImageFacts,
-) -> Result<Option<FileData>, ApplyError> {
+    sparse_start: Option<u64>,
+) -> Result<(Option<FileData>, Option<SparseFactAt>), ApplyError> {
     let (path, read) = read_entry(entry)?;
     let (parent, base) = match path.iter().rposition(|b| *b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[][..], &path[..]),
     };
     let kind = match read {
-        ReadEntry::Skip => return Ok(None),
+        ReadEntry::Skip => return Ok((None, None)),
         // A loop on the way: the unpacker's own error (apply.rs).
         ReadEntry::Opaque => {
             facts
@@ -631,7 +679,7 @@ fn check_entry(
                     path: String::from_utf8_lossy(parent).into_owned(),
                     source: rustix::io::Errno::LOOP.into(),
                 })?;
-            return Ok(None);
+            return Ok((None, None));
         }
         ReadEntry::Whiteout => {
             let mut removed = parent.to_vec();
@@ -647,10 +695,11 @@ fn check_entry(
                     path: String::from_utf8_lossy(parent).into_owned(),
                     source: rustix::io::Errno::LOOP.into(),
                 })?;
-            return Ok(None);
+            return Ok((None, None));
         }
-        ReadEntry::Create { kind, .. } => kind,
+        ReadEntry::Create { kind, meta } => (kind, meta.sparse().cloned()),
     };
+    let (kind, sparse) = kind;
     let shown = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     // A hardlink is its target (read_entry checked it names one), which
     // must exist when the unpacker links it.
@@ -697,15 +746,21 @@ fn check_entry(
     };
     let bytes = match (kind, link_target) {
         (tar::EntryType::Regular, _) if FACT_NAMES.contains(&base) => {
-            let mut bytes = Vec::new();
-            entry
-                .take(FACT_FILE_MAX)
-                .read_to_end(&mut bytes)
-                .map_err(|source| ApplyError::ReadData {
-                    path: String::from_utf8_lossy(&path).into_owned(),
-                    source,
-                })?;
-            Some(bytes)
+            let read_error = |source| ApplyError::ReadData {
+                path: String::from_utf8_lossy(&path).into_owned(),
+                source,
+            };
+            if sparse.is_some() {
+                // Filled in by the layer reader (check_entries).
+                None
+            } else {
+                let mut bytes = Vec::new();
+                entry
+                    .take(FACT_FILE_MAX)
+                    .read_to_end(&mut bytes)
+                    .map_err(read_error)?;
+                Some(bytes)
+            }
         }
         (tar::EntryType::Link, Some((target, Node::File { .. }))) => {
             facts.fact_bytes.get(&target).cloned()
@@ -726,18 +781,27 @@ fn check_entry(
             },
         }
     })?;
+    let mut fact = None;
     if let Some(at) = at {
         // Whatever was at `at` before is replaced, its bytes with it.
         match bytes {
-            Some(bytes) => facts.fact_bytes.insert(at, bytes),
+            Some(bytes) => facts.fact_bytes.insert(at.clone(), bytes),
             None => facts.fact_bytes.remove(&at),
         };
+        if kind == tar::EntryType::Regular
+            && FACT_NAMES.contains(&base)
+            && let Some(file) = &sparse
+        {
+            fact = Some((at, file.clone()));
+        }
     }
-    Ok((kind == tar::EntryType::Regular).then(|| FileData {
+    let data = (kind == tar::EntryType::Regular).then(|| FileData {
         path: String::from_utf8_lossy(&path).into_owned(),
-        offset: entry.raw_file_position(),
-        size: entry.size(),
-    }))
+        offset: sparse_start.unwrap_or_else(|| entry.raw_file_position()),
+        // A sparse file's stored data (map and chunks), not its real size.
+        size: sparse.map_or_else(|| entry.size(), |s| s.stored_size),
+    });
+    Ok((data, fact))
 }
 
 struct HashingWriter<W> {
@@ -853,6 +917,112 @@ mod tests {
         ])]);
         assert_eq!(f.passwd, ImageFile::Other);
         assert_eq!(f.group, ImageFile::Other);
+    }
+
+    /// A sparse `etc/passwd`: USERS at 0, `tail` at 4096, 5000 bytes.
+    fn sparse_users() -> Vec<u8> {
+        let mut want = vec![0u8; 5000];
+        want[..USERS.len()].copy_from_slice(USERS);
+        want[4096..4100].copy_from_slice(b"tail");
+        want
+    }
+
+    /// `etc/passwd` as an old GNU sparse member (typeflag S).
+    fn old_gnu_passwd() -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("etc/passwd").unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(516);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(5000);
+        for (i, (offset, length)) in [(0, 512), (4096, 4), (5000, 0)].into_iter().enumerate() {
+            gnu.sparse[i].set_offset(offset);
+            gnu.sparse[i].set_length(length);
+        }
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        let mut data = USERS.to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"tail");
+        out.extend_from_slice(&data);
+        out.resize(out.len().next_multiple_of(512) + 1024, 0);
+        out
+    }
+
+    /// `etc/passwd` as a PAX 0.1 sparse member with `map`.
+    fn pax_passwd(map: &str, numblocks: &str) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (k, v) in [
+            ("GNU.sparse.major", "0"),
+            ("GNU.sparse.minor", "1"),
+            ("GNU.sparse.name", "etc/passwd"),
+            ("GNU.sparse.size", "5000"),
+            ("GNU.sparse.numblocks", numblocks),
+            ("GNU.sparse.map", map),
+        ] {
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len() + 1;
+            while len != body.len() + len.to_string().len() {
+                len = body.len() + len.to_string().len();
+            }
+            records.extend_from_slice(format!("{len}{body}").as_bytes());
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_mode(0o644);
+        h.set_size(records.len() as u64);
+        b.append_data(&mut h, "PaxHeaders/passwd", &records[..])
+            .unwrap();
+        let mut data = USERS.to_vec();
+        data.extend_from_slice(b"tail");
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, "GNUSparseFile.0/passwd", &data[..])
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn sparse_user_files_are_read_as_the_unpacker_writes_them() {
+        let map = format!("0,{},4096,4", USERS.len());
+        for (what, tar) in [
+            ("old GNU", old_gnu_passwd()),
+            ("pax 0.1", pax_passwd(&map, "2")),
+        ] {
+            let f = facts_of(&[tar]);
+            assert_eq!(f.passwd, ImageFile::File(sparse_users()), "{what}");
+        }
+        // Hardlinked: the same bytes.
+        let mut two = pax_passwd(&map, "2");
+        two.truncate(two.len() - 1024);
+        two.extend(layer(&[E::Hard("etc/group", "etc/passwd")]));
+        let f = facts_of(&[two]);
+        assert_eq!(f.group, ImageFile::File(sparse_users()));
+        // A bad map is the unpacker's refusal, by name.
+        let bad = pax_passwd("0,30,20,4", "2");
+        let Err(err) = check_entries(&mut bad.as_slice(), 0, &mut ImageFacts::default()) else {
+            panic!("an overlapping map was taken");
+        };
+        let mut msg = err.to_string();
+        let mut cur = std::error::Error::source(&err);
+        while let Some(c) = cur {
+            msg.push_str(&format!(": {c}"));
+            cur = c.source();
+        }
+        assert!(
+            msg.contains("tar entry \"etc/passwd\": bad sparse file: sparse map chunk 1 at 20"),
+            "{msg}"
+        );
     }
 
     #[test]

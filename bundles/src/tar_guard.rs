@@ -364,14 +364,21 @@ impl<R: Read> TarGuard<R> {
             _ => self.pending_pax.take(),
         };
         let name = || name_field(&self.header, own_pax.as_deref());
-        let pax_sparse = match own_pax.as_deref() {
-            Some(records) if contains(records, b"GNU.sparse.") => {
-                let parsed = pax_records(records)
-                    .ok_or(SparseError::BadRecords)
-                    .and_then(|r| sparse::pax_sparse(r.iter().copied()))
+        // Sparse when a record's key is GNU.sparse.*: a path or an xattr
+        // value that merely holds the words is an ordinary entry.
+        let pax_sparse = match own_pax.as_deref().map(|r| (r, pax_records(r))) {
+            Some((_, Some(records)))
+                if records.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) =>
+            {
+                let parsed = sparse::pax_sparse(records.iter().copied())
                     // Some: the records hold a GNU.sparse key.
                     .and_then(|p| p.ok_or(SparseError::BadRecords));
                 Some(parsed.map_err(|e| refusal(&name(), e))?)
+            }
+            // Records this reader cannot split: if they may say sparse,
+            // refuse rather than let the tar crate read them as plain.
+            Some((raw, None)) if contains(raw, b"GNU.sparse.") => {
+                return Err(refusal(&name(), SparseError::BadRecords));
             }
             _ => None,
         };
@@ -564,19 +571,21 @@ fn refusal(name: &str, err: SparseError) -> io::Error {
 /// PAX records as the tar crate splits them: `LEN key=value` lines up to
 /// the first empty one; `None` when one is malformed.
 fn pax_records(records: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    // `LEN key=value\n`, LEN counting the whole record: a value may hold
+    // newlines (a binary xattr), so records are cut by their length.
     let mut out = Vec::new();
-    for line in records.split(|&b| b == b'\n') {
-        if line.is_empty() {
+    let mut rest = records;
+    while let Some(&first) = rest.first() {
+        if first == b'\n' || first == 0 {
+            // Padding after the last record, as before.
             break;
         }
-        let space = line.iter().position(|&b| b == b' ')?;
-        let len: usize = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
-        if line.len() + 1 != len {
-            return None;
-        }
-        let kv = &line[space + 1..];
-        let equals = kv.iter().position(|&b| b == b'=')?;
-        out.push((&kv[..equals], &kv[equals + 1..]));
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(rest.get(..space)?).ok()?.parse().ok()?;
+        let record = rest.get(space + 1..len)?.strip_suffix(b"\n")?;
+        let equals = record.iter().position(|&b| b == b'=')?;
+        out.push((record.get(..equals)?, record.get(equals + 1..)?));
+        rest = rest.get(len..)?;
     }
     Some(out)
 }

@@ -586,3 +586,27 @@ fn mutated_old_gnu_maps_never_panic() {
         let _ = berth_bundles::fuzz::fuzz_tar_headers(&data);
     }
 }
+
+/// The words `GNU.sparse.` in a path or in an xattr value do not make a
+/// sparse file: a record's key decides, as for Go's archive/tar. Both entries unpack as the plain
+/// files they are.
+#[test]
+fn the_words_gnu_sparse_in_a_value_do_not_make_a_sparse_file() {
+    require_root();
+    let s = Scratch::new("sparse-words");
+    let root = s.path().join("rootfs");
+    fs::create_dir(&root).unwrap();
+    let mut layer = pax_member("GNU.sparse.notes", &[("path", "GNU.sparse.notes")], b"abcd");
+    layer.extend(pax_member(
+        "plain",
+        &[("SCHILY.xattr.user.note", "see GNU.sparse.map")],
+        b"efgh",
+    ));
+    let layer = end(layer);
+    Rootfs::open(&root)
+        .unwrap()
+        .apply_layer(layer.as_slice())
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(fs::read(root.join("GNU.sparse.notes")).unwrap(), b"abcd");
+    assert_eq!(fs::read(root.join("plain")).unwrap(), b"efgh");
+}

@@ -1158,8 +1158,18 @@ fn host_unit_programs_must_be_in_the_initramfs() {
     write(r#"{"name": "mk", "host": true, "command": ["bin/busybox", "true"]}"#);
     let err = one_line_err(&manifest, &out);
     assert!(err.contains("where bin/busybox is not found"), "{err}");
-    // A cwd that the initramfs lacks, or that is not a directory.
-    for cwd in ["/srv", "/init"] {
+    // Below what PID 1 mounts at boot, a cwd is not the initramfs's to
+    // have: it is found at boot (or its start fails, naming it).
+    for cwd in ["/run/chores", "/tmp"] {
+        write(&format!(
+            r#"{{"name": "mk", "host": true, "command": ["{bin}/busybox", "true"], "cwd": "{cwd}"}}"#
+        ));
+        build_succeeds(&manifest, &out);
+        fs::remove_dir_all(&out).unwrap();
+    }
+    // A cwd that the initramfs lacks (/data too: this manifest has no data
+    // disk), or that is not a directory.
+    for cwd in ["/srv", "/init", "/data", "/runner"] {
         write(&format!(
             r#"{{"name": "mk", "host": true, "command": ["{bin}/busybox", "true"], "cwd": "{cwd}"}}"#
         ));

@@ -150,16 +150,19 @@ pub fn run(args: &[String]) -> i32 {
     });
     let child = match child {
         Ok(pid) => pid,
-        // The shell's codes: found but not runnable 126, else 127.
+        // As the runtime says it without a reaper (and `docker run`): 127,
+        // the program (or its #! interpreter, or its loader) is not there;
+        // 126, it is there but cannot be run.
         Err(e) => {
+            use berth_runtime::host::HostSpawnError as E;
             let code = match &e {
-                berth_runtime::host::HostSpawnError::Exec { source, .. }
-                | berth_runtime::host::HostSpawnError::Lookup { source, .. }
-                    if source.raw_os_error() == Some(libc::EACCES) =>
+                E::Lookup { source, .. } | E::Exec { source, .. }
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
                 {
-                    126
+                    127
                 }
-                _ => 127,
+                E::Lookup { .. } | E::Exec { .. } => 126,
+                _ => 1,
             };
             return fail(&crate::logging::error_chain(&e), code);
         }
@@ -187,9 +190,12 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-/// Says what went wrong on stderr (the unit's log); returns `code`.
+/// Says what went wrong on stderr (the unit's log), if it is still
+/// there; returns `code`.
 fn fail(message: &str, code: i32) -> i32 {
-    eprintln!("berth-init-reaper: {message}");
+    use std::io::Write;
+    // Not eprintln!: a closed stderr would make it panic.
+    let _ = writeln!(std::io::stderr(), "berth-init-reaper: {message}");
     code
 }
 

@@ -58,7 +58,7 @@ fn release_binary_is_static_and_within_budget() {
         .expect("run cargo");
     assert!(
         out.status.success(),
-        "static build failed (needs `rustup target add {TARGET}` and `apt-get install musl-tools`):\n{}",
+        "static build failed (needs `rustup target add {TARGET}` and `apt-get install musl-tools lld`):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let bin = target_dir.join(TARGET).join("release/berth-init");

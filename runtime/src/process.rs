@@ -382,11 +382,13 @@ pub fn child_main(cx: &ChildContext<'_>) -> ! {
     let _ = sys::block_signals(&[libc::SIGPIPE]);
     cx.send(MSG_ERROR, Some(err));
     // After start this is the container's exit status, and a caller that
-    // created it elsewhere sees nothing else: 127 (and 126) keep the
-    // shell's meaning, the program could not be run; any other failure
-    // (a startContainer hook, seccomp) is 1, as with runc and crun.
+    // created it elsewhere sees nothing else. As `docker run` says it: 127,
+    // the program (or its #! interpreter, or its loader) is not there;
+    // 126, it is there but cannot be run; any other failure (a
+    // startContainer hook, seccomp) is 1, as with runc and crun.
     sys::exit_now(match err.step {
-        Step::Exec | Step::FindExecutable => 127,
+        Step::Exec | Step::FindExecutable if err.errno == libc::ENOENT => 127,
+        Step::Exec | Step::FindExecutable => 126,
         _ => 1,
     })
 }

@@ -250,7 +250,7 @@ fn run_exits_with_the_containers_status() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "");
     assert!(err.contains("startContainer hook"), "{err}");
     // A program the kernel cannot run (no ELF, no #!) fails at exec,
-    // after start: the shell's 127.
+    // after start: found but not runnable, the shell's 126.
     b.config.as_object_mut().unwrap().remove("hooks");
     b.config["process"]["args"] = json!(["/not-a-program"]);
     b.write();
@@ -260,7 +260,7 @@ fn run_exits_with_the_containers_status() {
     fs::set_permissions(&garbage, fs::Permissions::from_mode(0o755)).unwrap();
     let o = runc(&root.0, &["run", "-b", &bundle, "r5"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(127), "{err}");
+    assert_eq!(o.status.code(), Some(126), "{err}");
 }
 
 #[test]

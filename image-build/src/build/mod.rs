@@ -1202,7 +1202,8 @@ fn check_image_units(
 
 /// A host unit runs its program in PID 1's own root, the initramfs, from
 /// its `cwd` (default `/`, PID 1's working directory), which must be a
-/// directory there: a name with a `/` is a path from that directory and a
+/// directory there or below what PID 1 mounts at boot (`/run`, `/tmp`,
+/// the data disk's `/data`, ...): a name with a `/` is a path from that directory and a
 /// bare name is looked up in `PATH` (the unit's `env`, else berth-init's
 /// default: the kernel starts PID 1 without one), as
 /// `berth_runtime::host` does at boot. The program must be a file of the
@@ -1220,7 +1221,19 @@ fn check_host_units(m: &berth_init::manifest::Manifest, tree: &Tree) -> Result<(
             .cwd
             .as_deref()
             .map_or("/".to_owned(), |d| d.to_string_lossy().into_owned());
-        let is_dir = cwd.split('/').all(|c| c.is_empty() || c == ".")
+        // What PID 1 mounts at boot (and the data disk, with its own
+        // contents) is not in the initramfs: a cwd there is found then,
+        // or the start says it is missing.
+        let under = |top: &str| {
+            cwd.strip_prefix(top)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        let made_at_boot = berth_init::bootplan::boot_mounts()
+            .iter()
+            .any(|step| under(step.target))
+            || (m.data_disk.is_some() && under(berth_init::manifest::DATA_DIR));
+        let is_dir = made_at_boot
+            || cwd.split('/').all(|c| c.is_empty() || c == ".")
             || matches!(resolve_in_tree(tree, &cwd), Some(e) if e.kind == Kind::Dir);
         if !is_dir {
             return Err(BuildError::HostCwd {

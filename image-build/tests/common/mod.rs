@@ -81,7 +81,7 @@ pub fn static_init() -> &'static Path {
             .expect("run cargo");
         assert!(
             out.status.success(),
-            "static build of berth-init failed (needs `rustup target add {TARGET}` and `apt-get install musl-tools`):\n{}",
+            "static build of berth-init failed (needs `rustup target add {TARGET}` and `apt-get install musl-tools lld`):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         target_dir.join(TARGET).join("release/berth-init")

@@ -32,7 +32,7 @@ pub fn static_bin() -> PathBuf {
                 .expect("run cargo");
             assert!(
                 out.status.success(),
-                "static build of berth-init failed (needs `rustup target add x86_64-unknown-linux-musl` and musl-tools):\n{}",
+                "static build of berth-init failed (needs `rustup target add x86_64-unknown-linux-musl` and `apt-get install musl-tools lld`):\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
             target_dir.join("x86_64-unknown-linux-musl/release/berth-init")

@@ -601,7 +601,7 @@ fn check_entries(
         // The reader skips a sparse entry's data on its way to the next
         // entry, filling in the bytes of a sparse passwd or group file.
         let next = entries.next();
-        if let Some(SparseFact { at, path }) = pending.take() {
+        if let Some(SparseFact { at, path, keep }) = pending.take() {
             if let Some(Err(e)) = next {
                 return Err(tar_read_error(e));
             }
@@ -610,7 +610,11 @@ fn check_entries(
                     target: SparseTarget::Memory(bytes),
                     data: Some(_),
                     ..
-                }) => facts.fact_bytes.insert(at, bytes),
+                }) => {
+                    if keep {
+                        facts.fact_bytes.insert(at, bytes);
+                    }
+                }
                 _ => return Err(ApplyError::SparseNotFollowed { path }),
             };
         }
@@ -623,8 +627,15 @@ fn check_entries(
         if let Some(data) = data {
             last = Some(data);
         }
-        if let Some((at, file)) = fact {
-            let bytes = vec![0; file.real_size.min(FACT_FILE_MAX) as usize];
+        if let Some((at, file, keep)) = fact {
+            // Only the bytes of a file the build reads are kept (the
+            // reader drops what falls past the end of the vector).
+            let len = if keep {
+                file.real_size.min(FACT_FILE_MAX)
+            } else {
+                0
+            };
+            let bytes = vec![0; len as usize];
             let path = String::from_utf8_lossy(&at).into_owned();
             if sparse
                 .borrow_mut()
@@ -633,20 +644,23 @@ fn check_entries(
             {
                 return Err(ApplyError::SparseNotFollowed { path });
             }
-            pending = Some(SparseFact { at, path });
+            pending = Some(SparseFact { at, path, keep });
         }
     }
     Ok(last)
 }
 
-/// Where a sparse `passwd` or `group` file is in the tree, and what it is.
-type SparseFactAt = (Vec<u8>, SparseFile);
+/// Where a sparse file is in the tree, what it is, and whether it is a
+/// `passwd` or `group` file whose bytes the build reads.
+type SparseFactAt = (Vec<u8>, SparseFile, bool);
 
-/// A sparse `passwd` or `group` file whose bytes come once the reader
-/// is past it.
+/// A sparse file the reader follows as the unpacker's does (so a layer
+/// the boot would refuse is refused here too); a `passwd` or `group`
+/// file's bytes come once the reader is past it.
 struct SparseFact {
     at: Vec<u8>,
     path: String,
+    keep: bool,
 }
 
 /// Where a regular file's data is in the uncompressed layer.
@@ -781,7 +795,7 @@ fn check_entry(
             },
         }
     })?;
-    let mut fact = None;
+    let mut sparse_at = None;
     if let Some(at) = at {
         // Whatever was at `at` before is replaced, its bytes with it.
         match bytes {
@@ -789,10 +803,9 @@ fn check_entry(
             None => facts.fact_bytes.remove(&at),
         };
         if kind == tar::EntryType::Regular
-            && FACT_NAMES.contains(&base)
             && let Some(file) = &sparse
         {
-            fact = Some((at, file.clone()));
+            sparse_at = Some((at, file.clone(), FACT_NAMES.contains(&base)));
         }
     }
     let data = (kind == tar::EntryType::Regular).then(|| FileData {
@@ -801,7 +814,7 @@ fn check_entry(
         // A sparse file's stored data (map and chunks), not its real size.
         size: sparse.map_or_else(|| entry.size(), |s| s.stored_size),
     });
-    Ok((data, fact))
+    Ok((data, sparse_at))
 }
 
 struct HashingWriter<W> {

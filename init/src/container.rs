@@ -381,9 +381,9 @@ pub struct ContainerLauncher {
     /// The machine's background set-up: units that share the machine's
     /// network namespace start once it has configured the network.
     machine: Option<MachineSetup>,
-    /// Whether this binary can run as a container's init (`"init": true`):
-    /// `Some(None)` yes, `Some(Some(why))` no, `None` not asked yet.
-    unusable_as_init: Option<Option<String>>,
+    /// The container init of `"init": true` units: a sealed copy of this
+    /// binary, made at the first such start (or why there is none).
+    reaper: Option<Result<fs::File, String>>,
 }
 
 impl ContainerLauncher {
@@ -407,7 +407,7 @@ impl ContainerLauncher {
             keys: BTreeMap::new(),
             mounted: Vec::new(),
             machine: None,
-            unusable_as_init: None,
+            reaper: None,
         }
     }
 
@@ -824,20 +824,20 @@ impl ContainerLauncher {
         // `"init": true`: PID 1's own binary is the container's first
         // process, as its reaper (crate::reaper).
         let init = if init {
-            if let Some(why) = self
-                .unusable_as_init
-                .get_or_insert_with(crate::reaper::unusable_as_init)
-            {
-                return Err(LaunchError::Prepare {
+            let reaper = self.reaper.get_or_insert_with(crate::reaper::sealed_binary);
+            let exe = match reaper {
+                Ok(file) => file.try_clone().map_err(|source| LaunchError::Spawn {
                     unit: name.to_owned(),
-                    message: why.clone(),
-                });
-            }
-            let exe = fs::File::open("/proc/self/exe").map_err(|source| LaunchError::Spawn {
-                unit: name.to_owned(),
-                program: "/proc/self/exe, the container's init".to_owned(),
-                source,
-            })?;
+                    program: "the sealed copy of berth-init, the container's init".to_owned(),
+                    source,
+                })?,
+                Err(why) => {
+                    return Err(LaunchError::Prepare {
+                        unit: name.to_owned(),
+                        message: why.clone(),
+                    });
+                }
+            };
             Some(InitProgram {
                 exe: OwnedFd::from(exe),
                 args: crate::reaper::reaper_args(),

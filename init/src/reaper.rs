@@ -13,9 +13,9 @@
 //! does) once the program has ended.
 //!
 //! It runs with everything the container's process has (credentials,
-//! capabilities, seccomp), from PID 1's binary: nothing of the container's
-//! root is needed, and the binary cannot be written while PID 1 runs it
-//! (ETXTBSY; see `berth_runtime::exeseal`).
+//! capabilities, seccomp), from a sealed in-memory copy of PID 1's binary
+//! ([`sealed_binary`]): nothing of the container's root is needed, and
+//! nothing the container can reach leads to PID 1's own file.
 
 use std::os::fd::AsFd;
 
@@ -48,6 +48,19 @@ pub fn unusable_as_init() -> Option<String> {
          \"init\": true needs the static berth-init (x86_64-unknown-linux-musl), \
          as a machine runs"
     ))
+}
+
+/// What `"init": true` containers execute: one copy of this binary in
+/// memory, sealed against writes, made once (3 MiB). A container then
+/// reaches that copy as its `/proc/1/exe`, never PID 1's own file (which
+/// only "Text file busy" would keep it from rewriting; CVE-2019-5736).
+/// The error is the unit's message.
+pub fn sealed_binary() -> Result<std::fs::File, String> {
+    if let Some(why) = unusable_as_init() {
+        return Err(why);
+    }
+    berth_runtime::exeseal::sealed_copy_of_self(REAPER_ARGV0)
+        .map_err(|e| format!("the container's init: {}", crate::logging::error_chain(&e)))
 }
 
 /// Signals the reaper does not wait for: the ones a fault raises in the

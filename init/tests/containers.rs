@@ -473,6 +473,13 @@ fn init_true_reaps_orphans_forwards_signals_and_passes_the_status_on() {
     eventually(&p, "the reaped unit's orphans to be gone", || {
         descendants(reaped).len() == 1 && zombies(reaped) == 0
     });
+    // Run from a sealed in-memory copy of berth-init, not its file.
+    let exe = std::fs::read_link(format!("/proc/{reaped}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy()
+            .starts_with("/memfd:berth-init-reaper"),
+        "{exe:?}"
+    );
     let status = std::fs::read_to_string(format!("/proc/{reaped}/cmdline")).unwrap();
     assert!(
         status.starts_with("berth-init-reaper\0--\0/bin/sh\0"),

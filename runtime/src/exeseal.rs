@@ -14,7 +14,7 @@
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
@@ -58,6 +58,30 @@ fn seals() -> SealFlags {
     SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE
 }
 
+/// A memfd copy of the running binary, sealed against writes, shrinking
+/// and growing (close-on-exec; `name` shows in `/proc/PID/exe`): what a
+/// container may be given to execute instead of the host file.
+pub fn sealed_copy_of_self(name: &str) -> Result<File, ExeSealError> {
+    // Read whole (3 MiB, once): std's generic copy would add its
+    // copy_file_range machinery to PID 1's size-bound binary.
+    let exe =
+        std::fs::read("/proc/self/exe").map_err(|source| ExeSealError::OpenSelf { source })?;
+    // MFD_EXEC: with vm.memfd_noexec=1 (Linux 6.3+) a memfd is otherwise
+    // sealed non-executable; kernels before 6.3 refuse the flag (EINVAL).
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let memfd = match rustix::fs::memfd_create(name, flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, flags),
+        other => other,
+    }
+    .map_err(|e| ExeSealError::Memfd { source: e.into() })?;
+    let mut copy = File::from(memfd);
+    copy.write_all(&exe)
+        .map_err(|source| ExeSealError::Copy { source })?;
+    rustix::fs::fcntl_add_seals(&copy, seals())
+        .map_err(|e| ExeSealError::Seal { source: e.into() })?;
+    Ok(copy)
+}
+
 /// Whether the running binary is already a sealed copy.
 pub fn running_sealed() -> Result<bool, ExeSealError> {
     let exe = File::open("/proc/self/exe").map_err(|source| ExeSealError::OpenSelf { source })?;
@@ -78,20 +102,7 @@ pub fn reexec_from_sealed_copy() -> Result<(), ExeSealError> {
     if running_sealed()? {
         return Ok(());
     }
-    let mut exe =
-        File::open("/proc/self/exe").map_err(|source| ExeSealError::OpenSelf { source })?;
-    // MFD_EXEC: with vm.memfd_noexec=1 (Linux 6.3+) a memfd is otherwise
-    // sealed non-executable; kernels before 6.3 refuse the flag (EINVAL).
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let memfd = match rustix::fs::memfd_create("berth-runtime", flags | MemfdFlags::EXEC) {
-        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create("berth-runtime", flags),
-        other => other,
-    }
-    .map_err(|e| ExeSealError::Memfd { source: e.into() })?;
-    let mut copy = File::from(memfd);
-    io::copy(&mut exe, &mut copy).map_err(|source| ExeSealError::Copy { source })?;
-    rustix::fs::fcntl_add_seals(&copy, seals())
-        .map_err(|e| ExeSealError::Seal { source: e.into() })?;
+    let copy = sealed_copy_of_self("berth-runtime")?;
     let cstring = |entry: OsString| {
         CString::new(entry.as_bytes().to_vec()).map_err(|_| ExeSealError::Nul { entry })
     };

@@ -103,8 +103,9 @@ impl LaunchError {
     }
 }
 
-/// PATH for programs when PID 1 has none (as the kernel starts it).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// PATH for programs when PID 1 has none (as the kernel starts it): the
+/// runtime's, which a container without one gets too.
+pub const DEFAULT_PATH: &str = berth_runtime::spec::DEFAULT_PATH;
 
 /// Which kind of unit a launch is for (tasks and services share a namespace
 /// of names, but a container launcher may treat them differently).

@@ -69,7 +69,8 @@ fn build_err(manifest: &Path, out: &Path, init: &Path) -> String {
 /// signals it handles (pid_namespaces(7)): it traps SIGTERM so the ordered
 /// shutdown stops it cleanly instead of waiting for the SIGKILL.
 const WEB_SCRIPT: &str = "trap 'echo web-marker: stopping; kill $pid; exit 0' TERM; \
-     echo web-marker: serving; /bin/busybox httpd -f -p 80 -h /www & pid=$!; wait";
+     echo web-marker: serving; echo web-pid1: $(/bin/busybox tr '\\\\0' ' ' < /proc/1/cmdline); \
+     /bin/busybox httpd -f -p 80 -h /www & pid=$!; wait";
 
 /// The boot task says it ran, and the open files limit it started with.
 const HELLO_SCRIPT: &str =
@@ -90,7 +91,7 @@ fn manifest_json(images: &str, bundle_task: Option<&str>) -> String {
   ],
   "services": [
     {{"name": "web", "image": "bb", "command": ["/bin/busybox", "sh", "-c", "{WEB_SCRIPT}"],
-      "stop_timeout": "5s"}}
+      "init": true, "stop_timeout": "5s"}}
   ]
 }}
 "#
@@ -503,6 +504,15 @@ fn appliance_boots_serves_and_powers_off() {
     ok(vm.wait_for_line("from-bundle: bundle-task-marker: ran", TIMEOUT));
     ok(vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm.wait_for_line("web: web-marker: serving", TIMEOUT));
+    // `"init": true`: the container's PID 1 is berth-init's reaper, run
+    // from its sealed in-memory copy (the VM's 6.1 kernel has no MFD_EXEC)
+    // under the default seccomp profile (no clone3); at power-off it passes
+    // SIGTERM on to the script, whose trap says "stopping" below.
+    let pid1 = ok(vm.wait_for_line("web: web-pid1: ", TIMEOUT));
+    assert!(
+        pid1.contains("web-pid1: berth-init-reaper -- /bin/busybox sh -c"),
+        "{pid1}"
+    );
     // The boot task shares the VM's network: it started only once the
     // network (set up by a background thread) was configured.
     let log = vm.serial_log();

@@ -14,23 +14,9 @@ use std::process::Command;
 
 use berth_bundles::apply::{ApplyError, Rootfs};
 use berth_bundles::{Execution, ImageRef, UnpackOptions, unpack_bundle};
-use common::{E, Node, Scratch, chain, require_root, require_tool, snapshot, tar};
+use common::{E, Node, Scratch, chain, require_root, require_tool, run, sh, snapshot, tar};
 
 const MIB: u64 = 1 << 20;
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sh(script: &str) {
-    run(Command::new("sh").arg("-euc").arg(script));
-}
 
 /// `src/` with three sparse files, `holes` (10 MiB, data at 12 KiB, at
 /// 5 MiB + 100, and a hole at its end), `ends` (3 MiB, data at its

@@ -18,21 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_bundles::{ImageRef, UnpackOptions, unpack_bundle};
-use common::{Node, Scratch, require_root, require_tool, snapshot};
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sh(script: &str) {
-    run(Command::new("sh").arg("-euc").arg(script));
-}
+use common::{Node, Scratch, require_root, require_tool, run, sh, snapshot};
 
 /// A busybox root with every file type and metadata that matters.
 fn busybox_rootfs(dir: &Path) {

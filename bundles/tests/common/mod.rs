@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -446,4 +447,20 @@ fn walk(root: &Path, p: &Path, out: &mut BTreeMap<PathBuf, Node>) {
             walk(root, &n, out);
         }
     }
+}
+
+/// Runs `cmd`, failing the test with its output when it fails.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `sh -euc SCRIPT`, as [`run`].
+pub fn sh(script: &str) {
+    run(Command::new("sh").arg("-euc").arg(script));
 }

@@ -15,6 +15,9 @@ use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount, PosixRlimitT
 
 use crate::caps::{CapSets, CapsError};
 
+mod config;
+pub use config::parse_config;
+
 /// A spec the runtime cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -243,68 +246,6 @@ pub fn check_version(v: &str) -> Result<(), SpecError> {
         (Some("1"), Some(0..=2)) => Ok(()),
         _ => Err(SpecError::Version(v.to_string())),
     }
-}
-
-/// Reads a bundle's `config.json` into a spec. When the bytes are not one,
-/// the error says why in the config's own terms where serde's words would
-/// not: a file that is not UTF-8 or not a JSON object, a missing
-/// `ociVersion`, a capability name no kernel has (oci-spec says "no variant
-/// for CAP_X (converted to X)"). runc 1.1.5 and crun 1.8.1 warn about or
-/// skip an unknown capability; berth refuses what it cannot apply.
-pub fn parse_config(bytes: &[u8]) -> Result<Spec, SpecError> {
-    // JSON text is UTF-8 (RFC 8259 8.1); serde_json checks only the strings
-    // it keeps, so a bad byte in an ignored field would pass unseen.
-    let text = std::str::from_utf8(bytes).map_err(|e| SpecError::NotUtf8 {
-        offset: e.valid_up_to(),
-    })?;
-    // serde also reads a struct from a JSON array of its fields in order:
-    // `[]` would be a spec with every field absent ("missing root").
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        return Err(explain_config(text).unwrap_or(SpecError::NotObject));
-    }
-    match serde_json::from_str::<Spec>(text) {
-        // oci-spec defaults an absent `ociVersion` to "".
-        Ok(spec) if spec.version().is_empty() => Err(SpecError::Missing("ociVersion")),
-        Ok(spec) => Ok(spec),
-        // Only a failed parse pays for the second look.
-        Err(e) => Err(explain_config(text).unwrap_or(SpecError::Json(e))),
-    }
-}
-
-/// A clearer reason than serde's why `text` is not a spec, if there is one.
-fn explain_config(text: &str) -> Option<SpecError> {
-    let value = match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(v) => v,
-        Err(e) => return Some(SpecError::Json(e)),
-    };
-    if !value.is_object() {
-        return Some(SpecError::NotObject);
-    }
-    let caps = value.pointer("/process/capabilities")?;
-    for set in [
-        "bounding",
-        "effective",
-        "inheritable",
-        "permitted",
-        "ambient",
-    ] {
-        let Some(names) = caps.get(set).and_then(|v| v.as_array()) else {
-            continue;
-        };
-        // A name that is not a string is left to serde's "invalid type".
-        for name in names.iter().filter_map(|n| n.as_str()) {
-            if crate::caps::cap_from_name(name).is_none() {
-                return Some(SpecError::UnknownCapability {
-                    set,
-                    name: name.to_string(),
-                });
-            }
-        }
-    }
-    None
 }
 
 /// Resolves `root.path` against the bundle directory.

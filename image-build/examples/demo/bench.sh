@@ -60,15 +60,22 @@ cp out/demo/vmlinuz "$floor/vmlinuz"
 # this measures.
 disk=${BERTH_BENCH_DISK:-/dev/shm/berth-demo-bench-data.img}
 opts=(--data-disk "$disk:64M" --port 18080:80)
-sample() { # OUTDIR → one boot's "ms blocks"
+sample() { # OUTDIR → one boot's "ms blocks"; a failed boot ends the bench
   rm -f "$disk"
-  "$bin/berth-qemu" boot-time "$1" --until "$line" --runs 1 "${opts[@]}" \
-    | sed -n -e 's/.*median \([0-9]*\) ms.*/\1/p' -e 's/^code translated.*median \([0-9]*\) blocks.*/\1/p' \
-    | paste -sd ' '
+  local out
+  out=$("$bin/berth-qemu" boot-time "$1" --until "$line" --runs 1 "${opts[@]}") \
+    || { echo "bench: the boot of $1 failed (above)" >&2; exit 1; }
+  out=$(sed -n -e 's/.*median \([0-9]*\) ms.*/\1/p' -e 's/^code translated.*median \([0-9]*\) blocks.*/\1/p' <<<"$out" | paste -sd ' ')
+  [[ $out =~ ^[0-9]+\ [0-9]+$ ]] || { echo "bench: no time and block count for $1 in berth-qemu's output" >&2; exit 1; }
+  echo "$out"
 }
 berth=() base=() berth_tb=() base_tb=()
 for i in $(seq "$runs"); do
-  read -r b btb < <(sample out/demo); read -r f ftb < <(sample "$floor")
+  # Plain assignments: set -e ends the bench when a boot fails.
+  s=$(sample out/demo)
+  read -r b btb <<<"$s"
+  s=$(sample "$floor")
+  read -r f ftb <<<"$s"
   echo "run $i: demo $b ms ($btb blocks translated), floor $f ms ($ftb blocks)"
   berth+=("$b") base+=("$f") berth_tb+=("$btb") base_tb+=("$ftb")
 done

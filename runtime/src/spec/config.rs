@@ -7,18 +7,13 @@
 //! `execCPUAffinity` in its plan anyway. So the spec's top level and its
 //! `process` are read here, field for field as oci-spec declares them (same
 //! names, same defaults, same required fields), with oci-spec's own types
-//! for everything below them; the affinity lists are checked by
-//! [`valid_cpu_list`]. A test compares the result with oci-spec's
+//! for everything below them. The affinity lists are checked as they are
+//! read, as oci-spec checks them, by [`valid_cpu_list`], which takes ASCII
+//! digits only (oci-spec's `\d` takes any Unicode digit; the kernel does
+//! not). Tests compare the results and the errors with oci-spec's
 //! `Deserialize` on full and on malformed configs.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use oci_spec::runtime::{
-    ExecCPUAffinity, Hooks, Linux, LinuxCapabilities, LinuxIOPriority, LinuxIdMapping, Mount,
-    PosixRlimit, Process, Root, Scheduler, Solaris, Spec, User, VM, Windows, ZOS,
-};
-use serde::Deserialize;
+use oci_spec::runtime::{ExecCPUAffinity, Process, Spec};
 
 use super::SpecError;
 
@@ -42,10 +37,10 @@ pub fn parse_config(bytes: &[u8]) -> Result<Spec, SpecError> {
     {
         return Err(explain_config(text).unwrap_or(SpecError::NotObject));
     }
-    match serde_json::from_str::<RawSpec>(text) {
+    match serde_json::from_str::<raw::Spec>(text) {
         // oci-spec defaults an absent `ociVersion` to "".
         Ok(raw) if raw.version.is_empty() => Err(SpecError::Missing("ociVersion")),
-        Ok(raw) => raw.into_spec(),
+        Ok(raw) => Ok(raw.into_spec()),
         // Only a failed parse pays for the second look.
         Err(e) => Err(explain_config(text).unwrap_or(SpecError::Json(e))),
     }
@@ -84,96 +79,119 @@ fn explain_config(text: &str) -> Option<SpecError> {
     None
 }
 
-/// `Spec` as oci-spec 0.10 declares it, but for `process`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", expecting = "struct Spec")]
-struct RawSpec {
-    #[serde(default, rename = "ociVersion")]
-    version: String,
-    #[serde(default)]
-    root: Option<Root>,
-    #[serde(default)]
-    mounts: Option<Vec<Mount>>,
-    #[serde(default)]
-    process: Option<RawProcess>,
-    #[serde(default)]
-    hostname: Option<String>,
-    #[serde(default)]
-    domainname: Option<String>,
-    #[serde(default)]
-    hooks: Option<Hooks>,
-    #[serde(default)]
-    annotations: Option<HashMap<String, String>>,
-    #[serde(default)]
-    linux: Option<Linux>,
-    #[serde(default)]
-    solaris: Option<Solaris>,
-    #[serde(default)]
-    windows: Option<Windows>,
-    #[serde(default)]
-    vm: Option<VM>,
-    #[serde(default)]
-    zos: Option<ZOS>,
-    // Not in the runtime spec; oci-spec reads them (deprecated), so do we.
-    #[serde(default)]
-    uid_mappings: Option<Vec<LinuxIdMapping>>,
-    #[serde(default)]
-    gid_mappings: Option<Vec<LinuxIdMapping>>,
+/// The mirrors. Their Rust names are oci-spec's: serde puts the type's own
+/// name in its messages (`expected struct Process with 16 elements`).
+mod raw {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use oci_spec::runtime::{
+        Hooks, Linux, LinuxCapabilities, LinuxIOPriority, LinuxIdMapping, Mount, PosixRlimit, Root,
+        Scheduler, Solaris, User, VM, Windows, ZOS,
+    };
+    use serde::{Deserialize, Deserializer};
+
+    /// `Spec` as oci-spec 0.10 declares it, but for `process`.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Spec {
+        #[serde(default, rename = "ociVersion")]
+        pub version: String,
+        #[serde(default)]
+        pub root: Option<Root>,
+        #[serde(default)]
+        pub mounts: Option<Vec<Mount>>,
+        #[serde(default)]
+        pub process: Option<Process>,
+        #[serde(default)]
+        pub hostname: Option<String>,
+        #[serde(default)]
+        pub domainname: Option<String>,
+        #[serde(default)]
+        pub hooks: Option<Hooks>,
+        #[serde(default)]
+        pub annotations: Option<HashMap<String, String>>,
+        #[serde(default)]
+        pub linux: Option<Linux>,
+        #[serde(default)]
+        pub solaris: Option<Solaris>,
+        #[serde(default)]
+        pub windows: Option<Windows>,
+        #[serde(default)]
+        pub vm: Option<VM>,
+        #[serde(default)]
+        pub zos: Option<ZOS>,
+        // Not in the runtime spec; oci-spec reads them (deprecated), so do we.
+        #[serde(default)]
+        pub uid_mappings: Option<Vec<LinuxIdMapping>>,
+        #[serde(default)]
+        pub gid_mappings: Option<Vec<LinuxIdMapping>>,
+    }
+
+    /// `Process` as oci-spec 0.10 declares it, but for `execCPUAffinity`.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Process {
+        #[serde(default)]
+        pub terminal: Option<bool>,
+        #[serde(default)]
+        pub console_size: Option<oci_spec::runtime::Box>,
+        pub user: User,
+        #[serde(default)]
+        pub args: Option<Vec<String>>,
+        #[serde(default)]
+        pub command_line: Option<String>,
+        #[serde(default)]
+        pub env: Option<Vec<String>>,
+        pub cwd: PathBuf,
+        #[serde(default)]
+        pub capabilities: Option<LinuxCapabilities>,
+        #[serde(default)]
+        pub rlimits: Option<Vec<PosixRlimit>>,
+        #[serde(default)]
+        pub no_new_privileges: Option<bool>,
+        #[serde(default)]
+        pub apparmor_profile: Option<String>,
+        pub oom_score_adj: Option<i32>,
+        #[serde(default)]
+        pub selinux_label: Option<String>,
+        #[serde(default)]
+        pub io_priority: Option<LinuxIOPriority>,
+        #[serde(default)]
+        pub scheduler: Option<Scheduler>,
+        #[serde(default, rename = "execCPUAffinity")]
+        pub exec_cpu_affinity: Option<ExecCPUAffinity>,
+    }
+
+    /// `ExecCPUAffinity` as oci-spec 0.10 declares it; each list is checked
+    /// as it is read, as oci-spec does, so it is the first error it meets.
+    #[derive(Deserialize)]
+    pub(super) struct ExecCPUAffinity {
+        #[serde(default, deserialize_with = "cpu_list")]
+        pub initial: Option<String>,
+        #[serde(default, rename = "final", deserialize_with = "cpu_list")]
+        pub cpu_affinity_final: Option<String>,
+    }
+
+    fn cpu_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let list = Option::<String>::deserialize(d)?;
+        match list {
+            Some(l) if !super::valid_cpu_list(&l) => Err(serde::de::Error::custom(format!(
+                "execCPUAffinity: {l:?} is not a CPU list such as 0-3,7"
+            ))),
+            _ => Ok(list),
+        }
+    }
 }
 
-/// `Process` as oci-spec 0.10 declares it, but for `execCPUAffinity`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", expecting = "struct Process")]
-struct RawProcess {
-    #[serde(default)]
-    terminal: Option<bool>,
-    #[serde(default)]
-    console_size: Option<oci_spec::runtime::Box>,
-    user: User,
-    #[serde(default)]
-    args: Option<Vec<String>>,
-    #[serde(default)]
-    command_line: Option<String>,
-    #[serde(default)]
-    env: Option<Vec<String>>,
-    cwd: PathBuf,
-    #[serde(default)]
-    capabilities: Option<LinuxCapabilities>,
-    #[serde(default)]
-    rlimits: Option<Vec<PosixRlimit>>,
-    #[serde(default)]
-    no_new_privileges: Option<bool>,
-    #[serde(default)]
-    apparmor_profile: Option<String>,
-    oom_score_adj: Option<i32>,
-    #[serde(default)]
-    selinux_label: Option<String>,
-    #[serde(default)]
-    io_priority: Option<LinuxIOPriority>,
-    #[serde(default)]
-    scheduler: Option<Scheduler>,
-    #[serde(default, rename = "execCPUAffinity")]
-    exec_cpu_affinity: Option<RawAffinity>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "struct ExecCPUAffinity")]
-struct RawAffinity {
-    #[serde(default)]
-    initial: Option<String>,
-    #[serde(default, rename = "final")]
-    cpu_affinity_final: Option<String>,
-}
-
-impl RawSpec {
+impl raw::Spec {
     #[allow(deprecated)] // the top-level id mappings, kept as oci-spec keeps them
-    fn into_spec(self) -> Result<Spec, SpecError> {
-        let process = self.process.map(RawProcess::into_process).transpose()?;
+    fn into_spec(self) -> Spec {
         let mut spec = Spec::default();
         spec.set_version(self.version)
             .set_root(self.root)
             .set_mounts(self.mounts)
-            .set_process(process)
+            .set_process(self.process.map(raw::Process::into_process))
             .set_hostname(self.hostname)
             .set_domainname(self.domainname)
             .set_hooks(self.hooks)
@@ -185,33 +203,19 @@ impl RawSpec {
             .set_zos(self.zos)
             .set_uid_mappings(self.uid_mappings)
             .set_gid_mappings(self.gid_mappings);
-        Ok(spec)
+        spec
     }
 }
 
-impl RawProcess {
-    fn into_process(self) -> Result<Process, SpecError> {
-        let affinity = match self.exec_cpu_affinity {
-            None => None,
-            Some(raw) => {
-                let mut affinity = ExecCPUAffinity::default();
-                for (field, list) in [
-                    ("initial", &raw.initial),
-                    ("final", &raw.cpu_affinity_final),
-                ] {
-                    if let Some(list) = list.as_deref().filter(|l| !valid_cpu_list(l)) {
-                        return Err(SpecError::Invalid {
-                            field: format!("process.execCPUAffinity.{field}"),
-                            reason: format!("{list:?} is not a CPU list such as 0-3,7"),
-                        });
-                    }
-                }
-                affinity
-                    .set_initial(raw.initial)
-                    .set_cpu_affinity_final(raw.cpu_affinity_final);
-                Some(affinity)
-            }
-        };
+impl raw::Process {
+    fn into_process(self) -> Process {
+        let affinity = self.exec_cpu_affinity.map(|raw| {
+            let mut affinity = ExecCPUAffinity::default();
+            affinity
+                .set_initial(raw.initial)
+                .set_cpu_affinity_final(raw.cpu_affinity_final);
+            affinity
+        });
         let mut process = Process::default();
         process
             .set_terminal(self.terminal)
@@ -230,7 +234,7 @@ impl RawProcess {
             .set_io_priority(self.io_priority)
             .set_scheduler(self.scheduler)
             .set_exec_cpu_affinity(affinity);
-        Ok(process)
+        process
     }
 }
 
@@ -255,10 +259,9 @@ mod tests {
     }
 
     fn ours(text: &str) -> Result<Spec, String> {
-        match serde_json::from_str::<RawSpec>(text) {
-            Ok(raw) => raw.into_spec().map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
+        serde_json::from_str::<raw::Spec>(text)
+            .map(raw::Spec::into_spec)
+            .map_err(|e| e.to_string())
     }
 
     /// Every field of the runtime spec that oci-spec 0.10 reads, set.
@@ -346,6 +349,8 @@ mod tests {
             r#"{"ociVersion": "1.0.2", "process": {"cwd": "/"}}"#,
             r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}}}"#,
             r#"{"ociVersion": "1.0.2", "process": "sh"}"#,
+            // serde reads a struct from an array too; its message names the type.
+            r#"{"ociVersion": "1.0.2", "process": [null, null, {"uid": 0, "gid": 0}, null, null, null, "/"]}"#,
             r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": [1]}}"#,
             r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "oomScoreAdj": "x"}}"#,
             r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "rlimits": [{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}]}}"#,
@@ -378,19 +383,39 @@ mod tests {
             let text = format!(
                 r#"{{"ociVersion": "1.0.2", "process": {{"user": {{"uid": 0, "gid": 0}}, "cwd": "/", "execCPUAffinity": {{"final": "{list}"}}}}}}"#
             );
-            assert_eq!(upstream(&text).is_ok(), ok, "{list:?}");
-            match ours(&text) {
-                Ok(spec) => assert!(ok, "{list:?} read as {spec:?}"),
-                Err(e) => {
+            match (ours(&text), upstream(&text)) {
+                (Ok(spec), Ok(_)) => assert!(ok, "{list:?} read as {spec:?}"),
+                // The same place, in berth's words.
+                (Err(e), Err(theirs)) => {
                     assert!(!ok, "{list:?}: {e}");
+                    let at = theirs.rsplit_once(" at line ").unwrap().1;
                     assert_eq!(
                         e,
                         format!(
-                            "invalid process.execCPUAffinity.final: {list:?} is not a CPU list such as 0-3,7"
+                            "execCPUAffinity: {list:?} is not a CPU list such as 0-3,7 at line {at}"
                         )
                     );
                 }
+                (ours, theirs) => panic!("{list:?}: berth {ours:?}, oci-spec {theirs:?}"),
             }
         }
+        // Checked as it is read, as oci-spec checks it: a bad list is the
+        // first error, before one that comes later in the text.
+        for text in [
+            r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "execCPUAffinity": {"final": "x", "initial": "y"}}, "root": {"path": 1}}"#,
+            r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "execCPUAffinity": {"initial": "x"}}}"#,
+        ] {
+            let theirs = upstream(text).unwrap_err();
+            let e = ours(text).unwrap_err();
+            assert_eq!(
+                e.rsplit_once(" at line ").unwrap().1,
+                theirs.rsplit_once(" at line ").unwrap().1,
+                "{e} / {theirs}"
+            );
+            assert!(e.starts_with("execCPUAffinity: "), "{e}");
+        }
+        // oci-spec's `\d` takes any Unicode digit; the kernel and berth
+        // take ASCII ones.
+        assert!(!valid_cpu_list("١-٣"));
     }
 }

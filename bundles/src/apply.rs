@@ -550,7 +550,12 @@ impl Rootfs {
         st: &mut LayerState,
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), ApplyError> {
-        let (path, read) = read_entry(entry)?;
+        // A copy: reading the entry may read the stream, whose reader
+        // borrows the sink.
+        let raw_pax = (st.sparse.borrow())
+            .pax_records(entry.raw_header_position())
+            .map(<[u8]>::to_vec);
+        let (path, read) = read_entry(entry, raw_pax.as_deref())?;
         let (parent, name) = split_parent(&path);
         let (kind, meta) = match read {
             ReadEntry::Skip => return Ok(()),
@@ -1128,9 +1133,13 @@ pub enum ReadEntry {
 /// before touching the filesystem (name, whiteout, header fields, ids,
 /// PAX extensions, type, link targets): the cleaned path and what to do.
 /// Public so that a layer can be checked without being unpacked
-/// (`berth-build` checks every entry of the layers it packs).
+/// (`berth-build` checks every entry of the layers it packs). `raw_pax`:
+/// the entry's PAX records as the layer reader kept them
+/// ([`crate::tar_guard::SparseOut::pax_records`]), split by their lengths
+/// here; without them, as the tar crate splits them (at every newline).
 pub fn read_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
+    raw_pax: Option<&[u8]>,
 ) -> Result<(Vec<u8>, ReadEntry), ApplyError> {
     let mut kind = entry.header().entry_type();
     // An old-style entry (type NUL, before ustar had a directory type)
@@ -1146,7 +1155,12 @@ pub fn read_entry<R: Read>(
     }
     // A PAX sparse file's name is GNU.sparse.name (the header has a
     // `GNUSparseFile.PID/NAME` placeholder), as for Go's archive/tar.
-    let (pax_sparse, stored_size) = sparse_records(entry)?;
+    let records = pax_records(entry, raw_pax).map_err(|source| ApplyError::BadHeader {
+        path: show(&entry.path_bytes()),
+        field: "pax extensions",
+        source,
+    })?;
+    let (pax_sparse, stored_size) = sparse_records(entry, &records)?;
     let raw = match &pax_sparse {
         Some(PaxSparse {
             name: Some(name), ..
@@ -1216,7 +1230,7 @@ pub fn read_entry<R: Read>(
     let uid = rfs::Uid::from_raw(id_of(&path, "uid", uid)?);
     let gid = rfs::Gid::from_raw(id_of(&path, "gid", gid)?);
 
-    let pax = times_and_xattrs(entry, mtime).map_err(field("pax extensions"))?;
+    let pax = times_and_xattrs(&records, mtime).map_err(field("pax extensions"))?;
     let PaxFacts { mut times, xattrs } = pax;
     // A sparse file is a regular file whose data is a map of chunks (the
     // layer reader, `tar_guard`, checked the map as it went by).
@@ -1559,33 +1573,28 @@ struct PaxFacts {
 /// before it makes an old GNU sparse entry's size its real size (the
 /// first PAX `size` record, else the header's).
 fn sparse_records<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
+    entry: &tar::Entry<'_, R>,
+    records: &[PaxRecord],
 ) -> Result<(Option<PaxSparse>, u64), ApplyError> {
     let name = show(&entry.path_bytes());
-    let bad = |source| ApplyError::BadHeader {
-        path: name.clone(),
-        field: "pax extensions",
-        source,
-    };
-    let mut stored = entry.header().entry_size().map_err(&bad)?;
-    let mut records = Vec::new();
-    let mut size_seen = false;
-    if let Some(exts) = entry.pax_extensions().map_err(&bad)? {
-        for ext in exts {
-            let ext = ext.map_err(&bad)?;
-            let key = ext.key_bytes();
-            if key == b"size" && !size_seen {
-                size_seen = true;
-                let value = std::str::from_utf8(ext.value_bytes()).ok();
-                if let Some(n) = value.and_then(|v| v.parse::<u64>().ok()) {
-                    stored = n;
-                }
-            } else if key.starts_with(b"GNU.sparse.") {
-                records.push((key.to_vec(), ext.value_bytes().to_vec()));
-            }
+    let mut stored = entry
+        .header()
+        .entry_size()
+        .map_err(|source| ApplyError::BadHeader {
+            path: name.clone(),
+            field: "size",
+            source,
+        })?;
+    if let Some((_, value)) = records.iter().find(|(key, _)| key == b"size") {
+        let value = std::str::from_utf8(value).ok();
+        if let Some(n) = value.and_then(|v| v.parse::<u64>().ok()) {
+            stored = n;
         }
     }
-    let pairs = records.iter().map(|(k, v)| (&k[..], &v[..]));
+    let pairs = records
+        .iter()
+        .filter(|(key, _)| key.starts_with(b"GNU.sparse."))
+        .map(|(k, v)| (&k[..], &v[..]));
     let sparse = crate::sparse::pax_sparse(pairs).map_err(|source| ApplyError::Sparse {
         path: name.clone(),
         source: Box::new(source),
@@ -1593,44 +1602,135 @@ fn sparse_records<R: Read>(
     Ok((sparse, stored))
 }
 
+/// One PAX record: key and value.
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
+/// An entry's PAX records. `raw` is the `x` member's data as the layer
+/// reader kept it ([`crate::tar_guard::SparseOut::pax_records`]): its records
+/// are split by their lengths, as Go's archive/tar splits them, so a value
+/// may hold a newline (a binary `security.capability` often does). The tar
+/// crate splits at every newline; where that gives other records, what it
+/// took from them itself (the path, the link target, the size that frames
+/// the next entry, the owner) must still be what the records say, or the
+/// entry is refused. Without `raw`, the tar crate's split.
+fn pax_records<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    raw: Option<&[u8]>,
+) -> io::Result<Vec<PaxRecord>> {
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed pax extension");
+    let Some(raw) = raw else {
+        let mut out = Vec::new();
+        if let Some(exts) = entry.pax_extensions()? {
+            for ext in exts {
+                let ext = ext?;
+                out.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+        return Ok(out);
+    };
+    let records = crate::tar_guard::split_pax_records(raw).ok_or_else(malformed)?;
+    if records.iter().any(|(_, value)| value.contains(&b'\n')) {
+        same_as_the_tar_crate(raw, &records)?;
+    }
+    Ok(records
+        .into_iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect())
+}
+
+/// Refuses PAX records from which the tar crate, splitting them at every
+/// newline, takes another path, link target, size, uid or gid than the
+/// records hold (a value with a newline can hide a record, or fake one).
+fn same_as_the_tar_crate(raw: &[u8], records: &[(&[u8], &[u8])]) -> io::Result<()> {
+    // The tar crate's records: one per line, up to the first empty line;
+    // a line whose length is not its own is malformed.
+    let lines: Vec<Option<(&[u8], &[u8])>> = raw
+        .split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty())
+        .map(|line| {
+            let space = line.iter().position(|&b| b == b' ')?;
+            let len: usize = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
+            if line.len() + 1 != len {
+                return None;
+            }
+            let kv = &line[space + 1..];
+            let equals = kv.iter().position(|&b| b == b'=')?;
+            Some((&kv[..equals], &kv[equals + 1..]))
+        })
+        .collect();
+    let ours = |key: &[u8]| records.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let differ = |key: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "pax records whose {key} the tar reader cannot follow (a value holds a newline)"
+            ),
+        )
+    };
+    // Path and link target: the first well-formed line with the key.
+    for key in ["path", "linkpath"] {
+        let theirs = lines.iter().flatten().find(|(k, _)| *k == key.as_bytes());
+        if theirs.map(|(_, v)| *v) != ours(key.as_bytes()) {
+            return Err(differ(key));
+        }
+    }
+    // Size, uid, gid: the first line with the key, unless a malformed
+    // line comes first (then the header's field).
+    let number = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
+    for key in ["size", "uid", "gid"] {
+        let mut theirs = None;
+        for line in &lines {
+            match line {
+                None => break,
+                Some((k, v)) if *k == key.as_bytes() => {
+                    theirs = number(v);
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        if theirs != ours(key.as_bytes()).and_then(number) {
+            return Err(differ(key));
+        }
+    }
+    Ok(())
+}
+
 /// The entry's times (PAX `mtime` with its fraction if present) and
 /// xattrs (PAX `SCHILY.xattr.*`).
-fn times_and_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, mtime: u64) -> io::Result<PaxFacts> {
+fn times_and_xattrs(records: &[PaxRecord], mtime: u64) -> io::Result<PaxFacts> {
     let mut ts = Timespec {
         tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
     let mut xattrs = Vec::new();
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            let key = ext.key_bytes();
-            let bad = |what: &str| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "pax record {what}={:?} is not a valid value",
-                        String::from_utf8_lossy(ext.value_bytes())
-                    ),
-                )
-            };
-            if ext.value_bytes().is_empty() && matches!(key, b"mtime" | b"uid" | b"gid" | b"size") {
-                // POSIX pax: an empty value deletes the record, and the
-                // header's field stands.
-            } else if key == b"mtime" {
-                // Not the header's time instead: a bad record is refused.
-                ts = parse_pax_time(ext.value_bytes()).ok_or_else(|| bad("mtime"))?;
-            } else if matches!(key, b"uid" | b"gid" | b"size") {
-                // The tar crate keeps the header's value when it cannot
-                // parse these: uid=-1 would make a setuid file root's, and
-                // a size it ignored decides where the next entry starts.
-                let value = std::str::from_utf8(ext.value_bytes()).ok();
-                if value.and_then(|v| v.parse::<u64>().ok()).is_none() {
-                    return Err(bad(&String::from_utf8_lossy(key)));
-                }
-            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+    for (key, value) in records {
+        let key = &key[..];
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "pax record {what}={:?} is not a valid value",
+                    String::from_utf8_lossy(value)
+                ),
+            )
+        };
+        if value.is_empty() && matches!(key, b"mtime" | b"uid" | b"gid" | b"size") {
+            // POSIX pax: an empty value deletes the record, and the
+            // header's field stands.
+        } else if key == b"mtime" {
+            // Not the header's time instead: a bad record is refused.
+            ts = parse_pax_time(value).ok_or_else(|| bad("mtime"))?;
+        } else if matches!(key, b"uid" | b"gid" | b"size") {
+            // The tar crate keeps the header's value when it cannot
+            // parse these: uid=-1 would make a setuid file root's, and
+            // a size it ignored decides where the next entry starts.
+            let text = std::str::from_utf8(value).ok();
+            if text.and_then(|v| v.parse::<u64>().ok()).is_none() {
+                return Err(bad(&String::from_utf8_lossy(key)));
             }
+        } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            xattrs.push((name.to_vec(), value.clone()));
         }
     }
     if !xattrs.is_empty() {

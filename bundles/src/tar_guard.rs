@@ -88,6 +88,9 @@ pub struct SparseOut {
     current: Option<SparseDone>,
     /// The file of a member the reader is past (it read the next header).
     done: Option<SparseDone>,
+    /// The PAX records (`x` member data) of the member whose header was
+    /// read last, and where that header starts in the stream.
+    pax: Option<(u64, Vec<u8>)>,
 }
 
 /// Where a sparse member's chunks go.
@@ -152,6 +155,18 @@ impl SparseOut {
     /// one, where the tar crate's `raw_file_position` is before them.
     pub fn data_start(&self) -> Option<u64> {
         self.start
+    }
+
+    /// The PAX records of the member whose header starts at `header_pos`
+    /// (the tar crate's `raw_header_position`), as they are in the stream,
+    /// when it is the member whose header this reader read last. The tar
+    /// crate splits records at every newline, even inside a value; a caller
+    /// can split these by their lengths instead ([`split_pax_records`]).
+    pub fn pax_records(&self, header_pos: u64) -> Option<&[u8]> {
+        match &self.pax {
+            Some((pos, records)) if *pos == header_pos => Some(records),
+            _ => None,
+        }
     }
 
     /// Takes the target back once its member is behind the reader.
@@ -363,10 +378,13 @@ impl<R: Read> TarGuard<R> {
             b'L' | b'K' | b'x' | b'g' => None,
             _ => self.pending_pax.take(),
         };
+        self.out.borrow_mut().pax = own_pax
+            .as_ref()
+            .map(|records| (self.pos - BLOCK as u64, records.clone()));
         let name = || name_field(&self.header, own_pax.as_deref());
         // Sparse when a record's key is GNU.sparse.*: a path or an xattr
         // value that merely holds the words is an ordinary entry.
-        let pax_sparse = match own_pax.as_deref().map(|r| (r, pax_records(r))) {
+        let pax_sparse = match own_pax.as_deref().map(|r| (r, split_pax_records(r))) {
             Some((_, Some(records)))
                 if records.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) =>
             {
@@ -568,9 +586,10 @@ fn refusal(name: &str, err: SparseError) -> io::Error {
     )
 }
 
-/// PAX records as the tar crate splits them: `LEN key=value` lines up to
-/// the first empty one; `None` when one is malformed.
-fn pax_records(records: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+/// PAX records split by their lengths, as Go's archive/tar and POSIX read
+/// them (the tar crate splits at every newline): `LEN key=value` records up
+/// to the padding; `None` when one is malformed.
+pub fn split_pax_records(records: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     // `LEN key=value\n`, LEN counting the whole record: a value may hold
     // newlines (a binary xattr), so records are cut by their length.
     let mut out = Vec::new();
@@ -597,7 +616,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A member's name for messages: its `GNU.sparse.name` or PAX `path`,
 /// else the header's name field.
 fn name_field(header: &[u8; BLOCK], pax: Option<&[u8]>) -> String {
-    let records = pax.and_then(pax_records).unwrap_or_default();
+    let records = pax.and_then(split_pax_records).unwrap_or_default();
     let last = |key: &[u8]| {
         records
             .iter()

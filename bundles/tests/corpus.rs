@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use berth_bundles::apply::{ApplyError, LayerStats, Rootfs};
-use common::{E, Scratch, require_root, snapshot, tar};
+use common::{E, Scratch, chain, require_root, snapshot, tar};
 
 struct World {
     scratch: Scratch,
@@ -575,6 +575,64 @@ fn xattrs_kept_and_skipped() {
     assert_eq!(get("empty-dir", "user.e"), None);
     assert_eq!(get("empty", "user.k").as_deref(), Some(&b"v"[..]));
     assert_eq!(stats[0].skipped_xattrs, 3);
+}
+
+#[test]
+fn xattr_values_holding_a_newline_are_kept_whole() {
+    // A file capability is binary: CAP_DAC_OVERRIDE + CAP_FOWNER make the
+    // permitted mask's first byte 0x0a, a newline. PAX records are framed
+    // by their lengths (Go's archive/tar, GNU tar, umoci); the tar crate
+    // splits them at newlines, which used to refuse the whole layer.
+    let cap = [
+        1u8, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let w = World::new("xattr-newline");
+    w.apply(&[vec![
+        E::file("cap", b"x")
+            .pax("SCHILY.xattr.security.capability", cap)
+            .pax("SCHILY.xattr.user.lines", b"one\ntwo\n"),
+        E::file("after", b"y").owner(7, 8),
+    ]])
+    .unwrap();
+    let r = w.root();
+    let get = |p: &str, n: &str| {
+        let mut buf = vec![0u8; 256];
+        rustix::fs::lgetxattr(r.join(p), n, &mut buf)
+            .ok()
+            .map(|len| buf[..len].to_vec())
+    };
+    assert_eq!(get("cap", "security.capability").as_deref(), Some(&cap[..]));
+    assert_eq!(
+        get("cap", "user.lines").as_deref(),
+        Some(&b"one\ntwo\n"[..])
+    );
+    assert_eq!(fs::read(r.join("after")).unwrap(), b"y");
+    let m = fs::metadata(r.join("after")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (7, 8));
+
+    // Where the tar crate's split would take another path or owner than
+    // the records hold, the layer is refused, and nothing is made.
+    for (tag, value, more, field) in [
+        // A line of the value looks like a record of its own.
+        ("fake", &b"x\n13 path=evil"[..], None, "path"),
+        // A real record after a value with a newline: the tar crate stops
+        // at the broken line and keeps the header's uid (0).
+        ("hidden", &b"a\nb"[..], Some(("uid", "5000")), "uid"),
+    ] {
+        let w = World::new(&format!("xattr-newline-{tag}"));
+        let mut e = E::file("f", b"x").pax("SCHILY.xattr.user.a", value);
+        if let Some((k, v)) = more {
+            e = e.pax(k, v);
+        }
+        let err = chain(&w.apply(&[vec![e]]).unwrap_err());
+        assert!(
+            err.contains(&format!(
+                "pax records whose {field} the tar reader cannot follow"
+            )),
+            "{tag}: {err}"
+        );
+        assert!(!w.root().join("f").exists() && !w.root().join("evil").exists());
+    }
 }
 
 #[test]

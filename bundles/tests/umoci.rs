@@ -66,7 +66,21 @@ fn busybox_rootfs(dir: &Path) {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
+    // CAP_DAC_OVERRIDE + CAP_FOWNER: the mask's first byte is 0x0a, a
+    // newline inside the PAX record's value.
+    fs::write(dir.join("bin/capnl"), b"capnl").unwrap();
+    rustix::fs::setxattr(
+        dir.join("bin/capnl"),
+        "security.capability",
+        &CAP_WITH_NEWLINE,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
 }
+
+const CAP_WITH_NEWLINE: [u8; 20] = [
+    1, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 /// Builds `layout:t` with umoci: the rootfs, then a layer of changes.
 fn umoci_image(s: &Path, rootfs: &Path) -> PathBuf {
@@ -245,6 +259,8 @@ fn umoci_equivalence_busybox() {
     let n = rustix::fs::getxattr(ours.join("bin/sgid"), "user.note", &mut v).unwrap();
     assert_eq!(&v[..n], b"hello");
     assert!(rustix::fs::getxattr(ours.join("bin/suid"), "security.capability", &mut v).is_ok());
+    let n = rustix::fs::getxattr(ours.join("bin/capnl"), "security.capability", &mut v).unwrap();
+    assert_eq!(&v[..n], CAP_WITH_NEWLINE);
 }
 
 /// Opt-in: compare on a full root filesystem (see the module docs), e.g.

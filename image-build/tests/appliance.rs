@@ -1335,30 +1335,10 @@ fn sparse_layers_build_and_bad_maps_are_refused_as_the_unpacker_refuses_them() {
         ("GNU.sparse.numblocks", "2"),
         ("GNU.sparse.map", "0,10,5,5"),
     ] {
-        let body = format!(" {k}={v}\n");
-        let mut len = body.len() + 1;
-        while len != body.len() + len.to_string().len() {
-            len = body.len() + len.to_string().len();
-        }
-        records.extend_from_slice(format!("{len}{body}").as_bytes());
+        records.extend(pax_record(k, v.as_bytes()));
     }
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::XHeader);
-    h.set_mode(0o644);
-    h.set_size(records.len() as u64);
-    b.append_data(&mut h, "PaxHeaders/true", &records[..])
-        .unwrap();
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o755);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_size(15);
-    b.append_data(&mut h, "GNUSparseFile.0/true", &[b'x'; 15][..])
-        .unwrap();
-    one_layer_layout(&dir, "overlap", &b.into_inner().unwrap(), cmd);
+    let layer = layer_with_pax(&records, "GNUSparseFile.0/true", &[b'x'; 15]);
+    one_layer_layout(&dir, "overlap", &layer, cmd);
     task("overlap", "root");
     let says =
         "tar entry \"bin/true\": bad sparse file: sparse map chunk 1 at 5 starts before the end 10";
@@ -1375,5 +1355,101 @@ fn sparse_layers_build_and_bad_maps_are_refused_as_the_unpacker_refuses_them() {
     assert!(!o.status.success());
     let unpack_err = String::from_utf8_lossy(&o.stderr);
     assert!(unpack_err.contains(says), "{unpack_err}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// One PAX record, `LEN key=value\n`, LEN counting the whole record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// A layer of one executable file `name` (mode 755, root's) described by
+/// the PAX `records`.
+fn layer_with_pax(records: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(records.len() as u64);
+    b.append_data(&mut h, "PaxHeaders/x", records).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, name, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A file capability is binary, and CAP_DAC_OVERRIDE + CAP_FOWNER make a
+/// newline of its mask's first byte: the build reads PAX records by their
+/// lengths as the unpacker does (both used to refuse the layer), and
+/// refuses, in the unpacker's words, records whose split by newlines would
+/// give the tar reader another path than they hold.
+#[test]
+fn a_file_capability_holding_a_newline_builds_and_a_faked_record_does_not() {
+    require_root();
+    let dir = scratch("pax-newline");
+    let manifest = dir.join("manifest.json");
+    let out = dir.join("out");
+    let cmd = serde_json::json!({"Cmd": ["/tool"]});
+    let cap = [
+        1u8, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    for (name, value, ok) in [
+        ("cap", &cap[..], true),
+        // A line of the value looks like a record of its own.
+        ("fake", &b"x\n13 path=evil"[..], false),
+    ] {
+        let key = if ok {
+            "SCHILY.xattr.security.capability"
+        } else {
+            "SCHILY.xattr.user.a"
+        };
+        let layer = layer_with_pax(&pax_record(key, value), "tool", b"#!/bin/sh\n");
+        one_layer_layout(&dir, name, &layer, cmd.clone());
+        fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "images": {{"{name}": "oci:{name}:{name}"}},
+                    "tasks": [{{"name": "t", "image": "{name}", "command": ["/tool"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let unpack = berth_build(&[
+            "unpack",
+            &format!("oci:{}:{name}", dir.join(name).display()),
+            dir.join(format!("unpacked-{name}")).to_str().unwrap(),
+        ]);
+        if ok {
+            build_succeeds(&manifest, &out);
+            fs::remove_dir_all(&out).unwrap();
+            assert!(
+                unpack.status.success(),
+                "{}",
+                String::from_utf8_lossy(&unpack.stderr)
+            );
+        } else {
+            let says = "pax records whose path the tar reader cannot follow";
+            let err = one_line_err(&manifest, &out);
+            assert!(
+                err.contains(&format!("image {name}: layer 0")) && err.contains(says),
+                "{err}"
+            );
+            assert!(!unpack.status.success());
+            let unpack_err = String::from_utf8_lossy(&unpack.stderr);
+            assert!(unpack_err.contains(says), "{unpack_err}");
+        }
+    }
     let _ = fs::remove_dir_all(&dir);
 }

@@ -623,7 +623,12 @@ fn check_entries(
         // A sparse file's data starts after its map (an old GNU one's
         // extension blocks), where the tar crate does not count it.
         let data_start = sparse.borrow().data_start();
-        let (data, fact) = check_entry(&mut entry, index, facts, data_start)?;
+        // The PAX records as the reader kept them, split by their lengths
+        // as the unpacker splits them (a copy: the reader borrows the sink).
+        let raw_pax = (sparse.borrow())
+            .pax_records(entry.raw_header_position())
+            .map(<[u8]>::to_vec);
+        let (data, fact) = check_entry(&mut entry, raw_pax.as_deref(), index, facts, data_start)?;
         if let Some(data) = data {
             last = Some(data);
         }
@@ -672,11 +677,12 @@ struct FileData {
 
 fn check_entry(
     entry: &mut tar::Entry<'_, TarGuard<&mut dyn Read>>,
+    raw_pax: Option<&[u8]>,
     index: usize,
     facts: &mut ImageFacts,
     sparse_start: Option<u64>,
 ) -> Result<(Option<FileData>, Option<SparseFactAt>), ApplyError> {
-    let (path, read) = read_entry(entry)?;
+    let (path, read) = read_entry(entry, raw_pax)?;
     let (parent, base) = match path.iter().rposition(|b| *b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[][..], &path[..]),

@@ -1629,7 +1629,11 @@ fn pax_records<R: Read>(
         return Ok(out);
     };
     let records = crate::tar_guard::split_pax_records(raw).ok_or_else(malformed)?;
-    if records.iter().any(|(_, value)| value.contains(&b'\n')) {
+    // Without a newline inside a record, both splits cut at the same places.
+    if records
+        .iter()
+        .any(|(key, value)| key.contains(&b'\n') || value.contains(&b'\n'))
+    {
         same_as_the_tar_crate(raw, &records)?;
     }
     Ok(records

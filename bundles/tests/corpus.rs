@@ -618,9 +618,16 @@ fn xattr_values_holding_a_newline_are_kept_whole() {
         // A real record after a value with a newline: the tar crate stops
         // at the broken line and keeps the header's uid (0).
         ("hidden", &b"a\nb"[..], Some(("uid", "5000")), "uid"),
+        // The newline in a key hides the uid record the same way.
+        ("key", &b"x"[..], Some(("uid", "5000")), "uid"),
     ] {
         let w = World::new(&format!("xattr-newline-{tag}"));
-        let mut e = E::file("f", b"x").pax("SCHILY.xattr.user.a", value);
+        let key = if tag == "key" {
+            "SCHILY.xattr.user.a\nb"
+        } else {
+            "SCHILY.xattr.user.a"
+        };
+        let mut e = E::file("f", b"x").pax(key, value);
         if let Some((k, v)) = more {
             e = e.pax(k, v);
         }

@@ -1646,22 +1646,7 @@ fn pax_records<R: Read>(
 /// newline, takes another path, link target, size, uid or gid than the
 /// records hold (a value with a newline can hide a record, or fake one).
 fn same_as_the_tar_crate(raw: &[u8], records: &[(&[u8], &[u8])]) -> io::Result<()> {
-    // The tar crate's records: one per line, up to the first empty line;
-    // a line whose length is not its own is malformed.
-    let lines: Vec<Option<(&[u8], &[u8])>> = raw
-        .split(|&b| b == b'\n')
-        .take_while(|line| !line.is_empty())
-        .map(|line| {
-            let space = line.iter().position(|&b| b == b' ')?;
-            let len: usize = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
-            if line.len() + 1 != len {
-                return None;
-            }
-            let kv = &line[space + 1..];
-            let equals = kv.iter().position(|&b| b == b'=')?;
-            Some((&kv[..equals], &kv[equals + 1..]))
-        })
-        .collect();
+    use crate::tar_guard::{tar_crate_number, tar_crate_records};
     let ours = |key: &[u8]| records.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let differ = |key: &str| {
         io::Error::new(
@@ -1673,8 +1658,10 @@ fn same_as_the_tar_crate(raw: &[u8], records: &[(&[u8], &[u8])]) -> io::Result<(
     };
     // Path and link target: the first well-formed line with the key.
     for key in ["path", "linkpath"] {
-        let theirs = lines.iter().flatten().find(|(k, _)| *k == key.as_bytes());
-        if theirs.map(|(_, v)| *v) != ours(key.as_bytes()) {
+        let theirs = tar_crate_records(raw)
+            .flatten()
+            .find(|(k, _)| *k == key.as_bytes());
+        if theirs.map(|(_, v)| v) != ours(key.as_bytes()) {
             return Err(differ(key));
         }
     }
@@ -1682,17 +1669,7 @@ fn same_as_the_tar_crate(raw: &[u8], records: &[(&[u8], &[u8])]) -> io::Result<(
     // line comes first (then the header's field).
     let number = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
     for key in ["size", "uid", "gid"] {
-        let mut theirs = None;
-        for line in &lines {
-            match line {
-                None => break,
-                Some((k, v)) if *k == key.as_bytes() => {
-                    theirs = number(v);
-                    break;
-                }
-                Some(_) => {}
-            }
-        }
+        let theirs = tar_crate_number(raw, key.as_bytes());
         if theirs != ours(key.as_bytes()).and_then(number) {
             return Err(differ(key));
         }

@@ -633,25 +633,41 @@ fn name_field(header: &[u8; BLOCK], pax: Option<&[u8]>) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
-/// The `size` of PAX records as the tar crate takes it: the first `size`
-/// record, if every record before it is well formed.
-fn pax_size(records: &[u8]) -> Option<u64> {
-    for line in records.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            return None;
-        }
-        let space = line.iter().position(|&b| b == b' ')?;
-        let len: usize = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
-        if line.len() + 1 != len {
-            return None;
-        }
-        let kv = &line[space + 1..];
-        let equals = kv.iter().position(|&b| b == b'=')?;
-        if &kv[..equals] == b"size" {
-            return std::str::from_utf8(&kv[equals + 1..]).ok()?.parse().ok();
+/// PAX records as the tar crate splits them: one per line, up to the first
+/// empty line; `None` for a line whose length prefix is not its own length
+/// or that has no `=`.
+pub(crate) fn tar_crate_records(records: &[u8]) -> impl Iterator<Item = Option<(&[u8], &[u8])>> {
+    records
+        .split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty())
+        .map(|line| {
+            let space = line.iter().position(|&b| b == b' ')?;
+            let len: usize = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
+            if line.len() + 1 != len {
+                return None;
+            }
+            let kv = &line[space + 1..];
+            let equals = kv.iter().position(|&b| b == b'=')?;
+            Some((&kv[..equals], &kv[equals + 1..]))
+        })
+}
+
+/// A number of PAX records as the tar crate takes it (its `size`, `uid`,
+/// `gid`): the first record of `key`, if every record before it is well
+/// formed.
+pub(crate) fn tar_crate_number(records: &[u8], key: &[u8]) -> Option<u64> {
+    for record in tar_crate_records(records) {
+        let (k, v) = record?;
+        if k == key {
+            return std::str::from_utf8(v).ok()?.parse().ok();
         }
     }
     None
+}
+
+/// The `size` of PAX records as the tar crate takes it.
+fn pax_size(records: &[u8]) -> Option<u64> {
+    tar_crate_number(records, b"size")
 }
 
 #[cfg(test)]

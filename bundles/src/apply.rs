@@ -1652,7 +1652,7 @@ fn same_as_the_tar_crate(raw: &[u8], records: &[(&[u8], &[u8])]) -> io::Result<(
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "pax records whose {key} the tar reader cannot follow (a value holds a newline)"
+                "pax records whose {key} the tar reader cannot follow (a record holds a newline)"
             ),
         )
     };

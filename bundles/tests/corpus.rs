@@ -532,6 +532,13 @@ fn long_names_pax_and_gnu() {
     assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 250_000_000));
 }
 
+/// The value of xattr `name` of `path` itself (not what a link points to).
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let len = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
+    Some(buf[..len].to_vec())
+}
+
 #[test]
 fn xattrs_kept_and_skipped() {
     let w = World::new("xattr");
@@ -561,12 +568,7 @@ fn xattrs_kept_and_skipped() {
         ]])
         .unwrap();
     let r = w.root();
-    let get = |p: &str, n: &str| {
-        let mut buf = vec![0u8; 256];
-        rustix::fs::lgetxattr(r.join(p), n, &mut buf)
-            .ok()
-            .map(|len| buf[..len].to_vec())
-    };
+    let get = |p: &str, n: &str| xattr(&r.join(p), n);
     assert_eq!(get("cap", "user.note").as_deref(), Some(&b"hello"[..]));
     assert_eq!(get("cap", "security.capability").map(|v| v.len()), Some(20));
     assert_eq!(get("cap", "trusted.secret"), None);
@@ -595,12 +597,7 @@ fn xattr_values_holding_a_newline_are_kept_whole() {
     ]])
     .unwrap();
     let r = w.root();
-    let get = |p: &str, n: &str| {
-        let mut buf = vec![0u8; 256];
-        rustix::fs::lgetxattr(r.join(p), n, &mut buf)
-            .ok()
-            .map(|len| buf[..len].to_vec())
-    };
+    let get = |p: &str, n: &str| xattr(&r.join(p), n);
     assert_eq!(get("cap", "security.capability").as_deref(), Some(&cap[..]));
     assert_eq!(
         get("cap", "user.lines").as_deref(),

@@ -550,11 +550,7 @@ impl Rootfs {
         st: &mut LayerState,
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), ApplyError> {
-        // A copy: reading the entry may read the stream, whose reader
-        // borrows the sink.
-        let raw_pax = (st.sparse.borrow())
-            .pax_records(entry.raw_header_position())
-            .map(<[u8]>::to_vec);
+        let raw_pax = (st.sparse.borrow_mut()).take_pax_records(entry.raw_header_position());
         let (path, read) = read_entry(entry, raw_pax.as_deref())?;
         let (parent, name) = split_parent(&path);
         let (kind, meta) = match read {
@@ -1135,7 +1131,7 @@ pub enum ReadEntry {
 /// Public so that a layer can be checked without being unpacked
 /// (`berth-build` checks every entry of the layers it packs). `raw_pax`:
 /// the entry's PAX records as the layer reader kept them
-/// ([`crate::tar_guard::SparseOut::pax_records`]), split by their lengths
+/// ([`crate::tar_guard::SparseOut::take_pax_records`]), split by their lengths
 /// here; without them, as the tar crate splits them (at every newline).
 pub fn read_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
@@ -1606,7 +1602,7 @@ fn sparse_records<R: Read>(
 type PaxRecord = (Vec<u8>, Vec<u8>);
 
 /// An entry's PAX records. `raw` is the `x` member's data as the layer
-/// reader kept it ([`crate::tar_guard::SparseOut::pax_records`]): its records
+/// reader kept it ([`crate::tar_guard::SparseOut::take_pax_records`]): its records
 /// are split by their lengths, as Go's archive/tar splits them, so a value
 /// may hold a newline (a binary `security.capability` often does). The tar
 /// crate splits at every newline; where that gives other records, what it

@@ -157,14 +157,15 @@ impl SparseOut {
         self.start
     }
 
-    /// The PAX records of the member whose header starts at `header_pos`
-    /// (the tar crate's `raw_header_position`), as they are in the stream,
-    /// when it is the member whose header this reader read last. The tar
-    /// crate splits records at every newline, even inside a value; a caller
-    /// can split these by their lengths instead ([`split_pax_records`]).
-    pub fn pax_records(&self, header_pos: u64) -> Option<&[u8]> {
+    /// Takes the PAX records of the member whose header starts at
+    /// `header_pos` (the tar crate's `raw_header_position`), as they are in
+    /// the stream, when it is the member whose header this reader read
+    /// last. The tar crate splits records at every newline, even inside a
+    /// value; a caller can split these by their lengths instead
+    /// ([`split_pax_records`]).
+    pub fn take_pax_records(&mut self, header_pos: u64) -> Option<Vec<u8>> {
         match &self.pax {
-            Some((pos, records)) if *pos == header_pos => Some(records),
+            Some((pos, _)) if *pos == header_pos => self.pax.take().map(|(_, records)| records),
             _ => None,
         }
     }

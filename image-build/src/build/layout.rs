@@ -624,10 +624,8 @@ fn check_entries(
         // extension blocks), where the tar crate does not count it.
         let data_start = sparse.borrow().data_start();
         // The PAX records as the reader kept them, split by their lengths
-        // as the unpacker splits them (a copy: the reader borrows the sink).
-        let raw_pax = (sparse.borrow())
-            .pax_records(entry.raw_header_position())
-            .map(<[u8]>::to_vec);
+        // as the unpacker splits them.
+        let raw_pax = (sparse.borrow_mut()).take_pax_records(entry.raw_header_position());
         let (data, fact) = check_entry(&mut entry, raw_pax.as_deref(), index, facts, data_start)?;
         if let Some(data) = data {
             last = Some(data);

@@ -607,10 +607,16 @@ impl Runtime {
             }
             None => None,
         };
+        // What the child holds, step by step (CVE-2024-21626: close-on-exec
+        // closes an fd only after execve has resolved the program's path,
+        // and a path through /proc/self/fd/N of a host directory leads out
+        // of the root). The namespaces to join are used before the first
+        // close, the host's /proc/sys until the sysctls are written; at
+        // exec only the report pipe and the init's sealed copy are left.
         let mut keep_fds: Vec<RawFd> =
             vec![report_w.as_raw_fd(), sync_r.as_raw_fd(), gate.as_raw_fd()];
         keep_fds.extend(proc_sys.as_ref().map(|f| f.as_raw_fd()));
-        keep_fds.extend(join.iter().map(|(f, _)| f.as_raw_fd()));
+        let mut keep_at_exec: Vec<RawFd> = vec![report_w.as_raw_fd()];
         let hooks_spec = spec.hooks().clone().unwrap_or_default();
         let (create_hooks, create_inputs) = child_hooks(id, hooks_spec.create_container())?;
         let (start_hooks, start_inputs) = child_hooks(id, hooks_spec.start_container())?;
@@ -620,6 +626,8 @@ impl Runtime {
                 .chain(&start_hooks)
                 .map(|h| h.stdin.as_raw_fd()),
         );
+        let mut keep_for_start: Vec<RawFd> = vec![report_w.as_raw_fd(), gate.as_raw_fd()];
+        keep_for_start.extend(start_hooks.iter().map(|h| h.stdin.as_raw_fd()));
         let init_args: Vec<CString> = match &opts.init {
             Some(init) => {
                 let mut args = Vec::with_capacity(init.args.len() + plan.args.len());
@@ -633,15 +641,21 @@ impl Runtime {
                 }
                 args.extend(plan.args.iter().cloned());
                 keep_fds.push(init.exe.as_raw_fd());
+                keep_for_start.push(init.exe.as_raw_fd());
+                keep_at_exec.push(init.exe.as_raw_fd());
                 args
             }
             None => Vec::new(),
         };
         keep_fds.sort_unstable();
+        keep_for_start.sort_unstable();
+        keep_at_exec.sort_unstable();
         let cx = ChildContext {
             create_container_hooks: create_hooks,
             start_container_hooks: start_hooks,
             keep_fds,
+            keep_for_start,
+            keep_at_exec,
             seccomp: seccomp.as_ref(),
             plan,
             rootfs: &rootfs_c,

@@ -174,7 +174,7 @@ impl Step {
             Step::CreateContainerHookStatus => "createContainer hook failed",
             Step::StartContainerHook => "run startContainer hook",
             Step::StartContainerHookStatus => "startContainer hook failed",
-            Step::CloseFds => "mark fds close-on-exec",
+            Step::CloseFds => "close inherited fds",
             Step::Exec => "exec",
         }
     }
@@ -307,11 +307,19 @@ pub struct ChildContext<'a> {
     pub join: Vec<(OwnedFd, libc::c_int)>,
     /// Fds to install as 0, 1, 2 (None: inherit).
     pub stdio: [Option<RawFd>; 3],
-    /// Fds the child keeps (sorted): its own pipes, the gate, namespace
-    /// and procfs handles. Everything else inherited from the parent
-    /// (other containers' pipes, say) is closed right after stdio is set
-    /// up, so a container waiting for start holds nothing of PID 1's.
+    /// Fds the child keeps (sorted): its own pipes, the gate, the procfs
+    /// handle, the hooks' inputs. Everything else inherited from the
+    /// parent (other containers' pipes, say), and the namespaces it has
+    /// joined, is closed right after stdio is set up, so a container
+    /// waiting for start holds nothing of PID 1's.
     pub keep_fds: Vec<RawFd>,
+    /// Fds the child keeps once its root and sysctls are set up (sorted):
+    /// the report pipe, the gate, the start hooks' inputs, the init.
+    pub keep_for_start: Vec<RawFd>,
+    /// Fds left open at exec (sorted): the report pipe and the init, both
+    /// close-on-exec, neither a directory. No path the program's name can
+    /// take through /proc/self/fd reaches outside the root.
+    pub keep_at_exec: Vec<RawFd>,
     /// `CAP_LAST_CAP` of the running kernel.
     pub last_cap: u32,
     /// Ask the parent to run createRuntime/prestart hooks before pivot_root.
@@ -457,6 +465,9 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
             write_sysctl(proc_sys.as_fd(), key, value).map_err(at(Step::Sysctl, i))?;
         }
     }
+    // The host's /proc/sys and the other setup handles, gone before the
+    // program is looked up (CVE-2024-21626).
+    sys::close_fds_except(&cx.keep_for_start).map_err(at(Step::CloseFds, 1))?;
     for (i, (res, soft, hard)) in plan.rlimits.iter().enumerate() {
         sys::setrlimit(*res, *soft, *hard).map_err(at(Step::Rlimit, i))?;
     }
@@ -518,9 +529,11 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
             ChildError::new(Step::Seccomp, 0, &io::Error::from_raw_os_error(libc::EPERM))
         })?;
     }
-    // Every fd but stdio closes at exec (CVE-2024-21626); the report pipe
-    // stays usable until then so an exec failure still reaches the parent.
-    sys::cloexec_from(3).map_err(at(Step::CloseFds, 0))?;
+    // Every fd but stdio is closed now or at exec (CVE-2024-21626); the
+    // report pipe stays usable until then so an exec failure still
+    // reaches the parent.
+    sys::close_fds_except(&cx.keep_at_exec).map_err(at(Step::CloseFds, 2))?;
+    sys::cloexec_from(3).map_err(at(Step::CloseFds, 2))?;
     let (e, what) = match &cx.init {
         // An ELF binary runs from a close-on-exec fd (only a script's
         // interpreter would need it open).

@@ -630,6 +630,48 @@ fn no_fds_leak_into_the_container() {
 }
 
 #[test]
+fn the_program_cannot_be_found_through_an_fd_the_runtime_holds() {
+    // CVE-2024-21626, the program path: while the child sets up it holds
+    // host directories (the host's /proc/sys for sysctls), and
+    // close-on-exec closes them only after execve has resolved its path.
+    // A program named /proc/self/fd/N/../../HOST-PATH would then be a
+    // host binary, running in the container with a handle on itself.
+    let host = common::TempDir::new("hostbin");
+    let outside = host.0.join("busybox");
+    fs::copy("/bin/busybox", &outside).unwrap();
+    let before = fs::read(&outside).unwrap();
+    let mut b = Bundle::new();
+    b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    let rel = outside.strip_prefix("/").unwrap().display().to_string();
+    for fd in 3..40 {
+        let program = format!("/proc/self/fd/{fd}/../../{rel}");
+        b.config["process"]["args"] = json!([
+            program,
+            "sh",
+            "-c",
+            "echo escaped; echo x >> /proc/self/exe"
+        ]);
+        match common::try_run(&b) {
+            Ok(o) => {
+                assert!(
+                    !o.stdout.contains("escaped"),
+                    "fd {fd}: a host program ran in the container: {o:?}"
+                );
+                assert_ne!(o.status, ExitStatus::Exited(0), "fd {fd}: {o:?}");
+            }
+            Err(e) => {
+                let e = chain(&e);
+                assert!(
+                    e.contains("No such file") || e.contains("Not a directory"),
+                    "fd {fd}: {e}"
+                );
+            }
+        }
+    }
+    assert_eq!(fs::read(&outside).unwrap(), before, "host binary unchanged");
+}
+
+#[test]
 fn seccomp_denies_a_syscall_with_the_configured_errno() {
     let mut b = Bundle::new();
     b.config["linux"]["seccomp"] = json!({

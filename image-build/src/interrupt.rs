@@ -35,8 +35,12 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Temporary directories to remove on a signal.
+/// Temporary directories to remove on a signal. Its lock is also held
+/// while a finished output is put into place ([`commit`]).
 static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Set by [`commit`] once the output is in place.
+static COMMITTED: AtomicBool = AtomicBool::new(false);
 /// Process groups of helpers (dpkg) that write into them, killed first.
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
@@ -99,6 +103,11 @@ pub fn install(mode: Mode) -> std::io::Result<()> {
                     Vec::new()
                 };
                 let what = what(sig);
+                let what = if COMMITTED.load(Ordering::SeqCst) {
+                    format!("{what} after the build was in place (OUTDIR is the new build)")
+                } else {
+                    what.to_owned()
+                };
                 // Not eprintln!: after a hang-up stderr is often gone, and
                 // a panic here would end this thread before the exit.
                 use std::io::Write as _;
@@ -149,6 +158,48 @@ fn remove_registered() -> Vec<String> {
     removed
 }
 
+/// Runs `commit`, the moves that put a finished build into place, unless
+/// a signal is being handled (then `None`, and the signal thread removes
+/// the temporary directory and ends the process). A signal that comes
+/// during the moves waits for them: the registered directories are not
+/// removed under them, so OUTDIR is never a half-removed directory.
+pub fn commit<T>(commit: impl FnOnce() -> std::io::Result<T>) -> Option<std::io::Result<T>> {
+    let _held = TEMPORARY.lock().unwrap_or_else(|e| e.into_inner());
+    if interrupted() {
+        return None;
+    }
+    let done = commit();
+    if done.is_ok() {
+        COMMITTED.store(true, Ordering::SeqCst);
+    }
+    Some(done)
+}
+
+/// Where an existing OUTDIR waits while the new one is moved in, on a
+/// filesystem that cannot exchange two directories in one step.
+pub fn aside_path(out: &Path) -> PathBuf {
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    parent.join(format!(".{name}.berth-build-old-{}", std::process::id()))
+}
+
+/// Whether `dir` holds a build's output: `initrd.img` and `vmlinuz`, and
+/// nothing else.
+fn is_output(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut names: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    names == ["initrd.img", "vmlinuz"]
+}
+
 /// Registers the process group of a helper writing into a temporary
 /// directory.
 pub fn register_group(group: u32) {
@@ -181,7 +232,10 @@ pub fn unregister(path: &Path) {
 
 /// Removes `.NAME.berth-build-PID` and `.NAME.berth-build-old-PID` in
 /// `parent` whose process is gone (a PID now used by another process keeps
-/// its directory: it may be a build running right now).
+/// its directory: it may be a build running right now). An `-old-` one
+/// holding an output (`initrd.img` and `vmlinuz`) is a previous output
+/// moved aside by a build killed before it moved the new one in: with no
+/// OUTDIR it is put back instead.
 pub fn remove_stale(parent: &Path, out_name: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
@@ -189,16 +243,27 @@ pub fn remove_stale(parent: &Path, out_name: &str) {
     let prefix = format!(".{out_name}.berth-build-");
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .map(|rest| rest.strip_prefix("old-").unwrap_or(rest))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
+        let (aside, pid) = match rest.strip_prefix("old-") {
+            Some(pid) => (true, pid),
+            None => (false, rest),
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
         }
+        let out = parent.join(out_name);
+        if aside
+            && is_output(&entry.path())
+            && fs::symlink_metadata(&out).is_err()
+            && fs::rename(entry.path(), &out).is_ok()
+        {
+            continue;
+        }
+        let _ = fs::remove_dir_all(entry.path());
     }
 }

@@ -779,30 +779,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let initrd_size = fs::metadata(&initrd).map_err(out_err(&initrd))?.len();
     fs::remove_dir_all(&work).map_err(out_err(&work))?;
 
-    // Into place: an existing OUTDIR is moved aside, replaced, removed.
-    let old = parent.join(format!(
-        ".{out_name}.berth-build-old-{}",
-        std::process::id()
-    ));
+    // Into place, with the signal thread held off: a Ctrl-C from here on
+    // leaves OUTDIR whole, the old output or the new one.
     check_replaceable(&opts.out)?;
-    let had_old = fs::symlink_metadata(&opts.out).is_ok();
-    if had_old {
-        fs::rename(&opts.out, &old).map_err(out_err(&opts.out))?;
-    }
-    if let Err(e) = fs::rename(&tmp.path, &opts.out) {
-        if had_old {
-            let _ = fs::rename(&old, &opts.out);
-        }
-        return Err(BuildError::Output {
-            path: opts.out.clone(),
-            source: e,
-        });
-    }
-    let mut tmp = tmp;
-    tmp.keep = true;
-    if had_old {
-        let _ = fs::remove_dir_all(&old);
-    }
+    let placed = crate::interrupt::commit(|| put_in_place(&tmp.path, &opts.out))
+        .unwrap_or_else(|| Err(std::io::Error::from(std::io::ErrorKind::Interrupted)));
+    placed.map_err(out_err(&opts.out))?;
+    // tmp.path now holds the previous output, if there was one: the
+    // guard's drop removes it.
     Ok(BuildReport {
         images: summaries,
         modules: resolved.iter().map(|m| m.name.clone()).collect(),
@@ -813,6 +797,36 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         init_size,
         bundles,
     })
+}
+
+/// Moves the finished output `tmp` to `out`. An existing `out` is
+/// exchanged with it in one step (renameat2 RENAME_EXCHANGE), so at no
+/// moment is there no OUTDIR, even for a build killed outright, and the
+/// previous output ends at `tmp`'s path, for the caller to remove. Where
+/// the filesystem cannot exchange (NFS, some FUSE), `out` is moved aside
+/// to `.NAME.berth-build-old-PID` first; a build killed between the two
+/// moves leaves it there, and the next build puts it back
+/// ([`crate::interrupt::remove_stale`]).
+fn put_in_place(tmp: &Path, out: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fs::rename(tmp, out),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    match renameat_with(CWD, tmp, CWD, out, RenameFlags::EXCHANGE) {
+        Ok(()) => return Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+        Err(e) => return Err(e.into()),
+    }
+    let old = crate::interrupt::aside_path(out);
+    fs::rename(out, &old)?;
+    if let Err(e) = fs::rename(tmp, out) {
+        let _ = fs::rename(&old, out);
+        return Err(e);
+    }
+    // Where the exchange would have left it.
+    fs::rename(&old, tmp)
 }
 
 /// An existing OUTDIR is replaced only when it is a previous output (a

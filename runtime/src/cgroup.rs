@@ -659,6 +659,26 @@ impl Cgroup {
                 reason: "must be a non-empty relative path of plain names".to_string(),
             });
         }
+        // The directories this call makes, removed again (deepest first)
+        // when a later step fails: a limit the kernel refuses must not
+        // leave a cgroup behind at every failed start.
+        let mut made: Vec<PathBuf> = Vec::new();
+        let result = Self::create_steps(mount, relative, plan, &mut made);
+        if result.is_err() {
+            for dir in made.iter().rev() {
+                // Fails (and stays) if something else came to live there.
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        result
+    }
+
+    fn create_steps(
+        mount: &Path,
+        relative: &Path,
+        plan: &CgroupPlan,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<Cgroup, CgroupError> {
         let wanted: Vec<&str> = plan.controllers.iter().map(String::as_str).collect();
         let mut dir = mount.to_path_buf();
         for component in relative.components() {
@@ -667,7 +687,7 @@ impl Cgroup {
             }
             dir.push(component);
             match fs::create_dir(&dir) {
-                Ok(()) => {}
+                Ok(()) => made.push(dir.clone()),
                 // An existing leaf is reused, as runc does after a crash.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => return Err(CgroupError::CreateDir { path: dir, source }),

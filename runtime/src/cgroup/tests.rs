@@ -465,6 +465,42 @@ fn controllers_are_enabled_in_the_top_ancestor() {
     fs::remove_dir_all(&root).unwrap();
 }
 
+#[test]
+fn a_failed_create_removes_the_directories_it_made() {
+    let root = fake_hierarchy("undo", "");
+    let plan = CgroupPlan {
+        path: CgroupPath::Root(PathBuf::from("a/b")),
+        controllers: BTreeSet::new(),
+        writes: vec![("memory.max".to_string(), "1048576".to_string())],
+        devices: None,
+    };
+    // memory.max cannot be written into a plain directory.
+    let got = Cgroup::create_under(&root, Path::new("a/b"), &plan).unwrap_err();
+    assert!(matches!(&got, CgroupError::Write { .. }), "{got}");
+    assert!(!root.join("a").exists(), "a and a/b left behind");
+    // One that was there before is not this call's to remove.
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    Cgroup::create_under(&root, Path::new("a/b"), &plan).unwrap_err();
+    assert!(root.join("a/b").is_dir());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_limit_the_kernel_refuses_leaves_no_cgroup() {
+    let mount = find_cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").unwrap())
+        .expect("a cgroup2 mount (the unified hierarchy)");
+    let plan = CgroupPlan {
+        path: CgroupPath::Root(PathBuf::from("x")),
+        controllers: BTreeSet::new(),
+        writes: vec![("cgroup.max.depth".to_string(), "notanumber".to_string())],
+        devices: None,
+    };
+    let top = format!("berth-undo-{}", std::process::id());
+    let got = Cgroup::create_under(&mount, &Path::new(&top).join("leaf"), &plan).unwrap_err();
+    assert!(matches!(&got, CgroupError::Write { .. }), "{got}");
+    assert!(!mount.join(&top).exists(), "{top} left behind");
+}
+
 /// The host's real cgroup2 mount (on this hybrid host,
 /// /sys/fs/cgroup/unified without controllers): create a cgroup from a
 /// path-only plan, move a process in, list, kill and remove it. Limits

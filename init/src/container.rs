@@ -1227,6 +1227,7 @@ pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
         })?;
     default_oom_score_adj(&mut spec);
     default_nofile(&mut spec, rlimits::pid1_nofile_hard())?;
+    default_hook_timeouts(&mut spec);
     let rootfs = berth_runtime::spec::rootfs_path(&spec, dir).map_err(|source| {
         PrepareError::BundleRootfs {
             path: dir.to_owned(),
@@ -1321,6 +1322,49 @@ fn default_oom_score_adj(spec: &mut Spec) {
         process.set_oom_score_adj(Some(0));
         spec.set_process(Some(process));
     }
+}
+
+/// The longest a bundle's OCI hook without its own `timeout` may run, in
+/// seconds, before it is killed and counts as failed.
+pub const HOOK_TIMEOUT_SECS: i64 = 10;
+
+/// PID 1 waits for a unit's hooks (they run while its container is made
+/// and removed) and reaps, reads signals and supervises nothing else
+/// meanwhile: a hook without a `timeout` (the runtime spec makes it
+/// optional, runc waits for ever) that hangs would hang the machine, its
+/// power-off included. Such hooks get [`HOOK_TIMEOUT_SECS`].
+fn default_hook_timeouts(spec: &mut Spec) {
+    let Some(mut hooks) = spec.hooks().clone() else {
+        return;
+    };
+    let bound = |list: &Option<Vec<oci_spec::runtime::Hook>>| {
+        list.clone().map(|list| {
+            list.into_iter()
+                .map(|mut h| {
+                    if h.timeout().is_none() {
+                        h.set_timeout(Some(HOOK_TIMEOUT_SECS));
+                    }
+                    h
+                })
+                .collect()
+        })
+    };
+    #[allow(deprecated)] // prestart: still run by runtimes, and by berth's
+    {
+        let prestart = bound(hooks.prestart());
+        hooks.set_prestart(prestart);
+    }
+    let create_runtime = bound(hooks.create_runtime());
+    hooks.set_create_runtime(create_runtime);
+    let create_container = bound(hooks.create_container());
+    hooks.set_create_container(create_container);
+    let start_container = bound(hooks.start_container());
+    hooks.set_start_container(start_container);
+    let poststart = bound(hooks.poststart());
+    hooks.set_poststart(poststart);
+    let poststop = bound(hooks.poststop());
+    hooks.set_poststop(poststop);
+    spec.set_hooks(Some(hooks));
 }
 
 /// A bundle's config.json keeps its own limits; without an RLIMIT_NOFILE
@@ -1868,6 +1912,53 @@ mod tests {
         assert_eq!(with(Some(vec![nofile(100, 200)])), [nofile(100, 200)]);
         assert_eq!(with(Some(vec![core])), [core, nofile(1024, 65536)]);
         assert_eq!(with(None), [nofile(1024, 65536)]);
+    }
+
+    #[test]
+    fn bundle_hooks_without_a_timeout_get_pid1s() {
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["true"], "cwd": "/"},
+            "root": {"path": "rootfs"},
+            "hooks": {
+                "prestart": [{"path": "/bin/a"}],
+                "createRuntime": [{"path": "/bin/b"}, {"path": "/bin/c", "timeout": 60}],
+                "createContainer": [{"path": "/bin/d"}],
+                "startContainer": [{"path": "/bin/e"}],
+                "poststart": [{"path": "/bin/f"}],
+                "poststop": [{"path": "/bin/g"}]
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("berth-hooks-{}", std::process::id()));
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let (spec, _) = bundle_spec(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let hooks = spec.hooks().clone().unwrap();
+        #[allow(deprecated)]
+        let prestart = hooks.prestart().clone().unwrap();
+        let timeouts: Vec<(String, Option<i64>)> = prestart
+            .iter()
+            .chain(hooks.create_runtime().iter().flatten())
+            .chain(hooks.create_container().iter().flatten())
+            .chain(hooks.start_container().iter().flatten())
+            .chain(hooks.poststart().iter().flatten())
+            .chain(hooks.poststop().iter().flatten())
+            .map(|h| (h.path().display().to_string(), h.timeout()))
+            .collect();
+        let ten = Some(HOOK_TIMEOUT_SECS);
+        assert_eq!(
+            timeouts,
+            [
+                ("/bin/a".into(), ten),
+                ("/bin/b".into(), ten),
+                ("/bin/c".into(), Some(60)),
+                ("/bin/d".into(), ten),
+                ("/bin/e".into(), ten),
+                ("/bin/f".into(), ten),
+                ("/bin/g".into(), ten),
+            ]
+        );
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub enum State {
     Backoff {
         until: Millis,
     },
-    /// Stop signal sent; SIGKILL at `deadline` unless `killed` already.
+    /// Stop signal sent; SIGKILL at `deadline`, or once `killed`, given up
+    /// on at `deadline` ([`KILL_WAIT`] after the SIGKILL).
     Stopping {
         pid: Pid,
         deadline: Millis,
@@ -160,7 +161,19 @@ pub enum Note {
     Stopped {
         status: ExitStatus,
     },
+    /// No exit [`KILL_WAIT`] after SIGKILL: the process is stuck in the
+    /// kernel (a hung disk); shutdown goes on without it.
+    Abandoned {
+        pid: Pid,
+    },
 }
+
+/// How long a stopping unit's process may take to exit after SIGKILL
+/// before shutdown goes on without it. SIGKILL cannot be caught, but a
+/// process in uninterruptible sleep (a hung disk, a FUSE or NFS server
+/// that went away) dies only when the kernel lets it; a power-off must not
+/// wait for that for ever.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A [`Note`] with the service name: `service web started pid=123`.
 pub struct ServiceNote<'a>(pub &'a str, pub &'a Note);
@@ -215,6 +228,11 @@ impl fmt::Display for ServiceNote<'_> {
                 )
             }
             Note::Stopped { status } => write!(f, "service {name} stopped ({status})"),
+            Note::Abandoned { pid } => write!(
+                f,
+                "service {name} (pid {pid}) still there {} after SIGKILL (stuck in the kernel?): shutdown goes on without it",
+                HumanDuration(KILL_WAIT)
+            ),
         }
     }
 }
@@ -227,7 +245,8 @@ impl Note {
             Self::NotRestarting { status } if status.success() => log::Level::Info,
             Self::StartLimit { .. }
             | Self::LaunchRefused { .. }
-            | Self::SpawnFailedNotRestarting { .. } => log::Level::Error,
+            | Self::SpawnFailedNotRestarting { .. }
+            | Self::Abandoned { .. } => log::Level::Error,
             _ => log::Level::Warn,
         }
     }
@@ -358,11 +377,7 @@ impl ServiceMachine {
     pub fn deadline(&self) -> Option<Millis> {
         match self.state {
             State::Backoff { until } => Some(until),
-            State::Stopping {
-                deadline,
-                killed: false,
-                ..
-            } => Some(deadline),
+            State::Stopping { deadline, .. } => Some(deadline),
             _ => None,
         }
     }
@@ -475,7 +490,8 @@ impl ServiceMachine {
         Note::Restarting { status, delay }
     }
 
-    /// Deadlines: the end of a backoff, or a stop timeout.
+    /// Deadlines: the end of a backoff, a stop timeout, or the end of the
+    /// wait after SIGKILL.
     pub fn tick(&mut self, now: Millis) -> (Action, Option<Note>) {
         match self.state {
             State::Backoff { until } if now >= until => {
@@ -490,7 +506,7 @@ impl ServiceMachine {
             } if now >= deadline => {
                 self.state = State::Stopping {
                     pid,
-                    deadline,
+                    deadline: now.saturating_add(ms(KILL_WAIT)),
                     killed: true,
                 };
                 (
@@ -499,6 +515,14 @@ impl ServiceMachine {
                         timeout: self.stop_timeout,
                     }),
                 )
+            }
+            State::Stopping {
+                pid,
+                deadline,
+                killed: true,
+            } if now >= deadline => {
+                self.state = State::Stopped;
+                (Action::None, Some(Note::Abandoned { pid }))
             }
             _ => (Action::None, None),
         }
@@ -838,7 +862,10 @@ mod tests {
             ServiceNote("web", &note.unwrap()).to_string(),
             "service web did not stop within 5s: sent SIGKILL"
         );
-        assert_eq!(m.deadline(), None, "SIGKILL is sent once");
+        // SIGKILL is sent once; the next deadline is the end of the wait
+        // for its exit.
+        assert_eq!(m.deadline(), Some(6000 + ms(KILL_WAIT)));
+        assert_eq!(m.tick(6500).0, Action::None);
         let note = m.exited(ExitStatus::Signal(9), 6001);
         assert_eq!(
             ServiceNote("web", &note).to_string(),

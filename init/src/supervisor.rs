@@ -33,7 +33,9 @@ use crate::launcher::{LaunchError, UnitKind};
 use crate::logging::error_chain;
 use crate::manifest::{Program, Service, Task};
 use crate::order::{self, OrderError};
-use crate::service::{Action, ExitStatus, Millis, Note, ServiceMachine, ServiceNote, State};
+use crate::service::{
+    Action, ExitStatus, KILL_WAIT, Millis, Note, ServiceMachine, ServiceNote, State,
+};
 use crate::units::HumanDuration;
 
 /// How long a boot task gets between SIGTERM and SIGKILL at shutdown.
@@ -271,12 +273,13 @@ impl Supervisor {
             .next_start
             .filter(|_| !self.waiting_for_setup)
             .map(|_| self.settling.map_or(0, |_| self.settle_check));
+        let shutting_down = self.phase == Phase::ShuttingDown;
         let tasks = self.tasks.iter().filter_map(|t| match t.state {
             TaskState::Running {
                 deadline: Some(d),
-                killed: false,
+                killed,
                 ..
-            } => Some(d),
+            } if !killed || shutting_down => Some(d),
             _ => None,
         });
         let services = self.services.iter().filter_map(|s| s.machine.deadline());
@@ -327,9 +330,11 @@ impl Supervisor {
             } = t.state
                 && now >= d
             {
+                // At shutdown the task is given up on if it is still there
+                // KILL_WAIT after this (stuck in the kernel).
                 t.state = TaskState::Running {
                     pid,
-                    deadline: Some(d),
+                    deadline: Some(now.saturating_add(ms(KILL_WAIT))),
                     killed: true,
                 };
                 let waited = if self.phase == Phase::ShuttingDown {
@@ -350,6 +355,27 @@ impl Supervisor {
                 }
             }
         }
+        if self.phase == Phase::ShuttingDown {
+            for t in &mut self.tasks {
+                if let TaskState::Running {
+                    pid,
+                    deadline: Some(d),
+                    killed: true,
+                } = t.state
+                    && now >= d
+                {
+                    t.state = TaskState::Done;
+                    r.report(
+                        log::Level::Error,
+                        format_args!(
+                            "task {} (pid {pid}) still there {} after SIGKILL (stuck in the kernel?): shutdown goes on without it",
+                            t.task.name,
+                            HumanDuration(KILL_WAIT)
+                        ),
+                    );
+                }
+            }
+        }
         for i in 0..self.services.len() {
             let Some(run) = self.services.get_mut(i) else {
                 continue;
@@ -359,6 +385,10 @@ impl Supervisor {
                 run.note(r, &note, now);
             }
             self.act(i, action, now, r);
+        }
+        // A unit given up on may be the last one shutdown waited for.
+        if self.phase == Phase::ShuttingDown {
+            self.advance_shutdown(now, r);
         }
     }
 
@@ -1113,6 +1143,69 @@ mod tests {
         // Second request is a no-op.
         s.shutdown(4000, &mut r);
         assert!(r.lines.is_empty());
+    }
+
+    #[test]
+    fn shutdown_goes_on_without_a_unit_that_survives_sigkill() {
+        // web and then db never exit, not even after SIGKILL (stuck in
+        // the kernel on a hung disk): each is given up on KILL_WAIT after
+        // its SIGKILL, and shutdown ends.
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
+        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
+        settle(&mut s, &mut r, 0);
+        r.take_lines();
+        s.shutdown(1000, &mut r);
+        s.child_exited(r.pid("cron"), ExitStatus::Signal(15), 1100, &mut r);
+        s.tick(3000, &mut r);
+        assert_eq!(r.signals.last(), Some(&("web".to_owned(), Signal::SIGKILL)));
+        let wait = ms(KILL_WAIT);
+        assert_eq!(s.next_deadline(), Some(3000 + wait));
+        s.tick(3000 + wait - 1, &mut r);
+        assert_eq!(s.phase(), Phase::ShuttingDown);
+        s.tick(3000 + wait, &mut r);
+        assert_eq!(s.service_state("web"), Some(State::Stopped));
+        assert_eq!(r.signals.last(), Some(&("db".to_owned(), Signal::SIGTERM)));
+        let db_kill = 3000 + wait + 3000;
+        s.tick(db_kill, &mut r);
+        s.tick(db_kill + wait, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        let lines = r.take_lines();
+        assert!(
+            lines.contains(&format!(
+                "service web (pid {}) still there 5s after SIGKILL (stuck in the kernel?): shutdown goes on without it",
+                r.pid("web")
+            )),
+            "{lines:#?}"
+        );
+        // Its exit, if the kernel ever lets it go, is only noted.
+        s.child_exited(
+            r.pid("web"),
+            ExitStatus::Signal(9),
+            db_kill + wait + 1,
+            &mut r,
+        );
+        assert_eq!(s.phase(), Phase::Done);
+
+        // A boot task the same.
+        let mut s = supervisor(APP);
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.shutdown(10, &mut r);
+        let kill = 10 + ms(TASK_STOP_TIMEOUT);
+        s.tick(kill, &mut r);
+        assert_eq!(r.signals.last(), Some(&("t1".to_owned(), Signal::SIGKILL)));
+        assert_eq!(s.next_deadline(), Some(kill + wait));
+        s.tick(kill + wait, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        assert!(
+            r.take_lines()
+                .iter()
+                .any(|l| l.starts_with("task t1 (pid ")
+                    && l.ends_with("shutdown goes on without it")),
+        );
     }
 
     #[test]

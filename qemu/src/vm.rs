@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::ops::RangeInclusive;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -324,6 +325,15 @@ pub enum VmError {
         source: io::Error,
     },
     #[error(
+        "vm run directory {path} is not private to this user ({problem}): the qmp socket in it would give control of qemu"
+    )]
+    RunDirNotPrivate { path: PathBuf, problem: String },
+    #[error("could not read this process's effective uid from /proc/self/status")]
+    EffectiveUid {
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "qmp socket path {path} is longer than a unix socket address allows: set TMPDIR to a shorter directory"
     )]
     SocketPathTooLong { path: PathBuf },
@@ -447,14 +457,20 @@ pub fn kernel_cmdline(config: &VmConfig) -> String {
     cmdline
 }
 
-/// QEMU's option syntax separates with commas; a literal comma is doubled.
+/// A path as a value inside one of QEMU's option lists (`-drive`, `-qmp`),
+/// which separate with commas: a literal comma is doubled. Byte by byte, so
+/// a file name that is not UTF-8 reaches QEMU as it is. Only for option
+/// lists: a plain argument (`-kernel`, `-initrd`) is taken whole, and a
+/// doubled comma there names another file.
 fn escape_option(value: &Path) -> OsString {
-    let s = value.as_os_str().to_string_lossy();
-    if s.contains(',') {
-        OsString::from(s.replace(',', ",,"))
-    } else {
-        value.as_os_str().to_owned()
+    let mut escaped = Vec::with_capacity(value.as_os_str().len());
+    for &byte in value.as_os_str().as_bytes() {
+        escaped.push(byte);
+        if byte == b',' {
+            escaped.push(b',');
+        }
     }
+    OsString::from_vec(escaped)
 }
 
 /// The QEMU command line (without the program) for an appliance and config,
@@ -514,7 +530,15 @@ pub fn qemu_args(
     args.push("virtio-net-pci,netdev=net0,romfile=".into());
 
     if let Some(disk) = &config.data_disk {
-        let mut drive = OsString::from("file=");
+        // The file driver named, and the path as its filename: QEMU parses
+        // no protocol out of it. Given as `file=PATH`, the block layer
+        // reads whatever precedes a `:` before any `/` as a protocol
+        // (`a:b.img` is "Unknown protocol 'a'", `nbd:...` would connect)
+        // and `json:{...}` as the options themselves; an absolute path or
+        // a `./` prefix would dodge those two rules, this dodges every
+        // rule, now and in later QEMUs. The disk is a regular file
+        // ([`prepare_data_disk`]), what the file driver requires.
+        let mut drive = OsString::from("file.driver=file,file.filename=");
         drive.push(escape_option(&disk.path));
         drive.push(",format=raw,if=none,id=data");
         args.push("-drive".into());
@@ -523,10 +547,11 @@ pub fn qemu_args(
         args.push("virtio-blk-pci,drive=data,serial=berth-data".into());
     }
 
+    // Plain arguments, not option lists: their commas stay as they are.
     args.push("-kernel".into());
     args.push(appliance.kernel.as_os_str().to_owned());
     args.push("-initrd".into());
-    args.push(escape_option(&appliance.initrd));
+    args.push(appliance.initrd.as_os_str().to_owned());
     args.push("-append".into());
     args.push(kernel_cmdline(config).into());
     Ok(args)
@@ -540,12 +565,79 @@ fn make_run_dir() -> Result<PathBuf, VmError> {
         remove_stale_run_dirs(&std::env::temp_dir());
     }
     let dir = std::env::temp_dir().join(format!("berth-qemu-{}-{n}", std::process::id()));
+    // A leftover of a killed berth-qemu that had our pid. Not followed if
+    // it is a symlink; in a sticky /tmp, another user's stays.
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir(&dir).map_err(|source| VmError::RunDir {
-        path: dir.clone(),
+    create_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Creates `dir` for this user alone, or takes an existing one that
+/// already is: whoever can connect to the QMP socket inside controls QEMU,
+/// and through it runs commands as us (`migrate` to an `exec:` URI runs a
+/// shell command). The socket's own mode comes from the umask, so the
+/// directory is what keeps other users out.
+fn create_private_dir(dir: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    // 0700 given to mkdir(2) itself, not set by a chmod after it: the
+    // umask only clears bits, so the directory is never open to others,
+    // not even for a moment, whatever the umask.
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        // Another user may have made it first (the name is predictable):
+        // checked below like our own.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(VmError::RunDir {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    }
+    check_private_dir(dir, effective_uid()?)
+}
+
+/// Refuses `dir` unless it is a directory (not a symlink to one, which
+/// another user could point elsewhere) owned by `euid` without any group
+/// or other permission bits.
+fn check_private_dir(dir: &Path, euid: u32) -> Result<(), VmError> {
+    use std::os::unix::fs::MetadataExt;
+    // lstat: the symlink itself, not where it leads.
+    let meta = fs::symlink_metadata(dir).map_err(|source| VmError::RunDir {
+        path: dir.to_path_buf(),
         source,
     })?;
-    Ok(dir)
+    let problem = if meta.file_type().is_symlink() {
+        "it is a symlink".to_string()
+    } else if !meta.is_dir() {
+        "it is not a directory".to_string()
+    } else if meta.uid() != euid {
+        format!("it is owned by uid {}, not {euid}", meta.uid())
+    } else if meta.mode() & 0o077 != 0 {
+        format!("its mode is {:04o}", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(VmError::RunDirNotPrivate {
+        path: dir.to_path_buf(),
+        problem,
+    })
+}
+
+/// This process's effective uid: the second field of the `Uid:` line of
+/// /proc/self/status (real, effective, saved, filesystem). std has no
+/// geteuid, and this crate calls nothing unsafe.
+fn effective_uid() -> Result<u32, VmError> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|source| VmError::EffectiveUid { source })?;
+    parse_effective_uid(&status).ok_or_else(|| VmError::EffectiveUid {
+        source: io::Error::new(io::ErrorKind::InvalidData, "no valid Uid: line"),
+    })
+}
+
+fn parse_effective_uid(status: &str) -> Option<u32> {
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Removes the run directories (`berth-qemu-PID-N`) under `tmp` of
@@ -1160,7 +1252,7 @@ mod tests {
         );
         assert_eq!(
             value_of(&args, "-drive"),
-            ["file=/d/a,,b.img,format=raw,if=none,id=data"]
+            ["file.driver=file,file.filename=/d/a,,b.img,format=raw,if=none,id=data"]
         );
         assert_eq!(
             value_of(&args, "-device"),
@@ -1174,6 +1266,88 @@ mod tests {
             ["console=ttyS0 panic=-1 quiet berth.debug=1"]
         );
         assert_eq!(value_of(&args, "-m"), ["256"]);
+    }
+
+    /// `-kernel` and `-initrd` are plain arguments: a doubled comma would
+    /// name a file that does not exist ("error reading initrd").
+    #[test]
+    fn kernel_and_initrd_paths_keep_their_commas() {
+        let appliance = Appliance {
+            kernel: "/x/a,b/vmlinuz".into(),
+            initrd: "/x/a,b/initrd.img".into(),
+        };
+        let args: Vec<String> = qemu_args(&appliance, &VmConfig::default(), Path::new("/q"))
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(value_of(&args, "-kernel"), ["/x/a,b/vmlinuz"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/x/a,b/initrd.img"]);
+    }
+
+    /// As `file=PATH`, QEMU reads `a:` as a protocol ("Unknown protocol
+    /// 'a'") and `json:{...}` as options; named through the file driver,
+    /// every one of these is a file name (checked against QEMU 7.2).
+    #[test]
+    fn data_disk_paths_are_never_read_as_a_protocol_or_options() {
+        for (path, filename) in [
+            ("a:b.img", "a:b.img"),
+            ("json:{}", "json:{}"),
+            (
+                r#"json:{"driver":"nbd","host":"x"}"#,
+                r#"json:{"driver":"nbd",,"host":"x"}"#,
+            ),
+            ("nbd:localhost:10809", "nbd:localhost:10809"),
+            ("file:x.img", "file:x.img"),
+            ("/d/a:b.img", "/d/a:b.img"),
+        ] {
+            let args = args_string(&VmConfig {
+                data_disk: Some(DataDisk {
+                    path: path.into(),
+                    size: None,
+                }),
+                ..VmConfig::default()
+            });
+            assert_eq!(
+                value_of(&args, "-drive"),
+                [format!(
+                    "file.driver=file,file.filename={filename},format=raw,if=none,id=data"
+                )],
+                "{path}"
+            );
+        }
+    }
+
+    /// Inside an option list a path's commas are doubled byte by byte: a
+    /// file name that is not UTF-8 is not mangled on the way.
+    #[test]
+    fn option_values_escape_commas_in_paths_that_are_not_utf8() {
+        let path = |bytes: &[u8]| PathBuf::from(OsString::from_vec(bytes.to_vec()));
+        let config = VmConfig {
+            data_disk: Some(DataDisk {
+                path: path(b"/d/\xff,x.img"),
+                size: None,
+            }),
+            ..VmConfig::default()
+        };
+        let args = qemu_args(&appliance(), &config, &path(b"/run/\xfe,q/qmp.sock")).unwrap();
+        let value = |flag: &str| -> Vec<Vec<u8>> {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_bytes().to_vec())
+                .collect()
+        };
+        assert_eq!(
+            value("-drive"),
+            [
+                b"file.driver=file,file.filename=/d/\xff,,x.img,format=raw,if=none,id=data"
+                    .to_vec()
+            ]
+        );
+        assert_eq!(
+            value("-qmp"),
+            [b"unix:/run/\xfe,,q/qmp.sock,server=on,wait=off".to_vec()]
+        );
     }
 
     #[test]
@@ -1230,6 +1404,69 @@ mod tests {
         assert!(!dead.exists());
         assert!(live.exists() && other.exists() && file.exists());
         fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn run_directories_are_ours_alone_or_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = std::env::temp_dir().join(format!("berth-private-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).unwrap();
+        let euid = effective_uid().unwrap();
+        // Made here: this user's, 0700 whatever the umask (the CLI test
+        // `the_qmp_directory_is_private_under_umask_000` sets it to 000).
+        let dir = tmp.join("made");
+        create_private_dir(&dir).unwrap();
+        let meta = fs::symlink_metadata(&dir).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (euid, 0o700));
+        // Found already there and private to us: taken.
+        create_private_dir(&dir).unwrap();
+        let refused = |path: &Path, euid: u32| match check_private_dir(path, euid) {
+            Err(VmError::RunDirNotPrivate { problem, .. }) => problem,
+            other => panic!("{}: {other:?}", path.display()),
+        };
+        // Someone else's.
+        assert_eq!(
+            refused(&dir, euid + 1),
+            format!("it is owned by uid {euid}, not {}", euid + 1)
+        );
+        // Open to the group or to others.
+        for mode in [0o777, 0o750, 0o701, 0o1733] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(refused(&dir, euid), format!("its mode is {mode:04o}"));
+            let err = create_private_dir(&dir).unwrap_err();
+            assert!(
+                err.to_string().contains("is not private to this user"),
+                "{err}"
+            );
+        }
+        // A symlink, even to a private directory of ours.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert_eq!(refused(&link, euid), "it is a symlink");
+        assert!(create_private_dir(&link).is_err());
+        let file = tmp.join("file");
+        fs::write(&file, b"").unwrap();
+        assert_eq!(refused(&file, euid), "it is not a directory");
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn the_effective_uid_is_read_from_proc() {
+        let status =
+            "Name:\tberth-qemu\nUmask:\t0022\nUid:\t1000\t1001\t1002\t1003\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_effective_uid(status), Some(1001));
+        assert_eq!(parse_effective_uid("Name:\tx\n"), None);
+        assert_eq!(parse_effective_uid("Uid:\t1000\n"), None);
+        assert_eq!(parse_effective_uid("Uid:\t1000\tx\t0\t0\n"), None);
+        // What this process's new files are owned by.
+        use std::os::unix::fs::MetadataExt;
+        let file = std::env::temp_dir().join(format!("berth-euid-{}", std::process::id()));
+        fs::write(&file, b"").unwrap();
+        let owner = fs::metadata(&file).unwrap().uid();
+        fs::remove_file(&file).unwrap();
+        assert_eq!(effective_uid().unwrap(), owner);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -632,6 +633,88 @@ fn run_refuses_an_outdir_without_an_appliance() {
         stderr.contains("/nonexistent/berth-outdir/vmlinuz is missing"),
         "{stderr}"
     );
+}
+
+/// `berth-qemu run OUTDIR` under `umask 000`, with a stand-in QEMU first
+/// on PATH that boots nothing: it writes to `report` what it found (the
+/// umask it inherited, its QMP socket's directory, its `-initrd` file) and
+/// exits 1. Returns the report and berth-qemu's exit code and stderr.
+fn run_with_report_qemu(dir: &std::path::Path, outdir: &str) -> (String, Option<i32>, String) {
+    let out = dir.join(outdir);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("vmlinuz"), b"stand-in").unwrap();
+    std::fs::write(out.join("initrd.img"), b"stand-in").unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let report = dir.join("report");
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        format!(
+            r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -qmp) qmp=${{2#unix:}}; qmp=${{qmp%,server=on,wait=off}}; shift ;;
+        -initrd) initrd=$2; shift ;;
+    esac
+    shift
+done
+{{
+    echo "umask $(umask)"
+    echo "run dir $(stat -c '%a %u' "$(dirname "$qmp")")"
+    if [ -f "$initrd" ]; then echo "initrd found"; else echo "initrd $initrd missing"; fi
+}} > {report}
+echo "stand-in qemu: not booting" >&2
+exit 1
+"#,
+            report = report.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$@\"", "sh", BIN, "run"])
+        .arg(&out)
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("the stand-in qemu did not run ({e}): {stderr}"));
+    (report, output.status.code(), stderr)
+}
+
+/// QEMU binds its QMP socket with the mode the umask leaves: the
+/// directory around it must keep other users out even under umask 000,
+/// as QMP runs host commands (`migrate` to `exec:`) as berth-qemu's user.
+#[test]
+fn the_qmp_directory_is_private_under_umask_000() {
+    let dir = common::scratch("cli-umask");
+    let (report, code, stderr) = run_with_report_qemu(&dir, "out");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("stand-in qemu: not booting"), "{stderr}");
+    let uid = std::fs::metadata(&dir).unwrap().uid();
+    assert_eq!(
+        report,
+        format!("umask 0000\nrun dir 700 {uid}\ninitrd found\n"),
+        "{stderr}"
+    );
+}
+
+/// `-initrd` takes its path whole: an OUTDIR with a comma boots the
+/// files in it (in QEMU 7.2, not an option list whose commas are doubled).
+#[test]
+fn an_outdir_with_a_comma_reaches_qemu_as_it_is() {
+    let dir = common::scratch("cli-comma");
+    let (report, code, stderr) = run_with_report_qemu(&dir, "out,dir");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(report.ends_with("\ninitrd found\n"), "{report}");
 }
 
 #[test]

@@ -303,11 +303,21 @@ fn arm64_variant(v: &str) -> Option<String> {
     }
 }
 
+/// The text form escapes control characters ([`crate::printable`]): the
+/// fields come from the image (its config, its index), and this form goes
+/// into messages and onto terminals (`inspect`, `unpack`), where a newline
+/// would forge a line and an escape sequence would talk to the terminal.
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
+        use crate::printable;
+        write!(
+            f,
+            "{}/{}",
+            printable(&self.os),
+            printable(&self.architecture)
+        )?;
         if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
+            write!(f, "/{}", printable(v))?;
         }
         Ok(())
     }
@@ -337,7 +347,8 @@ pub struct DescriptorPlatform {
     pub variant: Option<String>,
 }
 
-/// An image index (also the layout's `index.json`).
+/// An image index (also the layout's `index.json`). Read through
+/// [`Reader::document`], which refuses one that is also a manifest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Index {
     #[serde(rename = "schemaVersion")]
@@ -345,7 +356,8 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
 }
 
-/// An image manifest.
+/// An image manifest. Read through [`Reader::document`], which refuses one
+/// that is also an index or whose `mediaType` is not its descriptor's.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     #[serde(rename = "schemaVersion")]
@@ -354,6 +366,83 @@ pub struct Manifest {
     pub media_type: Option<String>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+}
+
+/// Which of the two documents a descriptor leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DocumentKind {
+    Index,
+    Manifest,
+}
+
+impl DocumentKind {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Index => "index",
+            Self::Manifest => "manifest",
+        }
+    }
+}
+
+/// The fields that tell an index from a manifest, read from a document's
+/// bytes before it is taken as either. One JSON document that is both (its
+/// `manifests` and its `config` + `layers`) is read as an index by one tool
+/// and as a manifest by another: two images under one digest
+/// (CVE-2021-41190, GHSA-77vh-xpmg-72qh). containerd's `validateMediaType`
+/// refuses the same shapes; a field counts when present, even as `null`.
+#[derive(Deserialize)]
+struct DocumentShape {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<u64>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    manifests: bool,
+    #[serde(default, deserialize_with = "present")]
+    config: bool,
+    #[serde(default, deserialize_with = "present")]
+    layers: bool,
+}
+
+/// `true` for a field that is there, whatever its value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+impl DocumentShape {
+    /// Why a document read as `kind` is refused: its `schemaVersion` is not
+    /// 2, its own `mediaType` is not the one `declared` by the descriptor
+    /// that led to it (for `index.json`, which has none: not an index's), or
+    /// it has the other kind's fields.
+    fn problem(&self, kind: DocumentKind, declared: Option<&str>) -> Option<String> {
+        if let Some(v) = self.schema_version.filter(|v| *v != 2) {
+            return Some(format!("has schemaVersion {v}"));
+        }
+        if let Some(own) = &self.media_type {
+            match declared {
+                Some(declared) if own != declared => {
+                    return Some(format!(
+                        "has mediaType {own:?}, but its descriptor says {declared:?}"
+                    ));
+                }
+                None if !INDEX_TYPES.contains(&own.as_str()) => {
+                    return Some(format!("has mediaType {own:?}, not an image index's"));
+                }
+                _ => {}
+            }
+        }
+        let (other, fields) = match kind {
+            DocumentKind::Index => (
+                "a manifest",
+                vec![("config", self.config), ("layers", self.layers)],
+            ),
+            DocumentKind::Manifest => ("an index", vec![("manifests", self.manifests)]),
+        };
+        let present: Vec<String> = (fields.iter().filter(|(_, has)| *has))
+            .map(|(field, _)| format!("{field:?}"))
+            .collect();
+        (!present.is_empty()).then(|| format!("is also {other} (it has {})", present.join(" and ")))
+    }
 }
 
 /// The image configuration (`config.md`); unknown fields are ignored, as
@@ -758,6 +847,35 @@ impl Reader<'_> {
         })
     }
 
+    /// Reads an index or a manifest (as [`Self::json`]) and refuses it
+    /// unless it is only that, as its descriptor's `declared` media type
+    /// says (see [`DocumentShape`]).
+    fn document<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: DocumentKind,
+        loc: &BlobLocation,
+        digest: Option<&Sha256Digest>,
+        size: Option<u64>,
+        declared: Option<&str>,
+    ) -> Result<T, ImageError> {
+        let what = kind.what();
+        let bytes = self.read_verified(what, loc, digest, size)?;
+        let malformed = |source| ImageError::Json {
+            image: self.name.to_string(),
+            what,
+            name: loc_label(loc),
+            source,
+        };
+        let shape: DocumentShape = serde_json::from_slice(&bytes).map_err(malformed)?;
+        if let Some(problem) = shape.problem(kind, declared) {
+            return Err(ImageError::Invalid {
+                image: self.name.to_string(),
+                reason: format!("{what} {} {problem}", loc_label(loc)),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(malformed)
+    }
+
     fn descriptor_digest(
         &self,
         what: &'static str,
@@ -772,10 +890,12 @@ impl Reader<'_> {
     }
 }
 
+/// A blob's name in messages. Member names come from the archive's
+/// `manifest.json`, so their control characters are escaped.
 fn loc_label(loc: &BlobLocation) -> String {
     match loc {
         BlobLocation::Digest(d) => d.to_string(),
-        BlobLocation::Member(m) => m.clone(),
+        BlobLocation::Member(m) => crate::printable(m).into_owned(),
     }
 }
 
@@ -839,9 +959,10 @@ impl Image {
                 reason: "oci-layout has no imageLayoutVersion".into(),
             });
         }
-        let index: Index = rd.json(
-            "index",
+        let index: Index = rd.document(
+            DocumentKind::Index,
             &BlobLocation::Member("index.json".into()),
+            None,
             None,
             None,
         )?;
@@ -854,34 +975,23 @@ impl Image {
             None => index.manifests.iter().collect(),
         };
         if candidates.is_empty() {
-            let tags: Vec<&str> = index
-                .manifests
-                .iter()
-                .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
-                .collect();
+            let tags = tag_list(index.manifests.iter());
             return Err(ImageError::Select {
                 image: name,
                 reason: match tag {
-                    Some(t) => format!(
-                        "no image tagged {t:?} in the layout (tags: {})",
-                        tags.join(", ")
-                    ),
+                    Some(t) => format!("no image tagged {t:?} in the layout (tags: {tags})"),
                     None => "the layout holds no image".into(),
                 },
             });
         }
         // Several untagged choices are fine only if they differ by platform.
         if candidates.len() > 1 && candidates.iter().any(|d| d.platform.is_none()) {
-            let tags: Vec<&str> = candidates
-                .iter()
-                .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
-                .collect();
+            let tags = tag_list(candidates.iter().copied());
             return Err(ImageError::Select {
                 image: name,
                 reason: format!(
-                    "the layout holds {} images: name one with :TAG (tags: {})",
+                    "the layout holds {} images: name one with :TAG (tags: {tags})",
                     candidates.len(),
-                    tags.join(", ")
                 ),
             });
         }
@@ -900,26 +1010,18 @@ impl Image {
         };
         let manifest_desc = resolve_descriptor(&rd, first, platform, 0)?;
         let manifest_digest = rd.descriptor_digest("manifest", &manifest_desc)?;
-        let manifest: Manifest = rd.json(
-            "manifest",
+        let manifest: Manifest = rd.document(
+            DocumentKind::Manifest,
             &BlobLocation::Digest(manifest_digest.clone()),
             Some(&manifest_digest),
             Some(manifest_desc.size),
+            Some(&manifest_desc.media_type),
         )?;
-        if manifest.schema_version != 2 {
-            return Err(ImageError::Invalid {
-                image: name,
-                reason: format!(
-                    "manifest {manifest_digest} has schemaVersion {}",
-                    manifest.schema_version
-                ),
-            });
-        }
         if !CONFIG_TYPES.contains(&manifest.config.media_type.as_str()) {
             return Err(ImageError::MediaType {
                 image: name,
                 what: "config",
-                name: manifest.config.digest.clone(),
+                name: crate::printable(&manifest.config.digest).into_owned(),
                 media_type: manifest.config.media_type.clone(),
             });
         }
@@ -1012,7 +1114,8 @@ impl Image {
                         items.len(),
                         items
                             .iter()
-                            .flat_map(|i| i.repo_tags.iter().map(String::as_str))
+                            .flat_map(|i| &i.repo_tags)
+                            .map(|t| crate::printable(t))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -1048,14 +1151,14 @@ impl Image {
                     return Err(ImageError::Missing {
                         image: name.clone(),
                         what: "layer",
-                        name: member,
+                        name: crate::printable(&member).into_owned(),
                     });
                 }
                 Err(source) => {
                     return Err(ImageError::Read {
                         image: name.clone(),
                         what: "layer",
-                        name: member,
+                        name: crate::printable(&member).into_owned(),
                         source,
                     });
                 }
@@ -1125,6 +1228,16 @@ fn member_digest(member: &str) -> Option<Sha256Digest> {
     }
     let hex = member.strip_suffix(".json")?;
     Sha256Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
+/// The `ref.name` tags of index entries for a message, their control
+/// characters escaped.
+fn tag_list<'a>(entries: impl Iterator<Item = &'a Descriptor>) -> String {
+    entries
+        .filter_map(|d| d.annotations.get(REF_NAME))
+        .map(|t| crate::printable(t))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn descriptor_platform(p: &DescriptorPlatform) -> Platform {
@@ -1200,7 +1313,7 @@ fn resolve_descriptor(
         return Err(ImageError::MediaType {
             image: rd.name.to_string(),
             what: "manifest",
-            name: desc.digest.clone(),
+            name: crate::printable(&desc.digest).into_owned(),
             media_type: desc.media_type.clone(),
         });
     }
@@ -1211,11 +1324,12 @@ fn resolve_descriptor(
         });
     }
     let digest = rd.descriptor_digest("index", desc)?;
-    let index: Index = rd.json(
-        "index",
+    let index: Index = rd.document(
+        DocumentKind::Index,
         &BlobLocation::Digest(digest.clone()),
         Some(&digest),
         Some(desc.size),
+        Some(&desc.media_type),
     )?;
     // The best fitting entry, the first of equals (image-index.md: first
     // match wins); entries of unknown media type (attestations, artifacts)
@@ -1379,6 +1493,63 @@ mod tests {
             None
         );
         assert_eq!(layer_compression("text/plain"), None);
+    }
+
+    #[test]
+    fn document_shapes() {
+        let problem = |json: &str, kind, declared| {
+            serde_json::from_str::<DocumentShape>(json)
+                .unwrap()
+                .problem(kind, declared)
+        };
+        let (oci_m, oci_i) = (MANIFEST_TYPES[0], INDEX_TYPES[0]);
+        let (docker_m, docker_l) = (MANIFEST_TYPES[1], INDEX_TYPES[1]);
+        use DocumentKind::{Index as I, Manifest as M};
+        // Each kind as itself, with or without its own mediaType.
+        let m = r#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert_eq!(problem(m, M, Some(oci_m)), None);
+        let dm =
+            format!(r#"{{"schemaVersion":2,"mediaType":"{docker_m}","config":{{}},"layers":[]}}"#);
+        assert_eq!(problem(&dm, M, Some(docker_m)), None);
+        let dl = format!(r#"{{"schemaVersion":2,"mediaType":"{docker_l}","manifests":[]}}"#);
+        assert_eq!(problem(&dl, I, Some(docker_l)), None);
+        assert_eq!(problem(&dl, I, None), None);
+        assert_eq!(
+            problem(r#"{"schemaVersion":2,"manifests":[]}"#, I, None),
+            None
+        );
+        // A field counts when present, whatever its value.
+        assert_eq!(
+            problem(
+                r#"{"schemaVersion":2,"config":{},"layers":[],"manifests":null}"#,
+                M,
+                Some(oci_m)
+            ),
+            Some(r#"is also an index (it has "manifests")"#.into())
+        );
+        assert_eq!(
+            problem(
+                r#"{"schemaVersion":2,"manifests":[],"config":null}"#,
+                I,
+                Some(oci_i)
+            ),
+            Some(r#"is also a manifest (it has "config")"#.into())
+        );
+        // Own mediaType against the descriptor's, within a kind too.
+        assert_eq!(
+            problem(&dm, M, Some(oci_m)),
+            Some(format!(
+                "has mediaType {docker_m:?}, but its descriptor says {oci_m:?}"
+            ))
+        );
+        assert_eq!(
+            problem(&dm, I, None),
+            Some(format!("has mediaType {docker_m:?}, not an image index's"))
+        );
+        assert_eq!(
+            problem(r#"{"schemaVersion":1,"manifests":[]}"#, I, Some(oci_i)),
+            Some("has schemaVersion 1".into())
+        );
     }
 
     #[test]

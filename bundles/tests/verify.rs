@@ -756,3 +756,312 @@ fn zstd_window_above_the_limit_is_named() {
         }
     }
 }
+
+/// Opens an image (index, manifest and config read and verified, no
+/// layer read): the error as one line.
+fn open(image: &str, platform: Option<&str>) -> Result<berth_bundles::Image, String> {
+    let r = ImageRef::parse(image).map_err(|e| chain(&e))?;
+    let platform = platform
+        .map(|p| Platform::parse(p).unwrap())
+        .unwrap_or_default();
+    berth_bundles::Image::open(&r, &platform).map_err(|e| chain(&e))
+}
+
+/// The JSON document a descriptor points at.
+fn document(l: &Layout, desc: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(l.blob_path(desc)).unwrap()).unwrap()
+}
+
+/// Stores `doc` as a blob under a descriptor of media type `mt`.
+fn store(l: &Layout, mt: &str, doc: &serde_json::Value) -> serde_json::Value {
+    l.blob(mt, &serde_json::to_vec(doc).unwrap())
+}
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A manifest that also lists `manifests` reads as an index to another
+/// tool: two images under one digest (CVE-2021-41190). Refused, whether
+/// its own mediaType says manifest, says nothing, or says index (then as
+/// a mediaType its descriptor does not give it).
+#[test]
+fn manifest_that_is_also_an_index_is_refused() {
+    let s = Scratch::new("ambig-manifest");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, _) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    let (other, _) = l.image(&[tar(&[E::file("other", "o")])], Comp::Gzip, "amd64");
+    let img = format!("oci:{}", l.dir.display());
+    // With its own mediaType (a manifest's, as written) and without.
+    for own_type in [true, false] {
+        let mut doc = document(&l, &m);
+        doc["manifests"] = json!([other]);
+        if !own_type {
+            doc.as_object_mut().unwrap().remove("mediaType");
+        }
+        let both = store(&l, OCI_MANIFEST, &doc);
+        l.index(&[(both.clone(), None)]);
+        let err = open(&img, None).expect_err("ambiguous manifest accepted");
+        let want = format!(
+            "manifest {} is also an index (it has \"manifests\")",
+            both["digest"].as_str().unwrap()
+        );
+        assert!(err.contains(&want), "{err}");
+    }
+    // The reviewer's shape: mediaType and `manifests` of an index, the
+    // config and layers of a manifest, reached as a manifest.
+    let mut doc = document(&l, &m);
+    doc["mediaType"] = json!(OCI_INDEX);
+    doc["manifests"] = json!([other]);
+    let both = store(&l, OCI_MANIFEST, &doc);
+    l.index(&[(both.clone(), None)]);
+    let err = open(&img, None).expect_err("ambiguous manifest accepted");
+    let want = format!(
+        "manifest {} has mediaType \"{OCI_INDEX}\", but its descriptor says \"{OCI_MANIFEST}\"",
+        both["digest"].as_str().unwrap()
+    );
+    assert!(err.contains(&want), "{err}");
+}
+
+/// An index that also has a manifest's `config` and `layers`: refused,
+/// nested or as the layout's index.json.
+#[test]
+fn index_that_is_also_a_manifest_is_refused() {
+    let s = Scratch::new("ambig-index");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, _) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    let manifest = document(&l, &m);
+    let img = format!("oci:{}", l.dir.display());
+    let idx = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [m],
+        "config": manifest["config"], "layers": manifest["layers"]});
+    let both = store(&l, OCI_INDEX, &idx);
+    l.index(&[(both.clone(), None)]);
+    let err = open(&img, None).expect_err("ambiguous index accepted");
+    let want = format!(
+        "index {} is also a manifest (it has \"config\" and \"layers\")",
+        both["digest"].as_str().unwrap()
+    );
+    assert!(err.contains(&want), "{err}");
+    // One of the two is enough.
+    let mut idx = idx.clone();
+    idx.as_object_mut().unwrap().remove("config");
+    let both = store(&l, OCI_INDEX, &idx);
+    l.index(&[(both.clone(), None)]);
+    let err = open(&img, None).expect_err("ambiguous index accepted");
+    assert!(
+        err.contains("is also a manifest (it has \"layers\")"),
+        "{err}"
+    );
+    // The layout's own index.json.
+    let top = json!({"schemaVersion": 2, "manifests": [m], "layers": []});
+    fs::write(l.dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let err = open(&img, None).expect_err("ambiguous index.json accepted");
+    assert!(
+        err.contains("index index.json is also a manifest (it has \"layers\")"),
+        "{err}"
+    );
+}
+
+/// An index must have schemaVersion 2, as a manifest must.
+#[test]
+fn index_schema_version_other_than_2_is_refused() {
+    let s = Scratch::new("index-schema");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, _) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    let img = format!("oci:{}", l.dir.display());
+    let nested = store(
+        &l,
+        OCI_INDEX,
+        &json!({"schemaVersion": 1, "manifests": [m]}),
+    );
+    l.index(&[(nested.clone(), None)]);
+    let err = open(&img, None).expect_err("schemaVersion 1 accepted");
+    let want = format!(
+        "index {} has schemaVersion 1",
+        nested["digest"].as_str().unwrap()
+    );
+    assert!(err.contains(&want), "{err}");
+    let top = json!({"schemaVersion": 1, "manifests": [m]});
+    fs::write(l.dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let err = open(&img, None).expect_err("schemaVersion 1 accepted");
+    assert!(
+        err.contains("index index.json has schemaVersion 1"),
+        "{err}"
+    );
+}
+
+/// A document's own mediaType must be the one its descriptor gives it,
+/// also within one kind (a Docker manifest behind an OCI descriptor), and
+/// index.json's must be an index's.
+#[test]
+fn document_media_type_must_match_its_descriptor() {
+    let s = Scratch::new("doc-media-type");
+    let l = Layout::new(&s.path().join("img"));
+    let (m, _) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    let img = format!("oci:{}", l.dir.display());
+    let docker_manifest = "application/vnd.docker.distribution.manifest.v2+json";
+    let mut doc = document(&l, &m);
+    doc["mediaType"] = json!(docker_manifest);
+    let odd = store(&l, OCI_MANIFEST, &doc);
+    l.index(&[(odd.clone(), None)]);
+    let err = open(&img, None).expect_err("mismatched mediaType accepted");
+    let want = format!(
+        "manifest {} has mediaType \"{docker_manifest}\", but its descriptor says \"{OCI_MANIFEST}\"",
+        odd["digest"].as_str().unwrap()
+    );
+    assert!(err.contains(&want), "{err}");
+    // A nested index that calls itself a manifest.
+    let idx = store(
+        &l,
+        OCI_INDEX,
+        &json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "manifests": [m]}),
+    );
+    l.index(&[(idx.clone(), None)]);
+    let err = open(&img, None).expect_err("mismatched mediaType accepted");
+    let want = format!(
+        "index {} has mediaType \"{OCI_MANIFEST}\", but its descriptor says \"{OCI_INDEX}\"",
+        idx["digest"].as_str().unwrap()
+    );
+    assert!(err.contains(&want), "{err}");
+    let top = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "manifests": [m]});
+    fs::write(l.dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let err = open(&img, None).expect_err("mismatched mediaType accepted");
+    assert!(
+        err.contains(&format!(
+            "index index.json has mediaType \"{OCI_MANIFEST}\", not an image index's"
+        )),
+        "{err}"
+    );
+}
+
+/// Docker's schema2 manifest list and manifest in a layout (as buildx and
+/// Docker's containerd store write them), their own mediaTypes given, and
+/// OCI documents that omit theirs, still open.
+#[test]
+fn docker_schema2_and_untyped_documents_still_open() {
+    let s = Scratch::new("docker-types");
+    let l = Layout::new(&s.path().join("img"));
+    let tars = sample_layers();
+    let layers: Vec<serde_json::Value> = tars
+        .iter()
+        .map(|t| {
+            l.blob(
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                &common::gzip(t),
+            )
+        })
+        .collect();
+    let cfg = l.config(&tars, "amd64", json!({}));
+    let cfg = store(&l, "application/vnd.docker.container.image.v1+json", &cfg);
+    let manifest_type = "application/vnd.docker.distribution.manifest.v2+json";
+    let list_type = "application/vnd.docker.distribution.manifest.list.v2+json";
+    let mut m = store(
+        &l,
+        manifest_type,
+        &json!({"schemaVersion": 2, "mediaType": manifest_type, "config": cfg, "layers": layers}),
+    );
+    m["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    let list = store(
+        &l,
+        list_type,
+        &json!({"schemaVersion": 2, "mediaType": list_type, "manifests": [m]}),
+    );
+    l.index(&[(list, Some("docker"))]);
+    let image = open(&format!("oci:{}:docker", l.dir.display()), None).unwrap();
+    assert_eq!(image.layers.len(), 2);
+    // OCI documents without a mediaType of their own (older tools).
+    let (m, _) = l.image(&tars, Comp::Gzip, "amd64");
+    let mut doc = document(&l, &m);
+    doc.as_object_mut().unwrap().remove("mediaType");
+    let bare = store(&l, OCI_MANIFEST, &doc);
+    let idx = store(
+        &l,
+        OCI_INDEX,
+        &json!({"schemaVersion": 2, "manifests": [bare]}),
+    );
+    l.index(&[(idx, Some("bare"))]);
+    open(&format!("oci:{}:bare", l.dir.display()), None).unwrap();
+}
+
+/// Text from the image (tags, platforms, archive member names) reaches
+/// messages and `inspect` with its control characters escaped: a newline
+/// would forge a `berth-build unpack: …` line, an escape sequence would
+/// talk to the terminal.
+#[test]
+fn control_characters_from_the_image_are_escaped() {
+    const EVIL: &str = "x\nberth-build unpack: forged\x1b[31mred";
+    let escaped = |what: &str, text: &str| {
+        assert!(
+            !text.chars().any(char::is_control),
+            "{what}: raw control characters in {text:?}"
+        );
+        assert!(
+            text.contains(r"x\nberth-build unpack: forged\u{1b}[31mred"),
+            "{what}: {text}"
+        );
+    };
+    let s = Scratch::new("ctrl");
+    let l = Layout::new(&s.path().join("img"));
+    let base = format!("oci:{}", l.dir.display());
+    // Tags of index.json.
+    let (a, _) = l.image(&sample_layers(), Comp::Gzip, "amd64");
+    let (b, _) = l.image(&[tar(&[E::file("t", "b")])], Comp::Gzip, "amd64");
+    l.index(&[(a.clone(), Some(EVIL)), (b, Some("b"))]);
+    escaped(
+        "tag list",
+        &open(&format!("{base}:nope"), None).unwrap_err(),
+    );
+    escaped("untagged choice", &open(&base, None).unwrap_err());
+    // The config's variant: what inspect and unpack print, and the
+    // mismatch error.
+    let tars = vec![tar(&[E::file("f", "x")])];
+    let layer = l.blob("application/vnd.oci.image.layer.v1.tar", &tars[0]);
+    let cfg = l.config(&tars, "amd64", json!({"variant": EVIL}));
+    let cfg = store(&l, "application/vnd.oci.image.config.v1+json", &cfg);
+    let m = l.manifest(cfg, &[layer]);
+    l.index(&[(m.clone(), None)]);
+    let image = open(&base, None).unwrap();
+    escaped("platform", &image.platform.to_string());
+    escaped(
+        "wrong platform",
+        &open(&base, Some("linux/arm64")).unwrap_err(),
+    );
+    // The platforms an index offers.
+    let mut entry = m.clone();
+    entry["platform"] = json!({"os": "linux", "architecture": "amd64", "variant": EVIL});
+    let idx = store(
+        &l,
+        OCI_INDEX,
+        &json!({"schemaVersion": 2, "manifests": [entry]}),
+    );
+    l.index(&[(idx, None)]);
+    escaped(
+        "available platforms",
+        &open(&base, Some("linux/riscv64")).unwrap_err(),
+    );
+    // A docker-archive's RepoTags and member names.
+    let cfg = l.config(&tars, "amd64", json!({}));
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    let cfg_name = format!("{}.json", sha256_hex(&cfg_bytes));
+    let path = s.path().join("a.tar");
+    let manifest = json!([
+        {"Config": cfg_name, "RepoTags": [EVIL], "Layers": ["l.tar"]},
+        {"Config": cfg_name, "RepoTags": ["b:1"], "Layers": [EVIL]},
+    ]);
+    archive(
+        &path,
+        &[
+            (cfg_name.clone(), cfg_bytes),
+            ("l.tar".into(), tars[0].clone()),
+            (
+                "manifest.json".into(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ],
+        &[],
+    );
+    let archive_ref = format!("docker-archive:{}", path.display());
+    escaped("archive tags", &open(&archive_ref, None).unwrap_err());
+    let err = open(&format!("{archive_ref}:b:1"), None).unwrap_err();
+    assert!(err.contains("missing layer"), "{err}");
+    escaped("archive member", &err);
+}

@@ -394,11 +394,16 @@ impl ContainerLauncher {
         if !cgroup2 {
             log::warn!("no cgroup2 filesystem mounted: containers run in PID 1's cgroup");
         }
+        // Host units get a cgroup each too, beside the containers'.
+        let host = match berth_runtime::cgroup::find_cgroup2_mount(&mountinfo) {
+            Some(mount) => ProcessLauncher::with_cgroups(mount, opts.cgroup_parent.clone()),
+            None => ProcessLauncher::new(),
+        };
         Self {
             cgroup2,
             opts,
             runtime,
-            host: ProcessLauncher::new(),
+            host,
             plans: BTreeMap::new(),
             live: BTreeMap::new(),
             netns: BTreeMap::new(),

@@ -16,13 +16,17 @@
 //! - The child starts with RLIMIT_NOFILE soft 1024 (at most), not PID 1's
 //!   raised soft limit (`crate::rlimits`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
+use berth_runtime::cgroup::{Cgroup, CgroupPath, CgroupPlan};
 use berth_runtime::host::HostCommand;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::logging::error_chain;
 use crate::manifest::{Program, Source};
 use crate::service::ExitStatus;
 
@@ -47,6 +51,13 @@ pub enum LaunchError {
     HostSpawn {
         unit: String,
         source: berth_runtime::host::HostSpawnError,
+    },
+    /// A host unit's cgroup could not be made (a leftover of its last run
+    /// still dying, say): the next start tries again.
+    #[error("{unit}: make its cgroup")]
+    Cgroup {
+        unit: String,
+        source: berth_runtime::cgroup::CgroupError,
     },
     /// The unit's image or bundle could not be prepared at boot (failed
     /// verification, missing blob, bad config): permanent.
@@ -96,6 +107,7 @@ impl LaunchError {
             Self::Create { permanent, .. } => *permanent,
             Self::Spawn { .. }
             | Self::HostSpawn { .. }
+            | Self::Cgroup { .. }
             | Self::Start { .. }
             | Self::Signal { .. }
             | Self::SignalContainer { .. } => false,
@@ -162,16 +174,68 @@ pub trait Launcher {
 }
 
 /// Runs `host: true` programs as plain child processes of PID 1, in PID 1's
-/// own root, namespaces and cgroup. The test/dev mode until the container
-/// launcher lands, and the way boot chores run from the initramfs.
+/// own root and namespaces: the way boot chores run from the initramfs.
+/// With a cgroup2 mount ([`ProcessLauncher::with_cgroups`]) each unit's
+/// processes live in a cgroup of their own, `/<parent>/<unit>`, as a
+/// container's do, so that what a unit started goes with it.
 #[derive(Debug, Default)]
 pub struct ProcessLauncher {
-    _private: (),
+    /// The cgroup2 mount and the parent cgroup below it.
+    cgroups: Option<(PathBuf, String)>,
+    /// Each running unit's cgroup.
+    live: BTreeMap<String, Cgroup>,
 }
 
 impl ProcessLauncher {
+    /// Units in PID 1's cgroup; what a unit leaves behind is found by its
+    /// process group only.
     pub fn new() -> Self {
-        Self { _private: () }
+        Self::default()
+    }
+
+    /// Each unit in `mount`/`parent`/`unit`.
+    pub fn with_cgroups(mount: PathBuf, parent: String) -> Self {
+        Self {
+            cgroups: Some((mount, parent)),
+            live: BTreeMap::new(),
+        }
+    }
+
+    /// The unit's cgroup, made (or an empty leftover taken) for a start.
+    fn unit_cgroup(&self, name: &str) -> Result<Option<Cgroup>, LaunchError> {
+        let Some((mount, parent)) = &self.cgroups else {
+            return Ok(None);
+        };
+        let relative = Path::new(parent).join(name);
+        let plan = CgroupPlan {
+            path: CgroupPath::Root(relative.clone()),
+            controllers: Default::default(),
+            writes: Vec::new(),
+            devices: None,
+        };
+        Cgroup::create_under(mount, &relative, &plan)
+            .map(Some)
+            .map_err(|source| LaunchError::Cgroup {
+                unit: name.to_owned(),
+                source,
+            })
+    }
+}
+
+/// Kills what is left in a unit's cgroup and removes it.
+fn end_cgroup(name: &str, cgroup: Cgroup) {
+    let left = cgroup.pids().map_or(0, |p| p.len());
+    if left > 0 {
+        log::warn!(
+            "unit {name}: killed what its first process left behind ({left} in cgroup {})",
+            cgroup.path().display()
+        );
+        if let Err(e) = cgroup.kill_all() {
+            log::warn!("unit {name}: {}", error_chain(&e));
+        }
+    }
+    if let Err(e) = cgroup.remove() {
+        log::warn!("unit {name}: {}", error_chain(&e));
     }
 }
 
@@ -220,10 +284,49 @@ impl Launcher for ProcessLauncher {
         if let Some(dir) = &program.cwd {
             command = command.cwd(dir.clone());
         }
-        let pid = command.spawn().map_err(|source| LaunchError::HostSpawn {
-            unit: name.to_owned(),
-            source,
-        })?;
+        let cgroup = self.unit_cgroup(name)?;
+        // The child writes itself into the cgroup before exec.
+        let opened = cgroup
+            .as_ref()
+            .map(|c| {
+                let path = c.path().join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| (path, source))
+            })
+            .transpose();
+        let procs = match opened {
+            Ok(procs) => procs,
+            Err((path, source)) => {
+                if let Some(c) = cgroup {
+                    end_cgroup(name, c);
+                }
+                return Err(LaunchError::Spawn {
+                    unit: name.to_owned(),
+                    program: format!("(open {})", path.display()),
+                    source,
+                });
+            }
+        };
+        if let Some(f) = &procs {
+            command = command.cgroup_procs(f.as_fd());
+        }
+        let pid = match command.spawn() {
+            Ok(pid) => pid,
+            Err(source) => {
+                if let Some(c) = cgroup {
+                    end_cgroup(name, c);
+                }
+                return Err(LaunchError::HostSpawn {
+                    unit: name.to_owned(),
+                    source,
+                });
+            }
+        };
+        if let Some(c) = cgroup {
+            self.live.insert(name.to_owned(), c);
+        }
         // PID 1's copies of the write ends close here; the child holds its own.
         drop((stdout, stderr));
         Ok(Pid::from_raw(pid))
@@ -245,9 +348,13 @@ impl Launcher for ProcessLauncher {
     /// The group's id stays taken while a member lives, so it cannot name
     /// a newer process.
     fn reaped(&mut self, name: &str, pid: Pid, _status: ExitStatus) {
+        if let Some(cgroup) = self.live.remove(name) {
+            end_cgroup(name, cgroup);
+            return;
+        }
         match nix::sys::signal::killpg(pid, Signal::SIGKILL) {
             Ok(()) => log::warn!(
-                "unit {name}: killed the processes its first process left behind (process group {pid})"
+                "unit {name}: killed what its first process left behind (process group {pid})"
             ),
             Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => log::warn!("unit {name}: kill process group {pid}: {e}"),

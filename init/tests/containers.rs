@@ -920,7 +920,7 @@ fn what_a_unit_leaves_behind_ends_with_it() {
         p.wait_for_nth(&format!("{name}: left "), 3);
     }
     p.wait_for_nth(
-        "berth: unit host: killed the processes its first process left behind",
+        "berth: unit host: killed what its first process left behind",
         3,
     );
     // Only PID 1 is left in its namespace.

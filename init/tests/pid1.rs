@@ -659,3 +659,35 @@ fn one_shot_commands_end_quietly_on_a_closed_pipe() {
         assert!(stderr.is_empty(), "{arg}: {stderr}");
     }
 }
+
+/// A host unit that starts a daemon (setsid: out of its process group,
+/// holding the unit's output pipes) and fails, over and over: each run's
+/// daemon goes with it, since the unit's processes live in a cgroup of
+/// its own that is killed when its first process is reaped. Neither the
+/// daemons nor PID 1's ends of their pipes pile up.
+#[test]
+fn a_host_units_setsid_daemons_go_with_each_run() {
+    let m = manifest(
+        &[],
+        &[sh(
+            "daemonizer",
+            "setsid sleep 98712 & sleep 0.2; exit 1",
+            r#","restart":{"policy":"always","backoff":{"initial":"50ms","factor":1,"max":"50ms"},"start_limit":{"count":1000,"interval":"1m"}}"#,
+        )],
+    );
+    let p = Pid1::start("setsid", &m);
+    assert!(p.cgroup.is_some(), "no cgroup2 mount on this host");
+    p.wait_for_nth("berth: service daemonizer exited status=1", 6);
+    let sleepers = all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"98712\0"))
+        })
+        .count();
+    assert!(
+        sleepers <= 1,
+        "{sleepers} daemons of earlier runs left:\n{}",
+        p.dump()
+    );
+    p.wait_for("berth: unit daemonizer: killed what its first process left behind (1 in cgroup ");
+}

@@ -79,6 +79,7 @@ enum Step {
     Rlimit,
     Chdir,
     Exec,
+    Cgroup,
 }
 
 impl Step {
@@ -91,6 +92,7 @@ impl Step {
             Step::Rlimit,
             Step::Chdir,
             Step::Exec,
+            Step::Cgroup,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -105,6 +107,7 @@ impl Step {
             Step::Rlimit => "set a resource limit",
             Step::Chdir => "change directory",
             Step::Exec => "exec",
+            Step::Cgroup => "move into its cgroup",
         }
     }
 }
@@ -123,6 +126,7 @@ pub struct HostCommand<'a> {
     stdin: Option<BorrowedFd<'a>>,
     stdout: BorrowedFd<'a>,
     stderr: BorrowedFd<'a>,
+    cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// The fixed-size record the child writes before it gives up: step,
@@ -147,6 +151,7 @@ impl<'a> HostCommand<'a> {
             stdin: None,
             stdout,
             stderr,
+            cgroup_procs: None,
         }
     }
 
@@ -166,6 +171,15 @@ impl<'a> HostCommand<'a> {
     /// The child's working directory (default: the caller's).
     pub fn cwd(mut self, dir: PathBuf) -> Self {
         self.cwd = Some(dir);
+        self
+    }
+
+    /// The `cgroup.procs` file (opened for writing) of the cgroup the child
+    /// moves itself into, first thing, before it runs anything of the
+    /// program: whatever the program starts (a daemon that leaves its
+    /// process group with setsid, say) is born there too.
+    pub fn cgroup_procs(mut self, fd: BorrowedFd<'a>) -> Self {
+        self.cgroup_procs = Some(fd);
         self
     }
 
@@ -266,6 +280,7 @@ impl<'a> HostCommand<'a> {
                     .map_or(self.stderr.as_raw_fd(), AsRawFd::as_raw_fd),
             ],
             report: report_w.as_fd(),
+            cgroup_procs: self.cgroup_procs,
         };
         let pid = sys::fork_host(&child).map_err(|source| HostSpawnError::Fork {
             program: program.clone(),
@@ -389,6 +404,7 @@ pub(crate) struct Child<'a> {
     /// Sources for fds 0, 1 and 2, each 3 or above.
     stdio: [RawFd; 3],
     report: BorrowedFd<'a>,
+    cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// The child (see [`sys::fork_host`]): never returns.
@@ -406,6 +422,10 @@ enum Never {}
 
 fn child_steps(c: &Child<'_>) -> Result<Never, (Step, io::Error, u32)> {
     let at = |step| move |e| (step, e, 0);
+    if let Some(procs) = c.cgroup_procs {
+        // "0": the writer itself.
+        sys::write_all(procs, b"0").map_err(at(Step::Cgroup))?;
+    }
     sys::reset_signals().map_err(at(Step::Signals))?;
     sys::setpgid_self().map_err(at(Step::ProcessGroup))?;
     for (target, &source) in c.stdio.iter().enumerate() {

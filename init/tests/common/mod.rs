@@ -68,6 +68,46 @@ pub struct Pid1 {
     pub dir: PathBuf,
     status: Option<ExitStatus>,
     in_namespace: bool,
+    /// The cgroup of this PID 1's units when the harness chose it (tests
+    /// run side by side, and units of one name must not meet there).
+    pub cgroup: Option<PathBuf>,
+}
+
+/// A parent cgroup for one PID 1 of this test process, unless the test
+/// gave its own.
+fn own_cgroup_parent(args: &[String]) -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if args.iter().any(|a| a == "--cgroup-parent") {
+        return None;
+    }
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Some(format!("berth-test-pid1-{}-{n}", std::process::id()))
+}
+
+/// The host's cgroup2 mount.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    berth_runtime::cgroup::find_cgroup2_mount(&mountinfo)
+}
+
+/// Removes a units' parent cgroup and what is left below it (emptied by
+/// the kill of their PID 1; the kernel may take a moment).
+fn remove_cgroup_tree(dir: &Path) {
+    for _ in 0..200 {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
+    }
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -110,6 +150,10 @@ impl Pid1 {
     ) -> Self {
         let path = dir.join("manifest.json");
         std::fs::write(&path, manifest).unwrap();
+        let parent = own_cgroup_parent(args);
+        let cgroup = parent
+            .as_ref()
+            .and_then(|p| cgroup2_mount().map(|m| m.join(p)));
         let mut cmd = if in_namespace {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--mount", "--mount-proc"])
@@ -122,6 +166,7 @@ impl Pid1 {
             .arg("--manifest")
             .arg(&path)
             .args(args)
+            .args(parent.iter().flat_map(|p| ["--cgroup-parent", p]))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -151,6 +196,7 @@ impl Pid1 {
             dir,
             status: None,
             in_namespace,
+            cgroup,
         }
     }
 
@@ -338,6 +384,9 @@ impl Drop for Pid1 {
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(cgroup) = &self.cgroup {
+            remove_cgroup_tree(cgroup);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -157,33 +157,48 @@ impl Ring {
         self.lines = self.lines.saturating_sub(1);
     }
 
-    /// Copies the lines out, oldest first (for a dump; not on the hot path).
+    /// Copies the lines out, oldest first.
     pub fn lines(&self) -> Vec<RingLine> {
         let mut out = Vec::with_capacity(self.lines);
-        let mut it = self.bytes.iter().copied();
-        loop {
+        self.visit(0, &mut |time, stream, line| {
+            out.push((time, stream, line.to_vec()));
+            true
+        });
+        out
+    }
+
+    /// Calls `f` with each line from the `from`-th (0: the oldest) on,
+    /// oldest first, until it returns false; one line at a time through
+    /// one buffer, so a dump of a large ring copies nothing else.
+    pub fn visit(&self, from: usize, f: &mut dyn FnMut(Millis, Stream, &[u8]) -> bool) {
+        let mut buf = Vec::new();
+        let mut pos = 0;
+        let mut index = 0;
+        while pos + HEADER <= self.bytes.len() {
             let mut header = [0u8; HEADER];
-            let mut got = 0;
-            for (dst, b) in header.iter_mut().zip(it.by_ref()) {
-                *dst = b;
-                got += 1;
-            }
-            if got < HEADER {
-                break;
+            for (dst, src) in header.iter_mut().zip(self.bytes.range(pos..pos + HEADER)) {
+                *dst = *src;
             }
             let (len, rest) = header.split_at(4);
             let (time, stream) = rest.split_at(8);
             let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
-            let time = u64::from_le_bytes(time.try_into().unwrap_or_default());
-            let stream = if stream.first() == Some(&2) {
-                Stream::Stderr
-            } else {
-                Stream::Stdout
-            };
-            let line: Vec<u8> = it.by_ref().take(len).collect();
-            out.push((time, stream, line));
+            let end = (pos + HEADER + len).min(self.bytes.len());
+            if index >= from {
+                let time = u64::from_le_bytes(time.try_into().unwrap_or_default());
+                let stream = if stream.first() == Some(&2) {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                };
+                buf.clear();
+                buf.extend(self.bytes.range(pos + HEADER..end));
+                if !f(time, stream, &buf) {
+                    return;
+                }
+            }
+            pos = end;
+            index += 1;
         }
-        out
     }
 }
 

@@ -412,31 +412,61 @@ pub fn always(line: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Prints every unit's ring to the console (SIGUSR2).
+/// The most lines of one unit's ring a dump shows: its newest.
+const DUMP_LINES: usize = 10_000;
+
+/// Prints every unit's ring to the console (SIGUSR2): at most the newest
+/// [`DUMP_LINES`] of each, streamed from the ring (no copy of it), and a
+/// unit's dump ends when the console's queue is full (a slow serial line):
+/// PID 1 holds the log lock meanwhile and must get back to its loop.
 pub fn dump_rings() {
-    let mut guard = hub();
-    let Some(hub) = guard.as_mut() else { return };
-    let dumps: Vec<(String, Vec<buffers::RingLine>)> = hub
-        .units
-        .iter()
-        .map(|u| (u.name.clone(), u.ring.lines()))
-        .collect();
-    for (name, lines) in dumps {
-        hub.own_line(
-            log::Level::Info,
-            &format_args!("ring {name}: {} lines", lines.len()),
-        );
-        for (time, _stream, text) in lines {
-            let stamp = Stamp::new(time);
-            if let Some(c) = hub.console.as_mut() {
-                c.push(&[
+    if let Some(hub) = hub().as_mut() {
+        hub.dump_rings();
+    }
+}
+
+impl Hub {
+    fn dump_rings(&mut self) {
+        let hub = self;
+        for i in 0..hub.units.len() {
+            let Some(unit) = hub.units.get(i) else { break };
+            let (name, total) = (unit.name.clone(), unit.ring.len());
+            let from = total.saturating_sub(DUMP_LINES);
+            let newest = if from > 0 {
+                format!(", the newest {DUMP_LINES} shown")
+            } else {
+                String::new()
+            };
+            hub.own_line(
+                log::Level::Info,
+                &format_args!("ring {name}: {total} lines{newest}"),
+            );
+            let Hub { units, console, .. } = &mut *hub;
+            let (Some(unit), Some(console)) = (units.get(i), console.as_mut()) else {
+                continue;
+            };
+            let mut shown = 0;
+            unit.ring.visit(from, &mut |time, _stream, text| {
+                let stamp = Stamp::new(time);
+                let queued = console.push(&[
                     stamp.as_bytes(),
                     b"ring ",
                     name.as_bytes(),
                     b": ",
-                    &escape_controls(&text),
+                    &escape_controls(text),
                     b"\n",
                 ]);
+                shown += usize::from(queued);
+                queued
+            });
+            if shown < total - from {
+                hub.own_line(
+                    log::Level::Info,
+                    &format_args!(
+                        "ring {name}: console busy, {} lines not shown",
+                        total - from - shown
+                    ),
+                );
             }
         }
     }
@@ -1035,6 +1065,73 @@ mod tests {
             "{got} received before"
         );
         assert_eq!(got + held, 5000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// SIGUSR2's dump: the newest DUMP_LINES lines of a larger ring, then
+    /// on a console that takes nothing more (its reader gone quiet), the
+    /// dump stops and says how much it did not show.
+    #[test]
+    fn ring_dumps_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("berth-dump-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = File::create(dir.join("console")).unwrap();
+        let mut hub = test_hub(console, LogConfig::default(), None);
+        let unit = |name: &str, lines: usize| {
+            let mut ring = Ring::new(1 << 20);
+            for i in 0..lines {
+                ring.push(1000, Stream::Stdout, format!("line {i}").as_bytes());
+            }
+            UnitLog {
+                name: name.into(),
+                ring,
+                budget: LineBudget::new(10, 5, 0),
+                dropped: 0,
+                last_notice: 0,
+                file: None,
+            }
+        };
+        hub.units.push(unit("big", DUMP_LINES + 2000));
+        hub.dump_rings();
+        let console = std::fs::read_to_string(dir.join("console")).unwrap();
+        let lines: Vec<&str> = console.lines().collect();
+        assert!(
+            lines[0].ends_with("berth: ring big: 12000 lines, the newest 10000 shown"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines.len(), 1 + DUMP_LINES);
+        assert_eq!(lines[1], "[     1.000] ring big: line 2000");
+        assert_eq!(lines[DUMP_LINES], "[     1.000] ring big: line 11999");
+
+        // A pipe nobody reads: the queue fills, and the dump stops. What it
+        // did not show is said in PID 1's own lines (its ring here).
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+                .unwrap();
+        let mut hub = test_hub(File::from(write), LogConfig::default(), None);
+        hub.console = hub
+            .console
+            .take()
+            .map(|c| Outbox::new(c.into_writer(), 4096));
+        hub.units.push(unit("big", DUMP_LINES));
+        hub.units.push(unit("berth", 0));
+        hub.own = Some(1);
+        hub.dump_rings();
+        let own: Vec<String> = hub.units[1]
+            .ring
+            .lines()
+            .into_iter()
+            .map(|l| String::from_utf8_lossy(&l.2).into_owned())
+            .collect();
+        assert!(
+            own.iter()
+                .any(|l| l.starts_with("ring big: console busy, ")
+                    && l.ends_with(" lines not shown")),
+            "{own:?}"
+        );
+        drop(read);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -31,6 +31,12 @@ impl<W: Write> Outbox<W> {
         }
     }
 
+    /// The writer, for a test that gives it a smaller queue.
+    #[cfg(test)]
+    pub fn into_writer(self) -> W {
+        self.writer
+    }
+
     /// Queues one line made of `parts` (all or nothing) and writes what the
     /// writer takes now. Returns false if the line was dropped.
     pub fn push(&mut self, parts: &[&[u8]]) -> bool {

@@ -688,9 +688,28 @@ fn install_panic_hook(console: &Option<File>, role: Role) {
         let mut out = &fd;
         let _ = writeln!(out, "berth: panic: {info}");
         if role == Role::Machine {
-            power_down(load_on_fatal());
+            panic_power_down(load_on_fatal(), &fd);
         }
     }));
+}
+
+/// [`power_down`] for the panic hook: nothing here takes the log lock,
+/// which the panicking code may hold (the release build aborts on panic,
+/// so it is never released): the lines go to the hook's own console fd.
+fn panic_power_down(action: FatalAction, console: &File) -> ! {
+    let (mode, what) = match action {
+        FatalAction::Poweroff => (RebootMode::RB_POWER_OFF, "powering off"),
+        FatalAction::Reboot => (RebootMode::RB_AUTOBOOT, "rebooting"),
+    };
+    let mut out = console;
+    let _ = writeln!(out, "berth: {what}");
+    logging::flush_if_free();
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(mode);
+    let _ = writeln!(out, "berth: reboot(2): {e}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 fn set_oom_score_adj() {

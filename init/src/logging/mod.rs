@@ -337,6 +337,17 @@ pub fn close_files() {
     }
 }
 
+/// Writes what the console's queue holds, unless the log lock is taken
+/// (for the panic hook: the panic may have come from code that holds it,
+/// and this thread would wait for itself for ever).
+pub fn flush_if_free() {
+    if let Ok(mut guard) = HUB.try_lock()
+        && let Some(console) = guard.as_mut().and_then(|h| h.console.as_mut())
+    {
+        console.flush();
+    }
+}
+
 /// Writes what the console takes now; true if bytes are still waiting.
 pub fn flush_console() -> bool {
     let mut guard = hub();
@@ -1066,6 +1077,24 @@ mod tests {
         );
         assert_eq!(got + held, 5000);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The panic hook's flush does not wait for a lock its own thread may
+    /// hold (a panic inside the logger).
+    #[test]
+    fn the_panic_flush_does_not_wait_for_the_log_lock() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _held = hub();
+            flush_if_free();
+            let _ = done.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "flush_if_free waited for the lock its own thread holds"
+        );
     }
 
     /// SIGUSR2's dump: the newest DUMP_LINES lines of a larger ring, then

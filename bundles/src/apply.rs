@@ -38,6 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -135,6 +136,8 @@ pub enum ApplyError {
     SparseNotFollowed { path: String },
     #[error("tar entry {path:?}: refusing to replace the root directory with a non-directory")]
     RootType { path: String },
+    #[error("directory {path:?} changed while the tree below it was removed")]
+    TreeChanged { path: String },
     #[error("{op} {path:?}")]
     Fs {
         op: &'static str,
@@ -1413,20 +1416,181 @@ struct Keep<'a> {
     times: &'a mut HashMap<DirId, Timestamps>,
 }
 
+/// Directory fds a tree removal holds open at once, at most (besides the
+/// caller's `parent`). A tree may be far deeper than its names are long:
+/// an entry's parent is looked up through symlinks (`hK -> /hK-1/a/…/a`,
+/// each target up to PATH_MAX, adds ~2,000 levels) or found in the parent
+/// cache without a lookup, so one layer can build a chain of 20,000 or
+/// more levels with short names (`tests/corpus.rs`). So the removal
+/// neither recurses (its levels are a `Vec` on the heap, some 150 bytes
+/// each plus their names and those of their children still to remove: less
+/// than the kernel keeps for the directories themselves) nor holds one fd
+/// per level: the fd of a directory more than this many levels above the
+/// one being emptied is closed, and opened again as `..` of its child when
+/// the walk climbs back to it, checked to be the same directory (`st_dev`,
+/// `st_ino`). There is no depth limit.
+const REMOVE_OPEN_DIRS: usize = 64;
+
+/// Removes `path` and everything below it, as a whiteout removes a tree:
+/// never following a symlink (one at `path` itself is removed), without
+/// recursion and with at most [`REMOVE_OPEN_DIRS`] fds open. Nothing to do
+/// when it does not exist. For unpacked roots, which std's
+/// `remove_dir_all` cannot be trusted with: it recurses once per level (as
+/// of Rust 1.95; 15,000 levels overflow a 2 MiB stack) and holds an fd per
+/// level.
+pub fn remove_dir_tree(path: &Path) -> Result<(), ApplyError> {
+    let shown = path.as_os_str().as_bytes();
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(ApplyError::fs("remove", shown, Errno::INVAL));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = match rfs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => {
+            return Err(ApplyError::fs(
+                "open directory",
+                parent.as_os_str().as_bytes(),
+                e,
+            ));
+        }
+    };
+    remove_tree(dir.as_fd(), name.as_bytes(), shown, None)
+}
+
 /// Removes `parent/name` and everything below it, never following a
 /// symlink. Paths in `keep` (this layer's own entries and their ancestors)
 /// survive: of a kept directory only the children not in `keep` go, and
-/// its times are set back afterwards.
+/// its times are set back afterwards. Walks the tree without recursion and
+/// with at most [`REMOVE_OPEN_DIRS`] fds open.
 fn remove_tree(
     parent: BorrowedFd<'_>,
     name: &[u8],
     path: &[u8],
-    mut keep: Option<&mut Keep<'_>>,
+    keep: Option<&mut Keep<'_>>,
 ) -> Result<(), ApplyError> {
-    let kept = keep.as_ref().is_some_and(|k| k.upper.contains(path));
+    remove_tree_with(parent, name, path, keep, REMOVE_OPEN_DIRS)
+}
+
+/// A directory [`remove_tree`] is emptying.
+struct Level {
+    /// Its name in the level above (or in the caller's `parent`).
+    name: Vec<u8>,
+    /// The length of its path in the walk's path buffer.
+    path_len: usize,
+    /// Its fd while it is not the deepest level (the deepest one's is the
+    /// walk's `cur`), unless closed to bound the fds held.
+    fd: Option<OwnedFd>,
+    /// Its identity, taken when its fd was closed: the `..` it is opened
+    /// again through must be this directory.
+    id: Option<DirId>,
+    /// Its children still to remove, the next one last.
+    children: Vec<Vec<u8>>,
+    /// For a kept directory, the times it gets back once its other
+    /// children are gone (it stays); a directory without them is removed
+    /// once empty.
+    times: Option<Timestamps>,
+}
+
+fn remove_tree_with(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    mut keep: Option<&mut Keep<'_>>,
+    max_open: usize,
+) -> Result<(), ApplyError> {
+    let mut path = path.to_vec();
+    let kept = keep.as_ref().is_some_and(|k| k.upper.contains(&path));
+    let Some((mut cur, top)) = enter(parent, name, &path, kept, keep.as_deref_mut())? else {
+        return Ok(());
+    };
+    let mut levels = vec![top];
+    while let Some(level) = levels.last_mut() {
+        if let Some(child) = level.children.pop() {
+            path.truncate(level.path_len);
+            path.push(b'/');
+            path.extend_from_slice(&child);
+            // `keep` holds the ancestors of each of its paths, so only a
+            // kept directory can have kept children.
+            let kept =
+                level.times.is_some() && keep.as_ref().is_some_and(|k| k.upper.contains(&path));
+            let Some((fd, next)) = enter(cur.as_fd(), &child, &path, kept, keep.as_deref_mut())?
+            else {
+                continue;
+            };
+            level.fd = Some(std::mem::replace(&mut cur, fd));
+            levels.push(next);
+            // Keep `cur` and the fds of the `max_open - 1` levels above
+            // it; close the one before those, recording what it was.
+            let far = levels.len().checked_sub(max_open + 1);
+            if let Some(far) = far.and_then(|i| levels.get_mut(i))
+                && let Some(fd) = far.fd.take()
+            {
+                let stat = rfs::fstat(&fd)
+                    .map_err(|e| ApplyError::fs("stat", &path[..far.path_len], e))?;
+                far.id = Some(dir_id(&stat));
+            }
+            continue;
+        }
+        // `level` is empty now (but for kept children).
+        path.truncate(level.path_len);
+        if let Some(times) = &level.times {
+            rfs::futimens(&cur, times).map_err(|e| ApplyError::fs("set times of", &path, e))?;
+        }
+        let Some(done) = levels.pop() else { break };
+        let Some(above) = levels.last_mut() else {
+            // The top of the tree, in the caller's directory.
+            return remove_emptied(parent, &done, &path);
+        };
+        // Its parent's fd, opened again through `..` if it was closed,
+        // before `done` is removed (a removed directory has no `..`).
+        let up = match above.fd.take() {
+            Some(fd) => fd,
+            None => {
+                let above_path = &path[..above.path_len];
+                let fd = rfs::openat(
+                    &cur,
+                    "..",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| ApplyError::fs("open directory", above_path, e))?;
+                let stat = rfs::fstat(&fd).map_err(|e| ApplyError::fs("stat", above_path, e))?;
+                if above.id != Some(dir_id(&stat)) {
+                    return Err(ApplyError::TreeChanged {
+                        path: show(above_path),
+                    });
+                }
+                fd
+            }
+        };
+        remove_emptied(up.as_fd(), &done, &path)?;
+        cur = up;
+    }
+    Ok(())
+}
+
+/// The first step of [`remove_tree`] on `parent/name`: removes it if it is
+/// not a directory (or not kept), or opens and lists it, recording its
+/// times if it is kept. `None` when there is nothing below it to walk.
+fn enter(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    kept: bool,
+    keep: Option<&mut Keep<'_>>,
+) -> Result<Option<(OwnedFd, Level)>, ApplyError> {
     if !kept {
         match rfs::unlinkat(parent, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+            Ok(()) | Err(Errno::NOENT) => return Ok(None),
             Err(Errno::ISDIR) => {}
             Err(e) => return Err(ApplyError::fs("remove", path, e)),
         }
@@ -1439,12 +1603,12 @@ fn remove_tree(
     ) {
         Ok(fd) => fd,
         // A kept non-directory (or a symlink): leave it as it is.
-        Err(Errno::NOTDIR | Errno::LOOP) if kept => return Ok(()),
+        Err(Errno::NOTDIR | Errno::LOOP) if kept => return Ok(None),
         Err(e) => return Err(ApplyError::fs("open directory", path, e)),
     };
     // A kept directory loses children: record its times first (listing it
     // also changes its atime).
-    let noted = match keep.as_deref_mut() {
+    let times = match keep {
         Some(k) if kept => {
             let stat = rfs::fstat(&dir).map_err(|e| ApplyError::fs("stat", path, e))?;
             let times = k.times.entry(dir_id(&stat)).or_insert(stat_times(&stat));
@@ -1452,19 +1616,28 @@ fn remove_tree(
         }
         _ => None,
     };
-    for child in list_dir(&dir, path)? {
-        let mut cpath = path.to_vec();
-        cpath.push(b'/');
-        cpath.extend_from_slice(&child);
-        remove_tree(dir.as_fd(), &child, &cpath, keep.as_deref_mut())?;
+    let mut children = list_dir(&dir, path)?;
+    // Removed in directory order.
+    children.reverse();
+    let level = Level {
+        name: name.to_vec(),
+        path_len: path.len(),
+        fd: None,
+        id: None,
+        children,
+        times,
+    };
+    Ok(Some((dir, level)))
+}
+
+/// Removes the directory `done` from `parent` once it is empty, unless it
+/// is kept. `path` is its path.
+fn remove_emptied(parent: BorrowedFd<'_>, done: &Level, path: &[u8]) -> Result<(), ApplyError> {
+    if done.times.is_some() {
+        return Ok(());
     }
-    match noted {
-        Some(times) => {
-            rfs::futimens(&dir, &times).map_err(|e| ApplyError::fs("set times of", path, e))
-        }
-        None => rfs::unlinkat(parent, name, AtFlags::REMOVEDIR)
-            .map_err(|e| ApplyError::fs("remove directory", path, e)),
-    }
+    rfs::unlinkat(parent, &done.name, AtFlags::REMOVEDIR)
+        .map_err(|e| ApplyError::fs("remove directory", path, e))
 }
 
 /// Adds `path` and all of its ancestors to the layer's set `U`.
@@ -1962,5 +2135,111 @@ mod tests {
         assert_eq!(id_of(b"x", "uid", 65534).unwrap(), 65534);
         assert!(id_of(b"x", "uid", u64::from(u32::MAX)).is_err());
         assert!(id_of(b"x", "uid", 1 << 40).is_err());
+    }
+
+    /// Every file below `root` (relative paths), without following symlinks.
+    fn tree(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+                if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    todo.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The removal with at most one or two fds open (climbing back through
+    /// `..`) and with the usual bound removes the same: everything but the
+    /// kept paths, whose directories get their times back; a symlink in
+    /// the tree is removed, never followed.
+    #[test]
+    fn remove_tree_with_few_fds_keeps_what_it_must() {
+        for max_open in [1, 2, REMOVE_OPEN_DIRS] {
+            let base = std::env::temp_dir().join(format!(
+                "berth-apply-remove-{}-{max_open}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&base);
+            let outside = base.join("outside");
+            std::fs::create_dir_all(&outside).unwrap();
+            std::fs::write(outside.join("precious"), b"p").unwrap();
+            // t/d/d/…/d, 12 levels, each with a file, an empty directory
+            // and a directory holding a file; a symlink to `outside` in
+            // the middle; and a kept file at level 9.
+            let mut d = base.join("t");
+            for level in 1..=12 {
+                d = d.join("d");
+                std::fs::create_dir_all(d.join("e")).unwrap();
+                std::fs::create_dir_all(d.join("g")).unwrap();
+                std::fs::write(d.join("f"), b"f").unwrap();
+                std::fs::write(d.join("g/h"), b"h").unwrap();
+                if level == 6 {
+                    std::os::unix::fs::symlink(&outside, d.join("out")).unwrap();
+                }
+                if level == 9 {
+                    std::fs::write(d.join("kept"), b"k").unwrap();
+                }
+            }
+            let kept_file = format!("t/{}/kept", ["d"; 9].join("/"));
+            let mut upper = HashSet::new();
+            mark_upper(&mut upper, kept_file.as_bytes());
+            mark_upper(&mut upper, b"t/d/e");
+            let old = Timestamps {
+                last_access: Timespec {
+                    tv_sec: 1000,
+                    tv_nsec: 0,
+                },
+                last_modification: Timespec {
+                    tv_sec: 2000,
+                    tv_nsec: 0,
+                },
+            };
+            let mut kept_dirs = vec![base.join("t")];
+            for _ in 1..=9 {
+                let next = kept_dirs.last().unwrap().join("d");
+                kept_dirs.push(next);
+            }
+            for k in &kept_dirs {
+                rfs::utimensat(rfs::CWD, k, &old, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            }
+            let base_fd =
+                rfs::open(&base, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+            let mut times = HashMap::new();
+            let mut keep = Keep {
+                upper: &upper,
+                times: &mut times,
+            };
+            remove_tree_with(base_fd.as_fd(), b"t", b"t", Some(&mut keep), max_open).unwrap();
+            let mut want: Vec<String> = (1..=9)
+                .map(|n| format!("t/{}", ["d"; 9][..n].join("/")))
+                .collect();
+            want.extend(["t".to_string(), kept_file.clone(), "t/d/e".into()]);
+            want.extend(["outside".into(), "outside/precious".into()]);
+            want.sort();
+            assert_eq!(tree(&base), want, "max_open {max_open}");
+            assert_eq!(times.len(), kept_dirs.len() + 1, "max_open {max_open}");
+            for k in &kept_dirs {
+                let m = std::os::unix::fs::MetadataExt::mtime(&std::fs::metadata(k).unwrap());
+                assert_eq!(m, 2000, "{} (max_open {max_open})", k.display());
+            }
+            // Without `keep`, all of it goes; `outside` stays.
+            remove_tree_with(base_fd.as_fd(), b"t", b"t", None, max_open).unwrap();
+            assert_eq!(tree(&base), ["outside", "outside/precious"]);
+            // By path: a symlink is removed, not followed; a missing path
+            // (or parent) is nothing to do.
+            std::os::unix::fs::symlink(&outside, base.join("ln")).unwrap();
+            remove_dir_tree(&base.join("ln")).unwrap();
+            remove_dir_tree(&base.join("missing")).unwrap();
+            remove_dir_tree(&base.join("missing/x")).unwrap();
+            assert_eq!(tree(&base), ["outside", "outside/precious"]);
+            remove_dir_tree(&base).unwrap();
+            assert!(!base.exists());
+        }
     }
 }

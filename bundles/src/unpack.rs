@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::apply::{ApplyError, LayerStats, Rootfs};
+use crate::apply::{ApplyError, LayerStats, Rootfs, remove_dir_tree};
 use crate::image::{Image, ImageError, ImageRef, Layer, Platform};
 use crate::layer::{Cancel, LayerError, LayerOptions, unpack_layer_with};
 use crate::spec::{Overrides, SpecError, runtime_spec};
@@ -45,6 +45,16 @@ pub enum UnpackError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// The unpack failed (`source`), and removing what it had written
+    /// failed too: a partial bundle is left at `path`.
+    #[error("the unpack failed and left a partial bundle in {path} (removing it: {cleanup})")]
+    Cleanup {
+        path: PathBuf,
+        /// Why the removal failed, on one line.
+        cleanup: String,
+        #[source]
+        source: Box<UnpackError>,
     },
 }
 
@@ -191,18 +201,52 @@ pub fn unpack_bundle(
     match res {
         Ok(layers) => Ok(UnpackReport { image, layers }),
         Err(e) => {
-            // remove_dir_all never follows symlinks (CVE-2022-21658 fixed).
-            let _ = fs::remove_dir_all(dest.join("rootfs"));
-            let _ = fs::remove_file(dest.join("config.json"));
+            let cleanup = remove_written(dest);
             if let Some(top) = made {
                 remove_made(dest, &top);
             }
             if let Some(mode) = old_mode {
                 let _ = fs::set_permissions(dest, fs::Permissions::from_mode(mode));
             }
-            Err(e)
+            match cleanup {
+                Ok(()) => Err(e),
+                Err(cleanup) => Err(UnpackError::Cleanup {
+                    path: dest.into(),
+                    cleanup,
+                    source: Box::new(e),
+                }),
+            }
         }
     }
+}
+
+/// Removes what a failed unpack wrote into `dest`: `rootfs` and
+/// `config.json`. The rootfs goes as a whiteout removes a tree
+/// ([`remove_dir_tree`]), since a layer can build one tens of thousands of
+/// levels deep: std's `remove_dir_all` recurses once per level and holds
+/// an fd per level. The error is one line: the unpack's own error is the
+/// cause of the message it goes into.
+fn remove_written(dest: &Path) -> Result<(), String> {
+    let res = remove_dir_tree(&dest.join("rootfs")).map_err(|e| one_line(&e));
+    let config = dest.join("config.json");
+    match fs::remove_file(&config) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            res.and(Err(format!("remove {}: {e}", config.display())))
+        }
+        _ => res,
+    }
+}
+
+/// An error and its sources, `outer: inner: …`.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cur = c.source();
+    }
+    line
 }
 
 /// The topmost of `dest` and its ancestors that does not exist.

@@ -11,7 +11,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use berth_bundles::apply::{ApplyError, LayerStats, Rootfs};
-use common::{E, Scratch, chain, require_root, snapshot, tar};
+use berth_bundles::unpack::Progress;
+use berth_bundles::{ImageRef, UnpackOptions, unpack_bundle};
+use common::{Comp, E, Layout, Scratch, chain, require_root, snapshot, tar};
 
 struct World {
     scratch: Scratch,
@@ -1098,4 +1100,247 @@ fn directory_declared_again_replaces_its_xattrs() {
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o2750, 3, 4));
     assert_eq!(fs::read(r.join("d/a")).unwrap(), b"a");
     assert!(names(&r).iter().all(|n| !n.starts_with("user.")));
+}
+
+/// Set in the child process that [`in_child`] starts.
+const CHILD: &str = "BERTH_CORPUS_CHILD";
+
+/// Runs `body` in a child process (this test binary, `test` alone), on a
+/// thread with a 2 MiB stack and with at most 256 open files: a removal
+/// that recurses once per level then overflows its stack, and one that
+/// holds a directory fd per level runs out of fds, well before the 20,200
+/// levels of [`deep_chain`] here. A stack overflow aborts the whole process, so
+/// in the harness itself it would end every test at once; here it fails
+/// this test only, with the child's output. The child's scratch
+/// directories live below one of the parent's, which `rm -rf` removes
+/// whatever the child left (std's `remove_dir_all`, in [`Scratch`]'s drop,
+/// recurses once per level too).
+fn in_child(test: &str, body: fn()) {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    if std::env::var_os(CHILD).is_some() {
+        let max = rustix::process::getrlimit(Resource::Nofile).maximum;
+        let lim = Rlimit {
+            current: Some(256),
+            maximum: max,
+        };
+        setrlimit(Resource::Nofile, lim).unwrap();
+        let t = std::thread::Builder::new()
+            .name(test.to_string())
+            .stack_size(2 << 20)
+            .spawn(body)
+            .unwrap();
+        if let Err(p) = t.join() {
+            std::panic::resume_unwind(p);
+        }
+        return;
+    }
+    // On a tmpfs where there is one (berth-init unpacks into one too):
+    // ext4 takes twice as long to make and remove the deep trees.
+    let shm = Path::new("/dev/shm");
+    let s = if shm.is_dir() {
+        let dir = shm.join(format!("berth-test-{test}-{}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        Scratch(dir)
+    } else {
+        Scratch::new("child")
+    };
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("TMPDIR", s.path())
+        .output()
+        .unwrap();
+    common::run(std::process::Command::new("rm").arg("-rf").arg(s.path()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in a child process: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Directories `a/a/…/a`, `depth` levels deep or a few more, with a file
+/// `f` at the bottom; for 20,200 levels, ten times the depth a name within
+/// PATH_MAX can reach. Every name stays under 410 bytes: each entry's
+/// parent is resolved in-root through symlinks, pointers `pN` to the
+/// current bottom (`/hI/a/…/a`, 200 levels more each time) and hubs `hI`
+/// (`/hI-1/a/…/a`, a new one every 2,000 levels, so no target nears
+/// PATH_MAX and a lookup follows at most 12 symlinks for 20,200 levels,
+/// below the kernel's 40).
+fn deep_chain(depth: usize) -> Vec<E> {
+    const STEP: usize = 200;
+    const HUB: usize = 2_000;
+    let mut entries = vec![E::symlink("h0", "/")];
+    let (mut hubs, mut below_hub, mut made) = (0, 0, 0);
+    let step = "/a".repeat(STEP);
+    let mut p = String::new();
+    while made < depth {
+        if below_hub + STEP > HUB {
+            entries.push(E::symlink(
+                format!("h{}", hubs + 1),
+                format!("/h{hubs}{}", "/a".repeat(below_hub)),
+            ));
+            hubs += 1;
+            below_hub = 0;
+        }
+        p = format!("p{}", entries.len());
+        entries.push(E::symlink(
+            &p,
+            format!("/h{hubs}{}", "/a".repeat(below_hub)),
+        ));
+        for i in 1..=STEP {
+            entries.push(E::dir(format!("{p}{}", &step[..2 * i])));
+        }
+        below_hub += STEP;
+        made += STEP;
+    }
+    entries.push(E::file(format!("{p}{step}/f"), b"bottom"));
+    entries
+}
+
+/// How many levels of `a` the chain below `root` has, and whether `f` is
+/// at its bottom (walked by fd: the path is far longer than PATH_MAX).
+fn chain_depth(root: &Path) -> (usize, bool) {
+    use rustix::fs::{AtFlags, Mode, OFlags, openat, statat};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::open(root, flags, Mode::empty()).unwrap();
+    let mut depth = 0;
+    while let Ok(next) = openat(&dir, "a", flags, Mode::empty()) {
+        dir = next;
+        depth += 1;
+    }
+    (depth, statat(&dir, "f", AtFlags::SYMLINK_NOFOLLOW).is_ok())
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removing a tree deeper than any tar name (whiteout, replacement by a
+/// file, opaque directory) neither recurses once per level (a 2 MiB
+/// stack) nor holds a directory fd per level (256 open files), and never
+/// follows the symlinks that built it. (The recursive removal overflowed
+/// the stack, and PID 1 aborted.)
+#[test]
+fn deep_trees_are_removed_without_recursion() {
+    in_child("deep_trees_are_removed_without_recursion", || {
+        let w = World::new("deep");
+        let r = w.root();
+        let before = w.outside();
+        w.apply(&[deep_chain(20_200)]).unwrap();
+        assert_eq!(chain_depth(&r), (20_200, true));
+        // A whiteout of the top, in a layer that also adds `a/a/x`: `a`
+        // and `a/a` stay (this layer's), all else below goes.
+        w.apply(&[vec![E::file("a/a/x", b"x"), E::whiteout(".wh.a")]])
+            .unwrap();
+        assert_eq!(names(&r.join("a/a")), ["x"]);
+        assert_eq!(names(&r.join("a")), ["a"]);
+        // The symlinks are left, dangling now, and were not followed.
+        assert!(fs::symlink_metadata(r.join("h9")).unwrap().is_symlink());
+        assert_eq!(before, w.outside());
+        // Shallower (the callers share the removal): replaced by a file,
+        // and under an opaque marker.
+        w.apply(&[deep_chain(4_000), vec![E::file("a", b"file")]])
+            .unwrap();
+        assert_eq!(fs::read(r.join("a")).unwrap(), b"file");
+        w.apply(&[
+            vec![E::dir("a")],
+            deep_chain(4_000),
+            vec![E::file("a/new", b"n"), E::whiteout("a/.wh..wh..opq")],
+        ])
+        .unwrap();
+        assert_eq!(names(&r.join("a")), ["new"]);
+        assert_eq!(before, w.outside());
+    });
+}
+
+/// An unpack that fails after building a 20,200-level tree removes it
+/// (std's `remove_dir_all` overflowed the stack there) and DEST with the
+/// parent it made; the error is the failing entry's, on one line.
+#[test]
+fn a_failed_unpack_removes_a_deep_tree() {
+    in_child("a_failed_unpack_removes_a_deep_tree", || {
+        require_root();
+        let s = Scratch::new("deep-unpack");
+        let l = Layout::new(&s.path().join("img"));
+        let mut layer = deep_chain(20_200);
+        layer.push(E::hardlink("zz", "missing"));
+        let (m, _) = l.image(&[tar(&layer)], Comp::None, "amd64");
+        l.index(&[(m, Some("t"))]);
+        let r = ImageRef::parse(&format!("oci:{}:t", l.dir.display())).unwrap();
+        let made = s.path().join("made");
+        let err = unpack_bundle(&r, &made.join("bundle"), UnpackOptions::default())
+            .err()
+            .map(|e| chain(&e))
+            .expect("the hardlink to a missing target fails");
+        assert!(
+            err.ends_with("tar entry \"zz\": hardlink target \"missing\" does not exist"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        assert!(!made.exists(), "DEST and its parent removed after: {err}");
+    });
+}
+
+/// When removing the partial bundle fails too (here a directory of the
+/// rootfs made immutable meanwhile), the error says so, names what was
+/// left, and still ends with why the unpack failed, on one line.
+#[test]
+fn a_failed_cleanup_is_reported() {
+    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+    require_root();
+    let s = Scratch::new("cleanup");
+    let l = Layout::new(&s.path().join("img"));
+    let layers = [
+        tar(&[E::dir("d"), E::file("d/f", b"f")]),
+        tar(&[E::hardlink("zz", "missing")]),
+    ];
+    let (m, _) = l.image(&layers, Comp::None, "amd64");
+    l.index(&[(m, Some("t"))]);
+    let r = ImageRef::parse(&format!("oci:{}:t", l.dir.display())).unwrap();
+    let dest = s.path().join("bundle");
+    let d = dest.join("rootfs/d");
+    let lock = |on: bool| {
+        let fd = fs::File::open(&d).unwrap();
+        let flags = ioctl_getflags(&fd).unwrap();
+        let flags = if on {
+            flags | IFlags::IMMUTABLE
+        } else {
+            flags - IFlags::IMMUTABLE
+        };
+        ioctl_setflags(&fd, flags).unwrap();
+    };
+    let mut locked = false;
+    let mut progress = |p: Progress<'_>| {
+        if let Progress::LayerDone { index: 0, .. } = p {
+            lock(true);
+            locked = true;
+        }
+    };
+    let opts = UnpackOptions {
+        progress: Some(&mut progress),
+        ..Default::default()
+    };
+    let err = unpack_bundle(&r, &dest, opts).err().map(|e| chain(&e));
+    assert!(locked);
+    lock(false);
+    let err = err.expect("the hardlink to a missing target fails");
+    let want = format!(
+        "the unpack failed and left a partial bundle in {} (removing it: remove \"{}\": Operation not permitted (os error 1)): ",
+        dest.display(),
+        d.display()
+    );
+    assert!(err.starts_with(&want), "{err}");
+    assert!(
+        err.ends_with("tar entry \"zz\": hardlink target \"missing\" does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+    assert!(d.join("f").is_file() && !dest.join("config.json").exists());
 }

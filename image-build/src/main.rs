@@ -80,10 +80,10 @@ fn report(err: &dyn Error) -> String {
     line
 }
 
-/// Raises the soft limit on open files to the hard one. Removing a
-/// directory tree (a whiteout, or a file replacing a directory) holds one
-/// fd per level, and tar names of up to PATH_MAX allow ~2,000 levels; the
-/// usual soft limit of 1,024 would end such an unpack with EMFILE.
+/// Raises the soft limit on open files to the hard one: the unpack's
+/// writer threads and the layer readers each hold a few, and a bounded
+/// number are held while a tree is removed (bundles/README.md); the usual
+/// soft limit of 1,024 is no bound berth-build needs to live with.
 fn raise_open_files_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);

@@ -161,13 +161,11 @@ fn unpack_base_image_without_command() {
     runc_run(&bundle, "nocmd");
 }
 
-/// A whiteout of a 1,500-level directory tree: removing it holds one fd
-/// per level, more than the usual soft limit of 1,024 open files, which
-/// berth-build raises to the hard limit (with the hard limit at 1,024 too
-/// it fails, clearly, with EMFILE; the cleanup of the partial bundle then
-/// runs into the same limit and leaves it, see bundles/README.md).
+/// A whiteout of a 1,500-level directory tree, made by umoci: the removal
+/// holds a bounded number of fds (bundles/README.md), so it works even
+/// with the open files limit at 1,024, below one fd per level.
 #[test]
-fn unpack_removes_a_tree_deeper_than_the_soft_open_files_limit() {
+fn unpack_removes_a_tree_deeper_than_the_open_files_limit() {
     require_root();
     require("umoci", "umoci");
     require("prlimit", "util-linux");
@@ -205,11 +203,12 @@ fn unpack_removes_a_tree_deeper_than_the_soft_open_files_limit() {
     assert!(!bundle.join("rootfs/d").exists(), "the whiteout removed d");
     let capped = s.0.join("capped");
     let out = unpack("1024:1024", &capped);
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("Too many open files"),
-        "{err}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(!capped.join("rootfs/d").exists(), "the whiteout removed d");
 }
 
 #[test]

@@ -517,8 +517,9 @@ impl ContainerLauncher {
             let dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
             let result = self.fill_rootfs(name, image, &img, &dir, program, &persistent);
             if result.is_err() {
-                // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
-                let _ = fs::remove_dir_all(&dir);
+                // Never follows a symlink, never recurses: an image's tree
+                // may be tens of thousands of levels deep.
+                let _ = berth_bundles::apply::remove_dir_tree(&dir);
             }
             return result.map(|(plan, bytes)| (plan, Some(bytes), false));
         }
@@ -928,7 +929,7 @@ fn unpack_shared(
             bytes,
         )),
         Err(e) => {
-            let _ = fs::remove_dir_all(&dir);
+            let _ = berth_bundles::apply::remove_dir_tree(&dir);
             Err(e)
         }
     }
@@ -950,11 +951,12 @@ fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
     if fs::symlink_metadata(&dir).is_ok() {
         // An overlay root of an earlier run in this mount namespace.
         let _ = nix::mount::umount2(&dir.join("root"), nix::mount::MntFlags::MNT_DETACH);
-        // remove_dir_all does not follow symlinks (CVE-2022-21658 fixed).
-        fs::remove_dir_all(&dir).map_err(|source| PrepareError::Io {
+        // Not std's remove_dir_all, which recurses once per level (an
+        // image's tree may be tens of thousands deep: PID 1's stack).
+        berth_bundles::apply::remove_dir_tree(&dir).map_err(|e| PrepareError::Io {
             op: "remove stale rootfs",
             path: dir.clone(),
-            source,
+            source: std::io::Error::other(e.to_string()),
         })?;
     }
     create_dir(&dir)?;

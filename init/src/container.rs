@@ -956,7 +956,7 @@ fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf, PrepareError> {
         berth_bundles::apply::remove_dir_tree(&dir).map_err(|e| PrepareError::Io {
             op: "remove stale rootfs",
             path: dir.clone(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(error_chain(&e)),
         })?;
     }
     create_dir(&dir)?;

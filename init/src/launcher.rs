@@ -201,12 +201,17 @@ impl ProcessLauncher {
         }
     }
 
-    /// The unit's cgroup, made (or an empty leftover taken) for a start.
+    /// The unit's cgroup, made for a start. One left by its last run (its
+    /// removal found it busy) is this unit's: what is in it is killed and
+    /// it is removed first.
     fn unit_cgroup(&self, name: &str) -> Result<Option<Cgroup>, LaunchError> {
         let Some((mount, parent)) = &self.cgroups else {
             return Ok(None);
         };
         let relative = Path::new(parent).join(name);
+        if let Ok(leftover) = Cgroup::open(&mount.join(&relative)) {
+            end_cgroup(name, leftover);
+        }
         let plan = CgroupPlan {
             path: CgroupPath::Root(relative.clone()),
             controllers: Default::default(),
@@ -222,20 +227,65 @@ impl ProcessLauncher {
     }
 }
 
-/// Kills what is left in a unit's cgroup and removes it.
+/// The processes in `dir` and in the cgroups below it.
+fn cgroup_tree_pids(dir: &Path) -> usize {
+    let own = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count());
+    let below: usize = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| cgroup_tree_pids(&e.path()))
+        .sum();
+    own + below
+}
+
+/// Removes the cgroups below `dir` (deepest first) and `dir`. A cgroup
+/// whose killed processes the kernel has not torn down yet is busy: tried
+/// for up to 100 ms, PID 1's loop waits meanwhile; one still busy is left
+/// for the unit's next start.
+fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path())?;
+        }
+    }
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => return other,
+        }
+    }
+}
+
+/// Kills what is left in a unit's cgroup, the cgroups below it included
+/// (`cgroup.kill` reaches them), and removes them all.
 fn end_cgroup(name: &str, cgroup: Cgroup) {
-    let left = cgroup.pids().map_or(0, |p| p.len());
+    let left = cgroup_tree_pids(cgroup.path());
     if left > 0 {
         log::warn!(
             "unit {name}: killed what its first process left behind ({left} in cgroup {})",
             cgroup.path().display()
         );
-        if let Err(e) = cgroup.kill_all() {
-            log::warn!("unit {name}: {}", error_chain(&e));
-        }
     }
-    if let Err(e) = cgroup.remove() {
+    // Always: a cgroup below may hold processes even when this one's own
+    // list is empty.
+    if let Err(e) = cgroup.kill_all() {
         log::warn!("unit {name}: {}", error_chain(&e));
+    }
+    let path = cgroup.path().to_owned();
+    drop(cgroup);
+    if let Err(e) = remove_cgroup_tree(&path) {
+        log::warn!(
+            "unit {name}: remove cgroup {} (left for its next start): {e}",
+            path.display()
+        );
     }
 }
 

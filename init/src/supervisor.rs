@@ -1095,8 +1095,9 @@ mod tests {
         assert_eq!(r.spawned, ["good"]);
     }
 
-    #[test]
-    fn shutdown_stops_dependents_first_and_kills_after_timeout() {
+    /// APP booted (its tasks done, its services started), its lines
+    /// taken, and shut down at 1000 ms.
+    fn shut_down_app() -> (Supervisor, FakeRunner) {
         let mut s = supervisor(APP);
         let mut r = FakeRunner::default();
         s.boot(0, &mut r);
@@ -1105,6 +1106,12 @@ mod tests {
         settle(&mut s, &mut r, 0);
         r.take_lines();
         s.shutdown(1000, &mut r);
+        (s, r)
+    }
+
+    #[test]
+    fn shutdown_stops_dependents_first_and_kills_after_timeout() {
+        let (mut s, mut r) = shut_down_app();
         // cron and web have no dependents: signalled at once; db waits for web.
         assert_eq!(
             r.signals,
@@ -1150,14 +1157,7 @@ mod tests {
         // web and then db never exit, not even after SIGKILL (stuck in
         // the kernel on a hung disk): each is given up on KILL_WAIT after
         // its SIGKILL, and shutdown ends.
-        let mut s = supervisor(APP);
-        let mut r = FakeRunner::default();
-        s.boot(0, &mut r);
-        s.child_exited(r.pid("t1"), ExitStatus::Code(0), 0, &mut r);
-        s.child_exited(r.pid("t2"), ExitStatus::Code(0), 0, &mut r);
-        settle(&mut s, &mut r, 0);
-        r.take_lines();
-        s.shutdown(1000, &mut r);
+        let (mut s, mut r) = shut_down_app();
         s.child_exited(r.pid("cron"), ExitStatus::Signal(15), 1100, &mut r);
         s.tick(3000, &mut r);
         assert_eq!(r.signals.last(), Some(&("web".to_owned(), Signal::SIGKILL)));

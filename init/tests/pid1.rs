@@ -691,3 +691,39 @@ fn a_host_units_setsid_daemons_go_with_each_run() {
     );
     p.wait_for("berth: unit daemonizer: killed what its first process left behind (1 in cgroup ");
 }
+
+/// The same with the daemon moved into a cgroup below the unit's (as a
+/// runtime the unit runs would put a container): it is killed with the
+/// unit's cgroup, the cgroup below is removed, and the unit keeps
+/// starting instead of finding its cgroup still in use.
+#[test]
+fn a_host_units_leftovers_in_a_cgroup_below_go_too() {
+    let mount = cgroup2_mount().expect("no cgroup2 mount on this host");
+    let script = format!(
+        "d={}$(sed -n 's/^0:://p' /proc/self/cgroup)/below; mkdir -p $d; \
+         sh -c \"echo \\$\\$ > $d/cgroup.procs; exec setsid sleep 98713\" & sleep 0.2; exit 1",
+        mount.display()
+    );
+    let m = manifest(
+        &[],
+        &[sh(
+            "nester",
+            &script,
+            r#","restart":{"policy":"always","backoff":{"initial":"50ms","factor":1,"max":"50ms"},"start_limit":{"count":1000,"interval":"1m"}}"#,
+        )],
+    );
+    let p = Pid1::start("nested-cgroup", &m);
+    p.wait_for_nth("berth: service nester exited status=1", 5);
+    let sleepers = all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"98713\0"))
+        })
+        .count();
+    assert!(sleepers <= 1, "{sleepers} left:\n{}", p.dump());
+    assert!(
+        !p.lines().iter().any(|l| l.contains("make its cgroup")),
+        "{}",
+        p.dump()
+    );
+}

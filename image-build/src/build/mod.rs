@@ -825,8 +825,12 @@ fn put_in_place(tmp: &Path, out: &Path) -> std::io::Result<()> {
         let _ = fs::rename(&old, out);
         return Err(e);
     }
-    // Where the exchange would have left it.
-    fs::rename(&old, tmp)
+    // Where the exchange would have left it, for the caller to remove;
+    // the new output is in place whatever happens now.
+    if fs::rename(&old, tmp).is_err() {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(())
 }
 
 /// An existing OUTDIR is replaced only when it is a previous output (a

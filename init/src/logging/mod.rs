@@ -456,7 +456,12 @@ impl Hub {
             let (Some(unit), Some(console)) = (units.get(i), console.as_mut()) else {
                 continue;
             };
+            // Counted again: PID 1's own ring has just taken the line
+            // above (and may have let older ones go for it).
+            let total = unit.ring.len();
+            let from = total.saturating_sub(DUMP_LINES);
             let mut shown = 0;
+            let mut refused = false;
             unit.ring.visit(from, &mut |time, _stream, text| {
                 let stamp = Stamp::new(time);
                 let queued = console.push(&[
@@ -468,9 +473,10 @@ impl Hub {
                     b"\n",
                 ]);
                 shown += usize::from(queued);
+                refused = !queued;
                 queued
             });
-            if shown < total - from {
+            if refused {
                 hub.own_line(
                     log::Level::Info,
                     &format_args!(

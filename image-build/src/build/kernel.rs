@@ -197,6 +197,7 @@ impl KernelTree {
     /// Built-in modules are skipped (there is nothing to load).
     pub fn resolve(&self, wanted: &[String]) -> Result<Vec<ResolvedModule>, KernelError> {
         let mut done: BTreeMap<String, ResolvedModule> = BTreeMap::new();
+        let mut aliases: Option<Aliases> = None;
         let mut todo: Vec<(String, Option<String>)> =
             wanted.iter().map(|w| (module_name(w), None)).collect();
         while let Some((name, wanted_by)) = todo.pop() {
@@ -222,10 +223,22 @@ impl KernelTree {
                 path: path.clone(),
                 source,
             })?;
-            let deps = module_depends(&bytes).map_err(|source| KernelError::Elf {
+            let elf_err = |source| KernelError::Elf {
                 path: path.clone(),
                 source,
-            })?;
+            };
+            let mut deps = module_depends(&bytes).map_err(elf_err)?;
+            // Its `softdep pre:` modules load before it too, as modprobe
+            // loads them: the initramfs has no modprobe for the kernel to
+            // ask for one later (btrfs asks the crypto API for its
+            // checksum's module when it mounts).
+            for soft in module_softdeps_pre(&bytes).map_err(elf_err)? {
+                for provider in self.softdep_providers(&soft, &mut aliases)? {
+                    if provider != name && !deps.contains(&provider) {
+                        deps.push(provider);
+                    }
+                }
+            }
             for d in &deps {
                 todo.push((d.clone(), Some(name.clone())));
             }
@@ -242,13 +255,114 @@ impl KernelTree {
     }
 }
 
+/// Module aliases (`alias=` in `.modinfo`): of the module files, and the
+/// ones built-in modules provide.
+struct Aliases {
+    modules: BTreeMap<String, Vec<String>>,
+    builtin: BTreeSet<String>,
+}
+
+impl KernelTree {
+    /// The module files that provide what a `softdep` names, as modprobe
+    /// finds them: a module of that name, else the modules with that alias.
+    /// None when it is built in (or a built-in module has the alias), and
+    /// none when nothing provides it (modprobe goes on without it too).
+    fn softdep_providers(
+        &self,
+        wanted: &str,
+        aliases: &mut Option<Aliases>,
+    ) -> Result<Vec<String>, KernelError> {
+        let name = module_name(wanted);
+        if self.modules.contains_key(&name) {
+            return Ok(vec![name]);
+        }
+        if self.builtin.contains(&name) {
+            return Ok(Vec::new());
+        }
+        let aliases = match aliases {
+            Some(a) => a,
+            None => aliases.insert(self.read_aliases()?),
+        };
+        if aliases.builtin.contains(wanted) {
+            return Ok(Vec::new());
+        }
+        Ok(aliases.modules.get(wanted).cloned().unwrap_or_default())
+    }
+
+    /// Every alias of every module file (each file's `.modinfo`, read once
+    /// per build and only when a softdep names an alias) and of the
+    /// built-in modules (`modules.builtin.modinfo`).
+    fn read_aliases(&self) -> Result<Aliases, KernelError> {
+        let mut modules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, rel) in &self.modules {
+            if check_plain(rel, &self.modules_dir).is_err() {
+                continue;
+            }
+            let path = self.modules_dir.join(rel);
+            let bytes = fs::read(&path).map_err(|source| KernelError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let info = elf::modinfo(&bytes).map_err(|source| KernelError::Elf {
+                path: path.clone(),
+                source,
+            })?;
+            for (key, value) in info {
+                if key == "alias" {
+                    modules.entry(value).or_default().push(name.clone());
+                }
+            }
+        }
+        let text = fs::read(self.modules_dir.join("modules.builtin.modinfo")).unwrap_or_default();
+        let builtin = builtin_aliases(&text);
+        Ok(Aliases { modules, builtin })
+    }
+}
+
+/// The aliases in `modules.builtin.modinfo` (`module.alias=value`
+/// records, NUL-terminated).
+fn builtin_aliases(text: &[u8]) -> BTreeSet<String> {
+    text.split(|&b| b == 0)
+        .filter_map(|record| std::str::from_utf8(record).ok())
+        .filter_map(|record| record.split_once('='))
+        .filter(|(key, _)| key.split_once('.').is_some_and(|(_, k)| k == "alias"))
+        .map(|(_, value)| value.to_owned())
+        .collect()
+}
+
+/// The modules a module's `softdep=` entries name to load before it
+/// (`pre:`), as kmod reads them: the names after `pre:` up to `post:`;
+/// `post:` ones, and names before either, are not taken.
+pub fn module_softdeps_pre(ko: &[u8]) -> Result<Vec<String>, ElfError> {
+    Ok(elf::modinfo(ko)?
+        .into_iter()
+        .filter(|(k, _)| k == "softdep")
+        .flat_map(|(_, v)| softdeps_pre(&v))
+        .collect())
+}
+
+fn softdeps_pre(value: &str) -> Vec<String> {
+    let mut pre = false;
+    let mut out = Vec::new();
+    for token in value.split_whitespace() {
+        match token {
+            "pre:" => pre = true,
+            "post:" => pre = false,
+            name if pre => out.push(name.to_owned()),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A module to ship.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedModule {
     pub name: String,
     /// Relative to `lib/modules/<release>`.
     pub path: String,
-    /// Direct dependencies (names), built-ins included.
+    /// Direct dependencies (names), built-ins included, and the modules
+    /// that provide its `softdep pre:` names.
     pub deps: Vec<String>,
 }
 
@@ -434,6 +548,21 @@ mod tests {
         assert!(pos("virtio.ko") < pos("virtio_net.ko"));
     }
 
+    #[test]
+    fn softdep_pre_names_as_kmod_reads_them() {
+        assert_eq!(softdeps_pre("pre: crc32c"), ["crc32c"]);
+        assert_eq!(softdeps_pre("pre: a b post: c pre: d"), ["a", "b", "d"]);
+        assert!(softdeps_pre("post: mpls_gso").is_empty());
+        assert!(
+            softdeps_pre("gcm ccm").is_empty(),
+            "names before pre: are not taken"
+        );
+        assert_eq!(
+            builtin_aliases(b"crc32c_generic.alias=crc32c\0crc32c_generic.alias=crypto-crc32c\0ext4.license=GPL\0ext4.alias=fs-ext4\0"),
+            ["crc32c", "crypto-crc32c", "fs-ext4"].map(String::from).into_iter().collect()
+        );
+    }
+
     /// `.modinfo` of real modules of the fetched Debian cloud kernel.
     #[test]
     fn depends_of_real_cloud_kernel_modules() {
@@ -476,5 +605,23 @@ mod tests {
             tree.resolve(&["nope".into()]),
             Err(KernelError::UnknownModule { .. })
         ));
+        // btrfs's `softdep pre:` names, through their aliases (xxhash64,
+        // blake2b-256), and xt_LOG's by module name: shipped and loaded
+        // before them. crc32c and sha256 are built in.
+        let btrfs = tree.resolve(&["btrfs".into()]).unwrap();
+        let names: Vec<&str> = btrfs.iter().map(|m| m.name.as_str()).collect();
+        for soft in ["xxhash_generic", "blake2b_generic"] {
+            assert!(names.contains(&soft), "{names:?}");
+        }
+        let entry = btrfs.iter().find(|m| m.name == "btrfs").unwrap();
+        assert!(
+            entry.deps.iter().any(|d| d == "xxhash_generic"),
+            "{entry:?}"
+        );
+        let xt_log = tree.resolve(&["xt_LOG".into()]).unwrap();
+        assert!(
+            xt_log.iter().any(|m| m.name == "nf_log_syslog"),
+            "{xt_log:?}"
+        );
     }
 }

@@ -246,6 +246,10 @@ pub fn classify_whiteout(name: &[u8]) -> Result<Whiteout<'_>, &'static str> {
 pub struct Rootfs {
     root: OwnedFd,
     path: PathBuf,
+    /// The root's path as the kernel names it (`/proc/self/fd/N`), to tell
+    /// where inside the root a directory reached through symlinks is
+    /// ([`Rootfs::real_path`]). `None` without `/proc`.
+    real_root: Option<Vec<u8>>,
 }
 
 /// A directory by identity (`st_dev`, `st_ino`): the same directory may be
@@ -257,6 +261,8 @@ type DirId = (u64, u64);
 /// [`LayerState::dirs`]), opened `O_RDONLY` so its times can be set on it.
 struct CachedDir {
     path: Vec<u8>,
+    /// Where it is in the root, symlinks resolved ([`Rootfs::real_path`]).
+    real: Option<Vec<u8>>,
     fd: Rc<OwnedFd>,
     id: DirId,
 }
@@ -266,6 +272,7 @@ struct ParentDir {
     fd: Rc<OwnedFd>,
     id: DirId,
     cached: bool,
+    real: Option<Vec<u8>>,
 }
 
 /// State kept while one layer is applied.
@@ -441,10 +448,31 @@ impl Rootfs {
             path: path.to_path_buf(),
             source: e.into(),
         })?;
+        let real_root = proc_fd_path(root.as_fd());
         Ok(Self {
             root,
             path: path.to_path_buf(),
+            real_root,
         })
+    }
+
+    /// Where the directory `dir` is inside the root, every symlink on the
+    /// way resolved (`""` for the root itself): a layer's entry reached
+    /// through a symlink (`lib/new`, `lib -> usr/lib`) is at `usr/lib/new`,
+    /// which is what the layer's own whiteouts must spare (umoci and
+    /// containerd key that set by the resolved path too). `None` when the
+    /// kernel cannot say (no `/proc`): the tar path is used then.
+    fn real_path(&self, dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
+        let root = self.real_root.as_deref()?;
+        let path = proc_fd_path(dir)?;
+        if path == root {
+            return Some(Vec::new());
+        }
+        let prefix_len = if root == b"/" { 0 } else { root.len() };
+        match path.get(prefix_len..) {
+            Some([b'/', rest @ ..]) if path.starts_with(root) => Some(rest.to_vec()),
+            _ => None,
+        }
     }
 
     /// The root directory fd (an `O_PATH` fd).
@@ -577,12 +605,26 @@ impl Rootfs {
             return Ok(());
         }
 
-        mark_upper(&mut st.upper, &path);
         let parent_dir = if parent.is_empty() {
             None
         } else {
             Some(self.take_parent(st, parent, &path)?)
         };
+        // This layer's own paths, as they are in the root.
+        let real_parent = match &parent_dir {
+            None => Some(Vec::new()),
+            Some(dir) => dir.real.clone(),
+        };
+        match real_parent {
+            Some(mut real) => {
+                if !real.is_empty() {
+                    real.push(b'/');
+                }
+                real.extend_from_slice(name);
+                mark_upper(&mut st.upper, &real);
+            }
+            None => mark_upper(&mut st.upper, &path),
+        }
         let pfd = parent_dir
             .as_ref()
             .map_or(self.root.as_fd(), |dir| dir.fd.as_fd());
@@ -597,8 +639,10 @@ impl Rootfs {
                 fd,
                 id,
                 cached: false,
+                real,
             }) => st.cache_dir(CachedDir {
                 path: parent.to_vec(),
+                real,
                 fd,
                 id,
             }),
@@ -715,6 +759,7 @@ impl Rootfs {
                 // directory now at `path`, for the entries inside it.
                 st.cache_dir(CachedDir {
                     path: path.clone(),
+                    real: self.real_path(fd.as_fd()),
                     fd: Rc::new(fd),
                     id,
                 })?;
@@ -891,6 +936,7 @@ impl Rootfs {
                 fd: d.fd.clone(),
                 id: d.id,
                 cached: true,
+                real: d.real.clone(),
             });
         }
         // O_RDONLY rather than O_PATH: the directory's times are set back
@@ -907,10 +953,12 @@ impl Rootfs {
             Err(e) => return Err(ApplyError::fs("resolve parent directory", parent, e)),
         };
         let id = st.note_dir(fd.as_fd(), parent)?;
+        let real = self.real_path(fd.as_fd());
         Ok(ParentDir {
             fd: Rc::new(fd),
             id,
             cached: false,
+            real,
         })
     }
 
@@ -1052,6 +1100,14 @@ impl Rootfs {
         }
         st.clear_dirs()?;
         let id = st.note_dir(dir.as_fd(), parent)?;
+        // The layer's own paths are kept by where they are in the root.
+        if let Some(mut real) = self.real_path(dir.as_fd()) {
+            if !real.is_empty() {
+                real.push(b'/');
+            }
+            real.extend_from_slice(target);
+            path = real;
+        }
         let mut keep = Keep {
             upper: &st.upper,
             times: &mut st.dir_times,
@@ -1068,12 +1124,15 @@ impl Rootfs {
         };
         st.clear_dirs()?;
         let id = st.note_dir(dir.as_fd(), dir_path)?;
+        // The layer's own paths are kept by where they are in the root.
+        let real = self.real_path(dir.as_fd());
+        let base = real.as_deref().unwrap_or(dir_path);
         let mut keep = Keep {
             upper: &st.upper,
             times: &mut st.dir_times,
         };
         for name in list_dir(&dir, dir_path)? {
-            let mut path = dir_path.to_vec();
+            let mut path = base.to_vec();
             if !path.is_empty() {
                 path.push(b'/');
             }
@@ -1638,6 +1697,15 @@ fn remove_emptied(parent: BorrowedFd<'_>, done: &Level, path: &[u8]) -> Result<(
     }
     rfs::unlinkat(parent, &done.name, AtFlags::REMOVEDIR)
         .map_err(|e| ApplyError::fs("remove directory", path, e))
+}
+
+/// The path the kernel gives for an open fd (`/proc/self/fd/N`).
+fn proc_fd_path(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStringExt;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|p| p.into_os_string().into_vec())
 }
 
 /// Adds `path` and all of its ancestors to the layer's set `U`.

@@ -762,6 +762,41 @@ fn whiteouts_per_spec() {
     }
 }
 
+/// A layer's own entries are spared by its whiteouts wherever they landed:
+/// `lib/new` through `lib -> usr/lib` is `usr/lib/new`, which the same
+/// layer's opaque marker of `usr/lib` must not remove, nor its whiteout of
+/// `usr/share` a file it put there through `share -> /usr/share`. umoci
+/// 0.4.7 unpacks the same two layers (gzip) to the same tree; berth keyed
+/// the set of the layer's paths by the tar name and removed both.
+#[test]
+fn whiteouts_spare_the_layers_entries_reached_through_symlinks() {
+    let w = World::new("whiteout-symlink");
+    w.apply(&[
+        vec![
+            E::dir("usr"),
+            E::dir("usr/lib"),
+            E::file("usr/lib/old", b"old"),
+            E::dir("usr/share"),
+            E::file("usr/share/gone", b"gone"),
+            E::symlink("lib", "usr/lib"),
+            E::symlink("share", "/usr/share"),
+        ],
+        vec![
+            E::file("lib/new", b"new"),
+            E::whiteout("usr/lib/.wh..wh..opq"),
+            // A whiteout of a tree the layer put a file into, through
+            // an absolute link (in-root).
+            E::file("share/kept", b"kept"),
+            E::whiteout("usr/.wh.share"),
+        ],
+    ])
+    .unwrap();
+    let r = w.root();
+    assert_eq!(names(&r.join("usr/lib")), ["new"]);
+    assert_eq!(fs::read(r.join("usr/lib/new")).unwrap(), b"new");
+    assert_eq!(names(&r.join("usr/share")), ["kept"]);
+}
+
 #[test]
 fn refused_entries() {
     let w = World::new("refused");

@@ -1363,7 +1363,13 @@ impl Container {
             .and_then(|h| h.poststart().clone())
         {
             let state = record_state(&self.record, Status::Running);
-            run_hook_list(&id, HookKind::Poststart, &list, &state)?;
+            if let Err(e) = run_hook_list(&id, HookKind::Poststart, &list, &state) {
+                // As runc: a failed poststart hook ends the container, so
+                // a caller told the start failed finds it stopped, not
+                // running unsupervised.
+                let _ = self.kill(libc::SIGKILL, false);
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -220,3 +220,22 @@ fn a_failing_poststop_hook_is_a_warning_and_delete_goes_on() {
     assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
     assert!(t.rt.load("poststop-fail").is_err(), "deleted");
 }
+
+/// A poststart hook that fails fails the start and ends the container, as
+/// runc does: the caller is not left with a running container it was told
+/// did not start.
+#[test]
+fn a_failed_poststart_hook_ends_the_container() {
+    let mut b = Bundle::new();
+    b.script("sleep 30");
+    b.config["hooks"] = json!({"poststart": [{"path": "/bin/false"}]});
+    b.write();
+    let t = common::runtime();
+    let mut c =
+        t.rt.create("poststart-fails", b.dir(), Default::default())
+            .unwrap();
+    let err = common::chain(&c.start().unwrap_err());
+    assert!(err.contains("poststart"), "{err}");
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(9));
+    c.delete(false).unwrap();
+}

@@ -24,7 +24,7 @@
 //!
 //! `log`: `level` (`off|error|warn|info|debug|trace`, any case, default `info`), `ring_size`
 //! (per-service in-memory ring, size string, default `64KiB`), `max_line`
-//! (longer lines are cut, default 4096 bytes), `rate` {`lines_per_sec`,
+//! (longer lines are cut, default 4096 bytes, 80 to 8192), `rate` {`lines_per_sec`,
 //! `burst`} (per service; lines over the budget are dropped from the console,
 //! file and syslog, and counted; default 1000/s, burst 2000), `files`
 //! {`dir` (absolute), `max_size` (default `1MiB`), `keep` (rotated files kept,
@@ -865,6 +865,17 @@ fn valid_hostname(name: &str) -> bool {
         })
 }
 
+/// The longest `log.max_line`: a line with its control characters
+/// escaped (up to 4 bytes each) and its stamp must fit the console's queue
+/// and the TCP syslog buffer, or it could never be written whole.
+pub const MAX_LINE_LIMIT: usize = 8192;
+
+/// A DNS domain name (a `search` domain): labels as in a hostname, up to
+/// 253 characters in all (RFC 1035), not a hostname's 64.
+fn valid_domain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(valid_hostname)
+}
+
 /// Capability names the kernel knows: the runtime's table (capability.h).
 pub use berth_runtime::caps::CAP_NAMES as CAPABILITIES;
 
@@ -979,9 +990,10 @@ fn validate_program(c: &mut Checker<'_>, path: &str, p: raw::Program, data_disk:
             }
             raw::Mount::Tmpfs { target, size, mode } => {
                 let target = c.absolute_path(&format!("{mpath}.target"), &target);
+                // A size that does not parse is one problem, not also a 0.
                 let size = size
                     .as_ref()
-                    .map(|s| c.size(&format!("{mpath}.size"), Some(s), 0));
+                    .and_then(|s| c.parsed_size(&format!("{mpath}.size"), s));
                 if size == Some(0) {
                     c.problem(format!("{mpath}.size"), "must be greater than 0");
                 }
@@ -1367,7 +1379,7 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
                 }
             }
             for (i, s) in dns.search.iter().enumerate() {
-                if !valid_hostname(s) {
+                if !valid_domain(s) {
                     c.problem(
                         format!("network.dns.search[{i}]"),
                         format!("{s:?} is not a domain"),
@@ -1421,8 +1433,11 @@ pub fn validate(raw: raw::Manifest, images: &[String]) -> Result<Manifest, Manif
         }
         log_cfg.ring_size = usize::try_from(ring).unwrap_or(log_cfg.ring_size);
         if let Some(max_line) = l.max_line {
-            if !(80..=65536).contains(&max_line) {
-                c.problem("log.max_line", "must be between 80 and 65536");
+            if !(80..=MAX_LINE_LIMIT as u64).contains(&max_line) {
+                c.problem(
+                    "log.max_line",
+                    format!("must be between 80 and {MAX_LINE_LIMIT}"),
+                );
             }
             log_cfg.max_line = usize::try_from(max_line).unwrap_or(log_cfg.max_line);
         }
@@ -1660,6 +1675,44 @@ mod tests {
             Err(e) => vec![e.to_string()],
             Ok(_) => vec![],
         }
+    }
+
+    /// Review fixes: a search domain may be up to 253 characters; a bad
+    /// tmpfs size is one problem, not also "must be greater than 0";
+    /// max_line stops where an escaped line still fits the sinks' buffers.
+    #[test]
+    fn search_domains_tmpfs_sizes_and_max_line() {
+        let long = format!(
+            "{}.example.com",
+            ["a".repeat(63), "b".repeat(63), "c".repeat(50)].join(".")
+        );
+        assert!(long.len() > 64 && long.len() <= 253);
+        let dns = |search: &str| {
+            format!(
+                r#"{{"version":1,"network":{{"interfaces":[],"dns":{{"nameservers":["10.0.0.1"],"search":[{search}]}}}}}}"#
+            )
+        };
+        assert_eq!(problems(&dns(&format!("{long:?}"))), Vec::<String>::new());
+        let too_long = format!("{}.{long}", "d".repeat(80));
+        assert_eq!(
+            problems(&dns(&format!("{too_long:?}"))),
+            [format!(
+                "network.dns.search[0]: {too_long:?} is not a domain"
+            )]
+        );
+        let tmpfs = r#"{"version":1,"services":[{"name":"a","image":"web","mounts":[{"type":"tmpfs","target":"/t","size":"1XB"}]}]}"#;
+        let got = problems(tmpfs);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("services.a.mounts[0].size: invalid size \"1XB\""),
+            "{got:?}"
+        );
+        let line = |n: usize| format!(r#"{{"version":1,"log":{{"max_line":{n}}}}}"#);
+        assert_eq!(problems(&line(MAX_LINE_LIMIT)), Vec::<String>::new());
+        assert_eq!(
+            problems(&line(MAX_LINE_LIMIT + 1)),
+            ["log.max_line: must be between 80 and 8192"]
+        );
     }
 
     #[test]

@@ -727,3 +727,32 @@ fn a_host_units_leftovers_in_a_cgroup_below_go_too() {
         p.dump()
     );
 }
+
+/// A log directory replaced by a symlink (as a unit with a persistent
+/// mount above it could leave it on the data disk) costs the log files,
+/// not the boot: one error line, and the services start.
+#[test]
+fn a_log_directory_that_is_a_symlink_does_not_stop_the_boot() {
+    prerequisites();
+    let dir = temp_dir("logdir-link");
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("logs")).unwrap();
+    let m = format!(
+        r#"{{"version":1,"log":{{"files":{{"dir":{}}}}},"services":[{}]}}"#,
+        serde_json::to_string(&dir.join("logs")).unwrap(),
+        sh("talker", "echo up; exec sleep 1000", ""),
+    );
+    let mut p = Pid1::start_in(dir.clone(), &m, &[]);
+    p.wait_for("talker: up");
+    let line = p.wait_for("no log files this boot");
+    assert!(line.contains("symbolic link"), "{line}");
+    assert!(
+        std::fs::read_dir(dir.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing written through the link"
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}

@@ -34,7 +34,7 @@ pub mod sinks;
 
 use std::fs::File;
 use std::io::{Cursor, Write};
-use std::net::UdpSocket;
+use std::net::{ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Mutex, MutexGuard};
@@ -50,7 +50,10 @@ use crate::service::Millis;
 pub const OWN_UNIT: &str = "berth";
 
 /// Console queue size: about two seconds of a 115200-baud serial line.
-const CONSOLE_QUEUE: usize = 32 * 1024;
+/// Room for the longest line escaped (4 × `MAX_LINE_LIMIT`) and its
+/// stamp, twice.
+const CONSOLE_QUEUE: usize = 80 * 1024;
+const _: () = assert!(CONSOLE_QUEUE >= 2 * (4 * crate::manifest::MAX_LINE_LIMIT + 256));
 
 /// Why a log sink could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,7 @@ enum SyslogSink {
 
 /// Bytes of syslog messages held for a TCP receiver that is not keeping up.
 const TCP_PENDING_MAX: usize = 64 * 1024;
+const _: () = assert!(TCP_PENDING_MAX >= 4 * crate::manifest::MAX_LINE_LIMIT + 512);
 
 /// Starts a non-blocking TCP connect (it completes in the background).
 fn tcp_connect_nonblocking(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
@@ -210,22 +214,31 @@ pub fn init(
 
 /// Applies the manifest's `log` settings (units registered later use them).
 pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
+    // A log directory that cannot be opened costs the log files, not the
+    // boot: it usually lives on the data disk, where a unit with a
+    // persistent mount above it could plant a link or a file in its place
+    // and so stop every later boot.
     let log_dir = match &config.files {
-        Some(files) => {
-            Some(
-                sinks::open_log_dir(&files.dir).map_err(|source| LoggingError::LogDir {
+        Some(files) => match sinks::open_log_dir(&files.dir) {
+            Ok(dir) => Some(dir),
+            Err(source) => {
+                let e = LoggingError::LogDir {
                     dir: files.dir.clone(),
                     source,
-                })?,
-            )
-        }
+                };
+                log::error!(
+                    "{}; no log files this boot (the console, the rings and syslog go on)",
+                    error_chain(&e)
+                );
+                None
+            }
+        },
         None => None,
     };
     let syslog = match &config.syslog {
         None => None,
         Some(SyslogTarget::Tcp(addr)) => {
             // Resolved once, during boot; sends never resolve again.
-            use std::net::ToSocketAddrs;
             match addr.to_socket_addrs().map(|mut a| a.next()) {
                 Ok(Some(addr)) => Some(SyslogSink::Tcp {
                     addr,
@@ -253,10 +266,9 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
         }),
         Some(SyslogTarget::Udp(addr)) => {
             // UDP: bind and connect now (no peer needed); sends never block.
-            let socket = UdpSocket::bind("0.0.0.0:0")
-                .and_then(|s| s.connect(addr.as_str()).map(|()| s))
-                .and_then(|s| s.set_nonblocking(true).map(|()| s));
-            match socket {
+            // Bound in the target's address family (an IPv4 socket cannot
+            // connect to an IPv6 address).
+            match udp_socket(addr) {
                 Ok(socket) => Some(SyslogSink::Udp { socket }),
                 Err(e) => {
                     log::error!("syslog {addr}: {e}; not forwarding");
@@ -414,6 +426,25 @@ fn file_paused(e: &sinks::LogFileError) -> String {
 
 fn file_resumed(missed: u64) -> String {
     format!("log file written again, {missed} lines missed")
+}
+
+/// A non-blocking UDP socket connected to `addr` (`host:port`), bound in
+/// the target's address family: an IPv4 socket cannot connect to an IPv6
+/// address.
+fn udp_socket(addr: &str) -> std::io::Result<UdpSocket> {
+    let target = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let local = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(target)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 /// One of PID 1's lines whatever the level: what an operator asked for.
@@ -1083,6 +1114,21 @@ mod tests {
         );
         assert_eq!(got + held, 5000);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A UDP syslog target given as an IPv6 address works (the socket was
+    /// bound to 0.0.0.0, and connecting it to [::1] failed at boot).
+    #[test]
+    fn udp_syslog_reaches_ipv4_and_ipv6_targets() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let receiver = UdpSocket::bind(local).unwrap();
+            let addr = receiver.local_addr().unwrap().to_string();
+            let socket = udp_socket(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+            socket.send(b"<14>hello").unwrap();
+            let mut buf = [0u8; 64];
+            let n = receiver.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"<14>hello", "{addr}");
+        }
     }
 
     /// The panic hook's flush does not wait for a lock its own thread may

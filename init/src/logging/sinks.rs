@@ -129,6 +129,10 @@ pub struct RotatingFile {
     paused_until: Option<u64>,
     /// Lines not written since the failure.
     missed: u64,
+    /// The rotation's renames are done but the new file could not be
+    /// opened: the next try only opens it (renaming again would push the
+    /// rotated files one further, losing the oldest at each try).
+    reopen_pending: bool,
 }
 
 /// How long a log file rests after a failed write (a full disk, mostly)
@@ -174,6 +178,7 @@ impl RotatingFile {
             keep,
             paused_until: None,
             missed: 0,
+            reopen_pending: false,
         })
     }
 
@@ -258,10 +263,13 @@ impl RotatingFile {
             self.size = 0;
             return Ok(());
         }
-        for n in (1..self.keep).rev() {
-            self.rename(&self.rotated(n), &self.rotated(n + 1))?;
+        if !self.reopen_pending {
+            for n in (1..self.keep).rev() {
+                self.rename(&self.rotated(n), &self.rotated(n + 1))?;
+            }
+            self.rename(&self.name, &self.rotated(1))?;
+            self.reopen_pending = true;
         }
-        self.rename(&self.name, &self.rotated(1))?;
         self.file = File::from(
             crate::beneath::open_append(
                 self.dir.as_fd(),
@@ -270,6 +278,7 @@ impl RotatingFile {
             )
             .map_err(LogFileError::Open)?,
         );
+        self.reopen_pending = false;
         self.size = 0;
         Ok(())
     }
@@ -429,6 +438,62 @@ mod tests {
             let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&self.0);
         }
+    }
+
+    /// A rotation whose renames were done but whose new file could not be
+    /// made (no inode left) tries only the new file again: the rotated
+    /// files are not pushed one further at each try, losing the oldest.
+    #[test]
+    fn a_failed_rotation_tries_again_without_renaming_again() {
+        let dir = std::env::temp_dir().join(format!("berth-inodes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("nr_inodes=16"),
+        )
+        .expect("mount a tmpfs (the tests run as root)");
+        let fs = SmallFs(dir.clone());
+        let fd = open_log_dir(&fs.0).unwrap();
+        let mut f = RotatingFile::open(&fd, &fs.0, "web", 10, 2).unwrap();
+        let mut now = 0;
+        for i in 0..3 {
+            let text = format!("line{i}");
+            assert!(matches!(
+                f.offer(&[text.as_bytes(), b"\n"], now),
+                Offer::Written
+            ));
+        }
+        let read = |n: &str| std::fs::read_to_string(fs.0.join(n)).unwrap_or_default();
+        assert_eq!(
+            (read("web.log.2"), read("web.log.1")),
+            ("line0\n".into(), "line1\n".into())
+        );
+        // Every inode taken; the oldest rotated file held open, so the
+        // rename over it frees none.
+        let mut n = 0;
+        while std::fs::write(fs.0.join(format!("f{n}")), "").is_ok() {
+            n += 1;
+        }
+        let held = std::fs::File::open(fs.0.join("web.log.2")).unwrap();
+        assert!(matches!(f.offer(&[b"line3", b"\n"], now), Offer::Failed(_)));
+        let after_failure = (read("web.log.2"), read("web.log.1"));
+        assert_eq!(after_failure, ("line1\n".into(), "line2\n".into()));
+        for _ in 0..3 {
+            now += RETRY_MS + 1;
+            assert!(matches!(f.offer(&[b"line4", b"\n"], now), Offer::Skipped));
+            assert_eq!((read("web.log.2"), read("web.log.1")), after_failure);
+        }
+        drop(held);
+        now += RETRY_MS + 1;
+        assert!(matches!(
+            f.offer(&[b"line5", b"\n"], now),
+            Offer::Resumed { .. }
+        ));
+        assert_eq!(read("web.log"), "line5\n");
+        assert_eq!((read("web.log.2"), read("web.log.1")), after_failure);
     }
 
     #[test]

@@ -387,7 +387,14 @@ impl<L: Launcher> EventLoop<L> {
         self.with_runner(|sup, r| sup.boot(now, r));
         let mut events = [EpollEvent::empty(); 64];
         while self.supervisor.phase() != Phase::Done {
-            self.wait_once(&mut events, EpollTimeout::NONE);
+            // Messages waiting for a TCP syslog receiver are tried again
+            // at least once a second, not only with the next line.
+            let timeout = if logging::flush_syslog() {
+                EpollTimeout::from(1000u16)
+            } else {
+                EpollTimeout::NONE
+            };
+            self.wait_once(&mut events, timeout);
         }
         self.drain_pipes();
         match self.supervisor.fatal() {

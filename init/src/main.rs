@@ -1017,6 +1017,7 @@ fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
     if role != Role::Machine {
         timeline(start, "shutdown complete");
         log::info!("exiting status={code}");
+        logging::flush_syslog_for(SYSLOG_FLUSH);
         log::logger().flush();
         exit_with(code);
     }
@@ -1035,34 +1036,44 @@ fn finish(role: Role, outcome: Outcome, start: Millis) -> ! {
         let _ = nix::mount::umount2(m.target, MntFlags::MNT_DETACH);
     }
     timeline(start, "shutdown complete");
+    logging::flush_syslog_for(SYSLOG_FLUSH);
     power_down(action);
 }
 
-/// Unmounts the data disk for real, which closes its journal and marks it
-/// clean. A lazy detach of a busy mount would only hide it: the
-/// filesystem would stay live until the power-off and need recovery at
-/// the next mount. When something still holds it, a read-only remount
-/// does what matters (ext4 then writes a clean superblock), and the mount
-/// is then detached.
+/// How long the last lines may take to reach a TCP syslog receiver at the
+/// end.
+const SYSLOG_FLUSH: Duration = Duration::from_secs(2);
+
+/// Remounts the data disk read-only (ext4 then writes a clean
+/// superblock, whoever still holds the filesystem) and unmounts it for
+/// real, which closes its journal. A lazy detach of a busy mount alone
+/// would only hide it: the filesystem would stay live until the power-off
+/// and need recovery at the next mount.
 fn unmount_data_disk() {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(DATA_DIR)));
     if !mounted {
         return;
     }
-    let Err(busy) = nix::mount::umount2(DATA_DIR, MntFlags::empty()) else {
-        return;
-    };
-    let remount = nix::mount::mount(
+    // Read-only first: that applies to the filesystem, so it also covers
+    // the binds of it in containers' mount namespaces, which keep it alive
+    // after our unmount succeeds (a unit given up on at shutdown, say).
+    let read_only = nix::mount::mount(
         None::<&str>,
         DATA_DIR,
         None::<&str>,
         MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
         None::<&str>,
     );
-    match remount {
-        Ok(()) => log::warn!("unmount {DATA_DIR}: {busy}; remounted read-only instead"),
-        Err(e) => log::error!(
+    match (nix::mount::umount2(DATA_DIR, MntFlags::empty()), read_only) {
+        (Ok(()), Ok(())) => return,
+        (Ok(()), Err(e)) => log::warn!(
+            "read-only remount of {DATA_DIR}: {e}; unmounted, but a container may still hold it"
+        ),
+        (Err(busy), Ok(())) => {
+            log::warn!("unmount {DATA_DIR}: {busy}; it is read-only (clean), detached")
+        }
+        (Err(busy), Err(e)) => log::error!(
             "unmount {DATA_DIR}: {busy}; read-only remount: {e}: the data disk will need recovery at the next boot"
         ),
     }

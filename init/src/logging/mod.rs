@@ -349,6 +349,22 @@ pub fn close_files() {
     }
 }
 
+/// Writes what waits for a TCP syslog receiver (see `SyslogSink::pump`);
+/// whether some still waits, for the caller to come back within a second.
+pub fn flush_syslog() -> bool {
+    let now = now_ms();
+    hub().as_mut().is_some_and(|hub| hub.pump_syslog(now))
+}
+
+/// At shutdown: gives what waits for the TCP syslog receiver up to `limit`
+/// to go out.
+pub fn flush_syslog_for(limit: std::time::Duration) {
+    let until = std::time::Instant::now() + limit;
+    while flush_syslog() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Writes what the console's queue holds, unless the log lock is taken
 /// (for the panic hook: the panic may have come from code that holds it,
 /// and this thread would wait for itself for ever).
@@ -725,6 +741,22 @@ impl Hub {
             return;
         };
         let delivery = sink.send(tag, severity, text, now);
+        self.syslog_delivered(delivery, now);
+    }
+
+    /// Writes what waits for the TCP syslog receiver; whether some still
+    /// waits.
+    fn pump_syslog(&mut self, now: Millis) -> bool {
+        let Some(sink) = self.syslog.as_mut().filter(|s| s.holds()) else {
+            return false;
+        };
+        if let Some(delivery) = sink.pump(now) {
+            self.syslog_delivered(delivery, now);
+        }
+        self.syslog.as_ref().is_some_and(SyslogSink::holds)
+    }
+
+    fn syslog_delivered(&mut self, delivery: Delivery, now: Millis) {
         // Named only on a change (not per message: this is every line's path).
         let target = || {
             self.syslog
@@ -783,6 +815,76 @@ impl SyslogSink {
         }
     }
 
+    /// TCP: whether messages wait to be written.
+    fn holds(&self) -> bool {
+        matches!(self, SyslogSink::Tcp { pending, .. } if !pending.is_empty())
+    }
+
+    /// TCP: connects when it is time to try again, and writes what waits,
+    /// as far as the socket takes it without blocking. Called with each
+    /// message and, while messages wait, from PID 1's loop (at least once a
+    /// second) and at shutdown: a quiet machine's last lines, and those
+    /// held while the receiver was away, go out without waiting for a next
+    /// line. `None` for the other sinks.
+    fn pump(&mut self, now: Millis) -> Option<Delivery> {
+        let SyslogSink::Tcp {
+            addr,
+            stream,
+            last_try,
+            pending,
+            mid,
+            dropped,
+        } = self
+        else {
+            return None;
+        };
+        let mut delivery = Delivery::Held;
+        if stream.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
+            *last_try = Some(now);
+            match tcp_connect_nonblocking(*addr) {
+                Ok(s) => *stream = Some(s),
+                Err(e) => delivery = Delivery::Failed(format!("cannot connect: {e}")),
+            }
+        }
+        if let Some(s) = stream {
+            while !pending.is_empty() {
+                match s.write(pending) {
+                    Ok(0) => {
+                        *stream = None;
+                        break;
+                    }
+                    Ok(n) => {
+                        delivery = Delivery::Sent;
+                        *mid = pending.get(n - 1) != Some(&b'\n');
+                        pending.drain(..n);
+                    }
+                    // Still connecting, or the receiver is slow.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // Refused, reset: reconnect later. The rest of a partly
+                    // sent message is dropped (the new connection must
+                    // start on a message), whole ones wait.
+                    Err(e) => {
+                        delivery = Delivery::Failed(e.to_string());
+                        *stream = None;
+                        if std::mem::take(mid)
+                            && let Some(end) = pending.iter().position(|b| *b == b'\n')
+                        {
+                            pending.drain(..=end);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if *dropped > 0 && pending.is_empty() {
+            let n = std::mem::take(dropped);
+            let note = format!("<{}>berth: syslog: {n} messages dropped\n", 3 * 8 + 4);
+            pending.extend_from_slice(note.as_bytes());
+        }
+        Some(delivery)
+    }
+
     fn send(&mut self, tag: &str, severity: u8, text: &[u8], now: Millis) -> Delivery {
         let sink = self;
         // RFC 3164 framing without timestamp or host (the receiver adds
@@ -798,65 +900,15 @@ impl SyslogSink {
                 Delivery::Sent
             }
             SyslogSink::Tcp {
-                addr,
-                stream,
-                last_try,
-                pending,
-                mid,
-                dropped,
+                pending, dropped, ..
             } => {
-                let mut delivery = Delivery::Held;
                 if pending.len() + msg.len() < TCP_PENDING_MAX {
                     pending.extend_from_slice(&msg);
                     pending.push(b'\n');
                 } else {
                     *dropped += 1;
                 }
-                if stream.is_none() && last_try.is_none_or(|t| now.saturating_sub(t) >= 1000) {
-                    *last_try = Some(now);
-                    match tcp_connect_nonblocking(*addr) {
-                        Ok(s) => *stream = Some(s),
-                        Err(e) => delivery = Delivery::Failed(format!("cannot connect: {e}")),
-                    }
-                }
-                if let Some(s) = stream {
-                    while !pending.is_empty() {
-                        match s.write(pending) {
-                            Ok(0) => {
-                                *stream = None;
-                                break;
-                            }
-                            Ok(n) => {
-                                delivery = Delivery::Sent;
-                                *mid = pending.get(n - 1) != Some(&b'\n');
-                                pending.drain(..n);
-                            }
-                            // Still connecting, or the receiver is slow.
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            // Refused, reset: reconnect on a later line. The
-                            // rest of a partly sent message is dropped (the
-                            // new connection must start on a message), whole
-                            // ones wait.
-                            Err(e) => {
-                                delivery = Delivery::Failed(e.to_string());
-                                *stream = None;
-                                if std::mem::take(mid)
-                                    && let Some(end) = pending.iter().position(|b| *b == b'\n')
-                                {
-                                    pending.drain(..=end);
-                                }
-                                break;
-                            }
-                        }
-                    }
-                }
-                if *dropped > 0 && pending.is_empty() {
-                    let n = std::mem::take(dropped);
-                    let note = format!("<{}>berth: syslog: {n} messages dropped\n", 3 * 8 + 4);
-                    pending.extend_from_slice(note.as_bytes());
-                }
-                delivery
+                sink.pump(now).unwrap_or(Delivery::Held)
             }
             SyslogSink::Unix {
                 path,
@@ -1114,6 +1166,61 @@ mod tests {
         );
         assert_eq!(got + held, 5000);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A TCP syslog line held while the receiver was away goes out once it
+    /// is back without waiting for another line: PID 1's loop pumps what
+    /// waits (it used to be written only with the next line, which on a
+    /// quiet machine could be hours later).
+    #[test]
+    fn tcp_syslog_lines_held_while_the_receiver_was_away_go_out_without_another_line() {
+        use std::io::Read as _;
+        // A port nobody listens on, for now.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let console = File::create("/dev/null").unwrap();
+        let sink = SyslogSink::Tcp {
+            addr,
+            stream: None,
+            last_try: None,
+            pending: Vec::new(),
+            mid: false,
+            dropped: 0,
+        };
+        let mut hub = test_hub(console, LogConfig::default(), Some(sink));
+        hub.send_syslog("web", 6, b"held line", 1000);
+        let mut now = 1000;
+        // Refused until a receiver listens; the line waits.
+        assert!(hub.pump_syslog(now));
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut conn = None;
+        for _ in 0..200 {
+            now += 1000;
+            let waiting = hub.pump_syslog(now);
+            if conn.is_none()
+                && let Ok((c, _)) = listener.accept()
+            {
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                conn = Some(c);
+            }
+            if !waiting && conn.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut conn = conn.expect("the sink never connected");
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed; got {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"<30>web: held line\n");
     }
 
     /// A UDP syslog target given as an IPv6 address works (the socket was

@@ -35,6 +35,12 @@ pub enum ExeSealError {
         #[source]
         source: io::Error,
     },
+    /// `vm.memfd_noexec=2` (Linux 6.3+, per pid namespace): no memfd may
+    /// be executable, and the runtime runs from nothing else.
+    #[error(
+        "create an executable memfd for the sealed copy of the runtime: vm.memfd_noexec=2 forbids them in this pid namespace (the runtime runs from such a copy so that no container can reach its binary, CVE-2019-5736; set it to 0 or 1)"
+    )]
+    MemfdNoexec,
     #[error("copy the runtime binary into the memfd")]
     Copy {
         #[source]
@@ -69,8 +75,15 @@ pub fn sealed_copy_of_self(name: &str) -> Result<File, ExeSealError> {
     // MFD_EXEC: with vm.memfd_noexec=1 (Linux 6.3+) a memfd is otherwise
     // sealed non-executable; kernels before 6.3 refuse the flag (EINVAL).
     let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    // With vm.memfd_noexec=2 an executable memfd is refused (EACCES).
     let memfd = match rustix::fs::memfd_create(name, flags | MemfdFlags::EXEC) {
         Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create(name, flags),
+        Err(rustix::io::Errno::ACCESS)
+            if std::fs::read_to_string("/proc/sys/vm/memfd_noexec")
+                .is_ok_and(|v| v.trim() == "2") =>
+        {
+            return Err(ExeSealError::MemfdNoexec);
+        }
         other => other,
     }
     .map_err(|e| ExeSealError::Memfd { source: e.into() })?;

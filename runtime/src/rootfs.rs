@@ -214,14 +214,29 @@ pub fn mount_all(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
                     let top = open_in_root(root, &m.dest.full).map_err(at(Step::MountTarget, i))?;
                     let locked = locked_flags(top.as_fd()).map_err(at(Step::Remount, i))?;
                     let flags = libc::MS_REMOUNT | libc::MS_BIND | m.flags | locked;
-                    sys::mount(
-                        None,
-                        FdPath::new(top.as_raw_fd()).as_cstr(),
-                        None,
-                        flags,
-                        None,
-                    )
-                    .map_err(at(Step::Remount, i))?;
+                    let remount = |flags| {
+                        sys::mount(
+                            None,
+                            FdPath::new(top.as_raw_fd()).as_cstr(),
+                            None,
+                            flags,
+                            None,
+                        )
+                    };
+                    match remount(flags) {
+                        // In a user namespace a read-only source mount is
+                        // locked read-only too: keep it so (as runc retries
+                        // with the source's lockable flags).
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::EPERM)
+                                && flags & libc::MS_RDONLY == 0
+                                && sys::mount_flags(top.as_fd())
+                                    .is_ok_and(|f| f as libc::c_ulong & libc::ST_RDONLY != 0) =>
+                        {
+                            remount(flags | libc::MS_RDONLY).map_err(at(Step::Remount, i))?
+                        }
+                        other => other.map_err(at(Step::Remount, i))?,
+                    }
                 }
             }
             MountKind::Fs {

@@ -507,3 +507,33 @@ fn a_closed_stdout_pipe_ends_berth_runc_quietly() {
     assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// Where vm.memfd_noexec=2 forbids executable memfds (per pid namespace),
+/// berth-runc cannot make the sealed copy it runs containers from: it says
+/// so, and which setting, rather than a bare "Permission denied".
+#[test]
+fn memfd_noexec_2_is_named() {
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    let bundle = b.dir().to_str().unwrap().to_string();
+    b.script("exit 0");
+    b.write();
+    assert!(
+        std::path::Path::new("/proc/sys/vm/memfd_noexec").exists(),
+        "this test needs Linux 6.3 or later (vm.memfd_noexec)"
+    );
+    let o = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
+        .arg(r#"echo 2 > /proc/sys/vm/memfd_noexec && exec "$@""#)
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_berth-runc"))
+        .arg("--root")
+        .arg(&root.0)
+        .args(["run", "--bundle", &bundle, "noexec"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("vm.memfd_noexec=2"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

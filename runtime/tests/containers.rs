@@ -319,6 +319,62 @@ fn without_a_network_namespace_the_host_one_is_shared() {
     );
 }
 
+/// A bind of a read-only host mount with other options (nosuid), in a
+/// user namespace: the kernel keeps the source's read-only flag locked, so
+/// the remount must keep it (it failed with EPERM), and the container
+/// sees the mount read-only.
+#[test]
+fn a_read_only_bind_source_in_a_user_namespace_stays_read_only() {
+    let src = common::TempDir::new("rosrc");
+    fs::write(src.0.join("f"), "inside\n").unwrap();
+    let sh = |cmd: &str| {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    };
+    let p = src.0.display();
+    sh(&format!(
+        "mount --bind {p} {p} && mount -o remount,bind,ro {p}"
+    ));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(p.to_string());
+    let mut b = Bundle::new();
+    b.config["linux"]["namespaces"] =
+        json!([{"type": "pid"}, {"type": "mount"}, {"type": "user"}, {"type": "uts"}]);
+    b.config["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let mut mounts: Vec<serde_json::Value> = b.config["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] != "sysfs")
+        .cloned()
+        .collect();
+    // Made here: root of the user namespace is no owner of the rootfs.
+    fs::create_dir(b.rootfs().join("ro")).unwrap();
+    mounts.push(json!({"destination": "/ro", "type": "bind", "source": src.0, "options": ["bind", "nosuid"]}));
+    b.config["mounts"] = json!(mounts);
+    b.config["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+    let out = run_ok(
+        &mut b,
+        "cat /ro/f; touch /ro/g 2>/dev/null && echo written || echo refused; grep ' /ro ' /proc/self/mounts",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["inside", "refused"], "{out}");
+    assert!(
+        lines[2].contains(" ro,") && lines[2].contains("nosuid"),
+        "{out}"
+    );
+}
+
 #[test]
 fn user_namespace_with_mappings() {
     let mut b = Bundle::new();

@@ -143,17 +143,36 @@ pub fn default_route_message(index: u32, gateway: Ipv4Addr, seq: u32) -> Vec<u8>
         .finish()
 }
 
-/// The errno of an NLMSG_ERROR acknowledgement for `seq` (0 = success);
-/// `None` if `reply` is not that.
+/// The errno of the NLMSG_ERROR acknowledgement for `seq` among the
+/// messages of `reply` (0 = success); `None` if it holds none. Every
+/// message is walked by its own length; an acknowledgement for `seq` too
+/// short to hold its error, or with an error no errno can be, is EBADMSG.
 pub fn parse_ack(reply: &[u8], seq: u32) -> Option<i32> {
-    let field = |at: usize, n: usize| reply.get(at..at + n);
-    let kind = u16::from_ne_bytes(field(4, 2)?.try_into().ok()?);
-    let got_seq = u32::from_ne_bytes(field(8, 4)?.try_into().ok()?);
-    if kind != NLMSG_ERROR || got_seq != seq {
-        return None;
+    let mut at = 0usize;
+    while let Some(header) = reply.get(at..at.checked_add(16)?) {
+        let word = |i: usize| header.get(i..i + 4).and_then(|b| b.try_into().ok());
+        let len = u32::from_ne_bytes(word(0)?) as usize;
+        let kind = u16::from_ne_bytes(header.get(4..6)?.try_into().ok()?);
+        let got_seq = u32::from_ne_bytes(word(8)?);
+        if len < 16 {
+            // No message is shorter than its header: the rest is garbage.
+            return None;
+        }
+        if kind == NLMSG_ERROR && got_seq == seq {
+            let error = reply
+                .get(at + 16..at + 20)
+                .filter(|_| len >= 20)
+                .and_then(|b| b.try_into().ok())
+                .map(i32::from_ne_bytes);
+            return Some(match error {
+                Some(e) if e <= 0 => e.checked_neg().unwrap_or(nix::libc::EBADMSG),
+                _ => nix::libc::EBADMSG,
+            });
+        }
+        // Messages are 4-byte aligned.
+        at = at.checked_add(len.checked_add(3)? & !3)?;
     }
-    let error = i32::from_ne_bytes(field(16, 4)?.try_into().ok()?);
-    Some(-error)
+    None
 }
 
 /// resolv.conf text for the manifest's DNS settings.
@@ -190,6 +209,14 @@ impl Rtnetlink {
             &NetlinkAddr::new(0, 0),
         )
         .map_err(|source| NetError::Socket { source })?;
+        // The kernel answers at once; a reply that never comes must not
+        // hold PID 1 (this runs on its main thread for `network: none`).
+        nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(5, 0),
+        )
+        .map_err(|source| NetError::Socket { source })?;
         Ok(Self { fd, seq: 0 })
     }
 
@@ -209,7 +236,8 @@ impl Rtnetlink {
             source,
         })?;
         let mut buf = [0u8; 4096];
-        loop {
+        // Replies to other requests are skipped, a bounded number of them.
+        for _ in 0..64 {
             let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|source| {
                 NetError::Request {
                     what: what.clone(),
@@ -230,6 +258,7 @@ impl Rtnetlink {
                 None => return Err(NetError::Reply { what }),
             }
         }
+        Err(NetError::Reply { what })
     }
 
     pub fn link_up(&mut self, name: &str) -> Result<u32, NetError> {
@@ -367,6 +396,28 @@ mod tests {
         assert_eq!(parse_ack(&ack[..10], 5), None);
         let other = Message::new(RTM_NEWLINK, 0, 5).finish();
         assert_eq!(parse_ack(&other, 5), None);
+        // Our ack after another message in the same reply.
+        let mut two = other.clone();
+        while !two.len().is_multiple_of(4) {
+            two.push(0);
+        }
+        two.extend_from_slice(&ack);
+        assert_eq!(parse_ack(&two, 5), Some(0));
+        // An ack for us too short for its error field, or with an error
+        // no errno is: EBADMSG, not a wait for another reply, no panic.
+        for len in 16u32..20 {
+            let mut short = ack[..len as usize].to_vec();
+            short[..4].copy_from_slice(&len.to_ne_bytes());
+            assert_eq!(parse_ack(&short, 5), Some(nix::libc::EBADMSG), "{len}");
+        }
+        ack[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(parse_ack(&ack, 5), Some(nix::libc::EBADMSG));
+        ack[16..20].copy_from_slice(&5i32.to_ne_bytes());
+        assert_eq!(parse_ack(&ack, 5), Some(nix::libc::EBADMSG));
+        // A length below the header's: nothing more is read.
+        let mut bad = ack.clone();
+        bad[..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(parse_ack(&bad, 5), None);
     }
 
     #[test]

@@ -1380,11 +1380,21 @@ impl Container {
         let id = self.record.id.clone();
         let status = self.status();
         if status == Status::Stopped {
-            return Err(ContainerError::WrongStatus {
-                id,
-                status,
-                wanted: "created or running",
-            });
+            // As runc: `kill --all` of a stopped container still reaches
+            // what its first process left in its cgroup (a shim's
+            // clean-up of daemons when there is no pid namespace of its
+            // own); without a cgroup nothing of it can be named.
+            match (all, &self.record.cgroup) {
+                (true, Some(_)) => {}
+                (true, None) => return Ok(()),
+                (false, _) => {
+                    return Err(ContainerError::WrongStatus {
+                        id,
+                        status,
+                        wanted: "created or running",
+                    });
+                }
+            }
         }
         // A created container's process waits for start, before the
         // program: as pid 1 of its own pid namespace it ignores every

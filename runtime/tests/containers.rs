@@ -1177,6 +1177,49 @@ fn cgroups_path_puts_the_process_straight_into_its_cgroup() {
     let _ = fs::remove_dir(mount.join("berth-test"));
 }
 
+/// `kill --all` of a stopped container reaches what its first process
+/// left in its cgroup (no pid namespace of its own, so a background
+/// process outlives it), as runc's does; a plain kill is still refused.
+#[test]
+fn kill_all_of_a_stopped_container_reaches_its_cgroups_leftovers() {
+    let mut b = Bundle::new();
+    let id = common::unique_id("stopped-all");
+    b.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("setsid sleep 1000 & exit 0");
+    b.write();
+    let t = common::runtime();
+    let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .unwrap();
+    let procs = mount.join(format!("berth-test/{id}/cgroup.procs"));
+    let left = || {
+        fs::read_to_string(&procs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(left(), 1, "the background sleep is still in the cgroup");
+    let e = common::chain(&c.kill(libc::SIGTERM, false).unwrap_err());
+    assert!(e.contains("stopped"), "{e}");
+    c.kill(libc::SIGKILL, true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while left() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leftover lives on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    c.delete(false).unwrap();
+    let _ = fs::remove_dir(mount.join("berth-test"));
+}
+
 #[test]
 fn a_cgroups_path_naming_a_populated_cgroup_is_refused() {
     // cgroupsPath comes from the config: naming a cgroup that already holds

@@ -90,6 +90,18 @@ fn ensure_path(root: BorrowedFd<'_>, p: &InRootPath, file: bool) -> io::Result<O
     ensure(root, &p.prefixes, &p.names, file)
 }
 
+/// Remounts the mount `fd` names (opened on it, so the fd is the mount,
+/// not what is under it) with `flags`.
+fn remount_fd(fd: BorrowedFd<'_>, flags: libc::c_ulong) -> io::Result<()> {
+    sys::mount(
+        None,
+        FdPath::new(fd.as_raw_fd()).as_cstr(),
+        None,
+        flags,
+        None,
+    )
+}
+
 /// The flags a bind remount must keep: in a user namespace the kernel
 /// refuses to clear nosuid/nodev/noexec a mount already has (locked flags).
 fn locked_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_ulong> {
@@ -214,15 +226,7 @@ pub fn mount_all(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildError> {
                     let top = open_in_root(root, &m.dest.full).map_err(at(Step::MountTarget, i))?;
                     let locked = locked_flags(top.as_fd()).map_err(at(Step::Remount, i))?;
                     let flags = libc::MS_REMOUNT | libc::MS_BIND | m.flags | locked;
-                    let remount = |flags| {
-                        sys::mount(
-                            None,
-                            FdPath::new(top.as_raw_fd()).as_cstr(),
-                            None,
-                            flags,
-                            None,
-                        )
-                    };
+                    let remount = |flags| remount_fd(top.as_fd(), flags);
                     match remount(flags) {
                         // In a user namespace a read-only source mount is
                         // locked read-only too: keep it so (as runc retries
@@ -415,14 +419,7 @@ pub fn readonly_paths(plan: &Plan, root: BorrowedFd<'_>) -> Result<(), ChildErro
         let top = open_in_root(root, &p.full).map_err(at(Step::Readonly, i))?;
         let locked = locked_flags(top.as_fd()).map_err(at(Step::Readonly, i))?;
         let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked;
-        sys::mount(
-            None,
-            FdPath::new(top.as_raw_fd()).as_cstr(),
-            None,
-            flags,
-            None,
-        )
-        .map_err(at(Step::Readonly, i))?;
+        remount_fd(top.as_fd(), flags).map_err(at(Step::Readonly, i))?;
     }
     Ok(())
 }

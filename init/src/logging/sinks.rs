@@ -433,6 +433,23 @@ mod tests {
     /// A small tmpfs, unmounted when dropped.
     struct SmallFs(PathBuf);
 
+    impl SmallFs {
+        /// A tmpfs with `options` (its limits) on a directory of its own.
+        fn mount(tag: &str, options: &str) -> SmallFs {
+            let dir = std::env::temp_dir().join(format!("berth-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(options),
+            )
+            .expect("mount a tmpfs (the tests run as root)");
+            SmallFs(dir)
+        }
+    }
+
     impl Drop for SmallFs {
         fn drop(&mut self) {
             let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
@@ -445,17 +462,7 @@ mod tests {
     /// files are not pushed one further at each try, losing the oldest.
     #[test]
     fn a_failed_rotation_tries_again_without_renaming_again() {
-        let dir = std::env::temp_dir().join(format!("berth-inodes-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("nr_inodes=16"),
-        )
-        .expect("mount a tmpfs (the tests run as root)");
-        let fs = SmallFs(dir.clone());
+        let fs = SmallFs::mount("inodes", "nr_inodes=16");
         let fd = open_log_dir(&fs.0).unwrap();
         let mut f = RotatingFile::open(&fd, &fs.0, "web", 10, 2).unwrap();
         let mut now = 0;
@@ -498,17 +505,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_pauses_the_file_and_it_is_written_again_later() {
-        let dir = std::env::temp_dir().join(format!("berth-full-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=64k"),
-        )
-        .expect("mount a tmpfs (the tests run as root)");
-        let fs = SmallFs(dir.clone());
+        let fs = SmallFs::mount("full", "size=64k");
         // Room for the log but a few lines.
         std::fs::write(fs.0.join("filler"), vec![1u8; 60 * 1024]).unwrap();
         let fd = open_log_dir(&fs.0).unwrap();

@@ -334,7 +334,25 @@ impl Launcher for ProcessLauncher {
         if let Some(dir) = &program.cwd {
             command = command.cwd(dir.clone());
         }
-        let cgroup = self.unit_cgroup(name)?;
+        let cgroup = match self.unit_cgroup(name) {
+            Ok(cgroup) => cgroup,
+            // A cgroup2 mount PID 1 may not write (a rootless test
+            // namespace): the unit runs as before cgroups, its leftovers
+            // found by its process group.
+            Err(LaunchError::Cgroup {
+                source: berth_runtime::cgroup::CgroupError::CreateDir { path, source },
+                ..
+            }) if source.kind() == std::io::ErrorKind::PermissionDenied
+                || source.raw_os_error() == Some(nix::errno::Errno::EROFS as i32) =>
+            {
+                log::warn!(
+                    "unit {name}: no cgroup of its own ({}: {source}); what it leaves is found by its process group",
+                    path.display()
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
         // The child writes itself into the cgroup before exec.
         let opened = cgroup
             .as_ref()
@@ -409,5 +427,42 @@ impl Launcher for ProcessLauncher {
             Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => log::warn!("unit {name}: kill process group {pid}: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup2 mount PID 1 cannot write (read-only here; a rootless
+    /// namespace in practice): host units still start, without a cgroup
+    /// of their own, as before cgroups.
+    #[test]
+    fn host_units_start_where_their_cgroup_cannot_be_made() {
+        let dir = std::env::temp_dir().join(format!("berth-rocg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .expect("mount a tmpfs (the tests run as root)");
+        let m = crate::manifest::parse(
+            br#"{"version":1,"services":[{"name":"s","host":true,"command":["/bin/busybox","true"]}]}"#,
+            &[],
+        )
+        .unwrap();
+        let mut launcher = ProcessLauncher::with_cgroups(dir.clone(), "berth".into());
+        let (_out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (_err_r, err_w) = nix::unistd::pipe().unwrap();
+        let spawned = launcher.spawn(UnitKind::Service, "s", &m.services[0].program, out_w, err_w);
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&dir);
+        let pid = spawned.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let status = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+        launcher.reaped("s", pid, ExitStatus::Code(0));
     }
 }

@@ -237,41 +237,37 @@ pub fn configure(config: &LogConfig) -> Result<(), LoggingError> {
     };
     let syslog = match &config.syslog {
         None => None,
-        Some(SyslogTarget::Tcp(addr)) => {
-            // Resolved once, during boot; sends never resolve again.
-            match addr.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(addr)) => Some(SyslogSink::Tcp {
-                    addr,
-                    stream: None,
-                    last_try: None,
-                    pending: Vec::new(),
-                    mid: false,
-                    dropped: 0,
-                }),
-                Ok(None) => {
-                    log::error!("syslog {addr}: no address; not forwarding");
-                    None
-                }
-                Err(e) => {
-                    log::error!("syslog {addr}: {e}; not forwarding");
-                    None
-                }
-            }
-        }
         Some(SyslogTarget::Unix(path)) => Some(SyslogSink::Unix {
             path: path.clone(),
             socket: None,
             last_try: None,
             dropped: 0,
         }),
-        Some(SyslogTarget::Udp(addr)) => {
-            // UDP: bind and connect now (no peer needed); sends never block.
-            // Bound in the target's address family (an IPv4 socket cannot
-            // connect to an IPv6 address).
-            match udp_socket(addr) {
-                Ok(socket) => Some(SyslogSink::Udp { socket }),
+        Some(target @ (SyslogTarget::Tcp(addr) | SyslogTarget::Udp(addr))) => {
+            match network_sink(target) {
+                Ok(sink) => Some(sink),
+                // A name the resolver cannot answer yet (DNS not up at
+                // boot), a network not reachable yet: tried again in the
+                // background, or an appliance would forward nothing until
+                // its next boot, months later.
                 Err(e) => {
-                    log::error!("syslog {addr}: {e}; not forwarding");
+                    log::error!(
+                        "syslog {addr}: {e}; not forwarding, trying again every {} s",
+                        SYSLOG_RETRY.as_secs()
+                    );
+                    let target = target.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("syslog-resolve".into())
+                        .spawn(move || {
+                            retry_until_open(
+                                SYSLOG_RETRY,
+                                || network_sink(&target),
+                                |sink| install_syslog(&target, sink),
+                            )
+                        });
+                    if let Err(e) = spawned {
+                        log::error!("syslog {addr}: no thread to try again: {e}");
+                    }
                     None
                 }
             }
@@ -442,6 +438,62 @@ fn file_paused(e: &sinks::LogFileError) -> String {
 
 fn file_resumed(missed: u64) -> String {
     format!("log file written again, {missed} lines missed")
+}
+
+/// How often a syslog target that could not be opened at boot is tried.
+const SYSLOG_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The sink for a TCP or UDP target (`host:port`): the name resolved (once:
+/// sends never resolve again), a UDP socket connected.
+fn network_sink(target: &SyslogTarget) -> std::io::Result<SyslogSink> {
+    match target {
+        SyslogTarget::Tcp(addr) => {
+            let addr = addr
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+            Ok(SyslogSink::Tcp {
+                addr,
+                stream: None,
+                last_try: None,
+                pending: Vec::new(),
+                mid: false,
+                dropped: 0,
+            })
+        }
+        SyslogTarget::Udp(addr) => udp_socket(addr).map(|socket| SyslogSink::Udp { socket }),
+        SyslogTarget::Unix(_) => Err(std::io::Error::from(std::io::ErrorKind::Unsupported)),
+    }
+}
+
+/// Every `interval`, `open` until it succeeds, then `install` what it
+/// opened. Runs on a thread of its own: resolving a name can block for
+/// seconds, and PID 1's loop must not.
+fn retry_until_open<T>(
+    interval: std::time::Duration,
+    mut open: impl FnMut() -> std::io::Result<T>,
+    install: impl FnOnce(T),
+) {
+    loop {
+        std::thread::sleep(interval);
+        if let Ok(opened) = open() {
+            install(opened);
+            return;
+        }
+    }
+}
+
+/// Puts a syslog sink opened late in place, unless the configuration has
+/// changed meanwhile.
+fn install_syslog(target: &SyslogTarget, sink: SyslogSink) {
+    if let Some(hub) = hub().as_mut()
+        && hub.syslog.is_none()
+        && hub.config.syslog.as_ref() == Some(target)
+    {
+        let name = sink.target();
+        hub.syslog = Some(sink);
+        hub.own_line(log::Level::Info, &format_args!("syslog {name}: forwarding"));
+    }
 }
 
 /// A non-blocking UDP socket connected to `addr` (`host:port`), bound in
@@ -1221,6 +1273,35 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, b"<30>web: held line\n");
+    }
+
+    /// A syslog target that could not be opened at boot is tried again on
+    /// its own thread until it opens, then put in place once.
+    #[test]
+    fn a_syslog_target_is_tried_again_until_it_opens() {
+        let tries = std::cell::Cell::new(0);
+        let mut installed = None;
+        retry_until_open(
+            std::time::Duration::from_millis(1),
+            || {
+                tries.set(tries.get() + 1);
+                if tries.get() < 3 {
+                    Err(std::io::Error::other(
+                        "Temporary failure in name resolution",
+                    ))
+                } else {
+                    Ok(tries.get())
+                }
+            },
+            |n| installed = Some(n),
+        );
+        assert_eq!(installed, Some(3));
+        // What is retried: a name that resolves (UDP, TCP) opens.
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = format!("localhost:{}", udp.local_addr().unwrap().port());
+        assert!(network_sink(&SyslogTarget::Udp(addr.clone())).is_ok());
+        assert!(network_sink(&SyslogTarget::Tcp(addr)).is_ok());
+        assert!(network_sink(&SyslogTarget::Tcp("no-port-given".into())).is_err());
     }
 
     /// A UDP syslog target given as an IPv6 address works (the socket was

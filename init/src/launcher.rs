@@ -241,29 +241,6 @@ fn cgroup_tree_pids(dir: &Path) -> usize {
     own + below
 }
 
-/// Removes the cgroups below `dir` (deepest first) and `dir`. A cgroup
-/// whose killed processes the kernel has not torn down yet is busy: tried
-/// for up to 100 ms, PID 1's loop waits meanwhile; one still busy is left
-/// for the unit's next start.
-fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)?.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&e.path())?;
-        }
-    }
-    let mut tries = 0;
-    loop {
-        match std::fs::remove_dir(dir) {
-            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) && tries < 10 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            other => return other,
-        }
-    }
-}
-
 /// Kills what is left in a unit's cgroup, the cgroups below it included
 /// (`cgroup.kill` reaches them), and removes them all.
 fn end_cgroup(name: &str, cgroup: Cgroup) {
@@ -279,13 +256,10 @@ fn end_cgroup(name: &str, cgroup: Cgroup) {
     if let Err(e) = cgroup.kill_all() {
         log::warn!("unit {name}: {}", error_chain(&e));
     }
-    let path = cgroup.path().to_owned();
-    drop(cgroup);
-    if let Err(e) = remove_cgroup_tree(&path) {
-        log::warn!(
-            "unit {name}: remove cgroup {} (left for its next start): {e}",
-            path.display()
-        );
+    // Busy for 100 ms at most (PID 1's loop waits meanwhile): one still
+    // busy is left for the unit's next start, which removes it first.
+    if let Err(e) = cgroup.remove_within(std::time::Duration::from_millis(100)) {
+        log::warn!("unit {name}: {} (left for its next start)", error_chain(&e));
     }
 }
 

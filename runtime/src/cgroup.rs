@@ -807,22 +807,66 @@ impl Cgroup {
     /// killed stays populated until the kernel has torn them down, so
     /// EBUSY is retried for about a second before giving up.
     pub fn remove(self) -> Result<(), CgroupError> {
+        self.remove_within(Duration::from_secs(1))
+    }
+
+    /// [`Cgroup::remove`], busy cgroups retried for `wait` at most. The
+    /// cgroups below it go first, deepest first: what the container made
+    /// there (a runtime it ran, a service manager) would otherwise keep
+    /// the directory from ever being removed.
+    pub fn remove_within(self, wait: Duration) -> Result<(), CgroupError> {
         let Cgroup { path, dir } = self;
         drop(dir);
-        for _ in 0..100 {
-            match fs::remove_dir(&path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(source) => return Err(CgroupError::Remove { path, source }),
+        let deadline = std::time::Instant::now() + wait;
+        remove_tree(&path, deadline)?;
+        Ok(())
+    }
+}
+
+/// Removes the cgroup directory `path` and those below it, deepest first;
+/// EBUSY (killed processes not torn down yet) is retried until `deadline`.
+fn remove_tree(path: &Path, deadline: std::time::Instant) -> Result<(), CgroupError> {
+    let children = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::Remove {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    for e in children.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path(), deadline)?;
+        }
+    }
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let pids = fs::read_to_string(path.join("cgroup.procs"))
+                    .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                    .unwrap_or_default();
+                return Err(CgroupError::StillPopulated {
+                    path: path.to_path_buf(),
+                    pids,
+                });
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: path.to_path_buf(),
+                    source,
+                });
             }
         }
-        let pids = fs::read_to_string(path.join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default();
-        Err(CgroupError::StillPopulated { path, pids })
     }
 }
 

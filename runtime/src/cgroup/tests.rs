@@ -485,6 +485,26 @@ fn a_failed_create_removes_the_directories_it_made() {
     fs::remove_dir_all(&root).unwrap();
 }
 
+/// A cgroup with cgroups below it (made by what ran in it) is removed
+/// with them; on its own the directory could never be removed.
+#[test]
+fn remove_takes_the_cgroups_below() {
+    let mount = find_cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").unwrap())
+        .expect("a cgroup2 mount (the unified hierarchy)");
+    let plan = CgroupPlan {
+        path: CgroupPath::Root(PathBuf::from("x")),
+        controllers: BTreeSet::new(),
+        writes: Vec::new(),
+        devices: None,
+    };
+    let top = format!("berth-below-{}", std::process::id());
+    let cg = Cgroup::create_under(&mount, Path::new(&top), &plan).unwrap();
+    fs::create_dir_all(cg.path().join("a/b")).unwrap();
+    fs::create_dir(cg.path().join("c")).unwrap();
+    cg.remove().unwrap();
+    assert!(!mount.join(&top).exists(), "{top} left behind");
+}
+
 #[test]
 fn a_limit_the_kernel_refuses_leaves_no_cgroup() {
     let mount = find_cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").unwrap())

@@ -1,8 +1,9 @@
 //! Just enough ELF64 reading for two questions: is this binary static (no
 //! `PT_INTERP`), and what does a kernel module's `.modinfo` section say.
 //!
-//! Every offset is bounds-checked: the input is a file given on the command
-//! line, so a truncated or hostile file gives an error, never a panic.
+//! Every offset is bounds-checked, and every sum of offsets checked for
+//! overflow: the input is a file given on the command line, so a truncated
+//! or hostile file gives an error, never a panic.
 
 /// Why an ELF file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +55,25 @@ fn u64_at(b: &[u8], at: u64, what: &'static str) -> Result<u64, ElfError> {
     Ok(u64::from_le_bytes(a))
 }
 
+/// The offset of entry `i` of a header table at `table` with entries of
+/// `entsize` bytes. The three come from the file: a hostile one can make
+/// the sum overflow, which is an error like an offset past the end.
+fn table_entry(
+    b: &[u8],
+    table: u64,
+    i: u64,
+    entsize: u64,
+    what: &'static str,
+) -> Result<u64, ElfError> {
+    i.checked_mul(entsize)
+        .and_then(|off| table.checked_add(off))
+        .ok_or(ElfError::Truncated {
+            what,
+            offset: table,
+            len: b.len(),
+        })
+}
+
 fn check_header(b: &[u8]) -> Result<(), ElfError> {
     if b.len() < 0x40 || &b[..4] != b"\x7fELF" {
         return Err(ElfError::NotElf);
@@ -82,7 +102,7 @@ pub fn is_static(b: &[u8]) -> Result<bool, ElfError> {
         });
     }
     for i in 0..phnum {
-        let at = phoff + i * phentsize;
+        let at = table_entry(b, phoff, i, phentsize, "program header")?;
         if u32_at(b, at, "program header")? == PT_INTERP {
             return Ok(false);
         }
@@ -99,11 +119,18 @@ pub fn section<'a>(b: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, ElfError
     let shstrndx = u64::from(u16_at(b, 0x3e, "e_shstrndx")?);
     // Section header fields: sh_name @0 (u32), sh_offset @0x18, sh_size @0x20.
     let header = |i: u64| -> Result<(u32, u64, u64), ElfError> {
-        let at = shoff + i * shentsize;
+        let at = table_entry(b, shoff, i, shentsize, "section header")?;
+        let field = |delta: u64| {
+            at.checked_add(delta).ok_or(ElfError::Truncated {
+                what: "section header",
+                offset: at,
+                len: b.len(),
+            })
+        };
         Ok((
             u32_at(b, at, "section header")?,
-            u64_at(b, at + 0x18, "section header")?,
-            u64_at(b, at + 0x20, "section header")?,
+            u64_at(b, field(0x18)?, "section header")?,
+            u64_at(b, field(0x20)?, "section header")?,
         ))
     };
     if shnum == 0 {
@@ -202,6 +229,30 @@ mod tests {
             let _ = modinfo(&full[..n]);
             let _ = is_static(&full[..n]);
         }
+    }
+
+    /// Table offsets near `u64::MAX` (a hostile `.ko` or `--init`) are
+    /// errors: the entry offsets overflow, which must not panic.
+    #[test]
+    fn huge_table_offsets_are_errors_not_overflows() {
+        let mut b = fake_module(b"depends=\0");
+        b[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(
+            modinfo(&b).unwrap_err(),
+            ElfError::Truncated {
+                what: "section header",
+                offset: u64::MAX,
+                len: b.len()
+            }
+        );
+        let mut b = fake_module(b"depends=\0");
+        b[0x20..0x28].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        assert!(matches!(
+            is_static(&b).unwrap_err(),
+            ElfError::Truncated { .. }
+        ));
     }
 
     #[test]

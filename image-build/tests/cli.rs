@@ -1,5 +1,6 @@
 //! `berth-build unpack` and `inspect` end to end: a busybox image built
-//! with umoci, unpacked by the binary, run with runc.
+//! with umoci, unpacked by the binary, run with runc; and where `build`
+//! finds the paths its manifest names.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -487,4 +488,47 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// A manifest given as a pipe (`<(jq . m.json)`, `/dev/fd/63`) has its
+/// relative paths resolved from the current directory, not from
+/// `/dev/fd`; one in a file, from the file's directory.
+#[test]
+fn a_piped_manifests_paths_are_relative_to_the_current_directory() {
+    let s = Scratch::new("pipe");
+    fs::create_dir_all(s.0.join("b/rootfs/bin")).unwrap();
+    fs::write(s.0.join("b/rootfs/bin/tool"), "tool").unwrap();
+    fs::write(
+        s.0.join("b/config.json"),
+        r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    let manifest = r#"{"version": 1, "services": [{"name": "web", "bundle": "b"}]}"#;
+    fs::create_dir(s.0.join("elsewhere")).unwrap();
+    fs::write(s.0.join("elsewhere/m.json"), manifest).unwrap();
+    require("bash", "bash");
+    // The build gets past the bundle (found) and stops at the init binary.
+    let build = |manifest_arg: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec {BIN} build {manifest_arg} -o out --kernel /nonexistent --init /nonexistent/init"
+            ))
+            .current_dir(&s.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = build("<(cat elsewhere/m.json)");
+    assert!(
+        err.contains("read init binary /nonexistent/init"),
+        "the bundle was not found from the current directory: {err}"
+    );
+    // From a file, relative to its directory: elsewhere/b is not there.
+    let err = build("elsewhere/m.json");
+    assert!(err.contains("elsewhere/b"), "{err}");
 }

@@ -2,7 +2,8 @@
 //!
 //! The build manifest is berth-init's manifest plus a top-level `images`
 //! map `{NAME: "oci:PATH[:TAG]" | "docker-archive:PATH[:REF]"}` (paths
-//! relative to the manifest file). The build:
+//! relative to the manifest file's directory, or to the current directory
+//! when the manifest is a pipe: [`manifest_base`]). The build:
 //!
 //! 1. takes `images` out, rewrites each `bundle` (a directory on the build
 //!    host, relative to the manifest) to where the bundle will be in the
@@ -345,11 +346,27 @@ pub struct Prepared {
     parsed: berth_init::manifest::Manifest,
 }
 
-/// Splits a build manifest: removes `images`, rewrites `bundle` paths,
-/// adds the machine's modules (`has_module` says what the kernel has as a
-/// module), and validates the rest with berth-init's validation.
+/// The directory the manifest's relative image and bundle paths are
+/// relative to: the manifest file's own directory, or the current
+/// directory when the manifest is not a regular file (`<(jq . m.json)` is
+/// a pipe at `/dev/fd/63`, whose directory means nothing to its writer).
+pub fn manifest_base(path: &Path) -> PathBuf {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        },
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Splits a build manifest: removes `images`, rewrites `bundle` paths
+/// (relative ones from `base`, see [`manifest_base`]), adds the machine's
+/// modules (`has_module` says what the kernel has as a module), and
+/// validates the rest with berth-init's validation.
 pub fn prepare(
     path: &Path,
+    base: &Path,
     bytes: &[u8],
     has_module: &dyn Fn(&str) -> bool,
 ) -> Result<Prepared, BuildError> {
@@ -357,7 +374,6 @@ pub fn prepare(
         path: path.to_owned(),
         message,
     };
-    let base = path.parent().unwrap_or(Path::new("."));
     let mut value: Value = serde_json::from_slice(berth_init::manifest::without_bom(bytes))
         .map_err(|source| BuildError::ParseManifest {
             path: path.to_owned(),
@@ -578,7 +594,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     })?;
     // Check the manifest before anything slow (without the kernel: the
     // machine modules are checked again once it is known).
-    let early = prepare(&opts.manifest, &bytes, &|_| true)?;
+    let base = manifest_base(&opts.manifest);
+    let early = prepare(&opts.manifest, &base, &bytes, &|_| true)?;
     for b in &early.bundles {
         check_bundle(b)?;
     }
@@ -627,7 +644,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         source,
     };
     let kt = KernelTree::open(&kernel_root).map_err(kernel_err)?;
-    let prepared = prepare(&opts.manifest, &bytes, &|m| kt.has_module(m))?;
+    let prepared = prepare(&opts.manifest, &base, &bytes, &|m| kt.has_module(m))?;
 
     let mut tree = Tree::default();
     let cpio = BuildError::Cpio;
@@ -711,7 +728,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let mut summaries = Vec::new();
     if !prepared.images.is_empty() {
         let mut lw = LayoutWriter::new(&layout_dir).map_err(BuildError::Layout)?;
-        let base = opts.manifest.parent().unwrap_or(Path::new("."));
         let show = opts.progress;
         let mut progress = |name: &str, i: usize, n: usize, done: u64| {
             if show {
@@ -727,7 +743,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         };
         for (name, reference) in &prepared.images {
             summaries.push(
-                lw.add_image(name, reference, base, &mut progress)
+                lw.add_image(name, reference, &base, &mut progress)
                     .map_err(BuildError::Layout)?,
             );
         }

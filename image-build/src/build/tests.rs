@@ -1,9 +1,12 @@
 use super::*;
 
 fn prep(json: &str) -> Result<Prepared, BuildError> {
-    prepare(Path::new("/src/app/manifest.json"), json.as_bytes(), &|m| {
-        m != "ext4"
-    })
+    prepare(
+        Path::new("/src/app/manifest.json"),
+        Path::new("/src/app"),
+        json.as_bytes(),
+        &|m| m != "ext4",
+    )
 }
 
 #[test]

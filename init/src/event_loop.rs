@@ -27,8 +27,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitPidFlag;
 use nix::unistd::Pid;
+
+use berth_runtime::sys;
 
 use crate::clock::now_ms;
 use crate::launcher::{LaunchError, Launcher, UnitKind};
@@ -574,21 +576,24 @@ impl<L: Launcher> EventLoop<L> {
         }
     }
 
-    /// waitpid(-1, WNOHANG) until nothing is left to reap.
+    /// waitpid(-1, WNOHANG) until nothing is left to reap. The status is
+    /// decoded from the raw word (runtime::sys): nix's `waitpid` fails with
+    /// EINVAL on a child killed by a real-time signal (its `Signal` has no
+    /// SIGRTMIN..SIGRTMAX), after the kernel has reaped it — the unit's exit
+    /// would be lost and the zombies behind it left for the next SIGCHLD.
     fn reap(&mut self) {
         loop {
-            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _core)) => (pid, ExitStatus::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                // Stopped/continued are not asked for (no WUNTRACED).
-                Ok(_) => continue,
-                Err(Errno::EINTR) => continue,
+            let (pid, status) = match sys::reap_any() {
+                Ok(Some((pid, sys::WaitStatus::Exited(code)))) => (pid, ExitStatus::Code(code)),
+                Ok(Some((pid, sys::WaitStatus::Signaled(sig)))) => (pid, ExitStatus::Signal(sig)),
+                Ok(None) => return,
+                Err(e) if e.raw_os_error() == Some(Errno::ECHILD as i32) => return,
                 Err(e) => {
                     log::error!("waitpid: {e}");
                     return;
                 }
             };
+            let pid = Pid::from_raw(pid);
             let now = now_ms();
             let known = self.with_runner(|sup, r| sup.child_exited(pid, status, now, r));
             if !known {

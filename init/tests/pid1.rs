@@ -222,6 +222,30 @@ fn exit_codes_and_signals_are_recorded() {
 }
 
 #[test]
+fn a_service_killed_by_a_real_time_signal_is_reaped_and_restarted() {
+    // Signals 34..64 have no name in nix's `Signal`, whose waitpid fails
+    // with EINVAL on them after the kernel has reaped the child. The second
+    // service ends in the same moment, behind it in the same SIGCHLD.
+    let again = r#","restart":{"policy":"on-failure","backoff":{"initial":"100ms"}}"#;
+    let m = manifest(
+        &[],
+        &[
+            sh("rt", "sleep 0.3; kill -40 $$; sleep 5", again),
+            sh("plain", "sleep 0.3; exit 3", again),
+        ],
+    );
+    let mut p = Pid1::start("rtsig", &m);
+    p.wait_for("berth: service rt killed by signal 40, restart in 100ms");
+    p.wait_for("berth: service plain exited status=3, restart in 100ms");
+    // Both come back: their exits were not lost.
+    for name in ["rt", "plain"] {
+        p.wait_for_nth(&format!("berth: service {name} started pid="), 2);
+    }
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+#[test]
 fn the_status_report_is_printed_whatever_the_log_level() {
     // `error` hides PID 1's own chatter (started, exited), not the report
     // an operator asks for.

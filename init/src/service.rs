@@ -401,9 +401,14 @@ impl ServiceMachine {
         Duration::from_millis(delay as u64)
     }
 
-    /// From now on exits are final (PID 1 is shutting down).
+    /// From now on exits are final (PID 1 is shutting down). A restart
+    /// already waiting out its backoff is called off: the service has no
+    /// process, so it is stopped now, whatever its dependents still do.
     pub fn forbid_restarts(&mut self) {
         self.restarts_allowed = false;
+        if let State::Backoff { .. } = self.state {
+            self.state = State::Stopped;
+        }
     }
 
     /// Pending → Starting.

@@ -273,13 +273,10 @@ impl Supervisor {
             .next_start
             .filter(|_| !self.waiting_for_setup)
             .map(|_| self.settling.map_or(0, |_| self.settle_check));
-        let shutting_down = self.phase == Phase::ShuttingDown;
         let tasks = self.tasks.iter().filter_map(|t| match t.state {
             TaskState::Running {
-                deadline: Some(d),
-                killed,
-                ..
-            } if !killed || shutting_down => Some(d),
+                deadline: Some(d), ..
+            } => Some(d),
             _ => None,
         });
         let services = self.services.iter().filter_map(|s| s.machine.deadline());
@@ -330,8 +327,8 @@ impl Supervisor {
             } = t.state
                 && now >= d
             {
-                // At shutdown the task is given up on if it is still there
-                // KILL_WAIT after this (stuck in the kernel).
+                // It is given up on if it is still there KILL_WAIT after
+                // this (stuck in the kernel).
                 t.state = TaskState::Running {
                     pid,
                     deadline: Some(now.saturating_add(ms(KILL_WAIT))),
@@ -355,26 +352,15 @@ impl Supervisor {
                 }
             }
         }
-        if self.phase == Phase::ShuttingDown {
-            for t in &mut self.tasks {
-                if let TaskState::Running {
-                    pid,
-                    deadline: Some(d),
-                    killed: true,
-                } = t.state
-                    && now >= d
-                {
-                    t.state = TaskState::Done;
-                    r.report(
-                        log::Level::Error,
-                        format_args!(
-                            "task {} (pid {pid}) still there {} after SIGKILL (stuck in the kernel?): shutdown goes on without it",
-                            t.task.name,
-                            HumanDuration(KILL_WAIT)
-                        ),
-                    );
-                }
-            }
+        // A task still there KILL_WAIT after its SIGKILL is stuck in the
+        // kernel (a hung disk, a dead FUSE mount): it is given up on, at
+        // boot as a failed task (the boot goes on past an optional one),
+        // at shutdown so that the shutdown goes on.
+        let stuck = self.tasks.iter().position(|t| {
+            matches!(t.state, TaskState::Running { deadline: Some(d), killed: true, .. } if now >= d)
+        });
+        if let Some(i) = stuck {
+            self.task_given_up(i, now, r);
         }
         for i in 0..self.services.len() {
             let Some(run) = self.services.get_mut(i) else {
@@ -530,6 +516,14 @@ impl Supervisor {
             return;
         };
         r.reaped(&t.task.name, pid, status);
+        if t.state == TaskState::Done {
+            // Given up on earlier (stuck after SIGKILL); it ended at last.
+            r.report(
+                log::Level::Info,
+                format_args!("task {} (given up on) {status}", t.task.name),
+            );
+            return;
+        }
         t.state = TaskState::Done;
         if status.success() {
             r.report(
@@ -558,6 +552,47 @@ impl Supervisor {
         match self.phase {
             Phase::Tasks => self.advance_tasks(now, r),
             Phase::ShuttingDown => self.advance_shutdown(now, r),
+            Phase::Services | Phase::Done => {}
+        }
+    }
+
+    /// Task `i` outlived its SIGKILL by [`KILL_WAIT`]. Its pid stays known:
+    /// when it does end, its unit's resources are released.
+    fn task_given_up(&mut self, i: usize, now: Millis, r: &mut dyn Runner) {
+        let Some(t) = self.tasks.get_mut(i) else {
+            return;
+        };
+        let TaskState::Running { pid, .. } = t.state else {
+            return;
+        };
+        t.state = TaskState::Done;
+        let stuck = format!(
+            "task {} (pid {pid}) still there {} after SIGKILL (stuck in the kernel?)",
+            t.task.name,
+            HumanDuration(KILL_WAIT)
+        );
+        match self.phase {
+            Phase::Tasks if t.task.optional => {
+                r.report(
+                    log::Level::Warn,
+                    format_args!("{stuck}: given up on (optional, boot goes on)"),
+                );
+                self.advance_tasks(now, r);
+            }
+            Phase::Tasks => {
+                r.report(log::Level::Error, format_args!("{stuck}: given up on"));
+                let reason = format!(
+                    "boot task {} did not end after SIGKILL (stuck in the kernel?)",
+                    t.task.name
+                );
+                self.fail(reason, now, r);
+            }
+            Phase::ShuttingDown => {
+                r.report(
+                    log::Level::Error,
+                    format_args!("{stuck}: shutdown goes on without it"),
+                );
+            }
             Phase::Services | Phase::Done => {}
         }
     }
@@ -1003,9 +1038,56 @@ mod tests {
         assert!(r.signals.is_empty());
         s.tick(31_000, &mut r);
         assert_eq!(r.signals, [("slow".to_owned(), Signal::SIGKILL)]);
-        assert_eq!(s.next_deadline(), None);
+        assert_eq!(s.next_deadline(), Some(31_000 + ms(KILL_WAIT)));
         s.child_exited(r.pid("slow"), ExitStatus::Signal(9), 31_001, &mut r);
         assert_eq!(s.fatal(), Some("boot task slow failed: killed by signal 9"));
+    }
+
+    #[test]
+    fn a_timed_out_task_that_survives_sigkill_fails_the_boot() {
+        // Stuck in the kernel (a hung disk): SIGKILL cannot end it.
+        let mut s = supervisor(
+            r#"{"version":1,"tasks":[{"name":"stuck","host":true,"command":["x"],"timeout":"1s"}],
+                "services":[{"name":"a","host":true,"command":["x"]}]}"#,
+        );
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.tick(1000, &mut r);
+        assert_eq!(r.signals, [("stuck".to_owned(), Signal::SIGKILL)]);
+        let gone = 1000 + ms(KILL_WAIT);
+        s.tick(gone - 1, &mut r);
+        assert_eq!(s.fatal(), None);
+        s.tick(gone, &mut r);
+        assert_eq!(
+            s.fatal(),
+            Some("boot task stuck did not end after SIGKILL (stuck in the kernel?)")
+        );
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(r.spawned, ["stuck"], "no service starts");
+        // Its end, if the kernel ever lets it go, releases the unit and changes nothing.
+        s.child_exited(r.pid("stuck"), ExitStatus::Signal(9), gone + 1, &mut r);
+        assert_eq!(r.reaped, ["stuck"]);
+        assert_eq!(s.phase(), Phase::Done);
+        assert!(
+            r.lines
+                .contains(&"task stuck (given up on) killed by signal 9".to_owned())
+        );
+
+        // An optional one is given up on and the boot goes on.
+        let mut s = supervisor(
+            r#"{"version":1,"tasks":[{"name":"stuck","host":true,"command":["x"],"timeout":"1s","optional":true}],
+                "services":[{"name":"a","host":true,"command":["x"]}]}"#,
+        );
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        s.tick(1000, &mut r);
+        s.tick(gone, &mut r);
+        settle(&mut s, &mut r, gone);
+        assert_eq!(s.fatal(), None);
+        assert_eq!(r.spawned, ["stuck", "a"]);
+        assert!(r.lines.iter().any(|l| l.ends_with(
+            "still there 5s after SIGKILL (stuck in the kernel?): given up on (optional, boot goes on)"
+        )));
     }
 
     #[test]
@@ -1237,6 +1319,31 @@ mod tests {
         assert_eq!(s.service_state("a"), Some(State::Stopped));
         s.tick(100_000, &mut r);
         assert_eq!(r.spawned, ["a"], "no restart after shutdown");
+    }
+
+    #[test]
+    fn a_dependency_in_backoff_is_not_restarted_while_its_dependent_stops() {
+        let mut s = supervisor(
+            r#"{"version":1,"services":[
+              {"name":"db","host":true,"command":["x"],"restart":{"policy":"always","backoff":{"initial":"400ms"}}},
+              {"name":"web","host":true,"command":["x"],"depends_on":["db"],"stop_timeout":"10s"}]}"#,
+        );
+        let mut r = FakeRunner::default();
+        s.boot(0, &mut r);
+        settle(&mut s, &mut r, 0);
+        assert_eq!(r.spawned, ["db", "web"]);
+        // db crashes: back in 400 ms. Shutdown comes first; web is slow to stop.
+        s.child_exited(r.pid("db"), ExitStatus::Code(1), 100, &mut r);
+        s.shutdown(200, &mut r);
+        assert_eq!(r.signals, [("web".to_owned(), Signal::SIGTERM)]);
+        assert_eq!(s.next_deadline(), Some(10_200), "only web's stop timeout");
+        s.tick(500, &mut r);
+        s.tick(5_000, &mut r);
+        assert_eq!(r.spawned, ["db", "web"], "db is not started again");
+        s.child_exited(r.pid("web"), ExitStatus::Code(0), 6_000, &mut r);
+        assert_eq!(s.phase(), Phase::Done);
+        assert_eq!(s.service_state("db"), Some(State::Stopped));
+        assert_eq!(r.spawned, ["db", "web"]);
     }
 
     #[test]

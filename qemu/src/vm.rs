@@ -671,8 +671,7 @@ fn remove_stale_run_dirs(tmp: &Path) {
 /// shared between a thread waiting for its exit and one handling signals.
 /// Dropping it kills QEMU.
 pub struct Vm {
-    child: Mutex<Child>,
-    exit: Mutex<Option<ExitStatus>>,
+    process: Mutex<Process>,
     stdin: Mutex<Option<ChildStdin>>,
     qmp: Mutex<Qmp>,
     console: Arc<ConsoleLog>,
@@ -712,6 +711,15 @@ impl HostChecked<'_> {
             }
         }
     }
+}
+
+/// QEMU's process and, once it was reaped, its exit status: under one
+/// lock, so that waiting for the exit and killing never take two locks in
+/// opposite orders.
+#[derive(Debug)]
+struct Process {
+    child: Child,
+    exit: Option<ExitStatus>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -830,8 +838,7 @@ impl Vm {
             }
         };
         Ok(Vm {
-            child: Mutex::new(child),
-            exit: Mutex::new(None),
+            process: Mutex::new(Process { child, exit: None }),
             stdin: Mutex::new(stdin),
             qmp: Mutex::new(qmp),
             console,
@@ -996,13 +1003,14 @@ impl Vm {
 
     /// QEMU's exit status if it has exited.
     pub fn try_exit(&self) -> Result<Option<ExitStatus>, VmError> {
-        let mut exit = lock(&self.exit);
-        if exit.is_none() {
-            *exit = lock(&self.child)
+        let mut process = lock(&self.process);
+        if process.exit.is_none() {
+            process.exit = process
+                .child
                 .try_wait()
                 .map_err(|source| VmError::Wait { source })?;
         }
-        Ok(*exit)
+        Ok(process.exit)
     }
 
     /// Waits for QEMU to exit.
@@ -1034,18 +1042,32 @@ impl Vm {
         )))
     }
 
-    /// Kills QEMU (SIGKILL) and reaps it.
+    /// Kills QEMU (SIGKILL) and reaps it. Waits for the exit meanwhile
+    /// (in other threads) wait for this one.
     pub fn kill(&self) -> Result<ExitStatus, VmError> {
-        if let Some(status) = self.try_exit()? {
+        let mut process = lock(&self.process);
+        if process.exit.is_none() {
+            // Exited on its own already: not stopped by us.
+            process.exit = process
+                .child
+                .try_wait()
+                .map_err(|source| VmError::Wait { source })?;
+        }
+        if let Some(status) = process.exit {
             return Ok(status);
         }
         self.host_stopped.store(true, Ordering::SeqCst);
-        let mut child = lock(&self.child);
-        // It may have exited since try_exit: the pid stays ours until it is
-        // reaped, and kill() of an already reaped Child is a no-op.
-        child.kill().map_err(|source| VmError::Kill { source })?;
-        let status = child.wait().map_err(|source| VmError::Wait { source })?;
-        *lock(&self.exit) = Some(status);
+        // It may have exited since: not reaped yet, its pid is still ours,
+        // and the kill is harmless.
+        process
+            .child
+            .kill()
+            .map_err(|source| VmError::Kill { source })?;
+        let status = process
+            .child
+            .wait()
+            .map_err(|source| VmError::Wait { source })?;
+        process.exit = Some(status);
         Ok(status)
     }
 

@@ -1,7 +1,9 @@
-//! Shared pieces of the QEMU tests: the fetched kernel, and "floor"
+//! Shared pieces of the QEMU tests: the fetched kernel, "floor"
 //! initramfs images (busybox-static plus a shell /init) built as newc cpio
-//! archives with Debian's `cpio`.
+//! archives with Debian's `cpio`, and a stand-in QEMU ([`standin`]).
 #![allow(dead_code)]
+
+pub mod standin;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;

@@ -410,8 +410,9 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 /// Ctrl-C (or SIGTERM) once: press the power button until the guest hears
-/// it; twice: stop QEMU. Returns when QEMU was stopped or the signals were
-/// closed (QEMU exited), after the presser ended.
+/// it; twice: stop QEMU ([`Vm::stop`]: QMP `quit`, SIGKILL [`QUIT_GRACE`]
+/// later); three times: SIGKILL now. Returns when the signals were closed
+/// (QEMU exited), after the presser and the stopper ended.
 ///
 /// SIGHUP (the terminal went away, an SSH session dropped) powers down as
 /// the first Ctrl-C does, so the data disk is unmounted cleanly instead of
@@ -421,6 +422,7 @@ fn signal_name(signal: i32) -> &'static str {
 fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
     let stop_pressing = Arc::new(AtomicBool::new(false));
     let mut presser: Option<JoinHandle<()>> = None;
+    let mut stopper: Option<JoinHandle<()>> = None;
     for signal in signals.forever() {
         if presser.is_none() {
             if signal == SIGHUP {
@@ -440,20 +442,31 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
             presser = Some(std::thread::spawn(move || press_until_heard(&vm, &stop)));
         } else if signal == SIGHUP {
             continue;
-        } else {
+        } else if stopper.is_none() {
             stop_pressing.store(true, Ordering::SeqCst);
-            note!("\r\nberth-qemu: stopping QEMU");
-            if vm.qmp_quit().is_err() {
-                let _ = vm.kill();
-            }
-            break;
+            note!(
+                "\r\nberth-qemu: stopping QEMU (QMP quit, SIGKILL if it still runs {} s later; Ctrl-C again kills it now)",
+                QUIT_GRACE.as_secs()
+            );
+            // In a thread of its own: a third Ctrl-C is heard meanwhile.
+            let vm = Arc::clone(vm);
+            stopper = Some(std::thread::spawn(move || {
+                let _ = vm.stop(QUIT_GRACE);
+            }));
+        } else {
+            note!("\r\nberth-qemu: killing QEMU (SIGKILL)");
+            let _ = vm.kill();
         }
     }
     stop_pressing.store(true, Ordering::SeqCst);
-    if let Some(presser) = presser {
-        let _ = presser.join();
+    for thread in [presser, stopper].into_iter().flatten() {
+        let _ = thread.join();
     }
 }
+
+/// How long QEMU gets to act on a `quit` before it is killed. It exits in
+/// milliseconds when its main loop runs; when that is stuck, it never does.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a guest gets to power down after berth-qemu was hung up on:
 /// berth-init stops the services in order, each within its stop timeout
@@ -480,9 +493,7 @@ fn stop_after(vm: &Weak<Vm>, grace: Duration) {
             "\r\nberth-qemu: the appliance did not power down within {} s: stopping QEMU",
             grace.as_secs()
         );
-        if vm.qmp_quit().is_err() {
-            let _ = vm.kill();
-        }
+        let _ = vm.stop(QUIT_GRACE);
     }
 }
 

@@ -31,6 +31,11 @@ pub enum QmpError {
         #[source]
         source: io::Error,
     },
+    #[error("could not duplicate the qmp socket")]
+    Duplicate {
+        #[source]
+        source: io::Error,
+    },
     #[error("unexpected qmp greeting: {line}")]
     Greeting { line: String },
     #[error("could not send qmp command {command}")]
@@ -159,6 +164,16 @@ impl Qmp {
         &self.events
     }
 
+    /// A second handle on this session's socket, for another thread (see
+    /// [`QmpControl`]).
+    pub fn control(&self) -> Result<QmpControl, QmpError> {
+        let stream = self
+            .writer
+            .try_clone()
+            .map_err(|source| QmpError::Duplicate { source })?;
+        Ok(QmpControl { stream })
+    }
+
     fn read_object(&mut self, command: &str) -> Result<Value, QmpError> {
         let mut line = String::new();
         let n = self
@@ -178,6 +193,47 @@ impl Qmp {
             line: line.trim().to_string(),
             source,
         })
+    }
+}
+
+/// A second handle on a session's socket. A thread can send a command
+/// through it while another waits on the session for a reply that may
+/// never come (QEMU answers from its main loop; when that is stuck, so is
+/// every command): `quit` needs no reply, QEMU's exit says it was heard.
+/// The reply, if any, goes to whoever reads the session next. Shutting the
+/// socket down ends every wait on the session at once.
+#[derive(Debug)]
+pub struct QmpControl {
+    stream: UnixStream,
+}
+
+impl QmpControl {
+    /// Sends `command` without arguments and without reading its reply,
+    /// giving up after `timeout` if the socket's buffer stays full (a
+    /// monitor that reads nothing). The timeout is the socket's and stays
+    /// set: the session's own sends are held to it too from then on.
+    pub fn send(&self, command: &str, timeout: Duration) -> Result<(), QmpError> {
+        let send_error = |source| QmpError::Send {
+            command: command.to_string(),
+            source,
+        };
+        // A zero timeout would mean none at all (setsockopt(SO_SNDTIMEO)).
+        self.stream
+            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(send_error)?;
+        let mut line = json!({ "execute": command }).to_string();
+        line.push('\n');
+        // One write of a short line: on a stream socket it is not split
+        // around another thread's command.
+        (&self.stream)
+            .write_all(line.as_bytes())
+            .map_err(send_error)
+    }
+
+    /// Shuts the socket down both ways: a read on the session ends
+    /// ([`QmpError::Closed`]), and so does every later command.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -278,6 +334,55 @@ mod tests {
         let (path, server) =
             fake_server(vec![(r#"{"execute":"qmp_capabilities"}"#, "not json\r\n")]);
         assert!(matches!(Qmp::connect(&path), Err(QmpError::Parse { .. })));
+        server.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A command waits for a reply that never comes (a stuck monitor);
+    /// meanwhile another thread sends `quit` through the control handle,
+    /// and ends the wait by shutting the socket down.
+    #[test]
+    fn a_control_handle_sends_past_a_command_in_flight_and_ends_its_wait() {
+        let path = std::env::temp_dir().join(format!("berth-qmp-{}-ctl.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        // Answers the negotiation, then reads and answers nothing; keeps
+        // the connection open until the test is done.
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut out = stream.try_clone().unwrap();
+            let mut input = BufReader::new(stream);
+            out.write_all(b"{\"QMP\": {}}\r\n").unwrap();
+            let mut line = String::new();
+            input.read_line(&mut line).unwrap();
+            out.write_all(b"{\"return\": {}}\r\n").unwrap();
+            for _ in 0..2 {
+                line.clear();
+                input.read_line(&mut line).unwrap();
+                read_tx.send(line.trim().to_string()).unwrap();
+            }
+            let _ = end_rx.recv();
+        });
+        let mut qmp = Qmp::connect(&path).unwrap();
+        let control = qmp.control().unwrap();
+        let waiting = std::thread::spawn(move || qmp.execute("system_powerdown", None));
+        let wait = Duration::from_secs(10);
+        assert_eq!(
+            read_rx.recv_timeout(wait).unwrap(),
+            r#"{"execute":"system_powerdown"}"#
+        );
+        control.send("quit", Duration::from_secs(5)).unwrap();
+        assert_eq!(read_rx.recv_timeout(wait).unwrap(), r#"{"execute":"quit"}"#);
+        assert!(!waiting.is_finished());
+        control.shutdown();
+        // Within seconds, not the 30 s reply timeout.
+        let started = std::time::Instant::now();
+        let result = waiting.join().unwrap();
+        assert!(matches!(result, Err(QmpError::Closed { .. })), "{result:?}");
+        assert!(started.elapsed() < wait);
+        drop(end_tx);
         server.join().unwrap();
         std::fs::remove_file(&path).unwrap();
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::console::{ConsoleLog, LineWait, time_left};
 use crate::disk::{DataDisk, DiskError, prepare_data_disk};
-use crate::qmp::{Qmp, QmpError, ctrl_alt_delete_keys};
+use crate::qmp::{Qmp, QmpControl, QmpError, ctrl_alt_delete_keys};
 
 /// The kernel prefixes every panic with this (`panic()` in kernel/panic.c);
 /// a dead PID 1 reads "Kernel panic - not syncing: Attempted to kill init!".
@@ -97,6 +97,10 @@ pub const CPUS_RANGE: RangeInclusive<u32> = 1..=255;
 
 /// How long QEMU gets to create its QMP socket before boot gives up.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`Vm::stop`] tries to hand `quit` to a monitor that reads
+/// nothing.
+const QUIT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An appliance: a kernel and an initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +353,12 @@ pub enum VmError {
     QmpTimeout {
         path: PathBuf,
         timeout: Duration,
+        #[source]
+        source: QmpError,
+    },
+    #[error("could not use the qmp socket {path}")]
+    QmpSocket {
+        path: PathBuf,
         #[source]
         source: QmpError,
     },
@@ -674,6 +684,8 @@ pub struct Vm {
     process: Mutex<Process>,
     stdin: Mutex<Option<ChildStdin>>,
     qmp: Mutex<Qmp>,
+    /// The QMP socket again, outside `qmp`'s lock: see [`Vm::stop`].
+    monitor: QmpControl,
     console: Arc<ConsoleLog>,
     stderr: Arc<ConsoleLog>,
     readers: Vec<JoinHandle<()>>,
@@ -819,8 +831,8 @@ impl Vm {
         }
         let stdin = child.stdin.take();
 
-        let qmp = match connect_qmp(&mut child, &qmp_path) {
-            Ok(qmp) => qmp,
+        let (qmp, monitor) = match connect_qmp(&mut child, &qmp_path) {
+            Ok(connected) => connected,
             Err(err) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -841,6 +853,7 @@ impl Vm {
             process: Mutex::new(Process { child, exit: None }),
             stdin: Mutex::new(stdin),
             qmp: Mutex::new(qmp),
+            monitor,
             console,
             stderr: stderr_log,
             readers,
@@ -982,7 +995,9 @@ impl Vm {
             .map(drop)
     }
 
-    /// QMP `quit`: QEMU stops at once, the guest gets no say.
+    /// QMP `quit`: QEMU stops at once, the guest gets no say. Like every
+    /// command, it waits for a command another thread has in flight to be
+    /// answered; [`Vm::stop`] does not.
     pub fn qmp_quit(&self) -> Result<(), VmError> {
         self.host_stopped.store(true, Ordering::SeqCst);
         match lock(&self.qmp).execute("quit", None) {
@@ -1009,8 +1024,18 @@ impl Vm {
                 .child
                 .try_wait()
                 .map_err(|source| VmError::Wait { source })?;
+            if process.exit.is_some() {
+                self.end_monitor();
+            }
         }
         Ok(process.exit)
+    }
+
+    /// QEMU is gone: a thread still waiting on its monitor (a command sent
+    /// just before the end) stops waiting. The socket's other end closes
+    /// with QEMU anyway; this does not count on it.
+    fn end_monitor(&self) {
+        self.monitor.shutdown();
     }
 
     /// Waits for QEMU to exit.
@@ -1054,6 +1079,7 @@ impl Vm {
                 .map_err(|source| VmError::Wait { source })?;
         }
         if let Some(status) = process.exit {
+            self.end_monitor();
             return Ok(status);
         }
         self.host_stopped.store(true, Ordering::SeqCst);
@@ -1068,7 +1094,28 @@ impl Vm {
             .wait()
             .map_err(|source| VmError::Wait { source })?;
         process.exit = Some(status);
+        self.end_monitor();
         Ok(status)
+    }
+
+    /// Stops QEMU promptly, whatever its monitor is doing: QMP `quit`,
+    /// then SIGKILL if QEMU still runs `grace` later. The `quit` goes
+    /// straight onto the monitor's socket, not after a command another
+    /// thread is waiting on (QEMU answers from its main loop: when that is
+    /// stuck, a power-button press waits the whole reply timeout, and a
+    /// `quit` queued behind it would too). Returns within about `grace`
+    /// plus a second.
+    pub fn stop(&self, grace: Duration) -> Result<ExitStatus, VmError> {
+        if let Some(status) = self.try_exit()? {
+            return Ok(status);
+        }
+        self.host_stopped.store(true, Ordering::SeqCst);
+        // Failing to send is fine: the kill below follows.
+        let _ = self.monitor.send("quit", QUIT_SEND_TIMEOUT.min(grace));
+        match self.wait_exit(grace) {
+            Err(VmError::ExitTimeout { .. }) => self.kill(),
+            other => other,
+        }
     }
 
     /// Prints the whole serial console and QEMU's stderr to stderr, framed.
@@ -1150,12 +1197,19 @@ fn spawn_reader(
 }
 
 /// Connects to QEMU's QMP socket, retrying while QEMU starts up; fails early
-/// if QEMU exits (bad option, missing file).
-fn connect_qmp(child: &mut Child, path: &Path) -> Result<Qmp, VmError> {
+/// if QEMU exits (bad option, missing file). Returns the session and a
+/// control handle on its socket.
+fn connect_qmp(child: &mut Child, path: &Path) -> Result<(Qmp, QmpControl), VmError> {
     let deadline = Instant::now() + QMP_CONNECT_TIMEOUT;
     loop {
         match Qmp::connect(path) {
-            Ok(qmp) => return Ok(qmp),
+            Ok(qmp) => {
+                let control = qmp.control().map_err(|source| VmError::QmpSocket {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                return Ok((qmp, control));
+            }
             Err(err) => {
                 if let Some(status) = child
                     .try_wait()

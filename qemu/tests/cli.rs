@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::standin::{Monitor, StandIn};
 use common::{INIT_PROLOGUE, POWER_BUTTON_THEN_POWEROFF, TIMEOUT, floor_appliance};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth-qemu");
@@ -43,10 +44,26 @@ impl Cli {
     }
 
     fn run_with(outdir: &std::path::Path, options: &[&str]) -> Cli {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg(outdir)
-            .args(options)
+        Self::spawn(Command::new(BIN).arg("run").arg(outdir).args(options))
+    }
+
+    /// `run` of a stand-in QEMU's OUTDIR, the stand-in first on PATH.
+    fn run_standin(standin: &StandIn) -> Cli {
+        let path = format!(
+            "{}:{}",
+            standin.bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Self::spawn(
+            Command::new(BIN)
+                .arg("run")
+                .arg(standin.outdir())
+                .env("PATH", path),
+        )
+    }
+
+    fn spawn(command: &mut Command) -> Cli {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -102,6 +119,18 @@ impl Cli {
         }
     }
 
+    fn wait_stderr(&self, pattern: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.stderr.lock().unwrap().contains(pattern) {
+            assert!(
+                Instant::now() < deadline,
+                "no {pattern:?} on stderr\n{}",
+                self.dump()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn interrupt(&self) {
         self.signal("INT");
     }
@@ -115,15 +144,23 @@ impl Cli {
     }
 
     /// Exit code, and stderr once the collector drained it.
-    fn finish(mut self) -> (i32, String) {
-        let deadline = Instant::now() + TIMEOUT;
+    fn finish(self) -> (i32, String) {
+        self.finish_within(TIMEOUT)
+    }
+
+    /// Like `finish`, failing if berth-qemu runs `timeout` longer.
+    fn finish_within(mut self, timeout: std::time::Duration) -> (i32, String) {
+        let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!("berth-qemu did not exit\n{}", self.dump());
+                panic!(
+                    "berth-qemu did not exit within {timeout:?}\n{}",
+                    self.dump()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
@@ -541,6 +578,50 @@ fn second_ctrl_c_stops_qemu() {
     let (code, out) = cli.finish();
     assert_eq!(code, 130, "{out}");
     assert!(out.contains("berth-qemu: stopping QEMU"), "{out}");
+}
+
+/// A QEMU whose monitor answers nothing (its main loop stuck): the first
+/// Ctrl-C's power-button press waits for a reply that never comes, and the
+/// second Ctrl-C still stops QEMU within seconds, not behind that press.
+#[test]
+fn second_ctrl_c_stops_qemu_whose_monitor_does_not_answer() {
+    let standin = StandIn::new("cli-silent-monitor", "echo 'stand-in: up'", Monitor::Silent);
+    let cli = Cli::run_standin(&standin);
+    cli.wait_stdout("stand-in: up");
+    cli.interrupt();
+    assert!(
+        standin.wait_for_command("system_powerdown", TIMEOUT),
+        "no power-button press\n{}",
+        cli.dump()
+    );
+    cli.interrupt();
+    let pid = standin.pid().unwrap();
+    let (code, out) = cli.finish_within(std::time::Duration::from_secs(10));
+    assert_eq!(code, 130, "{out}");
+    assert!(out.contains("berth-qemu: stopping QEMU"), "{out}");
+    assert!(!common::standin::is_alive(pid), "QEMU left running\n{out}");
+    // QMP quit was tried first.
+    assert!(standin.commands().contains(&"quit".to_string()), "{out}");
+}
+
+/// While the second Ctrl-C's `quit` waits for QEMU to act on it, a third
+/// kills QEMU at once.
+#[test]
+fn third_ctrl_c_kills_qemu() {
+    let standin = StandIn::new("cli-third-ctrl-c", "echo 'stand-in: up'", Monitor::Silent);
+    let cli = Cli::run_standin(&standin);
+    cli.wait_stdout("stand-in: up");
+    cli.interrupt();
+    cli.wait_stderr("asking the appliance to power down");
+    cli.interrupt();
+    // The stopper now waits 3 s for the stand-in to act on `quit`.
+    cli.wait_stderr("berth-qemu: stopping QEMU");
+    cli.interrupt();
+    let pid = standin.pid().unwrap();
+    let (code, out) = cli.finish_within(std::time::Duration::from_secs(10));
+    assert_eq!(code, 130, "{out}");
+    assert!(out.contains("berth-qemu: killing QEMU (SIGKILL)"), "{out}");
+    assert!(!common::standin::is_alive(pid), "QEMU left running\n{out}");
 }
 
 /// Its messages cannot be written (the terminal went away): Ctrl-C still

@@ -628,8 +628,18 @@ impl Runtime {
         );
         let mut keep_for_start: Vec<RawFd> = vec![report_w.as_raw_fd(), gate.as_raw_fd()];
         keep_for_start.extend(start_hooks.iter().map(|h| h.stdin.as_raw_fd()));
-        let init_args: Vec<CString> = match &opts.init {
-            Some(init) => {
+        // The init's fd stays open until execve: a close-on-exec copy, as
+        // the child may not be able to mark it so itself (a seccomp
+        // profile without close_range).
+        let init_exe = match &opts.init {
+            Some(init) => Some(
+                sys::dup_above(init.exe.as_fd(), 3)
+                    .map_err(ioerr("duplicate the init's fd", dir))?,
+            ),
+            None => None,
+        };
+        let init_args: Vec<CString> = match (&opts.init, &init_exe) {
+            (Some(init), Some(exe)) => {
                 let mut args = Vec::with_capacity(init.args.len() + plan.args.len());
                 for a in &init.args {
                     args.push(
@@ -640,12 +650,12 @@ impl Runtime {
                     );
                 }
                 args.extend(plan.args.iter().cloned());
-                keep_fds.push(init.exe.as_raw_fd());
-                keep_for_start.push(init.exe.as_raw_fd());
-                keep_at_exec.push(init.exe.as_raw_fd());
+                keep_fds.push(exe.as_raw_fd());
+                keep_for_start.push(exe.as_raw_fd());
+                keep_at_exec.push(exe.as_raw_fd());
                 args
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         keep_fds.sort_unstable();
         keep_for_start.sort_unstable();
@@ -669,10 +679,9 @@ impl Runtime {
             want_hooks,
             argv: process::pointer_array(&plan.args),
             envp: process::pointer_array(&plan.env),
-            init: opts
-                .init
+            init: init_exe
                 .as_ref()
-                .map(|i| (i.exe.as_fd(), process::pointer_array(&init_args))),
+                .map(|exe| (exe.as_fd(), process::pointer_array(&init_args))),
         };
         // Straight into the cgroup when there is one: no window in which
         // the process runs outside its limits, no later migration.
@@ -691,6 +700,7 @@ impl Runtime {
         drop(cx);
         drop(opts);
         drop(lifted);
+        drop(init_exe);
 
         let fail = |e: ContainerError| {
             let _ = sys::kill(pid, libc::SIGKILL);

@@ -241,9 +241,12 @@ pub struct ChildHook {
 }
 
 /// The hook process: state on stdin, nothing else inherited, exec.
-pub fn run_hook_child(hook: &ChildHook) -> ! {
+/// `open`: every fd above 2 the container's process may hold, closed one
+/// by one when close_range fails (a startContainer hook forked under a
+/// seccomp profile without it).
+pub fn run_hook_child(hook: &ChildHook, open: &[RawFd]) -> ! {
     if sys::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&hook.stdin), 0).is_err()
-        || sys::close_fds_except(&[]).is_err()
+        || close_each_unless_range(&[], open).is_err()
     {
         sys::exit_now(126);
     }
@@ -251,11 +254,40 @@ pub fn run_hook_child(hook: &ChildHook) -> ! {
     sys::exit_now(127)
 }
 
+/// Closes every fd from 3 up but `keep` (sorted): with close_range, or,
+/// when it fails (a seccomp profile without it: older Docker and
+/// containerd profiles, recorded ones), with one close(2) for each fd of
+/// `open` not in `keep`. `open` must name every fd above 2 that can be
+/// open: the caller closed everything else with close_range before the
+/// filter was loaded.
+fn close_each_unless_range(keep: &[RawFd], open: &[RawFd]) -> io::Result<()> {
+    if sys::close_fds_except(keep).is_ok() {
+        return Ok(());
+    }
+    for &fd in open {
+        if fd <= 2 || keep.binary_search(&fd).is_ok() {
+            continue;
+        }
+        match sys::close(fd) {
+            // Closed already (close_range may have done part of it).
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
 /// Runs hooks in order; a spawn failure, a timeout (ETIMEDOUT) or a
-/// non-zero exit fails the step.
-fn run_hooks(hooks: &[ChildHook], spawn: Step, status: Step) -> Result<(), ChildError> {
+/// non-zero exit fails the step. `open`: the fds the process holds above
+/// 2, which the hook must not inherit.
+fn run_hooks(
+    hooks: &[ChildHook],
+    spawn: Step,
+    status: Step,
+    open: &[RawFd],
+) -> Result<(), ChildError> {
     for (i, h) in hooks.iter().enumerate() {
-        let pid = sys::fork_hook(h).map_err(at(spawn, i))?;
+        let pid = sys::fork_hook(h, open).map_err(at(spawn, i))?;
         let pidfd = sys::pidfd_open(pid).map_err(at(spawn, i))?;
         let done = sys::poll_readable(pidfd.as_fd(), h.timeout_ms).map_err(at(spawn, i))?;
         if !done {
@@ -317,7 +349,7 @@ pub struct ChildContext<'a> {
     /// the report pipe, the gate, the start hooks' inputs, the init.
     pub keep_for_start: Vec<RawFd>,
     /// Fds left open at exec (sorted): the report pipe and the init, both
-    /// close-on-exec, neither a directory. No path the program's name can
+    /// opened close-on-exec by the parent, neither a directory. No path the program's name can
     /// take through /proc/self/fd reaches outside the root.
     pub keep_at_exec: Vec<RawFd>,
     /// `CAP_LAST_CAP` of the running kernel.
@@ -444,10 +476,13 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
         cx.wait_parent(Step::Hooks)?;
     }
     // In the container's mount namespace, mounts done, before pivot_root.
+    // No filter is loaded yet: close_range closes what the hook must not
+    // have (the root's fd among them), `keep_fds` is only its fallback.
     run_hooks(
         &cx.create_container_hooks,
         Step::CreateContainerHook,
         Step::CreateContainerHookStatus,
+        &cx.keep_fds,
     )?;
     rootfs::mask_paths(plan, root.as_fd())?;
     rootfs::readonly_paths(plan, root.as_fd())?;
@@ -515,11 +550,24 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
         Err(e) => return Err(ChildError::new(Step::StartGate, 0, &e)),
     }
     // After start, before the program: resolved in the container's root.
+    // Since the last close_range only `keep_for_start` are open (the
+    // pidfds of hooks are closed again): without no_new_privs the filter
+    // is loaded already, and may deny close_range.
     run_hooks(
         &cx.start_container_hooks,
         Step::StartContainerHook,
         Step::StartContainerHookStatus,
+        &cx.keep_for_start,
     )?;
+    // Every fd but stdio is closed now or at exec (CVE-2024-21626); the
+    // report pipe stays usable until then so an exec failure still
+    // reaches the parent. Before the late filter, so that close_range
+    // need not be in the profile; after the early one, one close(2) at a
+    // time if it is not. What is kept is close-on-exec from its opening
+    // (the parent makes sure of it); marking every fd so as well is only
+    // a second line, which such a profile may deny.
+    close_each_unless_range(&cx.keep_at_exec, &cx.keep_for_start).map_err(at(Step::CloseFds, 2))?;
+    let _ = sys::cloexec_from(3);
     if plan.no_new_privs
         && let Some(filter) = cx.seccomp
     {
@@ -529,11 +577,6 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
             ChildError::new(Step::Seccomp, 0, &io::Error::from_raw_os_error(libc::EPERM))
         })?;
     }
-    // Every fd but stdio is closed now or at exec (CVE-2024-21626); the
-    // report pipe stays usable until then so an exec failure still
-    // reaches the parent.
-    sys::close_fds_except(&cx.keep_at_exec).map_err(at(Step::CloseFds, 2))?;
-    sys::cloexec_from(3).map_err(at(Step::CloseFds, 2))?;
     let (e, what) = match &cx.init {
         // An ELF binary runs from a close-on-exec fd (only a script's
         // interpreter would need it open).

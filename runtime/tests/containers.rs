@@ -751,6 +751,35 @@ fn seccomp_denies_a_syscall_with_the_configured_errno() {
     assert!(out.contains("Function not implemented"), "{out}");
 }
 
+/// A profile without `close_range` (older Docker and containerd profiles,
+/// recorded ones) still runs the container, with or without
+/// no_new_privs, and a startContainer hook under it: after the filter the
+/// fds are closed one by one with close(2), and none but stdio reaches the
+/// program or the hook (CVE-2024-21626).
+#[test]
+fn a_profile_denying_close_range_still_runs_the_container_and_leaks_no_fd() {
+    for nnp in [true, false] {
+        let mut b = Bundle::new();
+        b.config["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["close_range"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        b.config["process"]["noNewPrivileges"] = json!(nnp);
+        b.config["process"]["args"] = json!(["/bin/true"]);
+        let o = run(&b);
+        assert_eq!(o.status, ExitStatus::Exited(0), "nnp {nnp}: {o:?}");
+        b.config["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "ls /proc/self/fd | sort -n | tr '\\n' ' ' > /tmp/hookfds"]}]});
+        let out = run_ok(
+            &mut b,
+            "cat /tmp/hookfds; echo; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        );
+        // 0-2, plus the directory ls itself has open.
+        assert_eq!(out, "0 1 2 3 \n0 1 2 3 ", "nnp {nnp}");
+    }
+}
+
 #[test]
 fn hostile_mount_destination_stays_inside_the_rootfs() {
     // The rootfs has absolute symlinks to a host directory: a mount at

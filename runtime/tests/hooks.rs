@@ -239,3 +239,20 @@ fn a_failed_poststart_hook_ends_the_container() {
     assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(9));
     c.delete(false).unwrap();
 }
+
+/// berth's default profile (as Docker's and containerd's) makes clone3
+/// fail with ENOSYS. Without no_new_privs the filter is loaded before
+/// start, so the startContainer hooks are forked under it: the fork falls
+/// back to clone(2), as a C library's does.
+#[test]
+fn a_start_container_hook_runs_under_the_default_profile_without_no_new_privileges() {
+    let profile = berth_runtime::seccomp::default_profile(&Default::default()).unwrap();
+    let mut b = Bundle::new();
+    b.config["linux"]["seccomp"] = serde_json::to_value(&profile).unwrap();
+    b.config["process"]["noNewPrivileges"] = json!(false);
+    b.config["hooks"] = json!({"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "echo hooked > /tmp/started"]}
+    ]});
+    let out = common::run_ok(&mut b, "cat /tmp/started");
+    assert_eq!(out, "hooked\n");
+}

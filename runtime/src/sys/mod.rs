@@ -805,6 +805,15 @@ pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     close_range(first, u32::MAX)
 }
 
+/// `close(2)` of one fd. For the child after a seccomp filter is loaded:
+/// every profile allows close, not every one allows close_range (older
+/// Docker and containerd profiles, recorded ones).
+pub fn close(fd: RawFd) -> io::Result<()> {
+    // SAFETY: closes one fd of this process; the caller no longer uses it
+    // (and owns no OwnedFd for it that would close it again).
+    cvt(unsafe { libc::close(fd) }).map(drop)
+}
+
 fn close_range(first: u32, last: u32) -> io::Result<()> {
     // SAFETY: close_range only closes fds of this process; the caller
     // keeps the ones it still uses out of the range.
@@ -871,46 +880,60 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<
     Ok(n > 0)
 }
 
-/// Forks a plain child (clone3 without flags) that runs `child`.
-/// See [`clone3`]: the closure must be async-signal-safe and never return.
-pub fn fork_hook(hook: &crate::process::ChildHook) -> io::Result<pid_t> {
+/// Forks a plain child that runs `child`: clone3 without flags, or,
+/// under a seccomp profile that hides clone3 (Docker's, containerd's and
+/// berth's default ones answer ENOSYS so that C libraries fall back, as
+/// the container's process itself must when it runs startContainer hooks
+/// under the filter), a fork-like clone(2).
+///
+/// # Safety
+/// As for [`clone3`]: `child` must only make async-signal-safe calls and
+/// never return.
+unsafe fn fork_plain(child: &dyn Fn()) -> io::Result<pid_t> {
     let args = CloneArgs {
         flags: 0,
         cgroup: None,
     };
-    // SAFETY: run_hook_child only calls allocation-free wrappers of this
-    // module (dup, close_range, execve, _exit) on precomputed data.
-    unsafe { clone3(&args, || crate::process::run_hook_child(hook)) }
-}
-
-/// Forks a plain child (clone3 without flags) that becomes a host process
-/// (`crate::host`). See [`clone3`].
-pub(crate) fn fork_host(child: &crate::host::Child<'_>) -> io::Result<pid_t> {
-    let args = CloneArgs {
-        flags: 0,
-        cgroup: None,
-    };
-    // SAFETY: host_child only calls allocation-free wrappers of this module
-    // (signal, setpgid, dup3, close_range, prlimit, chdir, execve, write,
-    // _exit) on data the parent prepared, and never returns.
-    match unsafe { clone3(&args, || crate::host::host_child(child)) } {
-        // Under a seccomp profile that hides clone3 (Docker's and berth's
-        // default ones answer ENOSYS so that C libraries fall back, as a
-        // container's init must): a plain fork-like clone.
+    // SAFETY: the caller's promise about `child`, passed on.
+    match unsafe { clone3(&args, child) } {
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             // SAFETY: clone without CLONE_VM or a new stack is fork(2)
             // without libc's handlers: the child continues on a copy of
-            // this stack and only runs host_child, as above.
+            // this stack and only runs `child`, as above.
             let ret = unsafe {
                 libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
             };
             match cvt_long(ret)? {
-                0 => crate::host::host_child(child),
+                0 => {
+                    child();
+                    exit_now(127)
+                }
                 pid => Ok(pid as pid_t),
             }
         }
         r => r,
     }
+}
+
+/// Forks the process of a createContainer or startContainer hook (`open`:
+/// the fds the container's process may hold, see
+/// [`crate::process::run_hook_child`]). See [`fork_plain`]: without
+/// no_new_privs, startContainer hooks are forked under the container's
+/// seccomp filter.
+pub fn fork_hook(hook: &crate::process::ChildHook, open: &[RawFd]) -> io::Result<pid_t> {
+    // SAFETY: run_hook_child only calls allocation-free wrappers of this
+    // module (dup, close_range, close, execve, _exit) on precomputed data,
+    // and never returns.
+    unsafe { fork_plain(&|| crate::process::run_hook_child(hook, open)) }
+}
+
+/// Forks a plain child that becomes a host process (`crate::host`). See
+/// [`fork_plain`].
+pub(crate) fn fork_host(child: &crate::host::Child<'_>) -> io::Result<pid_t> {
+    // SAFETY: host_child only calls allocation-free wrappers of this module
+    // (signal, setpgid, dup3, close_range, prlimit, chdir, execve, write,
+    // _exit) on data the parent prepared, and never returns.
+    unsafe { fork_plain(&|| crate::host::host_child(child)) }
 }
 
 /// `setpgid(0, 0)`: the caller leads a new process group.

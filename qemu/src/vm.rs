@@ -10,7 +10,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -692,6 +692,9 @@ pub struct Vm {
     run_dir: PathBuf,
     started: Instant,
     host_stopped: AtomicBool,
+    /// The length of the console plus QEMU's stderr when
+    /// [`Vm::print_serial_log`] last printed them (`usize::MAX`: never).
+    printed_log: AtomicUsize,
 }
 
 impl std::fmt::Debug for Vm {
@@ -860,6 +863,7 @@ impl Vm {
             run_dir: run_dir.to_path_buf(),
             started,
             host_stopped: AtomicBool::new(false),
+            printed_log: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -1118,16 +1122,33 @@ impl Vm {
         }
     }
 
-    /// Prints the whole serial console and QEMU's stderr to stderr, framed.
-    pub fn print_serial_log(&self) {
-        eprintln!("----- serial console ({} bytes) -----", self.console.len());
-        eprintln!("{}", self.console.text());
+    /// Writes the whole serial console and QEMU's stderr to `out`, framed.
+    pub fn write_serial_log(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "----- serial console ({} bytes) -----",
+            self.console.len()
+        )?;
+        writeln!(out, "{}", self.console.text())?;
         let stderr = self.stderr.text();
         if !stderr.trim().is_empty() {
-            eprintln!("----- qemu stderr -----");
-            eprintln!("{stderr}");
+            writeln!(out, "----- qemu stderr -----")?;
+            writeln!(out, "{stderr}")?;
         }
-        eprintln!("----- end of serial console -----");
+        writeln!(out, "----- end of serial console -----")
+    }
+
+    /// Prints the whole serial console and QEMU's stderr to stderr, framed
+    /// ([`Vm::write_serial_log`]). A Vm dropped while its thread panics
+    /// prints it too, unless this printed the same log already.
+    pub fn print_serial_log(&self) {
+        let mut text = Vec::new();
+        let printed = self.console.len() + self.stderr.len();
+        let _ = self.write_serial_log(&mut text);
+        // eprint!, not a write to io::stderr(): in a test, the harness
+        // captures eprint! and shows it with the test's failure.
+        eprint!("{}", String::from_utf8_lossy(&text));
+        self.printed_log.store(printed, Ordering::SeqCst);
     }
 
     /// Passes `result` through, printing the whole console first if it is an error.
@@ -1157,6 +1178,19 @@ fn find_program(program: &Path) -> Option<PathBuf> {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        // A test failing with the Vm in scope (a plain assert, an unwrap)
+        // shows the whole console with its failure, as the QEMU ring
+        // promises, unless it printed this very log itself already.
+        if std::thread::panicking() {
+            let now = self.console.len() + self.stderr.len();
+            if self.printed_log.load(Ordering::SeqCst) != now {
+                // A panic here, while unwinding, would abort: eprint!
+                // panics when stderr cannot be written.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.print_serial_log();
+                }));
+            }
+        }
         let _ = self.kill();
         // Closing stdin and reaping QEMU closed its pipes: the readers end.
         lock(&self.stdin).take();

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -341,6 +341,10 @@ pub enum VmError {
         "qmp socket path {path} is longer than a unix socket address allows: set TMPDIR to a shorter directory"
     )]
     SocketPathTooLong { path: PathBuf },
+    #[error(
+        "setpriv is not installed (apt-get install util-linux): qemu is started through it so that it dies with berth-qemu"
+    )]
+    NoSetpriv,
     #[error("could not start {program} (apt-get install qemu-system-x86)")]
     Spawn {
         program: PathBuf,
@@ -695,6 +699,64 @@ pub struct Vm {
     /// The length of the console plus QEMU's stderr when
     /// [`Vm::print_serial_log`] last printed them (`usize::MAX`: never).
     printed_log: AtomicUsize,
+    /// Released after QEMU was killed and reaped (`Drop for Vm`).
+    keeper: Keeper,
+}
+
+/// The thread QEMU is spawned from, kept until the Vm is dropped. QEMU's
+/// parent-death signal fires when the thread that forked it ends, not the
+/// process (prctl(2), PR_SET_PDEATHSIG: the "parent" is that thread):
+/// spawned from the thread that called `boot`, QEMU would be killed as
+/// soon as that thread ended, say a `thread::spawn(|| Vm::boot(..))`
+/// joined before the Vm is used. This thread ends after `Drop for Vm`
+/// killed and reaped QEMU, or with the whole process, which is when the
+/// signal is wanted (berth-qemu or a test harness killed outright).
+#[derive(Debug)]
+struct Keeper {
+    /// Dropping it lets the thread end.
+    release: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Keeper {
+    fn spawn(mut cmd: Command) -> io::Result<(Child, Keeper)> {
+        let (spawned_tx, spawned) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("qemu-keeper".to_string())
+            .spawn(move || {
+                let result = cmd.spawn();
+                let running = result.is_ok();
+                let _ = spawned_tx.send(result);
+                if running {
+                    // Returns once `release` is dropped.
+                    let _ = released.recv();
+                }
+            })?;
+        let child = spawned
+            .recv()
+            .map_err(|_| io::Error::other("the thread spawning qemu ended without a word"))??;
+        let keeper = Keeper {
+            release: Some(release),
+            thread: Some(thread),
+        };
+        Ok((child, keeper))
+    }
+
+    /// Lets the thread end, and waits for it: QEMU must be reaped already,
+    /// or it gets its parent-death SIGKILL now.
+    fn release(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl std::fmt::Debug for Vm {
@@ -758,7 +820,8 @@ impl Vm {
     }
 
     /// What a boot checks on the host before QEMU starts, in order: the
-    /// config's values, the appliance's files, KVM when asked for, the
+    /// config's values, the appliance's files, util-linux `setpriv` on
+    /// PATH (QEMU is started through it), KVM when asked for, the
     /// forwarded host ports, and the data disk (an existing one's first
     /// MiB read, a missing one created and formatted). A caller that must
     /// refuse before it prints anything (the CLI) checks here, then boots
@@ -769,6 +832,7 @@ impl Vm {
     ) -> Result<HostChecked<'a>, VmError> {
         config.validate()?;
         appliance.check()?;
+        find_program(Path::new("setpriv")).ok_or(VmError::NoSetpriv)?;
         if config.accel == Accel::Kvm {
             check_host_kvm()?;
         }
@@ -801,17 +865,14 @@ impl Vm {
         // QEMU must not outlive us (it has its own process group, so a
         // SIGKILL of berth-qemu or of a test harness would leave it running,
         // holding its ports): util-linux setpriv sets its parent-death signal
-        // (prctl PR_SET_PDEATHSIG, kept across the exec of QEMU; it fires when
-        // the thread that spawned it ends, which holds the Vm).
-        let mut cmd = match find_program(Path::new("setpriv")) {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&qemu);
-                c
-            }
-            None => Command::new(&qemu),
-        };
-        cmd.args(&args)
+        // (prctl PR_SET_PDEATHSIG, kept across the exec of QEMU), which fires
+        // when the thread that spawned it ends: the Keeper's, which lives as
+        // long as the Vm.
+        let setpriv = find_program(Path::new("setpriv")).ok_or(VmError::NoSetpriv)?;
+        let mut cmd = Command::new(setpriv);
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(&qemu)
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -819,7 +880,7 @@ impl Vm {
             // which decides what to do (power down first, stop on the second).
             .process_group(0);
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+        let (mut child, keeper) = Keeper::spawn(cmd).map_err(|source| VmError::Spawn {
             program: config.qemu.clone(),
             source,
         })?;
@@ -864,6 +925,7 @@ impl Vm {
             started,
             host_stopped: AtomicBool::new(false),
             printed_log: AtomicUsize::new(usize::MAX),
+            keeper,
         })
     }
 
@@ -1192,6 +1254,8 @@ impl Drop for Vm {
             }
         }
         let _ = self.kill();
+        // Reaped (or, if that failed, killed now by its parent-death signal).
+        self.keeper.release();
         // Closing stdin and reaping QEMU closed its pipes: the readers end.
         lock(&self.stdin).take();
         for reader in self.readers.drain(..) {

@@ -702,6 +702,63 @@ fn qemu_does_not_outlive_a_killed_berth_qemu() {
     }
 }
 
+/// The parent-death signal ties QEMU to a thread berth-qemu keeps until
+/// QEMU is reaped: killed outright, berth-qemu takes QEMU with it (the
+/// same as `qemu_does_not_outlive_a_killed_berth_qemu`, with a stand-in).
+#[test]
+fn a_killed_berth_qemu_takes_its_qemu_with_it() {
+    let standin = StandIn::new(
+        "cli-sigkill-standin",
+        "echo 'stand-in: up'",
+        Monitor::Answers,
+    );
+    let mut cli = Cli::run_standin(&standin);
+    cli.wait_stdout("stand-in: up");
+    let pid = standin.pid().unwrap();
+    assert!(common::standin::is_alive(pid), "{}", cli.dump());
+    cli.child.kill().unwrap();
+    cli.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("berth-qemu-{}-0", cli.child.id())),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while common::standin::is_alive(pid) {
+        if Instant::now() >= deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!(
+                "the stand-in QEMU {pid} outlived its berth-qemu\n{}",
+                cli.dump()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Without setpriv QEMU would outlive a killed berth-qemu: refused, with
+/// the package to install, before anything starts.
+#[test]
+fn run_refuses_to_start_qemu_without_setpriv() {
+    let standin = StandIn::new("cli-no-setpriv", "echo 'stand-in: up'", Monitor::Answers);
+    // Only the stand-in: no setpriv on PATH.
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(standin.outdir())
+        .env("PATH", standin.bin_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("setpriv") && stderr.contains("apt-get install util-linux"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("booting"), "{stderr}");
+    assert_eq!(standin.pid(), None, "the stand-in ran");
+}
+
 #[test]
 fn run_refuses_an_outdir_without_an_appliance() {
     let out = Command::new(BIN)

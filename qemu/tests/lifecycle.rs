@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use berth_qemu::Vm;
+use berth_qemu::{Vm, VmError};
 use common::standin::{Monitor, StandIn};
 
 /// Generous bound for a stand-in to do anything at all.
@@ -137,4 +137,32 @@ fn a_log_printed_already_is_not_printed_again() {
         1,
         "{report}"
     );
+}
+
+/// QEMU's parent-death signal (`setpriv --pdeathsig KILL`) fires when the
+/// thread that spawned it ends (prctl(2)), which must not be the thread
+/// that called `boot`: a Vm booted in a thread and used after it ended
+/// keeps its QEMU.
+#[test]
+fn qemu_outlives_the_thread_that_booted_it() {
+    let standin = StandIn::new(
+        "lifecycle-boot-thread",
+        "echo 'stand-in: up'",
+        Monitor::Answers,
+    );
+    let (appliance, config) = (standin.appliance.clone(), standin.config());
+    let vm = std::thread::spawn(move || Vm::boot(&appliance, &config))
+        .join()
+        .unwrap()
+        .unwrap();
+    // The signal follows the thread's end within microseconds.
+    match vm.wait_exit(Duration::from_millis(500)) {
+        Err(VmError::ExitTimeout { .. }) => {}
+        other => panic!("QEMU ended with the thread that booted it: {other:?}"),
+    }
+    vm.write_console(b"ping\n").unwrap();
+    vm.wait_for_line("stand-in: got ping", SOON).unwrap();
+    vm.qmp_execute("query-status", None).unwrap();
+    assert!(standin.is_running());
+    assert_eq!(vm.try_exit().unwrap(), None);
 }

@@ -133,10 +133,17 @@ pub enum CgroupError {
     },
     #[error("parse process id {text:?} in {path}")]
     ParsePid { path: PathBuf, text: String },
-    #[error("kill process {pid} of cgroup {path}")]
+    #[error("send signal {signal} to process {pid} of cgroup {path}")]
     Kill {
         path: PathBuf,
         pid: i32,
+        signal: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("thaw cgroup {path} after signalling its processes")]
+    Thaw {
+        path: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -759,24 +766,43 @@ impl Cgroup {
         })
     }
 
-    /// The processes in the cgroup (not its descendants).
+    /// The processes in the cgroup and in every cgroup below it: a
+    /// container that delegates cgroups (systemd inside) keeps its
+    /// processes there, none in its own. Sorted, each once.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let path = self.path.join("cgroup.procs");
-        let text = read_to_string(&path)?;
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                l.trim().parse().map_err(|_| CgroupError::ParsePid {
+        let mut pids = Vec::new();
+        let mut dirs = vec![self.path.clone()];
+        while let Some(dir) = dirs.pop() {
+            let path = dir.join("cgroup.procs");
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                // A cgroup below, removed since its parent was listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && dir != self.path => continue,
+                Err(source) => return Err(CgroupError::Read { path, source }),
+            };
+            for l in text.lines().filter(|l| !l.is_empty()) {
+                pids.push(l.trim().parse().map_err(|_| CgroupError::ParsePid {
                     path: path.clone(),
                     text: l.to_string(),
-                })
-            })
-            .collect()
+                })?);
+            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
     }
 
     /// SIGKILLs every process in the cgroup and its descendants: one write
-    /// to `cgroup.kill` (Linux 5.14+), else a SIGKILL to each listed
-    /// process. Does not wait for them to die.
+    /// to `cgroup.kill` (Linux 5.14+), else [`Cgroup::signal_all`]. Does
+    /// not wait for them to die.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
         let kill_file = self.path.join("cgroup.kill");
         if kill_file.exists() {
@@ -786,21 +812,74 @@ impl Cgroup {
                 source,
             });
         }
-        for pid in self.pids()? {
-            match sys::kill(pid, libc::SIGKILL) {
-                // Already gone between the read and the kill.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(source) => {
-                    return Err(CgroupError::Kill {
-                        path: self.path.clone(),
-                        pid,
-                        source,
-                    });
+        self.signal_all(libc::SIGKILL)
+    }
+
+    /// Sends `signal` to every process in the cgroup and its descendants.
+    /// As runc does, the tree is frozen meanwhile (`cgroup.freeze`, Linux
+    /// 5.2+), so that no process forks a child the list misses, and
+    /// thawed again unless it was frozen already; a cgroup that cannot be
+    /// frozen is signalled all the same. Every process is tried; the
+    /// first failure is returned (ESRCH, gone meanwhile, is none).
+    pub fn signal_all(&self, signal: i32) -> Result<(), CgroupError> {
+        // Signal 0 only checks: nothing to hold still for it.
+        let froze = signal != 0 && self.freeze();
+        let mut result = self.pids().and_then(|pids| {
+            let mut first = Ok(());
+            for pid in pids {
+                match sys::kill(pid, signal) {
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(source) if first.is_ok() => {
+                        first = Err(CgroupError::Kill {
+                            path: self.path.clone(),
+                            pid,
+                            signal,
+                            source,
+                        });
+                    }
+                    _ => {}
                 }
-                Ok(()) => {}
+            }
+            first
+        });
+        if froze {
+            let thawed = write_file(&self.path.join("cgroup.freeze"), "0").map_err(|source| {
+                CgroupError::Thaw {
+                    path: self.path.clone(),
+                    source,
+                }
+            });
+            result = result.and(thawed);
+        }
+        result
+    }
+
+    /// Freezes the cgroup's tree; true when this call froze it (it was
+    /// thawed, and `cgroup.freeze` exists and could be written). Waits
+    /// for `frozen 1` in `cgroup.events`, for a second at most: the
+    /// kernel freezes each process when it next leaves the kernel, and
+    /// one in uninterruptible sleep may take long; a fork after the write
+    /// starts frozen anyway (cgroup-v2.rst, "cgroup.freeze").
+    fn freeze(&self) -> bool {
+        let file = self.path.join("cgroup.freeze");
+        match fs::read_to_string(&file) {
+            Ok(t) if t.trim() == "0" => {}
+            _ => return false,
+        }
+        if write_file(&file, "1").is_err() {
+            return false;
+        }
+        let events = self.path.join("cgroup.events");
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            match fs::read_to_string(&events) {
+                Ok(t) if !t.lines().any(|l| l.trim() == "frozen 1") => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => break,
             }
         }
-        Ok(())
+        true
     }
 
     /// Removes the cgroup directory. A cgroup whose processes were just

@@ -1385,7 +1385,9 @@ impl Container {
     }
 
     /// Sends a signal to the container's process, or with `all` to every
-    /// process of its pid namespace.
+    /// process of its cgroup and the cgroups below it (frozen meanwhile),
+    /// or without a cgroup of its own to every process of its pid
+    /// namespace.
     pub fn kill(&self, signal: i32, all: bool) -> Result<(), ContainerError> {
         let id = self.record.id.clone();
         let status = self.status();
@@ -1426,17 +1428,13 @@ impl Container {
                 id: self.record.id.clone(),
                 source,
             };
+            // The cgroups below it too: a container that delegates cgroups
+            // (systemd inside) has its processes there.
             let cg = Cgroup::open(path).map_err(cgerr)?;
             if signal == libc::SIGKILL {
                 return cg.kill_all().map_err(cgerr);
             }
-            for pid in cg.pids().map_err(cgerr)? {
-                match sys::kill(pid, signal) {
-                    Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(err(e)),
-                    _ => {}
-                }
-            }
-            return Ok(());
+            return cg.signal_all(signal).map_err(cgerr);
         }
         if all && self.record.own_pid_ns {
             // Every process whose pid namespace is the container's.

@@ -1249,6 +1249,56 @@ fn kill_all_of_a_stopped_container_reaches_its_cgroups_leftovers() {
     let _ = fs::remove_dir(mount.join("berth-test"));
 }
 
+/// `kill --all` with a signal other than KILL reaches the cgroups below
+/// the container's: one that delegates cgroups (systemd inside) keeps its
+/// processes there. The tree is thawed again afterwards.
+#[test]
+fn kill_all_reaches_the_processes_in_cgroups_below_the_containers() {
+    let mut b = Bundle::new();
+    let id = common::unique_id("subcg");
+    b.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    // No pid namespace: the shell is no namespace init ignoring TERM, and
+    // the sleep's pid is a host pid.
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("sleep 1000 & echo $! > /tmp/pid; wait");
+    b.write();
+    let t = common::runtime();
+    let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+    c.start().unwrap();
+    let pid_file = b.rootfs().join("tmp/pid");
+    let pid = loop {
+        match fs::read_to_string(&pid_file) {
+            Ok(p) if p.ends_with('\n') => break p.trim().parse::<i32>().unwrap(),
+            _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    };
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .unwrap();
+    let cg = mount.join(format!("berth-test/{id}"));
+    fs::create_dir(cg.join("sub")).unwrap();
+    fs::write(cg.join("sub/cgroup.procs"), pid.to_string()).unwrap();
+    // Held open now, so a pid reused later cannot pass for it.
+    let pidfd = berth_runtime::sys::pidfd_open(pid).unwrap();
+    c.kill(libc::SIGTERM, true).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(libc::SIGTERM));
+    // The sleep is no child of ours: its pidfd turns readable when it ends.
+    let ended = berth_runtime::sys::poll_readable(std::os::fd::AsFd::as_fd(&pidfd), 10_000);
+    if !matches!(ended, Ok(true)) {
+        let _ = berth_runtime::sys::kill(pid, libc::SIGKILL);
+    }
+    let freeze = fs::read_to_string(cg.join("cgroup.freeze")).unwrap_or_default();
+    c.delete(false).unwrap();
+    let _ = fs::remove_dir(mount.join("berth-test"));
+    assert!(
+        matches!(ended, Ok(true)),
+        "the sleep in the cgroup below lives on"
+    );
+    assert_eq!(freeze.trim(), "0", "the cgroup was left frozen");
+}
+
 #[test]
 fn a_cgroups_path_naming_a_populated_cgroup_is_refused() {
     // cgroupsPath comes from the config: naming a cgroup that already holds

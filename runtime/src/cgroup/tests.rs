@@ -649,3 +649,47 @@ fn real_device_program_on_the_host() {
     cg.remove().unwrap();
     fs::remove_dir(mount.join(&top)).unwrap();
 }
+
+/// The SIGKILL fallback of kernels before cgroup.kill (5.14), and every
+/// other signal: the processes of the cgroups below are signalled too,
+/// with the tree frozen meanwhile and thawed again; a tree frozen
+/// already stays frozen (its processes still die of SIGKILL).
+#[test]
+fn signal_all_reaches_the_cgroups_below_and_thaws_only_what_it_froze() {
+    let mount = find_cgroup2_mount(&fs::read_to_string("/proc/self/mountinfo").unwrap())
+        .expect("a cgroup2 mount (the unified hierarchy)");
+    let plan = CgroupPlan {
+        path: CgroupPath::Root(PathBuf::from("x")),
+        controllers: BTreeSet::new(),
+        writes: Vec::new(),
+        devices: None,
+    };
+    for frozen_before in [false, true] {
+        let top = format!("berth-signal-{}-{frozen_before}", std::process::id());
+        let cg = Cgroup::create_under(&mount, Path::new(&top), &plan).unwrap();
+        fs::create_dir_all(cg.path().join("a/b")).unwrap();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn /bin/sleep");
+        let pid = child.id() as i32;
+        fs::write(cg.path().join("a/b/cgroup.procs"), pid.to_string()).unwrap();
+        assert_eq!(cg.pids().unwrap(), vec![pid], "the pids of the tree");
+        if frozen_before {
+            fs::write(cg.path().join("cgroup.freeze"), "1").unwrap();
+        }
+        let r = cg.signal_all(libc::SIGKILL);
+        let status = child.wait().unwrap();
+        let freeze = fs::read_to_string(cg.path().join("cgroup.freeze")).unwrap();
+        fs::write(cg.path().join("cgroup.freeze"), "0").unwrap();
+        cg.remove().unwrap();
+        r.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "frozen before: {frozen_before}"
+        );
+        let want = if frozen_before { "1" } else { "0" };
+        assert_eq!(freeze.trim(), want, "frozen before: {frozen_before}");
+    }
+}

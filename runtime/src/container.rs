@@ -262,6 +262,8 @@ pub struct Container {
     record: Record,
     exit: Option<ExitStatus>,
     warnings: Vec<String>,
+    /// Set once `delete` has removed the state and run the poststop hooks.
+    deleted: bool,
 }
 
 /// The rootfs as an absolute path without symlinks: a directory, never
@@ -866,6 +868,7 @@ impl Runtime {
             record,
             exit: None,
             warnings,
+            deleted: false,
         };
         c.save().map_err(fail)?;
         Ok(c)
@@ -902,6 +905,7 @@ impl Runtime {
             record,
             exit: None,
             warnings: Vec::new(),
+            deleted: false,
         })
     }
 
@@ -1493,11 +1497,18 @@ impl Container {
     }
 
     /// Removes the container: with `force` a live process is killed first
-    /// (SIGKILL, then waited for); then the poststop hooks run and the
-    /// state goes. The mount namespace, and every mount in it, dies with
-    /// the process.
+    /// (SIGKILL, then waited for); then what is left in its cgroup is
+    /// killed and the cgroup and the state are removed, and only then,
+    /// as runc's destroy does, the poststop hooks run (runtime-spec:
+    /// "after the container is deleted"). A delete that fails before (a
+    /// cgroup that stays busy) can be tried again and runs them then:
+    /// they run once. The mount namespace, and every mount in it, dies
+    /// with the process.
     pub fn delete(&mut self, force: bool) -> Result<(), ContainerError> {
         let id = self.record.id.clone();
+        if self.deleted {
+            return Err(ContainerError::NotFound { id });
+        }
         let status = self.status();
         if status != Status::Stopped {
             // As runc: a created container (its program never ran) is
@@ -1524,6 +1535,20 @@ impl Container {
                 ));
             }
         }
+        self.remove_state()?;
+        self.deleted = true;
+        // The state is gone: whatever happens now, no later delete will
+        // find the container, so the hooks run here.
+        let dir = self.dir();
+        let removed = match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {
+                id: id.clone(),
+                op: "remove",
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        };
         if let Some(list) = self
             .record
             .hooks
@@ -1544,18 +1569,22 @@ impl Container {
                 self.warnings.push(text);
             }
         }
-        self.remove_state()
+        removed
     }
 
+    /// Kills what is left in the cgroup (daemons the first process
+    /// started), removes the cgroup, then the state: everything in its
+    /// directory but `state.json`, then `state.json`. Until that last
+    /// unlink a failure leaves the container loadable, so that the delete
+    /// can be tried again (by another process too); the directory itself
+    /// goes afterwards, in [`Container::delete`]. NotFound when
+    /// `state.json` is gone already: another delete has done it all.
     fn remove_state(&self) -> Result<(), ContainerError> {
+        let id = || self.record.id.clone();
         if let Some(path) = &self.record.cgroup {
-            let cgerr = |source| ContainerError::Cgroup {
-                id: self.record.id.clone(),
-                source,
-            };
+            let cgerr = |source| ContainerError::Cgroup { id: id(), source };
             match Cgroup::open(path) {
                 Ok(cg) => {
-                    // Leftover processes (daemons the init started) go too.
                     cg.kill_all().map_err(cgerr)?;
                     cg.remove().map_err(cgerr)?;
                 }
@@ -1565,15 +1594,40 @@ impl Container {
             }
         }
         let dir = self.dir();
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerError::Io {
-                id: self.record.id.clone(),
-                op: "remove",
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
+        let ioerr = |op, path: PathBuf| {
+            move |source: io::Error| {
+                if source.kind() == io::ErrorKind::NotFound {
+                    ContainerError::NotFound { id: id() }
+                } else {
+                    ContainerError::Io {
+                        id: id(),
+                        op,
+                        path,
+                        source,
+                    }
+                }
+            }
+        };
+        let state = dir.join("state.json");
+        for e in fs::read_dir(&dir).map_err(ioerr("read", dir.clone()))? {
+            let e = e.map_err(ioerr("read", dir.clone()))?;
+            let path = e.path();
+            if path == state {
+                continue;
+            }
+            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match removed {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(ioerr("remove", path)(e));
+                }
+                _ => {}
+            }
         }
+        fs::remove_file(&state).map_err(ioerr("remove", state.clone()))
     }
 
     /// After SIGKILL: reap it if it is our child, else wait until whoever

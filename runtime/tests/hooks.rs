@@ -256,3 +256,97 @@ fn a_start_container_hook_runs_under_the_default_profile_without_no_new_privileg
     let out = common::run_ok(&mut b, "cat /tmp/started");
     assert_eq!(out, "hooked\n");
 }
+
+/// runtime-spec: poststop runs after the container is deleted. As runc's
+/// destroy: what the container left in its cgroup is killed and the
+/// cgroup and the state are gone when the poststop hooks run.
+#[test]
+fn poststop_runs_after_the_processes_and_the_state_are_gone() {
+    let tmp = TempDir::new("poststop-after");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    let id = common::unique_id("poststop-after");
+    let mount = berth_runtime::cgroup::find_cgroup2_mount(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .expect("a cgroup2 mount (the unified hierarchy)");
+    let cg = mount.join(format!("berth-test/{id}"));
+    b.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    // No pid namespace: the background sleep outlives the shell.
+    b.config["linux"]["namespaces"] = json!([{"type": "mount"}]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.script("setsid sleep 1000 & exit 0");
+    let t = common::runtime();
+    let state = t.rt.root().join(&id).join("state.json");
+    b.config["hooks"] = json!({"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+        "echo procs=$(cat {}/cgroup.procs 2>/dev/null | wc -l) state=$(test -e {} && echo yes || echo no) >> {}",
+        cg.display(), state.display(), log.display())]}]});
+    b.write();
+    let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+    assert!(state.exists());
+    c.delete(false).unwrap();
+    let _ = fs::remove_dir(mount.join("berth-test"));
+    assert_eq!(fs::read_to_string(&log).unwrap(), "procs=0 state=no\n");
+    assert!(!cg.exists(), "the cgroup is gone");
+}
+
+/// A delete that fails (here the state directory cannot be removed: a
+/// mount inside it) runs no poststop hook and leaves the container
+/// loadable; the retried delete (another process's, say) runs them, once,
+/// and a third delete is told the container is gone.
+#[test]
+fn poststop_runs_once_when_a_delete_is_tried_again() {
+    let tmp = TempDir::new("poststop-once");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    b.script("exit 0");
+    b.config["hooks"] = json!({"poststop": [hook(&log, "poststop")]});
+    b.write();
+    let t = common::runtime();
+    let id = common::unique_id("poststop-once");
+    let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Exited(0));
+
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let busy = t.rt.root().join(&id).join("busy");
+    fs::create_dir(&busy).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&busy)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", busy.display());
+    let guard = Unmount(busy);
+    let lines = || fs::read_to_string(&log).unwrap_or_default().lines().count();
+    let e = common::chain(&c.delete(false).unwrap_err());
+    assert!(e.contains("remove"), "{e}");
+    assert_eq!(lines(), 0, "poststop ran though the delete failed");
+    drop(guard);
+    t.rt.load(&id).unwrap().delete(false).unwrap();
+    assert_eq!(lines(), 1, "poststop runs once");
+    assert!(
+        !t.rt.root().join(&id).exists(),
+        "the state directory is gone"
+    );
+    assert!(matches!(
+        t.rt.load(&id),
+        Err(berth_runtime::ContainerError::NotFound { .. })
+    ));
+    // The first handle, stale now.
+    assert!(matches!(
+        c.delete(false),
+        Err(berth_runtime::ContainerError::NotFound { .. })
+    ));
+    assert_eq!(lines(), 1, "poststop runs once");
+}

@@ -710,6 +710,11 @@ impl Runtime {
             e
         };
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        // A write to the child's pipes that fails with EPIPE means the
+        // child is gone: the report below says how (an error record, or
+        // its exit status), better than "Broken pipe". Nothing more is
+        // written to it then.
+        let mut child_gone = false;
         if plan.namespaces.new_user() {
             // The parent writes the maps: it has the privileges over the
             // parent user namespace that the child lacks.
@@ -723,8 +728,10 @@ impl Runtime {
                 plan.namespaces.gid_map.as_bytes(),
             )
             .map_err(|e| fail(ioerr("write", &proc_dir.join("gid_map"))(e)))?;
-            sys::write_all(sync_w.as_fd(), &[0])
-                .map_err(|e| fail(ioerr("signal the child", dir)(e)))?;
+            match sys::write_all(sync_w.as_fd(), &[0]) {
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => child_gone = true,
+                r => r.map_err(|e| fail(ioerr("signal the child", dir)(e)))?,
+            }
         }
         // The state for the in-container hooks, now that the pid is known.
         let hook_input = |status| {
@@ -732,9 +739,11 @@ impl Runtime {
             r.status = status;
             r
         };
-        feed_hook_inputs(id, create_inputs, &hook_input(Status::Creating)).map_err(fail)?;
-        feed_hook_inputs(id, start_inputs, &hook_input(Status::Created)).map_err(fail)?;
-        if let Some(adj) = plan.oom_score_adj {
+        if !child_gone {
+            feed_hook_inputs(id, create_inputs, &hook_input(Status::Creating)).map_err(fail)?;
+            feed_hook_inputs(id, start_inputs, &hook_input(Status::Created)).map_err(fail)?;
+        }
+        if let Some(adj) = plan.oom_score_adj.filter(|_| !child_gone) {
             let path = proc_dir.join("oom_score_adj");
             write_proc(&path, adj.to_string().as_bytes())
                 .map_err(|e| fail(ioerr("write", &path)(e)))?;
@@ -792,8 +801,11 @@ impl Runtime {
                             }
                         }
                     }
-                    sys::write_all(sync_w.as_fd(), &[0])
-                        .map_err(|e| fail(ioerr("signal the child", dir)(e)))?;
+                    match sys::write_all(sync_w.as_fd(), &[0]) {
+                        // Gone (killed by a hook, say): the next read says how.
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                        r => r.map_err(|e| fail(ioerr("signal the child", dir)(e)))?,
+                    }
                 }
                 _ => {
                     let _ = sys::wait_pid(pid);
@@ -1087,7 +1099,10 @@ fn child_hooks(
 }
 
 /// Writes the state into each hook's stdin pipe and closes it. The pipe
-/// must hold it all (the hook may run only after `start`).
+/// must hold it all (the hook may run only after `start`). A pipe without
+/// a reader (EPIPE) is skipped: the container's process is gone (its
+/// report says why), or has run a createContainer hook that never read
+/// its stdin and closed the pipe since.
 fn feed_hook_inputs(id: &str, inputs: Vec<OwnedFd>, state: &State) -> Result<(), ContainerError> {
     if inputs.is_empty() {
         return Ok(());
@@ -1105,12 +1120,15 @@ fn feed_hook_inputs(id: &str, inputs: Vec<OwnedFd>, state: &State) -> Result<(),
         });
     }
     for w in inputs {
-        sys::write_all(w.as_fd(), &json).map_err(|source| ContainerError::Io {
-            id: id.to_string(),
-            op: "write hook state to",
-            path: PathBuf::from("pipe"),
-            source,
-        })?;
+        match sys::write_all(w.as_fd(), &json) {
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            r => r.map_err(|source| ContainerError::Io {
+                id: id.to_string(),
+                op: "write hook state to",
+                path: PathBuf::from("pipe"),
+                source,
+            })?,
+        }
     }
     Ok(())
 }
@@ -1363,12 +1381,18 @@ impl Container {
                 });
             }
         }
-        f.write_all(&[0]).map_err(|source| ContainerError::Io {
-            id: id.clone(),
-            op: "write",
-            path: fifo.clone(),
-            source,
-        })?;
+        match f.write_all(&[0]) {
+            // The process died since the open (EPIPE: no reader left).
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                return Err(ContainerError::NotWaiting { id });
+            }
+            r => r.map_err(|source| ContainerError::Io {
+                id: id.clone(),
+                op: "write",
+                path: fifo.clone(),
+                source,
+            })?,
+        }
         drop(f);
         if let Some(list) = self
             .record

@@ -491,21 +491,106 @@ fn delete_force_clears_what_an_aborted_create_left() {
     ok(&root.0, &["delete", "--force", "aborted"]);
 }
 
-/// Output into a pipe whose reader is gone ends berth-runc by SIGPIPE, as
-/// it ends runc: no panic, no abort (exit 134).
+/// Output into a pipe whose reader is gone (`berth-runc list | head`)
+/// ends berth-runc quietly with the status a shell gives a command ended
+/// by SIGPIPE: no panic, no abort (exit 134), no message. berth-runc
+/// itself ignores SIGPIPE, so that a write elsewhere cannot end it
+/// half-way through a create.
 #[test]
 fn a_closed_stdout_pipe_ends_berth_runc_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
-        .arg("--help")
-        .stdout(writer)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
-    assert!(stderr.is_empty(), "{stderr}");
+    let root = TempDir::new("cli-root");
+    let mut b = Bundle::new();
+    let bundle = b.dir().to_str().unwrap().to_string();
+    b.script("sleep 60");
+    b.write();
+    ok(&root.0, &["create", "-b", &bundle, "piped"]);
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["list"],
+        &["list", "-q"],
+        &["list", "--format", "json"],
+        &["state", "piped"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_berth-runc"))
+            .arg("--root")
+            .arg(root.0.join("state"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), None, "{args:?}: {:?}", out.status);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    ok(&root.0, &["delete", "--force", "piped"]);
+}
+
+/// berth-runc ignores SIGPIPE; the hooks it runs and the container's
+/// process start with it at its default action, as a program expects.
+#[test]
+fn sigpipe_is_ignored_by_berth_runc_only() {
+    let root = TempDir::new("cli-root");
+    let tmp = TempDir::new("sigpipe");
+    let log = tmp.0.join("log");
+    let mut b = Bundle::new();
+    let bundle = b.dir().to_str().unwrap().to_string();
+    // SigIgn is a hex mask; SIGPIPE (13) is bit 12.
+    let ign = |who: &str, status: &str| {
+        format!(
+            "echo {who}=$(( 0x$(sed -n 's/^SigIgn:[[:space:]]*//p' {status}) >> 12 & 1 )) >> {}",
+            log.display()
+        )
+    };
+    b.config["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c",
+        format!("{}; {}", ign("runtime", "/proc/$PPID/status"), ign("hook", "/proc/self/status"))]}]});
+    b.script("sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status");
+    b.write();
+    let out = ok(&root.0, &["run", "-b", &bundle, "sigpipe"]);
+    let container = u64::from_str_radix(out.trim(), 16).unwrap();
+    assert_eq!(
+        container >> 12 & 1,
+        0,
+        "the container ignores SIGPIPE: {out}"
+    );
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "runtime=1\nhook=0\n",
+        "berth-runc ignores SIGPIPE, its hook does not"
+    );
+}
+
+/// A write of berth-runc to a pipe whose reader is gone, half-way through
+/// a create (here the byte that lets the container's process go on after
+/// the createRuntime hooks, when a hook killed it), is a one-line error
+/// and the create is undone: no death by SIGPIPE leaving the state
+/// behind and the poststop hooks not run.
+#[test]
+fn a_write_to_a_closed_pipe_during_create_is_a_one_line_error() {
+    let root = TempDir::new("cli-root");
+    let tmp = TempDir::new("epipe");
+    let log = tmp.0.join("poststop");
+    let mut b = Bundle::new();
+    let bundle = b.dir().to_str().unwrap().to_string();
+    // The hook kills the container's process and waits until it is a
+    // zombie, whose fds (the pipe's read end) are closed.
+    let kill = r#"pid=$(grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$'); kill -9 "$pid"
+        while [ "$(sed 's/.*) \(.\).*/\1/' /proc/$pid/stat)" != Z ]; do sleep 0.01; done"#;
+    b.config["hooks"] = json!({
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", kill]}],
+        "poststop": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo ran >> {}", log.display())]}]
+    });
+    b.write();
+    let e = err(&root.0, &["create", "-b", &bundle, "epipe"]);
+    assert!(e.contains("killed by signal 9"), "{e}");
+    assert_eq!(ok(&root.0, &["list", "-q"]), "");
+    let left = fs::read_dir(root.0.join("state")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "the create left state behind");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "ran\n");
 }
 
 /// Where vm.memfd_noexec=2 forbids executable memfds (per pid namespace),

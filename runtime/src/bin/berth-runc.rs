@@ -29,9 +29,14 @@ commands:
   list [--format table|json] [--quiet]         list containers
   spec [--bundle DIR]                          write a default config.json";
 
-/// A command-line failure: one line for stderr.
+/// Why a command ends without success.
 #[derive(Debug)]
-struct Failure(String);
+enum Failure {
+    /// One line for stderr.
+    Message(String),
+    /// Whoever read our stdout went away (`berth-runc list | head`).
+    StdoutClosed,
+}
 
 impl<E: std::error::Error> From<E> for Failure {
     fn from(e: E) -> Failure {
@@ -42,12 +47,27 @@ impl<E: std::error::Error> From<E> for Failure {
             msg.push_str(&s.to_string());
             src = s.source();
         }
-        Failure(msg)
+        Failure::Message(msg)
     }
 }
 
 fn fail<T>(msg: impl Into<String>) -> Result<T, Failure> {
-    Err(Failure(msg.into()))
+    Err(Failure::Message(msg.into()))
+}
+
+/// Exit status of a command whose stdout reader went away: what a shell
+/// reports for a command ended by SIGPIPE, as runc is.
+const STDOUT_CLOSED_STATUS: u8 = 128 + libc::SIGPIPE as u8;
+
+/// Writes `text` and a newline to stdout. A reader that went away
+/// (EPIPE) is [`Failure::StdoutClosed`], which ends the command quietly.
+fn out(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::StdoutClosed),
+        Err(e) => fail(format!("write to stdout: {e}")),
+    }
 }
 
 struct Global {
@@ -126,16 +146,20 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    // Output into a pipe that closes early (`list | head`) ends the
-    // command quietly instead of a panic on EPIPE (runc, in Go, dies of
-    // SIGPIPE on its stdout and stderr too).
-    berth_runtime::sys::restore_default_sigpipe();
+    // SIGPIPE stays ignored (Rust's start-up ignores it): berth-runc
+    // writes to pipes half-way through a create (a hook's stdin, the
+    // container process's pipes, the exec fifo), where death by a signal
+    // would leave the state, the cgroup and the poststop hooks behind.
+    // EPIPE is handled at each write instead; on stdout (`list | head`)
+    // it ends the command quietly (out). The hooks and the container's
+    // process get SIGPIPE back at its default action (std's spawn, and
+    // sys::reset_signals in the container's process).
     let mut argv = Vec::new();
     for a in std::env::args_os().skip(1) {
         match a.into_string() {
             Ok(a) => argv.push(a),
             Err(a) => {
-                eprintln!("berth-runc: argument {a:?} is not UTF-8");
+                let _ = writeln!(std::io::stderr(), "berth-runc: argument {a:?} is not UTF-8");
                 return ExitCode::from(2);
             }
         }
@@ -162,7 +186,7 @@ fn main() -> ExitCode {
                 argv.get(i).cloned()
             }) {
                 Some(v) => Some(v),
-                None => return report(&g, Failure(format!("flag {name} needs a value"))),
+                None => return report(&g, Failure::Message(format!("flag {name} needs a value"))),
             }
         } else {
             None
@@ -176,7 +200,9 @@ fn main() -> ExitCode {
                 other => {
                     return report(
                         &g,
-                        Failure(format!("unknown --log-format {other:?}: use text or json")),
+                        Failure::Message(format!(
+                            "unknown --log-format {other:?}: use text or json"
+                        )),
                     );
                 }
             },
@@ -184,26 +210,33 @@ fn main() -> ExitCode {
             ("--debug", None) => {}
             ("--rootless", Some(v)) if v == "false" || v == "auto" => {}
             ("--systemd-cgroup", None) => {
-                return report(&g, Failure("unsupported: --systemd-cgroup".into()));
+                return report(&g, Failure::Message("unsupported: --systemd-cgroup".into()));
             }
             ("-h" | "--help", None) => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
+                return match out(USAGE) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(f) => report(&g, f),
+                };
             }
             ("-v" | "--version", None) => {
-                println!(
+                let version = format!(
                     "berth-runc version {}\nspec: {}",
                     env!("CARGO_PKG_VERSION"),
                     berth_runtime::state::OCI_VERSION
                 );
-                return ExitCode::SUCCESS;
+                return match out(&version) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(f) => report(&g, f),
+                };
             }
-            (other, _) => return report(&g, Failure(format!("unknown global flag {other}"))),
+            (other, _) => {
+                return report(&g, Failure::Message(format!("unknown global flag {other}")));
+            }
         }
         i += 1;
     }
     let Some(cmd) = argv.get(i) else {
-        eprintln!("{USAGE}");
+        let _ = writeln!(std::io::stderr(), "{USAGE}");
         return ExitCode::from(2);
     };
     // The commands that clone a container process run from a sealed copy
@@ -224,10 +257,7 @@ fn main() -> ExitCode {
         "delete" => cmd_delete(&g, &rt, rest),
         "list" => cmd_list(&rt, rest),
         "spec" => cmd_spec(rest),
-        "help" => {
-            println!("{USAGE}");
-            Ok(0)
-        }
+        "help" => out(USAGE).map(|()| 0),
         other => fail(format!("unknown command {other:?} (see berth-runc --help)")),
     };
     match r {
@@ -236,10 +266,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the failure as one line on stderr (and to the log), exit 1.
+/// Prints the failure as one line on stderr (and to the log), exit 1; a
+/// closed stdout ends the command quietly.
 fn report(g: &Global, f: Failure) -> ExitCode {
-    let line = f.0.replace('\n', " ");
-    eprintln!("berth-runc: {line}");
+    let msg = match f {
+        Failure::Message(msg) => msg,
+        Failure::StdoutClosed => return ExitCode::from(STDOUT_CLOSED_STATUS),
+    };
+    let line = msg.replace('\n', " ");
+    // A closed stderr loses the line, not the log entry (nor a panic).
+    let _ = writeln!(std::io::stderr(), "berth-runc: {line}");
     log(g, "error", &line);
     ExitCode::from(1)
 }
@@ -274,9 +310,9 @@ fn write_pid_file(path: &str, pid: i32) -> Result<(), Failure> {
     let path = Path::new(path);
     let tmp = path.with_extension("berth-tmp");
     fs::write(&tmp, pid.to_string())
-        .map_err(|e| Failure(format!("write pid file {}: {e}", tmp.display())))?;
+        .map_err(|e| Failure::Message(format!("write pid file {}: {e}", tmp.display())))?;
     fs::rename(&tmp, path)
-        .map_err(|e| Failure(format!("rename pid file to {}: {e}", path.display())))
+        .map_err(|e| Failure::Message(format!("rename pid file to {}: {e}", path.display())))
 }
 
 fn create_from_args(
@@ -367,7 +403,7 @@ fn cmd_run(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
 fn cmd_state(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     let a = Args::parse(rest, &[], &[])?;
     let c = rt.load(a.id("state")?)?;
-    println!("{}", serde_json::to_string_pretty(&c.runc_state())?);
+    out(&serde_json::to_string_pretty(&c.runc_state())?)?;
     Ok(0)
 }
 
@@ -408,7 +444,7 @@ fn cmd_list(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     let ids = rt.list()?;
     if a.flag(&["quiet", "q"]) {
         for id in ids {
-            println!("{id}");
+            out(&id)?;
         }
         return Ok(0);
     }
@@ -418,7 +454,7 @@ fn cmd_list(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
         .map(|c| c.runc_state())
         .collect();
     match a.value(&["format", "f"]).unwrap_or("table") {
-        "json" => println!("{}", serde_json::to_string(&states)?),
+        "json" => out(&serde_json::to_string(&states)?)?,
         "table" => {
             let rows: Vec<[String; 6]> = states
                 .iter()
@@ -446,7 +482,7 @@ fn cmd_list(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
                     .zip(widths)
                     .map(|(c, w)| format!("{c:<w$}"))
                     .collect();
-                println!("{}", line.join("   ").trim_end());
+                out(line.join("   ").trim_end())?;
             }
         }
         other => return fail(format!("unknown --format {other:?}: use table or json")),
@@ -504,7 +540,7 @@ fn cmd_spec(rest: &[String]) -> Result<u8, Failure> {
         ));
     }
     fs::write(&path, DEFAULT_SPEC)
-        .map_err(|e| Failure(format!("write {}: {e}", path.display())))?;
+        .map_err(|e| Failure::Message(format!("write {}: {e}", path.display())))?;
     Ok(0)
 }
 

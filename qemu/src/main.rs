@@ -14,7 +14,7 @@
 //! | 130 | stopped from the host: a second Ctrl-C |
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -324,7 +324,21 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
         .outcome()
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))?
         .context("qemu has not exited")?;
-    let _ = std::io::stdout().flush();
+    // The console's last lines before the verdict. Not forever: a terminal
+    // stopped with Ctrl-S, or a `| less` nobody scrolls, may never take
+    // them (and stdout is not touched here: the echo may hold its lock).
+    if !vm.wait_echo(ECHO_DRAIN) {
+        note!(
+            "\r\nberth-qemu: the terminal did not take the console's last output within {} s",
+            ECHO_DRAIN.as_secs()
+        );
+    }
+    let dropped = vm.echo_dropped();
+    if dropped > 0 {
+        note!(
+            "berth-qemu: {dropped} bytes of console output were not shown: the terminal did not keep up"
+        );
+    }
     let code = match outcome {
         Outcome::PoweredOff => {
             note!("berth-qemu: the appliance powered off");
@@ -370,6 +384,10 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
     };
     Ok(ExitCode::from(code))
 }
+
+/// How long the console's echo gets, once QEMU has exited, to write what
+/// it still holds.
+const ECHO_DRAIN: Duration = Duration::from_secs(5);
 
 /// How often the power button is pressed again while the guest shows no
 /// reaction to it.

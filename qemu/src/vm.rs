@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -699,6 +699,8 @@ pub struct Vm {
     /// The length of the console plus QEMU's stderr when
     /// [`Vm::print_serial_log`] last printed them (`usize::MAX`: never).
     printed_log: AtomicUsize,
+    /// The console's echo, when booted with one.
+    echo: Option<Arc<EchoState>>,
     /// Released after QEMU was killed and reaped (`Drop for Vm`).
     keeper: Keeper,
 }
@@ -810,7 +812,10 @@ impl Vm {
     }
 
     /// Like [`Vm::boot`], also copying every console byte to `echo` as it
-    /// arrives (the CLI passes the terminal).
+    /// arrives (the CLI passes the terminal). The echo is written from a
+    /// thread of its own, through a bounded queue: an `echo` that blocks
+    /// never holds up the log or QEMU, and loses what the queue cannot
+    /// keep (see [`Vm::echo_dropped`], [`Vm::wait_echo`]).
     pub fn boot_with_echo(
         appliance: &Appliance,
         config: &VmConfig,
@@ -887,6 +892,8 @@ impl Vm {
         let console = Arc::new(ConsoleLog::new());
         let stderr_log = Arc::new(ConsoleLog::new());
         let mut readers = Vec::new();
+        let echo = echo.map(Echo::spawn);
+        let echo_state = echo.as_ref().map(|e| Arc::clone(&e.state));
         if let Some(out) = child.stdout.take() {
             readers.push(spawn_reader(out, Arc::clone(&console), echo));
         }
@@ -925,6 +932,7 @@ impl Vm {
             started,
             host_stopped: AtomicBool::new(false),
             printed_log: AtomicUsize::new(usize::MAX),
+            echo: echo_state,
             keeper,
         })
     }
@@ -942,6 +950,21 @@ impl Vm {
     /// QEMU's own stderr so far (its warnings and errors).
     pub fn qemu_stderr(&self) -> String {
         self.stderr.text()
+    }
+
+    /// Console bytes the echo ([`Vm::boot_with_echo`]) dropped because its
+    /// writer did not keep up; the log has every one of them.
+    pub fn echo_dropped(&self) -> u64 {
+        self.echo
+            .as_ref()
+            .map_or(0, |e| e.dropped.load(Ordering::SeqCst))
+    }
+
+    /// Waits until the echo has written all the console sent it, which it
+    /// can only have once QEMU has exited (or until writing it failed); at
+    /// once without an echo. False on timeout: its writer is still stuck.
+    pub fn wait_echo(&self, timeout: Duration) -> bool {
+        self.echo.as_ref().is_none_or(|e| e.wait_done(timeout))
     }
 
     /// A position in the console log, for [`Vm::wait_for_line_after`].
@@ -1265,11 +1288,123 @@ impl Drop for Vm {
     }
 }
 
-/// Copies a pipe into a log (and an optional echo) until EOF, then closes the log.
+/// How many console chunks (each at most 4 KiB, one read of the pipe)
+/// may wait for the echo's writer: 1 MiB. What comes beyond is dropped
+/// from the echo (never from the log).
+const ECHO_QUEUE_CHUNKS: usize = 256;
+
+/// Written to the echo once, where it first dropped output.
+const ECHO_GAP_NOTE: &[u8] = b"\r\n[berth-qemu: the terminal fell behind the console: output dropped here, and wherever it falls behind again]\r\n";
+
+/// How far an echo has got: shared by the reader, the echo's writer thread
+/// and the Vm.
+#[derive(Debug, Default)]
+struct EchoState {
+    /// Console bytes dropped because the queue was full.
+    dropped: AtomicU64,
+    /// The writer thread has ended: all that was queued is written, or
+    /// writing failed (the terminal went away).
+    done: Mutex<bool>,
+    ended: Condvar,
+}
+
+impl EchoState {
+    fn wait_done(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut done = lock(&self.done);
+        while !*done {
+            let Some(left) = time_left(deadline) else {
+                return false;
+            };
+            done = self
+                .ended
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// The reader's end of an echo. Console bytes reach the echo's writer
+/// (the terminal) through a bounded queue and a thread of its own, so a
+/// writer that stops taking output (Ctrl-S, a `| less` nobody scrolls)
+/// holds up only the echo: the reader goes on draining QEMU's stdout into
+/// the log, where a reader that waited for the terminal let the pipe fill
+/// and froze QEMU, guest and monitor. What the queue cannot keep is
+/// dropped and counted, and the echo says so once, where it happened.
+struct Echo {
+    /// Chunks, each with whether output was dropped just before it.
+    queue: mpsc::SyncSender<(Vec<u8>, bool)>,
+    /// Output was dropped since the last chunk queued.
+    gap: bool,
+    state: Arc<EchoState>,
+}
+
+impl Echo {
+    fn spawn(mut out: Box<dyn Write + Send>) -> Echo {
+        let (queue, chunks) = mpsc::sync_channel::<(Vec<u8>, bool)>(ECHO_QUEUE_CHUNKS);
+        let state = Arc::new(EchoState::default());
+        let shared = Arc::clone(&state);
+        // Never joined: nothing waits for a terminal that may never drain
+        // (Vm::wait_echo waits with a timeout).
+        std::thread::spawn(move || {
+            let mut noted = false;
+            let mut failed = false;
+            for (chunk, after_gap) in chunks {
+                if after_gap && !noted {
+                    noted = true;
+                    failed = write_flush(&mut out, ECHO_GAP_NOTE).is_err();
+                }
+                // A closed terminal ends the echo; the log goes on.
+                failed = failed || write_flush(&mut out, &chunk).is_err();
+                if failed {
+                    break;
+                }
+            }
+            // The console ended: output dropped after the last chunk that
+            // got through was not noted yet.
+            if !failed && !noted && shared.dropped.load(Ordering::SeqCst) > 0 {
+                let _ = write_flush(&mut out, ECHO_GAP_NOTE);
+            }
+            *lock(&shared.done) = true;
+            shared.ended.notify_all();
+        });
+        Echo {
+            queue,
+            gap: false,
+            state,
+        }
+    }
+
+    /// Queues a chunk for the writer, or drops it if the queue is full.
+    /// Never blocks.
+    fn send(&mut self, chunk: &[u8]) {
+        match self.queue.try_send((chunk.to_vec(), self.gap)) {
+            Ok(()) => self.gap = false,
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.state
+                    .dropped
+                    .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                self.gap = true;
+            }
+            // The writer ended: its terminal went away.
+            Err(mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+fn write_flush(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// Copies a pipe into a log (and an optional echo) until EOF, then closes
+/// the log. The echo never holds it up.
 fn spawn_reader(
     mut pipe: impl Read + Send + 'static,
     log: Arc<ConsoleLog>,
-    mut echo: Option<Box<dyn Write + Send>>,
+    mut echo: Option<Echo>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -1279,11 +1414,8 @@ fn spawn_reader(
                 Ok(n) => {
                     let chunk = &buf[..n];
                     log.append(chunk);
-                    if let Some(out) = echo.as_mut() {
-                        // A closed terminal must not stop the log.
-                        if out.write_all(chunk).and_then(|()| out.flush()).is_err() {
-                            echo = None;
-                        }
+                    if let Some(echo) = echo.as_mut() {
+                        echo.send(chunk);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -1921,6 +2053,158 @@ mod tests {
             Outcome::classify(&log(&format!("{fatal}\r\n")), status(0), true),
             Outcome::StoppedByHost
         );
+    }
+
+    /// An echo that takes nothing until it is released: a terminal under
+    /// Ctrl-S, a `| less` nobody scrolls.
+    struct StuckEcho {
+        release: mpsc::Receiver<()>,
+        released: bool,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for StuckEcho {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.released {
+                let _ = self.release.recv();
+                self.released = true;
+            }
+            lock(&self.written).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The console pipe is drained into the log whatever the echo does:
+    /// a reader that waited for the terminal filled QEMU's stdout pipe,
+    /// and the guest and the monitor froze with it.
+    #[test]
+    fn an_echo_that_takes_nothing_does_not_stop_the_log() {
+        let total = 8 << 20;
+        let (release, released) = mpsc::channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let echo = StuckEcho {
+            release: released,
+            released: false,
+            written: Arc::clone(&written),
+        };
+        let log = Arc::new(ConsoleLog::new());
+        let echo = Echo::spawn(Box::new(echo));
+        let state = Arc::clone(&echo.state);
+        let reader = spawn_reader(
+            io::repeat(b'x').take(total as u64),
+            Arc::clone(&log),
+            Some(echo),
+        );
+        let closed = log.wait_closed(Duration::from_secs(10));
+        let logged = log.len();
+        drop(release);
+        assert!(closed, "the log stopped at {logged} of {total} bytes");
+        assert_eq!(logged, total);
+        reader.join().unwrap();
+        // Released, the echo writes what it kept, and says once that it
+        // dropped the rest.
+        assert!(state.wait_done(Duration::from_secs(10)));
+        let written = lock(&written).clone();
+        let dropped = state.dropped.load(Ordering::SeqCst) as usize;
+        assert!(dropped > 0);
+        let notes = written
+            .windows(ECHO_GAP_NOTE.len())
+            .filter(|w| *w == ECHO_GAP_NOTE)
+            .count();
+        assert_eq!(notes, 1);
+        assert_eq!(written.len() - ECHO_GAP_NOTE.len() + dropped, total);
+    }
+
+    /// A pipe whose reads return what the test sends, one message each;
+    /// EOF once the sender is gone.
+    struct ScriptedPipe(mpsc::Receiver<Vec<u8>>);
+
+    impl Read for ScriptedPipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Ok(bytes) = self.0.recv() else {
+                return Ok(0);
+            };
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok(bytes.len())
+        }
+    }
+
+    /// The note stands where the echo dropped output: after what it kept
+    /// from before, ahead of what came once it caught up.
+    #[test]
+    fn the_echo_notes_the_gap_where_it_is() {
+        let (release, released) = mpsc::channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let echo = Echo::spawn(Box::new(StuckEcho {
+            release: released,
+            released: false,
+            written: Arc::clone(&written),
+        }));
+        let state = Arc::clone(&echo.state);
+        let (pipe, chunks) = mpsc::channel();
+        let log = Arc::new(ConsoleLog::new());
+        let reader = spawn_reader(ScriptedPipe(chunks), Arc::clone(&log), Some(echo));
+        // More than the queue holds, while the echo takes nothing.
+        let before = 2 * ECHO_QUEUE_CHUNKS * 4096;
+        for _ in 0..2 * ECHO_QUEUE_CHUNKS {
+            pipe.send(vec![b'a'; 4096]).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let caught_up =
+            || lock(&written).len() + state.dropped.load(Ordering::SeqCst) as usize == before;
+        while log.len() < before {
+            assert!(
+                Instant::now() < deadline,
+                "the log stopped at {}",
+                log.len()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let it write what it kept.
+        release.send(()).unwrap();
+        while !caught_up() {
+            assert!(Instant::now() < deadline, "the echo did not catch up");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..10 {
+            pipe.send(vec![b'b'; 4096]).unwrap();
+        }
+        drop(pipe);
+        reader.join().unwrap();
+        assert!(state.wait_done(Duration::from_secs(10)));
+        let dropped = state.dropped.load(Ordering::SeqCst) as usize;
+        assert!(dropped > 0);
+        let mut expected = vec![b'a'; before - dropped];
+        expected.extend_from_slice(ECHO_GAP_NOTE);
+        expected.extend_from_slice(&[b'b'; 10 * 4096]);
+        assert!(*lock(&written) == expected);
+    }
+
+    /// An echo that keeps up gets every byte, and no note.
+    #[test]
+    fn an_echo_that_keeps_up_gets_everything() {
+        let (release, released) = mpsc::channel();
+        drop(release);
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let echo = Echo::spawn(Box::new(StuckEcho {
+            release: released,
+            released: false,
+            written: Arc::clone(&written),
+        }));
+        let state = Arc::clone(&echo.state);
+        let text: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let log = Arc::new(ConsoleLog::new());
+        let reader = spawn_reader(io::Cursor::new(text.clone()), Arc::clone(&log), Some(echo));
+        reader.join().unwrap();
+        assert!(state.wait_done(Duration::from_secs(10)));
+        // 400 000 bytes: fewer chunks than the queue holds, so none is
+        // dropped however the threads run.
+        assert_eq!(state.dropped.load(Ordering::SeqCst), 0);
+        assert_eq!(*lock(&written), text);
     }
 
     #[test]

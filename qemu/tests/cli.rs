@@ -759,6 +759,67 @@ fn run_refuses_to_start_qemu_without_setpriv() {
     assert_eq!(standin.pid(), None, "the stand-in ran");
 }
 
+/// A terminal that takes nothing (Ctrl-S, a `| less` nobody scrolls): the
+/// console is still drained, so QEMU never blocks on its stdout, and the
+/// echo drops what it cannot keep and says so.
+#[test]
+fn a_terminal_that_takes_nothing_does_not_stop_qemu() {
+    let standin = StandIn::new(
+        "cli-stuck-terminal",
+        // 4 MB of console, then a file once all of it was taken.
+        r#"head -c 4000000 /dev/zero | tr '\0' x
+echo
+echo flooded > "$(dirname "$0")/../flooded"
+echo 'stand-in: flooded'"#,
+        Monitor::Answers,
+    );
+    let path = format!(
+        "{}:{}",
+        standin.bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg(standin.outdir())
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Never read: full after 64 KiB.
+    let _stdout = child.stdout.take().unwrap();
+    let stderr = collect(child.stderr.take().unwrap());
+    let cli = Cli {
+        child,
+        stdout: Arc::new(Mutex::new(String::new())),
+        stderr,
+    };
+    let flooded = standin.dir.join("flooded");
+    let deadline = Instant::now() + TIMEOUT;
+    while !flooded.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the stand-in QEMU is stuck writing its console\n{}",
+            cli.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cli.interrupt();
+    cli.wait_stderr("asking the appliance to power down");
+    cli.interrupt();
+    let (code, out) = cli.finish();
+    assert_eq!(code, 130, "{out}");
+    assert!(
+        out.contains("the terminal did not take the console's last output within 5 s"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bytes of console output were not shown: the terminal did not keep up"),
+        "{out}"
+    );
+}
+
 #[test]
 fn run_refuses_an_outdir_without_an_appliance() {
     let out = Command::new(BIN)

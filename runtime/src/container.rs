@@ -618,7 +618,9 @@ impl Runtime {
         let mut keep_fds: Vec<RawFd> =
             vec![report_w.as_raw_fd(), sync_r.as_raw_fd(), gate.as_raw_fd()];
         keep_fds.extend(proc_sys.as_ref().map(|f| f.as_raw_fd()));
-        let mut keep_at_exec: Vec<RawFd> = vec![report_w.as_raw_fd()];
+        // The gate stays open until execve closes it (close-on-exec):
+        // `start` waits for that before the poststart hooks.
+        let mut keep_at_exec: Vec<RawFd> = vec![report_w.as_raw_fd(), gate.as_raw_fd()];
         let hooks_spec = spec.hooks().clone().unwrap_or_default();
         let (create_hooks, create_inputs) = child_hooks(id, hooks_spec.create_container())?;
         let (start_hooks, start_inputs) = child_hooks(id, hooks_spec.start_container())?;
@@ -1229,8 +1231,8 @@ impl Container {
         &self.record.id
     }
 
-    /// What create accepted but could not do exactly as asked (for the
-    /// caller to log); empty for a loaded container.
+    /// What create, start or delete accepted but could not do exactly as
+    /// asked (for the caller to log); a loaded container starts with none.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -1320,8 +1322,14 @@ impl Container {
         }
     }
 
-    /// Lets the container's process exec its program, then runs the
-    /// poststart hooks (their failure is reported; the container runs on).
+    /// Lets the container's process exec its program and, once it has
+    /// (after its startContainer hooks), runs the poststart hooks; a
+    /// failed one ends the container and fails the start, as with runc.
+    /// Without poststart hooks it returns as soon as the process is let
+    /// go. A wait cut short (see `await_program`) is a warning in
+    /// [`warnings`].
+    ///
+    /// [`warnings`]: Container::warnings
     pub fn start(&mut self) -> Result<(), ContainerError> {
         let id = self.record.id.clone();
         let status = self.status();
@@ -1393,13 +1401,16 @@ impl Container {
                 source,
             })?,
         }
-        drop(f);
-        if let Some(list) = self
+        let poststart = self
             .record
             .hooks
             .as_ref()
-            .and_then(|h| h.poststart().clone())
-        {
+            .and_then(|h| h.poststart().clone());
+        if poststart.as_ref().is_some_and(|l| !l.is_empty()) {
+            self.await_program(&f);
+        }
+        drop(f);
+        if let Some(list) = poststart {
             let state = record_state(&self.record, Status::Running);
             if let Err(e) = run_hook_list(&id, HookKind::Poststart, &list, &state) {
                 // As runc: a failed poststart hook ends the container, so
@@ -1410,6 +1421,63 @@ impl Container {
             }
         }
         Ok(())
+    }
+
+    /// After the start byte: waits until the container's process has
+    /// executed the program (or ended), so that the poststart hooks run
+    /// after it (runtime-spec: startContainer hooks, the program, then
+    /// poststart). The process holds the exec fifo, close-on-exec, until
+    /// execve: `fifo`'s write end reports POLLERR once no reader is left.
+    /// Bounded by the startContainer hooks' timeouts (which the process
+    /// enforces) plus 10 s for the rest; a hook without a timeout is
+    /// waited for as long as it runs, as the program is. Past the bound,
+    /// or if poll fails, the hooks run anyway, with a warning.
+    fn await_program(&mut self, fifo: &fs::File) {
+        let hooks = self
+            .record
+            .hooks
+            .as_ref()
+            .and_then(|h| h.start_container().as_ref());
+        let mut bound = Some(Duration::from_secs(10));
+        for h in hooks.into_iter().flatten() {
+            bound = match (bound, h.timeout()) {
+                (Some(b), Some(t)) if t > 0 => b.checked_add(Duration::from_secs(t.unsigned_abs())),
+                _ => None,
+            };
+        }
+        let deadline = bound.and_then(|b| Instant::now().checked_add(b));
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ts = left.map(|l| rustix::event::Timespec {
+                tv_sec: l.as_secs() as i64,
+                tv_nsec: i64::from(l.subsec_nanos()),
+            });
+            // No events asked for: POLLERR and POLLHUP are always reported.
+            let mut fds = [rustix::event::PollFd::new(
+                fifo,
+                rustix::event::PollFlags::empty(),
+            )];
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(0) => {
+                    self.warnings.push(format!(
+                        "its process had not executed the program {} s after start; \
+                         the poststart hooks ran all the same",
+                        bound.unwrap_or_default().as_secs()
+                    ));
+                    return;
+                }
+                Ok(_) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    self.warnings.push(format!(
+                        "wait for its process to execute the program: {}; \
+                         the poststart hooks ran all the same",
+                        io::Error::from(e)
+                    ));
+                    return;
+                }
+            }
+        }
     }
 
     /// Sends a signal to the container's process, or with `all` to every

@@ -348,8 +348,9 @@ pub struct ChildContext<'a> {
     /// Fds the child keeps once its root and sysctls are set up (sorted):
     /// the report pipe, the gate, the start hooks' inputs, the init.
     pub keep_for_start: Vec<RawFd>,
-    /// Fds left open at exec (sorted): the report pipe and the init, both
-    /// opened close-on-exec by the parent, neither a directory. No path the program's name can
+    /// Fds left open at exec (sorted): the report pipe, the gate (its
+    /// closing at execve tells `start` the program runs) and the init,
+    /// all opened close-on-exec by the parent, none a directory. No path the program's name can
     /// take through /proc/self/fd reaches outside the root.
     pub keep_at_exec: Vec<RawFd>,
     /// `CAP_LAST_CAP` of the running kernel.

@@ -350,3 +350,36 @@ fn poststop_runs_once_when_a_delete_is_tried_again() {
     ));
     assert_eq!(lines(), 1, "poststop runs once");
 }
+
+/// runtime-spec order: startContainer hooks, then the program is
+/// executed, then the poststart hooks. The startContainer hook waits (2 s
+/// at most) for a file the poststart hook makes: a poststart hook that
+/// ran before the program would make it at once and find the process
+/// still in the runtime's code; run in order it finds the program.
+#[test]
+fn poststart_runs_after_the_program_is_executed() {
+    let shared = TempDir::new("poststart-order");
+    let log = shared.0.join("log");
+    let mut b = Bundle::new();
+    b.config["process"]["args"] = json!(["sleep", "1000"]);
+    b.config["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/shared", "type": "bind", "source": shared.0, "options": ["rbind"]}),
+    );
+    b.config["hooks"] = json!({
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            "i=0; while [ ! -e /shared/poststart ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; echo startContainer >> /shared/log"]}],
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "pid=$(grep -o '\"pid\": *[0-9]*' | grep -o '[0-9]*$'); echo poststart $(tr '\\0' ' ' < /proc/$pid/cmdline) >> {0}; touch {1}",
+            log.display(), shared.0.join("poststart").display())]}]
+    });
+    b.write();
+    let t = common::runtime();
+    let id = common::unique_id("poststart-order");
+    let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+    c.start().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    c.kill(libc::SIGKILL, false).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(libc::SIGKILL));
+    c.delete(false).unwrap();
+    assert_eq!(text, "startContainer\npoststart sleep 1000\n");
+}

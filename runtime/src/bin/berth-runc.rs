@@ -250,7 +250,7 @@ fn main() -> ExitCode {
     let rt = Runtime::new(&g.root);
     let r = match cmd.as_str() {
         "create" => cmd_create(&g, &rt, rest),
-        "start" => cmd_start(&rt, rest),
+        "start" => cmd_start(&g, &rt, rest),
         "run" => cmd_run(&g, &rt, rest),
         "state" => cmd_state(&rt, rest),
         "kill" => cmd_kill(&rt, rest),
@@ -356,9 +356,13 @@ fn cmd_create(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> 
     Ok(0)
 }
 
-fn cmd_start(rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
+fn cmd_start(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     let a = Args::parse(rest, &[], &[])?;
-    rt.load(a.id("start")?)?.start()?;
+    let mut c = rt.load(a.id("start")?)?;
+    c.start()?;
+    for w in c.warnings() {
+        warn(g, w);
+    }
     Ok(0)
 }
 
@@ -375,9 +379,13 @@ fn cmd_run(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
     ];
     sys::block_signals(&forwarded)?;
     let (mut c, a) = create_from_args(g, rt, rest, "run")?;
+    let created = c.warnings().len();
     if let Err(e) = c.start() {
         let _ = c.delete(true);
         return Err(e.into());
+    }
+    for w in c.warnings().iter().skip(created) {
+        warn(g, w);
     }
     if a.flag(&["detach", "d"]) {
         return Ok(0);
@@ -389,7 +397,7 @@ fn cmd_run(g: &Global, rt: &Runtime, rest: &[String]) -> Result<u8, Failure> {
         }
     });
     let status = c.wait();
-    // Only what delete adds (create's warnings were logged at create).
+    // Only what delete adds (create's and start's were logged already).
     let before = c.warnings().len();
     let deleted = c.delete(true);
     for w in c.warnings().iter().skip(before) {

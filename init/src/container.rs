@@ -869,7 +869,14 @@ impl ContainerLauncher {
                 source: Box::new(source),
             })?;
         let created = t0.elapsed();
-        if let Err(source) = container.start() {
+        let started = container.start();
+        // What create and start noted (ambient capabilities not raised,
+        // poststart hooks run before the program was executed): said
+        // whatever the start gave.
+        for w in container.warnings() {
+            log::warn!("container {name}: {w}");
+        }
+        if let Err(source) = started {
             // delete(force) kills and reaps the process itself: PID 1's loop
             // never saw its pid, so nothing else waits for it.
             let _ = container.delete(true);

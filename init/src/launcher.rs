@@ -227,24 +227,10 @@ impl ProcessLauncher {
     }
 }
 
-/// The processes in `dir` and in the cgroups below it.
-fn cgroup_tree_pids(dir: &Path) -> usize {
-    let own = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count());
-    let below: usize = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| cgroup_tree_pids(&e.path()))
-        .sum();
-    own + below
-}
-
 /// Kills what is left in a unit's cgroup, the cgroups below it included
 /// (`cgroup.kill` reaches them), and removes them all.
 fn end_cgroup(name: &str, cgroup: Cgroup) {
-    let left = cgroup_tree_pids(cgroup.path());
+    let left = cgroup.pids().map_or(0, |p| p.len());
     if left > 0 {
         log::warn!(
             "unit {name}: killed what its first process left behind ({left} in cgroup {})",

@@ -839,9 +839,14 @@ fn bundle_unit_runs_its_config_as_is() {
     let mut root = spec.root().clone().unwrap();
     root.set_path("rootfs".into());
     spec.set_root(Some(root));
+    // An ambient capability not also inheritable cannot be raised: the
+    // runtime's warning reaches the console.
+    let mut config = serde_json::to_value(&spec).unwrap();
+    config["process"]["capabilities"]["ambient"] = serde_json::json!(["CAP_KILL"]);
+    config["process"]["capabilities"]["inheritable"] = serde_json::json!([]);
     std::fs::write(
         bundle.join("config.json"),
-        serde_json::to_vec(&spec).unwrap(),
+        serde_json::to_vec(&config).unwrap(),
     )
     .unwrap();
     let m = format!(
@@ -854,6 +859,9 @@ fn bundle_unit_runs_its_config_as_is() {
         bundle.display()
     ));
     p.wait_for("bundled: from the bundle as 0");
+    p.wait_for(
+        "berth: container bundled: ambient capabilities not in both permitted and inheritable were not raised: CAP_KILL",
+    );
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
     p.wait_for("berth: service bundled stopped (killed by signal 9)");

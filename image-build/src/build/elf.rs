@@ -167,7 +167,7 @@ pub fn modinfo(b: &[u8]) -> Result<Vec<(String, String)>, ElfError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal ELF64 with one `.modinfo` section and a section name table.

@@ -8,9 +8,19 @@
 //! and berth-build writes the `modules.dep` that berth-init's
 //! `modules::ModuleIndex` parses: `path: dep-path dep-path …`, paths
 //! relative to `/lib/modules/<release>`, the list transitive as depmod's.
+//!
+//! Compressed modules (`.ko.xz` since Debian trixie, `.ko.zst` on Ubuntu,
+//! `.ko.gz`) are decompressed at build time and shipped as plain `.ko`
+//! files, which `modules.dep` names: the initramfs is compressed as a
+//! whole anyway, and berth-init then loads them without the kernel's own
+//! decompressor (CONFIG_MODULE_DECOMPRESS, which a kernel may lack or
+//! build for one format only). A module's signature is appended before it
+//! is compressed (scripts/Makefile.modinst signs, then compresses), so the
+//! plain file keeps it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -53,8 +63,18 @@ pub enum KernelError {
     },
     #[error("kernel module {path}")]
     Elf { path: PathBuf, source: ElfError },
-    #[error("kernel module {path} is compressed; only plain .ko files are supported")]
-    Compressed { path: PathBuf },
+    #[error(
+        "kernel module {path} is compressed in a format berth-build cannot read \
+         (it reads .ko, .ko.gz, .ko.xz and .ko.zst files)"
+    )]
+    UnknownCompression { path: PathBuf },
+    #[error("decompress kernel module {path}")]
+    Decompress {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel module {path} decompresses to more than {limit} bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("kernel module {name} not found in {dir} (nor built in)")]
     UnknownModule { name: String, dir: PathBuf },
     #[error("kernel module {module} depends on {dependency}, which is not in {dir}")]
@@ -72,7 +92,7 @@ pub struct KernelTree {
     pub vmlinuz: PathBuf,
     /// `lib/modules/<release>`.
     pub modules_dir: PathBuf,
-    /// Module name → file, relative to `modules_dir`.
+    /// Module name → file, relative to `modules_dir` (compressed or not).
     pub modules: BTreeMap<String, String>,
     pub builtin: BTreeSet<String>,
     /// The raw `modules.builtin` text (copied into the initramfs).
@@ -217,12 +237,8 @@ impl KernelTree {
                     },
                 });
             };
-            check_plain(rel, &self.modules_dir)?;
+            let bytes = self.read_module(rel)?;
             let path = self.modules_dir.join(rel);
-            let bytes = fs::read(&path).map_err(|source| KernelError::Read {
-                path: path.clone(),
-                source,
-            })?;
             let elf_err = |source| KernelError::Elf {
                 path: path.clone(),
                 source,
@@ -246,7 +262,8 @@ impl KernelTree {
                 name.clone(),
                 ResolvedModule {
                     name,
-                    path: rel.clone(),
+                    path: plain_path(rel).to_owned(),
+                    source: rel.clone(),
                     deps,
                 },
             );
@@ -295,14 +312,8 @@ impl KernelTree {
     fn read_aliases(&self) -> Result<Aliases, KernelError> {
         let mut modules: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, rel) in &self.modules {
-            if check_plain(rel, &self.modules_dir).is_err() {
-                continue;
-            }
+            let bytes = self.read_module(rel)?;
             let path = self.modules_dir.join(rel);
-            let bytes = fs::read(&path).map_err(|source| KernelError::Read {
-                path: path.clone(),
-                source,
-            })?;
             let info = elf::modinfo(&bytes).map_err(|source| KernelError::Elf {
                 path: path.clone(),
                 source,
@@ -359,8 +370,12 @@ fn softdeps_pre(value: &str) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedModule {
     pub name: String,
-    /// Relative to `lib/modules/<release>`.
+    /// Where it goes in the initramfs, relative to `lib/modules/<release>`:
+    /// a plain `.ko`, whatever the tree holds.
     pub path: String,
+    /// The file of the kernel tree, relative to its `lib/modules/<release>`
+    /// (`.ko`, `.ko.xz`, ...): [`KernelTree::read_module`] reads it.
+    pub source: String,
     /// Direct dependencies (names), built-ins included, and the modules
     /// that provide its `softdep pre:` names.
     pub deps: Vec<String>,
@@ -447,25 +462,110 @@ fn index_modules(
         if is_dir {
             index_modules(base, &path, out)?;
         } else if name.ends_with(".ko") {
+            // A plain file wins over a compressed one of the same module.
             out.insert(module_name(&name), path);
         } else if name.contains(".ko.") {
-            // Later Debian releases compress modules (.ko.xz, .ko.zst): we
-            // would need to decompress them to read .modinfo. Recorded so a
-            // request for one gives a clear error instead of "not found".
-            out.insert(module_name(&name), path);
+            // Compressed (.ko.xz, .ko.zst, .ko.gz), or in a format we
+            // cannot read: recorded so that a request for one gives a clear
+            // error instead of "not found" (see `KernelTree::read_module`).
+            out.entry(module_name(&name)).or_insert(path);
         }
     }
     Ok(())
 }
 
-/// Refuses compressed module files (see [`index_modules`]).
-pub fn check_plain(path: &str, dir: &Path) -> Result<(), KernelError> {
-    if path.ends_with(".ko") {
-        Ok(())
+/// The compressions of module files (kmod's and the kernel's:
+/// CONFIG_MODULE_COMPRESS_{GZIP,XZ,ZSTD}).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Xz,
+    Zstd,
+}
+
+fn compression(rel: &str) -> Option<Compression> {
+    if rel.ends_with(".ko") {
+        Some(Compression::None)
+    } else if rel.ends_with(".ko.gz") {
+        Some(Compression::Gzip)
+    } else if rel.ends_with(".ko.xz") {
+        Some(Compression::Xz)
+    } else if rel.ends_with(".ko.zst") {
+        Some(Compression::Zstd)
     } else {
-        Err(KernelError::Compressed {
-            path: dir.join(path),
-        })
+        None
+    }
+}
+
+/// A module file's path without its compression suffix
+/// (`kernel/fs/isofs/isofs.ko.xz` → `kernel/fs/isofs/isofs.ko`).
+pub fn plain_path(rel: &str) -> &str {
+    match rel.rfind(".ko") {
+        Some(at) => &rel[..at + 3],
+        None => rel,
+    }
+}
+
+/// The largest module file a decompression may give: the largest modules
+/// (GPU drivers) are tens of MiB; a file that says more is not a module.
+const MAX_MODULE: u64 = 256 << 20;
+/// The memory the xz decoder may take for its dictionary, in KiB: modules
+/// are compressed with a 1 MiB one (scripts/Makefile.modinst), `xz -9`
+/// takes 64 MiB.
+const XZ_MEM_LIMIT_KB: u32 = 128 << 10;
+
+impl KernelTree {
+    /// The bytes of module file `rel` (relative to `modules_dir`),
+    /// decompressed.
+    pub fn read_module(&self, rel: &str) -> Result<Vec<u8>, KernelError> {
+        let path = self.modules_dir.join(rel);
+        let Some(kind) = compression(rel) else {
+            return Err(KernelError::UnknownCompression { path });
+        };
+        let file = fs::File::open(&path).map_err(|source| KernelError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let file = std::io::BufReader::new(file);
+        let decompress_err = |source| KernelError::Decompress {
+            path: path.clone(),
+            source,
+        };
+        let reader: Box<dyn Read> = match kind {
+            Compression::None => {
+                let mut file = file;
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)
+                    .map_err(|source| KernelError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                return Ok(bytes);
+            }
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            // Concatenated streams are one file to xz(1) too.
+            Compression::Xz => Box::new(lzma_rust2::XzReader::new_mem_limit(
+                file,
+                true,
+                XZ_MEM_LIMIT_KB,
+            )),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(decompress_err)?)
+            }
+        };
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_MODULE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(decompress_err)?;
+        if bytes.len() as u64 > MAX_MODULE {
+            return Err(KernelError::TooLarge {
+                path,
+                limit: MAX_MODULE,
+            });
+        }
+        Ok(bytes)
     }
 }
 
@@ -477,6 +577,7 @@ mod tests {
         ResolvedModule {
             name: name.into(),
             path: path.into(),
+            source: path.into(),
             deps: deps.iter().map(|d| d.to_string()).collect(),
         }
     }
@@ -510,6 +611,137 @@ mod tests {
             err.starts_with("module kernel/evil.ko is a symlink"),
             "{err}"
         );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A kernel tree at a new temporary directory, with `modules`
+    /// (path below `lib/modules/<release>`, bytes).
+    pub(crate) fn fake_tree(tag: &str, modules: &[(&str, Vec<u8>)]) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("berth-ktree-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let r = "6.12.0-0-cloud-amd64";
+        fs::create_dir_all(root.join("boot")).unwrap();
+        fs::write(root.join(format!("boot/config-{r}")), "CONFIG_RD_ZSTD=y\n").unwrap();
+        fs::write(root.join(format!("boot/vmlinuz-{r}")), "bzImage").unwrap();
+        let dir = root.join(format!("lib/modules/{r}"));
+        fs::create_dir_all(&dir).unwrap();
+        for (path, bytes) in modules {
+            let path = dir.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, bytes).unwrap();
+        }
+        root
+    }
+
+    /// `bytes` through a compressor's command line, as a kernel build or a
+    /// distribution compresses its modules.
+    pub(crate) fn compress(argv: &[&str], bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} missing ({e}): apt-get install xz-utils zstd", argv[0]));
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{argv:?}");
+        out.stdout
+    }
+
+    /// scripts/Makefile.modinst's compressions, and gzip's.
+    pub(crate) const XZ: &[&str] = &["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"];
+    pub(crate) const ZSTD: &[&str] = &["zstd", "-q", "-T0", "--ultra", "-22", "-c"];
+    pub(crate) const GZIP: &[&str] = &["gzip", "-n", "-9", "-c"];
+
+    /// Debian (xz since trixie) and Ubuntu (zstd) compress their modules:
+    /// read decompressed, named as plain `.ko` files in `modules.dep`.
+    #[test]
+    fn compressed_modules_are_read_decompressed_and_shipped_plain() {
+        use crate::build::elf::tests::fake_module;
+        let evdev = fake_module(b"name=evdev\0depends=\0");
+        let foo = fake_module(b"name=foo\0depends=bar,baz\0");
+        let bar = fake_module(b"name=bar\0depends=\0");
+        let baz = fake_module(b"name=baz\0depends=\0");
+        let root = fake_tree(
+            "compressed",
+            &[
+                ("kernel/drivers/input/evdev.ko.xz", compress(XZ, &evdev)),
+                ("kernel/foo/foo.ko.zst", compress(ZSTD, &foo)),
+                ("kernel/bar/bar.ko.xz", compress(XZ, &bar)),
+                ("kernel/baz/baz.ko.gz", compress(GZIP, &baz)),
+                ("kernel/bad/broken.ko.xz", b"\xfd7zXZ\0 not really".to_vec()),
+                ("kernel/bad/cut.ko.zst", {
+                    let mut z = compress(ZSTD, &foo);
+                    z.truncate(z.len() / 2);
+                    z
+                }),
+                ("kernel/bad/flipped.ko.xz", {
+                    // The xz check (CRC32) catches what the decoder takes.
+                    let mut x = compress(XZ, &foo);
+                    let at = x.len() / 2;
+                    x[at] ^= 0x10;
+                    x
+                }),
+                ("kernel/bad/odd.ko.bz2", b"BZh9".to_vec()),
+            ],
+        );
+        let kt = KernelTree::open(&root).unwrap();
+        let resolved = kt.resolve(&["foo".into(), "evdev".into()]).unwrap();
+        let paths: Vec<(&str, &str)> = resolved
+            .iter()
+            .map(|m| (m.path.as_str(), m.source.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("kernel/bar/bar.ko", "kernel/bar/bar.ko.xz"),
+                ("kernel/baz/baz.ko", "kernel/baz/baz.ko.gz"),
+                (
+                    "kernel/drivers/input/evdev.ko",
+                    "kernel/drivers/input/evdev.ko.xz"
+                ),
+                ("kernel/foo/foo.ko", "kernel/foo/foo.ko.zst"),
+            ]
+        );
+        for (m, plain) in resolved.iter().zip([&bar, &baz, &evdev, &foo]) {
+            let bytes = kt.read_module(&m.source).unwrap();
+            assert_eq!(&bytes, plain, "{}", m.source);
+            let info = elf::modinfo(&bytes).unwrap();
+            assert!(info.contains(&("name".into(), m.name.clone())), "{info:?}");
+        }
+        let dep = modules_dep(&resolved);
+        assert!(
+            dep.contains("kernel/foo/foo.ko: kernel/bar/bar.ko kernel/baz/baz.ko\n"),
+            "{dep}"
+        );
+        assert!(!dep.contains(".ko."), "{dep}");
+        // What cannot be read is named.
+        let dir = kt.modules_dir.display().to_string();
+        for (name, want) in [
+            (
+                "broken",
+                format!("decompress kernel module {dir}/kernel/bad/broken.ko.xz"),
+            ),
+            (
+                "cut",
+                format!("decompress kernel module {dir}/kernel/bad/cut.ko.zst"),
+            ),
+            (
+                "flipped",
+                format!("decompress kernel module {dir}/kernel/bad/flipped.ko.xz"),
+            ),
+            (
+                "odd",
+                format!(
+                    "kernel module {dir}/kernel/bad/odd.ko.bz2 is compressed in a format \
+                     berth-build cannot read (it reads .ko, .ko.gz, .ko.xz and .ko.zst files)"
+                ),
+            ),
+        ] {
+            let err = kt.resolve(&[name.into()]).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 

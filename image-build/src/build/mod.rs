@@ -18,7 +18,8 @@
 //!    is: berth-init runs a bundle's `config.json` unchanged, from that
 //!    directory ([`bundle_entries`]);
 //! 4. adds the kernel modules with their dependencies and a `modules.dep`
-//!    ([`kernel`]), `/init` (a static berth-init), `/dev/console`,
+//!    ([`kernel`]; compressed ones decompressed, as plain `.ko` files),
+//!    `/init` (a static berth-init), `/dev/console`,
 //!    `/dev/null`, the mount point directories and
 //!    `/etc/berth/manifest.json`;
 //! 5. writes OUTDIR/initrd.img (newc cpio, zstd) and OUTDIR/vmlinuz.
@@ -703,12 +704,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let resolved = kt.resolve(&wanted).map_err(kernel_err)?;
     let mods_dir = format!("lib/modules/{}", kt.release);
     for m in &resolved {
-        tree.host_file(
-            &format!("{mods_dir}/{}", m.path),
-            0o644,
-            &kt.modules_dir.join(&m.path),
-        )
-        .map_err(cpio)?;
+        let archive = format!("{mods_dir}/{}", m.path);
+        if m.source == m.path {
+            tree.host_file(&archive, 0o644, &kt.modules_dir.join(&m.source))
+                .map_err(cpio)?;
+        } else {
+            // Compressed in the tree: shipped plain, as `modules.dep`
+            // names it (see [`kernel`]).
+            let bytes = kt.read_module(&m.source).map_err(kernel_err)?;
+            tree.bytes(&archive, 0o644, bytes).map_err(cpio)?;
+        }
     }
     tree.bytes(
         &format!("{mods_dir}/modules.dep"),

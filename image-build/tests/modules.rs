@@ -1,0 +1,90 @@
+//! The kernel modules `berth-build build` ships, from kernel trees made
+//! here: compressed modules (Debian's `.ko.xz`, Ubuntu's `.ko.zst`). Needs
+//! the static berth-init (built by the test) and xz, zstd, cpio; no QEMU.
+
+mod common;
+
+use std::fs;
+
+use common::{
+    FAKE_RELEASE, build_with_kernel, compress, extract, fake_kernel, fake_module, scratch,
+};
+
+/// scripts/Makefile.modinst's compressions.
+const XZ: &[&str] = &["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"];
+const ZSTD: &[&str] = &["zstd", "-q", "-T0", "--ultra", "-22", "-c"];
+
+/// A kernel whose modules are all compressed builds (before, evdev, which
+/// every build ships for the power button, failed it): the initrd holds
+/// them as plain `.ko` files, byte for byte what was compressed, and
+/// `modules.dep` names those.
+#[test]
+fn a_kernel_with_compressed_modules_builds_and_ships_them_plain() {
+    let dir = scratch("compressed-modules");
+    let evdev = fake_module(b"name=evdev\0depends=\0license=GPL\0");
+    let button = fake_module(b"name=button\0depends=\0");
+    let foo = fake_module(b"name=foo\0depends=bar\0");
+    let bar = fake_module(b"name=bar\0depends=\0");
+    let kernel = dir.join("kernel");
+    fake_kernel(
+        &kernel,
+        &[
+            ("kernel/drivers/input/evdev.ko.xz", compress(XZ, &evdev)),
+            ("kernel/drivers/acpi/button.ko.zst", compress(ZSTD, &button)),
+            ("kernel/foo/foo.ko.zst", compress(ZSTD, &foo)),
+            ("kernel/bar/bar.ko.xz", compress(XZ, &bar)),
+        ],
+        "",
+    );
+    let manifest = dir.join("manifest.json");
+    fs::write(&manifest, r#"{"version": 1, "modules": ["foo"]}"#).unwrap();
+    let out = dir.join("out");
+    let o = build_with_kernel(&manifest, &out, &kernel);
+    assert!(
+        o.status.success(),
+        "berth-build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        summary.contains("modules: bar button evdev foo"),
+        "{summary}"
+    );
+    let x = dir.join("x");
+    extract(&out.join("initrd.img"), &x);
+    let mods = x.join(format!("lib/modules/{FAKE_RELEASE}"));
+    for (path, plain) in [
+        ("kernel/drivers/input/evdev.ko", &evdev),
+        ("kernel/drivers/acpi/button.ko", &button),
+        ("kernel/foo/foo.ko", &foo),
+        ("kernel/bar/bar.ko", &bar),
+    ] {
+        assert_eq!(&fs::read(mods.join(path)).unwrap(), plain, "{path}");
+        assert!(!mods.join(format!("{path}.xz")).exists());
+        assert!(!mods.join(format!("{path}.zst")).exists());
+    }
+    let dep = fs::read_to_string(mods.join("modules.dep")).unwrap();
+    assert_eq!(
+        dep,
+        "kernel/bar/bar.ko:\nkernel/drivers/acpi/button.ko:\n\
+         kernel/drivers/input/evdev.ko:\nkernel/foo/foo.ko: kernel/bar/bar.ko\n"
+    );
+
+    // A module that does not decompress fails the build, named.
+    let mut broken = compress(XZ, &evdev);
+    broken.truncate(broken.len() - 20);
+    let path = kernel.join(format!(
+        "lib/modules/{FAKE_RELEASE}/kernel/drivers/input/evdev.ko.xz"
+    ));
+    fs::write(&path, broken).unwrap();
+    let out = dir.join("out2");
+    let o = build_with_kernel(&manifest, &out, &kernel);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("decompress kernel module {}", path.display())),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -67,6 +67,7 @@ pub mod kernel;
 pub mod layout;
 pub mod tree;
 
+use std::collections::HashMap;
 use std::error::Error;
 use std::fs;
 use std::io::{IsTerminal, Write};
@@ -947,22 +948,48 @@ fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
     Ok((bytes, id.version))
 }
 
-/// Adds the tree at `host` under `archive`, sorted, types kept; hardlinks
-/// become copies. With `keep_owner` (a bundle's root filesystem) modes and
-/// owners are kept; without (what the build wrote itself, the image
-/// layout) entries are root's with 0755 for directories and 0644 for
-/// files, so the bytes do not depend on the umask the build ran under.
-/// Returns the bytes of the files added.
+/// Adds the tree at `host` under `archive`, sorted, types kept. Files with
+/// more than one name in the tree (hard links) stay one inode
+/// ([`cpio::Tree::link_group`]), the tree being this copy: two copies of
+/// one bundle (two units) share nothing. With `keep_owner` (a bundle's
+/// root filesystem) modes and owners are kept; without (what the build
+/// wrote itself, the image layout) entries are root's with 0755 for
+/// directories and 0644 for files, so the bytes do not depend on the umask
+/// the build ran under. Returns the bytes of the files added (a linked
+/// file's once).
 fn add_host_tree(
     tree: &mut Tree,
     host: &Path,
     archive: &str,
     keep_owner: bool,
 ) -> std::io::Result<u64> {
+    add_host_entries(tree, host, archive, keep_owner, &mut HashMap::new())
+}
+
+/// [`add_host_tree`], with the link group of each (device, inode) of the
+/// tree's files seen so far.
+fn add_host_entries(
+    tree: &mut Tree,
+    host: &Path,
+    archive: &str,
+    keep_owner: bool,
+    links: &mut HashMap<(u64, u64), u64>,
+) -> std::io::Result<u64> {
     let meta = fs::symlink_metadata(host)?;
-    let entry = host_entry(host, &meta, keep_owner)?;
+    let mut entry = host_entry(host, &meta, keep_owner)?;
     let is_dir = entry.kind == Kind::Dir;
     let mut bytes = if meta.is_file() { meta.len() } else { 0 };
+    if meta.is_file() && meta.nlink() > 1 {
+        match links.entry((meta.dev(), meta.ino())) {
+            std::collections::hash_map::Entry::Occupied(group) => {
+                entry.link = Some(*group.get());
+                bytes = 0;
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                entry.link = Some(*v.insert(tree.link_group()));
+            }
+        }
+    }
     tree.add(archive, entry).map_err(std::io::Error::other)?;
     if is_dir {
         let mut names: Vec<_> = fs::read_dir(host)?
@@ -976,11 +1003,12 @@ fn add_host_tree(
                     host.join(&name).display()
                 ))
             })?;
-            bytes += add_host_tree(
+            bytes += add_host_entries(
                 tree,
                 &host.join(&name),
                 &format!("{archive}/{name_str}"),
                 keep_owner,
+                links,
             )?;
         }
     }
@@ -1032,6 +1060,7 @@ fn host_entry(path: &Path, meta: &fs::Metadata, keep_owner: bool) -> std::io::Re
         perm,
         uid,
         gid,
+        link: None,
     })
 }
 

@@ -283,3 +283,91 @@ fn a_failed_build_removes_the_parents_it_made() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A busybox-like bundle: one 1 MiB binary under many names (hard links).
+/// The initramfs holds its data once, every name one inode, as GNU cpio
+/// extracts it; a name outside the tree does not count.
+#[test]
+fn a_bundles_hard_links_are_one_inode_in_the_initramfs() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("berth-build-links-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    fs::create_dir_all(dir.join("rootfs/usr/sbin")).unwrap();
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    fs::write(dir.join("rootfs/bin/busybox"), &big).unwrap();
+    let mut names = vec!["bin/busybox".to_owned()];
+    for i in 0..150 {
+        let name = format!("{}/tool{i:03}", if i % 2 == 0 { "bin" } else { "usr/sbin" });
+        fs::hard_link(
+            dir.join("rootfs/bin/busybox"),
+            dir.join("rootfs").join(&name),
+        )
+        .unwrap();
+        names.push(name);
+    }
+    // Linked from outside the bundle's tree: one name in it.
+    fs::write(dir.join("rootfs/bin/config"), b"conf").unwrap();
+    fs::hard_link(dir.join("rootfs/bin/config"), dir.join("outside")).unwrap();
+    fs::write(
+        dir.join("config.json"),
+        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"args": ["/bin/busybox"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    let b = BundleCopy {
+        kind: "service",
+        unit: "bb".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/bb".into(),
+    };
+    let mut tree = Tree::default();
+    let copied = bundle_entries(&mut tree, &b).unwrap();
+    assert!(copied < (1 << 20) + 4096, "counted {copied} bytes");
+    let mut bytes = Vec::new();
+    tree.write(&mut bytes).unwrap();
+    assert!(bytes.len() < (1 << 20) + 64 * 1024, "{} bytes", bytes.len());
+    let headers = cpio::tests::parse_newc(&bytes);
+    let root = "berth/bundles/services/bb/rootfs";
+    let linked: Vec<&cpio::tests::Header> = headers
+        .iter()
+        .filter(|h| names.iter().any(|n| h.name == format!("{root}/{n}")))
+        .collect();
+    assert_eq!(linked.len(), names.len());
+    assert!(
+        linked
+            .iter()
+            .all(|h| h.ino == linked[0].ino && h.nlink == 151)
+    );
+    let with_data: Vec<&str> = linked
+        .iter()
+        .filter(|h| !h.data.is_empty())
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(with_data, [format!("{root}/usr/sbin/tool149")]);
+    let config = headers
+        .iter()
+        .find(|h| h.name == format!("{root}/bin/config"))
+        .unwrap();
+    assert_eq!((config.nlink, config.data.as_slice()), (1, &b"conf"[..]));
+
+    let x = dir.join("x");
+    fs::create_dir(&x).unwrap();
+    let mut cpio = std::process::Command::new("cpio")
+        .args(["-i", "-d", "-m", "--quiet"])
+        .current_dir(&x)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("cpio missing: apt-get install cpio");
+    cpio.stdin.take().unwrap().write_all(&bytes).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    let first = fs::metadata(x.join(root).join(&names[0])).unwrap();
+    assert_eq!(first.nlink(), 151);
+    for name in &names {
+        let m = fs::metadata(x.join(root).join(name)).unwrap();
+        assert_eq!(m.ino(), first.ino(), "{name}");
+    }
+    assert_eq!(fs::read(x.join(root).join("bin/tool000")).unwrap(), big);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -14,9 +14,10 @@
 //!    at `/berth/images`, each tagged with its NAME, layers recompressed to
 //!    zstd and stored once when images share them ([`layout`]);
 //! 3. copies each bundle (its `config.json`, with `root.path` set to
-//!    `rootfs`, and its root filesystem tree, owners and modes kept) as it
-//!    is: berth-init runs a bundle's `config.json` unchanged, from that
-//!    directory ([`bundle_entries`]);
+//!    `rootfs`, and its root filesystem tree, owners, modes and hard links
+//!    kept; a file with extended attributes, which the initramfs cannot
+//!    carry, is refused) as it is: berth-init runs a bundle's
+//!    `config.json` unchanged, from that directory ([`bundle_entries`]);
 //! 4. adds the kernel modules with their dependencies and a `modules.dep`
 //!    ([`kernel`]; compressed ones decompressed, as plain `.ko` files),
 //!    `/init` (a static berth-init), `/dev/console`,
@@ -948,6 +949,63 @@ fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
     Ok((bytes, id.version))
 }
 
+/// Extended attributes a bundle's file may have that the appliance does
+/// without: what the build host's security modules put on its files (an
+/// SELinux host labels every file it has: `security.selinux`), which the
+/// appliance's kernel gives its own files, if it uses them at all.
+fn host_only_xattr(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"security.selinux" | b"security.apparmor" | b"security.ima" | b"security.evm"
+    ) || name.starts_with(b"security.SMACK64")
+}
+
+/// Refuses a file of a bundle that has an extended attribute other than
+/// the host's own ([`host_only_xattr`]): newc has no field for them, so
+/// the file would lose it in the initramfs, and with it what the
+/// attribute does (file capabilities above all, `security.capability`;
+/// `user.*` and `trusted.*` data; POSIX ACLs, which grant more than the
+/// mode says).
+fn check_xattrs(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{llistxattr, llistxattr_query};
+    use rustix::io::Errno;
+    let size = match llistxattr_query(path) {
+        Ok(0) => return Ok(()),
+        Ok(size) => size,
+        // A filesystem without extended attributes holds none.
+        Err(Errno::OPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = vec![0u8; size];
+    let len = match llistxattr(path, &mut names[..]) {
+        Ok(len) => len,
+        // Grown since the query.
+        Err(Errno::RANGE) => {
+            names = vec![0u8; llistxattr_query(path)?];
+            llistxattr(path, &mut names[..])?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(name) = names[..len]
+        .split(|b| *b == 0)
+        .find(|n| !n.is_empty() && !host_only_xattr(n))
+    else {
+        return Ok(());
+    };
+    let name = String::from_utf8_lossy(name);
+    // What the image unpacker sets at boot (berth_bundles::apply).
+    let hint = if name.starts_with("user.") || name == "security.capability" {
+        "build the unit from an image (\"image\": NAME), whose layers carry it".to_owned()
+    } else {
+        format!("remove it (setfattr -x {name}) if the file does without it")
+    };
+    Err(std::io::Error::other(format!(
+        "{}: has the extended attribute {name}, and a bundle's files cannot carry \
+         extended attributes in an initramfs (newc has no place for them): {hint}",
+        path.display()
+    )))
+}
+
 /// Adds the tree at `host` under `archive`, sorted, types kept. Files with
 /// more than one name in the tree (hard links) stay one inode
 /// ([`cpio::Tree::link_group`]), the tree being this copy: two copies of
@@ -955,7 +1013,8 @@ fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
 /// root filesystem) modes and owners are kept; without (what the build
 /// wrote itself, the image layout) entries are root's with 0755 for
 /// directories and 0644 for files, so the bytes do not depend on the umask
-/// the build ran under. Returns the bytes of the files added (a linked
+/// the build ran under, and a file with extended attributes is refused
+/// ([`check_xattrs`]). Returns the bytes of the files added (a linked
 /// file's once).
 fn add_host_tree(
     tree: &mut Tree,
@@ -976,6 +1035,9 @@ fn add_host_entries(
     links: &mut HashMap<(u64, u64), u64>,
 ) -> std::io::Result<u64> {
     let meta = fs::symlink_metadata(host)?;
+    if keep_owner {
+        check_xattrs(host)?;
+    }
     let mut entry = host_entry(host, &meta, keep_owner)?;
     let is_dir = entry.kind == Kind::Dir;
     let mut bytes = if meta.is_file() { meta.len() } else { 0 };

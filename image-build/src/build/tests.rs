@@ -371,3 +371,78 @@ fn a_bundles_hard_links_are_one_inode_in_the_initramfs() {
     assert_eq!(fs::read(x.join(root).join("bin/tool000")).unwrap(), big);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A bundle's file with an extended attribute that matters (a `user.*`
+/// one, a file capability, `trusted.*`) is refused, naming both: the
+/// initramfs would drop it. The host's own labels are not.
+#[test]
+fn bundle_files_with_extended_attributes_are_refused() {
+    use rustix::fs::{XattrFlags, lremovexattr, lsetxattr};
+    let dir = std::env::temp_dir().join(format!("berth-build-xattr-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    let tool = dir.join("rootfs/bin/tool");
+    fs::write(&tool, b"tool").unwrap();
+    fs::write(
+        dir.join("config.json"),
+        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    let b = BundleCopy {
+        kind: "service",
+        unit: "web".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/web".into(),
+    };
+    bundle_entries(&mut Tree::default(), &b).unwrap();
+    let refused = |name: &str| {
+        let err = bundle_entries(&mut Tree::default(), &b).unwrap_err();
+        let text = crate::report(&err);
+        assert!(
+            text.contains(&format!(
+                "{}: has the extended attribute {name}, and a bundle's files cannot carry \
+                 extended attributes in an initramfs",
+                tool.display()
+            )),
+            "{text}"
+        );
+        text
+    };
+    lsetxattr(&tool, "user.origin", b"build-host", XattrFlags::empty())
+        .expect("user.* xattrs on the temporary directory's filesystem (ext4, tmpfs)");
+    let text = refused("user.origin");
+    assert!(text.contains("build the unit from an image"), "{text}");
+    lremovexattr(&tool, "user.origin").unwrap();
+
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "security.* and trusted.* xattrs need root: run the tests as root"
+    );
+    // struct vfs_cap_data, revision 2, effective: cap_net_raw (13).
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    lsetxattr(&tool, "security.capability", &cap, XattrFlags::empty()).unwrap();
+    let text = refused("security.capability");
+    assert!(text.contains("build the unit from an image"), "{text}");
+    lremovexattr(&tool, "security.capability").unwrap();
+
+    lsetxattr(&tool, "trusted.note", b"x", XattrFlags::empty()).unwrap();
+    let text = refused("trusted.note");
+    assert!(text.contains("setfattr -x trusted.note"), "{text}");
+    lremovexattr(&tool, "trusted.note").unwrap();
+
+    // An SELinux host labels every file: that is no reason to fail.
+    lsetxattr(
+        &tool,
+        "security.selinux",
+        b"system_u:object_r:bin_t:s0\0",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    bundle_entries(&mut Tree::default(), &b).unwrap();
+    let _ = fs::remove_dir_all(&dir);
+}

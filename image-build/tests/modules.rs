@@ -1,6 +1,7 @@
 //! The kernel modules `berth-build build` ships, from kernel trees made
-//! here: compressed modules (Debian's `.ko.xz`, Ubuntu's `.ko.zst`). Needs
-//! the static berth-init (built by the test) and xz, zstd, cpio; no QEMU.
+//! here: compressed modules (Debian's `.ko.xz`, Ubuntu's `.ko.zst`), modules
+//! named by an alias (`fs-iso9660`). Needs the static berth-init (built by
+//! the test) and xz, zstd, cpio; no QEMU.
 
 mod common;
 
@@ -86,5 +87,59 @@ fn a_kernel_with_compressed_modules_builds_and_ships_them_plain() {
         "{err}"
     );
     assert!(!out.exists());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// `data_disk.fstype: "iso9660"` ships isofs, whose alias `fs-iso9660` is
+/// what the kernel asks for at mount time; a manifest module given by an
+/// alias is written into the appliance's manifest by its module's name,
+/// the one berth-init loads.
+#[test]
+fn a_filesystem_or_module_given_by_an_alias_is_shipped_by_its_module() {
+    let dir = scratch("alias-modules");
+    let isofs = fake_module(b"name=isofs\0alias=fs-iso9660\0depends=\0");
+    let ipv6 = fake_module(b"name=ipv6\0alias=net-pf-10\0depends=\0");
+    let kernel = dir.join("kernel");
+    fake_kernel(
+        &kernel,
+        &[
+            ("kernel/fs/isofs/isofs.ko.xz", compress(XZ, &isofs)),
+            ("kernel/net/ipv6/ipv6.ko.zst", compress(ZSTD, &ipv6)),
+            (
+                "kernel/drivers/input/evdev.ko",
+                fake_module(b"name=evdev\0depends=\0"),
+            ),
+        ],
+        "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/block/virtio_blk.ko\n",
+    );
+    let manifest = dir.join("manifest.json");
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "modules": ["net-pf-10"],
+            "data_disk": {"device": "/dev/vda", "fstype": "iso9660"}}"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let o = build_with_kernel(&manifest, &out, &kernel);
+    assert!(
+        o.status.success(),
+        "berth-build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let x = dir.join("x");
+    extract(&out.join("initrd.img"), &x);
+    let written: serde_json::Value =
+        serde_json::from_slice(&fs::read(x.join("etc/berth/manifest.json")).unwrap()).unwrap();
+    // virtio_pci and virtio_blk are built in here: nothing to ship.
+    assert_eq!(written["modules"], serde_json::json!(["ipv6", "isofs"]));
+    let mods = x.join(format!("lib/modules/{FAKE_RELEASE}"));
+    assert_eq!(
+        fs::read(mods.join("kernel/fs/isofs/isofs.ko")).unwrap(),
+        isofs
+    );
+    assert_eq!(
+        fs::read(mods.join("kernel/net/ipv6/ipv6.ko")).unwrap(),
+        ipv6
+    );
     let _ = fs::remove_dir_all(&dir);
 }

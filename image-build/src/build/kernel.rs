@@ -18,6 +18,7 @@
 //! is compressed (scripts/Makefile.modinst signs, then compresses), so the
 //! plain file keeps it.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
@@ -75,7 +76,9 @@ pub enum KernelError {
     },
     #[error("kernel module {path} decompresses to more than {limit} bytes")]
     TooLarge { path: PathBuf, limit: u64 },
-    #[error("kernel module {name} not found in {dir} (nor built in)")]
+    #[error(
+        "kernel module {name} not found in {dir} (no module has that name or alias, nor is one built in)"
+    )]
     UnknownModule { name: String, dir: PathBuf },
     #[error("kernel module {module} depends on {dependency}, which is not in {dir}")]
     UnknownDependency {
@@ -97,6 +100,22 @@ pub struct KernelTree {
     pub builtin: BTreeSet<String>,
     /// The raw `modules.builtin` text (copied into the initramfs).
     pub builtin_text: String,
+    /// Read on the first lookup of a name that is no module's.
+    aliases: OnceCell<Aliases>,
+}
+
+/// What provides a name given for a module (a module's name, or an alias
+/// such as `fs-iso9660`), as modprobe looks it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    /// Module files of the tree, by name: the module of that name, or
+    /// the modules with that alias (modprobe loads them all).
+    Modules(Vec<String>),
+    /// Built into the kernel: the built-in module's name (nothing to
+    /// load; berth-init skips the names `modules.builtin` lists).
+    Builtin(String),
+    /// Nothing of this kernel.
+    Missing,
 }
 
 /// Unpacks `deb` into `dest` with `dpkg -x`, in a process group of its
@@ -204,6 +223,7 @@ impl KernelTree {
             modules,
             builtin,
             builtin_text,
+            aliases: OnceCell::new(),
         })
     }
 
@@ -217,7 +237,6 @@ impl KernelTree {
     /// Built-in modules are skipped (there is nothing to load).
     pub fn resolve(&self, wanted: &[String]) -> Result<Vec<ResolvedModule>, KernelError> {
         let mut done: BTreeMap<String, ResolvedModule> = BTreeMap::new();
-        let mut aliases: Option<Aliases> = None;
         let mut todo: Vec<(String, Option<String>)> =
             wanted.iter().map(|w| (module_name(w), None)).collect();
         while let Some((name, wanted_by)) = todo.pop() {
@@ -249,7 +268,7 @@ impl KernelTree {
             // ask for one later (btrfs asks the crypto API for its
             // checksum's module when it mounts).
             for soft in module_softdeps_pre(&bytes).map_err(elf_err)? {
-                for provider in self.softdep_providers(&soft, &mut aliases)? {
+                for provider in self.softdep_providers(&soft)? {
                     if provider != name && !deps.contains(&provider) {
                         deps.push(provider);
                     }
@@ -273,42 +292,66 @@ impl KernelTree {
 }
 
 /// Module aliases (`alias=` in `.modinfo`): of the module files, and the
-/// ones built-in modules provide.
+/// ones built-in modules provide; keyed by [`alias_key`].
+#[derive(Debug)]
 struct Aliases {
+    /// Alias → the module files that have it.
     modules: BTreeMap<String, Vec<String>>,
-    builtin: BTreeSet<String>,
+    /// Alias → the built-in module that has it.
+    builtin: BTreeMap<String, String>,
+}
+
+/// An alias as kmod compares them (libkmod `alias_normalize`): `-` and
+/// `_` are one.
+fn alias_key(alias: &str) -> String {
+    alias.replace('-', "_")
 }
 
 impl KernelTree {
-    /// The module files that provide what a `softdep` names, as modprobe
-    /// finds them: a module of that name, else the modules with that alias.
-    /// None when it is built in (or a built-in module has the alias), and
-    /// none when nothing provides it (modprobe goes on without it too).
-    fn softdep_providers(
-        &self,
-        wanted: &str,
-        aliases: &mut Option<Aliases>,
-    ) -> Result<Vec<String>, KernelError> {
+    /// What provides `wanted`, as modprobe finds it: a module file of
+    /// that name, a built-in module of that name, a built-in module with
+    /// that alias, else the module files with that alias (the order of
+    /// the checks is this build's: what is built in needs no file).
+    pub fn provider(&self, wanted: &str) -> Result<Provider, KernelError> {
         let name = module_name(wanted);
         if self.modules.contains_key(&name) {
-            return Ok(vec![name]);
+            return Ok(Provider::Modules(vec![name]));
         }
         if self.builtin.contains(&name) {
-            return Ok(Vec::new());
+            return Ok(Provider::Builtin(name));
         }
-        let aliases = match aliases {
-            Some(a) => a,
-            None => aliases.insert(self.read_aliases()?),
-        };
-        if aliases.builtin.contains(wanted) {
-            return Ok(Vec::new());
+        let aliases = self.aliases()?;
+        let key = alias_key(wanted);
+        if let Some(module) = aliases.builtin.get(&key) {
+            return Ok(Provider::Builtin(module.clone()));
         }
-        Ok(aliases.modules.get(wanted).cloned().unwrap_or_default())
+        Ok(match aliases.modules.get(&key) {
+            Some(modules) => Provider::Modules(modules.clone()),
+            None => Provider::Missing,
+        })
+    }
+
+    /// The module files that provide what a `softdep` names
+    /// ([`Self::provider`]): none when it is built in, and none when
+    /// nothing provides it (modprobe goes on without it too).
+    fn softdep_providers(&self, wanted: &str) -> Result<Vec<String>, KernelError> {
+        Ok(match self.provider(wanted)? {
+            Provider::Modules(modules) => modules,
+            Provider::Builtin(_) | Provider::Missing => Vec::new(),
+        })
+    }
+
+    fn aliases(&self) -> Result<&Aliases, KernelError> {
+        if let Some(aliases) = self.aliases.get() {
+            return Ok(aliases);
+        }
+        let aliases = self.read_aliases()?;
+        Ok(self.aliases.get_or_init(|| aliases))
     }
 
     /// Every alias of every module file (each file's `.modinfo`, read once
-    /// per build and only when a softdep names an alias) and of the
-    /// built-in modules (`modules.builtin.modinfo`).
+    /// per build and only when a name is looked up that no module has) and
+    /// of the built-in modules (`modules.builtin.modinfo`).
     fn read_aliases(&self) -> Result<Aliases, KernelError> {
         let mut modules: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, rel) in &self.modules {
@@ -320,7 +363,10 @@ impl KernelTree {
             })?;
             for (key, value) in info {
                 if key == "alias" {
-                    modules.entry(value).or_default().push(name.clone());
+                    let providers = modules.entry(alias_key(&value)).or_default();
+                    if !providers.contains(name) {
+                        providers.push(name.clone());
+                    }
                 }
             }
         }
@@ -331,13 +377,15 @@ impl KernelTree {
 }
 
 /// The aliases in `modules.builtin.modinfo` (`module.alias=value`
-/// records, NUL-terminated).
-fn builtin_aliases(text: &[u8]) -> BTreeSet<String> {
+/// records, NUL-terminated), by [`alias_key`], with their module's name.
+fn builtin_aliases(text: &[u8]) -> BTreeMap<String, String> {
     text.split(|&b| b == 0)
         .filter_map(|record| std::str::from_utf8(record).ok())
         .filter_map(|record| record.split_once('='))
-        .filter(|(key, _)| key.split_once('.').is_some_and(|(_, k)| k == "alias"))
-        .map(|(_, value)| value.to_owned())
+        .filter_map(|(key, value)| {
+            let (module, field) = key.split_once('.')?;
+            (field == "alias").then(|| (alias_key(value), module_name(module)))
+        })
         .collect()
 }
 
@@ -570,7 +618,7 @@ impl KernelTree {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn m(name: &str, path: &str, deps: &[&str]) -> ResolvedModule {
@@ -791,7 +839,14 @@ mod tests {
         );
         assert_eq!(
             builtin_aliases(b"crc32c_generic.alias=crc32c\0crc32c_generic.alias=crypto-crc32c\0ext4.license=GPL\0ext4.alias=fs-ext4\0"),
-            ["crc32c", "crypto-crc32c", "fs-ext4"].map(String::from).into_iter().collect()
+            [
+                ("crc32c", "crc32c_generic"),
+                ("crypto_crc32c", "crc32c_generic"),
+                ("fs_ext4", "ext4")
+            ]
+            .map(|(a, m)| (a.to_owned(), m.to_owned()))
+            .into_iter()
+            .collect()
         );
     }
 

@@ -54,13 +54,16 @@
 //! `virtio_blk` when there is a `data_disk`; `virtio_pci` and `virtio_net`
 //! to `network.modules` when `network.interfaces` is not empty (berth-init
 //! loads those with the network, in the background) — QEMU's disk and NIC;
-//! Debian's cloud kernel has all of them as modules — and the data disk's `fstype`
-//! when the kernel has it as a module, and `overlay` when a unit that is
-//! not `read_only` (or is, but holds CAP_SYS_ADMIN) runs from an image
-//! (berth-init unpacks each image once and gives every such unit an
-//! overlayfs on it; a read-only unit's root is the unpacked tree itself,
-//! bound read-only). `virtio_pci` is the bus driver and no module
-//! `depends=` on it, so it must be named.
+//! Debian's cloud kernel has all of them as modules — and the module of
+//! the data disk's `fstype` when the kernel has it as a module (by the
+//! type's name or its `fs-TYPE` alias: `iso9660` is `isofs`), and
+//! `overlay` when a unit that is not `read_only` (or is, but holds
+//! CAP_SYS_ADMIN) runs from an image (berth-init unpacks each image once
+//! and gives every such unit an overlayfs on it; a read-only unit's root
+//! is the unpacked tree itself, bound read-only). `virtio_pci` is the bus
+//! driver and no module `depends=` on it, so it must be named. A name of
+//! the manifest's lists that is an alias (`fs-iso9660`) is written as the
+//! module that has it: berth-init loads modules by name only.
 
 pub mod cpio;
 pub mod elf;
@@ -83,7 +86,7 @@ use berth_init::manifest::{Program, Source};
 
 use crate::args::{Args, ArgsError};
 use cpio::{CpioError, Entry, Kind, Tree};
-use kernel::{KernelError, KernelTree};
+use kernel::{KernelError, KernelTree, Provider};
 use layout::{ImageSummary, LayoutError, LayoutWriter};
 
 /// Where berth-init reads its manifest.
@@ -363,15 +366,19 @@ pub fn manifest_base(path: &Path) -> PathBuf {
     }
 }
 
+/// What the kernel has for a module name or alias ([`KernelTree::provider`]).
+pub type ModuleLookup<'a> = dyn Fn(&str) -> Result<Provider, BuildError> + 'a;
+
 /// Splits a build manifest: removes `images`, rewrites `bundle` paths
-/// (relative ones from `base`, see [`manifest_base`]), adds the machine's
-/// modules (`has_module` says what the kernel has as a module), and
-/// validates the rest with berth-init's validation.
+/// (relative ones from `base`, see [`manifest_base`]), writes the modules
+/// its lists name by an alias by their names and adds the machine's
+/// modules (`lookup` says what the kernel has), and validates the rest
+/// with berth-init's validation.
 pub fn prepare(
     path: &Path,
     base: &Path,
     bytes: &[u8],
-    has_module: &dyn Fn(&str) -> bool,
+    lookup: &ModuleLookup<'_>,
 ) -> Result<Prepared, BuildError> {
     let bad = |message: String| BuildError::BadManifest {
         path: path.to_owned(),
@@ -450,7 +457,17 @@ pub fn prepare(
             unit.insert("bundle".into(), Value::String(format!("/{archive}")));
         }
     }
-    add_machine_modules(obj, has_module);
+    let network_modules = obj
+        .get_mut("network")
+        .and_then(|n| n.get_mut("modules"))
+        .and_then(Value::as_array_mut);
+    if let Some(list) = network_modules {
+        name_aliased_modules(list, lookup)?;
+    }
+    if let Some(list) = obj.get_mut("modules").and_then(Value::as_array_mut) {
+        name_aliased_modules(list, lookup)?;
+    }
+    add_machine_modules(obj, lookup)?;
     let names: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
     let text = serde_json::to_vec(&value).unwrap_or_default();
     let parsed =
@@ -466,19 +483,65 @@ pub fn prepare(
     })
 }
 
+/// Writes the names of a module list that are aliases (`fs-iso9660`,
+/// `crypto-crc32c`) as the modules that provide them, as modprobe would
+/// load them: berth-init loads modules by name only (its `modules.dep`
+/// index), so an alias would not be found at boot. One a built-in module
+/// provides becomes that module's name, which berth-init skips. A name
+/// nothing provides is left for the module resolution to refuse.
+fn name_aliased_modules(
+    list: &mut Vec<Value>,
+    lookup: &ModuleLookup<'_>,
+) -> Result<(), BuildError> {
+    let mut named: Vec<Value> = Vec::with_capacity(list.len());
+    for v in list.drain(..) {
+        // Not a string: left for validation to refuse.
+        let Some(name) = v.as_str() else {
+            named.push(v);
+            continue;
+        };
+        let own = berth_init::modules::module_name(name);
+        let names = match lookup(name)? {
+            Provider::Modules(modules) if modules != [own.clone()] => modules,
+            Provider::Builtin(module) if module != own => vec![module],
+            _ => vec![name.to_owned()],
+        };
+        for n in names {
+            if !named.iter().any(|v| v.as_str() == Some(n.as_str())) {
+                named.push(Value::String(n));
+            }
+        }
+    }
+    *list = named;
+    Ok(())
+}
+
+/// The module files that provide the filesystem type `fstype`: a module
+/// of that name, else the ones with the alias `fs-TYPE`, which the kernel
+/// asks modprobe for when a mount names a type it lacks
+/// (fs/filesystems.c `get_fs_type`): `iso9660` is in `isofs`.
+fn fs_modules(fstype: &str, lookup: &ModuleLookup<'_>) -> Result<Vec<String>, BuildError> {
+    Ok(match lookup(fstype)? {
+        Provider::Modules(modules) => modules,
+        Provider::Builtin(_) => Vec::new(),
+        Provider::Missing => match lookup(&format!("fs-{fstype}"))? {
+            Provider::Modules(modules) => modules,
+            Provider::Builtin(_) | Provider::Missing => Vec::new(),
+        },
+    })
+}
+
 /// Appends the modules the machine's disk and NIC need (see the module docs).
 fn add_machine_modules(
     obj: &mut serde_json::Map<String, Value>,
-    has_module: &dyn Fn(&str) -> bool,
-) {
+    lookup: &ModuleLookup<'_>,
+) -> Result<(), BuildError> {
     let mut extra: Vec<String> = Vec::new();
     if let Some(disk) = obj.get("data_disk") {
         extra.push("virtio_pci".into());
         extra.push("virtio_blk".into());
-        if let Some(fs) = disk.get("fstype").and_then(Value::as_str)
-            && has_module(fs)
-        {
-            extra.push(fs.to_owned());
+        if let Some(fs) = disk.get("fstype").and_then(Value::as_str) {
+            extra.extend(fs_modules(fs, lookup)?);
         }
     }
     let has_interfaces = obj
@@ -499,7 +562,7 @@ fn add_machine_modules(
             })
             .and_then(Value::as_array_mut)
         {
-            append_modules(list, net_extra, has_module);
+            append_modules(list, net_extra, lookup)?;
         }
     }
     let writable_image_units = ["tasks", "services"]
@@ -519,25 +582,36 @@ fn add_machine_modules(
         extra.push("overlay".into());
     }
     if extra.is_empty() {
-        return;
+        return Ok(());
     }
     let modules = obj
         .entry("modules")
         .or_insert_with(|| Value::Array(Vec::new()));
     // A non-array `modules` is left for validation to refuse.
     if let Some(list) = modules.as_array_mut() {
-        append_modules(list, extra, has_module);
+        append_modules(list, extra, lookup)?;
     }
+    Ok(())
 }
 
-/// Appends the modules of `extra` the kernel has as modules and `list`
-/// does not name yet.
-fn append_modules(list: &mut Vec<Value>, extra: Vec<String>, has_module: &dyn Fn(&str) -> bool) {
+/// Appends the modules of `extra` the kernel has as module files and
+/// `list` does not name yet.
+fn append_modules(
+    list: &mut Vec<Value>,
+    extra: Vec<String>,
+    lookup: &ModuleLookup<'_>,
+) -> Result<(), BuildError> {
     for m in extra {
-        if !list.iter().any(|v| v.as_str() == Some(m.as_str())) && has_module(&m) {
+        if list.iter().any(|v| v.as_str() == Some(m.as_str())) {
+            continue;
+        }
+        if let Provider::Modules(modules) = lookup(&m)?
+            && modules == [m.clone()]
+        {
             list.push(Value::String(m));
         }
     }
+    Ok(())
 }
 
 /// Removes the temporary directory unless the build got to the end, and
@@ -598,7 +672,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     // Check the manifest before anything slow (without the kernel: the
     // machine modules are checked again once it is known).
     let base = manifest_base(&opts.manifest);
-    let early = prepare(&opts.manifest, &base, &bytes, &|_| true)?;
+    let early = prepare(&opts.manifest, &base, &bytes, &|m| {
+        Ok(Provider::Modules(vec![berth_init::modules::module_name(m)]))
+    })?;
     for b in &early.bundles {
         check_bundle(b)?;
     }
@@ -647,7 +723,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         source,
     };
     let kt = KernelTree::open(&kernel_root).map_err(kernel_err)?;
-    let prepared = prepare(&opts.manifest, &base, &bytes, &|m| kt.has_module(m))?;
+    let prepared = prepare(&opts.manifest, &base, &bytes, &|m| {
+        kt.provider(m).map_err(kernel_err)
+    })?;
 
     let mut tree = Tree::default();
     let cpio = BuildError::Cpio;

@@ -1,11 +1,18 @@
 use super::*;
 
 fn prep(json: &str) -> Result<Prepared, BuildError> {
+    // ext4 is built in, everything else a module of that name.
     prepare(
         Path::new("/src/app/manifest.json"),
         Path::new("/src/app"),
         json.as_bytes(),
-        &|m| m != "ext4",
+        &|m| {
+            Ok(if m == "ext4" {
+                kernel::Provider::Builtin(m.to_owned())
+            } else {
+                kernel::Provider::Modules(vec![berth_init::modules::module_name(m)])
+            })
+        },
     )
 }
 
@@ -445,4 +452,102 @@ fn bundle_files_with_extended_attributes_are_refused() {
     .unwrap();
     bundle_entries(&mut Tree::default(), &b).unwrap();
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// A module named by an alias (`fs-iso9660`, `crypto-crc32c`), in the
+/// manifest's lists or as the data disk's filesystem type, is written as
+/// the module that has it: berth-init loads modules by name only.
+#[test]
+fn modules_given_by_an_alias_are_written_by_their_names() {
+    use kernel::tests::fake_tree;
+    let module = |info: &[u8]| elf::tests::fake_module(info);
+    let root = fake_tree(
+        "aliases",
+        &[
+            (
+                "kernel/fs/isofs/isofs.ko",
+                module(b"name=isofs\0alias=fs-iso9660\0depends=\0"),
+            ),
+            (
+                "kernel/net/ipv6/ipv6.ko",
+                module(b"name=ipv6\0alias=net-pf-10\0depends=\0"),
+            ),
+            (
+                "kernel/drivers/virtio/virtio_pci.ko",
+                module(b"name=virtio_pci\0depends=\0"),
+            ),
+            (
+                "kernel/drivers/block/virtio_blk.ko",
+                module(b"name=virtio_blk\0depends=\0"),
+            ),
+            (
+                "modules.builtin",
+                b"kernel/crypto/crc32c_generic.ko\n".to_vec(),
+            ),
+            (
+                "modules.builtin.modinfo",
+                b"crc32c_generic.alias=crypto-crc32c\0crc32c_generic.license=GPL\0".to_vec(),
+            ),
+        ],
+    );
+    let kt = KernelTree::open(&root).unwrap();
+    let lookup = |m: &str| {
+        kt.provider(m).map_err(|source| BuildError::Kernel {
+            path: root.clone(),
+            source,
+        })
+    };
+    let p = prepare(
+        Path::new("m.json"),
+        Path::new("."),
+        br#"{"version": 1, "modules": ["crypto-crc32c", "virtio_blk", "fs_iso9660"],
+            "network": {"modules": ["net-pf-10"]},
+            "data_disk": {"device": "/dev/vda", "fstype": "iso9660"}}"#,
+        &lookup,
+    )
+    .unwrap();
+    assert_eq!(
+        p.manifest["modules"],
+        serde_json::json!(["crc32c_generic", "virtio_blk", "isofs", "virtio_pci"])
+    );
+    assert_eq!(
+        p.manifest["network"]["modules"],
+        serde_json::json!(["ipv6"])
+    );
+    // The data disk's driver alone, by its fs- alias.
+    let p = prepare(
+        Path::new("m.json"),
+        Path::new("."),
+        br#"{"version": 1, "data_disk": {"device": "/dev/vda", "fstype": "iso9660"}}"#,
+        &lookup,
+    )
+    .unwrap();
+    assert_eq!(
+        p.manifest["modules"],
+        serde_json::json!(["virtio_pci", "virtio_blk", "isofs"])
+    );
+    let wanted: Vec<String> = p.parsed.modules.clone();
+    let names: Vec<String> = kt
+        .resolve(&wanted)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["isofs", "virtio_blk", "virtio_pci"]);
+    // What nothing provides is left as written, for the resolution to
+    // refuse, naming it.
+    let p = prepare(
+        Path::new("m.json"),
+        Path::new("."),
+        br#"{"version": 1, "modules": ["fs-nothing"]}"#,
+        &lookup,
+    )
+    .unwrap();
+    assert_eq!(p.manifest["modules"], serde_json::json!(["fs-nothing"]));
+    let err = kt.resolve(&p.parsed.modules).unwrap_err().to_string();
+    assert!(
+        err.starts_with("kernel module fs_nothing not found in "),
+        "{err}"
+    );
+    let _ = fs::remove_dir_all(&root);
 }

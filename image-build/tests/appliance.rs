@@ -460,7 +460,21 @@ fn appliance_boots_serves_and_powers_off() {
     // source relative to the bundle, which goes into the appliance too).
     fs::create_dir_all(bundle.join("extra")).unwrap();
     fs::write(bundle.join("extra/marker"), "bundle-task-marker: ran\n").unwrap();
-    cfg["process"]["args"] = serde_json::json!(["/bin/busybox", "cat", "/extra/marker"]);
+    // A second name of busybox: one inode in the initramfs, whose data the
+    // kernel's unpacker writes through the last name (zz-link) into the
+    // file it made for the first (busybox), which the task then runs.
+    fs::hard_link(
+        bundle.join("rootfs/bin/busybox"),
+        bundle.join("rootfs/bin/zz-link"),
+    )
+    .unwrap();
+    cfg["process"]["args"] = serde_json::json!([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox cat /extra/marker; \
+         echo bundle-links: $(/bin/busybox stat -c %h:%i /bin/busybox /bin/zz-link)"
+    ]);
     cfg["mounts"]
         .as_array_mut()
         .unwrap()
@@ -502,6 +516,14 @@ fn appliance_boots_serves_and_powers_off() {
     });
     assert_eq!(soft_hard, ["1024", "1048576"], "{limits}");
     ok(vm.wait_for_line("from-bundle: bundle-task-marker: ran", TIMEOUT));
+    let links = ok(vm.wait_for_line("from-bundle: bundle-links: ", TIMEOUT));
+    let links: Vec<&str> = links
+        .split_once("bundle-links: ")
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    assert!(
+        links.len() == 2 && links[0] == links[1] && links[0].starts_with("2:"),
+        "busybox and its hard link are not one inode with two names: {links:?}"
+    );
     ok(vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm.wait_for_line("web: web-marker: serving", TIMEOUT));
     // `"init": true`: the container's PID 1 is berth-init's reaper, run

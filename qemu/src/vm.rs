@@ -2061,10 +2061,27 @@ mod tests {
         release: mpsc::Receiver<()>,
         released: bool,
         written: Arc<Mutex<Vec<u8>>>,
+        /// Told when the first write starts, so a test knows which chunk
+        /// the stuck writer holds.
+        stuck: Option<mpsc::Sender<()>>,
+    }
+
+    impl StuckEcho {
+        fn new(release: mpsc::Receiver<()>, written: &Arc<Mutex<Vec<u8>>>) -> StuckEcho {
+            StuckEcho {
+                release,
+                released: false,
+                written: Arc::clone(written),
+                stuck: None,
+            }
+        }
     }
 
     impl Write for StuckEcho {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some(stuck) = self.stuck.take() {
+                let _ = stuck.send(());
+            }
             if !self.released {
                 let _ = self.release.recv();
                 self.released = true;
@@ -2086,20 +2103,15 @@ mod tests {
         let total = 8 << 20;
         let (release, released) = mpsc::channel();
         let written = Arc::new(Mutex::new(Vec::new()));
-        let echo = StuckEcho {
-            release: released,
-            released: false,
-            written: Arc::clone(&written),
-        };
         let log = Arc::new(ConsoleLog::new());
-        let echo = Echo::spawn(Box::new(echo));
+        let echo = Echo::spawn(Box::new(StuckEcho::new(released, &written)));
         let state = Arc::clone(&echo.state);
         let reader = spawn_reader(
             io::repeat(b'x').take(total as u64),
             Arc::clone(&log),
             Some(echo),
         );
-        let closed = log.wait_closed(Duration::from_secs(10));
+        let closed = log.wait_closed(Duration::from_secs(60));
         let logged = log.len();
         drop(release);
         assert!(closed, "the log stopped at {logged} of {total} bytes");
@@ -2107,7 +2119,7 @@ mod tests {
         reader.join().unwrap();
         // Released, the echo writes what it kept, and says once that it
         // dropped the rest.
-        assert!(state.wait_done(Duration::from_secs(10)));
+        assert!(state.wait_done(Duration::from_secs(60)));
         let written = lock(&written).clone();
         let dropped = state.dropped.load(Ordering::SeqCst) as usize;
         assert!(dropped > 0);
@@ -2135,52 +2147,71 @@ mod tests {
 
     /// The note stands where the echo dropped output: after what it kept
     /// from before, ahead of what came once it caught up.
+    ///
+    /// The writer must hold the first chunk, stuck, before the rest comes:
+    /// a writer that took it only after the queue had filled would free a
+    /// slot while the reader still drops, and the note would land among
+    /// the dropped chunks. So the first chunk goes alone, and the rest
+    /// follows once the writer says it is stuck writing it.
     #[test]
     fn the_echo_notes_the_gap_where_it_is() {
         let (release, released) = mpsc::channel();
+        let (stuck, writer_stuck) = mpsc::channel();
         let written = Arc::new(Mutex::new(Vec::new()));
         let echo = Echo::spawn(Box::new(StuckEcho {
-            release: released,
-            released: false,
-            written: Arc::clone(&written),
+            stuck: Some(stuck),
+            ..StuckEcho::new(released, &written)
         }));
         let state = Arc::clone(&echo.state);
         let (pipe, chunks) = mpsc::channel();
         let log = Arc::new(ConsoleLog::new());
         let reader = spawn_reader(ScriptedPipe(chunks), Arc::clone(&log), Some(echo));
-        // More than the queue holds, while the echo takes nothing.
-        let before = 2 * ECHO_QUEUE_CHUNKS * 4096;
-        for _ in 0..2 * ECHO_QUEUE_CHUNKS {
-            pipe.send(vec![b'a'; 4096]).unwrap();
+        let chunk = 4096;
+        let sent = 2 * ECHO_QUEUE_CHUNKS;
+        let before = sent * chunk;
+        pipe.send(vec![b'a'; chunk]).unwrap();
+        writer_stuck
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the echo's writer never took the first chunk");
+        // More than the queue holds, while the echo takes nothing: one
+        // chunk in the writer, a queue full, the rest dropped.
+        for _ in 1..sent {
+            pipe.send(vec![b'a'; chunk]).unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let caught_up =
-            || lock(&written).len() + state.dropped.load(Ordering::SeqCst) as usize == before;
-        while log.len() < before {
+        // The reader drops a chunk from the echo after logging it: the
+        // count is the last thing it updates.
+        let dropped = (sent - 1 - ECHO_QUEUE_CHUNKS) * chunk;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (state.dropped.load(Ordering::SeqCst) as usize) < dropped {
             assert!(
                 Instant::now() < deadline,
-                "the log stopped at {}",
-                log.len()
+                "the log stopped at {}, {} bytes dropped",
+                log.len(),
+                state.dropped.load(Ordering::SeqCst)
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(log.len(), before);
+        assert_eq!(state.dropped.load(Ordering::SeqCst) as usize, dropped);
         // Let it write what it kept.
         release.send(()).unwrap();
-        while !caught_up() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lock(&written).len() < before - dropped {
             assert!(Instant::now() < deadline, "the echo did not catch up");
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Fewer than the queue holds, to a writer that keeps up: none is
+        // dropped.
         for _ in 0..10 {
-            pipe.send(vec![b'b'; 4096]).unwrap();
+            pipe.send(vec![b'b'; chunk]).unwrap();
         }
         drop(pipe);
         reader.join().unwrap();
-        assert!(state.wait_done(Duration::from_secs(10)));
-        let dropped = state.dropped.load(Ordering::SeqCst) as usize;
-        assert!(dropped > 0);
+        assert!(state.wait_done(Duration::from_secs(60)));
+        assert_eq!(state.dropped.load(Ordering::SeqCst) as usize, dropped);
         let mut expected = vec![b'a'; before - dropped];
         expected.extend_from_slice(ECHO_GAP_NOTE);
-        expected.extend_from_slice(&[b'b'; 10 * 4096]);
+        expected.extend_from_slice(&vec![b'b'; 10 * chunk]);
         assert!(*lock(&written) == expected);
     }
 
@@ -2190,17 +2221,13 @@ mod tests {
         let (release, released) = mpsc::channel();
         drop(release);
         let written = Arc::new(Mutex::new(Vec::new()));
-        let echo = Echo::spawn(Box::new(StuckEcho {
-            release: released,
-            released: false,
-            written: Arc::clone(&written),
-        }));
+        let echo = Echo::spawn(Box::new(StuckEcho::new(released, &written)));
         let state = Arc::clone(&echo.state);
         let text: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let log = Arc::new(ConsoleLog::new());
         let reader = spawn_reader(io::Cursor::new(text.clone()), Arc::clone(&log), Some(echo));
         reader.join().unwrap();
-        assert!(state.wait_done(Duration::from_secs(10)));
+        assert!(state.wait_done(Duration::from_secs(60)));
         // 400 000 bytes: fewer chunks than the queue holds, so none is
         // dropped however the threads run.
         assert_eq!(state.dropped.load(Ordering::SeqCst), 0);

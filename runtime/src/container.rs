@@ -812,48 +812,15 @@ impl Runtime {
                 _ => {
                     let _ = sys::wait_pid(pid);
                     let step = Step::from_raw(step);
-                    let hook_list = match step {
-                        Some(Step::CreateContainerHook | Step::CreateContainerHookStatus) => {
-                            hooks_spec.create_container().as_ref()
-                        }
-                        Some(Step::StartContainerHook | Step::StartContainerHookStatus) => {
-                            hooks_spec.start_container().as_ref()
-                        }
-                        _ => None,
-                    };
-                    if let (Some(s), Some(list)) = (step, hook_list) {
-                        let path = list
-                            .get(index as usize)
-                            .map(|h| h.path().clone())
-                            .unwrap_or_default();
-                        let id = id.to_string();
-                        let step = s.describe();
-                        return Err(match s {
-                            Step::CreateContainerHookStatus | Step::StartContainerHookStatus => {
-                                ContainerError::HookStatus {
-                                    id,
-                                    step,
-                                    path,
-                                    status: errno,
-                                }
-                            }
-                            _ if errno == libc::ETIMEDOUT => {
-                                ContainerError::HookTimeout { id, step, path }
-                            }
-                            _ => ContainerError::Child {
-                                id,
-                                step,
-                                what: format!(" {}", path.display()),
-                                source: io::Error::from_raw_os_error(errno),
-                            },
-                        });
-                    }
-                    return Err(ContainerError::Child {
-                        id: id.to_string(),
-                        step: step.map_or("setup", |s| s.describe()),
-                        what: describe_entry(plan, step, index),
-                        source: io::Error::from_raw_os_error(errno),
-                    });
+                    let what = describe_entry(plan, step, index);
+                    return Err(child_failure(
+                        id,
+                        Some(&hooks_spec),
+                        step,
+                        errno,
+                        index,
+                        what,
+                    ));
                 }
             }
         }
@@ -1187,6 +1154,60 @@ fn write_proc(path: &Path, value: &[u8]) -> io::Result<()> {
     f.write_all(value)
 }
 
+/// The error a failure record of the container's process stands for
+/// (step, errno, index): a createContainer or startContainer hook named
+/// by its path, whether it failed, timed out or could not be run; any
+/// other step with `what` (its entry, see [`describe_entry`]).
+fn child_failure(
+    id: &str,
+    hooks: Option<&oci_spec::runtime::Hooks>,
+    step: Option<Step>,
+    errno: i32,
+    index: u32,
+    what: String,
+) -> ContainerError {
+    let hook_list = match (step, hooks) {
+        (Some(Step::CreateContainerHook | Step::CreateContainerHookStatus), Some(h)) => {
+            h.create_container().as_ref()
+        }
+        (Some(Step::StartContainerHook | Step::StartContainerHookStatus), Some(h)) => {
+            h.start_container().as_ref()
+        }
+        _ => None,
+    };
+    let id = id.to_string();
+    if let (Some(s), Some(list)) = (step, hook_list) {
+        let path = list
+            .get(index as usize)
+            .map(|h| h.path().clone())
+            .unwrap_or_default();
+        let step = s.describe();
+        return match s {
+            Step::CreateContainerHookStatus | Step::StartContainerHookStatus => {
+                ContainerError::HookStatus {
+                    id,
+                    step,
+                    path,
+                    status: errno,
+                }
+            }
+            _ if errno == libc::ETIMEDOUT => ContainerError::HookTimeout { id, step, path },
+            _ => ContainerError::Child {
+                id,
+                step,
+                what: format!(" {}", path.display()),
+                source: io::Error::from_raw_os_error(errno),
+            },
+        };
+    }
+    ContainerError::Child {
+        id,
+        step: step.map_or("setup", |s| s.describe()),
+        what,
+        source: io::Error::from_raw_os_error(errno),
+    }
+}
+
 /// Names the entry a failed child step was working on.
 fn describe_entry(plan: &Plan, step: Option<Step>, index: u32) -> String {
     let i = index as usize;
@@ -1325,9 +1346,12 @@ impl Container {
     /// Lets the container's process exec its program and, once it has
     /// (after its startContainer hooks), runs the poststart hooks; a
     /// failed one ends the container and fails the start, as with runc.
-    /// Without poststart hooks it returns as soon as the process is let
-    /// go. A wait cut short (see `await_program`) is a warning in
-    /// [`warnings`].
+    /// A process that ends before exec (a startContainer hook failed or
+    /// timed out, execve failed) fails the start with its error, and no
+    /// poststart hook runs. Without poststart hooks it returns as soon as
+    /// the process is let go, as runc's does: such a failure is then only
+    /// on the container's stderr and in its exit status. A wait cut short
+    /// (see `await_program`) is a warning in [`warnings`].
     ///
     /// [`warnings`]: Container::warnings
     pub fn start(&mut self) -> Result<(), ContainerError> {
@@ -1407,7 +1431,9 @@ impl Container {
             .as_ref()
             .and_then(|h| h.poststart().clone());
         if poststart.as_ref().is_some_and(|l| !l.is_empty()) {
-            self.await_program(&f);
+            // A process that ended before exec has ended the container:
+            // its error is the start's, and no poststart hook runs.
+            self.await_program(&f)?;
         }
         drop(f);
         if let Some(list) = poststart {
@@ -1424,15 +1450,18 @@ impl Container {
     }
 
     /// After the start byte: waits until the container's process has
-    /// executed the program (or ended), so that the poststart hooks run
-    /// after it (runtime-spec: startContainer hooks, the program, then
-    /// poststart). The process holds the exec fifo, close-on-exec, until
-    /// execve: `fifo`'s write end reports POLLERR once no reader is left.
+    /// executed the program, so that the poststart hooks run after it
+    /// (runtime-spec: startContainer hooks, the program, then poststart).
+    /// The process holds the exec fifo, close-on-exec, until execve:
+    /// `fifo`'s write end reports POLLERR once no reader is left. It is
+    /// left as well when the process ends before exec (a startContainer
+    /// hook failed or timed out, execve failed): then the process's error
+    /// is returned (see `ended_before_exec`).
     /// Bounded by the startContainer hooks' timeouts (which the process
     /// enforces) plus 10 s for the rest; a hook without a timeout is
     /// waited for as long as it runs, as the program is. Past the bound,
     /// or if poll fails, the hooks run anyway, with a warning.
-    fn await_program(&mut self, fifo: &fs::File) {
+    fn await_program(&mut self, fifo: &fs::File) -> Result<(), ContainerError> {
         let hooks = self
             .record
             .hooks
@@ -1464,9 +1493,9 @@ impl Container {
                          the poststart hooks ran all the same",
                         bound.unwrap_or_default().as_secs()
                     ));
-                    return;
+                    return Ok(());
                 }
-                Ok(_) => return,
+                Ok(_) => return self.ended_before_exec(fifo),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     self.warnings.push(format!(
@@ -1474,9 +1503,70 @@ impl Container {
                          the poststart hooks ran all the same",
                         io::Error::from(e)
                     ));
-                    return;
+                    return Ok(());
                 }
             }
+        }
+    }
+
+    /// Once the exec fifo has no reader left: tells an execve, which closed
+    /// it and wrote nothing, from an end before exec. A process that fails
+    /// after start writes its error record into the fifo before it exits
+    /// (`process::child_main`); one that ended without taking the start
+    /// byte left that byte in it. The pipe and what it holds live on while
+    /// `fifo`, the write end, is open; the fifo's name is gone, so it is
+    /// read through `/proc/self/fd`, without blocking. A process killed
+    /// between the byte and execve leaves nothing, as a program that ran
+    /// and died would: the poststart hooks run then.
+    fn ended_before_exec(&mut self, fifo: &fs::File) -> Result<(), ContainerError> {
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fifo.as_raw_fd()));
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path);
+        // The start byte, then one record, at most.
+        let mut buf = [0u8; 1 + 16];
+        let mut len = 0;
+        let read = opened.and_then(|mut r| {
+            while len < buf.len() {
+                match r.read(&mut buf[len..]) {
+                    // EOF cannot come while we hold the write end; EAGAIN:
+                    // nothing (more) written.
+                    Ok(0) => break,
+                    Ok(n) => len += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = read {
+            self.warnings.push(format!(
+                "tell whether its process executed the program: read {}: {e}; \
+                 the poststart hooks ran all the same",
+                path.display()
+            ));
+            return Ok(());
+        }
+        let id = self.record.id.as_str();
+        let data = &buf[..len];
+        if let Some(rec) = data.last_chunk::<16>() {
+            let (kind, step, errno, index) = process::decode(rec);
+            if kind == process::MSG_ERROR {
+                // The plan's entries are not kept: the container's stderr
+                // has the process's own line (exec names the program).
+                let hooks = self.record.hooks.as_ref();
+                let step = Step::from_raw(step);
+                return Err(child_failure(id, hooks, step, errno, index, String::new()));
+            }
+        }
+        if data.is_empty() {
+            Ok(())
+        } else {
+            // The byte untaken (or a record we do not know): it ended
+            // without letting us know why.
+            Err(ContainerError::NotWaiting { id: id.to_string() })
         }
     }
 

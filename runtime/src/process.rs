@@ -331,7 +331,8 @@ pub struct ChildContext<'a> {
     /// Read end of the parent → child pipe (user maps written, hooks done).
     pub sync: OwnedFd,
     /// The exec fifo, opened read-write: the child blocks reading it until
-    /// `start` writes a byte.
+    /// `start` writes a byte, holds it open (close-on-exec) until execve,
+    /// and writes its error record into it when it fails instead.
     pub gate: OwnedFd,
     /// `/proc/sys` of a verified procfs, for sysctls.
     pub proc_sys: Option<OwnedFd>,
@@ -422,6 +423,13 @@ pub fn child_main(cx: &ChildContext<'_>) -> ! {
     // would read as the program's death by a signal).
     let _ = sys::block_signals(&[libc::SIGPIPE]);
     cx.send(MSG_ERROR, Some(err));
+    // The same record into the exec fifo, which only this process holds
+    // open: `start`, waiting for the fifo to lose its last reader, reads
+    // it there to tell an end before exec (a startContainer hook, exec
+    // itself) from the program's execve. Before start nobody reads it and
+    // the fifo goes with this process. Never EPIPE: the fd reads too.
+    let rec = encode(MSG_ERROR, err.step as u32, err.errno, err.index);
+    let _ = sys::write_all(cx.gate.as_fd(), &rec);
     // After start this is the container's exit status, and a caller that
     // created it elsewhere sees nothing else. As `docker run` says it: 127,
     // the program (or its #! interpreter, or its loader) is not there;

@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 use berth_runtime::ExitStatus;
 use common::{Bundle, TempDir, create_error};
@@ -382,4 +383,55 @@ fn poststart_runs_after_the_program_is_executed() {
     assert_eq!(c.wait().unwrap(), ExitStatus::Signaled(libc::SIGKILL));
     c.delete(false).unwrap();
     assert_eq!(text, "startContainer\npoststart sleep 1000\n");
+}
+
+/// runtime-spec: a failing startContainer hook is an error, and the
+/// poststart hooks do not run. The process ends before exec, which closes
+/// the exec fifo as an exec would: start tells the two apart and fails
+/// with the process's own error, for a hook that fails, one that times
+/// out, and an execve that fails (a script's missing interpreter).
+#[test]
+fn a_failing_start_container_hook_fails_start_without_poststart() {
+    let cases = [
+        (
+            Some(json!({"path": "/bin/sh", "args": ["sh", "-c", "exit 6"]})),
+            "startContainer hook failed: /bin/sh exited with status 6",
+            1,
+        ),
+        (
+            Some(json!({"path": "/bin/sleep", "args": ["sleep", "60"], "timeout": 1})),
+            "run startContainer hook: /bin/sleep timed out",
+            1,
+        ),
+        (None, "exec: No such file or directory", 127),
+    ];
+    for (start_hook, wanted, code) in cases {
+        let tmp = TempDir::new("startcontainer-fails");
+        let marker = tmp.0.join("poststart");
+        let mut b = Bundle::new();
+        b.script("sleep 30");
+        b.config["hooks"] = json!({
+            "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}", marker.display())]}]
+        });
+        match start_hook {
+            Some(h) => b.config["hooks"]["startContainer"] = json!([h]),
+            None => {
+                let script = b.rootfs().join("bin/bad.sh");
+                fs::write(&script, "#!/nonexistent/interp\nsleep 30\n").unwrap();
+                fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+                b.config["process"]["args"] = json!(["/bin/bad.sh"]);
+            }
+        }
+        b.write();
+        let t = common::runtime();
+        let id = common::unique_id("startcontainer-fails");
+        let mut c = t.rt.create(&id, b.dir(), Default::default()).unwrap();
+        let started = c.start();
+        let exited = c.wait().unwrap();
+        c.delete(true).unwrap();
+        let err = common::chain(&started.expect_err("start succeeded"));
+        assert!(err.contains(wanted), "{err}");
+        assert!(!marker.exists(), "poststart ran after: {wanted}");
+        assert_eq!(exited, ExitStatus::Exited(code), "{wanted}");
+    }
 }

@@ -143,3 +143,61 @@ fn a_filesystem_or_module_given_by_an_alias_is_shipped_by_its_module() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// ext4's `softdep pre: crc32c` names an alias, which sends the build
+/// through every module's `.modinfo`: one there that does not decompress,
+/// which nothing asked for, is a warning naming it, not the build's
+/// failure, and crc32c's module ships, loaded before ext4.
+#[test]
+fn an_unreadable_module_nobody_asked_for_is_a_warning() {
+    let dir = scratch("unreadable-module");
+    let ext4 = fake_module(b"name=ext4\0depends=\0softdep=pre: crc32c\0");
+    let crc = fake_module(b"name=crc32c_generic\0alias=crc32c\0depends=\0");
+    let kernel = dir.join("kernel");
+    fake_kernel(
+        &kernel,
+        &[
+            ("kernel/fs/ext4/ext4.ko.xz", compress(XZ, &ext4)),
+            ("kernel/crypto/crc32c_generic.ko.xz", compress(XZ, &crc)),
+            (
+                "kernel/drivers/gpu/junk.ko.xz",
+                b"\xfd7zXZ\0 not really".to_vec(),
+            ),
+        ],
+        "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/block/virtio_blk.ko\n",
+    );
+    let manifest = dir.join("manifest.json");
+    fs::write(
+        &manifest,
+        r#"{"version": 1, "data_disk": {"device": "/dev/vda", "fstype": "ext4"}}"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let o = build_with_kernel(&manifest, &out, &kernel);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "berth-build failed: {err}");
+    let junk = kernel.join(format!(
+        "lib/modules/{FAKE_RELEASE}/kernel/drivers/gpu/junk.ko.xz"
+    ));
+    let warning = format!(
+        "berth-build: warning: --kernel {}: decompress kernel module {}: ",
+        kernel.display(),
+        junk.display()
+    );
+    assert!(err.starts_with(&warning), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with("(skipped when looking up module aliases)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let x = dir.join("x");
+    extract(&out.join("initrd.img"), &x);
+    let dep =
+        fs::read_to_string(x.join(format!("lib/modules/{FAKE_RELEASE}/modules.dep"))).unwrap();
+    assert_eq!(
+        dep,
+        "kernel/crypto/crc32c_generic.ko:\nkernel/fs/ext4/ext4.ko: kernel/crypto/crc32c_generic.ko\n"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

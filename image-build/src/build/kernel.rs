@@ -100,8 +100,12 @@ pub struct KernelTree {
     pub builtin: BTreeSet<String>,
     /// The raw `modules.builtin` text (copied into the initramfs).
     pub builtin_text: String,
-    /// Read on the first lookup of a name that is no module's.
-    aliases: OnceCell<Aliases>,
+    /// Alias → the built-in module that has it (`modules.builtin.modinfo`),
+    /// keyed by [`alias_key`].
+    builtin_aliases: BTreeMap<String, String>,
+    /// Read on the first lookup of a name that no module and nothing
+    /// built in has.
+    module_aliases: OnceCell<ModuleAliases>,
 }
 
 /// What provides a name given for a module (a module's name, or an alias
@@ -216,6 +220,8 @@ impl KernelTree {
             .filter(|l| !l.is_empty())
             .map(module_name)
             .collect();
+        let builtin_modinfo =
+            fs::read(modules_dir.join("modules.builtin.modinfo")).unwrap_or_default();
         Ok(KernelTree {
             release,
             vmlinuz,
@@ -223,7 +229,8 @@ impl KernelTree {
             modules,
             builtin,
             builtin_text,
-            aliases: OnceCell::new(),
+            builtin_aliases: builtin_aliases(&builtin_modinfo),
+            module_aliases: OnceCell::new(),
         })
     }
 
@@ -284,6 +291,9 @@ impl KernelTree {
                     path: plain_path(rel).to_owned(),
                     source: rel.clone(),
                     deps,
+                    // A plain file is copied from the tree when shipped;
+                    // a compressed one is not decompressed again.
+                    decompressed: (plain_path(rel) != rel).then_some(bytes),
                 },
             );
         }
@@ -291,14 +301,14 @@ impl KernelTree {
     }
 }
 
-/// Module aliases (`alias=` in `.modinfo`): of the module files, and the
-/// ones built-in modules provide; keyed by [`alias_key`].
-#[derive(Debug)]
-struct Aliases {
+/// The aliases of the module files, keyed by [`alias_key`].
+#[derive(Debug, Default)]
+struct ModuleAliases {
     /// Alias → the module files that have it.
-    modules: BTreeMap<String, Vec<String>>,
-    /// Alias → the built-in module that has it.
-    builtin: BTreeMap<String, String>,
+    by_alias: BTreeMap<String, Vec<String>>,
+    /// The module files whose `.modinfo` could not be read (without a
+    /// `modules.alias`): left out of `by_alias`, each with why.
+    skipped: Vec<KernelError>,
 }
 
 /// An alias as kmod compares them (libkmod `alias_normalize`): `-` and
@@ -320,12 +330,11 @@ impl KernelTree {
         if self.builtin.contains(&name) {
             return Ok(Provider::Builtin(name));
         }
-        let aliases = self.aliases()?;
         let key = alias_key(wanted);
-        if let Some(module) = aliases.builtin.get(&key) {
+        if let Some(module) = self.builtin_aliases.get(&key) {
             return Ok(Provider::Builtin(module.clone()));
         }
-        Ok(match aliases.modules.get(&key) {
+        Ok(match self.module_aliases()?.by_alias.get(&key) {
             Some(modules) => Provider::Modules(modules.clone()),
             None => Provider::Missing,
         })
@@ -341,39 +350,98 @@ impl KernelTree {
         })
     }
 
-    fn aliases(&self) -> Result<&Aliases, KernelError> {
-        if let Some(aliases) = self.aliases.get() {
-            return Ok(aliases);
-        }
-        let aliases = self.read_aliases()?;
-        Ok(self.aliases.get_or_init(|| aliases))
+    /// The module files left out of the alias lookups so far because they
+    /// could not be read: a build goes on without them (the caller warns),
+    /// as modprobe does; one asked for by name still fails [`Self::resolve`].
+    pub fn skipped_modules(&self) -> &[KernelError] {
+        self.module_aliases
+            .get()
+            .map_or(&[], |aliases| aliases.skipped.as_slice())
     }
 
-    /// Every alias of every module file (each file's `.modinfo`, read once
-    /// per build and only when a name is looked up that no module has) and
-    /// of the built-in modules (`modules.builtin.modinfo`).
-    fn read_aliases(&self) -> Result<Aliases, KernelError> {
-        let mut modules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    fn module_aliases(&self) -> Result<&ModuleAliases, KernelError> {
+        if let Some(aliases) = self.module_aliases.get() {
+            return Ok(aliases);
+        }
+        let aliases = self.read_module_aliases()?;
+        Ok(self.module_aliases.get_or_init(|| aliases))
+    }
+
+    /// The aliases of the module files: depmod's `modules.alias` when the
+    /// tree has one (an installed system's; Debian's packages ship none,
+    /// their postinst runs depmod), else every module file's `.modinfo`,
+    /// read once per build and only when a name is looked up that no
+    /// module has. A module file that cannot be read there is skipped,
+    /// not an error: a build must not fail on a module nobody asked for.
+    fn read_module_aliases(&self) -> Result<ModuleAliases, KernelError> {
+        let index = self.modules_dir.join("modules.alias");
+        match fs::read(&index) {
+            Ok(text) => {
+                return Ok(ModuleAliases {
+                    by_alias: modules_alias(&String::from_utf8_lossy(&text), &self.modules),
+                    skipped: Vec::new(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KernelError::Read {
+                    path: index,
+                    source,
+                });
+            }
+        }
+        let mut aliases = ModuleAliases::default();
         for (name, rel) in &self.modules {
-            let bytes = self.read_module(rel)?;
-            let path = self.modules_dir.join(rel);
-            let info = elf::modinfo(&bytes).map_err(|source| KernelError::Elf {
-                path: path.clone(),
-                source,
-            })?;
+            let info = self.read_module(rel).and_then(|bytes| {
+                elf::modinfo(&bytes).map_err(|source| KernelError::Elf {
+                    path: self.modules_dir.join(rel),
+                    source,
+                })
+            });
+            let info = match info {
+                Ok(info) => info,
+                Err(e) => {
+                    aliases.skipped.push(e);
+                    continue;
+                }
+            };
             for (key, value) in info {
                 if key == "alias" {
-                    let providers = modules.entry(alias_key(&value)).or_default();
+                    let providers = aliases.by_alias.entry(alias_key(&value)).or_default();
                     if !providers.contains(name) {
                         providers.push(name.clone());
                     }
                 }
             }
         }
-        let text = fs::read(self.modules_dir.join("modules.builtin.modinfo")).unwrap_or_default();
-        let builtin = builtin_aliases(&text);
-        Ok(Aliases { modules, builtin })
+        Ok(aliases)
     }
+}
+
+/// `modules.alias` as depmod writes it (`alias PATTERN MODULE` lines,
+/// `#` comments), by [`alias_key`], for the modules of `modules` (a line
+/// naming another, left from an older tree, is passed over). Patterns are
+/// matched whole, as `.modinfo` aliases are: the names looked up are
+/// `fs-*`, `net-pf-*`, crypto names, not device ids.
+fn modules_alias(text: &str, modules: &BTreeMap<String, String>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some("alias"), Some(alias), Some(module), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let module = module_name(module);
+        if !modules.contains_key(&module) {
+            continue;
+        }
+        let providers = out.entry(alias_key(alias)).or_default();
+        if !providers.contains(&module) {
+            providers.push(module);
+        }
+    }
+    out
 }
 
 /// The aliases in `modules.builtin.modinfo` (`module.alias=value`
@@ -427,6 +495,9 @@ pub struct ResolvedModule {
     /// Direct dependencies (names), built-ins included, and the modules
     /// that provide its `softdep pre:` names.
     pub deps: Vec<String>,
+    /// What a compressed `source` decompressed to, kept from the read
+    /// that found its dependencies; `None` for a plain `.ko`.
+    pub decompressed: Option<Vec<u8>>,
 }
 
 /// The `depends=` names of a module file (empty when it has none).
@@ -627,6 +698,7 @@ pub(crate) mod tests {
             path: path.into(),
             source: path.into(),
             deps: deps.iter().map(|d| d.to_string()).collect(),
+            decompressed: None,
         }
     }
 
@@ -755,6 +827,8 @@ pub(crate) mod tests {
         for (m, plain) in resolved.iter().zip([&bar, &baz, &evdev, &foo]) {
             let bytes = kt.read_module(&m.source).unwrap();
             assert_eq!(&bytes, plain, "{}", m.source);
+            // Kept from the read that found its dependencies.
+            assert_eq!(m.decompressed.as_ref(), Some(plain), "{}", m.source);
             let info = elf::modinfo(&bytes).unwrap();
             assert!(info.contains(&("name".into(), m.name.clone())), "{info:?}");
         }
@@ -790,6 +864,110 @@ pub(crate) mod tests {
             let err = kt.resolve(&[name.into()]).unwrap_err();
             assert_eq!(err.to_string(), want);
         }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// ext4's `softdep pre: crc32c` names an alias, so every module's
+    /// `.modinfo` is read to find it: one module that cannot be read (not
+    /// asked for, not depended on) is skipped and named, not the build's
+    /// failure.
+    #[test]
+    fn an_unreadable_module_is_skipped_when_looking_up_aliases() {
+        use crate::build::elf::tests::fake_module;
+        let ext4 = fake_module(b"name=ext4\0depends=\0softdep=pre: crc32c\0");
+        let crc = fake_module(b"name=crc32c_generic\0alias=crc32c\0alias=crypto-crc32c\0");
+        let root = fake_tree(
+            "skip-unreadable",
+            &[
+                ("kernel/fs/ext4/ext4.ko.xz", compress(XZ, &ext4)),
+                ("kernel/crypto/crc32c_generic.ko.zst", compress(ZSTD, &crc)),
+                (
+                    "kernel/drivers/gpu/junk.ko.xz",
+                    b"\xfd7zXZ\0 not really".to_vec(),
+                ),
+                ("kernel/drivers/gpu/odd.ko.bz2", b"BZh9".to_vec()),
+                ("kernel/drivers/gpu/text.ko", b"not an ELF file".to_vec()),
+            ],
+        );
+        let kt = KernelTree::open(&root).unwrap();
+        assert!(kt.skipped_modules().is_empty(), "nothing looked up yet");
+        let resolved = kt.resolve(&["ext4".into()]).unwrap();
+        let names: Vec<(&str, &[String])> = resolved
+            .iter()
+            .map(|m| (m.name.as_str(), m.deps.as_slice()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("crc32c_generic", &[][..]),
+                ("ext4", &["crc32c_generic".to_owned()][..])
+            ]
+        );
+        assert_eq!(
+            kt.provider("crypto-crc32c").unwrap(),
+            Provider::Modules(vec!["crc32c_generic".into()])
+        );
+        let dir = kt.modules_dir.display().to_string();
+        let skipped: Vec<String> = kt.skipped_modules().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            skipped,
+            [
+                format!("decompress kernel module {dir}/kernel/drivers/gpu/junk.ko.xz"),
+                format!(
+                    "kernel module {dir}/kernel/drivers/gpu/odd.ko.bz2 is compressed in a format \
+                     berth-build cannot read (it reads .ko, .ko.gz, .ko.xz and .ko.zst files)"
+                ),
+                format!("kernel module {dir}/kernel/drivers/gpu/text.ko"),
+            ]
+        );
+        // Asked for by name, it is still an error.
+        let err = kt.resolve(&["junk".into()]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("decompress kernel module {dir}/kernel/drivers/gpu/junk.ko.xz")
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// depmod's `modules.alias`, where the tree has one, answers alias
+    /// lookups without reading a module: an alias only it has resolves,
+    /// a line for a module not in the tree is passed over, and the
+    /// unreadable module is never opened.
+    #[test]
+    fn modules_alias_is_used_when_the_tree_has_it() {
+        use crate::build::elf::tests::fake_module;
+        let ext4 = fake_module(b"name=ext4\0depends=\0softdep=pre: crc32c\0");
+        let crc = fake_module(b"name=crc32c_generic\0");
+        let root = fake_tree(
+            "modules-alias",
+            &[
+                ("kernel/fs/ext4/ext4.ko.xz", compress(XZ, &ext4)),
+                ("kernel/crypto/crc32c-generic.ko.xz", compress(XZ, &crc)),
+                (
+                    "kernel/drivers/gpu/junk.ko.xz",
+                    b"\xfd7zXZ\0 not really".to_vec(),
+                ),
+                (
+                    "modules.alias",
+                    b"# Aliases extracted from modules themselves.\n\
+                      alias crc32c crc32c-generic\n\
+                      alias fs-only-here ext4\n\
+                      alias fs-gone gone_module\n\
+                      alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n"
+                        .to_vec(),
+                ),
+            ],
+        );
+        let kt = KernelTree::open(&root).unwrap();
+        assert_eq!(
+            kt.provider("fs_only-here").unwrap(),
+            Provider::Modules(vec!["ext4".into()])
+        );
+        assert_eq!(kt.provider("fs-gone").unwrap(), Provider::Missing);
+        let resolved = kt.resolve(&["ext4".into()]).unwrap();
+        let entry = resolved.iter().find(|m| m.name == "ext4").unwrap();
+        assert_eq!(entry.deps, ["crc32c_generic"]);
+        assert!(kt.skipped_modules().is_empty());
         fs::remove_dir_all(&root).unwrap();
     }
 

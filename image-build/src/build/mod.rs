@@ -781,18 +781,27 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             wanted.push((*m).to_owned());
         }
     }
-    let resolved = kt.resolve(&wanted).map_err(kernel_err)?;
+    let resolved = kt.resolve(&wanted);
+    // Said before a failed resolution too: a name not found may be the
+    // alias of a module skipped here.
+    for e in kt.skipped_modules() {
+        note!(
+            "berth-build: warning: --kernel {}: {} (skipped when looking up module aliases)",
+            opts.kernel.display(),
+            crate::report(e)
+        );
+    }
+    let mut resolved = resolved.map_err(kernel_err)?;
     let mods_dir = format!("lib/modules/{}", kt.release);
-    for m in &resolved {
+    for m in &mut resolved {
         let archive = format!("{mods_dir}/{}", m.path);
-        if m.source == m.path {
-            tree.host_file(&archive, 0o644, &kt.modules_dir.join(&m.source))
-                .map_err(cpio)?;
-        } else {
+        match m.decompressed.take() {
             // Compressed in the tree: shipped plain, as `modules.dep`
             // names it (see [`kernel`]).
-            let bytes = kt.read_module(&m.source).map_err(kernel_err)?;
-            tree.bytes(&archive, 0o644, bytes).map_err(cpio)?;
+            Some(bytes) => tree.bytes(&archive, 0o644, bytes).map_err(cpio)?,
+            None => tree
+                .host_file(&archive, 0o644, &kt.modules_dir.join(&m.source))
+                .map_err(cpio)?,
         }
     }
     tree.bytes(

@@ -614,7 +614,8 @@ impl Runtime {
         // and a path through /proc/self/fd/N of a host directory leads out
         // of the root). The namespaces to join are used before the first
         // close, the host's /proc/sys until the sysctls are written; at
-        // exec only the report pipe and the init's sealed copy are left.
+        // exec only the report pipe, the exec fifo (the gate) and the
+        // init's sealed copy are left, all close-on-exec, none a directory.
         let mut keep_fds: Vec<RawFd> =
             vec![report_w.as_raw_fd(), sync_r.as_raw_fd(), gate.as_raw_fd()];
         keep_fds.extend(proc_sys.as_ref().map(|f| f.as_raw_fd()));

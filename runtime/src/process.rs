@@ -569,12 +569,13 @@ fn setup_and_exec(cx: &ChildContext<'_>) -> Result<Never, ChildError> {
         &cx.keep_for_start,
     )?;
     // Every fd but stdio is closed now or at exec (CVE-2024-21626); the
-    // report pipe stays usable until then so an exec failure still
-    // reaches the parent. Before the late filter, so that close_range
-    // need not be in the profile; after the early one, one close(2) at a
-    // time if it is not. What is kept is close-on-exec from its opening
-    // (the parent makes sure of it); marking every fd so as well is only
-    // a second line, which such a profile may deny.
+    // report pipe and the exec fifo stay usable until then so an exec
+    // failure still reaches the parent, or `start` (whose poststart hooks
+    // wait for the fifo to close). Before the late filter, so that
+    // close_range need not be in the profile; after the early one, one
+    // close(2) at a time if it is not. What is kept is close-on-exec from
+    // its opening (the parent makes sure of it); marking every fd so as
+    // well is only a second line, which such a profile may deny.
     close_each_unless_range(&cx.keep_at_exec, &cx.keep_for_start).map_err(at(Step::CloseFds, 2))?;
     let _ = sys::cloexec_from(3);
     if plan.no_new_privs

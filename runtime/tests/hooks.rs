@@ -357,6 +357,11 @@ fn poststop_runs_once_when_a_delete_is_tried_again() {
 /// at most) for a file the poststart hook makes: a poststart hook that
 /// ran before the program would make it at once and find the process
 /// still in the runtime's code; run in order it finds the program.
+/// `start` learns of the exec when the fifo is closed, inside execve and
+/// before the kernel sets the new argument area (begin_new_exec, then
+/// create_elf_tables): a hook quick enough reads an empty cmdline, so it
+/// reads again until there is one (5 s at most). The runtime's own
+/// cmdline is never empty: an early hook still reads it and fails.
 #[test]
 fn poststart_runs_after_the_program_is_executed() {
     let shared = TempDir::new("poststart-order");
@@ -370,7 +375,10 @@ fn poststart_runs_after_the_program_is_executed() {
         "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
             "i=0; while [ ! -e /shared/poststart ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; echo startContainer >> /shared/log"]}],
         "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
-            "pid=$(grep -o '\"pid\": *[0-9]*' | grep -o '[0-9]*$'); echo poststart $(tr '\\0' ' ' < /proc/$pid/cmdline) >> {0}; touch {1}",
+            "pid=$(grep -o '\"pid\": *[0-9]*' | grep -o '[0-9]*$'); i=0; cmd=; \
+             while [ -z \"$cmd\" ] && [ $i -lt 50 ]; do \
+             cmd=$(tr '\\0' ' ' < /proc/$pid/cmdline); [ -n \"$cmd\" ] || sleep 0.1; i=$((i+1)); done; \
+             echo poststart $cmd >> {0}; touch {1}",
             log.display(), shared.0.join("poststart").display())]}]
     });
     b.write();

@@ -1156,35 +1156,38 @@ impl Vm {
         )))
     }
 
-    /// Kills QEMU (SIGKILL) and reaps it. Waits for the exit meanwhile
-    /// (in other threads) wait for this one.
+    /// Kills QEMU (SIGKILL) and waits until it is reaped.
+    ///
+    /// The signal is sent under the process lock, but the wait polls
+    /// [`Vm::try_exit`] without holding it: a QEMU in uninterruptible
+    /// sleep (a disk image on a hung NFS server) dies only when its I/O
+    /// returns, and a `wait` under the lock would hold up every other
+    /// thread's `try_exit`, and `wait_exit` and `stop` past their
+    /// timeouts. Whichever thread reaps it, all see the same status.
     pub fn kill(&self) -> Result<ExitStatus, VmError> {
-        let mut process = lock(&self.process);
-        if process.exit.is_none() {
-            // Exited on its own already: not stopped by us.
-            process.exit = process
+        {
+            let mut process = lock(&self.process);
+            if process.exit.is_none() {
+                // Exited on its own already: not stopped by us.
+                process.exit = process
+                    .child
+                    .try_wait()
+                    .map_err(|source| VmError::Wait { source })?;
+            }
+            if let Some(status) = process.exit {
+                self.end_monitor();
+                return Ok(status);
+            }
+            self.host_stopped.store(true, Ordering::SeqCst);
+            // It may have exited since: not reaped yet (that takes this
+            // lock), its pid is still ours, and the kill is harmless.
+            process
                 .child
-                .try_wait()
-                .map_err(|source| VmError::Wait { source })?;
+                .kill()
+                .map_err(|source| VmError::Kill { source })?;
         }
-        if let Some(status) = process.exit {
-            self.end_monitor();
-            return Ok(status);
-        }
-        self.host_stopped.store(true, Ordering::SeqCst);
-        // It may have exited since: not reaped yet, its pid is still ours,
-        // and the kill is harmless.
-        process
-            .child
-            .kill()
-            .map_err(|source| VmError::Kill { source })?;
-        let status = process
-            .child
-            .wait()
-            .map_err(|source| VmError::Wait { source })?;
-        process.exit = Some(status);
-        self.end_monitor();
-        Ok(status)
+        // No timeout: the kill is certain to end it, only not when.
+        self.wait_exit(Duration::MAX)
     }
 
     /// Stops QEMU promptly, whatever its monitor is doing: QMP `quit`,

@@ -30,6 +30,8 @@ mod args;
 mod build;
 mod inspect;
 mod interrupt;
+#[cfg(test)]
+mod testing;
 mod unpack;
 
 use std::error::Error;

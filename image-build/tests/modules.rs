@@ -8,12 +8,8 @@ mod common;
 use std::fs;
 
 use common::{
-    FAKE_RELEASE, build_with_kernel, compress, extract, fake_kernel, fake_module, scratch,
+    FAKE_RELEASE, XZ, ZSTD, build_with_kernel, compress, extract, fake_kernel, fake_module, scratch,
 };
-
-/// scripts/Makefile.modinst's compressions.
-const XZ: &[&str] = &["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"];
-const ZSTD: &[&str] = &["zstd", "-q", "-T0", "--ultra", "-22", "-c"];
 
 /// A kernel whose modules are all compressed builds (before, evdev, which
 /// every build ships for the power button, failed it): the initrd holds

@@ -167,38 +167,9 @@ pub fn modinfo(b: &[u8]) -> Result<Vec<(String, String)>, ElfError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A minimal ELF64 with one `.modinfo` section and a section name table.
-    pub(crate) fn fake_module(modinfo: &[u8]) -> Vec<u8> {
-        let names = b"\0.shstrtab\0.modinfo\0";
-        let mut b = vec![0u8; 0x40];
-        b[..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
-        let names_off = b.len() as u64;
-        b.extend_from_slice(names);
-        let info_off = b.len() as u64;
-        b.extend_from_slice(modinfo);
-        let shoff = b.len() as u64;
-        b[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-        b[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
-        b[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-        for (name, off, size) in [
-            (0u32, 0u64, 0u64),
-            (1, names_off, names.len() as u64),
-            (11, info_off, modinfo.len() as u64),
-        ] {
-            let mut h = [0u8; 64];
-            h[..4].copy_from_slice(&name.to_le_bytes());
-            h[0x18..0x20].copy_from_slice(&off.to_le_bytes());
-            h[0x20..0x28].copy_from_slice(&size.to_le_bytes());
-            b.extend_from_slice(&h);
-        }
-        b
-    }
+    use crate::testing::fake_module;
 
     #[test]
     fn modinfo_of_a_built_file() {

@@ -689,8 +689,11 @@ impl KernelTree {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testing::{
+        FAKE_RELEASE, GZIP, XZ, ZSTD, compress, fake_kernel, fake_module, scratch,
+    };
 
     fn m(name: &str, path: &str, deps: &[&str]) -> ResolvedModule {
         ResolvedModule {
@@ -706,16 +709,13 @@ pub(crate) mod tests {
     /// kernel image and the modules must be files of the tree.
     #[test]
     fn symlinks_to_the_kernel_or_a_module_are_refused() {
-        let root = std::env::temp_dir().join(format!("berth-ktree-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let r = "6.1.0-0-cloud-amd64";
-        let modules = root.join(format!("lib/modules/{r}/kernel"));
-        fs::create_dir_all(&modules).unwrap();
-        fs::create_dir_all(root.join("boot")).unwrap();
-        fs::write(root.join(format!("boot/config-{r}")), "CONFIG_RD_ZSTD=y\n").unwrap();
+        let root = scratch("ktree-symlinks");
+        fake_kernel(&root, &[], "");
+        let r = FAKE_RELEASE;
+        let vmlinuz = root.join(format!("boot/vmlinuz-{r}"));
         fs::write(root.join("secret"), "the build host's").unwrap();
-        std::os::unix::fs::symlink(root.join("secret"), root.join(format!("boot/vmlinuz-{r}")))
-            .unwrap();
+        fs::remove_file(&vmlinuz).unwrap();
+        std::os::unix::fs::symlink(root.join("secret"), &vmlinuz).unwrap();
         let err = KernelTree::open(&root).unwrap_err().to_string();
         assert_eq!(
             err,
@@ -723,8 +723,10 @@ pub(crate) mod tests {
                 "boot/vmlinuz-{r} is a symlink, not a file of the tree (the appliance takes files, not what links reach)"
             )
         );
-        fs::remove_file(root.join(format!("boot/vmlinuz-{r}"))).unwrap();
-        fs::write(root.join(format!("boot/vmlinuz-{r}")), "bzImage").unwrap();
+        fs::remove_file(&vmlinuz).unwrap();
+        fs::write(&vmlinuz, "bzImage").unwrap();
+        let modules = root.join(format!("lib/modules/{r}/kernel"));
+        fs::create_dir_all(&modules).unwrap();
         std::os::unix::fs::symlink(root.join("secret"), modules.join("evil.ko")).unwrap();
         let err = KernelTree::open(&root).unwrap_err().to_string();
         assert!(
@@ -734,57 +736,17 @@ pub(crate) mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
-    /// A kernel tree at a new temporary directory, with `modules`
-    /// (path below `lib/modules/<release>`, bytes).
-    pub(crate) fn fake_tree(tag: &str, modules: &[(&str, Vec<u8>)]) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("berth-ktree-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let r = "6.12.0-0-cloud-amd64";
-        fs::create_dir_all(root.join("boot")).unwrap();
-        fs::write(root.join(format!("boot/config-{r}")), "CONFIG_RD_ZSTD=y\n").unwrap();
-        fs::write(root.join(format!("boot/vmlinuz-{r}")), "bzImage").unwrap();
-        let dir = root.join(format!("lib/modules/{r}"));
-        fs::create_dir_all(&dir).unwrap();
-        for (path, bytes) in modules {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, bytes).unwrap();
-        }
-        root
-    }
-
-    /// `bytes` through a compressor's command line, as a kernel build or a
-    /// distribution compresses its modules.
-    pub(crate) fn compress(argv: &[&str], bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} missing ({e}): apt-get install xz-utils zstd", argv[0]));
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{argv:?}");
-        out.stdout
-    }
-
-    /// scripts/Makefile.modinst's compressions, and gzip's.
-    pub(crate) const XZ: &[&str] = &["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"];
-    pub(crate) const ZSTD: &[&str] = &["zstd", "-q", "-T0", "--ultra", "-22", "-c"];
-    pub(crate) const GZIP: &[&str] = &["gzip", "-n", "-9", "-c"];
-
     /// Debian (xz since trixie) and Ubuntu (zstd) compress their modules:
     /// read decompressed, named as plain `.ko` files in `modules.dep`.
     #[test]
     fn compressed_modules_are_read_decompressed_and_shipped_plain() {
-        use crate::build::elf::tests::fake_module;
         let evdev = fake_module(b"name=evdev\0depends=\0");
         let foo = fake_module(b"name=foo\0depends=bar,baz\0");
         let bar = fake_module(b"name=bar\0depends=\0");
         let baz = fake_module(b"name=baz\0depends=\0");
-        let root = fake_tree(
-            "compressed",
+        let root = scratch("ktree-compressed");
+        fake_kernel(
+            &root,
             &[
                 ("kernel/drivers/input/evdev.ko.xz", compress(XZ, &evdev)),
                 ("kernel/foo/foo.ko.zst", compress(ZSTD, &foo)),
@@ -805,6 +767,7 @@ pub(crate) mod tests {
                 }),
                 ("kernel/bad/odd.ko.bz2", b"BZh9".to_vec()),
             ],
+            "",
         );
         let kt = KernelTree::open(&root).unwrap();
         let resolved = kt.resolve(&["foo".into(), "evdev".into()]).unwrap();
@@ -873,11 +836,11 @@ pub(crate) mod tests {
     /// failure.
     #[test]
     fn an_unreadable_module_is_skipped_when_looking_up_aliases() {
-        use crate::build::elf::tests::fake_module;
         let ext4 = fake_module(b"name=ext4\0depends=\0softdep=pre: crc32c\0");
         let crc = fake_module(b"name=crc32c_generic\0alias=crc32c\0alias=crypto-crc32c\0");
-        let root = fake_tree(
-            "skip-unreadable",
+        let root = scratch("ktree-skip-unreadable");
+        fake_kernel(
+            &root,
             &[
                 ("kernel/fs/ext4/ext4.ko.xz", compress(XZ, &ext4)),
                 ("kernel/crypto/crc32c_generic.ko.zst", compress(ZSTD, &crc)),
@@ -888,6 +851,7 @@ pub(crate) mod tests {
                 ("kernel/drivers/gpu/odd.ko.bz2", b"BZh9".to_vec()),
                 ("kernel/drivers/gpu/text.ko", b"not an ELF file".to_vec()),
             ],
+            "",
         );
         let kt = KernelTree::open(&root).unwrap();
         assert!(kt.skipped_modules().is_empty(), "nothing looked up yet");
@@ -935,11 +899,11 @@ pub(crate) mod tests {
     /// unreadable module is never opened.
     #[test]
     fn modules_alias_is_used_when_the_tree_has_it() {
-        use crate::build::elf::tests::fake_module;
         let ext4 = fake_module(b"name=ext4\0depends=\0softdep=pre: crc32c\0");
         let crc = fake_module(b"name=crc32c_generic\0");
-        let root = fake_tree(
-            "modules-alias",
+        let root = scratch("ktree-modules-alias");
+        fake_kernel(
+            &root,
             &[
                 ("kernel/fs/ext4/ext4.ko.xz", compress(XZ, &ext4)),
                 ("kernel/crypto/crc32c-generic.ko.xz", compress(XZ, &crc)),
@@ -957,6 +921,7 @@ pub(crate) mod tests {
                         .to_vec(),
                 ),
             ],
+            "",
         );
         let kt = KernelTree::open(&root).unwrap();
         assert_eq!(

@@ -459,10 +459,10 @@ fn bundle_files_with_extended_attributes_are_refused() {
 /// the module that has it: berth-init loads modules by name only.
 #[test]
 fn modules_given_by_an_alias_are_written_by_their_names() {
-    use kernel::tests::fake_tree;
-    let module = |info: &[u8]| elf::tests::fake_module(info);
-    let root = fake_tree(
-        "aliases",
+    use crate::testing::{fake_kernel, fake_module as module, scratch};
+    let root = scratch("aliases");
+    fake_kernel(
+        &root,
         &[
             (
                 "kernel/fs/isofs/isofs.ko",
@@ -481,14 +481,11 @@ fn modules_given_by_an_alias_are_written_by_their_names() {
                 module(b"name=virtio_blk\0depends=\0"),
             ),
             (
-                "modules.builtin",
-                b"kernel/crypto/crc32c_generic.ko\n".to_vec(),
-            ),
-            (
                 "modules.builtin.modinfo",
                 b"crc32c_generic.alias=crypto-crc32c\0crc32c_generic.license=GPL\0".to_vec(),
             ),
         ],
+        "kernel/crypto/crc32c_generic.ko\n",
     );
     let kt = KernelTree::open(&root).unwrap();
     let lookup = |m: &str| {

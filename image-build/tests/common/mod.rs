@@ -1,7 +1,8 @@
 //! Helpers shared by the end-to-end tests of `berth-build` (each test file
 //! uses a subset, hence the `dead_code` allowance): root and tool checks that
 //! fail with an install hint, the cloud kernel, the static PID 1, running
-//! `berth-build`.
+//! `berth-build`; with the fixtures the unit tests use too (fake kernel
+//! trees and modules, compressors), from `src/testing.rs`.
 #![allow(dead_code)]
 
 use std::fs;
@@ -10,15 +11,14 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+// The unit tests' fixtures, shared by path: berth-build has no library to
+// import them from.
+#[path = "../../src/testing.rs"]
+mod testing;
+pub use testing::*;
+
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
 pub const TIMEOUT: Duration = Duration::from_secs(180);
-
-pub fn require_tool(tool: &str, hint: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(found, "{tool} missing: {hint}");
-}
 
 pub fn require_root() {
     assert!(
@@ -30,13 +30,6 @@ pub fn require_root() {
 /// The workspace root.
 pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
-
-pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-build-e2e-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 pub fn sh(script: &str) {
@@ -219,75 +212,6 @@ pub fn one_blob_layout(
     )
     .unwrap();
     layout
-}
-
-/// A minimal ELF64 kernel module: a section name table and a `.modinfo`
-/// section holding `modinfo` (`key=value\0` records), which is all
-/// berth-build reads of a module.
-pub fn fake_module(modinfo: &[u8]) -> Vec<u8> {
-    let names = b"\0.shstrtab\0.modinfo\0";
-    let mut b = vec![0u8; 0x40];
-    b[..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2;
-    b[5] = 1;
-    let names_off = b.len() as u64;
-    b.extend_from_slice(names);
-    let info_off = b.len() as u64;
-    b.extend_from_slice(modinfo);
-    let shoff = b.len() as u64;
-    b[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-    b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-    b[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
-    b[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-    for (name, off, size) in [
-        (0u32, 0u64, 0u64),
-        (1, names_off, names.len() as u64),
-        (11, info_off, modinfo.len() as u64),
-    ] {
-        let mut h = [0u8; 64];
-        h[..4].copy_from_slice(&name.to_le_bytes());
-        h[0x18..0x20].copy_from_slice(&off.to_le_bytes());
-        h[0x20..0x28].copy_from_slice(&size.to_le_bytes());
-        b.extend_from_slice(&h);
-    }
-    b
-}
-
-/// The release of [`fake_kernel`]'s tree.
-pub const FAKE_RELEASE: &str = "6.12.0-0-cloud-amd64";
-
-/// An unpacked kernel tree at `root` with `modules` (path below
-/// `lib/modules/<release>`, bytes) and `modules.builtin` (module paths);
-/// its `vmlinuz` boots nothing.
-pub fn fake_kernel(root: &Path, modules: &[(&str, Vec<u8>)], builtin: &str) {
-    let r = FAKE_RELEASE;
-    fs::create_dir_all(root.join("boot")).unwrap();
-    fs::write(root.join(format!("boot/config-{r}")), "CONFIG_RD_ZSTD=y\n").unwrap();
-    fs::write(root.join(format!("boot/vmlinuz-{r}")), "bzImage").unwrap();
-    let dir = root.join(format!("lib/modules/{r}"));
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("modules.builtin"), builtin).unwrap();
-    for (path, bytes) in modules {
-        let path = dir.join(path);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, bytes).unwrap();
-    }
-}
-
-/// `bytes` through a compressor's command line (`["xz", "-c"]`).
-pub fn compress(argv: &[&str], bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    require_tool(argv[0], "apt-get install xz-utils zstd gzip");
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{argv:?}");
-    out.stdout
 }
 
 /// `berth-build build MANIFEST -o OUT --kernel KERNEL` with the static init.

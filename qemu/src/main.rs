@@ -256,6 +256,7 @@ fn failure_line(err: &anyhow::Error) -> String {
 }
 
 fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
+    let quit_grace = parse_quit_grace(std::env::var_os(QUIT_GRACE_ENV).as_deref())?;
     let appliance = Appliance::from_dir(&outdir).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     // Registered before anything is made, so a Ctrl-C during the disk's
     // creation (mkfs runs in its own process group) or the boot reaches
@@ -311,7 +312,7 @@ fn run(outdir: PathBuf, config: VmConfig) -> anyhow::Result<ExitCode> {
 
     let signal_thread = {
         let vm = Arc::clone(&vm);
-        std::thread::spawn(move || handle_signals(&vm, &mut signals))
+        std::thread::spawn(move || handle_signals(&vm, &mut signals, quit_grace))
     };
     spawn_console_input(Arc::downgrade(&vm));
 
@@ -428,16 +429,17 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 /// Ctrl-C (or SIGTERM) once: press the power button until the guest hears
-/// it; twice: stop QEMU ([`Vm::stop`]: QMP `quit`, SIGKILL [`QUIT_GRACE`]
-/// later); three times: SIGKILL now. Returns when the signals were closed
-/// (QEMU exited), after the presser and the stopper ended.
+/// it; twice: stop QEMU ([`Vm::stop`]: QMP `quit`, SIGKILL `quit_grace`
+/// ([`QUIT_GRACE`]) later); three times: SIGKILL now. Returns when the
+/// signals were closed (QEMU exited), after the presser and the stopper
+/// ended.
 ///
 /// SIGHUP (the terminal went away, an SSH session dropped) powers down as
 /// the first Ctrl-C does, so the data disk is unmounted cleanly instead of
 /// QEMU being killed with berth-qemu; as nobody is left to press Ctrl-C
 /// again, QEMU is stopped if the guest is still up [`HANGUP_GRACE`] later.
 /// A SIGHUP after the first signal changes nothing.
-fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
+fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals, quit_grace: Duration) {
     let stop_pressing = Arc::new(AtomicBool::new(false));
     let mut presser: Option<JoinHandle<()>> = None;
     let mut stopper: Option<JoinHandle<()>> = None;
@@ -449,7 +451,7 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
                     HANGUP_GRACE.as_secs()
                 );
                 let vm = Arc::downgrade(vm);
-                std::thread::spawn(move || stop_after(&vm, HANGUP_GRACE));
+                std::thread::spawn(move || stop_after(&vm, HANGUP_GRACE, quit_grace));
             } else {
                 note!(
                     "\r\nberth-qemu: asking the appliance to power down (QMP system_powerdown); Ctrl-C again stops QEMU"
@@ -464,12 +466,12 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
             stop_pressing.store(true, Ordering::SeqCst);
             note!(
                 "\r\nberth-qemu: stopping QEMU (QMP quit, SIGKILL if it still runs {} s later; Ctrl-C again kills it now)",
-                QUIT_GRACE.as_secs()
+                quit_grace.as_secs()
             );
             // In a thread of its own: a third Ctrl-C is heard meanwhile.
             let vm = Arc::clone(vm);
             stopper = Some(std::thread::spawn(move || {
-                let _ = vm.stop(QUIT_GRACE);
+                let _ = vm.stop(quit_grace);
             }));
         } else {
             note!("\r\nberth-qemu: killing QEMU (SIGKILL)");
@@ -486,15 +488,41 @@ fn handle_signals(vm: &Arc<Vm>, signals: &mut Signals) {
 /// milliseconds when its main loop runs; when that is stuck, it never does.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 
+/// For berth-qemu's own tests only, not for users (the README does not
+/// name it): whole seconds that replace [`QUIT_GRACE`]. A test of the third
+/// Ctrl-C sets it long, so that its third signal always comes within the
+/// grace, however loaded the machine running the test is.
+const QUIT_GRACE_ENV: &str = "BERTH_QEMU_TEST_QUIT_GRACE_SECS";
+
+/// The quit grace: [`QUIT_GRACE`], or the test's value of
+/// [`QUIT_GRACE_ENV`]. A value that is not whole seconds is refused, so a
+/// test cannot run with another grace than it asked for.
+fn parse_quit_grace(value: Option<&std::ffi::OsStr>) -> anyhow::Result<Duration> {
+    let Some(value) = value else {
+        return Ok(QUIT_GRACE);
+    };
+    value
+        .to_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .with_context(|| {
+            format!(
+                "{QUIT_GRACE_ENV}={}: not a whole number of seconds",
+                value.to_string_lossy()
+            )
+        })
+}
+
 /// How long a guest gets to power down after berth-qemu was hung up on:
 /// berth-init stops the services in order, each within its stop timeout
 /// (10 s by default).
 const HANGUP_GRACE: Duration = Duration::from_secs(60);
 
-/// Stops QEMU unless it exited within `grace`. Holds only a weak
+/// Stops QEMU unless it exited within `grace` (then as a second Ctrl-C
+/// does, SIGKILL `quit_grace` after the `quit`). Holds only a weak
 /// reference: the VM (and its run directory) goes when `run` is done with
 /// it, not when this thread next wakes up.
-fn stop_after(vm: &Weak<Vm>, grace: Duration) {
+fn stop_after(vm: &Weak<Vm>, grace: Duration, quit_grace: Duration) {
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline {
         match vm.upgrade() {
@@ -511,7 +539,7 @@ fn stop_after(vm: &Weak<Vm>, grace: Duration) {
             "\r\nberth-qemu: the appliance did not power down within {} s: stopping QEMU",
             grace.as_secs()
         );
-        let _ = vm.stop(QUIT_GRACE);
+        let _ = vm.stop(quit_grace);
     }
 }
 
@@ -648,6 +676,23 @@ mod tests {
             failure_line(&err),
             "read /tmp/a\\x0db: bad\\x1b[2J\\x0aline"
         );
+    }
+
+    #[test]
+    fn the_test_only_quit_grace_is_whole_seconds() {
+        use std::ffi::OsStr;
+        assert_eq!(parse_quit_grace(None).unwrap(), QUIT_GRACE);
+        assert_eq!(
+            parse_quit_grace(Some(OsStr::new("30"))).unwrap(),
+            Duration::from_secs(30)
+        );
+        for bad in ["", "3s", "-1", "1.5"] {
+            let err = parse_quit_grace(Some(OsStr::new(bad))).unwrap_err();
+            assert_eq!(
+                failure_line(&err),
+                format!("{QUIT_GRACE_ENV}={bad}: not a whole number of seconds")
+            );
+        }
     }
 
     #[test]

@@ -17,11 +17,18 @@
 //!   destinations its container needs are made in the tree first, before
 //!   any overlay sits on it): no overlayfs, nothing per unit. Without
 //!   overlayfs (`/proc/filesystems` does not list it) each other unit
-//!   unpacks its own copy into `RUN/rootfs/<unit>` instead. The runtime spec is derived from the
-//!   image config plus the manifest's overrides ([`container_spec`]). A
-//!   bundle's `config.json` is read as it is. A failure is remembered: the
-//!   unit fails at its first start with that one-line error, without
-//!   retries, and the other units run.
+//!   unpacks its own copy into `RUN/rootfs/<unit>` instead. The runtime
+//!   spec is derived from the image config plus the manifest's overrides
+//!   ([`image_unit_spec`]). A bundle's `config.json` is read as it is
+//!   ([`bundle_spec`]). A bundle on a host holds its root as a tree,
+//!   `DIR/rootfs`, and runs from it. A bundle `berth-build` packed into
+//!   the initramfs holds `DIR/rootfs.oci` instead ([`packed_rootfs`]): an
+//!   OCI image layout whose one image, `rootfs`, has the bundle's root as
+//!   its layer; it is verified and unpacked as an image is into
+//!   `RUN/rootfs/<unit>`, the unit's own root, while relative bind
+//!   sources of its config.json still resolve against DIR. A failure is
+//!   remembered: the unit fails at its first start with that one-line
+//!   error, without retries, and the other units run.
 //! - **start** ([`Launcher::spawn`]): the runtime creates the container
 //!   (PID 1 clones its first process, a direct child) with the unit's
 //!   output pipes as stdout/stderr and `/dev/null` as stdin, then starts it.
@@ -142,6 +149,33 @@ pub enum PrepareError {
         #[source]
         source: berth_runtime::spec::SpecError,
     },
+    #[error("bundle {path}: rootfs.oci is not a directory")]
+    PackedNotDir { path: PathBuf },
+    #[error(
+        "bundle {path} holds both rootfs and rootfs.oci (a packed bundle holds rootfs.oci only)"
+    )]
+    PackedAndTree { path: PathBuf },
+    #[error("bundle {path}: root.path {root:?} is not \"rootfs\", the root its rootfs.oci packs")]
+    PackedRootPath { path: PathBuf, root: PathBuf },
+    #[error("bundle {path}: open rootfs.oci")]
+    PackedImage {
+        path: PathBuf,
+        #[source]
+        source: Box<berth_bundles::image::ImageError>,
+    },
+    #[error("bundle {path}: open the unit's root {target}")]
+    PackedTarget {
+        path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: berth_bundles::apply::ApplyError,
+    },
+    #[error("bundle {path}: unpack rootfs.oci")]
+    PackedUnpack {
+        path: PathBuf,
+        #[source]
+        source: Box<berth_bundles::layer::LayerError>,
+    },
     #[error("capability {name:?} is unknown to the runtime")]
     Capability { name: String },
     #[error("resource limit {typ}")]
@@ -250,8 +284,9 @@ pub struct ContainerOptions {
 pub struct Prepared {
     /// `image NAME` or `bundle PATH`.
     pub what: String,
-    /// Bytes of file content unpacked for this unit (0 for a bundle, or for
-    /// an image an earlier unit unpacked: see `shared`).
+    /// Bytes of file content unpacked for this unit (0 for a bundle whose
+    /// root is a tree, or for an image an earlier unit unpacked: see
+    /// `shared`).
     pub bytes: u64,
     /// The image was already unpacked: this unit got an overlay on it, or
     /// (`read_only`) a read-only bind of it.
@@ -464,11 +499,14 @@ impl ContainerLauncher {
             Source::Image(image) => self
                 .prepare_image(name, image, program)
                 .map(|(plan, bytes, read_only)| (plan, format!("image {image}"), bytes, read_only)),
-            Source::Bundle(dir) => {
-                let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
-                prepare_bundle(dir, name, parent)
-                    .map(|plan| (plan, format!("bundle {}", dir.display()), Some(0), false))
-            }
+            Source::Bundle(dir) => self.prepare_bundle(dir, name).map(|(plan, bytes)| {
+                (
+                    plan,
+                    format!("bundle {}", dir.display()),
+                    Some(bytes),
+                    false,
+                )
+            }),
         };
         match result {
             Ok((plan, what, bytes, read_only)) => {
@@ -655,6 +693,77 @@ impl ContainerLauncher {
                 rootfs: dir.to_owned(),
             },
             bytes,
+        ))
+    }
+
+    /// A bundle unit's plan and the bytes unpacked for it. A tree bundle
+    /// (`dir/rootfs`) runs from its directory: 0 bytes. A packed bundle
+    /// ([`packed_rootfs`]) has the image `rootfs` of its `rootfs.oci`
+    /// unpacked, verified as an image is ([`ContainerOptions::diff_id`]),
+    /// into a root of the unit's own, `RUN/rootfs/<unit>`, as a writable
+    /// image unit without overlayfs gets (a bundle's root is the unit's
+    /// alone: nothing to share); a failed unpack removes it.
+    fn prepare_bundle(&self, dir: &Path, name: &str) -> Result<(Plan, u64), PrepareError> {
+        let layout = packed_rootfs(dir)?;
+        let (mut spec, rootfs) = bundle_spec(dir)?;
+        let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
+        default_cgroups_path(&mut spec, name, parent);
+        let Some(layout) = layout else {
+            return Ok((
+                Plan::Ready {
+                    spec: Box::new(spec),
+                    rootfs,
+                },
+                0,
+            ));
+        };
+        if rootfs != dir.join("rootfs") {
+            let root = spec.root().as_ref().map(|r| r.path().clone());
+            return Err(PrepareError::PackedRootPath {
+                path: dir.to_owned(),
+                root: root.unwrap_or_default(),
+            });
+        }
+        let img = open_layout_image(&layout, PACKED_ROOTFS_REF).map_err(|source| {
+            PrepareError::PackedImage {
+                path: dir.to_owned(),
+                source: Box::new(source),
+            }
+        })?;
+        let unit_dir = fresh_dir(&self.opts.run_dir.join("rootfs"), name)?;
+        let layer = LayerOptions {
+            diff_id: self.opts.diff_id,
+            ..LayerOptions::default()
+        };
+        let unpacked = Rootfs::open(&unit_dir)
+            .map_err(|source| PrepareError::PackedTarget {
+                path: dir.to_owned(),
+                target: unit_dir.clone(),
+                source,
+            })
+            .and_then(|rootfs| {
+                unpack_rootfs_with(&img, &rootfs, &layer, None).map_err(|source| {
+                    PrepareError::PackedUnpack {
+                        path: dir.to_owned(),
+                        source: Box::new(source),
+                    }
+                })
+            });
+        let stats = match unpacked {
+            Ok(stats) => stats,
+            Err(e) => {
+                // Never follows a symlink, never recurses (see prepare_image).
+                let _ = berth_bundles::apply::remove_dir_tree(&unit_dir);
+                return Err(e);
+            }
+        };
+        anchor_bind_sources(&mut spec, dir);
+        Ok((
+            Plan::Ready {
+                spec: Box::new(spec),
+                rootfs: unit_dir,
+            },
+            stats.iter().map(|s| s.bytes).sum(),
         ))
     }
 
@@ -1005,15 +1114,20 @@ fn create_dir(path: &Path) -> Result<(), PrepareError> {
 /// The image `image` (a `ref.name`) of the layout at `layout`, for this
 /// machine's platform, its index, manifest and config verified.
 fn open_image(layout: &Path, image: &str) -> Result<Image, PrepareError> {
-    let reference = ImageRef::Oci {
-        path: layout.to_owned(),
-        tag: Some(image.to_owned()),
-    };
-    let platform = Platform::new("linux", std::env::consts::ARCH, None);
-    Image::open(&reference, &platform).map_err(|source| PrepareError::OpenImage {
+    open_layout_image(layout, image).map_err(|source| PrepareError::OpenImage {
         image: image.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// [`open_image`] with the image library's own error.
+fn open_layout_image(layout: &Path, tag: &str) -> Result<Image, berth_bundles::image::ImageError> {
+    let reference = ImageRef::Oci {
+        path: layout.to_owned(),
+        tag: Some(tag.to_owned()),
+    };
+    let platform = Platform::new("linux", std::env::consts::ARCH, None);
+    Image::open(&reference, &platform)
 }
 
 /// Whether the kernel has overlayfs now (built in, or its module loaded).
@@ -1197,16 +1311,11 @@ fn is_permanent(e: &ContainerError) -> bool {
     }
 }
 
-/// A bundle unit's plan. A config.json without `linux.cgroupsPath` gets the
-/// unit's cgroup, as runc and crun give every container one: deleting the
-/// container then ends what it left behind, which a bundle without a pid
-/// namespace of its own would otherwise leave under PID 1 at every restart.
-fn prepare_bundle(
-    dir: &Path,
-    name: &str,
-    cgroup_parent: Option<&str>,
-) -> Result<Plan, PrepareError> {
-    let (mut spec, rootfs) = bundle_spec(dir)?;
+/// A config.json without `linux.cgroupsPath` gets the unit's cgroup, as
+/// runc and crun give every container one: deleting the container then
+/// ends what it left behind, which a bundle without a pid namespace of its
+/// own would otherwise leave under PID 1 at every restart.
+fn default_cgroups_path(spec: &mut Spec, name: &str, cgroup_parent: Option<&str>) {
     if let Some(parent) = cgroup_parent
         && spec
             .linux()
@@ -1217,15 +1326,82 @@ fn prepare_bundle(
         linux.set_cgroups_path(Some(PathBuf::from(format!("/{parent}/{name}"))));
         spec.set_linux(Some(linux));
     }
-    Ok(Plan::Ready {
-        spec: Box::new(spec),
-        rootfs,
-    })
+}
+
+/// The file name of a packed bundle's root: an OCI image layout next to
+/// config.json, in place of the `rootfs` tree.
+pub const PACKED_ROOTFS: &str = "rootfs.oci";
+
+/// The `ref.name` of the one image a packed bundle's `rootfs.oci` holds.
+pub const PACKED_ROOTFS_REF: &str = "rootfs";
+
+/// `dir/rootfs.oci` when `dir` is a packed bundle, `None` when its root is
+/// a tree. Neither name is followed if it is a symlink: a `rootfs.oci`
+/// that is not a directory, or one beside a `rootfs` of any kind, is an
+/// error rather than a guess at which of the two is meant.
+pub fn packed_rootfs(dir: &Path) -> Result<Option<PathBuf>, PrepareError> {
+    let layout = dir.join(PACKED_ROOTFS);
+    let stat = |path: &Path| match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PrepareError::Io {
+            op: "inspect",
+            path: path.to_owned(),
+            source,
+        }),
+    };
+    match stat(&layout)? {
+        None => Ok(None),
+        Some(m) if !m.is_dir() => Err(PrepareError::PackedNotDir {
+            path: dir.to_owned(),
+        }),
+        Some(_) => match stat(&dir.join("rootfs"))? {
+            None => Ok(Some(layout)),
+            Some(_) => Err(PrepareError::PackedAndTree {
+                path: dir.to_owned(),
+            }),
+        },
+    }
+}
+
+/// Makes the relative source of each bind mount absolute against the
+/// bundle directory `dir`, where the runtime spec resolves it. The runtime
+/// resolves it against the root's parent directory, which is the bundle
+/// for a tree `dir/rootfs` but PID 1's run directory for a root unpacked
+/// from a packed bundle. What is a bind is the runtime's own reading
+/// ([`berth_runtime::spec::plan_mount`]); a mount it refuses is left as
+/// it is, for the runtime to refuse at create.
+fn anchor_bind_sources(spec: &mut Spec, dir: &Path) {
+    use berth_runtime::spec::{MountKind, plan_mount};
+    let Some(mounts) = spec.mounts().clone() else {
+        return;
+    };
+    let mounts = mounts
+        .into_iter()
+        .map(|mut m| {
+            let relative = m
+                .source()
+                .as_ref()
+                .filter(|s| s.is_relative() && !s.as_os_str().is_empty())
+                .cloned();
+            if let Some(source) = relative
+                && let Ok(plan) = plan_mount(&m, dir, &|_| true)
+                && matches!(plan.kind, MountKind::Bind { .. })
+            {
+                m.set_source(Some(dir.join(source)));
+            }
+            m
+        })
+        .collect();
+    spec.set_mounts(Some(mounts));
 }
 
 /// A bundle unit's spec, as its start reads `dir/config.json` (PID 1's
-/// defaults applied), and its root filesystem's path. Public so that
-/// `berth-build` reads a bundle at build time exactly as a boot will.
+/// defaults applied), and its root filesystem's path as `root.path` names
+/// it (not checked: for a packed bundle, [`packed_rootfs`], it is the
+/// absent `dir/rootfs`, and the unit's root is where rootfs.oci is
+/// unpacked). Public so that `berth-build` reads a bundle at build time
+/// exactly as a boot will.
 pub fn bundle_spec(dir: &Path) -> Result<(Spec, PathBuf), PrepareError> {
     let path = dir.join("config.json");
     let bytes =
@@ -1972,6 +2148,105 @@ mod tests {
                 ("/bin/f".into(), ten),
                 ("/bin/g".into(), ten),
             ]
+        );
+    }
+
+    #[test]
+    fn packed_bundles_hold_rootfs_oci_alone_and_as_a_directory() {
+        let dir = std::env::temp_dir().join(format!("berth-packed-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let err = |dir: &Path| error_chain(&packed_rootfs(dir).unwrap_err());
+        // A tree bundle, and one with no root at all (the runtime refuses
+        // it at create, as before): not packed.
+        assert_eq!(packed_rootfs(&dir).unwrap(), None);
+        fs::create_dir(dir.join("rootfs")).unwrap();
+        assert_eq!(packed_rootfs(&dir).unwrap(), None);
+        // Both: whatever kind `rootfs` is, a dangling symlink too.
+        fs::create_dir(dir.join("rootfs.oci")).unwrap();
+        let both = format!("bundle {} holds both rootfs and rootfs.oci", dir.display());
+        assert!(err(&dir).starts_with(&both), "{}", err(&dir));
+        fs::remove_dir(dir.join("rootfs")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.join("rootfs")).unwrap();
+        assert!(err(&dir).starts_with(&both), "{}", err(&dir));
+        fs::remove_file(dir.join("rootfs")).unwrap();
+        assert_eq!(packed_rootfs(&dir).unwrap(), Some(dir.join("rootfs.oci")));
+        // Not a directory: a file, or a symlink (not followed) to one.
+        let not_dir = format!("bundle {}: rootfs.oci is not a directory", dir.display());
+        fs::rename(dir.join("rootfs.oci"), dir.join("layout")).unwrap();
+        std::os::unix::fs::symlink("layout", dir.join("rootfs.oci")).unwrap();
+        assert_eq!(err(&dir), not_dir);
+        fs::remove_file(dir.join("rootfs.oci")).unwrap();
+        fs::write(dir.join("rootfs.oci"), "").unwrap();
+        assert_eq!(err(&dir), not_dir);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_packed_bundles_root_path_must_be_rootfs() {
+        let dir = std::env::temp_dir().join(format!("berth-packed-root-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("rootfs.oci")).unwrap();
+        let mut config = serde_json::to_value(base()).unwrap();
+        config["root"]["path"] = "/srv/root".into();
+        fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let l = ContainerLauncher::new(ContainerOptions {
+            images: "/nonexistent".into(),
+            run_dir: dir.join("run"),
+            data_dir: "/nonexistent".into(),
+            cgroup_parent: "berth".into(),
+            diff_id: DiffIdCheck::Verify,
+            resolv_conf: None,
+            hostname: None,
+        });
+        let e = error_chain(&l.prepare_bundle(&dir, "b").unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "bundle {}: root.path \"/srv/root\" is not \"rootfs\", the root its rootfs.oci packs",
+                dir.display()
+            )
+        );
+        // "rootfs" it is, but the layout holds no image: the bundle and
+        // the layout are named, and no root is left behind.
+        config["root"]["path"] = "./rootfs/".into();
+        fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let e = error_chain(&l.prepare_bundle(&dir, "b").unwrap_err());
+        assert!(
+            e.starts_with(&format!("bundle {}: open rootfs.oci: ", dir.display())),
+            "{e}"
+        );
+        assert!(!dir.join("run/rootfs/b").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relative_bind_sources_are_anchored_at_the_bundle() {
+        let mount = |typ: Option<&str>, source: &str, options: &[&str]| {
+            let mut m = OciMount::default();
+            m.set_destination(PathBuf::from("/mnt"));
+            m.set_typ(typ.map(str::to_owned));
+            m.set_source(Some(PathBuf::from(source)));
+            m.set_options(Some(options.iter().map(|o| (*o).to_owned()).collect()));
+            m
+        };
+        let mut spec = base();
+        spec.set_mounts(Some(vec![
+            mount(Some("bind"), "data", &["ro"]),
+            mount(None, "sub/dir", &["rbind"]),
+            mount(Some("bind"), "/abs", &["bind"]),
+            mount(Some("tmpfs"), "tmpfs", &["nosuid"]),
+        ]));
+        anchor_bind_sources(&mut spec, Path::new("/b/web"));
+        let sources: Vec<PathBuf> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter_map(|m| m.source().clone())
+            .collect();
+        assert_eq!(
+            sources,
+            ["/b/web/data", "/b/web/sub/dir", "/abs", "tmpfs"].map(PathBuf::from)
         );
     }
 

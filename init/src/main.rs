@@ -504,8 +504,9 @@ fn timeline(start: Millis, what: &str) {
 
 /// `image busybox shared with service db (overlay in 1 ms)`, `… (read-only
 /// bind in 1 ms)`, or without overlayfs `image busybox unpacked for service
-/// web: 1.1 MiB in 12 ms (92 MB/s)`, or `bundle /b read for service web in
-/// 1 ms`.
+/// web: 1.1 MiB in 12 ms (92 MB/s)`, `bundle /b unpacked for service web:
+/// …` for a packed bundle (its rootfs.oci), or `bundle /b read for service
+/// web in 1 ms` for a bundle whose root is a tree.
 fn unpacked_line(kind: UnitKind, name: &str, p: &container::Prepared) -> String {
     let ms = p.seconds * 1000.0;
     if p.read_only {

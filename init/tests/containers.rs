@@ -84,23 +84,40 @@ fn add_image(layout: &Path, work: &Path, name: &str, marker: Option<&str>, zstd:
             .arg("."),
         "tar",
     );
-    let diff_id = format!("sha256:{}", sha256(&tar));
+    let exec = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"});
+    add_tar_image(layout, work, name, &tar, zstd, Some(exec))
+}
+
+/// Adds an image named `name` to the layout whose one layer is the tar
+/// `tar`, and whose config's execution parameters are `exec` (none when
+/// `None`); returns the layer blob's digest.
+fn add_tar_image(
+    layout: &Path,
+    work: &Path,
+    name: &str,
+    tar: &Path,
+    zstd: bool,
+    exec: Option<serde_json::Value>,
+) -> String {
+    let diff_id = format!("sha256:{}", sha256(tar));
     let blob = work.join(format!("{name}.tar.blob"));
     let (media, bytes) = if zstd {
-        let b = run(Command::new("zstd").args(["-q", "-c"]).arg(&tar), "zstd");
+        let b = run(Command::new("zstd").args(["-q", "-c"]).arg(tar), "zstd");
         ("application/vnd.oci.image.layer.v1.tar+zstd", b)
     } else {
-        let b = run(Command::new("gzip").args(["-n", "-c"]).arg(&tar), "gzip");
+        let b = run(Command::new("gzip").args(["-n", "-c"]).arg(tar), "gzip");
         ("application/vnd.oci.image.layer.v1.tar+gzip", b)
     };
     std::fs::write(&blob, bytes).unwrap();
     let (layer_digest, layer_size) = add_blob(layout, &blob);
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
+    if let Some(exec) = exec {
+        config["config"] = exec;
+    }
     let (config_digest, config_size) = add_json_blob(layout, work, &config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -935,6 +952,227 @@ fn what_a_unit_leaves_behind_ends_with_it() {
     eventually(&p, "the leftovers to be gone", || {
         p.namespace_pids().len() == 1
     });
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+/// A packed bundle in `dir`, as berth-build writes one into an initramfs:
+/// `config.json` (root.path `rootfs`, running `script`, with `dir/shared`
+/// bound read-only at /srv/shared by a relative source) and `rootfs.oci`,
+/// an image layout whose one image, `rootfs`, has no execution parameters
+/// and as its one zstd layer a busybox root with `etc/marker` (`marker`),
+/// its hard link `etc/marker.link`, and `etc/xattr` carrying the xattr
+/// `user.berth=packed` (the PAX `SCHILY.xattr` record GNU tar writes). No
+/// `dir/rootfs`. Returns the layer blob's digest.
+fn write_packed_bundle(dir: &Path, script: &str, marker: &str) -> String {
+    let work = dir.with_extension("work");
+    let root = work.join("root");
+    busybox_root(&root, Some(marker));
+    std::fs::hard_link(root.join("etc/marker"), root.join("etc/marker.link")).unwrap();
+    let extra = work.join("extra");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/xattr"), "carries user.berth\n").unwrap();
+    let tar = work.join("rootfs.tar");
+    let pax = ["--format=pax", "--numeric-owner", "--owner=0", "--group=0"];
+    run(
+        Command::new("tar")
+            .args(pax)
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+        "tar",
+    );
+    // Appended, so that only this entry carries the record.
+    run(
+        Command::new("tar")
+            .args(pax)
+            .arg("--pax-option=SCHILY.xattr.user.berth:=packed")
+            .arg("-C")
+            .arg(&extra)
+            .arg("-rf")
+            .arg(&tar)
+            .arg("./etc/xattr"),
+        "tar",
+    );
+    let layout = dir.join("rootfs.oci");
+    std::fs::create_dir_all(&layout).unwrap();
+    let layer = add_tar_image(&layout, &work, "rootfs", &tar, true, None);
+    std::fs::create_dir_all(dir.join("shared")).unwrap();
+    std::fs::write(dir.join("shared/note"), "beside config.json").unwrap();
+    let spec = berth_bundles::spec::default_spec();
+    let mut v = serde_json::to_value(&spec).unwrap();
+    v["root"]["path"] = "rootfs".into();
+    v["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    v["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    v["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/srv/shared", "type": "bind", "source": "shared",
+        "options": ["rbind", "ro"],
+    }));
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    layer
+}
+
+/// A service unit running the bundle at `dir`.
+fn bundle_unit(name: &str, dir: &Path) -> String {
+    format!(
+        r#"{{"name":"{name}","bundle":{},"stop_signal":"SIGKILL"}}"#,
+        serde_json::to_string(dir).unwrap()
+    )
+}
+
+/// A packed bundle (rootfs.oci, no rootfs) runs from a root of the unit's
+/// own, unpacked from its layer with owners, hard links and xattrs, while
+/// its config.json's relative bind source still names a path of the
+/// bundle.
+#[test]
+fn packed_bundle_runs_from_its_unpacked_layer() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new("packed");
+    let bundle = w.dir.join("packed");
+    write_packed_bundle(
+        &bundle,
+        "echo $(cat /etc/marker) with $(cat /srv/shared/note) as $(id -u); \
+         echo ran > /proof; exec sleep 1000",
+        "from rootfs.oci",
+    );
+    let m = manifest(&[], &[bundle_unit("web", &bundle)]);
+    let mut p = w.start(&m);
+    let line = p.wait_for(&format!(
+        "bundle {} unpacked for service web: ",
+        bundle.display()
+    ));
+    assert!(
+        line.contains(" MiB in ") && !line.contains(": 0.0 MiB"),
+        "{line}"
+    );
+    p.wait_for("web: from rootfs.oci with beside config.json as 0");
+    // The unit's own root is where the container runs: its write is there.
+    let root = w.dir.join("run/rootfs/web");
+    eventually(&p, "the container's /proof", || {
+        std::fs::read_to_string(root.join("proof")).is_ok_and(|t| t == "ran\n")
+    });
+    // The xattr of the layer, read by GNU tar from the unpacked file.
+    let archive = run(
+        Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=user.*", "--format=pax", "-C"])
+            .arg(&root)
+            .args(["-cf", "-", "./etc/xattr"]),
+        "tar",
+    );
+    let record = b"SCHILY.xattr.user.berth=packed\n";
+    assert!(
+        archive.windows(record.len()).any(|w| w == record),
+        "no user.berth xattr on {}",
+        root.join("etc/xattr").display()
+    );
+    let (a, b) = (
+        std::fs::metadata(root.join("etc/marker")).unwrap(),
+        std::fs::metadata(root.join("etc/marker.link")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard link not kept");
+    // Nothing was made in the bundle.
+    assert!(std::fs::symlink_metadata(bundle.join("rootfs")).is_err());
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+/// A packed bundle whose layer blob was damaged fails its unit with the
+/// bundle and the layer named, leaving no partial root; the other units
+/// run.
+#[test]
+fn damaged_packed_bundle_fails_its_unit_and_the_others_run() {
+    let w = World::new("packed-bad");
+    let bad = w.dir.join("bad");
+    let layer = write_packed_bundle(&bad, "echo should not run", "bad");
+    let blob = bad
+        .join("rootfs.oci/blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&blob, bytes).unwrap();
+    let good = w.dir.join("good");
+    write_packed_bundle(
+        &good,
+        "trap 'exit 0' TERM; echo up; while true; do sleep 0.1; done",
+        "good",
+    );
+    let m = manifest(&[], &[bundle_unit("bad", &bad), bundle_unit("good", &good)]);
+    let mut p = w.start(&m);
+    p.wait_for("good: up");
+    let failed = p.wait_for("berth: service bad failed: ");
+    assert!(
+        failed.contains(&format!("bundle {}: unpack rootfs.oci: ", bad.display()))
+            && failed.contains(&layer)
+            && failed.contains("does not match its digest")
+            && failed.ends_with("(not restarting)"),
+        "{failed}"
+    );
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("berth: service bad"))
+            .count(),
+        1,
+        "one line, no retries:\n{}",
+        p.dump()
+    );
+    assert!(!p.dump().contains("should not run"));
+    assert!(
+        std::fs::symlink_metadata(w.dir.join("run/rootfs/bad")).is_err(),
+        "the partial root of the failed unpack is left"
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
+/// A bundle holding both a `rootfs` tree and a `rootfs.oci` layout, or a
+/// `rootfs.oci` that is not a directory (a symlink to one is not followed),
+/// fails its unit with a one-line error naming the bundle.
+#[test]
+fn ambiguous_packed_bundles_are_refused() {
+    let w = World::new("packed-ambiguous");
+    let both = w.dir.join("both");
+    write_packed_bundle(&both, "echo should not run", "both");
+    busybox_root(&both.join("rootfs"), None);
+    let link = w.dir.join("link");
+    write_packed_bundle(&link, "echo should not run", "link");
+    let moved = w.dir.join("layout-elsewhere");
+    std::fs::rename(link.join("rootfs.oci"), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, link.join("rootfs.oci")).unwrap();
+    let m = manifest(
+        &[],
+        &[
+            bundle_unit("both", &both),
+            bundle_unit("link", &link),
+            ctr(
+                "good",
+                "trap 'exit 0' TERM; echo up; while true; do sleep 0.1; done",
+                "",
+            ),
+        ],
+    );
+    let mut p = w.start(&m);
+    p.wait_for("good: up");
+    let failed = p.wait_for("berth: service both failed: ");
+    assert!(
+        failed.contains(&format!(
+            "bundle {} holds both rootfs and rootfs.oci",
+            both.display()
+        )) && failed.ends_with("(not restarting)"),
+        "{failed}"
+    );
+    let failed = p.wait_for("berth: service link failed: ");
+    assert!(
+        failed.contains(&format!(
+            "bundle {}: rootfs.oci is not a directory",
+            link.display()
+        )),
+        "{failed}"
+    );
+    assert!(!p.dump().contains("should not run"), "{}", p.dump());
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
 }

@@ -417,6 +417,23 @@ impl Runtime {
         self.create_inner(id, spec, rootfs, &bundle, opts)
     }
 
+    /// [`Runtime::create_from_spec`] of a bundle whose root is elsewhere
+    /// (PID 1 unpacks a packed bundle's root into its run directory):
+    /// `bundle` is what relative bind sources resolve against and what the
+    /// container's state and its hooks call the bundle, where its
+    /// `config.json` is.
+    pub fn create_from_spec_in(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        bundle: &Path,
+        opts: CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        let bundle = std::path::absolute(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+        self.create_inner(id, spec, rootfs, &bundle, opts)
+    }
+
     fn create_inner(
         &self,
         id: &str,

@@ -875,6 +875,58 @@ fn run_on_root(b: &Bundle, rootfs: &std::path::Path) -> Result<common::Outcome, 
     })
 }
 
+/// `create_from_spec_in`: a root unpacked away from its bundle (berth-init
+/// and a packed bundle). Relative bind sources resolve against the bundle
+/// given, and the state names it, not the root's parent.
+#[test]
+fn a_root_away_from_its_bundle_keeps_the_bundle_for_binds_and_state() {
+    use std::io::Read;
+    let mut b = Bundle::new();
+    let elsewhere = common::TempDir::new("away-root");
+    let rootfs = elsewhere.0.join("unit");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(b.rootfs())
+            .arg(&rootfs)
+            .status()
+            .unwrap()
+            .success()
+    );
+    fs::create_dir_all(b.dir().join("extra")).unwrap();
+    fs::write(b.dir().join("extra/marker"), "from-the-bundle\n").unwrap();
+    b.script("cat /extra/marker");
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+            {"destination": "/extra", "type": "bind", "source": "extra", "options": ["rbind", "ro"]}
+        ));
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(b.config.clone()).unwrap();
+    let t = common::runtime();
+    let (mut out_r, out_w) = std::io::pipe().unwrap();
+    let opts = berth_runtime::CreateOptions {
+        stdio: berth_runtime::Stdio {
+            stdin: None,
+            stdout: Some(out_w.into()),
+            stderr: None,
+        },
+        ..Default::default()
+    };
+    let id = common::unique_id("away");
+    let mut c =
+        t.rt.create_from_spec_in(&id, &spec, &rootfs, b.dir(), opts)
+            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(c.state().bundle, b.dir());
+    c.start().unwrap();
+    let status = c.wait().unwrap();
+    c.delete(false).unwrap();
+    let mut stdout = String::new();
+    out_r.read_to_string(&mut stdout).unwrap();
+    assert_eq!(status, ExitStatus::Exited(0));
+    assert_eq!(stdout, "from-the-bundle\n");
+}
+
 /// `mount` as a command (this crate's tests have no mount wrapper).
 fn mount_cmd(args: &[&str]) {
     let st = std::process::Command::new("mount")

@@ -332,7 +332,15 @@ impl std::fmt::Debug for SharedImage {
 /// A unit ready to create, or why it never can be.
 #[derive(Debug)]
 enum Plan {
-    Ready { spec: Box<Spec>, rootfs: PathBuf },
+    Ready {
+        spec: Box<Spec>,
+        rootfs: PathBuf,
+        /// The bundle directory when the root is not in it (a packed
+        /// bundle's, unpacked into the run directory): where relative bind
+        /// sources resolve and what the state and hooks call the bundle.
+        /// `None`: the root's parent.
+        bundle: Option<PathBuf>,
+    },
     Failed(String),
 }
 
@@ -625,6 +633,7 @@ impl ContainerLauncher {
             Plan::Ready {
                 spec: Box::new(spec),
                 rootfs: root,
+                bundle: None,
             },
             unpacked,
             bind,
@@ -691,6 +700,7 @@ impl ContainerLauncher {
             Plan::Ready {
                 spec: Box::new(spec),
                 rootfs: dir.to_owned(),
+                bundle: None,
             },
             bytes,
         ))
@@ -713,6 +723,7 @@ impl ContainerLauncher {
                 Plan::Ready {
                     spec: Box::new(spec),
                     rootfs,
+                    bundle: None,
                 },
                 0,
             ));
@@ -757,11 +768,11 @@ impl ContainerLauncher {
                 return Err(e);
             }
         };
-        anchor_bind_sources(&mut spec, dir);
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
                 rootfs: unit_dir,
+                bundle: Some(dir.to_owned()),
             },
             stats.iter().map(|s| s.bytes).sum(),
         ))
@@ -894,8 +905,12 @@ impl ContainerLauncher {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<Pid, LaunchError> {
-        let (spec, rootfs) = match self.plans.get(name) {
-            Some(Plan::Ready { spec, rootfs }) => (spec, rootfs),
+        let (spec, rootfs, bundle) = match self.plans.get(name) {
+            Some(Plan::Ready {
+                spec,
+                rootfs,
+                bundle,
+            }) => (spec, rootfs, bundle),
             Some(Plan::Failed(message)) => {
                 return Err(LaunchError::Prepare {
                     unit: name.to_owned(),
@@ -969,14 +984,17 @@ impl ContainerLauncher {
             init,
         };
         let t0 = Instant::now();
-        let mut container = self
-            .runtime
-            .create_from_spec(name, &spec, rootfs, opts)
-            .map_err(|source| LaunchError::Create {
-                unit: name.to_owned(),
-                permanent: is_permanent(&source),
-                source: Box::new(source),
-            })?;
+        let created = match bundle {
+            Some(bundle) => self
+                .runtime
+                .create_from_spec_in(name, &spec, rootfs, bundle, opts),
+            None => self.runtime.create_from_spec(name, &spec, rootfs, opts),
+        };
+        let mut container = created.map_err(|source| LaunchError::Create {
+            unit: name.to_owned(),
+            permanent: is_permanent(&source),
+            source: Box::new(source),
+        })?;
         let created = t0.elapsed();
         let started = container.start();
         // What create and start noted (ambient capabilities not raised,
@@ -1362,38 +1380,6 @@ pub fn packed_rootfs(dir: &Path) -> Result<Option<PathBuf>, PrepareError> {
             }),
         },
     }
-}
-
-/// Makes the relative source of each bind mount absolute against the
-/// bundle directory `dir`, where the runtime spec resolves it. The runtime
-/// resolves it against the root's parent directory, which is the bundle
-/// for a tree `dir/rootfs` but PID 1's run directory for a root unpacked
-/// from a packed bundle. What is a bind is the runtime's own reading
-/// ([`berth_runtime::spec::plan_mount`]); a mount it refuses is left as
-/// it is, for the runtime to refuse at create.
-fn anchor_bind_sources(spec: &mut Spec, dir: &Path) {
-    use berth_runtime::spec::{MountKind, plan_mount};
-    let Some(mounts) = spec.mounts().clone() else {
-        return;
-    };
-    let mounts = mounts
-        .into_iter()
-        .map(|mut m| {
-            let relative = m
-                .source()
-                .as_ref()
-                .filter(|s| s.is_relative() && !s.as_os_str().is_empty())
-                .cloned();
-            if let Some(source) = relative
-                && let Ok(plan) = plan_mount(&m, dir, &|_| true)
-                && matches!(plan.kind, MountKind::Bind { .. })
-            {
-                m.set_source(Some(dir.join(source)));
-            }
-            m
-        })
-        .collect();
-    spec.set_mounts(Some(mounts));
 }
 
 /// A bundle unit's spec, as its start reads `dir/config.json` (PID 1's
@@ -2218,36 +2204,6 @@ mod tests {
         );
         assert!(!dir.join("run/rootfs/b").exists());
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn relative_bind_sources_are_anchored_at_the_bundle() {
-        let mount = |typ: Option<&str>, source: &str, options: &[&str]| {
-            let mut m = OciMount::default();
-            m.set_destination(PathBuf::from("/mnt"));
-            m.set_typ(typ.map(str::to_owned));
-            m.set_source(Some(PathBuf::from(source)));
-            m.set_options(Some(options.iter().map(|o| (*o).to_owned()).collect()));
-            m
-        };
-        let mut spec = base();
-        spec.set_mounts(Some(vec![
-            mount(Some("bind"), "data", &["ro"]),
-            mount(None, "sub/dir", &["rbind"]),
-            mount(Some("bind"), "/abs", &["bind"]),
-            mount(Some("tmpfs"), "tmpfs", &["nosuid"]),
-        ]));
-        anchor_bind_sources(&mut spec, Path::new("/b/web"));
-        let sources: Vec<PathBuf> = spec
-            .mounts()
-            .iter()
-            .flatten()
-            .filter_map(|m| m.source().clone())
-            .collect();
-        assert_eq!(
-            sources,
-            ["/b/web/data", "/b/web/sub/dir", "/abs", "tmpfs"].map(PathBuf::from)
-        );
     }
 
     #[test]

@@ -82,6 +82,20 @@ pub fn boot_mounts() -> Vec<MountStep> {
             Some("mode=0755"),
             0o755,
         ),
+        // The containers' roots (unpacked images, a unit's own copy, a
+        // packed bundle's root), their overlays' layers and the runtime's
+        // state: set-user-ID programs and file capabilities work in a
+        // container's root as in any runtime's (bind mounts of a tree
+        // keep the nosuid of the mount it is on, which /run's would make
+        // them inert); device nodes in images stay inert.
+        step(
+            "berth-run",
+            "/run/berth",
+            "tmpfs",
+            MsFlags::MS_NODEV,
+            Some("mode=0755"),
+            0o755,
+        ),
         step(
             "tmp",
             "/tmp",
@@ -195,6 +209,7 @@ mod tests {
                 "/dev/shm",
                 "/dev/mqueue",
                 "/run",
+                "/run/berth",
                 "/tmp",
                 "/sys/fs/cgroup"
             ]
@@ -208,13 +223,18 @@ mod tests {
                     .any(|earlier| parent.starts_with(earlier.target));
             assert!(covered, "{} mounted before its parent", step.target);
         }
+        // Containers' roots are the exception: set-user-ID and file
+        // capabilities work there; device nodes do not.
         for step in &plan {
-            assert!(
+            assert_eq!(
                 step.flags.contains(MsFlags::MS_NOSUID),
-                "{} must be nosuid",
+                step.target != "/run/berth",
+                "{} must be nosuid, unless it holds containers' roots",
                 step.target
             );
         }
+        let roots = plan.iter().find(|s| s.target == "/run/berth").unwrap();
+        assert_eq!(roots.flags, MsFlags::MS_NODEV);
         let cg = plan.last().unwrap();
         assert_eq!((cg.fstype, cg.data), ("cgroup2", Some("nsdelegate")));
         let dev = plan.iter().find(|s| s.target == "/dev").unwrap();

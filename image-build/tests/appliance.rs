@@ -460,20 +460,40 @@ fn appliance_boots_serves_and_powers_off() {
     // source relative to the bundle, which goes into the appliance too).
     fs::create_dir_all(bundle.join("extra")).unwrap();
     fs::write(bundle.join("extra/marker"), "bundle-task-marker: ran\n").unwrap();
-    // A second name of busybox: one inode in the initramfs, whose data the
-    // kernel's unpacker writes through the last name (zz-link) into the
-    // file it made for the first (busybox), which the task then runs.
+    // A second name of busybox: one file in the bundle's layer, written
+    // once and linked, which berth-init unpacks as one inode.
     fs::hard_link(
         bundle.join("rootfs/bin/busybox"),
         bundle.join("rootfs/bin/zz-link"),
     )
     .unwrap();
+    // A file capability (the security.capability attribute, which the
+    // layer carries): a copy of busybox named grep, CAP_NET_BIND_SERVICE
+    // (10) permitted and effective, run by the task's user 1000, shows it
+    // in its CapEff; without the attribute it would show nothing.
+    fs::create_dir_all(bundle.join("rootfs/caps")).unwrap();
+    let capped = bundle.join("rootfs/caps/grep");
+    fs::copy(bundle.join("rootfs/bin/busybox"), &capped).unwrap();
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    rustix::fs::lsetxattr(
+        &capped,
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    cfg["process"]["noNewPrivileges"] = serde_json::json!(false);
     cfg["process"]["args"] = serde_json::json!([
         "/bin/busybox",
         "sh",
         "-c",
         "/bin/busybox cat /extra/marker; \
-         echo bundle-links: $(/bin/busybox stat -c %h:%i /bin/busybox /bin/zz-link)"
+         echo bundle-links: $(/bin/busybox stat -c %h:%i /bin/busybox /bin/zz-link); \
+         echo bundle-caps: $(/caps/grep CapEff /proc/self/status)"
     ]);
     cfg["mounts"]
         .as_array_mut()
@@ -491,7 +511,7 @@ fn appliance_boots_serves_and_powers_off() {
     .unwrap();
     let summary = build_ok(&manifest, &dir.join("out"));
     assert!(
-        summary.contains("  bundle for task from-bundle ") && summary.contains(" MiB  ("),
+        summary.contains("  bundle for task from-bundle ") && summary.contains(" MiB zstd  ("),
         "{summary}"
     );
 
@@ -523,6 +543,17 @@ fn appliance_boots_serves_and_powers_off() {
     assert!(
         links.len() == 2 && links[0] == links[1] && links[0].starts_with("2:"),
         "busybox and its hard link are not one inode with two names: {links:?}"
+    );
+    let caps = ok(vm.wait_for_line("from-bundle: bundle-caps: ", TIMEOUT));
+    assert!(
+        caps.trim_end().ends_with("CapEff: 0000000000000400"),
+        "the bundle's file capability did not reach the VM: {caps}"
+    );
+    // The bundle's root filesystem was unpacked from its layer at boot.
+    let log = vm.serial_log();
+    assert!(
+        log.contains("bundle /berth/bundles/tasks/from-bundle unpacked for task from-bundle"),
+        "no unpack line for the bundle:\n{log}"
     );
     ok(vm.wait_for_line("berth: ready", TIMEOUT));
     ok(vm.wait_for_line("web: web-marker: serving", TIMEOUT));
@@ -1120,6 +1151,23 @@ fn host_unit_programs_must_be_in_the_initramfs() {
     let dir = scratch("host-unit");
     let layout = busybox_layout(&dir);
     let bundle = busybox_bundle(&dir, &layout, "tools");
+    // A bundle's root is packed as a layer; the files its config.json binds
+    // from the bundle's own directory go into the initramfs as they are: a
+    // copy of busybox and its links there.
+    fs::create_dir_all(bundle.join("tools")).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(bundle.join("rootfs/bin"))
+        .arg(bundle.join("tools"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/opt/tools", "type": "bind", "source": "tools", "options": ["rbind", "ro"]}
+    ));
+    fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let manifest = dir.join("manifest.json");
     let out = dir.join("out");
     let write = |host_unit: &str| {
@@ -1165,8 +1213,13 @@ fn host_unit_programs_must_be_in_the_initramfs() {
     );
 
     // Programs the initramfs has: a bundle's busybox, through a symlink,
-    // and by name through the unit's PATH.
-    let bin = "/berth/bundles/tasks/tools/rootfs/bin";
+    // and by name through the unit's PATH. Not one in its packed root.
+    write(
+        r#"{"name": "mk", "host": true, "command": ["/berth/bundles/tasks/tools/rootfs/bin/busybox", "true"]}"#,
+    );
+    let err = one_line_err(&manifest, &out);
+    assert!(err.contains("is not found"), "{err}");
+    let bin = "/berth/bundles/tasks/tools/tools/bin";
     for unit in [
         format!(r#"{{"name": "mk", "host": true, "command": ["{bin}/busybox", "true"]}}"#),
         format!(r#"{{"name": "mk", "host": true, "command": ["{bin}/sh", "-c", "true"]}}"#),
@@ -1217,8 +1270,8 @@ fn host_unit_programs_must_be_in_the_initramfs() {
 }
 
 /// The runtime canonicalizes a bundle's rootfs, so on a host a `rootfs`
-/// that is a symlink runs the tree it points to: the initramfs gets that
-/// tree, not a link to a path of the build host.
+/// that is a symlink runs the tree it points to: the bundle's layer packs
+/// that tree, not a link to a path of the build host.
 #[test]
 fn a_bundle_rootfs_symlink_ships_the_tree_it_points_to() {
     require_root();
@@ -1241,9 +1294,20 @@ fn a_bundle_rootfs_symlink_ships_the_tree_it_points_to() {
     build_succeeds(&manifest, &out);
     let x = dir.join("x");
     extract(&out.join("initrd.img"), &x);
-    let rootfs = x.join("berth/bundles/services/svc/rootfs");
-    let meta = fs::symlink_metadata(&rootfs).unwrap();
-    assert!(meta.is_dir(), "{} is not a directory", rootfs.display());
+    let packed = x.join("berth/bundles/services/svc");
+    assert!(fs::symlink_metadata(packed.join("rootfs")).is_err());
+    // Unpacked as berth-init unpacks it (the image has no command of its
+    // own: config.json is the spec).
+    let rootfs = dir.join("unpacked");
+    fs::create_dir(&rootfs).unwrap();
+    let r = berth_bundles::ImageRef::parse(&format!(
+        "oci:{}:rootfs",
+        packed.join("rootfs.oci").display()
+    ))
+    .unwrap();
+    let image = berth_bundles::Image::open(&r, &berth_bundles::Platform::default()).unwrap();
+    let root = berth_bundles::apply::Rootfs::open(&rootfs).unwrap();
+    berth_bundles::unpack::unpack_rootfs(&image, &root, None).unwrap();
     assert!(rootfs.join("bin/busybox").is_file());
     assert!(rootfs.join("www/index.html").is_file());
 

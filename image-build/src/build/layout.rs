@@ -240,8 +240,20 @@ impl LayoutWriter {
                 }
             }
         }
+        self.add_parsed(name, reference, &parsed, progress)
+    }
+
+    /// [`LayoutWriter::add_image`] of a parsed reference (`reference` is
+    /// what messages and the summary call it).
+    pub fn add_parsed(
+        &mut self,
+        name: &str,
+        reference: &str,
+        parsed: &ImageRef,
+        progress: &mut dyn FnMut(&str, usize, usize, u64),
+    ) -> Result<ImageSummary, LayoutError> {
         let image =
-            Image::open(&parsed, &Platform::default()).map_err(|source| LayoutError::Open {
+            Image::open(parsed, &Platform::default()).map_err(|source| LayoutError::Open {
                 name: name.into(),
                 reference: reference.into(),
                 source: Box::new(source),

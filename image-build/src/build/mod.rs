@@ -13,11 +13,14 @@
 //! 2. resolves and verifies every image and writes them as one OCI layout
 //!    at `/berth/images`, each tagged with its NAME, layers recompressed to
 //!    zstd and stored once when images share them ([`layout`]);
-//! 3. copies each bundle (its `config.json`, with `root.path` set to
-//!    `rootfs`, and its root filesystem tree, owners, modes and hard links
-//!    kept; a file with extended attributes, which the initramfs cannot
-//!    carry, is refused) as it is: berth-init runs a bundle's
-//!    `config.json` unchanged, from that directory ([`bundle_entries`]);
+//! 3. copies each bundle's `config.json` (with `root.path` set to
+//!    `rootfs`; berth-init runs it unchanged, from that directory) and the
+//!    files its bind sources name relative to the bundle, and packs its root
+//!    filesystem as a layer ([`pack`]: owners, modes, hard links, devices
+//!    and the extended attributes berth-init sets kept) in a one-image OCI
+//!    layout `rootfs.oci` beside it, recompressed and checked as the images
+//!    are; berth-init unpacks and verifies it when the unit is prepared
+//!    ([`bundle_entries`]);
 //! 4. adds the kernel modules with their dependencies and a `modules.dep`
 //!    ([`kernel`]; compressed ones decompressed, as plain `.ko` files),
 //!    `/init` (a static berth-init), `/dev/console`,
@@ -44,9 +47,9 @@
 //!   being built ([`check_host_units`]): PID 1's root holds `/init` and
 //!   what the manifest brings, no shell or busybox.
 //!
-//! A bundle whose `rootfs` is a symlink ships the tree it points to: the
+//! A bundle whose `rootfs` is a symlink packs the tree it points to: the
 //! runtime canonicalizes a bundle's rootfs, so on a host such a bundle
-//! runs that tree, and the link itself would dangle in the initramfs.
+//! runs that tree (the link itself would be packed as a dangling link).
 //!
 //! Modules added to the manifest's lists (berth-init loads only what the
 //! manifest names, plus `button` and `evdev` for the power button, which it
@@ -69,6 +72,7 @@ pub mod cpio;
 pub mod elf;
 pub mod kernel;
 pub mod layout;
+pub mod pack;
 pub mod tree;
 
 use std::collections::HashMap;
@@ -78,7 +82,7 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use berth_bundles::image::MAX_JSON;
+use berth_bundles::image::{ImageRef, MAX_JSON};
 use berth_bundles::small_file::{Accept, read_small_file};
 use serde_json::Value;
 
@@ -237,8 +241,11 @@ pub struct BundleSummary {
     pub kind: &'static str,
     pub unit: String,
     pub path: PathBuf,
-    /// Bytes of the files copied.
+    /// Bytes of the files packed (a file with several names once) and
+    /// copied (`config.json`, bind sources).
     pub bytes: u64,
+    /// Bytes of its root filesystem's zstd layer, config and manifest.
+    pub stored: u64,
 }
 
 /// The static init a workspace build makes.
@@ -304,10 +311,11 @@ fn print_summary(opts: &BuildOptions, r: &BuildReport) {
     }
     for b in &r.bundles {
         out!(
-            "  bundle for {} {:<10} {:.2} MiB  ({})",
+            "  bundle for {} {:<10} {:.2} MiB, root filesystem {:.2} MiB zstd  ({})",
             b.kind,
             b.unit,
             mib(b.bytes),
+            mib(b.stored),
             b.path.display()
         );
     }
@@ -856,13 +864,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
 
     // Bundles.
     let mut bundles = Vec::with_capacity(prepared.bundles.len());
-    for b in &prepared.bundles {
-        let bytes = bundle_entries(&mut tree, b)?;
+    for (i, b) in prepared.bundles.iter().enumerate() {
+        // By position: a unit name is no path component.
+        let (bytes, stored) = bundle_entries(&mut tree, b, &work.join(format!("bundle-{i}")))?;
         bundles.push(BundleSummary {
             kind: b.kind,
             unit: b.unit.clone(),
             path: b.host.clone(),
             bytes,
+            stored,
         });
     }
     check_host_units(&prepared.parsed, &tree)?;
@@ -1036,59 +1046,25 @@ fn read_static_init(path: &Path) -> Result<(Vec<u8>, String), BuildError> {
     Ok((bytes, id.version))
 }
 
-/// Extended attributes a bundle's file may have that the appliance does
-/// without: what the build host's security modules put on its files (an
-/// SELinux host labels every file it has: `security.selinux`), which the
-/// appliance's kernel gives its own files, if it uses them at all.
-fn host_only_xattr(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"security.selinux" | b"security.apparmor" | b"security.ima" | b"security.evm"
-    ) || name.starts_with(b"security.SMACK64")
-}
-
-/// Refuses a file of a bundle that has an extended attribute other than
-/// the host's own ([`host_only_xattr`]): newc has no field for them, so
-/// the file would lose it in the initramfs, and with it what the
-/// attribute does (file capabilities above all, `security.capability`;
-/// `user.*` and `trusted.*` data; POSIX ACLs, which grant more than the
-/// mode says).
+/// Refuses a file copied as it is into the initramfs (a bind source of a
+/// bundle, outside its root filesystem) that has an extended attribute
+/// other than the host's own ([`pack::host_only_xattr`]): newc has no
+/// field for them, so the file would lose it in the initramfs, and with it
+/// what the attribute does (file capabilities above all,
+/// `security.capability`; `user.*` and `trusted.*` data; POSIX ACLs, which
+/// grant more than the mode says). A bundle's root filesystem is packed as
+/// a layer instead, which carries them ([`pack`]).
 fn check_xattrs(path: &Path) -> std::io::Result<()> {
-    use rustix::fs::{llistxattr, llistxattr_query};
-    use rustix::io::Errno;
-    let size = match llistxattr_query(path) {
-        Ok(0) => return Ok(()),
-        Ok(size) => size,
-        // A filesystem without extended attributes holds none.
-        Err(Errno::OPNOTSUPP) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut names = vec![0u8; size];
-    let len = match llistxattr(path, &mut names[..]) {
-        Ok(len) => len,
-        // Grown since the query.
-        Err(Errno::RANGE) => {
-            names = vec![0u8; llistxattr_query(path)?];
-            llistxattr(path, &mut names[..])?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let Some(name) = names[..len]
-        .split(|b| *b == 0)
-        .find(|n| !n.is_empty() && !host_only_xattr(n))
-    else {
+    let names = pack::xattr_names(path)?;
+    let Some(name) = names.iter().find(|n| !pack::host_only_xattr(n)) else {
         return Ok(());
     };
     let name = String::from_utf8_lossy(name);
-    // What the image unpacker sets at boot (berth_bundles::apply).
-    let hint = if name.starts_with("user.") || name == "security.capability" {
-        "build the unit from an image (\"image\": NAME), whose layers carry it".to_owned()
-    } else {
-        format!("remove it (setfattr -x {name}) if the file does without it")
-    };
     Err(std::io::Error::other(format!(
-        "{}: has the extended attribute {name}, and a bundle's files cannot carry \
-         extended attributes in an initramfs (newc has no place for them): {hint}",
+        "{}: has the extended attribute {name}, and files outside a bundle's root \
+         filesystem cannot carry extended attributes in an initramfs (newc has no place \
+         for them): move the file into the bundle's rootfs, or remove the attribute \
+         (setfattr -x {name}) if the file does without it",
         path.display()
     )))
 }
@@ -1243,6 +1219,7 @@ fn check_program(
     spec: &oci_spec::runtime::Spec,
     plan: &berth_runtime::spec::Plan,
     tree: &tree::ImageTree,
+    tree_name: &str,
 ) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
     let mounts: Vec<PathBuf> = spec
@@ -1278,10 +1255,10 @@ fn check_program(
         .cloned()
         .unwrap_or_default();
     Err(if looked.len() == 1 && looked[0] == arg0 {
-        format!("its command {arg0} is not an executable file in the image")
+        format!("its command {arg0} is not an executable file in {tree_name}")
     } else {
         format!(
-            "its command {arg0} is not an executable file in the image (looked for {})",
+            "its command {arg0} is not an executable file in {tree_name} (looked for {})",
             looked.join(", ")
         )
     })
@@ -1289,10 +1266,10 @@ fn check_program(
 
 /// Reads a bundle's `config.json` as berth-init will when the unit starts
 /// and runs the runtime's checks on it; returns the root filesystem to
-/// copy. A `rootfs` that is a symlink is followed, as the runtime
+/// pack. A `rootfs` that is a symlink is followed, as the runtime
 /// canonicalizes the root of a bundle on a host: the tree it points to
-/// is copied (the link itself would dangle in the initramfs).
-fn check_bundle(b: &BundleCopy) -> Result<PathBuf, BuildError> {
+/// is packed (the link itself would dangle in the appliance).
+fn check_bundle(b: &BundleCopy) -> Result<CheckedBundle, BuildError> {
     let unit_err = |message: String| BuildError::Unit {
         kind: b.kind,
         unit: b.unit.clone(),
@@ -1318,10 +1295,21 @@ fn check_bundle(b: &BundleCopy) -> Result<PathBuf, BuildError> {
         _ => return Err(bad(format!("root.path {root:?} is not a directory"))),
     };
     let archive = Path::new("/").join(&b.archive);
-    runtime_check(&b.unit, &spec, &archive)
-        .map(drop)
+    let plan = runtime_check(&b.unit, &spec, &archive)
         .map_err(|e| unit_err(format!("bundle {}: {e}", b.host.display())))?;
-    Ok(real)
+    Ok(CheckedBundle {
+        spec,
+        plan,
+        rootfs: real,
+    })
+}
+
+/// A bundle as [`check_bundle`] found it.
+struct CheckedBundle {
+    spec: oci_spec::runtime::Spec,
+    plan: berth_runtime::spec::Plan,
+    /// The root filesystem to pack (links followed).
+    rootfs: PathBuf,
 }
 
 /// Every unit of the manifest, with its kind.
@@ -1411,7 +1399,7 @@ fn check_image_units(
             Path::new("/run/berth/rootfs").join(name).as_path(),
         )
         .map_err(|e| unit_err(format!("image {image}: {e}")))?;
-        check_program(&spec, &plan, &facts.tree)
+        check_program(&spec, &plan, &facts.tree, "the image")
             .map_err(|e| unit_err(format!("image {image}: {e}")))?;
     }
     Ok(())
@@ -1555,7 +1543,11 @@ fn resolve_in_tree<'t>(tree: &'t Tree, path: &str) -> Option<&'t Entry> {
 
 /// Copies a runtime bundle: `config.json` (with `root.path` = `rootfs`)
 /// and the root filesystem it names. Returns the bytes of its files.
-fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
+fn bundle_entries(
+    tree: &mut Tree,
+    b: &BundleCopy,
+    scratch: &Path,
+) -> Result<(u64, u64), BuildError> {
     let config_path = b.host.join("config.json");
     let io_err = |path: &Path| {
         let unit = b.unit.clone();
@@ -1567,7 +1559,8 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
         path: b.host.clone(),
         message,
     };
-    let rootfs = check_bundle(b)?;
+    let checked = check_bundle(b)?;
+    let rootfs = &checked.rootfs;
     let bytes =
         read_small_file(&config_path, MAX_JSON, Accept::Regular).map_err(io_err(&config_path))?;
     let mut config: Value = serde_json::from_slice(&bytes)
@@ -1587,12 +1580,69 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
     let mut bytes = config_bytes.len() as u64;
     tree.bytes(&format!("{}/config.json", b.archive), 0o644, config_bytes)
         .map_err(BuildError::Cpio)?;
-    bytes += add_host_tree(tree, &rootfs, &format!("{}/rootfs", b.archive), true)
-        .map_err(io_err(&rootfs))?;
+    // The root filesystem as a layer: an uncompressed one-image layout
+    // first, then recompressed and verified as every image is.
+    let raw = scratch.join("raw");
+    let packed = pack::write_layout(rootfs, &raw).map_err(io_err(rootfs))?;
+    bytes += packed.bytes;
+    let layout_dir = scratch.join("rootfs.oci");
+    let mut lw = LayoutWriter::new(&layout_dir).map_err(BuildError::Layout)?;
+    let reference = ImageRef::Oci {
+        path: raw.clone(),
+        tag: Some(pack::ROOTFS_IMAGE.into()),
+    };
+    let summary = lw
+        .add_parsed(
+            pack::ROOTFS_IMAGE,
+            &format!("bundle {}", b.host.display()),
+            &reference,
+            &mut |_, _, _, _| {},
+        )
+        .map_err(BuildError::Layout)?;
+    // Its program, looked for as the runtime will look for it at boot.
+    if let Some(facts) = lw.facts(pack::ROOTFS_IMAGE) {
+        check_program(
+            &checked.spec,
+            &checked.plan,
+            &facts.tree,
+            "the bundle's root filesystem",
+        )
+        .map_err(|e| BuildError::Unit {
+            kind: b.kind,
+            unit: b.unit.clone(),
+            message: format!("bundle {}: {e}", b.host.display()),
+        })?;
+    }
+    lw.finish().map_err(BuildError::Layout)?;
+    // The uncompressed copy is not needed any more; the build's temporary
+    // directory goes at the end anyway.
+    let _ = fs::remove_dir_all(&raw);
+    add_host_tree(
+        tree,
+        &layout_dir,
+        &format!("{}/rootfs.oci", b.archive),
+        false,
+    )
+    .map_err(|source| BuildError::Output {
+        path: layout_dir.clone(),
+        source,
+    })?;
     // Bind sources relative to the bundle (runtime-spec: "relative to the
     // bundle") go with it, to the same place in its copy.
-    let mut copied: Vec<String> = vec!["rootfs".into()];
+    let mut copied: Vec<String> = Vec::new();
     for source in relative_bind_sources(&config).map_err(bad)? {
+        // berth-init runs a packed bundle from its unpacked layer: nothing
+        // of the copy may be named `rootfs` (or be below it).
+        if ["rootfs", "rootfs.oci"]
+            .iter()
+            .any(|r| source == *r || source.starts_with(&format!("{r}/")))
+        {
+            return Err(bad(format!(
+                "bind source {source:?} (relative to the bundle) is in its root filesystem, \
+                 which is packed as a layer and unpacked elsewhere at boot: give the mount \
+                 an absolute source, or a path outside the bundle's rootfs"
+            )));
+        }
         if copied
             .iter()
             .any(|c| source == *c || source.starts_with(&format!("{c}/")))
@@ -1624,7 +1674,7 @@ fn bundle_entries(tree: &mut Tree, b: &BundleCopy) -> Result<u64, BuildError> {
             .map_err(io_err(&host))?;
         copied.push(source);
     }
-    Ok(bytes)
+    Ok((bytes, summary.stored))
 }
 
 /// The bind mount sources of a bundle's `config.json` that are relative

@@ -159,15 +159,62 @@ fn machine_modules_follow_disk_and_network() {
     assert_eq!(p.manifest["modules"], serde_json::json!(["overlay"]));
 }
 
+fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Unpacks the root filesystem layer a bundle's copy left in `scratch`
+/// (`rootfs.oci`) into `dest`, as berth-init does at boot.
+fn unpack_packed(scratch: &Path, dest: &Path) {
+    let _ = fs::remove_dir_all(dest);
+    fs::create_dir_all(dest).unwrap();
+    let image = berth_bundles::image::Image::open(
+        &ImageRef::Oci {
+            path: scratch.join("rootfs.oci"),
+            tag: Some(pack::ROOTFS_IMAGE.into()),
+        },
+        &berth_bundles::Platform::default(),
+    )
+    .unwrap();
+    let rootfs = berth_bundles::apply::Rootfs::open(dest).unwrap();
+    berth_bundles::unpack::unpack_rootfs(&image, &rootfs, None).unwrap();
+}
+
 #[test]
-fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
-    use std::os::unix::fs::symlink;
+fn bundle_rootfs_is_packed_as_a_layer_with_owners_kept() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     let dir = std::env::temp_dir().join(format!("berth-build-bundle-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("myroot/bin")).unwrap();
     fs::write(dir.join("myroot/bin/tool"), b"tool").unwrap();
-    symlink("tool", dir.join("myroot/bin/alias")).unwrap();
+    // chown clears set-user-ID: it goes first.
     std::os::unix::fs::chown(dir.join("myroot/bin/tool"), Some(1000), Some(1001)).unwrap();
+    fs::set_permissions(
+        dir.join("myroot/bin/tool"),
+        fs::Permissions::from_mode(0o4750),
+    )
+    .unwrap();
+    symlink("tool", dir.join("myroot/bin/alias")).unwrap();
+    // Longer than ustar's 100 + 155 bytes: a PAX path record.
+    let deep = format!("{}/{}", "d".repeat(120), "e".repeat(150));
+    fs::create_dir_all(dir.join("myroot").join(&deep)).unwrap();
+    let long_name = "f".repeat(200);
+    fs::write(dir.join("myroot").join(&deep).join(&long_name), b"deep").unwrap();
+    symlink(
+        "/".to_owned() + &"t".repeat(300),
+        dir.join("myroot/bin/far"),
+    )
+    .unwrap();
+    let fifo = dir.join("myroot/bin/fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
     fs::write(
         dir.join("config.json"),
         br#"{"ociVersion": "1.0.2", "root": {"path": "myroot"},
@@ -182,7 +229,8 @@ fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
         host: dir.clone(),
         archive: "berth/bundles/services/web".into(),
     };
-    bundle_entries(&mut tree, &b).unwrap();
+    let scratch = dir.join("scratch");
+    bundle_entries(&mut tree, &b, &scratch).unwrap();
     let Some(Entry {
         kind: Kind::File(cpio::Data::Bytes(config)),
         ..
@@ -193,19 +241,46 @@ fn bundle_is_copied_with_its_root_renamed_and_owners_kept() {
     let config: Value = serde_json::from_slice(config).unwrap();
     assert_eq!(config["root"]["path"], "rootfs");
     assert_eq!(config["process"]["args"][0], "/bin/tool");
-    let tool = tree
-        .get("berth/bundles/services/web/rootfs/bin/tool")
-        .unwrap();
-    assert_eq!((tool.uid, tool.gid), (1000, 1001));
-    assert_eq!(
-        tree.get("berth/bundles/services/web/rootfs/bin/alias")
-            .unwrap()
-            .kind,
-        Kind::Symlink("tool".into())
+    // The layout goes in; no tree of the root filesystem does.
+    assert!(
+        tree.get("berth/bundles/services/web/rootfs.oci/index.json")
+            .is_some()
     );
+    assert!(tree.get("berth/bundles/services/web/rootfs").is_none());
+    assert!(
+        tree.get("berth/bundles/services/web/rootfs/bin/tool")
+            .is_none()
+    );
+
+    let x = dir.join("x");
+    unpack_packed(&scratch, &x);
+    let tool = fs::symlink_metadata(x.join("bin/tool")).unwrap();
+    assert_eq!((tool.uid(), tool.gid()), (1000, 1001));
+    assert_eq!(tool.mode() & 0o7777, 0o4750);
+    assert_eq!(tool.mtime(), 0);
+    assert_eq!(fs::read(x.join("bin/tool")).unwrap(), b"tool");
+    assert_eq!(
+        fs::read_link(x.join("bin/alias")).unwrap(),
+        Path::new("tool")
+    );
+    assert_eq!(
+        fs::read_link(x.join("bin/far")).unwrap(),
+        Path::new(&("/".to_owned() + &"t".repeat(300)))
+    );
+    assert_eq!(fs::read(x.join(&deep).join(&long_name)).unwrap(), b"deep");
+    let fifo = fs::symlink_metadata(x.join("bin/fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    assert_eq!(fifo.mode() & 0o7777, 0o640);
+
+    // The same tree packs to the same bytes.
+    let again = dir.join("again");
+    bundle_entries(&mut Tree::default(), &b, &again).unwrap();
+    let index = |s: &Path| fs::read(s.join("rootfs.oci/index.json")).unwrap();
+    assert_eq!(index(&scratch), index(&again));
+
     // A bundle without its root directory is refused with the unit named.
     fs::remove_dir_all(dir.join("myroot")).unwrap();
-    let err = bundle_entries(&mut Tree::default(), &b).unwrap_err();
+    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s3")).unwrap_err();
     let text = crate::report(&err);
     assert!(text.contains("bundle") && text.contains("of web"), "{text}");
     assert!(text.contains("\"myroot\" is not a directory"), "{text}");
@@ -292,17 +367,26 @@ fn a_failed_build_removes_the_parents_it_made() {
 }
 
 /// A busybox-like bundle: one 1 MiB binary under many names (hard links).
-/// The initramfs holds its data once, every name one inode, as GNU cpio
-/// extracts it; a name outside the tree does not count.
+/// Its layer holds the data once, and the names unpack as one inode; a
+/// name outside the tree does not count.
 #[test]
-fn a_bundles_hard_links_are_one_inode_in_the_initramfs() {
+fn a_bundles_hard_links_are_one_file_in_its_layer() {
     use std::os::unix::fs::MetadataExt;
     let dir = std::env::temp_dir().join(format!("berth-build-links-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
     fs::create_dir_all(dir.join("rootfs/usr/sbin")).unwrap();
-    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    // Not compressible: the layer's size shows the data's copies.
+    let mut big = vec![0u8; 1 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
     fs::write(dir.join("rootfs/bin/busybox"), &big).unwrap();
+    make_executable(&dir.join("rootfs/bin/busybox"));
     let mut names = vec!["bin/busybox".to_owned()];
     for i in 0..150 {
         let name = format!("{}/tool{i:03}", if i % 2 == 0 { "bin" } else { "usr/sbin" });
@@ -330,70 +414,54 @@ fn a_bundles_hard_links_are_one_inode_in_the_initramfs() {
         archive: "berth/bundles/services/bb".into(),
     };
     let mut tree = Tree::default();
-    let copied = bundle_entries(&mut tree, &b).unwrap();
+    let scratch = dir.join("scratch");
+    let (copied, stored) = bundle_entries(&mut tree, &b, &scratch).unwrap();
     assert!(copied < (1 << 20) + 4096, "counted {copied} bytes");
+    assert!(
+        stored > 1 << 20 && stored < (1 << 20) + 64 * 1024,
+        "stored {stored} bytes"
+    );
     let mut bytes = Vec::new();
     tree.write(&mut bytes).unwrap();
     assert!(bytes.len() < (1 << 20) + 64 * 1024, "{} bytes", bytes.len());
-    let headers = cpio::tests::parse_newc(&bytes);
-    let root = "berth/bundles/services/bb/rootfs";
-    let linked: Vec<&cpio::tests::Header> = headers
-        .iter()
-        .filter(|h| names.iter().any(|n| h.name == format!("{root}/{n}")))
-        .collect();
-    assert_eq!(linked.len(), names.len());
-    assert!(
-        linked
-            .iter()
-            .all(|h| h.ino == linked[0].ino && h.nlink == 151)
-    );
-    let with_data: Vec<&str> = linked
-        .iter()
-        .filter(|h| !h.data.is_empty())
-        .map(|h| h.name.as_str())
-        .collect();
-    assert_eq!(with_data, [format!("{root}/usr/sbin/tool149")]);
-    let config = headers
-        .iter()
-        .find(|h| h.name == format!("{root}/bin/config"))
-        .unwrap();
-    assert_eq!((config.nlink, config.data.as_slice()), (1, &b"conf"[..]));
 
     let x = dir.join("x");
-    fs::create_dir(&x).unwrap();
-    let mut cpio = std::process::Command::new("cpio")
-        .args(["-i", "-d", "-m", "--quiet"])
-        .current_dir(&x)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("cpio missing: apt-get install cpio");
-    cpio.stdin.take().unwrap().write_all(&bytes).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    let first = fs::metadata(x.join(root).join(&names[0])).unwrap();
+    unpack_packed(&scratch, &x);
+    let first = fs::metadata(x.join(&names[0])).unwrap();
     assert_eq!(first.nlink(), 151);
     for name in &names {
-        let m = fs::metadata(x.join(root).join(name)).unwrap();
+        let m = fs::metadata(x.join(name)).unwrap();
         assert_eq!(m.ino(), first.ino(), "{name}");
     }
-    assert_eq!(fs::read(x.join(root).join("bin/tool000")).unwrap(), big);
+    assert_eq!(fs::read(x.join("bin/tool000")).unwrap(), big);
+    let config = fs::metadata(x.join("bin/config")).unwrap();
+    assert_eq!(config.nlink(), 1);
+    assert_eq!(fs::read(x.join("bin/config")).unwrap(), b"conf");
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// A bundle's file with an extended attribute that matters (a `user.*`
-/// one, a file capability, `trusted.*`) is refused, naming both: the
-/// initramfs would drop it. The host's own labels are not.
+/// A bundle file's extended attributes that berth-init's unpacker sets
+/// (`user.*`, a file capability) are packed and come back at unpack; one
+/// it would drop (`trusted.*`) is refused, naming file and attribute; the
+/// host's own labels are left behind. A bind source copied as a tree (no
+/// layer) still cannot carry any.
 #[test]
-fn bundle_files_with_extended_attributes_are_refused() {
-    use rustix::fs::{XattrFlags, lremovexattr, lsetxattr};
+fn bundle_xattrs_are_packed_or_refused() {
+    use rustix::fs::{XattrFlags, lgetxattr, lremovexattr, lsetxattr};
     let dir = std::env::temp_dir().join(format!("berth-build-xattr-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    fs::create_dir_all(dir.join("conf")).unwrap();
     let tool = dir.join("rootfs/bin/tool");
     fs::write(&tool, b"tool").unwrap();
+    make_executable(&tool);
+    fs::write(dir.join("conf/app.conf"), b"x").unwrap();
     fs::write(
         dir.join("config.json"),
         br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
             "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [{"destination": "/etc/app", "type": "bind", "source": "conf",
+                        "options": ["rbind", "ro"]}],
             "linux": {"namespaces": [{"type": "mount"}]}}"#,
     )
     .unwrap();
@@ -403,45 +471,25 @@ fn bundle_files_with_extended_attributes_are_refused() {
         host: dir.clone(),
         archive: "berth/bundles/services/web".into(),
     };
-    bundle_entries(&mut Tree::default(), &b).unwrap();
-    let refused = |name: &str| {
-        let err = bundle_entries(&mut Tree::default(), &b).unwrap_err();
-        let text = crate::report(&err);
-        assert!(
-            text.contains(&format!(
-                "{}: has the extended attribute {name}, and a bundle's files cannot carry \
-                 extended attributes in an initramfs",
-                tool.display()
-            )),
-            "{text}"
-        );
-        text
-    };
-    lsetxattr(&tool, "user.origin", b"build-host", XattrFlags::empty())
-        .expect("user.* xattrs on the temporary directory's filesystem (ext4, tmpfs)");
-    let text = refused("user.origin");
-    assert!(text.contains("build the unit from an image"), "{text}");
-    lremovexattr(&tool, "user.origin").unwrap();
-
     assert!(
         rustix::process::geteuid().is_root(),
         "security.* and trusted.* xattrs need root: run the tests as root"
     );
+    lsetxattr(&tool, "user.origin", b"build-host", XattrFlags::empty())
+        .expect("user.* xattrs on the temporary directory's filesystem (ext4, tmpfs)");
+    lsetxattr(
+        dir.join("rootfs/bin"),
+        "user.dir",
+        b"d",
+        XattrFlags::empty(),
+    )
+    .unwrap();
     // struct vfs_cap_data, revision 2, effective: cap_net_raw (13).
     let mut cap = Vec::new();
     for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
         cap.extend_from_slice(&word.to_le_bytes());
     }
     lsetxattr(&tool, "security.capability", &cap, XattrFlags::empty()).unwrap();
-    let text = refused("security.capability");
-    assert!(text.contains("build the unit from an image"), "{text}");
-    lremovexattr(&tool, "security.capability").unwrap();
-
-    lsetxattr(&tool, "trusted.note", b"x", XattrFlags::empty()).unwrap();
-    let text = refused("trusted.note");
-    assert!(text.contains("setfattr -x trusted.note"), "{text}");
-    lremovexattr(&tool, "trusted.note").unwrap();
-
     // An SELinux host labels every file: that is no reason to fail.
     lsetxattr(
         &tool,
@@ -450,7 +498,89 @@ fn bundle_files_with_extended_attributes_are_refused() {
         XattrFlags::empty(),
     )
     .unwrap();
-    bundle_entries(&mut Tree::default(), &b).unwrap();
+    let scratch = dir.join("scratch");
+    bundle_entries(&mut Tree::default(), &b, &scratch).unwrap();
+    let x = dir.join("x");
+    unpack_packed(&scratch, &x);
+    let get = |path: &Path, name: &str| {
+        let mut buf = vec![0u8; 256];
+        lgetxattr(path, name, &mut buf[..]).map(|n| buf[..n].to_vec())
+    };
+    assert_eq!(
+        get(&x.join("bin/tool"), "user.origin").unwrap(),
+        b"build-host"
+    );
+    assert_eq!(
+        get(&x.join("bin/tool"), "security.capability").unwrap(),
+        cap
+    );
+    assert_eq!(get(&x.join("bin"), "user.dir").unwrap(), b"d");
+    assert!(get(&x.join("bin/tool"), "security.selinux").is_err());
+
+    lsetxattr(&tool, "trusted.note", b"x", XattrFlags::empty()).unwrap();
+    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s2")).unwrap_err();
+    let text = crate::report(&err);
+    assert!(
+        text.contains(&format!(
+            "{}: has the extended attribute trusted.note, which berth-init does not set",
+            tool.display()
+        )) && text.contains("setfattr -x trusted.note"),
+        "{text}"
+    );
+    lremovexattr(&tool, "trusted.note").unwrap();
+
+    lsetxattr(
+        dir.join("conf/app.conf"),
+        "user.x",
+        b"1",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s3")).unwrap_err();
+    let text = crate::report(&err);
+    assert!(
+        text.contains(&format!(
+            "{}: has the extended attribute user.x, and files outside a bundle's root \
+             filesystem cannot carry extended attributes in an initramfs",
+            dir.join("conf/app.conf").display()
+        )),
+        "{text}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A bind source inside the bundle's root filesystem is refused: the root
+/// is packed as a layer and unpacked elsewhere at boot.
+#[test]
+fn bind_sources_inside_a_packed_rootfs_are_refused() {
+    let dir = std::env::temp_dir().join(format!("berth-build-bindroot-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+    fs::write(dir.join("rootfs/bin"), b"tool").unwrap();
+    make_executable(&dir.join("rootfs/bin"));
+    fs::write(
+        dir.join("config.json"),
+        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"args": ["/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [{"destination": "/mnt", "type": "bind", "source": "rootfs/etc",
+                        "options": ["rbind"]}],
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    let b = BundleCopy {
+        kind: "task",
+        unit: "t".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/tasks/t".into(),
+    };
+    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s")).unwrap_err();
+    let text = crate::report(&err);
+    assert!(
+        text.contains(
+            "bind source \"rootfs/etc\" (relative to the bundle) is in its root filesystem"
+        ),
+        "{text}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -547,4 +677,67 @@ fn modules_given_by_an_alias_are_written_by_their_names() {
         "{err}"
     );
     let _ = fs::remove_dir_all(&root);
+}
+
+/// A bundle's program is looked for in its packed root filesystem as the
+/// runtime looks for it at boot: a missing or non-executable one fails the
+/// build, naming unit, bundle and command.
+#[test]
+fn a_bundle_without_its_program_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("berth-build-noprog-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    fs::write(dir.join("rootfs/bin/tool"), b"tool").unwrap();
+    fs::set_permissions(
+        dir.join("rootfs/bin/tool"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("tool", dir.join("rootfs/bin/sh")).unwrap();
+    let config = |args: &str| {
+        fs::write(
+            dir.join("config.json"),
+            format!(
+                r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                    "process": {{"args": {args}, "cwd": "/", "env": ["PATH=/usr/bin:/bin"],
+                                "user": {{"uid": 0, "gid": 0}}}},
+                    "linux": {{"namespaces": [{{"type": "mount"}}]}}}}"#
+            ),
+        )
+        .unwrap();
+    };
+    let b = BundleCopy {
+        kind: "service",
+        unit: "web".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/web".into(),
+    };
+    let refused = |args: &str, i: usize| {
+        config(args);
+        let err = bundle_entries(&mut Tree::default(), &b, &dir.join(format!("s{i}"))).unwrap_err();
+        crate::report(&err)
+    };
+    let text = refused(r#"["/bin/nope"]"#, 0);
+    assert!(
+        text.contains(&format!(
+            "service web: bundle {}: its command /bin/nope is not an executable file in the bundle's root filesystem",
+            dir.display()
+        )),
+        "{text}"
+    );
+    // Found through PATH and a link, but without an execute bit.
+    let text = refused(r#"["sh"]"#, 1);
+    assert!(
+        text.contains("its command sh is not an executable file in the bundle's root filesystem (looked for /usr/bin/sh, /bin/sh)"),
+        "{text}"
+    );
+    fs::set_permissions(
+        dir.join("rootfs/bin/tool"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    config(r#"["sh"]"#);
+    bundle_entries(&mut Tree::default(), &b, &dir.join("s2")).unwrap();
+    let _ = fs::remove_dir_all(&dir);
 }

@@ -25,8 +25,11 @@
 //! - xattrs: `user.*` and `security.capability` are set on files and
 //!   directories; any other namespace (`security.selinux`, `trusted.*`,
 //!   `system.*`) and xattrs on other file types are skipped with a debug log
-//!   and counted in [`LayerStats::skipped_xattrs`]; a directory declared
-//!   again ends with the new entry's xattrs only (umoci);
+//!   and counted in [`LayerStats::skipped_xattrs`]; so is a `user.*` one
+//!   the target filesystem does not support (EOPNOTSUPP: tmpfs before Linux
+//!   6.6), in [`LayerStats::unsupported_xattrs`] too, for the caller to
+//!   warn about, as moby and containerd go on without it; a directory
+//!   declared again ends with the new entry's xattrs only (umoci);
 //! - sparse files (GNU's old `S` type and PAX formats 0.0, 0.1, 1.0) are
 //!   regular files whose holes stay holes ([`crate::sparse`]); a malformed
 //!   map is refused;
@@ -179,6 +182,9 @@ pub struct LayerStats {
     pub whiteouts: u64,
     /// Extended attributes not set (see the module documentation).
     pub skipped_xattrs: u64,
+    /// Of `skipped_xattrs`, `user.*` attributes the target filesystem does
+    /// not support (EOPNOTSUPP: tmpfs before Linux 6.6, some FUSE ones).
+    pub unsupported_xattrs: u64,
 }
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -912,8 +918,19 @@ impl Rootfs {
         }
         for (key, value) in xattrs {
             if xattr_allowed(key) {
-                rfs::fsetxattr(fd, &key[..], value, XattrFlags::empty())
-                    .map_err(|e| ApplyError::fs("set xattr on", path, e))?;
+                match rfs::fsetxattr(fd, &key[..], value, XattrFlags::empty()) {
+                    Ok(()) => {}
+                    // A filesystem without user.* attributes (tmpfs before
+                    // Linux 6.6): the file goes on without it, counted, as
+                    // moby's and containerd's unpackers do. A file
+                    // capability has no such excuse.
+                    Err(Errno::OPNOTSUPP) if key.starts_with(b"user.") => {
+                        log::debug!("{} not supported on {}", show(key), show(path));
+                        stats.skipped_xattrs += 1;
+                        stats.unsupported_xattrs += 1;
+                    }
+                    Err(e) => return Err(ApplyError::fs("set xattr on", path, e)),
+                }
             } else {
                 log::debug!("skipping xattr {} on {}", show(key), show(path));
                 stats.skipped_xattrs += 1;

@@ -581,6 +581,52 @@ fn xattrs_kept_and_skipped() {
     assert_eq!(stats[0].skipped_xattrs, 3);
 }
 
+/// On a filesystem without `user.*` attributes (ramfs here; tmpfs before
+/// Linux 6.6, where berth-init unpacks on the appliance's 6.1 kernel) the
+/// file is unpacked without them, counted apart; a file capability it
+/// cannot hold still fails the layer.
+#[test]
+fn user_xattrs_a_filesystem_lacks_are_counted_not_fatal() {
+    let w = World::new("xattr-unsupported");
+    let root = w.root();
+    rustix::mount::mount(
+        "berth-test",
+        &root,
+        "ramfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .expect("mount ramfs (root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let _unmount = Unmount(root.clone());
+    let stats = w
+        .apply(&[vec![
+            E::file("f", b"x").pax("SCHILY.xattr.user.note", b"hello"),
+            E::dir("d").pax("SCHILY.xattr.user.dir", b"yes"),
+        ]])
+        .unwrap();
+    assert_eq!(fs::read(root.join("f")).unwrap(), b"x");
+    assert_eq!(xattr(&root.join("f"), "user.note"), None);
+    assert_eq!(
+        (stats[0].skipped_xattrs, stats[0].unsupported_xattrs),
+        (2, 2)
+    );
+    let cap = [
+        1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let err = w
+        .apply(&[vec![
+            E::file("cap", b"x").pax("SCHILY.xattr.security.capability", cap),
+        ]])
+        .unwrap_err();
+    assert!(chain(&err).contains("set xattr on"), "{}", chain(&err));
+}
+
 #[test]
 fn xattr_values_holding_a_newline_are_kept_whole() {
     // A file capability is binary: CAP_DAC_OVERRIDE + CAP_FOWNER make the

@@ -87,7 +87,7 @@ pub fn boot_mounts() -> Vec<MountStep> {
         // state: set-user-ID programs and file capabilities work in a
         // container's root as in any runtime's (bind mounts of a tree
         // keep the nosuid of the mount it is on, which /run's would make
-        // them inert); device nodes in images stay inert.
+        // them inert); device nodes in its trees stay inert.
         step(
             "berth-run",
             "/run/berth",

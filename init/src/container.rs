@@ -694,6 +694,7 @@ impl ContainerLauncher {
                 source: Box::new(source),
             }
         })?;
+        warn_unsupported_xattrs(&format!("image {image}"), &stats);
         let bytes = stats.iter().map(|s| s.bytes).sum();
         let spec = self.unit_spec(name, image, img, &rootfs, program, persistent)?;
         Ok((
@@ -719,11 +720,12 @@ impl ContainerLauncher {
         let parent = self.cgroup2.then_some(self.opts.cgroup_parent.as_str());
         default_cgroups_path(&mut spec, name, parent);
         let Some(layout) = layout else {
+            // The bundle is DIR wherever root.path puts the root (runc).
             return Ok((
                 Plan::Ready {
                     spec: Box::new(spec),
                     rootfs,
-                    bundle: None,
+                    bundle: Some(dir.to_owned()),
                 },
                 0,
             ));
@@ -768,6 +770,7 @@ impl ContainerLauncher {
                 return Err(e);
             }
         };
+        warn_unsupported_xattrs(&format!("bundle {}", dir.display()), &stats);
         Ok((
             Plan::Ready {
                 spec: Box::new(spec),
@@ -1050,6 +1053,7 @@ fn unpack_shared(
                 source: Box::new(source),
             }
         })?;
+        warn_unsupported_xattrs(&format!("image {image}"), &stats);
         Ok((rootfs, stats.iter().map(|s| s.bytes).sum()))
     };
     match unpack() {
@@ -1066,6 +1070,19 @@ fn unpack_shared(
             let _ = berth_bundles::apply::remove_dir_tree(&dir);
             Err(e)
         }
+    }
+}
+
+/// Says once per unpack how many `user.*` attributes of `what`'s layers
+/// the filesystem of the run directory could not hold (tmpfs before Linux
+/// 6.6): the files are there without them.
+fn warn_unsupported_xattrs(what: &str, stats: &[berth_bundles::apply::LayerStats]) {
+    let lost: u64 = stats.iter().map(|s| s.unsupported_xattrs).sum();
+    if lost > 0 {
+        log::warn!(
+            "{what}: {lost} user.* extended attributes not set: this kernel's tmpfs keeps none \
+             (Linux 6.6 added them)"
+        );
     }
 }
 

@@ -99,6 +99,14 @@ pub fn run(argv: &[String]) -> Result<(), Box<dyn Error>> {
             dest.display()
         );
     }
+    let lost: u64 = report.layers.iter().map(|l| l.unsupported_xattrs).sum();
+    if lost > 0 {
+        note!(
+            "berth-build unpack: warning: {lost} user.* extended attributes of {} not set: the filesystem of {} does not support them",
+            report.image.name,
+            dest.display()
+        );
+    }
     if tty {
         note!(
             "unpacked {} ({}) into {}",

@@ -509,6 +509,23 @@ fn appliance_boots_serves_and_powers_off() {
         manifest_json(r#"{"bb": "oci:layout:bb"}"#, Some("bundle")),
     )
     .unwrap();
+    // A user.* attribute would be lost at boot: this kernel's tmpfs, where
+    // berth-init unpacks the bundle's root, keeps none (Linux 6.6 added
+    // them). The build says so instead.
+    rustix::fs::lsetxattr(
+        bundle.join("rootfs/bin/zz-link"),
+        "user.note",
+        b"x",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let err = one_line_err(&manifest, &dir.join("out"));
+    assert!(
+        err.contains("has the extended attribute user.note, the appliance's kernel 6.1.")
+            && err.contains("keeps no user.* attributes on tmpfs"),
+        "{err}"
+    );
+    rustix::fs::lremovexattr(bundle.join("rootfs/bin/zz-link"), "user.note").unwrap();
     let summary = build_ok(&manifest, &dir.join("out"));
     assert!(
         summary.contains("  bundle for task from-bundle ") && summary.contains(" MiB zstd  ("),

@@ -863,10 +863,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     }
 
     // Bundles.
+    let pack_opts = pack::PackOptions::for_kernel(&kt.release);
     let mut bundles = Vec::with_capacity(prepared.bundles.len());
     for (i, b) in prepared.bundles.iter().enumerate() {
         // By position: a unit name is no path component.
-        let (bytes, stored) = bundle_entries(&mut tree, b, &work.join(format!("bundle-{i}")))?;
+        let (bytes, stored) =
+            bundle_entries(&mut tree, b, &work.join(format!("bundle-{i}")), &pack_opts)?;
         bundles.push(BundleSummary {
             kind: b.kind,
             unit: b.unit.clone(),
@@ -1073,12 +1075,12 @@ fn check_xattrs(path: &Path) -> std::io::Result<()> {
 /// more than one name in the tree (hard links) stay one inode
 /// ([`cpio::Tree::link_group`]), the tree being this copy: two copies of
 /// one bundle (two units) share nothing. With `keep_owner` (a bundle's
-/// root filesystem) modes and owners are kept; without (what the build
-/// wrote itself, the image layout) entries are root's with 0755 for
-/// directories and 0644 for files, so the bytes do not depend on the umask
-/// the build ran under, and a file with extended attributes is refused
-/// ([`check_xattrs`]). Returns the bytes of the files added (a linked
-/// file's once).
+/// bind sources, copied beside its `config.json`) modes and owners are
+/// kept and a file with extended attributes is refused ([`check_xattrs`]);
+/// without (what the build wrote itself, the image layouts) entries are
+/// root's with 0755 for directories and 0644 for files, so the bytes do
+/// not depend on the umask the build ran under. Returns the bytes of the
+/// files added (a linked file's once).
 fn add_host_tree(
     tree: &mut Tree,
     host: &Path,
@@ -1541,12 +1543,16 @@ fn resolve_in_tree<'t>(tree: &'t Tree, path: &str) -> Option<&'t Entry> {
     last
 }
 
-/// Copies a runtime bundle: `config.json` (with `root.path` = `rootfs`)
-/// and the root filesystem it names. Returns the bytes of its files.
+/// Adds a runtime bundle for one unit: `config.json` (with `root.path` =
+/// `rootfs`), its root filesystem packed as a layer in `rootfs.oci`
+/// ([`pack`], through `scratch`), and the bind sources it names relative
+/// to the bundle. Returns the bytes of its files (packed and copied) and
+/// of the packed layout.
 fn bundle_entries(
     tree: &mut Tree,
     b: &BundleCopy,
     scratch: &Path,
+    opts: &pack::PackOptions,
 ) -> Result<(u64, u64), BuildError> {
     let config_path = b.host.join("config.json");
     let io_err = |path: &Path| {
@@ -1583,10 +1589,20 @@ fn bundle_entries(
     // The root filesystem as a layer: an uncompressed one-image layout
     // first, then recompressed and verified as every image is.
     let raw = scratch.join("raw");
-    let packed = pack::write_layout(rootfs, &raw).map_err(io_err(rootfs))?;
+    let packed = pack::write_layout(rootfs, &raw, opts).map_err(io_err(rootfs))?;
     bytes += packed.bytes;
     let layout_dir = scratch.join("rootfs.oci");
-    let mut lw = LayoutWriter::new(&layout_dir).map_err(BuildError::Layout)?;
+    // The layer's refusals name the bundle and its unit.
+    let layout_err = |e: LayoutError| BuildError::Unit {
+        kind: b.kind,
+        unit: b.unit.clone(),
+        message: format!(
+            "bundle {}: {}",
+            b.host.display(),
+            berth_init::logging::error_chain(&e)
+        ),
+    };
+    let mut lw = LayoutWriter::new(&layout_dir).map_err(layout_err)?;
     let reference = ImageRef::Oci {
         path: raw.clone(),
         tag: Some(pack::ROOTFS_IMAGE.into()),
@@ -1598,7 +1614,7 @@ fn bundle_entries(
             &reference,
             &mut |_, _, _, _| {},
         )
-        .map_err(BuildError::Layout)?;
+        .map_err(layout_err)?;
     // Its program, looked for as the runtime will look for it at boot.
     if let Some(facts) = lw.facts(pack::ROOTFS_IMAGE) {
         check_program(
@@ -1613,7 +1629,7 @@ fn bundle_entries(
             message: format!("bundle {}: {e}", b.host.display()),
         })?;
     }
-    lw.finish().map_err(BuildError::Layout)?;
+    lw.finish().map_err(layout_err)?;
     // The uncompressed copy is not needed any more; the build's temporary
     // directory goes at the end anyway.
     let _ = fs::remove_dir_all(&raw);

@@ -1,15 +1,27 @@
 //! A bundle's root filesystem packed as one OCI layer.
 //!
-//! [`pack_rootfs`] writes the tree as a tar, deterministically: entries
-//! sorted by name (byte order), the root first as `./`, mtimes 0 (as the
-//! initramfs's), owners and modes as they are, no user or group names. A
+//! [`pack_rootfs`] writes the tree as a tar, deterministically: the root
+//! first as `./`, then depth first, each directory's entries sorted by name
+//! (byte order), mtimes 0 (as the initramfs's), owners and modes as they
+//! are, no user or group names. The tree is walked by directory file
+//! descriptor, nothing followed (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`), and
+//! each file opened is checked to be what was listed (type, device and
+//! inode): a tree changed while it is packed cannot make the build read
+//! outside it, nor hang it on a fifo. A name an OCI layer cannot carry
+//! (`.wh.*`: the unpacker takes it for a whiteout) fails the pack. A
 //! file with several names in the tree (hard links) is written once, its
 //! other names as links to the first. Extended attributes go into PAX
 //! `SCHILY.xattr.*` records, which berth-init's unpacker sets again: the
 //! namespaces it sets (`user.*` and `security.capability`, on files and
 //! directories); any other attribute would be lost at boot, so it fails
 //! the pack, naming file and attribute, apart from the labels the build
-//! host's security modules put on every file ([`host_only_xattr`]). Names
+//! host's security modules put on every file ([`host_only_xattr`]), and so
+//! does one a PAX record cannot carry as it is (an empty value reads as a
+//! deletion, a name with `=` splits elsewhere, a name not UTF-8), a file
+//! capability bound to a user namespace's root (inert in the appliance,
+//! whose containers get none), and `user.*` when the appliance's kernel
+//! keeps none on tmpfs, where berth-init unpacks the root ([`PackOptions`]:
+//! Linux 6.6 added them). Names
 //! and link targets too long for the ustar header go into PAX `path` and
 //! `linkpath` records, as do owners above ustar's 7 octal digits.
 //!
@@ -19,11 +31,14 @@
 //! and verifies with the images' own [`super::layout::LayoutWriter`].
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use berth_bundles::digest::{Hasher, Sha256Digest};
 use serde_json::json;
@@ -95,28 +110,118 @@ fn xattr_value(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The extended attributes of `path` that go into the layer, sorted by
-/// name; an attribute the appliance would lose is an error.
-fn packed_xattrs(path: &Path, meta: &fs::Metadata) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut names = xattr_names(path)?;
+/// What the appliance keeps of a packed tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackOptions {
+    /// Why `user.*` attributes would be lost at boot (`None`: kept): the
+    /// appliance's kernel has no `user.*` attributes on tmpfs.
+    pub user_xattrs_lost: Option<String>,
+}
+
+impl PackOptions {
+    /// The options for an appliance booting the kernel `release`
+    /// (`6.1.0-28-cloud-amd64`): tmpfs keeps `user.*` attributes from
+    /// Linux 6.6 on.
+    pub fn for_kernel(release: &str) -> Self {
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+        let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+        let kept = matches!((major, minor), (Some(a), Some(b)) if (a, b) >= (6, 6));
+        PackOptions {
+            user_xattrs_lost: (!kept).then(|| {
+                format!(
+                    "the appliance's kernel {release} keeps no user.* attributes on tmpfs, \
+                     where berth-init unpacks a bundle's root (Linux 6.6 added them)"
+                )
+            }),
+        }
+    }
+}
+
+/// The extended attributes of the entry `name` of the directory `dir` (the
+/// root itself for `None`; not following a link) that go into the layer,
+/// sorted by name; an attribute the appliance would lose is an error.
+/// `path` is for messages.
+fn packed_xattrs(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    path: &Path,
+    ft: FileType,
+    opts: &PackOptions,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    // By the directory's descriptor: the entry itself, not a path that
+    // could meanwhile lead elsewhere.
+    let at = match dir {
+        Some(fd) => {
+            let mut p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            p.push(name);
+            p
+        }
+        None => path.to_owned(),
+    };
+    let refuse = |attr: &[u8], why: &str| {
+        let shown = String::from_utf8_lossy(attr);
+        io::Error::other(format!(
+            "{}: has the extended attribute {shown}, {why}: remove it (setfattr -x {shown}) \
+             if the file does without it",
+            path.display()
+        ))
+    };
+    let mut names =
+        xattr_names(&at).map_err(|e| in_path("list the extended attributes of", path, e))?;
     names.retain(|n| !host_only_xattr(n));
     names.sort();
-    let kept = meta.is_file() || meta.is_dir();
+    let kept = ft == FileType::RegularFile || ft == FileType::Directory;
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        if !(kept && unpacker_sets(&name)) {
-            let shown = String::from_utf8_lossy(&name);
-            return Err(io::Error::other(format!(
-                "{}: has the extended attribute {shown}, which berth-init does not set when it \
-                 unpacks the bundle (only user.* and security.capability, on files and \
-                 directories): remove it (setfattr -x {shown}) if the file does without it",
-                path.display()
-            )));
+    for attr in names {
+        if !(kept && unpacker_sets(&attr)) {
+            return Err(refuse(
+                &attr,
+                "which berth-init does not set when it unpacks the bundle (only user.* and \
+                 security.capability, on files and directories)",
+            ));
         }
-        let value = xattr_value(path, &name)?;
-        out.push((name, value));
+        if attr.starts_with(b"user.")
+            && let Some(why) = &opts.user_xattrs_lost
+        {
+            return Err(refuse(&attr, why));
+        }
+        if std::str::from_utf8(&attr).is_err() || attr.contains(&b'=') {
+            return Err(refuse(
+                &attr,
+                "whose name a layer cannot carry (a PAX record)",
+            ));
+        }
+        let value = xattr_value(&at, &attr)
+            .map_err(|e| in_path("read an extended attribute of", path, e))?;
+        if value.is_empty() {
+            return Err(refuse(
+                &attr,
+                "whose value is empty, which a layer reads as its removal",
+            ));
+        }
+        // struct vfs_ns_cap_data: revision 3 carries the root uid of the
+        // user namespace the capability belongs to.
+        if attr == b"security.capability"
+            && value.len() >= 24
+            && value[3] == 0x03
+            && value[20..24] != [0, 0, 0, 0]
+        {
+            return Err(refuse(
+                &attr,
+                "a file capability bound to a user namespace's root, which is inert in the \
+                 appliance (its containers get no user namespace)",
+            ));
+        }
+        out.push((attr, value));
     }
     Ok(out)
+}
+
+/// An I/O error with what was being done, to which file.
+fn in_path(op: &str, path: &Path, e: impl Into<io::Error>) -> io::Error {
+    let e: io::Error = e.into();
+    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }
 
 /// What [`pack_rootfs`] wrote.
@@ -129,127 +234,225 @@ pub struct Packed {
 }
 
 /// Writes the tree at `root` as a tar to `out` (see the module docs).
-pub fn pack_rootfs(root: &Path, out: impl Write) -> io::Result<Packed> {
+pub fn pack_rootfs(root: &Path, out: impl Write, opts: &PackOptions) -> io::Result<Packed> {
     let mut w = TarWriter {
         out,
         links: HashMap::new(),
         packed: Packed::default(),
+        opts,
     };
-    w.add(root, b"./")?;
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| in_path("open", root, e))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| in_path("stat", root, e))?;
+    let xattrs = packed_xattrs(None, OsStr::new(""), root, FileType::Directory, opts)?;
+    w.entry(root, b"./", &st, Body::None, &xattrs)?;
+    w.walk(fd, root, b"")?;
     // Two zero blocks end the archive.
     w.out.write_all(&[0u8; 1024])?;
     w.out.flush()?;
     Ok(w.packed)
 }
 
-struct TarWriter<W> {
+struct TarWriter<'a, W> {
     out: W,
     /// (device, inode) → the name its data was written under.
     links: HashMap<(u64, u64), Vec<u8>>,
     packed: Packed,
+    opts: &'a PackOptions,
 }
 
-impl<W: Write> TarWriter<W> {
-    fn add(&mut self, path: &Path, name: &[u8]) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path)?;
-        self.entry(path, name, &meta)?;
-        if meta.is_dir() {
-            let mut names: Vec<_> = fs::read_dir(path)?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()?;
-            names.sort();
-            for child in names {
-                let mut child_name = if name == b"./" {
-                    Vec::new()
-                } else {
-                    name.to_vec()
-                };
-                child_name.extend_from_slice(child.as_bytes());
-                if fs::symlink_metadata(path.join(&child))?.is_dir() {
-                    child_name.push(b'/');
+/// What follows an entry's header.
+enum Body {
+    None,
+    /// A regular file's data, opened.
+    File(File),
+    /// A symlink's target.
+    Link(Vec<u8>),
+}
+
+impl<W: Write> TarWriter<'_, W> {
+    /// Adds the entries of the directory `dir` (at `path`, named `prefix`
+    /// in the layer: empty for the root, else ending in `/`), depth first.
+    fn walk(&mut self, dir: OwnedFd, path: &Path, prefix: &[u8]) -> io::Result<()> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&dir).map_err(|e| in_path("read", path, e))? {
+            let entry = entry.map_err(|e| in_path("read", path, e))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        names.sort();
+        for raw in names {
+            let name = OsStr::from_bytes(&raw);
+            let child = path.join(name);
+            if raw.starts_with(b".wh.") {
+                return Err(io::Error::other(format!(
+                    "{}: a name starting with .wh. cannot go into a layer (the unpacker takes it \
+                     for a whiteout): rename it",
+                    child.display()
+                )));
+            }
+            let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| in_path("stat", &child, e))?;
+            let ft = FileType::from_raw_mode(st.st_mode);
+            let mut layer_name = prefix.to_vec();
+            layer_name.extend_from_slice(&raw);
+            let xattrs = packed_xattrs(Some(dir.as_fd()), name, &child, ft, self.opts)?;
+            match ft {
+                FileType::Directory => {
+                    let fd = open_listed(&dir, name, &child, &st, OFlags::DIRECTORY)?;
+                    layer_name.push(b'/');
+                    self.entry(&child, &layer_name, &st, Body::None, &xattrs)?;
+                    self.walk(fd, &child, &layer_name)?;
                 }
-                self.add(&path.join(&child), &child_name)?;
+                FileType::RegularFile => {
+                    let linked = st.st_nlink > 1;
+                    let key = (st.st_dev, st.st_ino);
+                    if let Some(first) = linked.then(|| self.links.get(&key)).flatten() {
+                        let first = first.clone();
+                        self.link(&child, &layer_name, &st, first, &xattrs)?;
+                    } else {
+                        let fd = open_listed(&dir, name, &child, &st, OFlags::NONBLOCK)?;
+                        self.entry(
+                            &child,
+                            &layer_name,
+                            &st,
+                            Body::File(File::from(fd)),
+                            &xattrs,
+                        )?;
+                        if linked {
+                            self.links.insert(key, layer_name);
+                        }
+                    }
+                }
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(&dir, name, Vec::new())
+                        .map_err(|e| in_path("read the link", &child, e))?;
+                    self.entry(
+                        &child,
+                        &layer_name,
+                        &st,
+                        Body::Link(target.into_bytes()),
+                        &xattrs,
+                    )?;
+                }
+                _ => self.entry(&child, &layer_name, &st, Body::None, &xattrs)?,
             }
         }
         Ok(())
     }
 
-    fn entry(&mut self, path: &Path, name: &[u8], meta: &fs::Metadata) -> io::Result<()> {
-        let ft = meta.file_type();
+    /// A second name of a file already written: its data and metadata are
+    /// the first name's.
+    fn link(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        st: &Stat,
+        first: Vec<u8>,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
         let mut header = Header::new_ustar();
-        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
-        let mut data: Option<File> = None;
+        header.set_entry_type(EntryType::Link);
+        let mut pax = Vec::new();
+        set_link(&mut header, &mut pax, first)?;
+        self.finish(path, name, st, header, pax, 0, xattrs)
+    }
+
+    /// One entry of type `st`'s, then its data when it is a file.
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        st: &Stat,
+        body: Body,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
+        let mut header = Header::new_ustar();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         let mut size = 0;
-        let xattrs = packed_xattrs(path, meta)?;
-        let linked = meta.is_file() && meta.nlink() > 1;
-        if let Some(first) = linked
-            .then(|| self.links.get(&(meta.dev(), meta.ino())))
-            .flatten()
-        {
-            // Another name of a file already written: its data and
-            // metadata are the first name's.
-            header.set_entry_type(EntryType::Link);
-            set_link(&mut header, &mut pax, first.clone())?;
-        } else if ft.is_dir() {
-            header.set_entry_type(EntryType::Directory);
-        } else if ft.is_file() {
-            header.set_entry_type(EntryType::Regular);
-            size = meta.len();
-            data = Some(
-                fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(path)?,
-            );
-            if linked {
-                self.links.insert((meta.dev(), meta.ino()), name.to_vec());
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => header.set_entry_type(EntryType::Directory),
+            FileType::RegularFile => {
+                header.set_entry_type(EntryType::Regular);
+                size = st.st_size as u64;
             }
-        } else if ft.is_symlink() {
-            header.set_entry_type(EntryType::Symlink);
-            set_link(
-                &mut header,
-                &mut pax,
-                fs::read_link(path)?.as_os_str().as_bytes().to_vec(),
-            )?;
-        } else if ft.is_char_device() || ft.is_block_device() {
-            header.set_entry_type(if ft.is_char_device() {
-                EntryType::Char
-            } else {
-                EntryType::Block
-            });
-            let rdev = meta.rdev();
-            // Linux dev_t: major in bits 8-19 and 32-63, minor in 0-7 and 20-31.
-            let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-            let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-            let field = |n: u64| {
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| *n <= 0o7777777)
-                    .ok_or_else(|| {
-                        io::Error::other(format!(
-                            "{}: device number {major}:{minor} does not fit a tar header",
-                            path.display()
-                        ))
-                    })
-            };
-            header.set_device_major(field(major)?)?;
-            header.set_device_minor(field(minor)?)?;
-        } else if ft.is_fifo() {
-            header.set_entry_type(EntryType::Fifo);
-        } else {
-            return Err(io::Error::other(format!(
-                "{}: a socket cannot be packed into a layer",
-                path.display()
-            )));
+            FileType::Symlink => {
+                header.set_entry_type(EntryType::Symlink);
+                if let Body::Link(target) = &body {
+                    set_link(&mut header, &mut pax, target.clone())?;
+                }
+            }
+            ft @ (FileType::CharacterDevice | FileType::BlockDevice) => {
+                header.set_entry_type(if ft == FileType::CharacterDevice {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                });
+                let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+                if major > 0o7777777 || minor > 0o7777777 {
+                    return Err(io::Error::other(format!(
+                        "{}: device number {major}:{minor} does not fit a tar header",
+                        path.display()
+                    )));
+                }
+                header.set_device_major(major)?;
+                header.set_device_minor(minor)?;
+            }
+            FileType::Fifo => header.set_entry_type(EntryType::Fifo),
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{}: a socket cannot be packed into a layer",
+                    path.display()
+                )));
+            }
         }
+        self.finish_with(path, name, st, header, pax, size, xattrs, body)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        st: &Stat,
+        header: Header,
+        pax: Vec<(String, Vec<u8>)>,
+        size: u64,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
+        self.finish_with(path, name, st, header, pax, size, xattrs, Body::None)
+    }
+
+    /// Names the entry, sets its mode, owners and size, writes its PAX
+    /// records and header, then the file's data.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_with(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        st: &Stat,
+        mut header: Header,
+        mut pax: Vec<(String, Vec<u8>)>,
+        size: u64,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        body: Body,
+    ) -> io::Result<()> {
         set_name(&mut header, &mut pax, name);
-        header.set_mode(meta.mode() & 0o7777);
+        header.set_mode(st.st_mode & 0o7777);
         header.set_mtime(0);
-        for (key, id) in [("uid", meta.uid()), ("gid", meta.gid())] {
+        for (key, id) in [("uid", st.st_uid), ("gid", st.st_gid)] {
             let id = u64::from(id);
+            // Too large for the field: the record has it, and the field
+            // the largest it holds (not 0, root, for a reader without PAX).
             let field = if id > 0o7777777 {
-                pax.push((key, id.to_string().into_bytes()));
-                0
+                pax.push((key.to_owned(), id.to_string().into_bytes()));
+                0o7777777
             } else {
                 id
             };
@@ -260,11 +463,8 @@ impl<W: Write> TarWriter<W> {
             }
         }
         header.set_size(size);
-        let keys: Vec<String> = xattrs
-            .iter()
-            .map(|(n, _)| format!("SCHILY.xattr.{}", String::from_utf8_lossy(n)))
-            .collect();
-        for (key, (_, value)) in keys.iter().zip(&xattrs) {
+        for (attr, value) in xattrs {
+            let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(attr));
             pax.push((key, value.clone()));
         }
         if !pax.is_empty() {
@@ -273,10 +473,14 @@ impl<W: Write> TarWriter<W> {
         header.set_cksum();
         self.out.write_all(header.as_bytes())?;
         self.packed.entries += 1;
-        if let Some(mut file) = data {
-            let copied = io::copy(&mut (&mut file).take(size), &mut self.out)?;
+        if let Body::File(mut file) = body {
+            let copied = io::copy(&mut (&mut file).take(size), &mut self.out)
+                .map_err(|e| in_path("read", path, e))?;
             // One more byte readable: the file grew while it was packed.
-            if copied != size || file.read(&mut [0u8; 1])? != 0 {
+            let more = file
+                .read(&mut [0u8; 1])
+                .map_err(|e| in_path("read", path, e))?;
+            if copied != size || more != 0 {
                 return Err(io::Error::other(format!(
                     "{}: changed size while it was packed ({size} bytes when listed)",
                     path.display()
@@ -289,7 +493,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// One PAX extended header (`x`) holding `records`.
-    fn pax(&mut self, records: &[(&str, Vec<u8>)]) -> io::Result<()> {
+    fn pax(&mut self, records: &[(String, Vec<u8>)]) -> io::Result<()> {
         let mut body = Vec::new();
         for (key, value) in records {
             // "LEN KEY=VALUE\n", LEN counting its own digits.
@@ -324,7 +528,7 @@ impl<W: Write> TarWriter<W> {
 /// directory keeps its `/`): in ustar's name field, or split at a `/`
 /// between its prefix and name fields, or else in a PAX `path` record
 /// (the fields then hold the name cut short, for readers without PAX).
-fn set_name(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, name: &[u8]) {
+fn set_name(header: &mut Header, pax: &mut Vec<(String, Vec<u8>)>, name: &[u8]) {
     let fits = |n: &[u8], field: usize| n.len() <= field && !n.contains(&0);
     if fits(name, 100) {
         header.as_old_mut().name[..name.len()].copy_from_slice(name);
@@ -343,13 +547,13 @@ fn set_name(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, name: &[u8]) {
     }
     let cut = &name[..name.len().min(100)];
     header.as_old_mut().name[..cut.len()].copy_from_slice(cut);
-    pax.push(("path", name.to_vec()));
+    pax.push(("path".into(), name.to_vec()));
 }
 
 /// Sets a link target, in a PAX `linkpath` record when too long.
 fn set_link(
     header: &mut Header,
-    pax: &mut Vec<(&str, Vec<u8>)>,
+    pax: &mut Vec<(String, Vec<u8>)>,
     target: Vec<u8>,
 ) -> io::Result<()> {
     if target.contains(&0) {
@@ -358,15 +562,43 @@ fn set_link(
     let cut = &target[..target.len().min(100)];
     header.as_old_mut().linkname[..cut.len()].copy_from_slice(cut);
     if target.len() > 100 {
-        pax.push(("linkpath", target));
+        pax.push(("linkpath".into(), target));
     }
     Ok(())
+}
+
+/// Opens the entry `name` of `dir` (never following a link) and checks it
+/// is what was listed as `st`: a tree changed meanwhile fails the pack.
+fn open_listed(
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    st: &Stat,
+    flags: OFlags,
+) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | flags,
+        Mode::empty(),
+    )
+    .map_err(|e| in_path("open", path, e))?;
+    let now = rustix::fs::fstat(&fd).map_err(|e| in_path("stat", path, e))?;
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino)
+        || FileType::from_raw_mode(now.st_mode) != FileType::from_raw_mode(st.st_mode)
+    {
+        return Err(io::Error::other(format!(
+            "{}: changed while it was packed (another file is there now)",
+            path.display()
+        )));
+    }
+    Ok(fd)
 }
 
 /// Writes the tree at `rootfs` as a one-image OCI layout at `dir` (which
 /// must not exist): the uncompressed layer, a config without execution
 /// parameters for linux/amd64, tagged [`ROOTFS_IMAGE`].
-pub fn write_layout(rootfs: &Path, dir: &Path) -> io::Result<Packed> {
+pub fn write_layout(rootfs: &Path, dir: &Path, opts: &PackOptions) -> io::Result<Packed> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let tmp = blobs.join("layer.tmp");
@@ -374,7 +606,7 @@ pub fn write_layout(rootfs: &Path, dir: &Path) -> io::Result<Packed> {
         file: BufWriter::new(File::create(&tmp)?),
         hasher: Hasher::default(),
     };
-    let packed = pack_rootfs(rootfs, &mut hashing)?;
+    let packed = pack_rootfs(rootfs, &mut hashing, opts)?;
     hashing
         .file
         .into_inner()
@@ -468,7 +700,12 @@ mod tests {
         )
         .expect("user.* xattrs on the temporary directory's filesystem");
         let tar = dir.join("layer.tar");
-        let packed = pack_rootfs(&root, File::create(&tar).unwrap()).unwrap();
+        let packed = pack_rootfs(
+            &root,
+            File::create(&tar).unwrap(),
+            &PackOptions::for_kernel("6.18.0"),
+        )
+        .unwrap();
         assert_eq!(packed.bytes, 5);
         let list = std::process::Command::new("tar")
             .args(["--xattrs", "--xattrs-include=user.*", "-tvf"])

@@ -159,6 +159,12 @@ fn machine_modules_follow_disk_and_network() {
     assert_eq!(p.manifest["modules"], serde_json::json!(["overlay"]));
 }
 
+/// [`bundle_entries`] for an appliance kernel whose tmpfs keeps `user.*`
+/// attributes.
+fn pack_bundle(tree: &mut Tree, b: &BundleCopy, scratch: &Path) -> Result<(u64, u64), BuildError> {
+    bundle_entries(tree, b, scratch, &pack::PackOptions::for_kernel("6.18.0"))
+}
+
 fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
@@ -230,7 +236,7 @@ fn bundle_rootfs_is_packed_as_a_layer_with_owners_kept() {
         archive: "berth/bundles/services/web".into(),
     };
     let scratch = dir.join("scratch");
-    bundle_entries(&mut tree, &b, &scratch).unwrap();
+    pack_bundle(&mut tree, &b, &scratch).unwrap();
     let Some(Entry {
         kind: Kind::File(cpio::Data::Bytes(config)),
         ..
@@ -274,13 +280,13 @@ fn bundle_rootfs_is_packed_as_a_layer_with_owners_kept() {
 
     // The same tree packs to the same bytes.
     let again = dir.join("again");
-    bundle_entries(&mut Tree::default(), &b, &again).unwrap();
+    pack_bundle(&mut Tree::default(), &b, &again).unwrap();
     let index = |s: &Path| fs::read(s.join("rootfs.oci/index.json")).unwrap();
     assert_eq!(index(&scratch), index(&again));
 
     // A bundle without its root directory is refused with the unit named.
     fs::remove_dir_all(dir.join("myroot")).unwrap();
-    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s3")).unwrap_err();
+    let err = pack_bundle(&mut Tree::default(), &b, &dir.join("s3")).unwrap_err();
     let text = crate::report(&err);
     assert!(text.contains("bundle") && text.contains("of web"), "{text}");
     assert!(text.contains("\"myroot\" is not a directory"), "{text}");
@@ -415,7 +421,7 @@ fn a_bundles_hard_links_are_one_file_in_its_layer() {
     };
     let mut tree = Tree::default();
     let scratch = dir.join("scratch");
-    let (copied, stored) = bundle_entries(&mut tree, &b, &scratch).unwrap();
+    let (copied, stored) = pack_bundle(&mut tree, &b, &scratch).unwrap();
     assert!(copied < (1 << 20) + 4096, "counted {copied} bytes");
     assert!(
         stored > 1 << 20 && stored < (1 << 20) + 64 * 1024,
@@ -499,7 +505,7 @@ fn bundle_xattrs_are_packed_or_refused() {
     )
     .unwrap();
     let scratch = dir.join("scratch");
-    bundle_entries(&mut Tree::default(), &b, &scratch).unwrap();
+    pack_bundle(&mut Tree::default(), &b, &scratch).unwrap();
     let x = dir.join("x");
     unpack_packed(&scratch, &x);
     let get = |path: &Path, name: &str| {
@@ -518,7 +524,7 @@ fn bundle_xattrs_are_packed_or_refused() {
     assert!(get(&x.join("bin/tool"), "security.selinux").is_err());
 
     lsetxattr(&tool, "trusted.note", b"x", XattrFlags::empty()).unwrap();
-    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s2")).unwrap_err();
+    let err = pack_bundle(&mut Tree::default(), &b, &dir.join("s2")).unwrap_err();
     let text = crate::report(&err);
     assert!(
         text.contains(&format!(
@@ -536,7 +542,7 @@ fn bundle_xattrs_are_packed_or_refused() {
         XattrFlags::empty(),
     )
     .unwrap();
-    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s3")).unwrap_err();
+    let err = pack_bundle(&mut Tree::default(), &b, &dir.join("s3")).unwrap_err();
     let text = crate::report(&err);
     assert!(
         text.contains(&format!(
@@ -573,7 +579,7 @@ fn bind_sources_inside_a_packed_rootfs_are_refused() {
         host: dir.clone(),
         archive: "berth/bundles/tasks/t".into(),
     };
-    let err = bundle_entries(&mut Tree::default(), &b, &dir.join("s")).unwrap_err();
+    let err = pack_bundle(&mut Tree::default(), &b, &dir.join("s")).unwrap_err();
     let text = crate::report(&err);
     assert!(
         text.contains(
@@ -715,7 +721,7 @@ fn a_bundle_without_its_program_is_refused() {
     };
     let refused = |args: &str, i: usize| {
         config(args);
-        let err = bundle_entries(&mut Tree::default(), &b, &dir.join(format!("s{i}"))).unwrap_err();
+        let err = pack_bundle(&mut Tree::default(), &b, &dir.join(format!("s{i}"))).unwrap_err();
         crate::report(&err)
     };
     let text = refused(r#"["/bin/nope"]"#, 0);
@@ -738,6 +744,127 @@ fn a_bundle_without_its_program_is_refused() {
     )
     .unwrap();
     config(r#"["sh"]"#);
-    bundle_entries(&mut Tree::default(), &b, &dir.join("s2")).unwrap();
+    pack_bundle(&mut Tree::default(), &b, &dir.join("s2")).unwrap();
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// What a layer cannot carry, or the appliance would lose, fails the pack
+/// naming the file: a `.wh.` name (a whiteout to the unpacker), `user.*`
+/// attributes for a kernel whose tmpfs keeps none (before 6.6), an empty
+/// value (a removal to the unpacker), a name with `=`, a file capability
+/// bound to a user namespace's root. Device nodes pack and unpack.
+#[test]
+fn what_a_packed_root_cannot_carry_is_refused() {
+    use rustix::fs::{XattrFlags, lremovexattr, lsetxattr};
+    use std::os::unix::fs::FileTypeExt;
+    let dir = std::env::temp_dir().join(format!("berth-build-refuse-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    let tool = dir.join("rootfs/bin/tool");
+    fs::write(&tool, b"tool").unwrap();
+    make_executable(&tool);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("rootfs/null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .expect("mknod needs root: run the tests as root");
+    fs::write(
+        dir.join("config.json"),
+        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "mount"}]}}"#,
+    )
+    .unwrap();
+    let b = BundleCopy {
+        kind: "service",
+        unit: "web".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/web".into(),
+    };
+    let scratch = dir.join("ok");
+    pack_bundle(&mut Tree::default(), &b, &scratch).unwrap();
+    let x = dir.join("x");
+    unpack_packed(&scratch, &x);
+    let null = fs::symlink_metadata(x.join("null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::rdev(&null),
+        rustix::fs::makedev(1, 3)
+    );
+
+    let mut n = 0;
+    let mut refused = |opts: &pack::PackOptions| {
+        n += 1;
+        let err =
+            bundle_entries(&mut Tree::default(), &b, &dir.join(format!("s{n}")), opts).unwrap_err();
+        crate::report(&err)
+    };
+    let new = pack::PackOptions::for_kernel("6.18.0");
+    fs::write(dir.join("rootfs/bin/.wh.x"), b"").unwrap();
+    let text = refused(&new);
+    assert!(
+        text.contains(&format!(
+            "{}: a name starting with .wh. cannot go into a layer",
+            dir.join("rootfs/bin/.wh.x").display()
+        )),
+        "{text}"
+    );
+    fs::remove_file(dir.join("rootfs/bin/.wh.x")).unwrap();
+
+    lsetxattr(&tool, "user.origin", b"host", XattrFlags::empty()).unwrap();
+    let old = pack::PackOptions::for_kernel("6.1.0-28-cloud-amd64");
+    let text = refused(&old);
+    assert!(
+        text.contains("has the extended attribute user.origin, the appliance's kernel 6.1.0-28-cloud-amd64 keeps no user.* attributes on tmpfs"),
+        "{text}"
+    );
+    assert!(
+        pack::PackOptions::for_kernel("6.6.0")
+            .user_xattrs_lost
+            .is_none()
+    );
+    assert!(
+        pack::PackOptions::for_kernel("7.0")
+            .user_xattrs_lost
+            .is_none()
+    );
+    assert!(
+        pack::PackOptions::for_kernel("5.10.0-30-amd64")
+            .user_xattrs_lost
+            .is_some()
+    );
+    lsetxattr(&tool, "user.origin", b"", XattrFlags::empty()).unwrap();
+    let text = refused(&new);
+    assert!(text.contains("user.origin, whose value is empty"), "{text}");
+    lremovexattr(&tool, "user.origin").unwrap();
+    lsetxattr(&tool, "user.a=b", b"v", XattrFlags::empty()).unwrap();
+    let text = refused(&new);
+    assert!(
+        text.contains("user.a=b, whose name a layer cannot carry"),
+        "{text}"
+    );
+    lremovexattr(&tool, "user.a=b").unwrap();
+
+    // struct vfs_ns_cap_data, revision 3, cap_net_raw, root uid 100000.
+    let mut cap = Vec::new();
+    for word in [0x0300_0001u32, 1 << 13, 0, 0, 0, 100_000] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    if lsetxattr(&tool, "security.capability", &cap, XattrFlags::empty()).is_ok() {
+        let text = refused(&new);
+        assert!(
+            text.contains(
+                "security.capability, a file capability bound to a user namespace's root"
+            ),
+            "{text}"
+        );
+    } else {
+        // The kernel turns a v3 capability it cannot map into an error;
+        // nothing to pack then.
+        assert!(lremovexattr(&tool, "security.capability").is_err());
+    }
     let _ = fs::remove_dir_all(&dir);
 }

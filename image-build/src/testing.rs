@@ -68,7 +68,11 @@ pub const FAKE_RELEASE: &str = "6.12.0-0-cloud-amd64";
 pub fn fake_kernel(root: &Path, modules: &[(&str, Vec<u8>)], builtin: &str) {
     let r = FAKE_RELEASE;
     fs::create_dir_all(root.join("boot")).unwrap();
-    fs::write(root.join(format!("boot/config-{r}")), "CONFIG_RD_ZSTD=y\n").unwrap();
+    fs::write(
+        root.join(format!("boot/config-{r}")),
+        "CONFIG_RD_ZSTD=y\nCONFIG_TMPFS_XATTR=y\n",
+    )
+    .unwrap();
     fs::write(root.join(format!("boot/vmlinuz-{r}")), "bzImage").unwrap();
     let dir = root.join(format!("lib/modules/{r}"));
     fs::create_dir_all(&dir).unwrap();

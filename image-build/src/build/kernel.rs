@@ -100,6 +100,9 @@ pub struct KernelTree {
     pub builtin: BTreeSet<String>,
     /// The raw `modules.builtin` text (copied into the initramfs).
     pub builtin_text: String,
+    /// Whether its tmpfs has extended attributes (`CONFIG_TMPFS_XATTR=y`):
+    /// a bundle's packed root is unpacked into tmpfs at boot.
+    pub tmpfs_xattrs: bool,
     /// Alias → the built-in module that has it (`modules.builtin.modinfo`),
     /// keyed by [`alias_key`].
     builtin_aliases: BTreeMap<String, String>,
@@ -229,6 +232,9 @@ impl KernelTree {
             modules,
             builtin,
             builtin_text,
+            tmpfs_xattrs: config_text
+                .lines()
+                .any(|l| l.trim() == "CONFIG_TMPFS_XATTR=y"),
             builtin_aliases: builtin_aliases(&builtin_modinfo),
             module_aliases: OnceCell::new(),
         })

@@ -863,7 +863,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     }
 
     // Bundles.
-    let pack_opts = pack::PackOptions::for_kernel(&kt.release);
+    let pack_opts = pack::PackOptions::for_kernel(&kt.release, kt.tmpfs_xattrs);
     let mut bundles = Vec::with_capacity(prepared.bundles.len());
     for (i, b) in prepared.bundles.iter().enumerate() {
         // By position: a unit name is no path component.

@@ -44,6 +44,12 @@ use berth_bundles::digest::{Hasher, Sha256Digest};
 use serde_json::json;
 use tar::{EntryType, Header};
 
+/// The deepest a packed root's directories may go (the root is level 1):
+/// each level being walked holds an fd, and the build's open files limit
+/// may be 1024. Deeper is refused in one line (as is a tree no path can
+/// name: 2048 levels of one-letter names fill PATH_MAX).
+pub const MAX_DEPTH: usize = 512;
+
 /// The tag of the root filesystem image in a packed bundle's layout.
 pub const ROOTFS_IMAGE: &str = "rootfs";
 
@@ -116,13 +122,16 @@ pub struct PackOptions {
     /// Why `user.*` attributes would be lost at boot (`None`: kept): the
     /// appliance's kernel has no `user.*` attributes on tmpfs.
     pub user_xattrs_lost: Option<String>,
+    /// Whether the kernel has extended attributes on tmpfs at all
+    /// (`CONFIG_TMPFS_XATTR`): without, a file capability fails too.
+    pub tmpfs_xattrs: bool,
 }
 
 impl PackOptions {
     /// The options for an appliance booting the kernel `release`
     /// (`6.1.0-28-cloud-amd64`): tmpfs keeps `user.*` attributes from
     /// Linux 6.6 on.
-    pub fn for_kernel(release: &str) -> Self {
+    pub fn for_kernel(release: &str, tmpfs_xattrs: bool) -> Self {
         let mut parts = release.split(|c: char| !c.is_ascii_digit());
         let major = parts.next().and_then(|p| p.parse::<u32>().ok());
         let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
@@ -134,31 +143,96 @@ impl PackOptions {
                      where berth-init unpacks a bundle's root (Linux 6.6 added them)"
                 )
             }),
+            tmpfs_xattrs,
         }
     }
 }
 
-/// The extended attributes of the entry `name` of the directory `dir` (the
-/// root itself for `None`; not following a link) that go into the layer,
-/// sorted by name; an attribute the appliance would lose is an error.
-/// `path` is for messages.
+/// Where an entry's extended attributes are read.
+enum XattrSource<'a> {
+    /// The file or directory itself, opened (and checked against its
+    /// listing): what is read is what is packed.
+    Fd(BorrowedFd<'a>),
+    /// The entry `name` of the directory `dir`, not followed (symlinks,
+    /// devices, fifos, which are never opened), through
+    /// `/proc/self/fd/DIR/NAME`.
+    At(BorrowedFd<'a>, &'a OsStr),
+}
+
+/// The names of an entry's extended attributes.
+fn source_names(source: &XattrSource<'_>) -> io::Result<Vec<Vec<u8>>> {
+    match source {
+        XattrSource::Fd(fd) => {
+            let mut names = vec![0u8; 1024];
+            loop {
+                match rustix::fs::flistxattr(fd, &mut names[..]) {
+                    Ok(len) => {
+                        names.truncate(len);
+                        break;
+                    }
+                    Err(rustix::io::Errno::RANGE) if names.len() < 1 << 20 => {
+                        names.resize(names.len() * 4, 0)
+                    }
+                    Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(names
+                .split(|b| *b == 0)
+                .filter(|n| !n.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect())
+        }
+        XattrSource::At(dir, name) => xattr_names(&proc_path(*dir, name)?),
+    }
+}
+
+/// The value of one extended attribute of an entry.
+fn source_value(source: &XattrSource<'_>, attr: &[u8]) -> io::Result<Vec<u8>> {
+    match source {
+        XattrSource::Fd(fd) => {
+            let attr = OsStr::from_bytes(attr);
+            let mut value = vec![0u8; 256];
+            loop {
+                match rustix::fs::fgetxattr(fd, attr, &mut value[..]) {
+                    Ok(len) => {
+                        value.truncate(len);
+                        return Ok(value);
+                    }
+                    Err(rustix::io::Errno::RANGE) if value.len() < 1 << 17 => {
+                        value.resize(value.len() * 4, 0)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        XattrSource::At(dir, name) => xattr_value(&proc_path(*dir, name)?, attr),
+    }
+}
+
+/// `/proc/self/fd/DIR/NAME`: the entry itself, whatever the path to `dir`
+/// leads to meanwhile.
+fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<PathBuf> {
+    let fds = Path::new("/proc/self/fd");
+    if !fds.is_dir() {
+        return Err(io::Error::other(
+            "/proc/self/fd is missing: packing a bundle's links and device nodes needs /proc mounted",
+        ));
+    }
+    let mut p = fds.join(dir.as_raw_fd().to_string());
+    p.push(name);
+    Ok(p)
+}
+
+/// The extended attributes of an entry of type `ft` (at `path`, for
+/// messages) that go into the layer, sorted by name; an attribute the
+/// appliance would lose is an error.
 fn packed_xattrs(
-    dir: Option<BorrowedFd<'_>>,
-    name: &OsStr,
+    source: XattrSource<'_>,
     path: &Path,
     ft: FileType,
     opts: &PackOptions,
 ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    // By the directory's descriptor: the entry itself, not a path that
-    // could meanwhile lead elsewhere.
-    let at = match dir {
-        Some(fd) => {
-            let mut p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-            p.push(name);
-            p
-        }
-        None => path.to_owned(),
-    };
     let refuse = |attr: &[u8], why: &str| {
         let shown = String::from_utf8_lossy(attr);
         io::Error::other(format!(
@@ -168,12 +242,18 @@ fn packed_xattrs(
         ))
     };
     let mut names =
-        xattr_names(&at).map_err(|e| in_path("list the extended attributes of", path, e))?;
+        source_names(&source).map_err(|e| in_path("list the extended attributes of", path, e))?;
     names.retain(|n| !host_only_xattr(n));
     names.sort();
     let kept = ft == FileType::RegularFile || ft == FileType::Directory;
     let mut out = Vec::with_capacity(names.len());
     for attr in names {
+        if !opts.tmpfs_xattrs {
+            return Err(refuse(
+                &attr,
+                "and the appliance's kernel has no extended attributes on tmpfs (CONFIG_TMPFS_XATTR), where berth-init unpacks a bundle's root",
+            ));
+        }
         if !(kept && unpacker_sets(&attr)) {
             return Err(refuse(
                 &attr,
@@ -192,7 +272,7 @@ fn packed_xattrs(
                 "whose name a layer cannot carry (a PAX record)",
             ));
         }
-        let value = xattr_value(&at, &attr)
+        let value = source_value(&source, &attr)
             .map_err(|e| in_path("read an extended attribute of", path, e))?;
         if value.is_empty() {
             return Err(refuse(
@@ -248,9 +328,9 @@ pub fn pack_rootfs(root: &Path, out: impl Write, opts: &PackOptions) -> io::Resu
     )
     .map_err(|e| in_path("open", root, e))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| in_path("stat", root, e))?;
-    let xattrs = packed_xattrs(None, OsStr::new(""), root, FileType::Directory, opts)?;
+    let xattrs = packed_xattrs(XattrSource::Fd(fd.as_fd()), root, FileType::Directory, opts)?;
     w.entry(root, b"./", &st, Body::None, &xattrs)?;
-    w.walk(fd, root, b"")?;
+    w.walk(fd, root)?;
     // Two zero blocks end the archive.
     w.out.write_all(&[0u8; 1024])?;
     w.out.flush()?;
@@ -265,6 +345,37 @@ struct TarWriter<'a, W> {
     opts: &'a PackOptions,
 }
 
+/// A directory being walked: its fd, path (for messages), name in the
+/// layer (ending in `/`, empty for the root) and the names still to add,
+/// sorted last first.
+struct Level {
+    fd: OwnedFd,
+    path: PathBuf,
+    prefix: Vec<u8>,
+    names: Vec<Vec<u8>>,
+}
+
+impl Level {
+    fn read(fd: OwnedFd, path: PathBuf, prefix: Vec<u8>) -> io::Result<Level> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd).map_err(|e| in_path("read", &path, e))? {
+            let entry = entry.map_err(|e| in_path("read", &path, e))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        // Popped from the end: the first name last.
+        names.sort_by(|a, b| b.cmp(a));
+        Ok(Level {
+            fd,
+            path,
+            prefix,
+            names,
+        })
+    }
+}
+
 /// What follows an entry's header.
 enum Body {
     None,
@@ -275,21 +386,22 @@ enum Body {
 }
 
 impl<W: Write> TarWriter<'_, W> {
-    /// Adds the entries of the directory `dir` (at `path`, named `prefix`
-    /// in the layer: empty for the root, else ending in `/`), depth first.
-    fn walk(&mut self, dir: OwnedFd, path: &Path, prefix: &[u8]) -> io::Result<()> {
-        let mut names = Vec::new();
-        for entry in rustix::fs::Dir::read_from(&dir).map_err(|e| in_path("read", path, e))? {
-            let entry = entry.map_err(|e| in_path("read", path, e))?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(name.to_vec());
-            }
-        }
-        names.sort();
-        for raw in names {
+    /// Adds the entries below the root directory `root` (at `path`), depth
+    /// first, without recursion: one [`Level`] per directory being walked,
+    /// at most [`MAX_DEPTH`] (each holds its directory's fd).
+    fn walk(&mut self, root: OwnedFd, path: &Path) -> io::Result<()> {
+        let mut stack = vec![Level::read(root, path.to_owned(), Vec::new())?];
+        loop {
+            let depth = stack.len();
+            let Some(level) = stack.last_mut() else {
+                break;
+            };
+            let Some(raw) = level.names.pop() else {
+                stack.pop();
+                continue;
+            };
             let name = OsStr::from_bytes(&raw);
-            let child = path.join(name);
+            let child = level.path.join(name);
             if raw.starts_with(b".wh.") {
                 return Err(io::Error::other(format!(
                     "{}: a name starting with .wh. cannot go into a layer (the unpacker takes it \
@@ -297,27 +409,38 @@ impl<W: Write> TarWriter<'_, W> {
                     child.display()
                 )));
             }
-            let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            let dir = &level.fd;
+            let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| in_path("stat", &child, e))?;
             let ft = FileType::from_raw_mode(st.st_mode);
-            let mut layer_name = prefix.to_vec();
+            let mut layer_name = level.prefix.clone();
             layer_name.extend_from_slice(&raw);
-            let xattrs = packed_xattrs(Some(dir.as_fd()), name, &child, ft, self.opts)?;
             match ft {
                 FileType::Directory => {
-                    let fd = open_listed(&dir, name, &child, &st, OFlags::DIRECTORY)?;
+                    if depth >= MAX_DEPTH {
+                        return Err(io::Error::other(format!(
+                            "{}: more than {MAX_DEPTH} directories deep, which a bundle's root \
+                             cannot be",
+                            child.display()
+                        )));
+                    }
+                    let fd = open_listed(dir, name, &child, &st, OFlags::DIRECTORY)?;
+                    let xattrs = packed_xattrs(XattrSource::Fd(fd.as_fd()), &child, ft, self.opts)?;
                     layer_name.push(b'/');
                     self.entry(&child, &layer_name, &st, Body::None, &xattrs)?;
-                    self.walk(fd, &child, &layer_name)?;
+                    stack.push(Level::read(fd, child, layer_name)?);
                 }
                 FileType::RegularFile => {
                     let linked = st.st_nlink > 1;
                     let key = (st.st_dev, st.st_ino);
                     if let Some(first) = linked.then(|| self.links.get(&key)).flatten() {
+                        // The first name carried the inode's attributes.
                         let first = first.clone();
-                        self.link(&child, &layer_name, &st, first, &xattrs)?;
+                        self.link(&child, &layer_name, &st, first)?;
                     } else {
-                        let fd = open_listed(&dir, name, &child, &st, OFlags::NONBLOCK)?;
+                        let fd = open_listed(dir, name, &child, &st, OFlags::NONBLOCK)?;
+                        let xattrs =
+                            packed_xattrs(XattrSource::Fd(fd.as_fd()), &child, ft, self.opts)?;
                         self.entry(
                             &child,
                             &layer_name,
@@ -331,7 +454,9 @@ impl<W: Write> TarWriter<'_, W> {
                     }
                 }
                 FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(&dir, name, Vec::new())
+                    let source = XattrSource::At(dir.as_fd(), name);
+                    let xattrs = packed_xattrs(source, &child, ft, self.opts)?;
+                    let target = rustix::fs::readlinkat(dir, name, Vec::new())
                         .map_err(|e| in_path("read the link", &child, e))?;
                     self.entry(
                         &child,
@@ -341,7 +466,11 @@ impl<W: Write> TarWriter<'_, W> {
                         &xattrs,
                     )?;
                 }
-                _ => self.entry(&child, &layer_name, &st, Body::None, &xattrs)?,
+                _ => {
+                    let source = XattrSource::At(dir.as_fd(), name);
+                    let xattrs = packed_xattrs(source, &child, ft, self.opts)?;
+                    self.entry(&child, &layer_name, &st, Body::None, &xattrs)?
+                }
             }
         }
         Ok(())
@@ -349,19 +478,12 @@ impl<W: Write> TarWriter<'_, W> {
 
     /// A second name of a file already written: its data and metadata are
     /// the first name's.
-    fn link(
-        &mut self,
-        path: &Path,
-        name: &[u8],
-        st: &Stat,
-        first: Vec<u8>,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
-    ) -> io::Result<()> {
+    fn link(&mut self, path: &Path, name: &[u8], st: &Stat, first: Vec<u8>) -> io::Result<()> {
         let mut header = Header::new_ustar();
         header.set_entry_type(EntryType::Link);
         let mut pax = Vec::new();
         set_link(&mut header, &mut pax, first)?;
-        self.finish(path, name, st, header, pax, 0, xattrs)
+        self.finish_with(path, name, st, header, pax, 0, &[], Body::None)
     }
 
     /// One entry of type `st`'s, then its data when it is a file.
@@ -415,20 +537,6 @@ impl<W: Write> TarWriter<'_, W> {
         self.finish_with(path, name, st, header, pax, size, xattrs, body)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &mut self,
-        path: &Path,
-        name: &[u8],
-        st: &Stat,
-        header: Header,
-        pax: Vec<(String, Vec<u8>)>,
-        size: u64,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
-    ) -> io::Result<()> {
-        self.finish_with(path, name, st, header, pax, size, xattrs, Body::None)
-    }
-
     /// Names the entry, sets its mode, owners and size, writes its PAX
     /// records and header, then the file's data.
     #[allow(clippy::too_many_arguments)]
@@ -474,8 +582,23 @@ impl<W: Write> TarWriter<'_, W> {
         self.out.write_all(header.as_bytes())?;
         self.packed.entries += 1;
         if let Body::File(mut file) = body {
-            let copied = io::copy(&mut (&mut file).take(size), &mut self.out)
-                .map_err(|e| in_path("read", path, e))?;
+            // Read and write errors told apart: the writer's name their
+            // own file (the layer being written).
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut copied = 0u64;
+            while copied < size {
+                let want = buf
+                    .len()
+                    .min(usize::try_from(size - copied).unwrap_or(usize::MAX));
+                let n = match file.read(&mut buf[..want]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(in_path("read", path, e)),
+                };
+                self.out.write_all(&buf[..n])?;
+                copied += n as u64;
+            }
             // One more byte readable: the file grew while it was packed.
             let more = file
                 .read(&mut [0u8; 1])
@@ -579,7 +702,7 @@ fn open_listed(
     let fd = rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | flags,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | flags,
         Mode::empty(),
     )
     .map_err(|e| in_path("open", path, e))?;
@@ -600,25 +723,28 @@ fn open_listed(
 /// parameters for linux/amd64, tagged [`ROOTFS_IMAGE`].
 pub fn write_layout(rootfs: &Path, dir: &Path, opts: &PackOptions) -> io::Result<Packed> {
     let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
+    fs::create_dir_all(&blobs).map_err(|e| in_path("create", &blobs, e))?;
     let tmp = blobs.join("layer.tmp");
     let mut hashing = HashingFile {
-        file: BufWriter::new(File::create(&tmp)?),
+        file: BufWriter::new(File::create(&tmp).map_err(|e| in_path("create", &tmp, e))?),
         hasher: Hasher::default(),
+        path: tmp.clone(),
     };
     let packed = pack_rootfs(rootfs, &mut hashing, opts)?;
     hashing
         .file
         .into_inner()
         .map_err(|e| e.into_error())?
-        .sync_data()?;
+        .sync_data()
+        .map_err(|e| in_path("write", &tmp, e))?;
     let size = hashing.hasher.count();
     let diff_id = hashing.hasher.finish();
-    fs::rename(&tmp, blobs.join(diff_id.hex()))?;
+    fs::rename(&tmp, blobs.join(diff_id.hex())).map_err(|e| in_path("rename", &tmp, e))?;
     let put = |value: serde_json::Value| -> io::Result<(Sha256Digest, u64)> {
         let bytes = serde_json::to_vec(&value).map_err(io::Error::other)?;
         let digest = Sha256Digest::of(&bytes);
-        fs::write(blobs.join(digest.hex()), &bytes)?;
+        let path = blobs.join(digest.hex());
+        fs::write(&path, &bytes).map_err(|e| in_path("write", &path, e))?;
         Ok((digest, bytes.len() as u64))
     };
     let (config, config_size) = put(json!({
@@ -641,7 +767,9 @@ pub fn write_layout(rootfs: &Path, dir: &Path, opts: &PackOptions) -> io::Result
             "size": size,
         }],
     }))?;
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let layout = dir.join("oci-layout");
+    fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| in_path("write", &layout, e))?;
     let index = json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -651,33 +779,71 @@ pub fn write_layout(rootfs: &Path, dir: &Path, opts: &PackOptions) -> io::Result
             "annotations": { "org.opencontainers.image.ref.name": ROOTFS_IMAGE },
         }],
     });
-    fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&index).map_err(io::Error::other)?,
-    )?;
+    let path = dir.join("index.json");
+    fs::write(&path, serde_json::to_vec(&index).map_err(io::Error::other)?)
+        .map_err(|e| in_path("write", &path, e))?;
     Ok(packed)
 }
 
+/// The layer being written, hashed on the way; its errors name it.
 struct HashingFile {
     file: BufWriter<File>,
     hasher: Hasher,
+    path: PathBuf,
 }
 
 impl Write for HashingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self
+            .file
+            .write(buf)
+            .map_err(|e| in_path("write", &self.path, e))?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        self.file
+            .flush()
+            .map_err(|e| in_path("write", &self.path, e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree deeper than any path can name is one clear error, not a
+    /// crash of the build (each level holds a stack frame and an fd).
+    #[test]
+    fn a_tree_deeper_than_paths_go_is_refused() {
+        let dir = std::env::temp_dir().join(format!("berth-pack-deep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut fd =
+            rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..MAX_DEPTH + 1 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            fd = rustix::fs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .unwrap();
+        }
+        let err = pack_rootfs(&dir, io::sink(), &PackOptions::for_kernel("6.18.0", true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("more than 512 directories deep, which a bundle's root cannot be"),
+            "{err}"
+        );
+        // Removed by fd too: its paths are longer than PATH_MAX.
+        assert!(
+            std::process::Command::new("rm")
+                .args(["-rf"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
 
     /// GNU tar reads the layer as written: every name, the long ones from
     /// their PAX records, the links, and a `user.*` attribute.
@@ -703,7 +869,7 @@ mod tests {
         let packed = pack_rootfs(
             &root,
             File::create(&tar).unwrap(),
-            &PackOptions::for_kernel("6.18.0"),
+            &PackOptions::for_kernel("6.18.0", true),
         )
         .unwrap();
         assert_eq!(packed.bytes, 5);

@@ -162,7 +162,12 @@ fn machine_modules_follow_disk_and_network() {
 /// [`bundle_entries`] for an appliance kernel whose tmpfs keeps `user.*`
 /// attributes.
 fn pack_bundle(tree: &mut Tree, b: &BundleCopy, scratch: &Path) -> Result<(u64, u64), BuildError> {
-    bundle_entries(tree, b, scratch, &pack::PackOptions::for_kernel("6.18.0"))
+    bundle_entries(
+        tree,
+        b,
+        scratch,
+        &pack::PackOptions::for_kernel("6.18.0", true),
+    )
 }
 
 fn make_executable(path: &Path) {
@@ -802,7 +807,7 @@ fn what_a_packed_root_cannot_carry_is_refused() {
             bundle_entries(&mut Tree::default(), &b, &dir.join(format!("s{n}")), opts).unwrap_err();
         crate::report(&err)
     };
-    let new = pack::PackOptions::for_kernel("6.18.0");
+    let new = pack::PackOptions::for_kernel("6.18.0", true);
     fs::write(dir.join("rootfs/bin/.wh.x"), b"").unwrap();
     let text = refused(&new);
     assert!(
@@ -815,24 +820,24 @@ fn what_a_packed_root_cannot_carry_is_refused() {
     fs::remove_file(dir.join("rootfs/bin/.wh.x")).unwrap();
 
     lsetxattr(&tool, "user.origin", b"host", XattrFlags::empty()).unwrap();
-    let old = pack::PackOptions::for_kernel("6.1.0-28-cloud-amd64");
+    let old = pack::PackOptions::for_kernel("6.1.0-28-cloud-amd64", true);
     let text = refused(&old);
     assert!(
         text.contains("has the extended attribute user.origin, the appliance's kernel 6.1.0-28-cloud-amd64 keeps no user.* attributes on tmpfs"),
         "{text}"
     );
     assert!(
-        pack::PackOptions::for_kernel("6.6.0")
+        pack::PackOptions::for_kernel("6.6.0", true)
             .user_xattrs_lost
             .is_none()
     );
     assert!(
-        pack::PackOptions::for_kernel("7.0")
+        pack::PackOptions::for_kernel("7.0", true)
             .user_xattrs_lost
             .is_none()
     );
     assert!(
-        pack::PackOptions::for_kernel("5.10.0-30-amd64")
+        pack::PackOptions::for_kernel("5.10.0-30-amd64", true)
             .user_xattrs_lost
             .is_some()
     );
@@ -847,6 +852,20 @@ fn what_a_packed_root_cannot_carry_is_refused() {
         "{text}"
     );
     lremovexattr(&tool, "user.a=b").unwrap();
+
+    // A kernel without extended attributes on tmpfs keeps not even a
+    // file capability there.
+    let mut cap2 = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap2.extend_from_slice(&word.to_le_bytes());
+    }
+    lsetxattr(&tool, "security.capability", &cap2, XattrFlags::empty()).unwrap();
+    let text = refused(&pack::PackOptions::for_kernel("6.18.0", false));
+    assert!(
+        text.contains("security.capability, and the appliance's kernel has no extended attributes on tmpfs (CONFIG_TMPFS_XATTR)"),
+        "{text}"
+    );
+    lremovexattr(&tool, "security.capability").unwrap();
 
     // struct vfs_ns_cap_data, revision 3, cap_net_raw, root uid 100000.
     let mut cap = Vec::new();

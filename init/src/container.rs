@@ -335,10 +335,11 @@ enum Plan {
     Ready {
         spec: Box<Spec>,
         rootfs: PathBuf,
-        /// The bundle directory when the root is not in it (a packed
-        /// bundle's, unpacked into the run directory): where relative bind
-        /// sources resolve and what the state and hooks call the bundle.
-        /// `None`: the root's parent.
+        /// A bundle unit's directory (where its config.json is, wherever
+        /// its root is: a packed bundle's is unpacked into the run
+        /// directory): where relative bind sources resolve and what the
+        /// state and hooks call the bundle. `None` (image units): the
+        /// root's parent.
         bundle: Option<PathBuf>,
     },
     Failed(String),
@@ -1080,8 +1081,9 @@ fn warn_unsupported_xattrs(what: &str, stats: &[berth_bundles::apply::LayerStats
     let lost: u64 = stats.iter().map(|s| s.unsupported_xattrs).sum();
     if lost > 0 {
         log::warn!(
-            "{what}: {lost} user.* extended attributes not set: this kernel's tmpfs keeps none \
-             (Linux 6.6 added them)"
+            "{what}: {lost} user.* extended attributes not set: the filesystem of the run \
+             directory does not support them (tmpfs before Linux 6.6, or without \
+             CONFIG_TMPFS_XATTR)"
         );
     }
 }

@@ -895,6 +895,54 @@ fn bundle_unit_runs_its_config_as_is() {
     assert!(!p.dump().contains("bundled: "), "{}", p.dump());
 }
 
+/// A tree bundle whose root is not `DIR/rootfs` (`root.path` `sub/root`):
+/// relative bind sources resolve against the bundle directory, as with
+/// runc, not against the root's parent.
+#[test]
+fn a_tree_bundles_relative_binds_resolve_against_its_directory() {
+    let w = World::new("bundle-subroot");
+    let bundle = w.dir.join("bundle");
+    busybox_root(&bundle.join("sub/root"), Some("from the sub root"));
+    std::fs::create_dir_all(bundle.join("extra")).unwrap();
+    std::fs::write(bundle.join("extra/note"), "bound from the bundle\n").unwrap();
+    std::fs::create_dir_all(bundle.join("sub/extra")).unwrap();
+    std::fs::write(
+        bundle.join("sub/extra/note"),
+        "bound from the root's parent\n",
+    )
+    .unwrap();
+    let mut spec = berth_bundles::spec::default_spec();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo sub: $(cat /etc/marker), $(cat /mnt/extra/note)".into(),
+    ]));
+    process.set_env(Some(vec!["PATH=/bin".into()]));
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("sub/root".into());
+    spec.set_root(Some(root));
+    let mut config = serde_json::to_value(&spec).unwrap();
+    config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/mnt/extra", "type": "bind", "source": "extra", "options": ["rbind", "ro"]}
+    ));
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let m = format!(
+        r#"{{"version":1,"tasks":[{{"name":"subroot","bundle":{}}}]}}"#,
+        serde_json::to_string(&bundle).unwrap()
+    );
+    let mut p = w.start(&m);
+    p.wait_for("subroot: sub: from the sub root, bound from the bundle");
+    p.wait_for("berth: task subroot exited status=0");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit().code(), Some(0), "{}", p.dump());
+}
+
 /// A unit whose first process exits leaves nothing behind: a host unit's
 /// process group is killed, and a bundle without a pid namespace of its
 /// own gets the unit's cgroup, whose removal kills what is in it. Without

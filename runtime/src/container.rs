@@ -417,11 +417,11 @@ impl Runtime {
         self.create_inner(id, spec, rootfs, &bundle, opts)
     }
 
-    /// [`Runtime::create_from_spec`] of a bundle whose root is elsewhere
-    /// (PID 1 unpacks a packed bundle's root into its run directory):
-    /// `bundle` is what relative bind sources resolve against and what the
-    /// container's state and its hooks call the bundle, where its
-    /// `config.json` is.
+    /// [`Runtime::create_from_spec`] of a bundle directory `bundle`, where
+    /// its `config.json` is, whatever `rootfs` is (PID 1 unpacks a packed
+    /// bundle's root into its run directory; a `root.path` may name any
+    /// directory): what relative bind sources resolve against and what
+    /// the container's state and its hooks call the bundle, as with runc.
     pub fn create_from_spec_in(
         &self,
         id: &str,

@@ -844,21 +844,12 @@ fn bundle_unit_runs_its_config_as_is() {
     let w = World::new("bundle");
     let bundle = w.dir.join("bundle");
     busybox_root(&bundle.join("rootfs"), Some("from the bundle"));
-    let mut spec = berth_bundles::spec::default_spec();
-    let mut process = spec.process().clone().unwrap();
-    process.set_args(Some(vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "echo $(cat /etc/marker) as $(id -u); exec sleep 1000".into(),
-    ]));
-    process.set_env(Some(vec!["PATH=/bin".into()]));
-    spec.set_process(Some(process));
-    let mut root = spec.root().clone().unwrap();
-    root.set_path("rootfs".into());
-    spec.set_root(Some(root));
     // An ambient capability not also inheritable cannot be raised: the
     // runtime's warning reaches the console.
-    let mut config = serde_json::to_value(&spec).unwrap();
+    let mut config = shell_bundle_config(
+        "echo $(cat /etc/marker) as $(id -u); exec sleep 1000",
+        "rootfs",
+    );
     config["process"]["capabilities"]["ambient"] = serde_json::json!(["CAP_KILL"]);
     config["process"]["capabilities"]["inheritable"] = serde_json::json!([]);
     std::fs::write(
@@ -895,6 +886,20 @@ fn bundle_unit_runs_its_config_as_is() {
     assert!(!p.dump().contains("bundled: "), "{}", p.dump());
 }
 
+/// A bundle's config.json (berth-bundles' default spec) running `script`
+/// with busybox's sh from the root `root_path`.
+fn shell_bundle_config(script: &str, root_path: &str) -> serde_json::Value {
+    let mut spec = berth_bundles::spec::default_spec();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec!["/bin/sh".into(), "-c".into(), script.into()]));
+    process.set_env(Some(vec!["PATH=/bin".into()]));
+    spec.set_process(Some(process));
+    let mut root = spec.root().clone().unwrap();
+    root.set_path(root_path.into());
+    spec.set_root(Some(root));
+    serde_json::to_value(&spec).unwrap()
+}
+
 /// A tree bundle whose root is not `DIR/rootfs` (`root.path` `sub/root`):
 /// relative bind sources resolve against the bundle directory, as with
 /// runc, not against the root's parent.
@@ -911,19 +916,10 @@ fn a_tree_bundles_relative_binds_resolve_against_its_directory() {
         "bound from the root's parent\n",
     )
     .unwrap();
-    let mut spec = berth_bundles::spec::default_spec();
-    let mut process = spec.process().clone().unwrap();
-    process.set_args(Some(vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "echo sub: $(cat /etc/marker), $(cat /mnt/extra/note)".into(),
-    ]));
-    process.set_env(Some(vec!["PATH=/bin".into()]));
-    spec.set_process(Some(process));
-    let mut root = spec.root().clone().unwrap();
-    root.set_path("sub/root".into());
-    spec.set_root(Some(root));
-    let mut config = serde_json::to_value(&spec).unwrap();
+    let mut config = shell_bundle_config(
+        "echo sub: $(cat /etc/marker), $(cat /mnt/extra/note)",
+        "sub/root",
+    );
     config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
         {"destination": "/mnt/extra", "type": "bind", "source": "extra", "options": ["rbind", "ro"]}
     ));

@@ -413,8 +413,8 @@ impl Runtime {
         rootfs: &Path,
         opts: CreateOptions,
     ) -> Result<Container, ContainerError> {
-        let bundle = rootfs.parent().unwrap_or(Path::new("/")).to_path_buf();
-        self.create_inner(id, spec, rootfs, &bundle, opts)
+        let bundle = rootfs.parent().unwrap_or(Path::new("/"));
+        self.create_from_spec_in(id, spec, rootfs, bundle, opts)
     }
 
     /// [`Runtime::create_from_spec`] of a bundle directory `bundle`, where

@@ -847,6 +847,16 @@ fn bind_mount_on_a_dangling_relative_symlink_like_resolv_conf() {
 /// Runs `b`'s process (its config as it stands) from the root `rootfs`
 /// through `create_from_spec`, as berth-init does with a shared tree.
 fn run_on_root(b: &Bundle, rootfs: &std::path::Path) -> Result<common::Outcome, String> {
+    run_from_spec(b, rootfs, None).map(|(outcome, _)| outcome)
+}
+
+/// [`run_on_root`], through `create_from_spec_in` when `bundle` is given;
+/// also returns the bundle the container's state named.
+fn run_from_spec(
+    b: &Bundle,
+    rootfs: &std::path::Path,
+    bundle: Option<&std::path::Path>,
+) -> Result<(common::Outcome, std::path::PathBuf), String> {
     use std::io::Read;
     let spec: oci_spec::runtime::Spec = serde_json::from_value(b.config.clone()).unwrap();
     let t = common::runtime();
@@ -860,19 +870,25 @@ fn run_on_root(b: &Bundle, rootfs: &std::path::Path) -> Result<common::Outcome, 
         ..Default::default()
     };
     let id = common::unique_id("shared");
-    let mut c =
-        t.rt.create_from_spec(&id, &spec, rootfs, opts)
-            .map_err(|e| chain(&e))?;
+    let created = match bundle {
+        Some(bundle) => t.rt.create_from_spec_in(&id, &spec, rootfs, bundle, opts),
+        None => t.rt.create_from_spec(&id, &spec, rootfs, opts),
+    };
+    let mut c = created.map_err(|e| chain(&e))?;
+    let named = c.state().bundle;
     c.start().map_err(|e| chain(&e))?;
     let status = c.wait().map_err(|e| chain(&e))?;
     c.delete(false).map_err(|e| chain(&e))?;
     let mut stdout = String::new();
     out_r.read_to_string(&mut stdout).unwrap();
-    Ok(common::Outcome {
-        status,
-        stdout,
-        stderr: String::new(),
-    })
+    Ok((
+        common::Outcome {
+            status,
+            stdout,
+            stderr: String::new(),
+        },
+        named,
+    ))
 }
 
 /// `create_from_spec_in`: a root unpacked away from its bundle (berth-init
@@ -880,7 +896,6 @@ fn run_on_root(b: &Bundle, rootfs: &std::path::Path) -> Result<common::Outcome, 
 /// given, and the state names it, not the root's parent.
 #[test]
 fn a_root_away_from_its_bundle_keeps_the_bundle_for_binds_and_state() {
-    use std::io::Read;
     let mut b = Bundle::new();
     let elsewhere = common::TempDir::new("away-root");
     let rootfs = elsewhere.0.join("unit");
@@ -902,29 +917,10 @@ fn a_root_away_from_its_bundle_keeps_the_bundle_for_binds_and_state() {
         .push(serde_json::json!(
             {"destination": "/extra", "type": "bind", "source": "extra", "options": ["rbind", "ro"]}
         ));
-    let spec: oci_spec::runtime::Spec = serde_json::from_value(b.config.clone()).unwrap();
-    let t = common::runtime();
-    let (mut out_r, out_w) = std::io::pipe().unwrap();
-    let opts = berth_runtime::CreateOptions {
-        stdio: berth_runtime::Stdio {
-            stdin: None,
-            stdout: Some(out_w.into()),
-            stderr: None,
-        },
-        ..Default::default()
-    };
-    let id = common::unique_id("away");
-    let mut c =
-        t.rt.create_from_spec_in(&id, &spec, &rootfs, b.dir(), opts)
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
-    assert_eq!(c.state().bundle, b.dir());
-    c.start().unwrap();
-    let status = c.wait().unwrap();
-    c.delete(false).unwrap();
-    let mut stdout = String::new();
-    out_r.read_to_string(&mut stdout).unwrap();
-    assert_eq!(status, ExitStatus::Exited(0));
-    assert_eq!(stdout, "from-the-bundle\n");
+    let (out, named) = run_from_spec(&b, &rootfs, Some(b.dir())).unwrap();
+    assert_eq!(named, b.dir());
+    assert_eq!(out.status, ExitStatus::Exited(0), "{out:?}");
+    assert_eq!(out.stdout, "from-the-bundle\n");
 }
 
 /// `mount` as a command (this crate's tests have no mount wrapper).

@@ -159,6 +159,35 @@ fn machine_modules_follow_disk_and_network() {
     assert_eq!(p.manifest["modules"], serde_json::json!(["overlay"]));
 }
 
+/// A bundle in a fresh temporary directory (`berth-build-TAG-PID`): an
+/// executable `rootfs/bin/tool`, and a config.json running `/bin/tool`
+/// with `mounts` (a JSON array); copied for service web.
+fn test_bundle(tag: &str, mounts: &str) -> (PathBuf, BundleCopy) {
+    let dir = std::env::temp_dir().join(format!("berth-build-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    fs::write(dir.join("rootfs/bin/tool"), b"tool").unwrap();
+    make_executable(&dir.join("rootfs/bin/tool"));
+    fs::write(
+        dir.join("config.json"),
+        format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                "process": {{"args": ["/bin/tool"], "cwd": "/", "env": ["PATH=/usr/bin:/bin"],
+                            "user": {{"uid": 0, "gid": 0}}}},
+                "mounts": {mounts},
+                "linux": {{"namespaces": [{{"type": "mount"}}]}}}}"#
+        ),
+    )
+    .unwrap();
+    let b = BundleCopy {
+        kind: "service",
+        unit: "web".into(),
+        host: dir.clone(),
+        archive: "berth/bundles/services/web".into(),
+    };
+    (dir, b)
+}
+
 /// [`bundle_entries`] for an appliance kernel whose tmpfs keeps `user.*`
 /// attributes.
 fn pack_bundle(tree: &mut Tree, b: &BundleCopy, scratch: &Path) -> Result<(u64, u64), BuildError> {
@@ -459,29 +488,13 @@ fn a_bundles_hard_links_are_one_file_in_its_layer() {
 #[test]
 fn bundle_xattrs_are_packed_or_refused() {
     use rustix::fs::{XattrFlags, lgetxattr, lremovexattr, lsetxattr};
-    let dir = std::env::temp_dir().join(format!("berth-build-xattr-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
-    fs::create_dir_all(dir.join("conf")).unwrap();
+    let (dir, b) = test_bundle(
+        "xattr",
+        r#"[{"destination": "/etc/app", "type": "bind", "source": "conf", "options": ["rbind", "ro"]}]"#,
+    );
     let tool = dir.join("rootfs/bin/tool");
-    fs::write(&tool, b"tool").unwrap();
-    make_executable(&tool);
+    fs::create_dir_all(dir.join("conf")).unwrap();
     fs::write(dir.join("conf/app.conf"), b"x").unwrap();
-    fs::write(
-        dir.join("config.json"),
-        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-            "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "mounts": [{"destination": "/etc/app", "type": "bind", "source": "conf",
-                        "options": ["rbind", "ro"]}],
-            "linux": {"namespaces": [{"type": "mount"}]}}"#,
-    )
-    .unwrap();
-    let b = BundleCopy {
-        kind: "service",
-        unit: "web".into(),
-        host: dir.clone(),
-        archive: "berth/bundles/services/web".into(),
-    };
     assert!(
         rustix::process::geteuid().is_root(),
         "security.* and trusted.* xattrs need root: run the tests as root"
@@ -564,26 +577,11 @@ fn bundle_xattrs_are_packed_or_refused() {
 /// is packed as a layer and unpacked elsewhere at boot.
 #[test]
 fn bind_sources_inside_a_packed_rootfs_are_refused() {
-    let dir = std::env::temp_dir().join(format!("berth-build-bindroot-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    let (dir, b) = test_bundle(
+        "bindroot",
+        r#"[{"destination": "/mnt", "type": "bind", "source": "rootfs/etc", "options": ["rbind"]}]"#,
+    );
     fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
-    fs::write(dir.join("rootfs/bin"), b"tool").unwrap();
-    make_executable(&dir.join("rootfs/bin"));
-    fs::write(
-        dir.join("config.json"),
-        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-            "process": {"args": ["/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "mounts": [{"destination": "/mnt", "type": "bind", "source": "rootfs/etc",
-                        "options": ["rbind"]}],
-            "linux": {"namespaces": [{"type": "mount"}]}}"#,
-    )
-    .unwrap();
-    let b = BundleCopy {
-        kind: "task",
-        unit: "t".into(),
-        host: dir.clone(),
-        archive: "berth/bundles/tasks/t".into(),
-    };
     let err = pack_bundle(&mut Tree::default(), &b, &dir.join("s")).unwrap_err();
     let text = crate::report(&err);
     assert!(
@@ -696,10 +694,7 @@ fn modules_given_by_an_alias_are_written_by_their_names() {
 #[test]
 fn a_bundle_without_its_program_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("berth-build-noprog-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
-    fs::write(dir.join("rootfs/bin/tool"), b"tool").unwrap();
+    let (dir, b) = test_bundle("noprog", "[]");
     fs::set_permissions(
         dir.join("rootfs/bin/tool"),
         fs::Permissions::from_mode(0o644),
@@ -717,12 +712,6 @@ fn a_bundle_without_its_program_is_refused() {
             ),
         )
         .unwrap();
-    };
-    let b = BundleCopy {
-        kind: "service",
-        unit: "web".into(),
-        host: dir.clone(),
-        archive: "berth/bundles/services/web".into(),
     };
     let refused = |args: &str, i: usize| {
         config(args);
@@ -762,12 +751,8 @@ fn a_bundle_without_its_program_is_refused() {
 fn what_a_packed_root_cannot_carry_is_refused() {
     use rustix::fs::{XattrFlags, lremovexattr, lsetxattr};
     use std::os::unix::fs::FileTypeExt;
-    let dir = std::env::temp_dir().join(format!("berth-build-refuse-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+    let (dir, b) = test_bundle("refuse", "[]");
     let tool = dir.join("rootfs/bin/tool");
-    fs::write(&tool, b"tool").unwrap();
-    make_executable(&tool);
     rustix::fs::mknodat(
         rustix::fs::CWD,
         dir.join("rootfs/null"),
@@ -776,19 +761,6 @@ fn what_a_packed_root_cannot_carry_is_refused() {
         rustix::fs::makedev(1, 3),
     )
     .expect("mknod needs root: run the tests as root");
-    fs::write(
-        dir.join("config.json"),
-        br#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-            "process": {"args": ["/bin/tool"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "linux": {"namespaces": [{"type": "mount"}]}}"#,
-    )
-    .unwrap();
-    let b = BundleCopy {
-        kind: "service",
-        unit: "web".into(),
-        host: dir.clone(),
-        archive: "berth/bundles/services/web".into(),
-    };
     let scratch = dir.join("ok");
     pack_bundle(&mut Tree::default(), &b, &scratch).unwrap();
     let x = dir.join("x");

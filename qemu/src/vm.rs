@@ -504,14 +504,32 @@ pub fn qemu_args(
     // keyboard controller (send-key reaches the guest through it) and ACPI
     // (system_powerdown).
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&["-machine", "q35"]);
+    config.validate()?;
+    let memory = config.memory_mb.to_string();
+    match config.accel {
+        // Under TCG the guest's RAM is a memfd (shared memory, 4 KiB
+        // pages), not QEMU's default anonymous memory, which QEMU marks for
+        // transparent huge pages: there each first touch of a 2 MiB region
+        // makes the host zero all of it, though the guest's early
+        // allocations touch a few pages in each. TCG gains nothing from
+        // huge pages (its TLB maps 4 KiB guest pages either way). Measured
+        // on the demo (perf, 2026-12-01): zeroing went from 14 % of QEMU's
+        // CPU time to 4-5 %, and the boot to the first service from 4.53 s
+        // to 4.15 s (mean of six; the floor's alike either way). KVM keeps
+        // huge pages: there they back the guest's own page tables.
+        Accel::Tcg | Accel::TcgIcount => push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=ram,size={memory}M"),
+            "-machine",
+            "q35,memory-backend=ram",
+        ]),
+        Accel::Kvm => push(&["-machine", "q35"]),
+    }
     match config.accel {
         Accel::Tcg => push(&["-accel", "tcg"]),
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::TcgIcount => push(&["-accel", "tcg", "-icount", "shift=0,sleep=off"]),
     }
-    config.validate()?;
-    let memory = config.memory_mb.to_string();
     let cpus = config.cpus.to_string();
     push(&["-m", &memory, "-smp", &cpus]);
     // -no-reboot: a guest reboot (and the reboot after a panic) ends QEMU.
@@ -1538,6 +1556,12 @@ mod tests {
         assert_eq!(value_of(&args, "-initrd"), ["/k/initrd.img"]);
         assert_eq!(value_of(&args, "-m"), ["512"]);
         assert!(value_of(&args, "-drive").is_empty());
+        // Guest RAM in 4 KiB pages of a memfd under TCG, as large as -m.
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=ram,size=512M"]
+        );
+        assert_eq!(value_of(&args, "-machine"), ["q35,memory-backend=ram"]);
     }
 
     #[test]
@@ -1575,6 +1599,10 @@ mod tests {
             ["console=ttyS0 panic=-1 quiet berth.debug=1"]
         );
         assert_eq!(value_of(&args, "-m"), ["256"]);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=ram,size=256M"]
+        );
     }
 
     /// `-kernel` and `-initrd` are plain arguments: a doubled comma would
@@ -1666,6 +1694,9 @@ mod tests {
             ..VmConfig::default()
         });
         assert_eq!(value_of(&args, "-accel"), ["kvm"]);
+        // KVM keeps QEMU's anonymous, huge-page RAM.
+        assert!(value_of(&args, "-object").is_empty());
+        assert_eq!(value_of(&args, "-machine"), ["q35"]);
         let err = qemu_args(
             &appliance(),
             &VmConfig {

@@ -39,6 +39,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use berth_bundles::digest::{Hasher, Sha256Digest};
 use serde_json::json;
@@ -70,50 +71,56 @@ fn unpacker_sets(name: &[u8]) -> bool {
     name.starts_with(b"user.") || name == b"security.capability"
 }
 
-/// The names of the extended attributes of `path` (not following a link).
-pub fn xattr_names(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    use rustix::fs::{llistxattr, llistxattr_query};
-    use rustix::io::Errno;
-    let size = match llistxattr_query(path) {
-        Ok(0) => return Ok(Vec::new()),
-        Ok(size) => size,
+/// Calls `read` (a listxattr or getxattr) with a buffer that grows, four
+/// times at a step from `initial` up to `max` bytes, while the kernel says
+/// it is too small (ERANGE: the list or value grew since, or is larger than
+/// the guess); returns the bytes read.
+fn read_growing(
+    initial: usize,
+    max: usize,
+    mut read: impl FnMut(&mut [u8]) -> Result<usize, Errno>,
+) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; initial];
+    loop {
+        match read(&mut buf[..]) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if buf.len() < max => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The names a listxattr call (`list`) gives (the kernel's limit is 64 KiB).
+fn listed_names(list: impl FnMut(&mut [u8]) -> Result<usize, Errno>) -> io::Result<Vec<Vec<u8>>> {
+    let names = match read_growing(1024, 1 << 17, list) {
+        Ok(names) => names,
         // A filesystem without extended attributes holds none.
         Err(Errno::OPNOTSUPP) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    let mut names = vec![0u8; size];
-    let len = match llistxattr(path, &mut names[..]) {
-        Ok(len) => len,
-        // Grown since the query.
-        Err(Errno::RANGE) => {
-            names = vec![0u8; llistxattr_query(path)?];
-            llistxattr(path, &mut names[..])?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(names[..len]
+    Ok(names
         .split(|b| *b == 0)
         .filter(|n| !n.is_empty())
         .map(<[u8]>::to_vec)
         .collect())
 }
 
+/// The value a getxattr call (`get`) gives (the kernel's limit is 64 KiB).
+fn read_value(get: impl FnMut(&mut [u8]) -> Result<usize, Errno>) -> io::Result<Vec<u8>> {
+    Ok(read_growing(256, 1 << 17, get)?)
+}
+
+/// The names of the extended attributes of `path` (not following a link).
+pub fn xattr_names(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    listed_names(|buf| rustix::fs::llistxattr(path, buf))
+}
+
 fn xattr_value(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
-    use rustix::fs::lgetxattr;
-    use rustix::io::Errno;
-    let name = std::ffi::OsStr::from_bytes(name);
-    let mut value = vec![0u8; 256];
-    loop {
-        match lgetxattr(path, name, &mut value[..]) {
-            Ok(len) => {
-                value.truncate(len);
-                return Ok(value);
-            }
-            // Larger than the buffer: the kernel's limit is 64 KiB.
-            Err(Errno::RANGE) if value.len() < 1 << 17 => value.resize(value.len() * 4, 0),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let name = OsStr::from_bytes(name);
+    read_value(|buf| rustix::fs::lgetxattr(path, name, buf))
 }
 
 /// What the appliance keeps of a packed tree.
@@ -162,27 +169,7 @@ enum XattrSource<'a> {
 /// The names of an entry's extended attributes.
 fn source_names(source: &XattrSource<'_>) -> io::Result<Vec<Vec<u8>>> {
     match source {
-        XattrSource::Fd(fd) => {
-            let mut names = vec![0u8; 1024];
-            loop {
-                match rustix::fs::flistxattr(fd, &mut names[..]) {
-                    Ok(len) => {
-                        names.truncate(len);
-                        break;
-                    }
-                    Err(rustix::io::Errno::RANGE) if names.len() < 1 << 20 => {
-                        names.resize(names.len() * 4, 0)
-                    }
-                    Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(names
-                .split(|b| *b == 0)
-                .filter(|n| !n.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect())
-        }
+        XattrSource::Fd(fd) => listed_names(|buf| rustix::fs::flistxattr(fd, buf)),
         XattrSource::At(dir, name) => xattr_names(&proc_path(*dir, name)?),
     }
 }
@@ -192,19 +179,7 @@ fn source_value(source: &XattrSource<'_>, attr: &[u8]) -> io::Result<Vec<u8>> {
     match source {
         XattrSource::Fd(fd) => {
             let attr = OsStr::from_bytes(attr);
-            let mut value = vec![0u8; 256];
-            loop {
-                match rustix::fs::fgetxattr(fd, attr, &mut value[..]) {
-                    Ok(len) => {
-                        value.truncate(len);
-                        return Ok(value);
-                    }
-                    Err(rustix::io::Errno::RANGE) if value.len() < 1 << 17 => {
-                        value.resize(value.len() * 4, 0)
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            read_value(|buf| rustix::fs::fgetxattr(fd, attr, buf))
         }
         XattrSource::At(dir, name) => xattr_value(&proc_path(*dir, name)?, attr),
     }

@@ -514,9 +514,10 @@ pub fn qemu_args(
         // allocations touch a few pages in each. TCG gains nothing from
         // huge pages (its TLB maps 4 KiB guest pages either way). Measured
         // on the demo (perf, 2026-12-01): zeroing went from 14 % of QEMU's
-        // CPU time to 4-5 %, and the boot to the first service from 4.53 s
-        // to 4.15 s (mean of six; the floor's alike either way). KVM keeps
-        // huge pages: there they back the guest's own page tables.
+        // CPU time to 4-6 %, and the boot to the first service from 4.60 s
+        // to 4.17 s (mean of eight interleaved pairs; the floor's alike
+        // either way, six pairs). KVM keeps huge pages: there they let the
+        // second-level (EPT) tables map guest RAM in 2 MiB pages.
         Accel::Tcg | Accel::TcgIcount => push(&[
             "-object",
             &format!("memory-backend-memfd,id=ram,size={memory}M"),

@@ -98,7 +98,8 @@ rm "$stage/init.c"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19) > "$kfloor/initrd.img"
 cp out/demo/vmlinuz "$kfloor/vmlinuz"
 
-# Same VM options for both (the floor ignores the disk and the port). Every
+# Same VM options for all three (the floor ignores the disk, both floors
+# the port). Every
 # boot gets a new data disk, made by berth-qemu before QEMU starts (not
 # timed): boot-time stops each VM with QMP quit, which would leave the ext4
 # journal dirty and make the next boot's mount replay it. The disk image is

@@ -72,9 +72,9 @@ fn unpacker_sets(name: &[u8]) -> bool {
 }
 
 /// Calls `read` (a listxattr or getxattr) with a buffer that grows, four
-/// times at a step from `initial` up to `max` bytes, while the kernel says
-/// it is too small (ERANGE: the list or value grew since, or is larger than
-/// the guess); returns the bytes read.
+/// times at a step from `initial` until it is past `max` bytes, while the
+/// kernel says it is too small (ERANGE: the list or value grew since, or is
+/// larger than the guess); returns the bytes read.
 fn read_growing(
     initial: usize,
     max: usize,

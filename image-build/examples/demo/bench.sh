@@ -37,7 +37,6 @@ bin=target/release
 
 # The floor: same kernel, initrd = busybox + /dev/console + /init.
 floor=out/demo-floor
-rm -rf "$floor" && mkdir -p "$floor"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage" "${disk:-}"' EXIT
 mkdir -p "$stage/bin" "$stage/dev"
@@ -46,24 +45,29 @@ mknod -m 600 "$stage/dev/console" c 5 1
 mknod -m 666 "$stage/dev/null" c 1 3
 mknod -m 600 "$stage/dev/kmsg" c 1 11
 command -v musl-gcc >/dev/null || { echo "bench: musl-gcc missing: apt-get install musl-tools" >&2; exit 1; }
-cat > "$stage/init.c" <<INIT
-#include <unistd.h>
-int main(void) {
-    char *argv[] = {"/bin/busybox", "sh", "-c",
-        "echo '$line' > /dev/kmsg; exec /bin/busybox sleep 100000", 0};
-    char *envp[] = {0};
-    execve(argv[0], argv, envp);
-    return 127;
+# initrd OUTDIR ARG...: OUTDIR/initrd.img of the stage, whose /init is a
+# static C program exec'ing ARG... (no `"` or `\` in them: they become C
+# string literals as they are), and the demo's kernel as OUTDIR/vmlinuz.
+initrd() {
+  local out=$1 argv="" a
+  shift
+  for a in "$@"; do
+    case $a in *[\"\\]*) echo "bench: initrd: $a: has a quote or backslash" >&2; exit 1 ;; esac
+    argv+="\"$a\", "
+  done
+  printf '%s\n' '#include <unistd.h>' 'int main(void) {' \
+    "    char *argv[] = {${argv}0};" '    char *envp[] = {0};' \
+    '    execve(argv[0], argv, envp);' '    return 127;' '}' > "$stage/init.c"
+  musl-gcc -static -O2 -s -o "$stage/init" "$stage/init.c"
+  rm "$stage/init.c"
+  rm -rf "$out" && mkdir -p "$out"
+  (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19) > "$out/initrd.img"
+  cp out/demo/vmlinuz "$out/vmlinuz"
 }
-INIT
-musl-gcc -static -O2 -s -o "$stage/init" "$stage/init.c"
-rm "$stage/init.c"
-(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19) > "$floor/initrd.img"
-cp out/demo/vmlinuz "$floor/vmlinuz"
+initrd "$floor" /bin/busybox sh -c "echo '$line' > /dev/kmsg; exec /bin/busybox sleep 100000"
 
 # The kernel-work floor: the floor's files, the demo's modules, a script.
 kfloor=out/demo-kernel-floor
-rm -rf "$kfloor" && mkdir -p "$kfloor"
 zstd -dc out/demo/initrd.img | (cd "$stage" && cpio -idm --quiet 'lib/modules/*')
 [ -f "$(echo "$stage"/lib/modules/*/modules.dep)" ] \
   || { echo "bench: no lib/modules/*/modules.dep in out/demo/initrd.img" >&2; exit 1; }
@@ -84,19 +88,7 @@ $b sh -c 'echo $$ > /sys/fs/cgroup/task/cgroup.procs
 echo $$ > /sys/fs/cgroup/service/cgroup.procs
 WORK
 echo "exec \$b unshare -f -p -m -n -u -i \$b sh -c \"echo '$line' > /dev/kmsg; exec \$b sleep 100000\"" >> "$stage/work"
-cat > "$stage/init.c" <<INIT
-#include <unistd.h>
-int main(void) {
-    char *argv[] = {"/bin/busybox", "sh", "/work", 0};
-    char *envp[] = {0};
-    execve(argv[0], argv, envp);
-    return 127;
-}
-INIT
-musl-gcc -static -O2 -s -o "$stage/init" "$stage/init.c"
-rm "$stage/init.c"
-(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -19) > "$kfloor/initrd.img"
-cp out/demo/vmlinuz "$kfloor/vmlinuz"
+initrd "$kfloor" /bin/busybox sh /work
 
 # Same VM options for all three (the floor ignores the disk, both floors
 # the port). Every

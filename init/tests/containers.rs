@@ -889,6 +889,11 @@ fn bundle_unit_runs_its_config_as_is() {
 /// A bundle's config.json (berth-bundles' default spec) running `script`
 /// with busybox's sh from the root `root_path`.
 fn shell_bundle_config(script: &str, root_path: &str) -> serde_json::Value {
+    serde_json::to_value(shell_bundle_spec(script, root_path)).unwrap()
+}
+
+/// [`shell_bundle_config`] as a spec, to change further.
+fn shell_bundle_spec(script: &str, root_path: &str) -> oci_spec::runtime::Spec {
     let mut spec = berth_bundles::spec::default_spec();
     let mut process = spec.process().clone().unwrap();
     process.set_args(Some(vec!["/bin/sh".into(), "-c".into(), script.into()]));
@@ -897,7 +902,7 @@ fn shell_bundle_config(script: &str, root_path: &str) -> serde_json::Value {
     let mut root = spec.root().clone().unwrap();
     root.set_path(root_path.into());
     spec.set_root(Some(root));
-    serde_json::to_value(&spec).unwrap()
+    spec
 }
 
 /// A tree bundle whose root is not `DIR/rootfs` (`root.path` `sub/root`):
@@ -949,14 +954,7 @@ fn what_a_unit_leaves_behind_ends_with_it() {
     let script = "sleep 1000 & echo left $!; sleep 0.1; exit 1";
     let bundle = w.dir.join("bundle");
     busybox_root(&bundle.join("rootfs"), None);
-    let mut spec = berth_bundles::spec::default_spec();
-    let mut process = spec.process().clone().unwrap();
-    process.set_args(Some(vec!["/bin/sh".into(), "-c".into(), script.into()]));
-    process.set_env(Some(vec!["PATH=/bin".into()]));
-    spec.set_process(Some(process));
-    let mut root = spec.root().clone().unwrap();
-    root.set_path("rootfs".into());
-    spec.set_root(Some(root));
+    let mut spec = shell_bundle_spec(script, "rootfs");
     // In PID 1's pid namespace, like a host agent.
     let mut linux = spec.linux().clone().unwrap();
     let namespaces = linux.namespaces().clone().unwrap_or_default();
